@@ -1,0 +1,293 @@
+// config.c: INI parsing and validation. One table below lists every key; parsing, range checks,
+// defaults, writing the resolved config and the key reference are all driven by it.
+#include "config.h"
+
+#include <ctype.h>  // isspace, isdigit
+#include <errno.h>  // errno
+#include <math.h>   // isfinite
+#include <stdlib.h> // strtol, strtod
+#include <string.h> // strcmp, strchr
+
+#include "util.h"   // error_set
+
+typedef enum { KEY_INT, KEY_INT64, KEY_FLOAT, KEY_STRING } KeyType;
+
+typedef struct {
+    const char *section;
+    const char *key;
+    KeyType type;
+    size_t offset; // into Config
+    double min, max;
+    const char *def; // default value as text
+    const char *doc;
+} ConfigKey;
+
+#define F(field) offsetof(Config, field)
+static const ConfigKey KEYS[] = {
+    {"model", "vocab_size", KEY_INT, F(vocab_size), 256, 65536, "256", "vocabulary size; tokens are bytes, so 256"},
+    {"model", "d_model", KEY_INT, F(d_model), 4, 65536, "128", "residual stream width d"},
+    {"model", "n_layers", KEY_INT, F(n_layers), 1, 1024, "4", "transformer blocks"},
+    {"model", "n_heads", KEY_INT, F(n_heads), 1, 1024, "4", "attention heads; d_model/n_heads must be even (RoPE)"},
+    {"model", "seq_len", KEY_INT, F(seq_len), 2, 65536, "128", "context length in bytes"},
+    {"model", "d_ff", KEY_INT, F(d_ff), 1, 1 << 20, "512", "hidden width of the dense SwiGLU FFN in non-MoE layers"},
+    {"model", "n_experts", KEY_INT, F(n_experts), 1, 4096, "8", "experts per MoE layer (the shared pool)"},
+    {"model", "top_k", KEY_INT, F(top_k), 1, 4096, "2", "experts chosen per token; <= n_experts"},
+    {"model", "expert_ff", KEY_INT, F(expert_ff), 1, 1 << 20, "256", "hidden width of each SwiGLU expert"},
+    {"model", "moe_every", KEY_INT, F(moe_every), 1, 1024, "1", "layer l (0-based) is MoE when (l+1) % moe_every == 0; <= n_layers"},
+    {"model", "aux_loss_coef", KEY_FLOAT, F(aux_loss_coef), 0, 1000, "0.01", "Switch load-balancing loss coefficient"},
+    {"model", "z_loss_coef", KEY_FLOAT, F(z_loss_coef), 0, 1000, "0.001", "router z-loss coefficient"},
+    {"model", "rope_theta", KEY_FLOAT, F(rope_theta), 1, 1e12, "10000", "RoPE frequency base"},
+    {"model", "norm_eps", KEY_FLOAT, F(norm_eps), 1e-12, 1, "1e-05", "RMSNorm epsilon"},
+    {"model", "init_std", KEY_FLOAT, F(init_std), 1e-6, 10, "0.02", "std of the normal init of matrices (output projections scaled by 1/sqrt(2*n_layers))"},
+    {"train", "steps", KEY_INT, F(steps), 1, 1e9, "1000", "optimizer steps"},
+    {"train", "batch_size", KEY_INT, F(batch_size), 1, 1 << 20, "16", "sequences per step"},
+    {"train", "lr", KEY_FLOAT, F(lr), 0, 10, "0.002", "peak learning rate"},
+    {"train", "min_lr", KEY_FLOAT, F(min_lr), 0, 10, "0.0002", "learning rate at the end of the cosine decay; <= lr"},
+    {"train", "warmup_steps", KEY_INT, F(warmup_steps), 0, 1e9, "50", "linear warmup steps; <= steps"},
+    {"train", "weight_decay", KEY_FLOAT, F(weight_decay), 0, 10, "0.1", "AdamW decoupled weight decay (matrices only, never norms)"},
+    {"train", "beta1", KEY_FLOAT, F(beta1), 0, 0.999999, "0.9", "AdamW first-moment decay"},
+    {"train", "beta2", KEY_FLOAT, F(beta2), 0, 0.999999, "0.95", "AdamW second-moment decay"},
+    {"train", "adam_eps", KEY_FLOAT, F(adam_eps), 1e-30, 1, "1e-08", "AdamW epsilon"},
+    {"train", "grad_clip", KEY_FLOAT, F(grad_clip), 0, 1e9, "1", "clip the global gradient norm to this (0 = off)"},
+    {"train", "seed", KEY_INT64, F(seed), 0, 9.2e18, "1337", "seed of initialisation and batch sampling"},
+    {"train", "eval_every", KEY_INT, F(eval_every), 0, 1e9, "100", "validate every this many steps (0 = at the end only)"},
+    {"train", "eval_batches", KEY_INT, F(eval_batches), 1, 1e6, "8", "batches of batch_size windows per validation"},
+    {"train", "log_every", KEY_INT, F(log_every), 1, 1e9, "10", "write a metrics.jsonl line every this many steps"},
+    {"data", "val_fraction", KEY_FLOAT, F(val_fraction), 1e-6, 0.5, "0.1", "last fraction of each corpus held out for validation"},
+    {"data", "<N>", KEY_STRING, F(data_path), 0, 0, "", "corpus of party N: a text file or a directory of files (read as bytes); data.0 is required"},
+    {"run", "dir", KEY_STRING, F(run_dir), 0, 0, "runs/default", "output directory (config.ini, metrics.jsonl, summary.json)"},
+    {"run", "threads", KEY_INT, F(threads), 0, 4096, "0", "OpenMP threads (0 = OpenMP's default: OMP_NUM_THREADS or all cores)"},
+    {"run", "blas_threads", KEY_INT, F(blas_threads), 0, 4096, "0", "BLAS threads (0 = auto: 1 with a pthreads OpenBLAS, whose pool fights OpenMP's; else run.threads)"},
+};
+#undef F
+#define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
+
+// Where each key's value came from, for error messages: "file.ini:12" or "--set".
+typedef struct {
+    char where[N_KEYS][CONFIG_PATH_LEN + 16];
+    char data_where[CONFIG_MAX_PARTIES][CONFIG_PATH_LEN + 16];
+} Origins;
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
+    return s;
+}
+
+static int find_key(const char *section, const char *key) {
+    for (int i = 0; i < N_KEYS; i++)
+        if (!strcmp(KEYS[i].section, section) && !strcmp(KEYS[i].key, key)) return i;
+    return -1;
+}
+
+static int section_known(const char *section) {
+    for (int i = 0; i < N_KEYS; i++)
+        if (!strcmp(KEYS[i].section, section)) return 1;
+    return 0;
+}
+
+// Parses a party index "N" (decimal digits only). Returns -1 when it is not one.
+static int party_index(const char *key) {
+    if (!*key || strlen(key) > 6) return -1;
+    for (const char *p = key; *p; p++)
+        if (!isdigit((unsigned char)*p)) return -1;
+    return atoi(key);
+}
+
+// Stores `value` into key `ki`. Returns 0, or 2 with a message naming where/section.key = value.
+static int set_value(Config *c, int ki, const char *value, const char *where, char *err, size_t len) {
+    const ConfigKey *k = &KEYS[ki];
+    char *p = (char *)c + k->offset;
+    char *end = NULL;
+    errno = 0;
+    switch (k->type) {
+    case KEY_INT:
+    case KEY_INT64: {
+        long long v = strtoll(value, &end, 10);
+        if (end == value || *end != '\0' || errno == ERANGE)
+            return error_set(err, len, "%s: %s.%s = '%s': not an integer", where, k->section, k->key, value);
+        if ((double)v < k->min || (double)v > k->max)
+            return error_set(err, len, "%s: %s.%s = %s: out of range [%.10g, %.10g]", where, k->section, k->key, value, k->min, k->max);
+        if (k->type == KEY_INT) *(int *)p = (int)v;
+        else *(int64_t *)p = (int64_t)v;
+        break;
+    }
+    case KEY_FLOAT: {
+        double v = strtod(value, &end);
+        if (end == value || *end != '\0' || errno == ERANGE || !isfinite(v))
+            return error_set(err, len, "%s: %s.%s = '%s': not a finite number", where, k->section, k->key, value);
+        if (v < k->min || v > k->max)
+            return error_set(err, len, "%s: %s.%s = %s: out of range [%.10g, %.10g]", where, k->section, k->key, value, k->min, k->max);
+        *(float *)p = (float)v;
+        break;
+    }
+    case KEY_STRING:
+        if (!*value) return error_set(err, len, "%s: %s.%s: empty value", where, k->section, k->key);
+        if (strlen(value) >= CONFIG_PATH_LEN)
+            return error_set(err, len, "%s: %s.%s: value longer than %d characters", where, k->section, k->key, CONFIG_PATH_LEN - 1);
+        strcpy(p, value);
+        break;
+    }
+    return 0;
+}
+
+// Applies one "section.key = value" assignment from `where`.
+static int assign(Config *c, Origins *o, const char *section, const char *key, const char *value,
+                  const char *where, int *seen, char *err, size_t len) {
+    if (!section_known(section))
+        return error_set(err, len, "%s: unknown section [%s] (known: model, train, data, run)", where, section);
+    if (!strcmp(section, "data")) {
+        int n = party_index(key);
+        if (n >= 0) {
+            if (n >= CONFIG_MAX_PARTIES)
+                return error_set(err, len, "%s: data.%s: party index must be < %d", where, key, CONFIG_MAX_PARTIES);
+            if (!*value) return error_set(err, len, "%s: data.%s: empty path", where, key);
+            if (strlen(value) >= CONFIG_PATH_LEN)
+                return error_set(err, len, "%s: data.%s: path longer than %d characters", where, key, CONFIG_PATH_LEN - 1);
+            strcpy(c->data_path[n], value);
+            snprintf(o->data_where[n], sizeof o->data_where[n], "%s", where);
+            return 0;
+        }
+    }
+    int ki = find_key(section, key);
+    if (ki < 0 || KEYS[ki].key[0] == '<') return error_set(err, len, "%s: unknown key %s.%s", where, section, key);
+    if (seen) {
+        if (seen[ki]) return error_set(err, len, "%s: duplicate key %s.%s", where, section, key);
+        seen[ki] = 1;
+    }
+    snprintf(o->where[ki], sizeof o->where[ki], "%s", where);
+    return set_value(c, ki, value, where, err, len);
+}
+
+static int load_file(Config *c, Origins *o, const char *path, char *err, size_t len) {
+    FILE *f = fopen(path, "r");
+    if (!f) return error_set(err, len, "%s: cannot read config: %s", path, strerror(errno));
+    int seen[N_KEYS] = {0};
+    char line[4096], section[64] = "";
+    int lineno = 0, rc = 0;
+    while (!rc && fgets(line, sizeof line, f)) {
+        lineno++;
+        char where[CONFIG_PATH_LEN + 16];
+        snprintf(where, sizeof where, "%s:%d", path, lineno);
+        for (char *q = line; *q; q++)
+            if (!isprint((unsigned char)*q) && !isspace((unsigned char)*q)) {
+                rc = error_set(err, len, "%s: non-text byte 0x%02x (is this a config file?)", where, (unsigned char)*q);
+                break;
+            }
+        if (rc) break;
+        if (!strchr(line, '\n') && !feof(f)) { rc = error_set(err, len, "%s: line longer than %zu characters", where, sizeof line - 2); break; }
+        char *s = trim(line);
+        if (!*s || *s == '#' || *s == ';') continue;
+        if (*s == '[') {
+            char *e = strchr(s, ']');
+            if (!e || trim(e + 1)[0] != '\0') { rc = error_set(err, len, "%s: malformed section header '%s'", where, s); break; }
+            *e = '\0';
+            char *name = trim(s + 1);
+            if (strlen(name) >= sizeof section || !section_known(name)) {
+                rc = error_set(err, len, "%s: unknown section [%s] (known: model, train, data, run)", where, name);
+                break;
+            }
+            strcpy(section, name);
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (!eq) { rc = error_set(err, len, "%s: expected 'key = value', got '%s'", where, s); break; }
+        *eq = '\0';
+        char *key = trim(s), *value = trim(eq + 1);
+        char *hash = strstr(value, " #"); // inline comment
+        if (hash) { *hash = '\0'; value = trim(value); }
+        if (!*section) { rc = error_set(err, len, "%s: key '%s' before any [section]", where, key); break; }
+        rc = assign(c, o, section, key, value, where, seen, err, len);
+    }
+    fclose(f);
+    return rc;
+}
+
+static const char *where_of(const Origins *o, const char *section, const char *key) {
+    int ki = find_key(section, key);
+    return (ki >= 0 && o->where[ki][0]) ? o->where[ki] : "default";
+}
+
+// Checks that involve several keys.
+static int validate(const Config *c, const Origins *o, char *err, size_t len) {
+    if (c->d_model % c->n_heads != 0)
+        return error_set(err, len, "%s: model.n_heads = %d: must divide model.d_model = %d", where_of(o, "model", "n_heads"), c->n_heads, c->d_model);
+    if ((c->d_model / c->n_heads) % 2 != 0)
+        return error_set(err, len, "%s: model.n_heads = %d: head size d_model/n_heads = %d must be even (RoPE)", where_of(o, "model", "n_heads"), c->n_heads, c->d_model / c->n_heads);
+    if (c->top_k > c->n_experts)
+        return error_set(err, len, "%s: model.top_k = %d: must be <= model.n_experts = %d", where_of(o, "model", "top_k"), c->top_k, c->n_experts);
+    if (c->moe_every > c->n_layers)
+        return error_set(err, len, "%s: model.moe_every = %d: must be <= model.n_layers = %d (else no layer is MoE)", where_of(o, "model", "moe_every"), c->moe_every, c->n_layers);
+    if (c->min_lr > c->lr)
+        return error_set(err, len, "%s: train.min_lr = %g: must be <= train.lr = %g", where_of(o, "train", "min_lr"), c->min_lr, c->lr);
+    if (c->warmup_steps > c->steps)
+        return error_set(err, len, "%s: train.warmup_steps = %d: must be <= train.steps = %d", where_of(o, "train", "warmup_steps"), c->warmup_steps, c->steps);
+    if (!c->data_path[0][0]) return error_set(err, len, "data.0: missing: name party 0's corpus ([data] 0 = PATH)");
+    for (int n = 1; n < CONFIG_MAX_PARTIES; n++)
+        if (c->data_path[n][0])
+            return error_set(err, len, "%s: data.%d = %s: this build trains one party; only data.0 is read", o->data_where[n], n, c->data_path[n]);
+    return 0;
+}
+
+int config_load(Config *c, const char *path, char *const *set, int n_set, char *err, size_t len) {
+    memset(c, 0, sizeof *c);
+    Origins *o = calloc(1, sizeof *o);
+    if (!o) return error_set(err, len, "out of memory");
+    int rc = 0;
+    for (int i = 0; i < N_KEYS && !rc; i++)
+        if (KEYS[i].def[0]) rc = set_value(c, i, KEYS[i].def, "default", err, len);
+    if (!rc && path) rc = load_file(c, o, path, err, len);
+    for (int i = 0; i < n_set && !rc; i++) {
+        char buf[CONFIG_PATH_LEN + 128];
+        if (strlen(set[i]) >= sizeof buf) { rc = error_set(err, len, "--set %.40s...: too long", set[i]); break; }
+        strcpy(buf, set[i]);
+        char *eq = strchr(buf, '='), *dot = strchr(buf, '.');
+        if (!eq || !dot || dot > eq) { rc = error_set(err, len, "--set %s: expected section.key=value", set[i]); break; }
+        *eq = '\0';
+        *dot = '\0';
+        char where[16] = "--set";
+        rc = assign(c, o, trim(buf), trim(dot + 1), trim(eq + 1), where, NULL, err, len);
+    }
+    if (!rc) rc = validate(c, o, err, len);
+    free(o);
+    return rc;
+}
+
+void config_write(FILE *f, const Config *c) {
+    const char *section = "";
+    for (int i = 0; i < N_KEYS; i++) {
+        const ConfigKey *k = &KEYS[i];
+        if (strcmp(section, k->section)) {
+            fprintf(f, "%s[%s]\n", i ? "\n" : "", k->section);
+            section = k->section;
+        }
+        const char *p = (const char *)c + k->offset;
+        switch (k->type) {
+        case KEY_INT: fprintf(f, "%s = %d\n", k->key, *(const int *)p); break;
+        case KEY_INT64: fprintf(f, "%s = %lld\n", k->key, (long long)*(const int64_t *)p); break;
+        case KEY_FLOAT: fprintf(f, "%s = %.9g\n", k->key, *(const float *)p); break;
+        case KEY_STRING:
+            if (k->key[0] == '<') {
+                for (int n = 0; n < CONFIG_MAX_PARTIES; n++)
+                    if (c->data_path[n][0]) fprintf(f, "%d = %s\n", n, c->data_path[n]);
+            } else {
+                fprintf(f, "%s = %s\n", k->key, p);
+            }
+            break;
+        }
+    }
+}
+
+void config_print_keys(FILE *f) {
+    static const char *type_name[] = {"int", "int", "float", "text"};
+    for (int i = 0; i < N_KEYS; i++) {
+        const ConfigKey *k = &KEYS[i];
+        char range[64] = "";
+        if (k->type != KEY_STRING) snprintf(range, sizeof range, " [%.10g, %.10g]", k->min, k->max);
+        char name[64];
+        snprintf(name, sizeof name, "%s.%s", k->section, k->key);
+        fprintf(f, "  %-20s %-5s default %-12s%s\n      %s\n", name, type_name[k->type], k->def[0] ? k->def : "(none)",
+                range, k->doc);
+    }
+}

@@ -1,0 +1,63 @@
+// config.h: the run configuration: an INI file plus --set overrides, validated against one key table.
+#ifndef PCMOE_CONFIG_H
+#define PCMOE_CONFIG_H
+
+#include <stddef.h> // size_t
+#include <stdint.h> // int64_t
+#include <stdio.h>  // FILE
+
+#define CONFIG_MAX_PARTIES 64
+#define CONFIG_PATH_LEN 1024
+
+typedef struct {
+    // [model]
+    int vocab_size;      // tokens are bytes: 256
+    int d_model;         // residual width d
+    int n_layers;        // transformer blocks L
+    int n_heads;         // attention heads H (d_model % n_heads == 0, head size even for RoPE)
+    int seq_len;         // context length T
+    int d_ff;            // hidden width of the dense SwiGLU FFN (non-MoE layers)
+    int n_experts;       // experts per MoE layer m
+    int top_k;           // experts per token k
+    int expert_ff;       // hidden width of each SwiGLU expert f
+    int moe_every;       // layer l is MoE when (l + 1) % moe_every == 0
+    float aux_loss_coef; // Switch load-balancing loss coefficient
+    float z_loss_coef;   // router z-loss coefficient
+    float rope_theta;    // RoPE base
+    float norm_eps;      // RMSNorm epsilon
+    float init_std;      // std of the normal initialisation of matrices
+    // [train]
+    int steps;           // optimizer steps
+    int batch_size;      // sequences per step B
+    float lr;            // peak learning rate
+    float min_lr;        // learning rate at the end of the cosine decay
+    int warmup_steps;    // linear warmup from 0 to lr
+    float weight_decay;  // AdamW decoupled weight decay (matrices only; never norms)
+    float beta1, beta2;  // AdamW moment decay rates
+    float adam_eps;      // AdamW epsilon
+    float grad_clip;     // global gradient-norm clip (0 = off)
+    int64_t seed;        // seeds initialisation and batch sampling
+    int eval_every;      // validate every this many steps (0 = only at the end)
+    int eval_batches;    // validation batches per evaluation
+    int log_every;       // metrics.jsonl line every this many steps
+    // [data]
+    float val_fraction;  // last fraction of each corpus held out for validation
+    char data_path[CONFIG_MAX_PARTIES][CONFIG_PATH_LEN]; // data.N: party N's corpus (file or directory)
+    // [run]
+    char run_dir[CONFIG_PATH_LEN]; // output directory
+    int threads;         // OpenMP threads (0 = OpenMP's default)
+    int blas_threads;    // BLAS threads (0 = auto)
+} Config;
+
+// Fills `c` with defaults, reads `path` (NULL: defaults only), then applies `n_set` overrides of the form
+// "section.key=value". Returns 0 on success. On error returns 2 and writes one line naming the file (or
+// --set), the key and the value into err.
+int config_load(Config *c, const char *path, char *const *set, int n_set, char *err, size_t err_len);
+
+// Writes the resolved configuration as INI text that config_load reads back to the same values.
+void config_write(FILE *f, const Config *c);
+
+// Lists every key with its type, range, default and meaning (for --help-config and the docs).
+void config_print_keys(FILE *f);
+
+#endif

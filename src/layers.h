@@ -1,0 +1,63 @@
+// layers.h: forward/backward pairs of the dense transformer ops on the CPU (fp32).
+// N = number of token rows (B*T). Weight matrices are (out, in) row-major and applied as x @ W^T,
+// the nn.Linear convention. Every backward ACCUMULATES (+=) into its input and weight gradients.
+// GEMM-backed functions add the floating-point operations they execute to *flops.
+#ifndef PCMOE_LAYERS_H
+#define PCMOE_LAYERS_H
+
+#include <stdint.h> // uint8_t
+
+// out (N, d) = embed[tokens[n]]
+void embedding_forward(float *out, const uint8_t *tokens, const float *embed, int N, int d);
+// dembed (V, d) += scatter of dout (N, d) by token
+void embedding_backward(float *dembed, const float *dout, const uint8_t *tokens, int N, int d);
+
+// out (N, d) = inp * rstd * w, rstd (N) = 1/sqrt(mean(inp^2) + eps)
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps);
+// dinp (N, d) +=, dw (d) += ; given dout (N, d)
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                      const float *rstd, int N, int d);
+
+// out (N, n_out) = inp (N, n_in) @ w^T, w (n_out, n_in)
+void matmul_forward(float *out, const float *inp, const float *w, int N, int n_in, int n_out, double *flops);
+// dinp (N, n_in) += dout @ w (skipped when dinp is NULL); dw (n_out, n_in) += dout^T @ inp
+void matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                     int N, int n_in, int n_out, double *flops);
+
+// Rotary embedding tables: cos, sin (T, hs/2), angle = t * theta^(-2i/hs).
+void rope_tables(float *cos_t, float *sin_t, int T, int hs, float theta);
+// Rotates q and k of qkv (B*T, 3*d) in place (rotate-half convention: pairs (i, i + hs/2)).
+void rope_forward(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
+// Applies the inverse rotation to the q and k gradients in dqkv (B*T, 3*d) in place.
+void rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
+
+// Causal softmax attention. qkv (B*T, 3*d) holds q | k | v, head h at columns [h*hs, (h+1)*hs).
+// att (B, H, T, T) keeps the probabilities (zeros above the diagonal); out (B*T, d).
+void attention_forward(float *out, float *att, const float *qkv, int B, int T, int H, int hs, double *flops);
+// dqkv (B*T, 3*d) += ; given dout (B*T, d)
+void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
+                        int B, int T, int H, int hs, double *flops);
+
+// a (n) = silu(h) * u
+void swiglu_forward(float *a, const float *h, const float *u, long n);
+// dh (n) =, du (n) = (overwritten, not accumulated); given da (n)
+void swiglu_backward(float *dh, float *du, const float *da, const float *h, const float *u, long n);
+
+// Mean cross-entropy. logits (N, V) are overwritten with softmax probabilities; losses (N) per row.
+// Returns the mean loss over the N rows (accumulated in double).
+double crossentropy_forward(float *probs_inout, float *losses, const uint8_t *targets, int N, int V);
+// dlogits (N, V) = (probs - onehot(target)) * scale  (overwritten)
+void crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale);
+
+
+
+// SwiGLU feed-forward block, used by dense layers and by every expert:
+// h = x @ wg^T, u = x @ wu^T (N, f); a = silu(h) * u; y (N, d) = a @ wd^T.   wg, wu (f, d); wd (d, f)
+void ffn_forward(float *y, float *h, float *u, float *a, const float *x,
+                 const float *wg, const float *wu, const float *wd, int N, int d, int f, double *flops);
+// dx (N, d) +=; dwg, dwu, dwd +=. Scratch dh, du, da (N, f) are overwritten.
+void ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
+                  const float *dy, const float *x, const float *h, const float *u, const float *a,
+                  const float *wg, const float *wu, const float *wd, int N, int d, int f, double *flops);
+
+#endif

@@ -1,0 +1,104 @@
+// main.c: the pcmoe command line: `pcmoe train CONFIG [--set section.key=value ...] [--force]`,
+// `pcmoe keys`, `pcmoe --help`, `pcmoe --version`.
+#include <mpi.h>    // MPI_Init, MPI_Comm_size
+#include <stdio.h>  // printf
+#include <stdlib.h> // exit
+#include <string.h> // strcmp
+
+#include "autoconfig.h" // PACKAGE_VERSION
+#include "config.h"     // Config, config_load, config_print_keys
+#include "train.h"      // train_run
+#include "util.h"       // fail_usage, mpiCheck, mallocCheck
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "pcmoe " PACKAGE_VERSION ": privacy-preserving collaborative training of Mixture-of-Experts language models\n"
+            "\n"
+            "Usage:\n"
+            "  pcmoe train CONFIG.ini [--set section.key=value ...] [--force]\n"
+            "      Train as CONFIG.ini says; each --set overrides one key. Writes RUN/config.ini (resolved\n"
+            "      config), RUN/metrics.jsonl (one JSON object per logged step) and RUN/summary.json, where\n"
+            "      RUN is run.dir. --force overwrites a run directory that already holds metrics.\n"
+            "  pcmoe keys        list every config key with its type, range, default and meaning\n"
+            "  pcmoe --help      this text\n"
+            "  pcmoe --version   version\n"
+            "\n"
+            "Example:\n"
+            "  pcmoe train input/shakespeare.ini --set train.steps=200 --set run.dir=runs/try\n"
+            "\n"
+            "Exit status: 0 success, 1 runtime failure, 2 bad command line, config or data.\n");
+}
+
+typedef struct {
+    const char *config_path;
+    char **sets; // (n_sets) "section.key=value" overrides, pointing into argv
+    int n_sets;
+    int force;
+} TrainArgs;
+
+// Parses the arguments after "train". Returns -1 to go on, or an exit status (0 after --help, 2 on error).
+static int parse_train_args(TrainArgs *a, int argc, char **argv) {
+    memset(a, 0, sizeof *a);
+    a->sets = mallocCheck(sizeof(char *) * (size_t)argc);
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--set")) {
+            if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: --set needs section.key=value\n"); return 2; }
+            a->sets[a->n_sets++] = argv[++i];
+        } else if (!strncmp(argv[i], "--set=", 6)) {
+            a->sets[a->n_sets++] = argv[i] + 6;
+        } else if (!strcmp(argv[i], "--force")) {
+            a->force = 1;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "pcmoe: error: unknown option '%s' for train (try pcmoe --help)\n", argv[i]);
+            return 2;
+        } else if (!a->config_path) {
+            a->config_path = argv[i];
+        } else {
+            fprintf(stderr, "pcmoe: error: unexpected argument '%s' (one CONFIG.ini only)\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!a->config_path) { fprintf(stderr, "pcmoe: error: train needs a CONFIG.ini (try pcmoe --help)\n"); return 2; }
+    return -1;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { fprintf(stderr, "pcmoe: error: no command given (try pcmoe --help)\n"); return 2; }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) { usage(stdout); return 0; }
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) { printf("pcmoe " PACKAGE_VERSION "\n"); return 0; }
+    if (!strcmp(cmd, "keys")) {
+        printf("Config keys (INI sections [model] [train] [data] [run]; override with --set section.key=value):\n");
+        config_print_keys(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "train") != 0) {
+        fprintf(stderr, "pcmoe: error: unknown command '%s' (try pcmoe --help)\n", cmd);
+        return 2;
+    }
+
+    // pcmoe train CONFIG [--set k=v ...] [--force]
+    TrainArgs args;
+    int rc = parse_train_args(&args, argc, argv);
+    if (rc >= 0) { free(args.sets); return rc; }
+    const char *config_path = args.config_path;
+    char **sets = args.sets;
+    int n_sets = args.n_sets, force = args.force;
+
+    mpiCheck(MPI_Init(&argc, &argv));
+    Config *c = mallocCheck(sizeof(Config));
+    char err[2048];
+    if (config_load(c, config_path, sets, n_sets, err, sizeof err)) fail_usage(2, 0, "%s", err);
+    int size = 1;
+    mpiCheck(MPI_Comm_size(MPI_COMM_WORLD, &size));
+    if (size != 1)
+        fail_usage(2, 0, "%s: started on %d MPI ranks, but this version trains a single party on one rank", config_path, size);
+    rc = train_run(c, force);
+    free(c);
+    free(sets);
+    mpiCheck(MPI_Finalize());
+    return rc;
+}

@@ -1,0 +1,316 @@
+// model.c: parameter layout, initialisation, forward and backward of the whole model (CPU, fp32).
+#include "model.h"
+
+#include <math.h>   // sqrtf
+#include <stdio.h>  // snprintf
+#include <stdlib.h> // free
+#include <string.h> // memset, strcmp
+
+#include "layers.h" // the dense ops
+#include "rng.h"    // Rng for initialisation
+#include "util.h"   // mallocCheck, fail
+
+ModelConfig model_config_from(const Config *c) {
+    ModelConfig m = {
+        .vocab = c->vocab_size, .d = c->d_model, .n_layers = c->n_layers, .n_heads = c->n_heads,
+        .head_dim = c->d_model / c->n_heads, .seq_len = c->seq_len, .d_ff = c->d_ff,
+        .n_experts = c->n_experts, .top_k = c->top_k, .expert_ff = c->expert_ff, .moe_every = c->moe_every,
+        .aux_coef = c->aux_loss_coef, .z_coef = c->z_loss_coef, .rope_theta = c->rope_theta,
+        .norm_eps = c->norm_eps, .init_std = c->init_std,
+    };
+    return m;
+}
+
+int model_layer_is_moe(const ModelConfig *c, int layer) { return (layer + 1) % c->moe_every == 0; }
+
+static void layout_add(Model *m, const char *name, TensorKind kind, int layer, int expert, int rows, int cols) {
+    ParamTensor *t = &m->tensors[m->n_tensors++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->kind = kind;
+    t->layer = layer;
+    t->expert = expert;
+    t->rows = rows;
+    t->cols = cols;
+    t->numel = (size_t)rows * cols;
+    t->offset = m->n_params;
+    t->decay = cols > 1; // matrices decay; norm weights (vectors) do not
+    m->n_params += t->numel;
+}
+
+// The order of tensors in the flat buffers: the checkpoint schema follows it.
+static void layout_build(Model *m) {
+    const ModelConfig *c = &m->cfg;
+    int d = c->d, L = c->n_layers;
+    m->tensors = mallocCheck(sizeof(ParamTensor) * (3 + (size_t)L * (8 + 3 * (size_t)c->n_experts)));
+    m->n_tensors = 0;
+    m->n_params = 0;
+    char name[64];
+    layout_add(m, "embed", T_EMBED, -1, -1, c->vocab, d);
+    for (int l = 0; l < L; l++) {
+        snprintf(name, sizeof name, "layer_%d/attn_norm", l); layout_add(m, name, T_ATTN_NORM, l, -1, d, 1);
+        snprintf(name, sizeof name, "layer_%d/attn_wqkv", l); layout_add(m, name, T_WQKV, l, -1, 3 * d, d);
+        snprintf(name, sizeof name, "layer_%d/attn_wo", l);   layout_add(m, name, T_WO, l, -1, d, d);
+        snprintf(name, sizeof name, "layer_%d/ffn_norm", l);  layout_add(m, name, T_FFN_NORM, l, -1, d, 1);
+        if (!model_layer_is_moe(c, l)) {
+            snprintf(name, sizeof name, "layer_%d/ffn_gate", l); layout_add(m, name, T_FFN_GATE, l, -1, c->d_ff, d);
+            snprintf(name, sizeof name, "layer_%d/ffn_up", l);   layout_add(m, name, T_FFN_UP, l, -1, c->d_ff, d);
+            snprintf(name, sizeof name, "layer_%d/ffn_down", l); layout_add(m, name, T_FFN_DOWN, l, -1, d, c->d_ff);
+            continue;
+        }
+        snprintf(name, sizeof name, "layer_%d/router", l); layout_add(m, name, T_ROUTER, l, -1, c->n_experts, d);
+        for (int e = 0; e < c->n_experts; e++) {
+            if (!m->owned[e]) continue;
+            snprintf(name, sizeof name, "layer_%d/expert_%d/w_gate", l, e); layout_add(m, name, T_EXP_GATE, l, e, c->expert_ff, d);
+            snprintf(name, sizeof name, "layer_%d/expert_%d/w_up", l, e);   layout_add(m, name, T_EXP_UP, l, e, c->expert_ff, d);
+            snprintf(name, sizeof name, "layer_%d/expert_%d/w_down", l, e); layout_add(m, name, T_EXP_DOWN, l, e, d, c->expert_ff);
+        }
+    }
+    layout_add(m, "final_norm", T_FINAL_NORM, -1, -1, d, 1);
+    layout_add(m, "lm_head", T_LM_HEAD, -1, -1, c->vocab, d);
+}
+
+// Points the fields of `w` into `base` (params or grads) following the tensor table.
+static void weights_bind(Weights *w, const Model *m, float *base) {
+    int L = m->cfg.n_layers, E = m->cfg.n_experts;
+    w->layer = callocCheck(L, sizeof(LayerWeights));
+    for (int l = 0; l < L; l++) {
+        w->layer[l].exp_gate = callocCheck(E, sizeof(float *));
+        w->layer[l].exp_up = callocCheck(E, sizeof(float *));
+        w->layer[l].exp_down = callocCheck(E, sizeof(float *));
+    }
+    for (int i = 0; i < m->n_tensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        float *p = base + t->offset;
+        LayerWeights *lw = t->layer >= 0 ? &w->layer[t->layer] : NULL;
+        switch (t->kind) {
+        case T_EMBED: w->embed = p; break;
+        case T_FINAL_NORM: w->final_norm = p; break;
+        case T_LM_HEAD: w->lm_head = p; break;
+        case T_ATTN_NORM: lw->attn_norm = p; break;
+        case T_WQKV: lw->wqkv = p; break;
+        case T_WO: lw->wo = p; break;
+        case T_FFN_NORM: lw->ffn_norm = p; break;
+        case T_FFN_GATE: lw->ffn_gate = p; break;
+        case T_FFN_UP: lw->ffn_up = p; break;
+        case T_FFN_DOWN: lw->ffn_down = p; break;
+        case T_ROUTER: lw->router = p; break;
+        case T_EXP_GATE: lw->exp_gate[t->expert] = p; break;
+        case T_EXP_UP: lw->exp_up[t->expert] = p; break;
+        case T_EXP_DOWN: lw->exp_down[t->expert] = p; break;
+        }
+    }
+}
+
+static void weights_unbind(Weights *w, int L) {
+    for (int l = 0; l < L; l++) { free(w->layer[l].exp_gate); free(w->layer[l].exp_up); free(w->layer[l].exp_down); }
+    free(w->layer);
+}
+
+static float *act_alloc(Model *m, size_t n) {
+    m->mem.acts += sizeof(float) * n;
+    return mallocCheck(sizeof(float) * n);
+}
+
+void model_create(Model *m, const ModelConfig *c, const int *owned, int B, int T) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *c;
+    m->B = B;
+    m->T = T;
+    int E = c->n_experts;
+    m->owned = mallocCheck(sizeof(int) * E);
+    for (int e = 0; e < E; e++) m->owned[e] = owned ? owned[e] : 1;
+    layout_build(m);
+    m->params = callocCheck(m->n_params, sizeof(float));
+    m->grads = callocCheck(m->n_params, sizeof(float));
+    m->adam_m = callocCheck(m->n_params, sizeof(float));
+    m->adam_v = callocCheck(m->n_params, sizeof(float));
+    m->mem.params = m->mem.grads = sizeof(float) * m->n_params;
+    m->adam_steps = callocCheck(m->n_tensors, sizeof(int));
+    m->active = callocCheck(m->n_tensors, 1);
+    m->mem.optim = 2 * sizeof(float) * m->n_params + sizeof(int) * m->n_tensors;
+    weights_bind(&m->w, m, m->params);
+    weights_bind(&m->g, m, m->grads);
+
+    size_t N = (size_t)B * T, d = c->d, H = c->n_heads, L = c->n_layers;
+    m->resid = act_alloc(m, (L + 1) * N * d);
+    m->acts = callocCheck(L, sizeof(LayerActs));
+    for (size_t l = 0; l < L; l++) {
+        LayerActs *a = &m->acts[l];
+        a->ln1 = act_alloc(m, N * d);
+        a->rstd1 = act_alloc(m, N);
+        a->qkv = act_alloc(m, N * 3 * d);
+        a->att = act_alloc(m, (size_t)B * H * T * T);
+        a->atty = act_alloc(m, N * d);
+        a->x_mid = act_alloc(m, N * d);
+        a->ln2 = act_alloc(m, N * d);
+        a->rstd2 = act_alloc(m, N);
+        if (model_layer_is_moe(c, (int)l)) {
+            moe_acts_alloc(&a->moe, (int)N, c->d, E, c->top_k, c->expert_ff, &m->mem.acts);
+        } else {
+            a->ffn_h = act_alloc(m, N * c->d_ff);
+            a->ffn_u = act_alloc(m, N * c->d_ff);
+            a->ffn_a = act_alloc(m, N * c->d_ff);
+        }
+    }
+    m->lnf = act_alloc(m, N * d);
+    m->rstdf = act_alloc(m, N);
+    m->logits = act_alloc(m, N * c->vocab);
+    m->losses = act_alloc(m, N);
+    m->cos_t = act_alloc(m, (size_t)T * c->head_dim / 2);
+    m->sin_t = act_alloc(m, (size_t)T * c->head_dim / 2);
+    rope_tables(m->cos_t, m->sin_t, T, c->head_dim, c->rope_theta);
+    m->dresid = act_alloc(m, N * d);
+    m->dln = act_alloc(m, N * d);
+    m->dqkv = act_alloc(m, N * 3 * d);
+    m->datty = act_alloc(m, N * d);
+    m->dlogits = act_alloc(m, N * c->vocab);
+    m->dffn_h = act_alloc(m, N * c->d_ff);
+    m->dffn_u = act_alloc(m, N * c->d_ff);
+    m->dffn_a = act_alloc(m, N * c->d_ff);
+    m->tmp = act_alloc(m, N * d);
+    moe_scratch_alloc(&m->moe_scratch, (int)N, c->d, E, c->top_k, c->expert_ff, &m->mem.acts);
+}
+
+void model_free(Model *m) {
+    int L = m->cfg.n_layers;
+    for (int l = 0; l < L; l++) {
+        LayerActs *a = &m->acts[l];
+        free(a->ln1); free(a->rstd1); free(a->qkv); free(a->att); free(a->atty); free(a->x_mid);
+        free(a->ln2); free(a->rstd2);
+        if (model_layer_is_moe(&m->cfg, l)) moe_acts_free(&a->moe);
+        else { free(a->ffn_h); free(a->ffn_u); free(a->ffn_a); }
+    }
+    free(m->acts);
+    free(m->resid); free(m->lnf); free(m->rstdf); free(m->logits); free(m->losses); free(m->cos_t); free(m->sin_t);
+    free(m->dresid); free(m->dln); free(m->dqkv); free(m->datty); free(m->dlogits);
+    free(m->dffn_h); free(m->dffn_u); free(m->dffn_a); free(m->tmp);
+    moe_scratch_free(&m->moe_scratch);
+    weights_unbind(&m->w, L);
+    weights_unbind(&m->g, L);
+    free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
+    free(m->adam_steps); free(m->active);
+    free(m->tensors); free(m->owned);
+    memset(m, 0, sizeof *m);
+}
+
+static uint64_t name_hash(const char *s) { // FNV-1a
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+void model_init(Model *m, uint64_t seed) {
+    const ModelConfig *c = &m->cfg;
+    float out_std = c->init_std / sqrtf(2.0f * c->n_layers);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        float *p = m->params + t->offset;
+        if (t->cols == 1) { // norm weights
+            for (size_t j = 0; j < t->numel; j++) p[j] = 1.0f;
+            continue;
+        }
+        int is_out = t->kind == T_WO || t->kind == T_FFN_DOWN || t->kind == T_EXP_DOWN;
+        float std = is_out ? out_std : c->init_std;
+        Rng r;
+        rng_seed(&r, seed ^ name_hash(t->name));
+        for (size_t j = 0; j < t->numel; j++) p[j] = std * rng_normal(&r);
+    }
+    memset(m->adam_m, 0, sizeof(float) * m->n_params);
+    memset(m->adam_v, 0, sizeof(float) * m->n_params);
+    memset(m->adam_steps, 0, sizeof(int) * m->n_tensors);
+}
+
+static ExpertSet expert_set(const LayerWeights *lw) {
+    ExpertSet s = {lw->exp_gate, lw->exp_up, lw->exp_down};
+    return s;
+}
+
+double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
+    const ModelConfig *c = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, d = c->d, H = c->n_heads, hs = c->head_dim;
+    embedding_forward(m->resid, tokens, m->w.embed, N, d);
+    m->aux = m->z = 0.0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *w = &m->w.layer[l];
+        LayerActs *a = &m->acts[l];
+        const float *x = m->resid + (size_t)l * N * d;
+        float *xo = m->resid + (size_t)(l + 1) * N * d;
+        // attention sub-block: x_mid = x + wo(attn(rope(wqkv(rmsnorm(x)))))
+        rmsnorm_forward(a->ln1, a->rstd1, x, w->attn_norm, N, d, c->norm_eps);
+        matmul_forward(a->qkv, a->ln1, w->wqkv, N, d, 3 * d, &m->flops);
+        rope_forward(a->qkv, m->cos_t, m->sin_t, B, T, H, hs);
+        attention_forward(a->atty, a->att, a->qkv, B, T, H, hs, &m->flops);
+        matmul_forward(m->tmp, a->atty, w->wo, N, d, d, &m->flops);
+        for (size_t i = 0; i < (size_t)N * d; i++) a->x_mid[i] = x[i] + m->tmp[i];
+        // FFN sub-block: xo = x_mid + ffn(rmsnorm(x_mid))
+        rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ffn_norm, N, d, c->norm_eps);
+        if (model_layer_is_moe(c, l)) {
+            moe_route(&a->moe, a->ln2, w->router, &m->flops);
+            moe_experts_forward(&a->moe, expert_set(w), &m->flops);
+            moe_combine(m->tmp, &a->moe);
+            m->aux += a->moe.aux;
+            m->z += a->moe.z;
+        } else {
+            ffn_forward(m->tmp, a->ffn_h, a->ffn_u, a->ffn_a, a->ln2, w->ffn_gate, w->ffn_up, w->ffn_down,
+                        N, d, c->d_ff, &m->flops);
+        }
+        for (size_t i = 0; i < (size_t)N * d; i++) xo[i] = a->x_mid[i] + m->tmp[i];
+    }
+    rmsnorm_forward(m->lnf, m->rstdf, m->resid + (size_t)c->n_layers * N * d, m->w.final_norm, N, d, c->norm_eps);
+    matmul_forward(m->logits, m->lnf, m->w.lm_head, N, d, c->vocab, &m->flops);
+    m->ce = crossentropy_forward(m->logits, m->losses, targets, N, c->vocab);
+    m->loss = m->ce + c->aux_coef * m->aux + c->z_coef * m->z;
+    return m->loss;
+}
+
+void model_zero_grad(Model *m) { memset(m->grads, 0, sizeof(float) * m->n_params); }
+
+void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
+    const ModelConfig *c = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, d = c->d, H = c->n_heads, hs = c->head_dim;
+    size_t Nd = (size_t)N * d;
+    crossentropy_backward(m->dlogits, m->logits, targets, N, c->vocab, 1.0f / N);
+    memset(m->dln, 0, sizeof(float) * Nd);
+    matmul_backward(m->dln, m->g.lm_head, m->dlogits, m->lnf, m->w.lm_head, N, d, c->vocab, &m->flops);
+    memset(m->dresid, 0, sizeof(float) * Nd);
+    rmsnorm_backward(m->dresid, m->g.final_norm, m->dln, m->resid + (size_t)c->n_layers * Nd, m->w.final_norm,
+                     m->rstdf, N, d);
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        const LayerWeights *w = &m->w.layer[l];
+        const LayerWeights *g = &m->g.layer[l];
+        LayerActs *a = &m->acts[l];
+        // dresid holds d loss / d xo. FFN sub-block first.
+        memset(m->dln, 0, sizeof(float) * Nd);
+        if (model_layer_is_moe(c, l)) {
+            MoeScratch *s = &m->moe_scratch;
+            moe_combine_backward(s, m->dresid, &a->moe);
+            moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g), &m->flops);
+            moe_route_backward(m->dln, g->router, s, &a->moe, a->ln2, w->router, c->aux_coef, c->z_coef, &m->flops);
+        } else {
+            ffn_backward(m->dln, g->ffn_gate, g->ffn_up, g->ffn_down, m->dffn_h, m->dffn_u, m->dffn_a, m->dresid,
+                         a->ln2, a->ffn_h, a->ffn_u, a->ffn_a, w->ffn_gate, w->ffn_up, w->ffn_down, N, d, c->d_ff,
+                         &m->flops);
+        }
+        rmsnorm_backward(m->dresid, g->ffn_norm, m->dln, a->x_mid, w->ffn_norm, a->rstd2, N, d);
+        // dresid now holds d loss / d x_mid. Attention sub-block.
+        memset(m->datty, 0, sizeof(float) * Nd);
+        matmul_backward(m->datty, g->wo, m->dresid, a->atty, w->wo, N, d, d, &m->flops);
+        memset(m->dqkv, 0, sizeof(float) * Nd * 3);
+        attention_backward(m->dqkv, m->datty, a->qkv, a->att, B, T, H, hs, &m->flops);
+        rope_backward(m->dqkv, m->cos_t, m->sin_t, B, T, H, hs);
+        memset(m->dln, 0, sizeof(float) * Nd);
+        matmul_backward(m->dln, g->wqkv, m->dqkv, a->ln1, w->wqkv, N, d, 3 * d, &m->flops);
+        rmsnorm_backward(m->dresid, g->attn_norm, m->dln, m->resid + (size_t)l * Nd, w->attn_norm, a->rstd1, N, d);
+    }
+    embedding_backward(m->g.embed, m->dresid, tokens, N, d);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        m->active[i] = t->expert < 0 || m->acts[t->layer].moe.counts[t->expert] > 0;
+    }
+}
+
+const ParamTensor *model_find_tensor(const Model *m, const char *name) {
+    for (int i = 0; i < m->n_tensors; i++)
+        if (!strcmp(m->tensors[i].name, name)) return &m->tensors[i];
+    return NULL;
+}

@@ -1,0 +1,139 @@
+// model.h: the model definition shared by every backend and mode: a decoder-only transformer over bytes
+// whose FFNs are MoE layers (every moe_every-th layer) or dense SwiGLU FFNs.
+//   x = embed[tokens]
+//   per layer: x += Attn(RMSNorm(x)) ; x += FFN(RMSNorm(x))      (causal MHA with RoPE, no biases)
+//   logits = RMSNorm(x) @ lm_head^T
+//   loss = CE + aux_loss_coef * sum_moe_layers aux + z_loss_coef * sum_moe_layers z
+#ifndef PCMOE_MODEL_H
+#define PCMOE_MODEL_H
+
+#include <stddef.h> // size_t
+#include <stdint.h> // uint8_t, uint64_t
+
+#include "config.h" // Config
+#include "moe.h"    // MoeActs, MoeScratch
+
+typedef struct {
+    int vocab, d, n_layers, n_heads, head_dim, seq_len, d_ff, n_experts, top_k, expert_ff, moe_every;
+    float aux_coef, z_coef, rope_theta, norm_eps, init_std;
+} ModelConfig;
+
+typedef enum {
+    T_EMBED, T_FINAL_NORM, T_LM_HEAD,                           // backbone, model level
+    T_ATTN_NORM, T_WQKV, T_WO, T_FFN_NORM,                      // backbone, every layer
+    T_FFN_GATE, T_FFN_UP, T_FFN_DOWN,                           // backbone, dense layers
+    T_ROUTER,                                                   // backbone, MoE layers
+    T_EXP_GATE, T_EXP_UP, T_EXP_DOWN                            // the shared expert pool
+} TensorKind;
+
+// One parameter tensor: where it lives in the flat buffers and what it is.
+typedef struct {
+    char name[64];   // stable name, e.g. "layer_1/attn_wqkv" or "layer_1/expert_3/w_gate"
+    TensorKind kind;
+    int layer;       // -1 for embed, final_norm, lm_head
+    int expert;      // global expert id; -1 for backbone tensors
+    int rows, cols;  // shape (rows, cols); vectors have cols == 1
+    size_t offset;   // into params / grads / adam_m / adam_v
+    size_t numel;
+    int decay;       // AdamW weight decay applies (matrices yes, norms no)
+} ParamTensor;
+
+typedef struct {
+    float *attn_norm; // (d)
+    float *wqkv;      // (3d, d)
+    float *wo;        // (d, d)
+    float *ffn_norm;  // (d)
+    float *ffn_gate;  // (d_ff, d)   dense layers only
+    float *ffn_up;    // (d_ff, d)
+    float *ffn_down;  // (d, d_ff)
+    float *router;    // (m, d)      MoE layers only
+    float **exp_gate; // m pointers to (f, d); NULL for an expert this party does not hold
+    float **exp_up;   // m x (f, d)
+    float **exp_down; // m x (d, f)
+} LayerWeights;
+
+typedef struct {
+    float *embed;        // (V, d)
+    float *final_norm;   // (d)
+    float *lm_head;      // (V, d)
+    LayerWeights *layer; // (L)
+} Weights;
+
+// Activations kept for the backward pass, per layer. N = B*T rows.
+typedef struct {
+    float *ln1;      // (N, d) RMSNorm before attention
+    float *rstd1;    // (N)
+    float *qkv;      // (N, 3d) q and k after RoPE
+    float *att;      // (B, H, T, T) attention probabilities
+    float *atty;     // (N, d) attention output before wo
+    float *x_mid;    // (N, d) residual stream after the attention sub-block
+    float *ln2;      // (N, d) RMSNorm before the FFN
+    float *rstd2;    // (N)
+    float *ffn_h, *ffn_u, *ffn_a; // (N, d_ff) dense layers only
+    MoeActs moe;     // MoE layers only
+} LayerActs;
+
+// Bytes held, by category (reported in metrics; the basis of the memory claims).
+typedef struct {
+    size_t params, grads, optim, acts;
+} MemStats;
+
+typedef struct {
+    ModelConfig cfg;
+    int B, T;                 // batch shape the activation buffers are sized for
+    int n_tensors;
+    ParamTensor *tensors;     // (n_tensors) this party's tensors, in buffer order
+    size_t n_params;          // floats in each flat buffer
+    float *params;            // (n_params)
+    float *grads;             // (n_params)
+    float *adam_m, *adam_v;   // (n_params)
+    int *adam_steps;          // (n_tensors) AdamW steps each tensor has taken (its bias-correction count)
+    unsigned char *active;    // (n_tensors) 1 if the tensor received gradient in the last backward: always
+                              // for the backbone; for an expert, only if tokens were routed to it
+    Weights w, g;             // views of params and grads
+    int *owned;               // (m) 1 where this party holds expert e
+    // forward activations
+    float *resid;             // (L+1, N, d) residual stream entering layer l; [L] is the final one
+    LayerActs *acts;          // (L)
+    float *lnf, *rstdf;       // (N, d), (N) final RMSNorm
+    float *logits;            // (N, V) logits; softmax probabilities once the loss is computed
+    float *losses;            // (N) per-token cross-entropy
+    float *cos_t, *sin_t;     // (T, head_dim/2) RoPE tables
+    // backward scratch
+    float *dresid;            // (N, d) gradient of the residual stream
+    float *dln;               // (N, d) gradient of a RMSNorm output
+    float *dqkv;              // (N, 3d)
+    float *datty;             // (N, d)
+    float *dlogits;           // (N, V)
+    float *dffn_h, *dffn_u, *dffn_a; // (N, d_ff)
+    float *tmp;               // (N, d) a sub-block's output before it is added to the residual
+    MoeScratch moe_scratch;
+    // results of the last forward
+    double loss, ce, aux, z;  // total = ce + aux_coef * aux + z_coef * z (aux, z summed over MoE layers)
+    double flops;             // floating-point operations executed since the last reset (GEMMs + attention)
+    MemStats mem;
+} Model;
+
+ModelConfig model_config_from(const Config *c);
+int model_layer_is_moe(const ModelConfig *c, int layer);
+
+// Allocates a model for batches of B sequences of T tokens. owned (m): which experts this party holds
+// (NULL: all of them). Weights are not initialised.
+void model_create(Model *m, const ModelConfig *c, const int *owned, int B, int T);
+void model_free(Model *m);
+// Initialises every tensor from (seed, tensor name), so a tensor's values do not depend on which other
+// tensors this party holds: matrices ~ N(0, init_std) (wo and FFN down-projections scaled by
+// 1/sqrt(2L)), norm weights 1. Adam moments are zeroed.
+void model_init(Model *m, uint64_t seed);
+
+// Forward pass on tokens, targets (B, T); returns the total loss and fills loss/ce/aux/z.
+double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets);
+// Zeros the gradient buffer.
+void model_zero_grad(Model *m);
+// Backward pass of the last forward: accumulates d loss / d params into grads.
+void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets);
+
+// Finds a tensor by name; NULL if absent.
+const ParamTensor *model_find_tensor(const Model *m, const char *name);
+
+#endif

@@ -1,0 +1,201 @@
+// moe.c: router, top-k gating, dispatch by expert, experts, combine, and their backward (CPU, fp32).
+#include "moe.h"
+
+#include <math.h>   // expf, log, INFINITY
+#include <stdlib.h> // free
+#include <string.h> // memset, memcpy
+
+#include "layers.h" // matmul_forward/backward, ffn_forward/backward
+#include "util.h"   // mallocCheck
+
+static float *alloc_f(long n, size_t *bytes) { *bytes += sizeof(float) * n; return mallocCheck(sizeof(float) * n); }
+static int *alloc_i(long n, size_t *bytes) { *bytes += sizeof(int) * n; return mallocCheck(sizeof(int) * n); }
+
+void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, size_t *bytes) {
+    long Nk = (long)N * k;
+    a->N = N; a->d = d; a->m = m; a->k = k; a->f = f;
+    a->logits = alloc_f((long)N * m, bytes);
+    a->probs = alloc_f((long)N * m, bytes);
+    a->lse = alloc_f(N, bytes);
+    a->topk = alloc_i(Nk, bytes);
+    a->gates = alloc_f(Nk, bytes);
+    a->gate_sum = alloc_f(N, bytes);
+    a->counts = alloc_i(m, bytes);
+    a->offsets = alloc_i(m + 1, bytes);
+    a->row_choice = alloc_i(Nk, bytes);
+    a->choice_row = alloc_i(Nk, bytes);
+    a->xe = alloc_f(Nk * d, bytes);
+    a->he = alloc_f(Nk * f, bytes);
+    a->ue = alloc_f(Nk * f, bytes);
+    a->ae = alloc_f(Nk * f, bytes);
+    a->ye = alloc_f(Nk * d, bytes);
+    a->aux = a->z = 0.0;
+}
+
+void moe_acts_free(MoeActs *a) {
+    free(a->logits); free(a->probs); free(a->lse); free(a->topk); free(a->gates); free(a->gate_sum);
+    free(a->counts); free(a->offsets); free(a->row_choice); free(a->choice_row);
+    free(a->xe); free(a->he); free(a->ue); free(a->ae); free(a->ye);
+}
+
+void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, size_t *bytes) {
+    long Nk = (long)N * k;
+    s->dye = alloc_f(Nk * d, bytes);
+    s->dxe = alloc_f(Nk * d, bytes);
+    s->dhe = alloc_f(Nk * f, bytes);
+    s->due = alloc_f(Nk * f, bytes);
+    s->dae = alloc_f(Nk * f, bytes);
+    s->dgates = alloc_f(Nk, bytes);
+    s->dlogits = alloc_f((long)N * m, bytes);
+}
+
+void moe_scratch_free(MoeScratch *s) {
+    free(s->dye); free(s->dxe); free(s->dhe); free(s->due); free(s->dae); free(s->dgates); free(s->dlogits);
+}
+
+void moe_route(MoeActs *a, const float *inp, const float *router, double *flops) {
+    int N = a->N, d = a->d, m = a->m, k = a->k;
+    matmul_forward(a->logits, inp, router, N, d, m, flops);
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float *lg = a->logits + (long)n * m;
+        float *p = a->probs + (long)n * m;
+        float maxv = -INFINITY;
+        for (int e = 0; e < m; e++) if (lg[e] > maxv) maxv = lg[e];
+        double sum = 0.0;
+        for (int e = 0; e < m; e++) { p[e] = expf(lg[e] - maxv); sum += p[e]; }
+        float inv = (float)(1.0 / sum);
+        for (int e = 0; e < m; e++) p[e] *= inv;
+        a->lse[n] = (float)(log(sum) + maxv);
+        // top-k by repeated selection (k is small); ties go to the lower expert id
+        int *top = a->topk + (long)n * k;
+        float gsum = 0.0f;
+        for (int j = 0; j < k; j++) {
+            int best = -1;
+            for (int e = 0; e < m; e++) {
+                int taken = 0;
+                for (int i = 0; i < j; i++) if (top[i] == e) taken = 1;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            top[j] = best;
+            gsum += p[best];
+        }
+        a->gate_sum[n] = gsum;
+        for (int j = 0; j < k; j++) a->gates[(long)n * k + j] = p[top[j]] / gsum;
+    }
+    // counting sort of the choices by expert: stable, so each expert's rows keep token order
+    memset(a->counts, 0, sizeof(int) * m);
+    for (long c = 0; c < (long)N * k; c++) a->counts[a->topk[c]]++;
+    a->offsets[0] = 0;
+    for (int e = 0; e < m; e++) a->offsets[e + 1] = a->offsets[e] + a->counts[e];
+    int *fill = mallocCheck(sizeof(int) * m);
+    memcpy(fill, a->offsets, sizeof(int) * m);
+    for (long c = 0; c < (long)N * k; c++) {
+        int row = fill[a->topk[c]]++;
+        a->row_choice[row] = (int)c;
+        a->choice_row[c] = row;
+    }
+    free(fill);
+#pragma omp parallel for
+    for (long row = 0; row < (long)N * k; row++)
+        memcpy(a->xe + row * d, inp + (long)(a->row_choice[row] / k) * d, sizeof(float) * d);
+    // auxiliary losses (serial sums: identical bits for any thread count)
+    double aux = 0.0, z = 0.0;
+    for (int e = 0; e < m; e++) {
+        double mean_p = 0.0;
+        for (int n = 0; n < N; n++) mean_p += a->probs[(long)n * m + e];
+        mean_p /= N;
+        aux += ((double)a->counts[e] / ((double)N * k)) * mean_p;
+    }
+    a->aux = aux * m;
+    for (int n = 0; n < N; n++) z += (double)a->lse[n] * a->lse[n];
+    a->z = z / N;
+}
+
+void moe_experts_forward(MoeActs *a, ExpertSet w, double *flops) {
+    int d = a->d, f = a->f;
+    for (int e = 0; e < a->m; e++) {
+        long r0 = a->offsets[e];
+        int n = a->counts[e];
+        if (!w.gate[e] || n == 0) continue;
+        ffn_forward(a->ye + r0 * d, a->he + r0 * f, a->ue + r0 * f, a->ae + r0 * f, a->xe + r0 * d,
+                    w.gate[e], w.up[e], w.down[e], n, d, f, flops);
+    }
+}
+
+void moe_combine(float *out, const MoeActs *a) {
+    int d = a->d, k = a->k;
+#pragma omp parallel for
+    for (int n = 0; n < a->N; n++) {
+        float *o = out + (long)n * d;
+        for (int i = 0; i < d; i++) o[i] = 0.0f;
+        for (int j = 0; j < k; j++) {
+            float g = a->gates[(long)n * k + j];
+            const float *y = a->ye + (long)a->choice_row[(long)n * k + j] * d;
+            for (int i = 0; i < d; i++) o[i] += g * y[i];
+        }
+    }
+}
+
+void moe_combine_backward(MoeScratch *s, const float *dout, const MoeActs *a) {
+    int d = a->d, k = a->k;
+#pragma omp parallel for
+    for (int n = 0; n < a->N; n++) {
+        const float *dy = dout + (long)n * d;
+        for (int j = 0; j < k; j++) {
+            long c = (long)n * k + j;
+            long row = a->choice_row[c];
+            const float *y = a->ye + row * d;
+            float *dye = s->dye + row * d;
+            float g = a->gates[c], dot = 0.0f;
+            for (int i = 0; i < d; i++) { dot += dy[i] * y[i]; dye[i] = g * dy[i]; }
+            s->dgates[c] = dot;
+        }
+    }
+}
+
+void moe_experts_backward(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw, double *flops) {
+    int d = a->d, f = a->f;
+    for (int e = 0; e < a->m; e++) {
+        long r0 = a->offsets[e];
+        int n = a->counts[e];
+        if (!w.gate[e] || n == 0) continue;
+        memset(s->dxe + r0 * d, 0, sizeof(float) * n * d);
+        ffn_backward(s->dxe + r0 * d, dw.gate[e], dw.up[e], dw.down[e], s->dhe + r0 * f, s->due + r0 * f,
+                     s->dae + r0 * f, s->dye + r0 * d, a->xe + r0 * d, a->he + r0 * f, a->ue + r0 * f,
+                     a->ae + r0 * f, w.gate[e], w.up[e], w.down[e], n, d, f, flops);
+    }
+}
+
+void moe_route_backward(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp,
+                        const float *router, float aux_coef, float z_coef, double *flops) {
+    int N = a->N, d = a->d, m = a->m, k = a->k;
+    // d aux / d probs[n, e] = m * frac_e / N, with frac_e = counts_e / (N k) held constant (Switch)
+    float *aux_grad = mallocCheck(sizeof(float) * m);
+    for (int e = 0; e < m; e++) aux_grad[e] = (float)(aux_coef * (double)m * a->counts[e] / ((double)N * k) / N);
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        // unpack: every choice of token n sends its input gradient back to the token's row
+        float *dx = dinp + (long)n * d;
+        for (int j = 0; j < k; j++) {
+            const float *src = s->dxe + (long)a->choice_row[(long)n * k + j] * d;
+            for (int i = 0; i < d; i++) dx[i] += src[i];
+        }
+        // gates g_j = p_j / S over the chosen set: dp_j = (dg_j - sum_i dg_i g_i) / S
+        const float *p = a->probs + (long)n * m;
+        const float *g = a->gates + (long)n * k, *dg = s->dgates + (long)n * k;
+        const int *top = a->topk + (long)n * k;
+        float *dl = s->dlogits + (long)n * m;
+        for (int e = 0; e < m; e++) dl[e] = aux_grad[e]; // dl holds d loss / d probs for now
+        float dot = 0.0f;
+        for (int j = 0; j < k; j++) dot += dg[j] * g[j];
+        for (int j = 0; j < k; j++) dl[top[j]] += (dg[j] - dot) / a->gate_sum[n];
+        // softmax backward, then the z-loss term d(lse^2)/d logits = 2 lse p
+        float pdot = 0.0f;
+        for (int e = 0; e < m; e++) pdot += p[e] * dl[e];
+        float zc = z_coef * 2.0f * a->lse[n] / N;
+        for (int e = 0; e < m; e++) dl[e] = p[e] * (dl[e] - pdot) + zc * p[e];
+    }
+    free(aux_grad);
+    matmul_backward(dinp, drouter, s->dlogits, inp, router, N, d, m, flops);
+}

@@ -1,0 +1,70 @@
+// moe.h: the Mixture-of-Experts layer on one party: router, top-k gating, packing token rows by expert,
+// running the experts on their rows only, combining the outputs, and the backward of all of it.
+// Expert cost scales with top_k: each expert runs one GEMM chain on exactly the rows routed to it.
+#ifndef PCMOE_MOE_H
+#define PCMOE_MOE_H
+
+#include <stddef.h> // size_t
+
+// Shapes: N token rows, d model width, m experts, k experts per token, f expert hidden width.
+// A "choice" is one (token n, rank j) pair, indexed n*k + j; a "packed row" is a row of the expert
+// buffers, where each expert's rows are contiguous: expert e owns rows [offsets[e], offsets[e+1]).
+typedef struct {
+    int N, d, m, k, f;
+    float *logits;     // (N, m) router logits
+    float *probs;      // (N, m) softmax of the logits
+    float *lse;        // (N) logsumexp of the logits (z-loss)
+    int *topk;         // (N, k) chosen experts, most probable first
+    float *gates;      // (N, k) probabilities of the chosen experts renormalised to sum to 1
+    float *gate_sum;   // (N) sum of the chosen probabilities (the renormaliser)
+    int *counts;       // (m) rows routed to each expert
+    int *offsets;      // (m + 1) first packed row of each expert
+    int *row_choice;   // (N*k) packed row -> choice
+    int *choice_row;   // (N*k) choice -> packed row
+    float *xe;         // (N*k, d) packed expert inputs
+    float *he, *ue;    // (N*k, f) expert gate / up projections
+    float *ae;         // (N*k, f) silu(he) * ue
+    float *ye;         // (N*k, d) packed expert outputs
+    double aux;        // Switch load-balancing loss of this layer: m * sum_e frac_e * meanprob_e
+    double z;          // router z-loss of this layer: mean_n lse_n^2
+} MoeActs;
+
+// Backward scratch, shared by all MoE layers.
+typedef struct {
+    float *dye;        // (N*k, d)
+    float *dxe;        // (N*k, d)
+    float *dhe, *due, *dae; // (N*k, f)
+    float *dgates;     // (N, k)
+    float *dlogits;    // (N, m)
+} MoeScratch;
+
+// The experts of one layer: m pointers each, NULL for an expert whose weights live elsewhere.
+typedef struct {
+    float *const *gate; // m x (f, d)
+    float *const *up;   // m x (f, d)
+    float *const *down; // m x (d, f)
+} ExpertSet;
+
+void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, size_t *bytes);
+void moe_acts_free(MoeActs *a);
+void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, size_t *bytes);
+void moe_scratch_free(MoeScratch *s);
+
+// Router forward and dispatch: logits, probs, top-k, gates, aux and z losses, per-expert counts, and the
+// packed inputs xe. inp (N, d), router (m, d).
+void moe_route(MoeActs *a, const float *inp, const float *router, double *flops);
+// Runs every expert present in `w` on its packed rows: xe -> he, ue, ae, ye.
+void moe_experts_forward(MoeActs *a, ExpertSet w, double *flops);
+// out (N, d) = sum_j gates[n, j] * ye[choice_row[n*k + j]]   (overwritten)
+void moe_combine(float *out, const MoeActs *a);
+
+// Backward of moe_combine: dgates (N, k) and dye (N*k, d) from dout (N, d).
+void moe_combine_backward(MoeScratch *s, const float *dout, const MoeActs *a);
+// Backward of the experts present in `w`: dxe (N*k, d) = d loss / d xe; expert weight grads +=.
+void moe_experts_backward(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw, double *flops);
+// Backward of moe_route: dinp (N, d) += through the unpacking of dxe and through the router;
+// drouter (m, d) +=. aux_coef and z_coef weight this layer's aux and z terms in the total loss.
+void moe_route_backward(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp,
+                        const float *router, float aux_coef, float z_coef, double *flops);
+
+#endif

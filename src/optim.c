@@ -1,0 +1,59 @@
+// optim.c: AdamW, learning-rate schedule, gradient clipping.
+#include "optim.h"
+
+#include <math.h> // cos, sqrtf, pow
+
+float optim_lr(const OptimConfig *o, int step) {
+    if (step < o->warmup_steps) return o->lr * (float)(step + 1) / (float)o->warmup_steps;
+    int span = o->total_steps - o->warmup_steps;
+    double progress = span > 0 ? (double)(step - o->warmup_steps) / span : 1.0;
+    if (progress > 1.0) progress = 1.0;
+    return (float)(o->min_lr + 0.5 * (o->lr - o->min_lr) * (1.0 + cos(3.14159265358979323846 * progress)));
+}
+
+double optim_sum_squares(const float *g, size_t n) {
+    // fixed-size chunks summed in parallel, then the partial sums in order: deterministic
+    enum { CHUNK = 1 << 16 };
+    size_t n_chunks = (n + CHUNK - 1) / CHUNK;
+    double total = 0.0;
+    double partial[256];
+    for (size_t base = 0; base < n_chunks; base += 256) {
+        size_t cnt = n_chunks - base < 256 ? n_chunks - base : 256;
+#pragma omp parallel for
+        for (size_t c = 0; c < cnt; c++) {
+            size_t lo = (base + c) * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n;
+            double s = 0.0;
+            for (size_t i = lo; i < hi; i++) s += (double)g[i] * g[i];
+            partial[c] = s;
+        }
+        for (size_t c = 0; c < cnt; c++) total += partial[c];
+    }
+    return total;
+}
+
+float optim_clip_scale(const OptimConfig *o, double grad_norm) {
+    if (o->grad_clip > 0.0f && grad_norm > o->grad_clip) return (float)(o->grad_clip / grad_norm);
+    return 1.0f;
+}
+
+void optim_adamw(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *active,
+                 int *steps, float *params, const float *grads, float *m, float *v, float lr, float grad_scale) {
+    for (int k = 0; k < n_tensors; k++) {
+        if (!active[k]) continue;
+        int t = ++steps[k];
+        float bc1 = 1.0f - (float)pow(o->beta1, t), bc2 = 1.0f - (float)pow(o->beta2, t);
+        const ParamTensor *pt = &tensors[k];
+        float decay = pt->decay ? lr * o->weight_decay : 0.0f;
+        float *p = params + pt->offset, *mm = m + pt->offset, *vv = v + pt->offset;
+        const float *g = grads + pt->offset;
+#pragma omp parallel for
+        for (size_t i = 0; i < pt->numel; i++) {
+            float gi = g[i] * grad_scale;
+            p[i] -= decay * p[i];
+            mm[i] = o->beta1 * mm[i] + (1.0f - o->beta1) * gi;
+            vv[i] = o->beta2 * vv[i] + (1.0f - o->beta2) * gi * gi;
+            float mhat = mm[i] / bc1, vhat = vv[i] / bc2;
+            p[i] -= lr * mhat / (sqrtf(vhat) + o->eps);
+        }
+    }
+}

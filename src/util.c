@@ -1,0 +1,110 @@
+// util.c: the single fatal-error path, checked wrappers, clock, mkdir -p.
+#include "util.h"
+
+#include <errno.h>    // errno
+#include <mpi.h>      // MPI_Initialized, MPI_Abort, MPI_Error_string
+#include <stdarg.h>   // va_list
+#include <stdlib.h>   // malloc, exit
+#include <string.h>   // strerror
+#include <sys/stat.h> // mkdir
+#include <time.h>     // clock_gettime
+
+static int mpi_running(void) {
+    int init = 0, fin = 0;
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    return init && !fin;
+}
+
+// Prints "pcmoe: error: <msg>" (prefixed with the rank when the job has several) on this rank, or on
+// rank 0 only unless all_ranks.
+static void report(int all_ranks, const char *fmt, va_list ap) {
+    char msg[2048];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    int rank = 0, size = 1;
+    if (mpi_running()) {
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &size);
+    }
+    if (rank != 0 && !all_ranks) return;
+    if (size > 1) fprintf(stderr, "pcmoe: error: [rank %d] %s\n", rank, msg);
+    else fprintf(stderr, "pcmoe: error: %s\n", msg);
+    fflush(stderr);
+}
+
+void fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    report(1, fmt, ap);
+    va_end(ap);
+    if (mpi_running()) MPI_Abort(MPI_COMM_WORLD, 1);
+    exit(1);
+}
+
+void fail_usage(int code, int all_ranks, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    report(all_ranks, fmt, ap);
+    va_end(ap);
+    if (mpi_running()) MPI_Finalize();
+    exit(code);
+}
+
+int error_set(char *err, size_t len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, len, fmt, ap);
+    va_end(ap);
+    return 2;
+}
+
+void *malloc_check(size_t size, const char *file, int line) {
+    void *p = malloc(size ? size : 1);
+    if (!p) fail("out of memory allocating %zu bytes (%s:%d)", size, file, line);
+    return p;
+}
+
+void *calloc_check(size_t count, size_t size, const char *file, int line) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) fail("out of memory allocating %zu x %zu bytes (%s:%d)", count, size, file, line);
+    return p;
+}
+
+FILE *fopen_check(const char *path, const char *mode, const char *file, int line) {
+    FILE *f = fopen(path, mode);
+    if (!f) fail("cannot open '%s' (mode %s): %s (%s:%d)", path, mode, strerror(errno), file, line);
+    return f;
+}
+
+void mpi_check(int rc, const char *call, const char *file, int line) {
+    if (rc == MPI_SUCCESS) return;
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, text, &len);
+    fail("MPI call %s failed: %s (%s:%d)", call, text, file, line);
+}
+
+double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int mkdir_p(const char *path) {
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf) { errno = ENAMETOOLONG; return -1; }
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] == '/' || buf[i] == '\0') {
+            char c = buf[i];
+            buf[i] = '\0';
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST) return -1;
+            buf[i] = c;
+        }
+    }
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) { errno = ENOTDIR; return -1; }
+    return 0;
+}

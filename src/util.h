@@ -1,0 +1,40 @@
+// util.h: the one error path of the program, checked wrappers for libc and MPI calls, a clock.
+#ifndef PCMOE_UTIL_H
+#define PCMOE_UTIL_H
+
+#include <stddef.h> // size_t
+#include <stdio.h>  // FILE
+
+// Prints "pcmoe: error: <message>" to stderr and ends the job: MPI_Abort when MPI is running (so no
+// other rank hangs), exit(1) otherwise. Every fatal condition in the program goes through here.
+void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+// Like fail(), but for errors every rank detects identically (bad config, bad data): prints the line
+// on rank 0 only (or on every rank when `all_ranks`), finalizes MPI, and exits with `code`.
+void fail_usage(int code, int all_ranks, const char *fmt, ...) __attribute__((format(printf, 3, 4), noreturn));
+
+// Writes a formatted one-line message into err (len bytes) and returns 2, the exit status of bad input.
+// Validation code (config, data) reports through this and lets the caller decide how to end.
+int error_set(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+// Checked allocation: fails naming the call site and the size.
+void *malloc_check(size_t size, const char *file, int line);
+void *calloc_check(size_t count, size_t size, const char *file, int line);
+#define mallocCheck(size) malloc_check((size), __FILE__, __LINE__)
+#define callocCheck(count, size) calloc_check((count), (size), __FILE__, __LINE__)
+
+// Checked fopen: fails naming the path and the reason.
+FILE *fopen_check(const char *path, const char *mode, const char *file, int line);
+#define fopenCheck(path, mode) fopen_check((path), (mode), __FILE__, __LINE__)
+
+// Checked MPI call: fails with MPI's own error string.
+void mpi_check(int rc, const char *call, const char *file, int line);
+#define mpiCheck(call) mpi_check((call), #call, __FILE__, __LINE__)
+
+// Seconds on a monotonic clock.
+double now_seconds(void);
+
+// Makes the directory `path` and its parents (like mkdir -p). Returns 0 on success, -1 with errno set.
+int mkdir_p(const char *path);
+
+#endif
