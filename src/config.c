@@ -10,7 +10,10 @@
 
 #include "util.h"   // error_set
 
-typedef enum { KEY_INT, KEY_INT64, KEY_FLOAT, KEY_STRING } KeyType;
+typedef enum { KEY_INT, KEY_INT64, KEY_FLOAT, KEY_STRING, KEY_BOOL, KEY_ENUM } KeyType;
+
+const char *const MODE_NAMES[] = {"pcmoe", "centralized", "local", "fedavg", NULL};
+const char *const SCHEDULE_NAMES[] = {"concurrent", "sequential", NULL};
 
 typedef struct {
     const char *section;
@@ -20,47 +23,56 @@ typedef struct {
     double min, max;
     const char *def; // default value as text
     const char *doc;
+    const char *const *names; // KEY_ENUM: the allowed values, NULL-terminated; stored as their index
 } ConfigKey;
 
 #define F(field) offsetof(Config, field)
 static const ConfigKey KEYS[] = {
-    {"model", "vocab_size", KEY_INT, F(vocab_size), 256, 65536, "256", "vocabulary size; tokens are bytes, so 256"},
-    {"model", "d_model", KEY_INT, F(d_model), 4, 65536, "128", "residual stream width d"},
-    {"model", "n_layers", KEY_INT, F(n_layers), 1, 1024, "4", "transformer blocks"},
-    {"model", "n_heads", KEY_INT, F(n_heads), 1, 1024, "4", "attention heads; d_model/n_heads must be even (RoPE)"},
-    {"model", "seq_len", KEY_INT, F(seq_len), 2, 65536, "128", "context length in bytes"},
-    {"model", "d_ff", KEY_INT, F(d_ff), 1, 1 << 20, "512", "hidden width of the dense SwiGLU FFN in non-MoE layers"},
-    {"model", "n_experts", KEY_INT, F(n_experts), 1, 4096, "8", "experts per MoE layer (the shared pool)"},
-    {"model", "top_k", KEY_INT, F(top_k), 1, 4096, "2", "experts chosen per token; <= n_experts"},
-    {"model", "expert_ff", KEY_INT, F(expert_ff), 1, 1 << 20, "256", "hidden width of each SwiGLU expert"},
-    {"model", "moe_every", KEY_INT, F(moe_every), 1, 1024, "1", "layer l (0-based) is MoE when (l+1) % moe_every == 0; <= n_layers"},
-    {"model", "aux_loss_coef", KEY_FLOAT, F(aux_loss_coef), 0, 1000, "0.01", "Switch load-balancing loss coefficient"},
-    {"model", "z_loss_coef", KEY_FLOAT, F(z_loss_coef), 0, 1000, "0.001", "router z-loss coefficient"},
-    {"model", "rope_theta", KEY_FLOAT, F(rope_theta), 1, 1e12, "10000", "RoPE frequency base"},
-    {"model", "norm_eps", KEY_FLOAT, F(norm_eps), 1e-12, 1, "1e-05", "RMSNorm epsilon"},
-    {"model", "init_std", KEY_FLOAT, F(init_std), 1e-6, 10, "0.02", "std of the normal init of matrices (output projections scaled by 1/sqrt(2*n_layers))"},
-    {"train", "steps", KEY_INT, F(steps), 1, 1e9, "1000", "optimizer steps"},
-    {"train", "batch_size", KEY_INT, F(batch_size), 1, 1 << 20, "16", "sequences per step"},
-    {"train", "lr", KEY_FLOAT, F(lr), 0, 10, "0.002", "peak learning rate"},
-    {"train", "min_lr", KEY_FLOAT, F(min_lr), 0, 10, "0.0002", "learning rate at the end of the cosine decay; <= lr"},
-    {"train", "warmup_steps", KEY_INT, F(warmup_steps), 0, 1e9, "50", "linear warmup steps; <= steps"},
-    {"train", "weight_decay", KEY_FLOAT, F(weight_decay), 0, 10, "0.1", "AdamW decoupled weight decay (matrices only, never norms)"},
-    {"train", "beta1", KEY_FLOAT, F(beta1), 0, 0.999999, "0.9", "AdamW first-moment decay"},
-    {"train", "beta2", KEY_FLOAT, F(beta2), 0, 0.999999, "0.95", "AdamW second-moment decay"},
-    {"train", "adam_eps", KEY_FLOAT, F(adam_eps), 1e-30, 1, "1e-08", "AdamW epsilon"},
-    {"train", "grad_clip", KEY_FLOAT, F(grad_clip), 0, 1e9, "1", "clip the global gradient norm to this (0 = off)"},
-    {"train", "seed", KEY_INT64, F(seed), 0, 9.2e18, "1337", "seed of initialisation and batch sampling"},
-    {"train", "eval_every", KEY_INT, F(eval_every), 0, 1e9, "100", "validate every this many steps (0 = at the end only)"},
-    {"train", "eval_batches", KEY_INT, F(eval_batches), 1, 1e6, "8", "batches of batch_size windows per validation"},
-    {"train", "log_every", KEY_INT, F(log_every), 1, 1e9, "10", "write a metrics.jsonl line every this many steps"},
-    {"data", "val_fraction", KEY_FLOAT, F(val_fraction), 1e-6, 0.5, "0.1", "last fraction of each corpus held out for validation"},
-    {"data", "<N>", KEY_STRING, F(data_path), 0, 0, "", "corpus of party N: a text file or a directory of files (read as bytes); data.0 is required"},
-    {"run", "dir", KEY_STRING, F(run_dir), 0, 0, "runs/default", "output directory (config.ini, metrics.jsonl, summary.json)"},
-    {"run", "threads", KEY_INT, F(threads), 0, 4096, "0", "OpenMP threads (0 = OpenMP's default: OMP_NUM_THREADS or all cores)"},
-    {"run", "blas_threads", KEY_INT, F(blas_threads), 0, 4096, "0", "BLAS threads (0 = auto: 1 with a pthreads OpenBLAS, whose pool fights OpenMP's; else run.threads)"},
+    {"parties", "count", KEY_INT, F(n_parties), 1, CONFIG_MAX_PARTIES, "1", "number of parties; pcmoe, local and fedavg run one MPI rank per party, centralized one rank in all", NULL},
+    {"parties", "mode", KEY_ENUM, F(mode), 0, 0, "pcmoe", "pcmoe (shared expert pool), centralized (one model on all parties' data), local (each party alone), fedavg (full models, weights averaged)", MODE_NAMES},
+    {"parties", "schedule", KEY_ENUM, F(schedule), 0, 0, "concurrent", "pcmoe: concurrent (every party trains each step) or sequential (parties take turns, the paper's schedule)", SCHEDULE_NAMES},
+    {"fedavg", "every", KEY_INT, F(fedavg_every), 1, 1e9, "10", "fedavg: average all weights across parties every this many steps", NULL},
+    {"privacy", "share_metrics", KEY_BOOL, F(share_metrics), 0, 1, "true", "send scalar metrics to rank 0 for one metrics.jsonl (false: each party writes metrics.party_N.jsonl itself)", NULL},
+    {"privacy", "shuffle_rows", KEY_BOOL, F(shuffle_rows), 0, 1, "true", "shuffle the rows bound for each expert with a private RNG before sending, so row order says nothing of token positions", NULL},
+    {"privacy", "shuffle_seed", KEY_INT64, F(shuffle_seed), 0, 9.2e18, "0", "seed of the private row shuffle: 0 = from /dev/urandom (private; runs then differ in the last bits), else shuffle_seed + party (reproducible runs and tests)", NULL},
+    {"model", "vocab_size", KEY_INT, F(vocab_size), 256, 65536, "256", "vocabulary size; tokens are bytes, so 256", NULL},
+    {"model", "d_model", KEY_INT, F(d_model), 4, 65536, "128", "residual stream width d", NULL},
+    {"model", "n_layers", KEY_INT, F(n_layers), 1, 1024, "4", "transformer blocks", NULL},
+    {"model", "n_heads", KEY_INT, F(n_heads), 1, 1024, "4", "attention heads; d_model/n_heads must be even (RoPE)", NULL},
+    {"model", "seq_len", KEY_INT, F(seq_len), 2, 65536, "128", "context length in bytes", NULL},
+    {"model", "d_ff", KEY_INT, F(d_ff), 1, 1 << 20, "512", "hidden width of the dense SwiGLU FFN in non-MoE layers", NULL},
+    {"model", "n_experts", KEY_INT, F(n_experts), 1, 4096, "8", "experts per MoE layer (the shared pool)", NULL},
+    {"model", "top_k", KEY_INT, F(top_k), 1, 4096, "2", "experts chosen per token; <= n_experts", NULL},
+    {"model", "expert_ff", KEY_INT, F(expert_ff), 1, 1 << 20, "256", "hidden width of each SwiGLU expert", NULL},
+    {"model", "moe_every", KEY_INT, F(moe_every), 1, 1024, "1", "layer l (0-based) is MoE when (l+1) % moe_every == 0; <= n_layers", NULL},
+    {"model", "aux_loss_coef", KEY_FLOAT, F(aux_loss_coef), 0, 1000, "0.01", "Switch load-balancing loss coefficient", NULL},
+    {"model", "z_loss_coef", KEY_FLOAT, F(z_loss_coef), 0, 1000, "0.001", "router z-loss coefficient", NULL},
+    {"model", "rope_theta", KEY_FLOAT, F(rope_theta), 1, 1e12, "10000", "RoPE frequency base", NULL},
+    {"model", "norm_eps", KEY_FLOAT, F(norm_eps), 1e-12, 1, "1e-05", "RMSNorm epsilon", NULL},
+    {"model", "init_std", KEY_FLOAT, F(init_std), 1e-6, 10, "0.02", "std of the normal init of matrices (output projections scaled by 1/sqrt(2*n_layers))", NULL},
+    {"train", "steps", KEY_INT, F(steps), 1, 1e9, "1000", "optimizer steps", NULL},
+    {"train", "batch_size", KEY_INT, F(batch_size), 1, 1 << 20, "16", "sequences per step", NULL},
+    {"train", "lr", KEY_FLOAT, F(lr), 0, 10, "0.002", "peak learning rate", NULL},
+    {"train", "min_lr", KEY_FLOAT, F(min_lr), 0, 10, "0.0002", "learning rate at the end of the cosine decay; <= lr", NULL},
+    {"train", "warmup_steps", KEY_INT, F(warmup_steps), 0, 1e9, "50", "linear warmup steps; <= steps", NULL},
+    {"train", "weight_decay", KEY_FLOAT, F(weight_decay), 0, 10, "0.1", "AdamW decoupled weight decay (matrices only, never norms)", NULL},
+    {"train", "beta1", KEY_FLOAT, F(beta1), 0, 0.999999, "0.9", "AdamW first-moment decay", NULL},
+    {"train", "beta2", KEY_FLOAT, F(beta2), 0, 0.999999, "0.95", "AdamW second-moment decay", NULL},
+    {"train", "adam_eps", KEY_FLOAT, F(adam_eps), 1e-30, 1, "1e-08", "AdamW epsilon", NULL},
+    {"train", "grad_clip", KEY_FLOAT, F(grad_clip), 0, 1e9, "1", "clip the global gradient norm to this (0 = off)", NULL},
+    {"train", "seed", KEY_INT64, F(seed), 0, 9.2e18, "1337", "seed of initialisation and batch sampling", NULL},
+    {"train", "eval_every", KEY_INT, F(eval_every), 0, 1e9, "100", "validate every this many steps (0 = at the end only)", NULL},
+    {"train", "eval_batches", KEY_INT, F(eval_batches), 1, 1e6, "8", "batches of batch_size windows per validation", NULL},
+    {"train", "log_every", KEY_INT, F(log_every), 1, 1e9, "10", "write a metrics.jsonl line every this many steps", NULL},
+    {"data", "val_fraction", KEY_FLOAT, F(val_fraction), 1e-6, 0.5, "0.1", "last fraction of each corpus held out for validation", NULL},
+    {"data", "<N>", KEY_STRING, F(data_path), 0, 0, "", "corpus of party N: a text file or a directory of files (read as bytes); data.0 is required", NULL},
+    {"run", "dir", KEY_STRING, F(run_dir), 0, 0, "runs/default", "output directory (config.ini, metrics.jsonl, summary.json)", NULL},
+    {"run", "threads", KEY_INT, F(threads), 0, 4096, "0", "OpenMP threads (0 = OpenMP's default: OMP_NUM_THREADS or all cores)", NULL},
+    {"run", "blas_threads", KEY_INT, F(blas_threads), 0, 4096, "0", "BLAS threads (0 = auto: 1 with a pthreads OpenBLAS, whose pool fights OpenMP's; else run.threads)", NULL},
 };
 #undef F
 #define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
+#define SECTIONS "parties, fedavg, privacy, model, train, data, run"
 
 // Where each key's value came from, for error messages: "file.ini:12" or "--set".
 typedef struct {
@@ -122,6 +134,19 @@ static int set_value(Config *c, int ki, const char *value, const char *where, ch
         *(float *)p = (float)v;
         break;
     }
+    case KEY_BOOL:
+        if (!strcmp(value, "true") || !strcmp(value, "yes") || !strcmp(value, "on") || !strcmp(value, "1")) *(int *)p = 1;
+        else if (!strcmp(value, "false") || !strcmp(value, "no") || !strcmp(value, "off") || !strcmp(value, "0")) *(int *)p = 0;
+        else return error_set(err, len, "%s: %s.%s = '%s': not a boolean (true or false)", where, k->section, k->key, value);
+        break;
+    case KEY_ENUM: {
+        char allowed[256] = "";
+        for (int i = 0; k->names[i]; i++) {
+            if (!strcmp(value, k->names[i])) { *(int *)p = i; return 0; }
+            snprintf(allowed + strlen(allowed), sizeof allowed - strlen(allowed), "%s%s", i ? ", " : "", k->names[i]);
+        }
+        return error_set(err, len, "%s: %s.%s = '%s': not one of %s", where, k->section, k->key, value, allowed);
+    }
     case KEY_STRING:
         if (!*value) return error_set(err, len, "%s: %s.%s: empty value", where, k->section, k->key);
         if (strlen(value) >= CONFIG_PATH_LEN)
@@ -136,7 +161,7 @@ static int set_value(Config *c, int ki, const char *value, const char *where, ch
 static int assign(Config *c, Origins *o, const char *section, const char *key, const char *value,
                   const char *where, int *seen, char *err, size_t len) {
     if (!section_known(section))
-        return error_set(err, len, "%s: unknown section [%s] (known: model, train, data, run)", where, section);
+        return error_set(err, len, "%s: unknown section [%s] (known: %s)", where, section, SECTIONS);
     if (!strcmp(section, "data")) {
         int n = party_index(key);
         if (n >= 0) {
@@ -185,7 +210,7 @@ static int load_file(Config *c, Origins *o, const char *path, char *err, size_t 
             *e = '\0';
             char *name = trim(s + 1);
             if (strlen(name) >= sizeof section || !section_known(name)) {
-                rc = error_set(err, len, "%s: unknown section [%s] (known: model, train, data, run)", where, name);
+                rc = error_set(err, len, "%s: unknown section [%s] (known: %s)", where, name, SECTIONS);
                 break;
             }
             strcpy(section, name);
@@ -223,10 +248,15 @@ static int validate(const Config *c, const Origins *o, char *err, size_t len) {
         return error_set(err, len, "%s: train.min_lr = %g: must be <= train.lr = %g", where_of(o, "train", "min_lr"), c->min_lr, c->lr);
     if (c->warmup_steps > c->steps)
         return error_set(err, len, "%s: train.warmup_steps = %d: must be <= train.steps = %d", where_of(o, "train", "warmup_steps"), c->warmup_steps, c->steps);
-    if (!c->data_path[0][0]) return error_set(err, len, "data.0: missing: name party 0's corpus ([data] 0 = PATH)");
-    for (int n = 1; n < CONFIG_MAX_PARTIES; n++)
+    for (int n = 0; n < c->n_parties; n++)
+        if (!c->data_path[n][0])
+            return error_set(err, len, "data.%d: missing: parties.count = %d needs a corpus for each party ([data] %d = PATH)", n, c->n_parties, n);
+    for (int n = c->n_parties; n < CONFIG_MAX_PARTIES; n++)
         if (c->data_path[n][0])
-            return error_set(err, len, "%s: data.%d = %s: this build trains one party; only data.0 is read", o->data_where[n], n, c->data_path[n]);
+            return error_set(err, len, "%s: data.%d = %s: no such party (parties.count = %d)", o->data_where[n], n, c->data_path[n], c->n_parties);
+    if (c->mode == MODE_PCMOE && c->n_parties > c->n_experts)
+        return error_set(err, len, "%s: parties.count = %d: must be <= model.n_experts = %d in pcmoe mode (each party owns at least one expert)",
+                         where_of(o, "parties", "count"), c->n_parties, c->n_experts);
     return 0;
 }
 
@@ -267,6 +297,8 @@ void config_write(FILE *f, const Config *c) {
         case KEY_INT: fprintf(f, "%s = %d\n", k->key, *(const int *)p); break;
         case KEY_INT64: fprintf(f, "%s = %lld\n", k->key, (long long)*(const int64_t *)p); break;
         case KEY_FLOAT: fprintf(f, "%s = %.9g\n", k->key, *(const float *)p); break;
+        case KEY_BOOL: fprintf(f, "%s = %s\n", k->key, *(const int *)p ? "true" : "false"); break;
+        case KEY_ENUM: fprintf(f, "%s = %s\n", k->key, k->names[*(const int *)p]); break;
         case KEY_STRING:
             if (k->key[0] == '<') {
                 for (int n = 0; n < CONFIG_MAX_PARTIES; n++)
@@ -280,14 +312,21 @@ void config_write(FILE *f, const Config *c) {
 }
 
 void config_print_keys(FILE *f) {
-    static const char *type_name[] = {"int", "int", "float", "text"};
+    static const char *type_name[] = {"int", "int", "float", "text", "bool", "enum"};
     for (int i = 0; i < N_KEYS; i++) {
         const ConfigKey *k = &KEYS[i];
         char range[64] = "";
-        if (k->type != KEY_STRING) snprintf(range, sizeof range, " [%.10g, %.10g]", k->min, k->max);
+        if (k->type == KEY_INT || k->type == KEY_INT64 || k->type == KEY_FLOAT)
+            snprintf(range, sizeof range, " [%.10g, %.10g]", k->min, k->max);
+        if (k->type == KEY_ENUM) {
+            snprintf(range, sizeof range, " {");
+            for (int j = 0; k->names[j]; j++)
+                snprintf(range + strlen(range), sizeof range - strlen(range), "%s%s", j ? ", " : "", k->names[j]);
+            snprintf(range + strlen(range), sizeof range - strlen(range), "}");
+        }
         char name[64];
         snprintf(name, sizeof name, "%s.%s", k->section, k->key);
-        fprintf(f, "  %-20s %-5s default %-12s%s\n      %s\n", name, type_name[k->type], k->def[0] ? k->def : "(none)",
+        fprintf(f, "  %-22s %-5s default %-12s%s\n      %s\n", name, type_name[k->type], k->def[0] ? k->def : "(none)",
                 range, k->doc);
     }
 }

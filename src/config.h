@@ -9,7 +9,22 @@
 #define CONFIG_MAX_PARTIES 64
 #define CONFIG_PATH_LEN 1024
 
+typedef enum { MODE_PCMOE, MODE_CENTRALIZED, MODE_LOCAL, MODE_FEDAVG } Mode;
+typedef enum { SCHEDULE_CONCURRENT, SCHEDULE_SEQUENTIAL } Schedule;
+extern const char *const MODE_NAMES[];     // indexed by Mode: "pcmoe", "centralized", "local", "fedavg"
+extern const char *const SCHEDULE_NAMES[]; // indexed by Schedule: "concurrent", "sequential"
+
 typedef struct {
+    // [parties]
+    int n_parties;       // parties.count: parties = MPI ranks (centralized: one rank for all)
+    int mode;            // Mode
+    int schedule;        // Schedule (pcmoe mode)
+    // [fedavg]
+    int fedavg_every;    // average all weights every this many steps
+    // [privacy]
+    int share_metrics;   // 1: scalar metrics go to rank 0 (one metrics.jsonl); 0: each party logs alone
+    int shuffle_rows;    // 1: rows for an owner are shuffled with a private RNG before they are sent
+    int64_t shuffle_seed; // 0: the private shuffle RNG is seeded from /dev/urandom; else shuffle_seed + party
     // [model]
     int vocab_size;      // tokens are bytes: 256
     int d_model;         // residual width d

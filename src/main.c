@@ -7,7 +7,8 @@
 
 #include "autoconfig.h" // PACKAGE_VERSION
 #include "config.h"     // Config, config_load, config_print_keys
-#include "train.h"      // train_run
+#include "comm.h"       // Comm, comm_init, comm_agree
+#include "train.h"      // train_run, TrainOptions
 #include "util.h"       // fail_usage, mpiCheck, mallocCheck
 
 static void usage(FILE *f) {
@@ -15,16 +16,23 @@ static void usage(FILE *f) {
             "pcmoe " PACKAGE_VERSION ": privacy-preserving collaborative training of Mixture-of-Experts language models\n"
             "\n"
             "Usage:\n"
-            "  pcmoe train CONFIG.ini [--set section.key=value ...] [--force]\n"
-            "      Train as CONFIG.ini says; each --set overrides one key. Writes RUN/config.ini (resolved\n"
-            "      config), RUN/metrics.jsonl (one JSON object per logged step) and RUN/summary.json, where\n"
-            "      RUN is run.dir. --force overwrites a run directory that already holds metrics.\n"
+            "  [mpirun -np N] pcmoe train CONFIG.ini [--set section.key=value ...] [--force] [--simulate]\n"
+            "                    [--audit FILE]\n"
+            "      Train as CONFIG.ini says; each --set overrides one key. Modes pcmoe, local and fedavg run one\n"
+            "      MPI rank per party (N = parties.count); centralized runs on one rank. Writes RUN/config.ini\n"
+            "      (resolved config), RUN/metrics.jsonl (one JSON object per party and logged step) and\n"
+            "      RUN/summary.json, where RUN is run.dir.\n"
+            "      --force       overwrite a run directory that already holds metrics\n"
+            "      --simulate    pcmoe: compute all parties' steps in this one process with every expert\n"
+            "                    local (the reference the MPI run is tested against)\n"
+            "      --audit FILE  write the bytes every rank sent and received, per message kind and peer\n"
             "  pcmoe keys        list every config key with its type, range, default and meaning\n"
             "  pcmoe --help      this text\n"
             "  pcmoe --version   version\n"
             "\n"
             "Example:\n"
             "  pcmoe train input/shakespeare.ini --set train.steps=200 --set run.dir=runs/try\n"
+            "  mpirun -np 4 --oversubscribe pcmoe train input/demo.ini\n"
             "\n"
             "Exit status: 0 success, 1 runtime failure, 2 bad command line, config or data.\n");
 }
@@ -33,7 +41,7 @@ typedef struct {
     const char *config_path;
     char **sets; // (n_sets) "section.key=value" overrides, pointing into argv
     int n_sets;
-    int force;
+    TrainOptions opt;
 } TrainArgs;
 
 // Parses the arguments after "train". Returns -1 to go on, or an exit status (0 after --help, 2 on error).
@@ -47,7 +55,12 @@ static int parse_train_args(TrainArgs *a, int argc, char **argv) {
         } else if (!strncmp(argv[i], "--set=", 6)) {
             a->sets[a->n_sets++] = argv[i] + 6;
         } else if (!strcmp(argv[i], "--force")) {
-            a->force = 1;
+            a->opt.force = 1;
+        } else if (!strcmp(argv[i], "--simulate")) {
+            a->opt.simulate = 1;
+        } else if (!strcmp(argv[i], "--audit")) {
+            if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: --audit needs a FILE\n"); return 2; }
+            a->opt.audit_path = argv[++i];
         } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
             return 0;
@@ -71,7 +84,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) { printf("pcmoe " PACKAGE_VERSION "\n"); return 0; }
     if (!strcmp(cmd, "keys")) {
-        printf("Config keys (INI sections [model] [train] [data] [run]; override with --set section.key=value):\n");
+        printf("Config keys (INI sections [parties] [fedavg] [privacy] [model] [train] [data] [run]; override with --set section.key=value):\n");
         config_print_keys(stdout);
         return 0;
     }
@@ -84,21 +97,19 @@ int main(int argc, char **argv) {
     TrainArgs args;
     int rc = parse_train_args(&args, argc, argv);
     if (rc >= 0) { free(args.sets); return rc; }
-    const char *config_path = args.config_path;
-    char **sets = args.sets;
-    int n_sets = args.n_sets, force = args.force;
 
     mpiCheck(MPI_Init(&argc, &argv));
+    Comm comm;
+    comm_init(&comm);
+    // every rank reads the config; the lowest rank that could not says why, and every rank stops
     Config *c = mallocCheck(sizeof(Config));
     char err[2048];
-    if (config_load(c, config_path, sets, n_sets, err, sizeof err)) fail_usage(2, 0, "%s", err);
-    int size = 1;
-    mpiCheck(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    if (size != 1)
-        fail_usage(2, 0, "%s: started on %d MPI ranks, but this version trains a single party on one rank", config_path, size);
-    rc = train_run(c, force);
+    int ok = config_load(c, args.config_path, args.sets, args.n_sets, err, sizeof err) == 0, bad = -1;
+    if (!comm_agree(&comm, ok, &bad)) fail_usage(2, bad == comm.rank ? 1 : -1, "%s", err);
+    rc = train_run(c, &comm, &args.opt);
+    comm_free(&comm);
     free(c);
-    free(sets);
+    free(args.sets);
     mpiCheck(MPI_Finalize());
     return rc;
 }

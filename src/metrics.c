@@ -7,30 +7,58 @@
 #include <unistd.h> // isatty, access
 
 #include "autoconfig.h" // PACKAGE_VERSION
-#include "util.h"   // fail, fail_usage, mkdir_p, now_seconds
+#include "util.h"       // fail, mkdir_p, now_seconds, error_set
 
-void metrics_open(Metrics *mt, const Config *c, int force) {
+void step_stats_pack(const StepStats *s, double *o) {
+    double v[STEP_STATS_DOUBLES] = {s->step, s->party, s->has_train, s->train_loss, s->ce, s->aux, s->z, s->lr,
+                                    s->grad_norm, s->tokens_per_s, s->flops, s->has_val, s->val_loss, s->bytes_sent,
+                                    s->bytes_recv, (double)s->mem.params, (double)s->mem.grads, (double)s->mem.optim,
+                                    (double)s->mem.acts, (double)s->mem.buffers, s->rss_peak, 0.0};
+    memcpy(o, v, sizeof v);
+}
+
+void step_stats_unpack(StepStats *s, const double *v) {
+    *s = (StepStats){.step = (int)v[0], .party = (int)v[1], .has_train = (int)v[2], .train_loss = v[3], .ce = v[4],
+                     .aux = v[5], .z = v[6], .lr = (float)v[7], .grad_norm = v[8], .tokens_per_s = v[9],
+                     .flops = v[10], .has_val = (int)v[11], .val_loss = v[12], .bytes_sent = v[13],
+                     .bytes_recv = v[14], .rss_peak = v[20]};
+    s->mem = (MemStats){(size_t)v[15], (size_t)v[16], (size_t)v[17], (size_t)v[18], (size_t)v[19]};
+}
+
+int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, int write_config, char *err, size_t len) {
     memset(mt, 0, sizeof *mt);
     snprintf(mt->run_dir, sizeof mt->run_dir, "%s", c->run_dir);
+    snprintf(mt->suffix, sizeof mt->suffix, "%s", suffix);
     if (mkdir_p(c->run_dir) != 0)
-        fail_usage(2, 0, "run.dir = %s: cannot create directory: %s", c->run_dir, strerror(errno));
+        return error_set(err, len, "run.dir = %s: cannot create directory: %s", c->run_dir, strerror(errno));
     char path[CONFIG_PATH_LEN + 64];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", c->run_dir);
+    snprintf(path, sizeof path, "%s/metrics%s.jsonl", c->run_dir, suffix);
     if (!force && access(path, F_OK) == 0)
-        fail_usage(2, 0, "run.dir = %s: already holds a run (metrics.jsonl); choose another run.dir or pass --force to overwrite it", c->run_dir);
-    mt->jsonl = fopenCheck(path, "w");
-    snprintf(path, sizeof path, "%s/config.ini", c->run_dir);
-    FILE *f = fopenCheck(path, "w");
-    fprintf(f, "# resolved configuration of this run (pcmoe " PACKAGE_VERSION ")\n");
-    config_write(f, c);
-    if (fclose(f) != 0) fail("writing %s: %s", path, strerror(errno));
+        return error_set(err, len, "run.dir = %s: already holds a run (metrics%s.jsonl); choose another run.dir or pass --force to overwrite it", c->run_dir, suffix);
+    mt->jsonl = fopen(path, "w");
+    if (!mt->jsonl) return error_set(err, len, "%s: cannot write: %s", path, strerror(errno));
+    if (write_config) {
+        snprintf(path, sizeof path, "%s/config.ini", c->run_dir);
+        FILE *f = fopen(path, "w");
+        if (!f) return error_set(err, len, "%s: cannot write: %s", path, strerror(errno));
+        fprintf(f, "# resolved configuration of this run (pcmoe " PACKAGE_VERSION ")\n");
+        config_write(f, c);
+        if (fclose(f) != 0) return error_set(err, len, "%s: write failed: %s", path, strerror(errno));
+    }
     mt->tty = isatty(2);
     mt->t_start = now_seconds();
+    return 0;
 }
 
 static void json_num(FILE *f, const char *key, double v) {
     if (isfinite(v)) fprintf(f, ",\"%s\":%.9g", key, v);
     else fprintf(f, ",\"%s\":null", key);
+}
+
+static void json_mem(FILE *f, const MemStats *m, double rss) {
+    fprintf(f, ",\"mem_params\":%zu,\"mem_grads\":%zu,\"mem_optim\":%zu,\"mem_acts\":%zu,\"mem_buffers\":%zu",
+            m->params, m->grads, m->optim, m->acts, m->buffers);
+    json_num(f, "rss_peak", rss);
 }
 
 void metrics_log(Metrics *mt, const StepStats *s) {
@@ -50,49 +78,64 @@ void metrics_log(Metrics *mt, const StepStats *s) {
         json_num(f, "val_loss", s->val_loss);
         json_num(f, "val_bpb", s->val_loss / log(2.0));
     }
+    json_num(f, "bytes_sent", s->bytes_sent);
+    json_num(f, "bytes_recv", s->bytes_recv);
+    json_mem(f, &s->mem, s->rss_peak);
     fprintf(f, "}\n");
     fflush(f);
 }
 
-void metrics_progress(Metrics *mt, const StepStats *s, int total_steps, int print_plain) {
+void metrics_progress(Metrics *mt, const StepStats *s, int n, int total_steps, int print_plain) {
     if (!mt->tty && !print_plain) return;
+    double loss = 0.0, val = 0.0, tps = 0.0;
+    int n_loss = 0, n_val = 0, step = s[0].step;
+    for (int i = 0; i < n; i++) {
+        if (s[i].has_train) { loss += s[i].train_loss; tps += s[i].tokens_per_s; n_loss++; }
+        if (s[i].has_val) { val += s[i].val_loss; n_val++; }
+    }
     double elapsed = now_seconds() - mt->t_start;
-    double eta = s->step > 0 ? elapsed / s->step * (total_steps - s->step) : 0.0;
+    double eta = step > 0 ? elapsed / step * (total_steps - step) : 0.0;
     char line[256];
-    int n = snprintf(line, sizeof line, "step %d/%d", s->step, total_steps);
-    if (s->has_train)
-        n += snprintf(line + n, sizeof line - n, " | loss %.4f | %.1fk tok/s", s->train_loss, s->tokens_per_s / 1000.0);
-    if (s->has_val)
-        n += snprintf(line + n, sizeof line - n, " | val %.4f (%.3f bpb)", s->val_loss, s->val_loss / log(2.0));
-    snprintf(line + n, sizeof line - n, " | ETA %d:%02d", (int)eta / 60, (int)eta % 60);
-    if (mt->tty) fprintf(stderr, "\r%-100s%s", line, s->step == total_steps ? "\n" : "");
+    int k = snprintf(line, sizeof line, "step %d/%d", step, total_steps);
+    if (n_loss) k += snprintf(line + k, sizeof line - k, " | loss %.4f | %.1fk tok/s", loss / n_loss, tps / 1000.0);
+    if (n_val) k += snprintf(line + k, sizeof line - k, " | val %.4f (%.3f bpb)", val / n_val, val / n_val / log(2.0));
+    if (n > 1) k += snprintf(line + k, sizeof line - k, " | %d parties", n);
+    snprintf(line + k, sizeof line - k, " | ETA %d:%02d", (int)eta / 60, (int)eta % 60);
+    if (mt->tty) fprintf(stderr, "\r%-110s%s", line, step == total_steps ? "\n" : "");
     else fprintf(stderr, "%s\n", line);
     fflush(stderr);
 }
 
-void metrics_summary(Metrics *mt, const StepStats *last, double best_val, int steps, double tokens,
-                     size_t n_params, MemStats mem) {
+void metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const double *best_val, int n, int steps,
+                     double tokens) {
     char path[CONFIG_PATH_LEN + 64];
-    snprintf(path, sizeof path, "%s/summary.json", mt->run_dir);
-    FILE *f = fopenCheck(path, "w");
+    snprintf(path, sizeof path, "%s/summary%s.json", mt->run_dir, mt->suffix);
+    FILE *f = fopen(path, "w");
+    if (!f) fail("%s: cannot write: %s", path, strerror(errno));
     double secs = now_seconds() - mt->t_start;
-    fprintf(f, "{\"steps\":%d,\"party\":%d", steps, last->party);
-    json_num(f, "final_train_loss", last->train_loss);
-    json_num(f, "final_val_loss", last->has_val ? last->val_loss : NAN);
-    json_num(f, "final_val_bpb", last->has_val ? last->val_loss / log(2.0) : NAN);
-    json_num(f, "best_val_loss", best_val);
+    fprintf(f, "{\"mode\":\"%s\",\"schedule\":\"%s\",\"n_parties\":%d,\"steps\":%d", MODE_NAMES[c->mode],
+            SCHEDULE_NAMES[c->schedule], c->n_parties, steps);
     json_num(f, "tokens", tokens);
     json_num(f, "seconds", secs);
     json_num(f, "tokens_per_s", tokens / secs);
-    json_num(f, "flops_per_step", last->flops);
-    fprintf(f, ",\"params\":%zu", n_params);
-    fprintf(f, ",\"memory_bytes\":{\"params\":%zu,\"grads\":%zu,\"optim\":%zu,\"acts\":%zu}", mem.params,
-            mem.grads, mem.optim, mem.acts);
-    fprintf(f, "}\n");
+    fprintf(f, ",\"parties\":[");
+    for (int i = 0; i < n; i++) {
+        const StepStats *s = &last[i];
+        fprintf(f, "%s\n  {\"party\":%d", i ? "," : "", s->party);
+        json_num(f, "final_train_loss", s->has_train ? s->train_loss : NAN);
+        json_num(f, "final_val_loss", s->has_val ? s->val_loss : NAN);
+        json_num(f, "final_val_bpb", s->has_val ? s->val_loss / log(2.0) : NAN);
+        json_num(f, "best_val_loss", best_val[i]);
+        json_num(f, "flops_per_step", s->flops);
+        fprintf(f, ",\"params\":%zu", s->mem.params / sizeof(float));
+        json_mem(f, &s->mem, s->rss_peak);
+        fprintf(f, "}");
+    }
+    fprintf(f, "\n]}\n");
     if (fclose(f) != 0) fail("writing %s: %s", path, strerror(errno));
 }
 
 void metrics_close(Metrics *mt) {
-    if (mt->jsonl && fclose(mt->jsonl) != 0) fail("writing %s/metrics.jsonl: %s", mt->run_dir, strerror(errno));
+    if (mt->jsonl && fclose(mt->jsonl) != 0) fail("writing %s/metrics%s.jsonl: %s", mt->run_dir, mt->suffix, strerror(errno));
     mt->jsonl = NULL;
 }

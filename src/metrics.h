@@ -20,23 +20,37 @@ typedef struct {
     double flops;         // FLOPs of this step (GEMMs + attention)
     int has_val;          // val_loss valid
     double val_loss;      // mean cross-entropy on the validation split (nats per byte)
+    double bytes_sent;    // bytes this party sent to other parties during the step
+    double bytes_recv;    // and received
+    MemStats mem;         // bytes by category (buffers: peak exchange buffers)
+    double rss_peak;      // peak resident set size of the process, bytes
 } StepStats;
+
+// StepStats <-> a fixed array of doubles (what a party sends to rank 0 with privacy.share_metrics)
+#define STEP_STATS_DOUBLES 22
+void step_stats_pack(const StepStats *s, double *out);
+void step_stats_unpack(StepStats *s, const double *in);
 
 typedef struct {
     char run_dir[CONFIG_PATH_LEN];
-    FILE *jsonl;          // RUN/metrics.jsonl
+    char suffix[32];      // "" for the job's files, ".party_N" for one party's own (share_metrics = false)
+    FILE *jsonl;          // RUN/metrics<suffix>.jsonl
     int tty;              // progress is redrawn in place (stderr is a terminal)
     double t_start;
 } Metrics;
 
-// Creates the run directory, writes config.ini and opens metrics.jsonl. Refuses (exit 2) to overwrite
-// an existing metrics.jsonl unless `force`.
-void metrics_open(Metrics *mt, const Config *c, int force);
+// Creates the run directory and opens RUN/metrics<suffix>.jsonl; with write_config also writes
+// RUN/config.ini. Returns 0, or 2 with a one-line message in err: an existing metrics file is never
+// overwritten unless `force`.
+int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, int write_config, char *err, size_t len);
+// One JSON line for one party's step.
 void metrics_log(Metrics *mt, const StepStats *s);
-// Progress line: "step 120/500 | loss 2.3100 | val 2.41 (3.48 bpb) | 12.3k tok/s | ETA 0:41".
-void metrics_progress(Metrics *mt, const StepStats *s, int total_steps, int print_plain);
-void metrics_summary(Metrics *mt, const StepStats *last, double best_val, int steps, double tokens,
-                     size_t n_params, MemStats mem);
+// The job's progress line over n parties' stats of this step (mean train and validation loss of the
+// parties that have them, summed tokens/s): "step 120/500 | loss 2.31 | val 2.41 (3.48 bpb) | 12.3k tok/s | ETA 0:41".
+void metrics_progress(Metrics *mt, const StepStats *s, int n, int total_steps, int print_plain);
+// RUN/summary<suffix>.json: run totals and, per party, its last stats and best validation loss.
+void metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const double *best_val, int n, int steps,
+                     double tokens);
 void metrics_close(Metrics *mt);
 
 #endif

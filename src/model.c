@@ -114,11 +114,14 @@ static float *act_alloc(Model *m, size_t n) {
 void model_create(Model *m, const ModelConfig *c, const int *owned, int B, int T) {
     memset(m, 0, sizeof *m);
     m->cfg = *c;
-    m->B = B;
+    m->B = m->B_alloc = B;
     m->T = T;
     int E = c->n_experts;
     m->owned = mallocCheck(sizeof(int) * E);
     for (int e = 0; e < E; e++) m->owned[e] = owned ? owned[e] : 1;
+    m->expert_order = mallocCheck(sizeof(int) * E);
+    for (int e = 0; e < E; e++) m->expert_order[e] = e;
+
     layout_build(m);
     m->params = callocCheck(m->n_params, sizeof(float));
     m->grads = callocCheck(m->n_params, sizeof(float));
@@ -189,7 +192,7 @@ void model_free(Model *m) {
     weights_unbind(&m->g, L);
     free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
     free(m->adam_steps); free(m->active);
-    free(m->tensors); free(m->owned);
+    free(m->tensors); free(m->owned); free(m->expert_order);
     memset(m, 0, sizeof *m);
 }
 
@@ -199,7 +202,7 @@ static uint64_t name_hash(const char *s) { // FNV-1a
     return h;
 }
 
-void model_init(Model *m, uint64_t seed) {
+void model_init(Model *m, uint64_t backbone_seed, uint64_t expert_seed) {
     const ModelConfig *c = &m->cfg;
     float out_std = c->init_std / sqrtf(2.0f * c->n_layers);
     for (int i = 0; i < m->n_tensors; i++) {
@@ -212,7 +215,7 @@ void model_init(Model *m, uint64_t seed) {
         int is_out = t->kind == T_WO || t->kind == T_FFN_DOWN || t->kind == T_EXP_DOWN;
         float std = is_out ? out_std : c->init_std;
         Rng r;
-        rng_seed(&r, seed ^ name_hash(t->name));
+        rng_seed(&r, (t->expert >= 0 ? expert_seed : backbone_seed) ^ name_hash(t->name));
         for (size_t j = 0; j < t->numel; j++) p[j] = std * rng_normal(&r);
     }
     memset(m->adam_m, 0, sizeof(float) * m->n_params);
@@ -245,8 +248,9 @@ double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         // FFN sub-block: xo = x_mid + ffn(rmsnorm(x_mid))
         rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ffn_norm, N, d, c->norm_eps);
         if (model_layer_is_moe(c, l)) {
-            moe_route(&a->moe, a->ln2, w->router, &m->flops);
-            moe_experts_forward(&a->moe, expert_set(w), &m->flops);
+            moe_route(&a->moe, a->ln2, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
+            if (m->ex) exchange_forward(m->ex, l, &a->moe, expert_set(w), &m->flops);
+            else moe_experts_forward(&a->moe, expert_set(w), &m->flops);
             moe_combine(m->tmp, &a->moe);
             m->aux += a->moe.aux;
             m->z += a->moe.z;
@@ -261,6 +265,12 @@ double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
     m->ce = crossentropy_forward(m->logits, m->losses, targets, N, c->vocab);
     m->loss = m->ce + c->aux_coef * m->aux + c->z_coef * m->z;
     return m->loss;
+}
+
+void model_set_batch(Model *m, int B) {
+    if (B < 1 || B > m->B_alloc) fail("internal: batch %d outside [1, %d]", B, m->B_alloc);
+    m->B = B;
+    for (int l = 0; l < m->cfg.n_layers; l++) m->acts[l].moe.N = B * m->T;
 }
 
 void model_zero_grad(Model *m) { memset(m->grads, 0, sizeof(float) * m->n_params); }
@@ -284,7 +294,8 @@ void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         if (model_layer_is_moe(c, l)) {
             MoeScratch *s = &m->moe_scratch;
             moe_combine_backward(s, m->dresid, &a->moe);
-            moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g), &m->flops);
+            if (m->ex) exchange_backward(m->ex, l, &a->moe, s, expert_set(w), expert_set(g), &m->flops);
+            else moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g), &m->flops);
             moe_route_backward(m->dln, g->router, s, &a->moe, a->ln2, w->router, c->aux_coef, c->z_coef, &m->flops);
         } else {
             ffn_backward(m->dln, g->ffn_gate, g->ffn_up, g->ffn_down, m->dffn_h, m->dffn_u, m->dffn_a, m->dresid,
@@ -303,9 +314,26 @@ void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         rmsnorm_backward(m->dresid, g->attn_norm, m->dln, m->resid + (size_t)l * Nd, w->attn_norm, a->rstd1, N, d);
     }
     embedding_backward(m->g.embed, m->dresid, tokens, N, d);
+    model_mark_active(m);
+}
+
+void model_serve_forward(Model *m) {
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        if (model_layer_is_moe(&m->cfg, l)) exchange_forward(m->ex, l, NULL, expert_set(&m->w.layer[l]), &m->flops);
+}
+
+void model_serve_backward(Model *m) {
+    for (int l = m->cfg.n_layers - 1; l >= 0; l--)
+        if (model_layer_is_moe(&m->cfg, l))
+            exchange_backward(m->ex, l, NULL, NULL, expert_set(&m->w.layer[l]), expert_set(&m->g.layer[l]), &m->flops);
+}
+
+void model_mark_active(Model *m) {
     for (int i = 0; i < m->n_tensors; i++) {
         const ParamTensor *t = &m->tensors[i];
-        m->active[i] = t->expert < 0 || m->acts[t->layer].moe.counts[t->expert] > 0;
+        if (t->expert < 0) { m->active[i] = 1; continue; }
+        int rows = m->ex ? exchange_expert_rows(m->ex, t->layer, t->expert) : m->acts[t->layer].moe.counts[t->expert];
+        m->active[i] = rows > 0;
     }
 }
 

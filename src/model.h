@@ -10,8 +10,10 @@
 #include <stddef.h> // size_t
 #include <stdint.h> // uint8_t, uint64_t
 
-#include "config.h" // Config
-#include "moe.h"    // MoeActs, MoeScratch
+#include "config.h"   // Config
+#include "exchange.h" // Exchange
+#include "moe.h"      // MoeActs, MoeScratch
+#include "rng.h"      // Rng
 
 typedef struct {
     int vocab, d, n_layers, n_heads, head_dim, seq_len, d_ff, n_experts, top_k, expert_ff, moe_every;
@@ -76,11 +78,13 @@ typedef struct {
 // Bytes held, by category (reported in metrics; the basis of the memory claims).
 typedef struct {
     size_t params, grads, optim, acts;
+    size_t buffers; // exchange buffers (pcmoe): peak bytes
 } MemStats;
 
 typedef struct {
     ModelConfig cfg;
-    int B, T;                 // batch shape the activation buffers are sized for
+    int B, T;                 // batch shape of the next pass
+    int B_alloc;              // batch size the activation buffers are sized for
     int n_tensors;
     ParamTensor *tensors;     // (n_tensors) this party's tensors, in buffer order
     size_t n_params;          // floats in each flat buffer
@@ -92,6 +96,10 @@ typedef struct {
                               // for the backbone; for an expert, only if tokens were routed to it
     Weights w, g;             // views of params and grads
     int *owned;               // (m) 1 where this party holds expert e
+    int *expert_order;        // (m) order of experts in the packed rows (grouped by owner in pcmoe)
+    Rng shuffle;              // private RNG shuffling each expert's rows (used when shuffle_on)
+    int shuffle_on;
+    Exchange *ex;             // pcmoe: experts are reached through the exchange; NULL: all experts local
     // forward activations
     float *resid;             // (L+1, N, d) residual stream entering layer l; [L] is the final one
     LayerActs *acts;          // (L)
@@ -121,10 +129,13 @@ int model_layer_is_moe(const ModelConfig *c, int layer);
 // (NULL: all of them). Weights are not initialised.
 void model_create(Model *m, const ModelConfig *c, const int *owned, int B, int T);
 void model_free(Model *m);
-// Initialises every tensor from (seed, tensor name), so a tensor's values do not depend on which other
-// tensors this party holds: matrices ~ N(0, init_std) (wo and FFN down-projections scaled by
-// 1/sqrt(2L)), norm weights 1. Adam moments are zeroed.
-void model_init(Model *m, uint64_t seed);
+// Initialises every tensor from (seed, tensor name): backbone tensors from backbone_seed, experts from
+// expert_seed, so an expert's values do not depend on which party holds it. Matrices ~ N(0, init_std)
+// (wo and FFN down-projections scaled by 1/sqrt(2L)), norm weights 1. Adam state is zeroed.
+void model_init(Model *m, uint64_t backbone_seed, uint64_t expert_seed);
+
+// Runs later passes on batches of B <= the allocated B sequences (evaluation with a smaller batch).
+void model_set_batch(Model *m, int B);
 
 // Forward pass on tokens, targets (B, T); returns the total loss and fills loss/ce/aux/z.
 double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets);
@@ -132,6 +143,14 @@ double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets);
 void model_zero_grad(Model *m);
 // Backward pass of the last forward: accumulates d loss / d params into grads.
 void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets);
+
+// pcmoe: a party without a batch this step still serves its experts, through the same exchange calls
+// as a forward / backward pass (every MoE layer, in the same order).
+void model_serve_forward(Model *m);
+void model_serve_backward(Model *m);
+// Sets `active` from the last forward: backbone tensors always; a held expert's tensors when it
+// processed rows (its own party's or, in pcmoe, any party's).
+void model_mark_active(Model *m);
 
 // Finds a tensor by name; NULL if absent.
 const ParamTensor *model_find_tensor(const Model *m, const char *name);

@@ -21,7 +21,7 @@ void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, size_t *bytes
     a->gates = alloc_f(Nk, bytes);
     a->gate_sum = alloc_f(N, bytes);
     a->counts = alloc_i(m, bytes);
-    a->offsets = alloc_i(m + 1, bytes);
+    a->offsets = alloc_i(m, bytes);
     a->row_choice = alloc_i(Nk, bytes);
     a->choice_row = alloc_i(Nk, bytes);
     a->xe = alloc_f(Nk * d, bytes);
@@ -53,7 +53,7 @@ void moe_scratch_free(MoeScratch *s) {
     free(s->dye); free(s->dxe); free(s->dhe); free(s->due); free(s->dae); free(s->dgates); free(s->dlogits);
 }
 
-void moe_route(MoeActs *a, const float *inp, const float *router, double *flops) {
+void moe_route(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops) {
     int N = a->N, d = a->d, m = a->m, k = a->k;
     matmul_forward(a->logits, inp, router, N, d, m, flops);
 #pragma omp parallel for
@@ -83,19 +83,27 @@ void moe_route(MoeActs *a, const float *inp, const float *router, double *flops)
         a->gate_sum[n] = gsum;
         for (int j = 0; j < k; j++) a->gates[(long)n * k + j] = p[top[j]] / gsum;
     }
-    // counting sort of the choices by expert: stable, so each expert's rows keep token order
+    // counting sort of the choices by expert, experts laid out in `order`
     memset(a->counts, 0, sizeof(int) * m);
     for (long c = 0; c < (long)N * k; c++) a->counts[a->topk[c]]++;
-    a->offsets[0] = 0;
-    for (int e = 0; e < m; e++) a->offsets[e + 1] = a->offsets[e] + a->counts[e];
+    int next = 0;
+    for (int i = 0; i < m; i++) {
+        int e = order ? order[i] : i;
+        a->offsets[e] = next;
+        next += a->counts[e];
+    }
     int *fill = mallocCheck(sizeof(int) * m);
     memcpy(fill, a->offsets, sizeof(int) * m);
-    for (long c = 0; c < (long)N * k; c++) {
-        int row = fill[a->topk[c]]++;
-        a->row_choice[row] = (int)c;
-        a->choice_row[c] = row;
-    }
+    for (long c = 0; c < (long)N * k; c++) a->row_choice[fill[a->topk[c]]++] = (int)c;
     free(fill);
+    if (shuffle) // Fisher-Yates within each expert's rows
+        for (int e = 0; e < m; e++)
+            for (int i = a->counts[e] - 1; i > 0; i--) {
+                int j = (int)rng_below(shuffle, (uint64_t)i + 1);
+                int *r = a->row_choice + a->offsets[e];
+                int t = r[i]; r[i] = r[j]; r[j] = t;
+            }
+    for (long row = 0; row < (long)N * k; row++) a->choice_row[a->row_choice[row]] = (int)row;
 #pragma omp parallel for
     for (long row = 0; row < (long)N * k; row++)
         memcpy(a->xe + row * d, inp + (long)(a->row_choice[row] / k) * d, sizeof(float) * d);

@@ -6,9 +6,13 @@
 
 #include <stddef.h> // size_t
 
+#include "rng.h"    // Rng
+
 // Shapes: N token rows, d model width, m experts, k experts per token, f expert hidden width.
 // A "choice" is one (token n, rank j) pair, indexed n*k + j; a "packed row" is a row of the expert
-// buffers, where each expert's rows are contiguous: expert e owns rows [offsets[e], offsets[e+1]).
+// buffers, where each expert's rows are contiguous: expert e owns rows [offsets[e], offsets[e] + counts[e]).
+// Experts are laid out in a given order (pcmoe: grouped by owner party, so each owner's rows are one
+// contiguous block to send).
 typedef struct {
     int N, d, m, k, f;
     float *logits;     // (N, m) router logits
@@ -18,7 +22,7 @@ typedef struct {
     float *gates;      // (N, k) probabilities of the chosen experts renormalised to sum to 1
     float *gate_sum;   // (N) sum of the chosen probabilities (the renormaliser)
     int *counts;       // (m) rows routed to each expert
-    int *offsets;      // (m + 1) first packed row of each expert
+    int *offsets;      // (m) first packed row of each expert
     int *row_choice;   // (N*k) packed row -> choice
     int *choice_row;   // (N*k) choice -> packed row
     float *xe;         // (N*k, d) packed expert inputs
@@ -51,8 +55,10 @@ void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, size_t 
 void moe_scratch_free(MoeScratch *s);
 
 // Router forward and dispatch: logits, probs, top-k, gates, aux and z losses, per-expert counts, and the
-// packed inputs xe. inp (N, d), router (m, d).
-void moe_route(MoeActs *a, const float *inp, const float *router, double *flops);
+// packed inputs xe. inp (N, d), router (m, d). order (m): the experts in packing order (NULL: 0..m-1).
+// shuffle: when not NULL, each expert's rows are put in a random order drawn from this private RNG
+// (otherwise they keep token order, which would tell an expert's owner where each token sat).
+void moe_route(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops);
 // Runs every expert present in `w` on its packed rows: xe -> he, ue, ae, ye.
 void moe_experts_forward(MoeActs *a, ExpertSet w, double *flops);
 // out (N, d) = sum_j gates[n, j] * ye[choice_row[n*k + j]]   (overwritten)

@@ -1,7 +1,7 @@
 // optim.c: AdamW, learning-rate schedule, gradient clipping.
 #include "optim.h"
 
-#include <math.h> // cos, sqrtf, pow
+#include <math.h> // cos, sqrt, sqrtf, pow
 
 float optim_lr(const OptimConfig *o, int step) {
     if (step < o->warmup_steps) return o->lr * (float)(step + 1) / (float)o->warmup_steps;
@@ -34,6 +34,16 @@ double optim_sum_squares(const float *g, size_t n) {
 float optim_clip_scale(const OptimConfig *o, double grad_norm) {
     if (o->grad_clip > 0.0f && grad_norm > o->grad_clip) return (float)(o->grad_clip / grad_norm);
     return 1.0f;
+}
+
+double optim_update_group(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *select,
+                          int *steps, float *params, const float *grads, float *m, float *v, float lr) {
+    double ss = 0.0;
+    for (int i = 0; i < n_tensors; i++)
+        if (select[i]) ss += optim_sum_squares(grads + tensors[i].offset, tensors[i].numel);
+    double norm = sqrt(ss);
+    optim_adamw(o, tensors, n_tensors, select, steps, params, grads, m, v, lr, optim_clip_scale(o, norm));
+    return norm;
 }
 
 void optim_adamw(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *active,

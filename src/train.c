@@ -1,17 +1,21 @@
-// train.c: one party's training run, read top to bottom in train_run().
+// train.c: a training run. train_run() sets up the parties of the configured mode and runs the step
+// loop; each mode has one step function, and step_pcmoe() is the product, read top to bottom.
 #include "train.h"
 
-#include <math.h>   // sqrt, isfinite
-#include <stdlib.h> // free
+#include <math.h>         // sqrt, isfinite, INFINITY
+#include <stdio.h>        // FILE
+#include <stdlib.h>       // free
+#include <string.h>       // memcpy, memset
+#include <sys/resource.h> // getrusage
 
 #ifdef _OPENMP
-#include <omp.h>    // omp_set_num_threads
+#include <omp.h>          // omp_set_num_threads
 #endif
 
-#include "autoconfig.h" // HAVE_OPENBLAS_SET_NUM_THREADS
-#include "metrics.h"    // Metrics, StepStats
-#include "optim.h"      // OptimConfig, optim_*
-#include "util.h"       // fail, fail_usage, now_seconds, mallocCheck
+#include "autoconfig.h"   // HAVE_OPENBLAS_*
+#include "exchange.h"     // Exchange
+#include "metrics.h"      // Metrics, StepStats
+#include "util.h"         // fail, fail_usage, now_seconds, mallocCheck
 
 #ifdef HAVE_OPENBLAS_SET_NUM_THREADS
 void openblas_set_num_threads(int num_threads);
@@ -39,6 +43,28 @@ static void threads_setup(const Config *c) {
 #endif
 }
 
+typedef struct {
+    int party;
+    Dataset data;              // the party's private corpus
+    Model model;               // pcmoe: its backbone and expert shard; local, fedavg: a whole model
+    uint8_t *tokens, *targets; // (B, T) the step's batch
+    StepStats s;               // metrics of the current step
+} Party;
+
+typedef struct {
+    const Config *c;
+    Comm *comm;
+    int simulate;
+    int P;                     // parties in the job
+    int n;                     // parties computed in this process: 1, or P (simulate, centralized)
+    Party *party;              // (n)
+    Model pool;                // simulate: every expert, shared by the parties' models
+    Model central;             // centralized: the one model, batch P*B
+    uint8_t *ctok, *ctgt;      // centralized: (P*B, T)
+    Exchange ex;               // pcmoe over MPI
+    OptimConfig oc;
+} Run;
+
 static OptimConfig optim_config_from(const Config *c) {
     OptimConfig o = {
         .lr = c->lr, .min_lr = c->min_lr, .warmup_steps = c->warmup_steps, .total_steps = c->steps,
@@ -48,14 +74,35 @@ static OptimConfig optim_config_from(const Config *c) {
     return o;
 }
 
-double train_evaluate(Model *m, const Dataset *ds, int n_batches, uint8_t *tokens, uint8_t *targets) {
-    double total = 0.0;
-    for (int i = 0; i < n_batches; i++) {
-        data_val_batch(ds, tokens, targets, m->B, m->T, i, n_batches);
-        model_forward(m, tokens, targets);
-        total += m->ce;
+// Backbones: fedavg and centralized start from one model; pcmoe and local parties from their own.
+// Experts: one seed, whoever holds them.
+static uint64_t backbone_seed(const Config *c, int party) {
+    int shared = c->mode == MODE_FEDAVG || c->mode == MODE_CENTRALIZED;
+    return (uint64_t)c->seed + 7919ULL * (uint64_t)(shared ? 1 : party + 1);
+}
+
+static uint64_t shuffle_seed(const Config *c, int party) {
+    if (c->shuffle_seed != 0) return (uint64_t)c->shuffle_seed + (uint64_t)party;
+    uint64_t s = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&s, sizeof s, 1, f) != 1) fail("cannot read /dev/urandom for the private shuffle seed (set privacy.shuffle_seed)");
+    fclose(f);
+    return s;
+}
+
+// Sequential schedule: parties take turns in rounds of P steps, each round in an order drawn from the
+// shared seed, so every party computes the same order without talking.
+static int turn_of(const Config *c, int step) {
+    int P = c->n_parties, perm[CONFIG_MAX_PARTIES];
+    Rng r;
+    rng_seed(&r, (uint64_t)c->seed * 1000003ULL + (uint64_t)(step / P) + 0x5EC0ULL);
+    for (int i = 0; i < P; i++) perm[i] = i;
+    for (int i = P - 1; i > 0; i--) {
+        int j = (int)rng_below(&r, (uint64_t)i + 1), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
     }
-    return total / n_batches;
+    return perm[step % P];
 }
 
 double train_step(Model *m, const OptimConfig *oc, const uint8_t *tokens, const uint8_t *targets, int step,
@@ -74,67 +121,379 @@ double train_step(Model *m, const OptimConfig *oc, const uint8_t *tokens, const 
     return grad_norm;
 }
 
-int train_run(const Config *c, int force) {
-    threads_setup(c);
-    const int party = 0, B = c->batch_size, T = c->seq_len;
-
-    // the party's private corpus
-    Dataset ds;
-    char err[2048];
-    if (data_load(&ds, c->data_path[party], c->val_fraction, T, (uint64_t)c->seed + 1 + party, err, sizeof err))
-        fail_usage(2, 0, "data.%d = %s", party, err);
-
-    // the model and its optimizer
-    ModelConfig mc = model_config_from(c);
-    Model model;
-    model_create(&model, &mc, NULL, B, T);
-    model_init(&model, (uint64_t)c->seed);
-    OptimConfig oc = optim_config_from(c);
-
-    Metrics mt;
-    metrics_open(&mt, c, force);
-    uint8_t *tokens = mallocCheck((size_t)B * T), *targets = mallocCheck((size_t)B * T);
-    StepStats s = {.party = party};
-    double best_val = INFINITY, tokens_seen = 0.0;
-
-    if (c->eval_every > 0) { // the starting point: validation loss of the initial model
-        s.has_val = 1;
-        s.val_loss = best_val = train_evaluate(&model, &ds, c->eval_batches, tokens, targets);
-        metrics_log(&mt, &s);
-        metrics_progress(&mt, &s, c->steps, 1);
+double train_evaluate(Model *m, const Dataset *ds, int n_batches, uint8_t *tokens, uint8_t *targets) {
+    double total = 0.0;
+    for (int i = 0; i < n_batches; i++) {
+        data_val_batch(ds, tokens, targets, m->B, m->T, i, n_batches);
+        model_forward(m, tokens, targets);
+        total += m->ce;
     }
+    return total / n_batches;
+}
 
-    for (int step = 0; step < c->steps; step++) {
+// Clips and updates one group of m's tensors that received gradient: its backbone (experts = 0), or the
+// experts it holds of owner `owner` (experts = 1; owner < 0: all it holds). Each group is clipped by its
+// own gradient norm: a party's backbone gradient is private, and an owner clips the gradients of its
+// experts, summed over all parties, without learning anyone's backbone norm. Returns the group's norm.
+static double update_group(Run *r, Model *m, float lr, int experts, int owner, int step, int party) {
+    unsigned char *sel = mallocCheck((size_t)m->n_tensors);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        int is_expert = t->expert >= 0;
+        sel[i] = m->active[i] && (experts ? is_expert && (owner < 0 || exchange_owner(t->expert, r->P) == owner) : !is_expert);
+    }
+    double norm = optim_update_group(&r->oc, m->tensors, m->n_tensors, sel, m->adam_steps, m->params, m->grads,
+                                     m->adam_m, m->adam_v, lr);
+    free(sel);
+    if (!isfinite(norm)) fail("step %d, party %d: non-finite %s gradient; stopping", step + 1, party, experts ? "expert" : "backbone");
+    return norm;
+}
+
+static void stats_train(StepStats *s, const Model *m, float lr, double grad_norm, double tokens, double dt) {
+    s->has_train = 1;
+    s->train_loss = m->loss;
+    s->ce = m->ce;
+    s->aux = m->aux;
+    s->z = m->z;
+    s->lr = lr;
+    s->grad_norm = grad_norm;
+    s->tokens_per_s = tokens / dt;
+    s->flops = m->flops;
+    if (!isfinite(m->loss)) fail("step %d, party %d: non-finite loss %g; stopping", s->step, s->party, m->loss);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// pcmoe over MPI: one party per rank. Every party makes the same exchange calls in the same order:
+// with a batch it runs forward and backward through the shared experts; without one (sequential
+// schedule, not its turn) it only serves its experts to the party whose turn it is.
+static void step_pcmoe(Run *r, int step) {
+    Party *p = &r->party[0];
+    Model *m = &p->model;
+    const Config *c = r->c;
+    int B = c->batch_size, T = c->seq_len;
+    int trains = c->schedule == SCHEDULE_CONCURRENT || turn_of(c, step) == p->party;
+    double t0 = now_seconds();
+    model_zero_grad(m);
+    m->flops = 0.0;
+    // 1. forward and backward through the shared expert pool
+    if (trains) {
+        data_train_batch(&p->data, p->tokens, p->targets, B, T);
+        model_forward(m, p->tokens, p->targets);
+        model_backward(m, p->tokens, p->targets);
+    } else {
+        model_serve_forward(m);
+        model_serve_backward(m);
+        model_mark_active(m);
+    }
+    // 2. the party updates its backbone if it trained; as an owner, the experts that any party's rows reached
+    float lr = optim_lr(&r->oc, step);
+    double norm = trains ? update_group(r, m, lr, 0, -1, step, p->party) : 0.0;
+    update_group(r, m, lr, 1, -1, step, p->party);
+    if (trains) stats_train(&p->s, m, lr, norm, (double)B * T, now_seconds() - t0);
+}
+
+// pcmoe in one process (--simulate): the same parties' math with every expert local. Each party's model
+// holds its backbone and points at the shared pool's experts, whose gradients therefore sum over the
+// parties; each owner's experts are then clipped and updated as a group, exactly as the owner does.
+static void step_pcmoe_simulate(Run *r, int step) {
+    const Config *c = r->c;
+    int B = c->batch_size, T = c->seq_len, L = c->n_layers, E = c->n_experts;
+    int turn = c->schedule == SCHEDULE_SEQUENTIAL ? turn_of(c, step) : -1;
+    int *rows = callocCheck((size_t)L * E, sizeof(int)); // rows each expert processed, all parties
+    double *dt = callocCheck((size_t)r->n, sizeof(double));
+    model_zero_grad(&r->pool);
+    for (int q = 0; q < r->n; q++) {
+        Party *p = &r->party[q];
+        if (turn >= 0 && q != turn) continue;
         double t0 = now_seconds();
-        // 1. a batch of the party's own data
-        data_train_batch(&ds, tokens, targets, B, T);
-        // 2. forward, backward, clip, AdamW
-        model.flops = 0.0;
-        float lr;
-        double grad_norm = train_step(&model, &oc, tokens, targets, step, party, &lr);
-        double dt = now_seconds() - t0;
-        tokens_seen += (double)B * T;
-
-        // 3. metrics, and validation on eval steps and at the end
-        s = (StepStats){.step = step + 1, .party = party, .has_train = 1, .train_loss = model.loss,
-                        .ce = model.ce, .aux = model.aux, .z = model.z, .lr = lr, .grad_norm = grad_norm,
-                        .tokens_per_s = (double)B * T / dt, .flops = model.flops};
-        int last = step + 1 == c->steps;
-        if (last || (c->eval_every > 0 && (step + 1) % c->eval_every == 0)) {
-            s.has_val = 1;
-            s.val_loss = train_evaluate(&model, &ds, c->eval_batches, tokens, targets);
-            if (s.val_loss < best_val) best_val = s.val_loss;
-        }
-        int log_now = last || s.has_val || (step + 1) % c->log_every == 0;
-        if (log_now) metrics_log(&mt, &s);
-        metrics_progress(&mt, &s, c->steps, log_now);
+        p->model.flops = 0.0;
+        model_zero_grad(&p->model);
+        data_train_batch(&p->data, p->tokens, p->targets, B, T);
+        model_forward(&p->model, p->tokens, p->targets);
+        model_backward(&p->model, p->tokens, p->targets);
+        for (int l = 0; l < L; l++)
+            if (model_layer_is_moe(&p->model.cfg, l))
+                for (int e = 0; e < E; e++) rows[l * E + e] += p->model.acts[l].moe.counts[e];
+        dt[q] = now_seconds() - t0;
     }
+    for (int i = 0; i < r->pool.n_tensors; i++) {
+        const ParamTensor *t = &r->pool.tensors[i];
+        r->pool.active[i] = t->expert < 0 ? 0 : rows[t->layer * E + t->expert] > 0;
+    }
+    float lr = optim_lr(&r->oc, step);
+    for (int q = 0; q < r->n; q++) {
+        Party *p = &r->party[q];
+        if (turn >= 0 && q != turn) continue;
+        double norm = update_group(r, &p->model, lr, 0, -1, step, q);
+        stats_train(&p->s, &p->model, lr, norm, (double)B * T, dt[q]);
+    }
+    for (int owner = 0; owner < r->P; owner++) update_group(r, &r->pool, lr, 1, owner, step, owner);
+    free(rows);
+    free(dt);
+}
 
-    metrics_summary(&mt, &s, best_val, c->steps, tokens_seen, model.n_params, model.mem);
-    metrics_close(&mt);
-    free(tokens);
-    free(targets);
-    model_free(&model);
-    data_free(&ds);
+// local and fedavg: each party trains a whole model on its own data; fedavg averages every weight
+// across the parties every fedavg.every steps.
+static void step_local(Run *r, int step) {
+    Party *p = &r->party[0];
+    Model *m = &p->model;
+    int B = r->c->batch_size, T = r->c->seq_len;
+    double t0 = now_seconds();
+    m->flops = 0.0;
+    data_train_batch(&p->data, p->tokens, p->targets, B, T);
+    float lr;
+    double norm = train_step(m, &r->oc, p->tokens, p->targets, step, p->party, &lr);
+    if (r->c->mode == MODE_FEDAVG && (step + 1) % r->c->fedavg_every == 0 && r->P > 1) {
+        comm_allreduce_floats(r->comm, MSG_FEDAVG_WEIGHTS, m->params, m->n_params);
+        float inv = 1.0f / (float)r->P;
+        for (size_t i = 0; i < m->n_params; i++) m->params[i] *= inv;
+    }
+    stats_train(&p->s, m, lr, norm, (double)B * T, now_seconds() - t0);
+}
+
+// centralized: one model on all parties' data; each step takes batch_size windows from every party
+// (the windows concurrent pcmoe would see), so the token budget per step is the same.
+static void step_centralized(Run *r, int step) {
+    Model *m = &r->central;
+    int B = r->c->batch_size, T = r->c->seq_len;
+    size_t BT = (size_t)B * T;
+    double t0 = now_seconds();
+    m->flops = 0.0;
+    for (int q = 0; q < r->n; q++)
+        data_train_batch(&r->party[q].data, r->ctok + q * BT, r->ctgt + q * BT, B, T);
+    float lr;
+    double norm = train_step(m, &r->oc, r->ctok, r->ctgt, step, 0, &lr);
+    double dt = now_seconds() - t0;
+    for (int q = 0; q < r->n; q++) { // each party's share of the loss: the CE of its own windows
+        double ce = 0.0;
+        for (size_t i = q * BT; i < (q + 1) * BT; i++) ce += m->losses[i];
+        stats_train(&r->party[q].s, m, lr, norm, (double)r->n * BT, dt);
+        r->party[q].s.ce = ce / (double)BT;
+        r->party[q].s.train_loss = m->loss - m->ce + r->party[q].s.ce;
+        r->party[q].s.tokens_per_s = (double)BT / dt;
+    }
+}
+
+// Validation loss of every party in this process on its own held-out split. In pcmoe over MPI every
+// party evaluates at once, so the exchange calls of their forward passes line up.
+static void evaluate(Run *r) {
+    int nb = r->c->eval_batches;
+    for (int q = 0; q < r->n; q++) {
+        Party *p = &r->party[q];
+        Model *m = r->c->mode == MODE_CENTRALIZED ? &r->central : &p->model;
+        uint8_t *tok = r->c->mode == MODE_CENTRALIZED ? r->ctok : p->tokens;
+        uint8_t *tgt = r->c->mode == MODE_CENTRALIZED ? r->ctgt : p->targets;
+        if (r->c->mode == MODE_CENTRALIZED) model_set_batch(m, r->c->batch_size);
+        p->s.has_val = 1;
+        p->s.val_loss = train_evaluate(m, &p->data, nb, tok, tgt);
+        if (r->c->mode == MODE_CENTRALIZED) model_set_batch(m, m->B_alloc);
+    }
+}
+
+static double rss_peak_bytes(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss * 1024.0;
+}
+
+// Memory of party q as held in this process (bytes by category; exchange buffers at their peak).
+static MemStats party_mem(const Run *r, int q) {
+    MemStats mem = r->c->mode == MODE_CENTRALIZED ? r->central.mem : r->party[q].model.mem;
+    if (r->c->mode == MODE_PCMOE && !r->simulate && r->P > 1) mem.buffers = r->ex.peak;
+    return mem;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Set-up helpers
+
+static int load_data(Run *r, char *err, size_t len) {
+    const Config *c = r->c;
+    for (int q = 0; q < r->n; q++) {
+        Party *p = &r->party[q];
+        char e[1536];
+        if (data_load(&p->data, c->data_path[p->party], c->val_fraction, c->seq_len, (uint64_t)c->seed + 1 + p->party, e, sizeof e))
+            return error_set(err, len, "party %d: data.%d = %s", p->party, p->party, e);
+    }
+    return 0;
+}
+
+static void build_models(Run *r) {
+    const Config *c = r->c;
+    ModelConfig mc = model_config_from(c);
+    int B = c->batch_size, T = c->seq_len, E = c->n_experts, P = r->P;
+    int *owned = mallocCheck(sizeof(int) * E);
+    if (c->mode == MODE_CENTRALIZED) {
+        model_create(&r->central, &mc, NULL, P * B, T);
+        model_init(&r->central, backbone_seed(c, 0), (uint64_t)c->seed);
+        r->ctok = mallocCheck((size_t)P * B * T);
+        r->ctgt = mallocCheck((size_t)P * B * T);
+    } else if (c->mode == MODE_PCMOE && r->simulate) {
+        model_create(&r->pool, &mc, NULL, 1, T); // experts only are used
+        model_init(&r->pool, 0, (uint64_t)c->seed);
+        for (int e = 0; e < E; e++) owned[e] = 0;
+        for (int q = 0; q < r->n; q++) {
+            Model *m = &r->party[q].model;
+            model_create(m, &mc, owned, B, T);
+            model_init(m, backbone_seed(c, q), (uint64_t)c->seed);
+            for (int l = 0; l < c->n_layers; l++) // the party's model reaches the pool's experts directly
+                for (int e = 0; e < E; e++) {
+                    LayerWeights *w = &m->w.layer[l], *g = &m->g.layer[l];
+                    w->exp_gate[e] = r->pool.w.layer[l].exp_gate[e];
+                    w->exp_up[e] = r->pool.w.layer[l].exp_up[e];
+                    w->exp_down[e] = r->pool.w.layer[l].exp_down[e];
+                    g->exp_gate[e] = r->pool.g.layer[l].exp_gate[e];
+                    g->exp_up[e] = r->pool.g.layer[l].exp_up[e];
+                    g->exp_down[e] = r->pool.g.layer[l].exp_down[e];
+                }
+            exchange_packing_order(m->expert_order, E, P);
+            m->shuffle_on = c->shuffle_rows;
+            rng_seed(&m->shuffle, shuffle_seed(c, q));
+        }
+    } else {
+        Party *p = &r->party[0];
+        for (int e = 0; e < E; e++) owned[e] = c->mode != MODE_PCMOE || exchange_owner(e, P) == p->party;
+        model_create(&p->model, &mc, owned, B, T);
+        model_init(&p->model, backbone_seed(c, p->party), (uint64_t)c->seed);
+        if (c->mode == MODE_PCMOE && P > 1) { // one party alone holds every expert: nothing to exchange
+            exchange_create(&r->ex, r->comm, E, c->d_model, c->expert_ff, c->n_layers);
+            p->model.ex = &r->ex;
+            memcpy(p->model.expert_order, r->ex.order, sizeof(int) * E);
+            p->model.shuffle_on = c->shuffle_rows;
+            rng_seed(&p->model.shuffle, shuffle_seed(c, p->party));
+        }
+    }
+    for (int q = 0; q < r->n; q++) {
+        r->party[q].tokens = mallocCheck((size_t)B * T);
+        r->party[q].targets = mallocCheck((size_t)B * T);
+    }
+    free(owned);
+}
+
+static void free_run(Run *r) {
+    for (int q = 0; q < r->n; q++) {
+        Party *p = &r->party[q];
+        if (r->c->mode != MODE_CENTRALIZED) model_free(&p->model);
+        data_free(&p->data);
+        free(p->tokens);
+        free(p->targets);
+    }
+    if (r->c->mode == MODE_CENTRALIZED) { model_free(&r->central); free(r->ctok); free(r->ctgt); }
+    if (r->c->mode == MODE_PCMOE && r->simulate) model_free(&r->pool);
+    if (r->c->mode == MODE_PCMOE && !r->simulate && r->P > 1) exchange_free(&r->ex);
+    free(r->party);
+}
+
+// Ends the job when any rank failed to start: each failing rank prints its own message and every rank
+// exits with status 2 (all of them reached this point, so MPI shuts down cleanly, without a hang).
+static void start_check(Comm *comm, int rc, const char *err) {
+    if (comm_agree(comm, rc == 0, NULL)) return;
+    if (rc) fail_usage(2, 1, "%s", err);
+    fail_usage(2, -1, "stopping");
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
+    threads_setup(c);
+    int P = c->n_parties;
+    int one_process = c->mode == MODE_CENTRALIZED || opt->simulate;
+    int want_ranks = one_process ? 1 : P;
+    if (comm->size != want_ranks)
+        fail_usage(2, 1, "parties.count = %d, parties.mode = %s%s: needs %d MPI rank%s, the job has %d", P, MODE_NAMES[c->mode],
+                   opt->simulate ? " with --simulate" : "", want_ranks, want_ranks > 1 ? "s" : "", comm->size);
+    comm_setup(comm, one_process ? 1 : P);
+
+    Run run = {.c = c, .comm = comm, .simulate = opt->simulate, .P = P, .n = one_process ? P : 1};
+    Run *r = &run;
+    r->oc = optim_config_from(c);
+    r->party = callocCheck((size_t)r->n, sizeof(Party));
+    for (int q = 0; q < r->n; q++) r->party[q].party = one_process ? q : comm->party;
+
+    // 1. each party reads its own corpus; every rank learns whether all could
+    char err[2048] = "";
+    start_check(comm, load_data(r, err, sizeof err), err);
+    build_models(r);
+
+    // 2. outputs: the job's metrics on rank 0, or, with privacy.share_metrics = false, one file per party
+    int gather = !one_process && P > 1 && c->share_metrics;
+    int writes = comm->rank == 0 || (!one_process && !c->share_metrics);
+    char suffix[32] = "";
+    if (!one_process && P > 1 && !c->share_metrics) snprintf(suffix, sizeof suffix, ".party_%d", comm->party);
+    Metrics mt;
+    int rc = writes ? metrics_open(&mt, c, suffix, opt->force, comm->rank == 0, err, sizeof err) : 0;
+    start_check(comm, rc, err);
+
+    // what rank 0 shows and logs: every party's stats (gathered), or just its own
+    int n_shown = gather || one_process ? P : 1;
+    StepStats *shown = callocCheck((size_t)n_shown, sizeof(StepStats));
+    StepStats *last = callocCheck((size_t)n_shown, sizeof(StepStats));
+    double *best = mallocCheck(sizeof(double) * n_shown);
+    for (int i = 0; i < n_shown; i++) best[i] = INFINITY;
+    double *packed = mallocCheck(sizeof(double) * STEP_STATS_DOUBLES * (size_t)P);
+    double tokens_seen = 0.0;
+
+    for (int step = -1; step < c->steps; step++) { // step -1: the untrained model's validation loss
+        int last_step = step + 1 == c->steps;
+        int eval_now = step < 0 ? c->eval_every > 0 : last_step || (c->eval_every > 0 && (step + 1) % c->eval_every == 0);
+        if (step < 0 && !eval_now) continue;
+        double sent0 = comm_total_sent(comm), recv0 = comm_total_recv(comm);
+        for (int q = 0; q < r->n; q++) r->party[q].s = (StepStats){.step = step + 1, .party = r->party[q].party};
+
+        // 1. one training step of the configured mode
+        if (step >= 0) {
+            if (c->mode == MODE_PCMOE) opt->simulate ? step_pcmoe_simulate(r, step) : step_pcmoe(r, step);
+            else if (c->mode == MODE_CENTRALIZED) step_centralized(r, step);
+            else step_local(r, step);
+        }
+        // 2. validation on eval steps
+        if (eval_now) evaluate(r);
+
+        // 3. metrics: this process's parties, then (share_metrics) every party's, gathered to rank 0
+        for (int q = 0; q < r->n; q++) {
+            StepStats *s = &r->party[q].s;
+            if (s->has_train) tokens_seen += (double)c->batch_size * c->seq_len;
+            s->bytes_sent = comm_total_sent(comm) - sent0;
+            s->bytes_recv = comm_total_recv(comm) - recv0;
+            s->mem = party_mem(r, q);
+            s->rss_peak = rss_peak_bytes();
+        }
+        int log_now = step < 0 || last_step || eval_now || (step + 1) % c->log_every == 0;
+        if (!log_now) {
+            if (comm->rank == 0 && mt.tty) {
+                for (int q = 0; q < r->n && q < n_shown; q++) shown[q] = r->party[q].s;
+                metrics_progress(&mt, shown, r->n < n_shown ? r->n : n_shown, c->steps, 0);
+            }
+            continue;
+        }
+        if (gather) {
+            step_stats_pack(&r->party[0].s, packed);
+            comm_gather_doubles(comm, MSG_METRICS, packed, STEP_STATS_DOUBLES, packed);
+            if (comm->rank == 0)
+                for (int q = 0; q < P; q++) step_stats_unpack(&shown[q], packed + (size_t)q * STEP_STATS_DOUBLES);
+        } else {
+            for (int q = 0; q < n_shown; q++) shown[q] = r->party[q].s;
+        }
+        if (writes) {
+            for (int q = 0; q < n_shown; q++) {
+                metrics_log(&mt, &shown[q]);
+                if (shown[q].has_val && shown[q].val_loss < best[q]) best[q] = shown[q].val_loss;
+                StepStats keep = last[q]; // the summary keeps each party's latest train and val numbers
+                last[q] = shown[q];
+                if (!shown[q].has_train) { last[q].has_train = keep.has_train; last[q].train_loss = keep.train_loss; last[q].flops = keep.flops; }
+                if (!shown[q].has_val) { last[q].has_val = keep.has_val; last[q].val_loss = keep.val_loss; }
+            }
+            if (comm->rank == 0) metrics_progress(&mt, shown, n_shown, c->steps, 1);
+        }
+    }
+    if (gather) // every party's tokens: one batch per party and step, or one per step when taking turns
+        tokens_seen = (double)c->steps * c->batch_size * c->seq_len *
+                      (c->mode == MODE_PCMOE && c->schedule == SCHEDULE_SEQUENTIAL ? 1 : P);
+    if (writes) {
+        metrics_summary(&mt, c, last, best, n_shown, c->steps, tokens_seen);
+        metrics_close(&mt);
+    }
+    if (opt->audit_path) comm_write_audit(comm, opt->audit_path);
+    free(shown); free(last); free(best); free(packed);
+    free_run(r);
     return 0;
 }

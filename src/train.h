@@ -1,23 +1,31 @@
-// train.h: the training run of one party: the step loop, evaluation, metrics.
+// train.h: a training run: parties, modes (pcmoe, centralized, local, fedavg), schedules, evaluation,
+// metrics.
 #ifndef PCMOE_TRAIN_H
 #define PCMOE_TRAIN_H
 
+#include "comm.h"   // Comm
 #include "config.h" // Config
 #include "data.h"   // Dataset
 #include "model.h"  // Model
 #include "optim.h"  // OptimConfig
 
-// Trains as configured, writing RUN/config.ini, metrics.jsonl and summary.json. `force` allows
-// overwriting an existing run directory's metrics. Returns 0 on success (errors end the process).
-int train_run(const Config *c, int force);
+typedef struct {
+    int force;              // overwrite an existing run directory
+    int simulate;           // compute all parties' math in this one process (the equivalence harness)
+    const char *audit_path; // write the traffic audit here (NULL: no audit)
+} TrainOptions;
 
-// One optimizer step on one batch: zero grads, forward, backward, global-norm clip, AdamW at the
-// schedule's learning rate for (0-based) `step`. Returns the gradient norm before clipping; *lr_out gets
-// the learning rate used. Fails (naming step and party) on a non-finite loss or gradient.
+// Trains as configured. `comm` is attached to MPI_COMM_WORLD. Writes RUN/config.ini, metrics.jsonl and
+// summary.json. Returns the process exit status (errors that need the whole job to stop end it).
+int train_run(const Config *c, Comm *comm, const TrainOptions *opt);
+
+// One optimizer step of a single model on one batch: zero grads, forward, backward, global-norm clip,
+// AdamW at the schedule's learning rate for (0-based) `step`. Returns the gradient norm before
+// clipping; *lr_out gets the learning rate. Fails (naming step and party) on a non-finite loss or gradient.
 double train_step(Model *m, const OptimConfig *oc, const uint8_t *tokens, const uint8_t *targets, int step,
                   int party, float *lr_out);
 
-// Mean cross-entropy of the model over the first n_batches validation batches.
+// Mean cross-entropy of the model over the party's n_batches validation batches.
 double train_evaluate(Model *m, const Dataset *ds, int n_batches, uint8_t *tokens, uint8_t *targets);
 
 #endif

@@ -26,7 +26,7 @@ static void report(int all_ranks, const char *fmt, va_list ap) {
         MPI_Comm_rank(MPI_COMM_WORLD, &rank);
         MPI_Comm_size(MPI_COMM_WORLD, &size);
     }
-    if (rank != 0 && !all_ranks) return;
+    if (all_ranks < 0 || (rank != 0 && !all_ranks)) return;
     if (size > 1) fprintf(stderr, "pcmoe: error: [rank %d] %s\n", rank, msg);
     else fprintf(stderr, "pcmoe: error: %s\n", msg);
     fflush(stderr);

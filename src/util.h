@@ -9,8 +9,9 @@
 // other rank hangs), exit(1) otherwise. Every fatal condition in the program goes through here.
 void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
-// Like fail(), but for errors every rank detects identically (bad config, bad data): prints the line
-// on rank 0 only (or on every rank when `all_ranks`), finalizes MPI, and exits with `code`.
+// Like fail(), but for errors every rank reaches together (bad config, bad data, after an agreement):
+// prints the line on rank 0 only (all_ranks = 0), on this rank (1), or nowhere (-1), finalizes MPI,
+// and exits with `code`.
 void fail_usage(int code, int all_ranks, const char *fmt, ...) __attribute__((format(printf, 3, 4), noreturn));
 
 // Writes a formatted one-line message into err (len bytes) and returns 2, the exit status of bad input.

@@ -49,7 +49,7 @@ int main(int argc, char **argv) {
     int B = 3, T = c.seq_len, N = B * T, steps = 5;
     Model m;
     model_create(&m, &c, NULL, B, T);
-    model_init(&m, 2024);
+    model_init(&m, 2024, 2025);
 
     FILE *f = fopenCheck(argv[1], "wb");
     int version = 1, count = 0;

@@ -1,0 +1,145 @@
+// comm.c: the rank -> party map, the expert communicator, and the audited wrappers around every MPI
+// call that carries data between parties.
+#include "comm.h"
+
+#include <errno.h>  // errno
+#include <limits.h> // INT_MAX
+#include <stdlib.h> // free
+#include <string.h> // memset, strerror
+
+#include "util.h"   // mpiCheck, mallocCheck, fail, fopenCheck
+
+const char *const MSG_KIND_NAMES[] = {"routing_counts", "expert_rows", "expert_outputs", "output_grads",
+                                      "input_grads", "metrics", "fedavg_weights", "control", "audit"};
+
+void comm_init(Comm *c) {
+    memset(c, 0, sizeof *c);
+    c->world = MPI_COMM_WORLD;
+    c->expert = MPI_COMM_NULL;
+    mpiCheck(MPI_Comm_rank(c->world, &c->rank));
+    mpiCheck(MPI_Comm_size(c->world, &c->size));
+    c->ranks_per_party = 1;
+    c->party = c->rank / c->ranks_per_party;
+    c->n_parties = 1;
+}
+
+void comm_setup(Comm *c, int n_parties) {
+    c->n_parties = n_parties;
+    c->party = c->rank / c->ranks_per_party;
+    // one rank per party joins the expert communicator, ordered by party
+    int leader = c->rank % c->ranks_per_party == 0;
+    mpiCheck(MPI_Comm_split(c->world, leader ? 0 : MPI_UNDEFINED, c->party, &c->expert));
+}
+
+void comm_free(Comm *c) {
+    if (c->expert != MPI_COMM_NULL) mpiCheck(MPI_Comm_free(&c->expert));
+}
+
+void comm_account(Comm *c, MsgKind kind, int peer, double sent, double recv) {
+    c->sent[kind][peer] += sent;
+    c->recv[kind][peer] += recv;
+}
+
+static double total(const double t[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1]) {
+    double s = 0.0;
+    for (int k = 0; k < MSG_KIND_COUNT; k++)
+        for (int p = 0; p <= CONFIG_MAX_PARTIES; p++) s += t[k][p];
+    return s;
+}
+double comm_total_sent(const Comm *c) { return total(c->sent); }
+double comm_total_recv(const Comm *c) { return total(c->recv); }
+
+int comm_agree(Comm *c, int ok, int *first_bad) {
+    int mine = ok ? INT_MAX : c->rank, lowest = INT_MAX;
+    mpiCheck(MPI_Allreduce(&mine, &lowest, 1, MPI_INT, MPI_MIN, c->world));
+    comm_account(c, MSG_CONTROL, COMM_COLLECTIVE, sizeof(int), sizeof(int));
+    if (first_bad) *first_bad = lowest == INT_MAX ? -1 : lowest;
+    return lowest == INT_MAX;
+}
+
+void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer) {
+    mpiCheck(MPI_Alltoall(send, per_peer, MPI_INT, recv, per_peer, MPI_INT, c->expert));
+    for (int p = 0; p < c->n_parties; p++)
+        if (p != c->party) comm_account(c, kind, p, (double)per_peer * sizeof(int), (double)per_peer * sizeof(int));
+}
+
+void comm_alltoallv_rows(Comm *c, MsgKind kind, const float *send, const int *send_rows, const int *send_offs,
+                         float *recv, const int *recv_rows, const int *recv_offs, int width) {
+    int P = c->n_parties;
+    int *sc = mallocCheck(sizeof(int) * 4 * P), *sd = sc + P, *rc = sc + 2 * P, *rd = sc + 3 * P;
+    for (int p = 0; p < P; p++) {
+        if (p == c->party && (send_rows[p] || recv_rows[p])) fail("internal: rows addressed to oneself in %s", MSG_KIND_NAMES[kind]);
+        long s = (long)send_rows[p] * width, so = (long)send_offs[p] * width;
+        long r = (long)recv_rows[p] * width, ro = (long)recv_offs[p] * width;
+        if (s > INT_MAX || so > INT_MAX || r > INT_MAX || ro > INT_MAX) fail("exchange of %s larger than 2^31 floats", MSG_KIND_NAMES[kind]);
+        sc[p] = (int)s; sd[p] = (int)so; rc[p] = (int)r; rd[p] = (int)ro;
+        comm_account(c, kind, p, 4.0 * s, 4.0 * r);
+    }
+    mpiCheck(MPI_Alltoallv(send, sc, sd, MPI_FLOAT, recv, rc, rd, MPI_FLOAT, c->expert));
+    free(sc);
+}
+
+void comm_allreduce_floats(Comm *c, MsgKind kind, float *buf, size_t n) {
+    for (size_t done = 0; done < n;) { // in pieces of at most 2^30 floats (MPI counts are int)
+        int piece = n - done > (1u << 30) ? (1 << 30) : (int)(n - done);
+        mpiCheck(MPI_Allreduce(MPI_IN_PLACE, buf + done, piece, MPI_FLOAT, MPI_SUM, c->expert));
+        done += (size_t)piece;
+    }
+    comm_account(c, kind, COMM_COLLECTIVE, 4.0 * n, 4.0 * n);
+}
+
+void comm_gather_doubles(Comm *c, MsgKind kind, const double *send, int n, double *recv) {
+    mpiCheck(MPI_Gather(send, n, MPI_DOUBLE, recv, n, MPI_DOUBLE, 0, c->expert));
+    if (c->party != 0) comm_account(c, kind, 0, 8.0 * n, 0.0);
+    else
+        for (int p = 1; p < c->n_parties; p++) comm_account(c, kind, p, 0.0, 8.0 * n);
+}
+
+static void write_kind_table(FILE *f, const double *t, int n_parties) {
+    double sum = 0.0;
+    for (int p = 0; p <= CONFIG_MAX_PARTIES; p++) sum += t[p];
+    fprintf(f, "{\"total\":%.0f,\"collective\":%.0f,\"per_party\":[", sum, t[COMM_COLLECTIVE]);
+    for (int p = 0; p < n_parties; p++) fprintf(f, "%s%.0f", p ? "," : "", t[p]);
+    fprintf(f, "]}");
+}
+
+void comm_write_audit(Comm *c, const char *path) {
+    enum { ROW = 2 * MSG_KIND_COUNT * (CONFIG_MAX_PARTIES + 1) + CONFIG_MAX_PARTIES };
+    int P = c->n_parties;
+    // the audit's own gather is counted before the totals are taken
+    if (P > 1) {
+        if (c->party != 0) comm_account(c, MSG_AUDIT, 0, 8.0 * ROW, 0.0);
+        else for (int p = 1; p < P; p++) comm_account(c, MSG_AUDIT, p, 0.0, 8.0 * ROW);
+    }
+    double *mine = mallocCheck(sizeof(double) * ROW);
+    memcpy(mine, c->sent, sizeof c->sent);
+    memcpy(mine + MSG_KIND_COUNT * (CONFIG_MAX_PARTIES + 1), c->recv, sizeof c->recv);
+    memcpy(mine + 2 * MSG_KIND_COUNT * (CONFIG_MAX_PARTIES + 1), c->rows_routed, sizeof c->rows_routed);
+    double *all = mallocCheck(sizeof(double) * ROW * P);
+    if (P > 1) mpiCheck(MPI_Gather(mine, ROW, MPI_DOUBLE, all, ROW, MPI_DOUBLE, 0, c->expert));
+    else memcpy(all, mine, sizeof(double) * ROW);
+    if (c->party == 0) {
+        FILE *f = fopenCheck(path, "w");
+        fprintf(f, "{\"n_parties\":%d,\"peer_index\":\"per_party[i] is party i; collective counts reductions over all parties\",\"ranks\":[\n", P);
+        for (int r = 0; r < P; r++) {
+            const double *row = all + (size_t)r * ROW;
+            fprintf(f, "%s{\"rank\":%d,\"party\":%d,\"rows_routed_to\":[", r ? ",\n" : "", r, r);
+            for (int p = 0; p < P; p++) fprintf(f, "%s%.0f", p ? "," : "", row[2 * MSG_KIND_COUNT * (CONFIG_MAX_PARTIES + 1) + p]);
+            fprintf(f, "],\"sent\":{");
+            for (int k = 0; k < MSG_KIND_COUNT; k++) {
+                fprintf(f, "%s\"%s\":", k ? "," : "", MSG_KIND_NAMES[k]);
+                write_kind_table(f, row + k * (CONFIG_MAX_PARTIES + 1), P);
+            }
+            fprintf(f, "},\"recv\":{");
+            for (int k = 0; k < MSG_KIND_COUNT; k++) {
+                fprintf(f, "%s\"%s\":", k ? "," : "", MSG_KIND_NAMES[k]);
+                write_kind_table(f, row + (MSG_KIND_COUNT + k) * (CONFIG_MAX_PARTIES + 1), P);
+            }
+            fprintf(f, "}}");
+        }
+        fprintf(f, "\n]}\n");
+        if (fclose(f) != 0) fail("writing audit %s: %s", path, strerror(errno));
+    }
+    free(mine);
+    free(all);
+}

@@ -1,0 +1,73 @@
+// comm.h: who talks to whom, and the audit of everything that crosses a party boundary.
+//
+// Ranks map to parties as party = rank / ranks_per_party (ranks_per_party is 1 in this version; a later
+// one can give a party several ranks for data parallelism without changing this interface). Expert
+// traffic runs on `expert`, a communicator holding one rank per party, where rank i is party i.
+// Every inter-party message goes through the functions below, and each of them records its bytes per
+// (kind, peer) in one place, comm_account(); --audit writes those totals.
+#ifndef PCMOE_COMM_H
+#define PCMOE_COMM_H
+
+#include <mpi.h>    // MPI_Comm
+#include <stddef.h> // size_t
+
+#include "config.h" // CONFIG_MAX_PARTIES
+
+typedef enum {
+    MSG_ROUTING_COUNTS, // rows per expert, sender -> expert owner
+    MSG_EXPERT_ROWS,    // hidden rows routed to a remote expert, sender -> owner
+    MSG_EXPERT_OUTPUTS, // the expert's outputs for them, owner -> sender
+    MSG_OUTPUT_GRADS,   // d loss / d expert output, sender -> owner
+    MSG_INPUT_GRADS,    // d loss / d expert input, owner -> sender
+    MSG_METRICS,        // scalar metrics, party -> rank 0 (privacy.share_metrics)
+    MSG_FEDAVG_WEIGHTS, // fedavg only: every weight, averaged across parties
+    MSG_CONTROL,        // one int: did every rank start (config, data) cleanly
+    MSG_AUDIT,          // the audit totals themselves, gathered to rank 0 for --audit
+    MSG_KIND_COUNT
+} MsgKind;
+extern const char *const MSG_KIND_NAMES[]; // "routing_counts", "expert_rows", ...
+
+#define COMM_COLLECTIVE CONFIG_MAX_PARTIES // peer index for reductions, whose peers are all parties
+
+typedef struct {
+    MPI_Comm world;        // every rank of the job
+    MPI_Comm expert;       // one rank per party; rank i is party i (MPI_COMM_NULL before comm_setup)
+    int rank, size;        // in world
+    int party, n_parties;  // this rank's party and the number of parties (1 in a one-process run)
+    int ranks_per_party;
+    double sent[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1]; // bytes sent per (kind, peer party)
+    double recv[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1]; // bytes received per (kind, peer party)
+    double rows_routed[CONFIG_MAX_PARTIES];              // rows this party's routers sent to each owner
+} Comm;
+
+// Attaches to MPI_COMM_WORLD (after MPI_Init). Accounting starts at zero.
+void comm_init(Comm *c);
+// Creates the expert communicator for n_parties parties, one rank each. The caller has checked that the
+// job has n_parties ranks.
+void comm_setup(Comm *c, int n_parties);
+void comm_free(Comm *c);
+
+// Records bytes sent to / received from `peer` under `kind`. The only place traffic is counted.
+void comm_account(Comm *c, MsgKind kind, int peer, double sent, double recv);
+// Total bytes sent and received so far, all kinds.
+double comm_total_sent(const Comm *c);
+double comm_total_recv(const Comm *c);
+
+// Agreement on world: returns 1 if `ok` on every rank, else 0 and the lowest failing rank in *first_bad.
+int comm_agree(Comm *c, int ok, int *first_bad);
+// All-to-all of `per_peer` ints with every other party (the entry for oneself is copied, not sent).
+void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer);
+// All-to-all-v of rows of `width` floats: send_rows[p] rows starting at row send_offs[p] of `send` go
+// to party p, recv_rows[p] rows from party p land at row recv_offs[p] of `recv`. Entries for oneself
+// must be 0: a party's rows for its own experts never touch MPI.
+void comm_alltoallv_rows(Comm *c, MsgKind kind, const float *send, const int *send_rows, const int *send_offs,
+                         float *recv, const int *recv_rows, const int *recv_offs, int width);
+// In-place sum of n floats over all parties (fedavg).
+void comm_allreduce_floats(Comm *c, MsgKind kind, float *buf, size_t n);
+// Gathers n doubles from every party to rank 0 (recv: n * n_parties doubles on rank 0, else unused).
+void comm_gather_doubles(Comm *c, MsgKind kind, const double *send, int n, double *recv);
+
+// Writes every rank's totals to `path` as JSON (gathered to rank 0, which writes the file).
+void comm_write_audit(Comm *c, const char *path);
+
+#endif

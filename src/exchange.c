@@ -1,0 +1,204 @@
+// exchange.c: routed-activation exchange between parties (see exchange.h for the protocol).
+#include "exchange.h"
+
+#include <stdlib.h> // realloc, free
+#include <string.h> // memcpy, memset
+
+#include "layers.h" // ffn_forward, ffn_backward
+#include "util.h"   // mallocCheck, fail
+
+int exchange_owner(int e, int P) { return e % P; }
+
+void exchange_packing_order(int *order, int m, int P) {
+    int i = 0;
+    for (int p = 0; p < P; p++)
+        for (int e = p; e < m; e += P) order[i++] = e;
+}
+
+void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers) {
+    memset(ex, 0, sizeof *ex);
+    ex->comm = comm;
+    ex->P = comm->n_parties;
+    ex->party = comm->party;
+    ex->m = m; ex->d = d; ex->f = f; ex->n_layers = n_layers;
+    int P = ex->P;
+    ex->max_local = (m + P - 1) / P;
+    ex->local = mallocCheck(sizeof(int) * ex->max_local);
+    for (int e = ex->party; e < m; e += P) ex->local[ex->n_local++] = e;
+    ex->order = mallocCheck(sizeof(int) * m);
+    exchange_packing_order(ex->order, m, P);
+    size_t pm = (size_t)P * ex->max_local;
+    ex->send_counts = callocCheck(pm, sizeof(int));
+    ex->recv_counts = callocCheck(pm, sizeof(int));
+    ex->within = callocCheck(pm, sizeof(int));
+    ex->send_rows = callocCheck(4 * (size_t)P, sizeof(int));
+    ex->send_offs = ex->send_rows + P;
+    ex->recv_rows = ex->send_rows + 2 * P;
+    ex->recv_offs = ex->send_rows + 3 * P;
+    ex->layers = callocCheck(n_layers, sizeof(ServeLayer));
+    for (int l = 0; l < n_layers; l++) ex->layers[l].from = callocCheck(pm, sizeof(int));
+    ex->bytes = sizeof(int) * (3 * pm + 4 * P + (size_t)n_layers * pm);
+    ex->peak = ex->bytes;
+}
+
+void exchange_free(Exchange *ex) {
+    for (int l = 0; l < ex->n_layers; l++) {
+        ServeLayer *sl = &ex->layers[l];
+        free(sl->from); free(sl->x); free(sl->h); free(sl->u); free(sl->a); free(sl->y);
+    }
+    free(ex->layers);
+    free(ex->local); free(ex->order); free(ex->send_counts); free(ex->recv_counts); free(ex->within);
+    free(ex->send_rows); free(ex->buf);
+    free(ex->dy); free(ex->dx); free(ex->dh); free(ex->du); free(ex->da);
+    memset(ex, 0, sizeof *ex);
+}
+
+// Grows *p to hold `rows` rows of `width` floats, keeping the byte count of exchange buffers.
+static void grow(Exchange *ex, float **p, size_t old_rows, size_t rows, int width) {
+    float *q = realloc(*p, sizeof(float) * rows * width);
+    if (!q) fail("out of memory growing an exchange buffer to %zu rows", rows);
+    *p = q;
+    ex->bytes += sizeof(float) * (rows - old_rows) * width;
+    if (ex->bytes > ex->peak) ex->peak = ex->bytes;
+}
+
+static void ensure_buf(Exchange *ex, size_t rows) {
+    if (rows <= ex->buf_cap) return;
+    grow(ex, &ex->buf, ex->buf_cap, rows, ex->d);
+    ex->buf_cap = rows;
+}
+
+static void ensure_serve(Exchange *ex, ServeLayer *sl, size_t rows) {
+    if (rows <= sl->cap) return;
+    grow(ex, &sl->x, sl->cap, rows, ex->d);
+    grow(ex, &sl->y, sl->cap, rows, ex->d);
+    grow(ex, &sl->h, sl->cap, rows, ex->f);
+    grow(ex, &sl->u, sl->cap, rows, ex->f);
+    grow(ex, &sl->a, sl->cap, rows, ex->f);
+    sl->cap = rows;
+}
+
+static void ensure_scratch(Exchange *ex, size_t rows) {
+    if (rows <= ex->scratch_cap) return;
+    grow(ex, &ex->dy, ex->scratch_cap, rows, ex->d);
+    grow(ex, &ex->dx, ex->scratch_cap, rows, ex->d);
+    grow(ex, &ex->dh, ex->scratch_cap, rows, ex->f);
+    grow(ex, &ex->du, ex->scratch_cap, rows, ex->f);
+    grow(ex, &ex->da, ex->scratch_cap, rows, ex->f);
+    ex->scratch_cap = rows;
+}
+
+// Sender layout from this party's routing (a), and owner layout from the counts in sl->from: how many
+// rows go to / come from each party and where their blocks start.
+static void layouts(Exchange *ex, const ServeLayer *sl, const MoeActs *a) {
+    int P = ex->P, K = ex->max_local;
+    for (int p = 0; p < P; p++) {
+        ex->send_rows[p] = 0;
+        ex->send_offs[p] = a ? a->offsets[p] : 0; // expert p opens owner p's block
+        if (a && p != ex->party)
+            for (int e = p; e < ex->m; e += P) ex->send_rows[p] += a->counts[e];
+    }
+    int off = 0;
+    for (int q = 0; q < P; q++) {
+        int rows = 0;
+        for (int j = 0; j < ex->n_local; j++) { ex->within[q * K + j] = rows; rows += sl->from[q * K + j]; }
+        ex->recv_rows[q] = q == ex->party ? 0 : rows;
+        ex->recv_offs[q] = off;
+        off += ex->recv_rows[q];
+    }
+}
+
+// Moves rows between the serve layout and their homes: rows from party q live in ex->buf (block q), this
+// party's own rows in `own` at their packed positions. to_serve: homes -> serve, else serve -> homes.
+static void serve_copy(Exchange *ex, const ServeLayer *sl, float *serve, float *own, const MoeActs *a,
+                       int to_serve) {
+    int P = ex->P, K = ex->max_local, d = ex->d;
+    size_t row = 0;
+    for (int j = 0; j < ex->n_local; j++)
+        for (int q = 0; q < P; q++) {
+            int n = sl->from[q * K + j];
+            if (n == 0) continue;
+            float *home = q == ex->party ? own + (size_t)a->offsets[ex->local[j]] * d
+                                         : ex->buf + ((size_t)ex->recv_offs[q] + ex->within[q * K + j]) * d;
+            if (to_serve) memcpy(serve + row * d, home, sizeof(float) * n * d);
+            else memcpy(home, serve + row * d, sizeof(float) * n * d);
+            row += n;
+        }
+}
+
+void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *flops) {
+    int P = ex->P, K = ex->max_local, d = ex->d, f = ex->f;
+    ServeLayer *sl = &ex->layers[layer];
+    // 1. routing counts: each owner learns how many rows of each of its experts will come from each party
+    memset(ex->send_counts, 0, sizeof(int) * P * K);
+    if (a)
+        for (int p = 0; p < P; p++)
+            if (p != ex->party)
+                for (int j = 0, e = p; e < ex->m; j++, e += P) ex->send_counts[p * K + j] = a->counts[e];
+    comm_alltoall_ints(ex->comm, MSG_ROUTING_COUNTS, ex->send_counts, sl->from, K);
+    for (int j = 0; j < ex->n_local; j++) sl->from[ex->party * K + j] = a ? a->counts[ex->local[j]] : 0;
+    layouts(ex, sl, a);
+    size_t in_transit = 0;
+    sl->rows = 0;
+    for (int q = 0; q < P; q++) {
+        in_transit += ex->recv_rows[q];
+        for (int j = 0; j < ex->n_local; j++) sl->rows += sl->from[q * K + j];
+        ex->comm->rows_routed[q] += ex->send_rows[q];
+    }
+    ensure_buf(ex, in_transit);
+    ensure_serve(ex, sl, sl->rows);
+    // 2. rows to their owners; own rows are copied, never sent
+    comm_alltoallv_rows(ex->comm, MSG_EXPERT_ROWS, a ? a->xe : NULL, ex->send_rows, ex->send_offs, ex->buf,
+                        ex->recv_rows, ex->recv_offs, d);
+    serve_copy(ex, sl, sl->x, a ? a->xe : NULL, a, 1);
+    // 3. each owned expert runs once on all its rows
+    size_t r0 = 0;
+    for (int j = 0; j < ex->n_local; j++) {
+        int n = 0, e = ex->local[j];
+        for (int q = 0; q < P; q++) n += sl->from[q * K + j];
+        if (n) ffn_forward(sl->y + r0 * d, sl->h + r0 * f, sl->u + r0 * f, sl->a + r0 * f, sl->x + r0 * d,
+                           w.gate[e], w.up[e], w.down[e], n, d, f, flops);
+        r0 += n;
+    }
+    // 4. outputs back to the senders
+    serve_copy(ex, sl, sl->y, a ? a->ye : NULL, a, 0);
+    comm_alltoallv_rows(ex->comm, MSG_EXPERT_OUTPUTS, ex->buf, ex->recv_rows, ex->recv_offs, a ? a->ye : NULL,
+                        ex->send_rows, ex->send_offs, d);
+}
+
+void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
+                       double *flops) {
+    int P = ex->P, K = ex->max_local, d = ex->d, f = ex->f;
+    ServeLayer *sl = &ex->layers[layer];
+    layouts(ex, sl, a);
+    ensure_scratch(ex, sl->rows);
+    // 1. gradients w.r.t. the outputs go to the owners
+    comm_alltoallv_rows(ex->comm, MSG_OUTPUT_GRADS, s ? s->dye : NULL, ex->send_rows, ex->send_offs, ex->buf,
+                        ex->recv_rows, ex->recv_offs, d);
+    serve_copy(ex, sl, ex->dy, s ? s->dye : NULL, a, 1);
+    // 2. owners accumulate their experts' weight gradients and compute input gradients
+    size_t r0 = 0;
+    for (int j = 0; j < ex->n_local; j++) {
+        int n = 0, e = ex->local[j];
+        for (int q = 0; q < P; q++) n += sl->from[q * K + j];
+        if (n) {
+            memset(ex->dx + r0 * d, 0, sizeof(float) * n * d);
+            ffn_backward(ex->dx + r0 * d, dw.gate[e], dw.up[e], dw.down[e], ex->dh + r0 * f, ex->du + r0 * f,
+                         ex->da + r0 * f, ex->dy + r0 * d, sl->x + r0 * d, sl->h + r0 * f, sl->u + r0 * f,
+                         sl->a + r0 * f, w.gate[e], w.up[e], w.down[e], n, d, f, flops);
+        }
+        r0 += n;
+    }
+    // 3. input gradients back to the senders
+    serve_copy(ex, sl, ex->dx, s ? s->dxe : NULL, a, 0);
+    comm_alltoallv_rows(ex->comm, MSG_INPUT_GRADS, ex->buf, ex->recv_rows, ex->recv_offs, s ? s->dxe : NULL,
+                        ex->send_rows, ex->send_offs, d);
+}
+
+int exchange_expert_rows(const Exchange *ex, int layer, int e) {
+    if (exchange_owner(e, ex->P) != ex->party) return 0;
+    const ServeLayer *sl = &ex->layers[layer];
+    int j = e / ex->P, n = 0;
+    for (int q = 0; q < ex->P; q++) n += sl->from[q * ex->max_local + j];
+    return n;
+}

@@ -1,0 +1,76 @@
+// exchange.h: the PC-MoE expert exchange, the heart of pcmoe.
+//
+// Expert e of every MoE layer lives on party e % P (round-robin; with m % P != 0 the first m % P parties
+// hold one expert more). At each MoE layer every party calls exchange_forward, and later
+// exchange_backward, in the same order, whether or not it has a batch of its own:
+//
+//   sender (has tokens)                           owner (holds experts)
+//   router, top-k, pack rows by expert, grouped
+//   by owner, shuffled privately        ---- routing counts (MSG_ROUTING_COUNTS) --->
+//                                       ---- rows for the owner's experts (MSG_EXPERT_ROWS) --->
+//                                             runs each of its experts once on all rows it got
+//                                             (its own party's rows too, copied, never sent)
+//                                       <--- expert outputs (MSG_EXPERT_OUTPUTS) ----
+//   combines them with its gate weights,
+//   which never leave it
+//   backward: d loss / d outputs        ---- (MSG_OUTPUT_GRADS) --->
+//                                             accumulates its experts' weight gradients
+//                                       <--- d loss / d inputs (MSG_INPUT_GRADS) ----
+//
+// Nothing else crosses: no token ids, labels, gate weights, router or backbone tensors.
+#ifndef PCMOE_EXCHANGE_H
+#define PCMOE_EXCHANGE_H
+
+#include <stddef.h> // size_t
+
+#include "comm.h"   // Comm
+#include "moe.h"    // MoeActs, MoeScratch, ExpertSet
+
+// Owner-side state of one MoE layer, from its forward to its backward. Rows are expert-major: local
+// expert j's rows first, and within them party 0's rows, then party 1's, and so on.
+typedef struct {
+    int rows;          // rows served in the last forward
+    int *from;         // (P, max_local) rows from party q for local expert j
+    float *x;          // (rows, d) inputs
+    float *h, *u, *a;  // (rows, f) expert activations kept for the backward
+    float *y;          // (rows, d) outputs
+    size_t cap;        // rows the buffers can hold
+} ServeLayer;
+
+typedef struct {
+    Comm *comm;
+    int P, party;          // parties, and this one
+    int m, d, f, n_layers;
+    int n_local;           // experts this party owns
+    int *local;            // (n_local) their global ids: party, party + P, ...
+    int max_local;         // ceil(m / P): width of one count message
+    int *order;            // (m) packing order for senders: experts grouped by owner, owner 0 first
+    int *send_counts, *recv_counts, *within; // (P, max_local)
+    int *send_rows, *send_offs, *recv_rows, *recv_offs; // (P)
+    float *buf;            // (buf_cap, d) rows in transit, one block per peer
+    size_t buf_cap;
+    float *dy, *dx;        // (scratch_cap, d) backward scratch in the serve layout
+    float *dh, *du, *da;   // (scratch_cap, f)
+    size_t scratch_cap;
+    ServeLayer *layers;    // (n_layers); unused for dense layers
+    size_t bytes, peak;    // exchange buffer bytes now, and the most ever held
+} Exchange;
+
+// The party that owns expert e when P parties share the pool: e % P.
+int exchange_owner(int e, int P);
+// Fills order (m) with the sender packing order: experts grouped by owner, owner 0 first.
+void exchange_packing_order(int *order, int m, int P);
+void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers);
+void exchange_free(Exchange *ex);
+
+// Forward of MoE layer `layer`: fills a->ye for every packed row (a may be NULL when this party has no
+// batch and only serves). w: this party's experts (non-NULL for the ones it owns).
+void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *flops);
+// Backward of the same layer: fills s->dxe for every packed row from s->dye (a, s NULL when only
+// serving) and accumulates the owned experts' weight gradients into dw.
+void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
+                       double *flops);
+// Rows owned expert e processed in `layer`'s last forward, from all parties (0 if not owned here).
+int exchange_expert_rows(const Exchange *ex, int layer, int e);
+
+#endif
