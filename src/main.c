@@ -105,7 +105,11 @@ int main(int argc, char **argv) {
     Config *c = mallocCheck(sizeof(Config));
     char err[2048];
     int ok = config_load(c, args.config_path, args.sets, args.n_sets, err, sizeof err) == 0, bad = -1;
-    if (!comm_agree(&comm, ok, &bad)) fail_usage(2, bad == comm.rank ? 1 : -1, "%s", err);
+    if (!comm_agree(&comm, ok, &bad)) {
+        free(c);
+        free(args.sets);
+        fail_usage(2, bad == comm.rank ? 1 : -1, "%s", err);
+    }
     rc = train_run(c, &comm, &args.opt);
     comm_free(&comm);
     free(c);

@@ -111,7 +111,7 @@ static float *act_alloc(Model *m, size_t n) {
     return mallocCheck(sizeof(float) * n);
 }
 
-void model_create(Model *m, const ModelConfig *c, const int *owned, int B, int T) {
+void model_create(Model *m, const ModelConfig *c, const int *owned, int local_experts, int B, int T) {
     memset(m, 0, sizeof *m);
     m->cfg = *c;
     m->B = m->B_alloc = B;
@@ -148,7 +148,7 @@ void model_create(Model *m, const ModelConfig *c, const int *owned, int B, int T
         a->ln2 = act_alloc(m, N * d);
         a->rstd2 = act_alloc(m, N);
         if (model_layer_is_moe(c, (int)l)) {
-            moe_acts_alloc(&a->moe, (int)N, c->d, E, c->top_k, c->expert_ff, &m->mem.acts);
+            moe_acts_alloc(&a->moe, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, &m->mem.acts);
         } else {
             a->ffn_h = act_alloc(m, N * c->d_ff);
             a->ffn_u = act_alloc(m, N * c->d_ff);
@@ -171,7 +171,7 @@ void model_create(Model *m, const ModelConfig *c, const int *owned, int B, int T
     m->dffn_u = act_alloc(m, N * c->d_ff);
     m->dffn_a = act_alloc(m, N * c->d_ff);
     m->tmp = act_alloc(m, N * d);
-    moe_scratch_alloc(&m->moe_scratch, (int)N, c->d, E, c->top_k, c->expert_ff, &m->mem.acts);
+    moe_scratch_alloc(&m->moe_scratch, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, &m->mem.acts);
 }
 
 void model_free(Model *m) {

@@ -126,8 +126,10 @@ ModelConfig model_config_from(const Config *c);
 int model_layer_is_moe(const ModelConfig *c, int layer);
 
 // Allocates a model for batches of B sequences of T tokens. owned (m): which experts this party holds
-// (NULL: all of them). Weights are not initialised.
-void model_create(Model *m, const ModelConfig *c, const int *owned, int B, int T);
+// (NULL: all of them). local_experts: 1 if this model runs the experts on its own rows itself (0 in
+// pcmoe over MPI, where each expert runs at its owner and the per-expert hidden activations are the
+// owner's). Weights are not initialised.
+void model_create(Model *m, const ModelConfig *c, const int *owned, int local_experts, int B, int T);
 void model_free(Model *m);
 // Initialises every tensor from (seed, tensor name): backbone tensors from backbone_seed, experts from
 // expert_seed, so an expert's values do not depend on which party holds it. Matrices ~ N(0, init_std)

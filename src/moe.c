@@ -11,7 +11,7 @@
 static float *alloc_f(long n, size_t *bytes) { *bytes += sizeof(float) * n; return mallocCheck(sizeof(float) * n); }
 static int *alloc_i(long n, size_t *bytes) { *bytes += sizeof(int) * n; return mallocCheck(sizeof(int) * n); }
 
-void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, size_t *bytes) {
+void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes) {
     long Nk = (long)N * k;
     a->N = N; a->d = d; a->m = m; a->k = k; a->f = f;
     a->logits = alloc_f((long)N * m, bytes);
@@ -25,9 +25,9 @@ void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, size_t *bytes
     a->row_choice = alloc_i(Nk, bytes);
     a->choice_row = alloc_i(Nk, bytes);
     a->xe = alloc_f(Nk * d, bytes);
-    a->he = alloc_f(Nk * f, bytes);
-    a->ue = alloc_f(Nk * f, bytes);
-    a->ae = alloc_f(Nk * f, bytes);
+    a->he = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
+    a->ue = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
+    a->ae = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
     a->ye = alloc_f(Nk * d, bytes);
     a->aux = a->z = 0.0;
 }
@@ -38,13 +38,13 @@ void moe_acts_free(MoeActs *a) {
     free(a->xe); free(a->he); free(a->ue); free(a->ae); free(a->ye);
 }
 
-void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, size_t *bytes) {
+void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes) {
     long Nk = (long)N * k;
     s->dye = alloc_f(Nk * d, bytes);
     s->dxe = alloc_f(Nk * d, bytes);
-    s->dhe = alloc_f(Nk * f, bytes);
-    s->due = alloc_f(Nk * f, bytes);
-    s->dae = alloc_f(Nk * f, bytes);
+    s->dhe = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
+    s->due = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
+    s->dae = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
     s->dgates = alloc_f(Nk, bytes);
     s->dlogits = alloc_f((long)N * m, bytes);
 }

@@ -49,9 +49,11 @@ typedef struct {
     float *const *down; // m x (d, f)
 } ExpertSet;
 
-void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, size_t *bytes);
+// expert_acts = 0 leaves out he, ue, ae (and the scratch's dhe, due, dae): a pcmoe party whose experts run
+// at their owners through the exchange never fills them.
+void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes);
 void moe_acts_free(MoeActs *a);
-void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, size_t *bytes);
+void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes);
 void moe_scratch_free(MoeScratch *s);
 
 // Router forward and dispatch: logits, probs, top-k, gates, aux and z losses, per-expert counts, and the

@@ -323,17 +323,17 @@ static void build_models(Run *r) {
     int B = c->batch_size, T = c->seq_len, E = c->n_experts, P = r->P;
     int *owned = mallocCheck(sizeof(int) * E);
     if (c->mode == MODE_CENTRALIZED) {
-        model_create(&r->central, &mc, NULL, P * B, T);
+        model_create(&r->central, &mc, NULL, 1, P * B, T);
         model_init(&r->central, backbone_seed(c, 0), (uint64_t)c->seed);
         r->ctok = mallocCheck((size_t)P * B * T);
         r->ctgt = mallocCheck((size_t)P * B * T);
     } else if (c->mode == MODE_PCMOE && r->simulate) {
-        model_create(&r->pool, &mc, NULL, 1, T); // experts only are used
+        model_create(&r->pool, &mc, NULL, 1, 1, T); // experts only are used
         model_init(&r->pool, 0, (uint64_t)c->seed);
         for (int e = 0; e < E; e++) owned[e] = 0;
         for (int q = 0; q < r->n; q++) {
             Model *m = &r->party[q].model;
-            model_create(m, &mc, owned, B, T);
+            model_create(m, &mc, owned, 1, B, T);
             model_init(m, backbone_seed(c, q), (uint64_t)c->seed);
             for (int l = 0; l < c->n_layers; l++) // the party's model reaches the pool's experts directly
                 for (int e = 0; e < E; e++) {
@@ -352,9 +352,10 @@ static void build_models(Run *r) {
     } else {
         Party *p = &r->party[0];
         for (int e = 0; e < E; e++) owned[e] = c->mode != MODE_PCMOE || exchange_owner(e, P) == p->party;
-        model_create(&p->model, &mc, owned, B, T);
+        int exchanged = c->mode == MODE_PCMOE && P > 1; // experts run at their owners
+        model_create(&p->model, &mc, owned, !exchanged, B, T);
         model_init(&p->model, backbone_seed(c, p->party), (uint64_t)c->seed);
-        if (c->mode == MODE_PCMOE && P > 1) { // one party alone holds every expert: nothing to exchange
+        if (exchanged) { // (one party alone holds every expert: nothing to exchange)
             exchange_create(&r->ex, r->comm, E, c->d_model, c->expert_ff, c->n_layers);
             p->model.ex = &r->ex;
             memcpy(p->model.expert_order, r->ex.order, sizeof(int) * E);

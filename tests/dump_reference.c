@@ -48,7 +48,7 @@ int main(int argc, char **argv) {
                       .beta2 = 0.95f, .eps = 1e-6f, .weight_decay = 0.1f, .grad_clip = 1.0f};
     int B = 3, T = c.seq_len, N = B * T, steps = 5;
     Model m;
-    model_create(&m, &c, NULL, B, T);
+    model_create(&m, &c, NULL, 1, B, T);
     model_init(&m, 2024, 2025);
 
     FILE *f = fopenCheck(argv[1], "wb");

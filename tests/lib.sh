@@ -20,3 +20,29 @@ json_num() { printf '%s\n' "$1" | grep -o "\"$2\":[^,}]*" | head -n 1 | cut -d: 
 
 # float_lt A B: true when A < B
 float_lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 < b + 0) }'; }
+
+MPIRUN=${MPIRUN:-mpirun}
+PYTHON=${PYTHON:-python3}
+# mpi N ARGS...: pcmoe on N ranks, one OpenMP thread each (the ranks share the cores)
+mpi() {
+    n=$1
+    shift
+    timeout 300 "$MPIRUN" --oversubscribe -np "$n" -x OMP_NUM_THREADS=1 "$PCMOE" "$@"
+}
+
+# tiny_config N FILE [SCHEDULE]: a small pcmoe config for N parties (N <= 6) on different corpora
+tiny_config() {
+    set -- "$1" "$2" "${3:-concurrent}"
+    {
+        printf '[parties]\ncount = %s\nschedule = %s\n[privacy]\nshuffle_seed = 99\n' "$1" "$3"
+        printf '[model]\nd_model = 32\nn_layers = 2\nn_heads = 2\nseq_len = 32\nd_ff = 64\nn_experts = 6\n'
+        printf 'top_k = 2\nexpert_ff = 32\nmoe_every = 1\n'
+        printf '[train]\nsteps = 20\nbatch_size = 4\nwarmup_steps = 5\neval_every = 10\neval_batches = 2\nlog_every = 1\n'
+        printf '[data]\n'
+        i=0
+        for f in shakespeare austen grimm sqlite3_h doyle shelley; do
+            [ "$i" -lt "$1" ] && printf '%d = input/data/%s.txt\n' "$i" "$f"
+            i=$((i + 1))
+        done
+    } > "$2"
+}

@@ -3,8 +3,8 @@
 # line on stderr that names the culprit (file or --set, key, value), and must not touch existing runs.
 . "$(dirname "$0")/lib.sh"
 
-"$PCMOE" --help | grep -q "pcmoe train CONFIG.ini" && ok "--help" || fail "--help"
-"$PCMOE" --version | grep -q "^pcmoe [0-9]" && ok "--version" || fail "--version"
+help=$("$PCMOE" --help) && printf '%s\n' "$help" | grep -q "pcmoe train CONFIG.ini" && ok "--help" || fail "--help: $help"
+version=$("$PCMOE" --version) && printf '%s\n' "$version" | grep -q "^pcmoe [0-9]" && ok "--version" || fail "--version: $version"
 keys=$("$PCMOE" keys)
 for k in model.d_model model.top_k model.moe_every train.lr train.seed data.val_fraction data.\<N\> run.dir run.blas_threads; do
     printf '%s\n' "$keys" | grep -q "$k" || fail "pcmoe keys does not list $k"

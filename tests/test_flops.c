@@ -22,7 +22,7 @@ static double analytic_forward(const ModelConfig *c, int B, int T) {
 
 static double step_flops(const ModelConfig *c, int B, int T) {
     Model m;
-    model_create(&m, c, NULL, B, T);
+    model_create(&m, c, NULL, 1, B, T);
     model_init(&m, 5, 6);
     uint8_t *tok = malloc(B * T), *tgt = malloc(B * T);
     test_batch(tok, tgt, B * T, 11);

@@ -46,7 +46,7 @@ static int run(float aux_coef, float z_coef) {
     c.z_coef = z_coef;
     int B = 2, T = c.seq_len, N = B * T;
     Model m;
-    model_create(&m, &c, NULL, B, T);
+    model_create(&m, &c, NULL, 1, B, T);
     model_init(&m, 42, 43);
     uint8_t *tok = malloc(N), *tgt = malloc(N);
     test_batch(tok, tgt, N, 7);
