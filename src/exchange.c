@@ -126,6 +126,13 @@ static void serve_copy(Exchange *ex, const ServeLayer *sl, float *serve, float *
         }
 }
 
+// Rows local expert j serves in layer sl: its own party's and every other party's.
+static int served_rows(const Exchange *ex, const ServeLayer *sl, int j) {
+    int n = 0;
+    for (int q = 0; q < ex->P; q++) n += sl->from[q * ex->max_local + j];
+    return n;
+}
+
 void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *flops) {
     int P = ex->P, K = ex->max_local, d = ex->d, f = ex->f;
     ServeLayer *sl = &ex->layers[layer];
@@ -154,8 +161,7 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     // 3. each owned expert runs once on all its rows
     size_t r0 = 0;
     for (int j = 0; j < ex->n_local; j++) {
-        int n = 0, e = ex->local[j];
-        for (int q = 0; q < P; q++) n += sl->from[q * K + j];
+        int n = served_rows(ex, sl, j), e = ex->local[j];
         if (n) ffn_forward(sl->y + r0 * d, sl->h + r0 * f, sl->u + r0 * f, sl->a + r0 * f, sl->x + r0 * d,
                            w.gate[e], w.up[e], w.down[e], n, d, f, flops);
         r0 += n;
@@ -168,7 +174,7 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
 
 void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
                        double *flops) {
-    int P = ex->P, K = ex->max_local, d = ex->d, f = ex->f;
+    int d = ex->d, f = ex->f;
     ServeLayer *sl = &ex->layers[layer];
     layouts(ex, sl, a);
     ensure_scratch(ex, sl->rows);
@@ -179,8 +185,7 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     // 2. owners accumulate their experts' weight gradients and compute input gradients
     size_t r0 = 0;
     for (int j = 0; j < ex->n_local; j++) {
-        int n = 0, e = ex->local[j];
-        for (int q = 0; q < P; q++) n += sl->from[q * K + j];
+        int n = served_rows(ex, sl, j), e = ex->local[j];
         if (n) {
             memset(ex->dx + r0 * d, 0, sizeof(float) * n * d);
             ffn_backward(ex->dx + r0 * d, dw.gate[e], dw.up[e], dw.down[e], ex->dh + r0 * f, ex->du + r0 * f,
@@ -197,8 +202,5 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
 
 int exchange_expert_rows(const Exchange *ex, int layer, int e) {
     if (exchange_owner(e, ex->P) != ex->party) return 0;
-    const ServeLayer *sl = &ex->layers[layer];
-    int j = e / ex->P, n = 0;
-    for (int q = 0; q < ex->P; q++) n += sl->from[q * ex->max_local + j];
-    return n;
+    return served_rows(ex, &ex->layers[layer], e / ex->P);
 }
