@@ -4,7 +4,7 @@
 # nothing failed. Extra arguments go to configure (e.g. --enable-sanitizers).
 set -u
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh --with-torch || exit 1
+scripts/install-deps.sh --with-test-tools || exit 1
 scripts/build.sh "$@" || { echo "0 passed, 1 failed"; exit 1; }
 export PCMOE_REQUIRE_TORCH=1 # torch was installed above: a parity test must run, not skip
 make check

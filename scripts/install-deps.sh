@@ -1,10 +1,11 @@
 #!/bin/sh
 # Installs pcmoe's system dependencies from Debian/Ubuntu packages. Idempotent: installs only what is
 # missing, and does nothing (no apt-get at all) when everything is present. Needs root or sudo.
-#   --with-torch   also install PyTorch and NumPy for the reference tests (scripts/check.sh passes it)
+#   --with-test-tools  also install what the tests use: PyTorch, NumPy, h5py (reference and checkpoint
+#                      tests), clang with libFuzzer (fuzz tests); scripts/check.sh passes it
 set -eu
 pkgs="build-essential autoconf automake libtool pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev"
-[ "${1:-}" = "--with-torch" ] && pkgs="$pkgs python3 python3-torch python3-numpy"
+[ "${1:-}" = "--with-test-tools" ] && pkgs="$pkgs python3 python3-torch python3-numpy python3-h5py clang libclang-rt-14-dev"
 
 missing=""
 for p in $pkgs; do

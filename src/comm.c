@@ -49,12 +49,19 @@ static double total(const double t[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1]) {
 double comm_total_sent(const Comm *c) { return total(c->sent); }
 double comm_total_recv(const Comm *c) { return total(c->recv); }
 
-int comm_agree(Comm *c, int ok, int *first_bad) {
-    int mine = ok ? INT_MAX : c->rank, lowest = INT_MAX;
-    mpiCheck(MPI_Allreduce(&mine, &lowest, 1, MPI_INT, MPI_MIN, c->world));
-    comm_account(c, MSG_CONTROL, COMM_COLLECTIVE, sizeof(int), sizeof(int));
-    if (first_bad) *first_bad = lowest == INT_MAX ? -1 : lowest;
-    return lowest == INT_MAX;
+int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad) {
+    int mine[2] = {ok ? INT_MAX : c->rank, ok ? 0 : -1}, all[2]; // min of (rank, -count)
+    mpiCheck(MPI_Allreduce(mine, all, 2, MPI_INT, MPI_MIN, c->world));
+    if (!ok || all[0] != INT_MAX) { // how many failed: only when someone did
+        int bad = !ok, total = 0;
+        mpiCheck(MPI_Allreduce(&bad, &total, 1, MPI_INT, MPI_SUM, c->world));
+        comm_account(c, MSG_CONTROL, COMM_COLLECTIVE, sizeof(int), sizeof(int));
+        all[1] = total;
+    }
+    comm_account(c, MSG_CONTROL, COMM_COLLECTIVE, 2 * sizeof(int), 2 * sizeof(int));
+    if (first_bad) *first_bad = all[0] == INT_MAX ? -1 : all[0];
+    if (n_bad) *n_bad = all[0] == INT_MAX ? 0 : all[1];
+    return all[0] == INT_MAX;
 }
 
 void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer) {

@@ -53,8 +53,9 @@ void comm_account(Comm *c, MsgKind kind, int peer, double sent, double recv);
 double comm_total_sent(const Comm *c);
 double comm_total_recv(const Comm *c);
 
-// Agreement on world: returns 1 if `ok` on every rank, else 0 and the lowest failing rank in *first_bad.
-int comm_agree(Comm *c, int ok, int *first_bad);
+// Agreement on world: returns 1 if `ok` on every rank, else 0, with the lowest failing rank in
+// *first_bad and the number of failing ranks in *n_bad (either may be NULL).
+int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad);
 // All-to-all of `per_peer` ints with every other party (the entry for oneself is copied, not sent).
 void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer);
 // All-to-all-v of rows of `width` floats: send_rows[p] rows starting at row send_offs[p] of `send` go

@@ -35,6 +35,9 @@ static const ConfigKey KEYS[] = {
     {"privacy", "share_metrics", KEY_BOOL, F(share_metrics), 0, 1, "true", "send scalar metrics to rank 0 for one metrics.jsonl (false: each party writes metrics.party_N.jsonl itself)", NULL},
     {"privacy", "shuffle_rows", KEY_BOOL, F(shuffle_rows), 0, 1, "true", "shuffle the rows bound for each expert with a private RNG before sending, so row order says nothing of token positions", NULL},
     {"privacy", "shuffle_seed", KEY_INT64, F(shuffle_seed), 0, 9.2e18, "0", "seed of the private row shuffle: 0 = from /dev/urandom (private; runs then differ in the last bits), else shuffle_seed + party (reproducible runs and tests)", NULL},
+    {"privacy", "check_finite", KEY_BOOL, F(check_finite), 0, 1, "true", "check that every row and gradient received from a peer is finite; a peer that sends NaN or Inf stops the job, named", NULL},
+    {"checkpoint", "every", KEY_INT, F(ckpt_every), 0, 1e9, "1000", "write RUN/checkpoints/step_N/party_R.h5 every this many steps and after the last step (0 = never)", NULL},
+    {"checkpoint", "keep", KEY_INT, F(ckpt_keep), 1, 1e6, "3", "complete checkpoints kept on disk; older ones are deleted", NULL},
     {"model", "vocab_size", KEY_INT, F(vocab_size), 256, 65536, "256", "vocabulary size; tokens are bytes, so 256", NULL},
     {"model", "d_model", KEY_INT, F(d_model), 4, 65536, "128", "residual stream width d", NULL},
     {"model", "n_layers", KEY_INT, F(n_layers), 1, 1024, "4", "transformer blocks", NULL},
@@ -72,7 +75,7 @@ static const ConfigKey KEYS[] = {
 };
 #undef F
 #define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
-#define SECTIONS "parties, fedavg, privacy, model, train, data, run"
+#define SECTIONS "parties, fedavg, privacy, checkpoint, model, train, data, run"
 
 // Where each key's value came from, for error messages: "file.ini:12" or "--set".
 typedef struct {
@@ -185,9 +188,8 @@ static int assign(Config *c, Origins *o, const char *section, const char *key, c
     return set_value(c, ki, value, where, err, len);
 }
 
-static int load_file(Config *c, Origins *o, const char *path, char *err, size_t len) {
-    FILE *f = fopen(path, "r");
-    if (!f) return error_set(err, len, "%s: cannot read config: %s", path, strerror(errno));
+// Parses INI text from f, named `path` in messages.
+static int load_stream(Config *c, Origins *o, FILE *f, const char *path, char *err, size_t len) {
     int seen[N_KEYS] = {0};
     char line[4096], section[64] = "";
     int lineno = 0, rc = 0;
@@ -225,6 +227,13 @@ static int load_file(Config *c, Origins *o, const char *path, char *err, size_t 
         if (!*section) { rc = error_set(err, len, "%s: key '%s' before any [section]", where, key); break; }
         rc = assign(c, o, section, key, value, where, seen, err, len);
     }
+    return rc;
+}
+
+static int load_file(Config *c, Origins *o, const char *path, char *err, size_t len) {
+    FILE *f = fopen(path, "r");
+    if (!f) return error_set(err, len, "%s: cannot read config: %s", path, strerror(errno));
+    int rc = load_stream(c, o, f, path, err, len);
     fclose(f);
     return rc;
 }
@@ -248,15 +257,15 @@ static int validate(const Config *c, const Origins *o, char *err, size_t len) {
         return error_set(err, len, "%s: train.min_lr = %g: must be <= train.lr = %g", where_of(o, "train", "min_lr"), c->min_lr, c->lr);
     if (c->warmup_steps > c->steps)
         return error_set(err, len, "%s: train.warmup_steps = %d: must be <= train.steps = %d", where_of(o, "train", "warmup_steps"), c->warmup_steps, c->steps);
+    if (c->mode == MODE_PCMOE && c->n_parties > c->n_experts)
+        return error_set(err, len, "%s: parties.count = %d: must be <= model.n_experts = %d in pcmoe mode (each party owns at least one expert)",
+                         where_of(o, "parties", "count"), c->n_parties, c->n_experts);
     for (int n = 0; n < c->n_parties; n++)
         if (!c->data_path[n][0])
             return error_set(err, len, "data.%d: missing: parties.count = %d needs a corpus for each party ([data] %d = PATH)", n, c->n_parties, n);
     for (int n = c->n_parties; n < CONFIG_MAX_PARTIES; n++)
         if (c->data_path[n][0])
             return error_set(err, len, "%s: data.%d = %s: no such party (parties.count = %d)", o->data_where[n], n, c->data_path[n], c->n_parties);
-    if (c->mode == MODE_PCMOE && c->n_parties > c->n_experts)
-        return error_set(err, len, "%s: parties.count = %d: must be <= model.n_experts = %d in pcmoe mode (each party owns at least one expert)",
-                         where_of(o, "parties", "count"), c->n_parties, c->n_experts);
     return 0;
 }
 
@@ -282,6 +291,39 @@ int config_load(Config *c, const char *path, char *const *set, int n_set, char *
     if (!rc) rc = validate(c, o, err, len);
     free(o);
     return rc;
+}
+
+int config_load_text(Config *c, const char *text, char *err, size_t len) {
+    memset(c, 0, sizeof *c);
+    Origins *o = calloc(1, sizeof *o);
+    if (!o) return error_set(err, len, "out of memory");
+    int rc = 0;
+    for (int i = 0; i < N_KEYS && !rc; i++)
+        if (KEYS[i].def[0]) rc = set_value(c, i, KEYS[i].def, "default", err, len);
+    FILE *f = rc ? NULL : fmemopen((void *)text, strlen(text), "r");
+    if (!rc && !f) rc = error_set(err, len, "fmemopen failed");
+    if (f) { rc = load_stream(c, o, f, "<stored config>", err, len); fclose(f); }
+    if (!rc) rc = validate(c, o, err, len);
+    free(o);
+    return rc;
+}
+
+int config_diff_model(const Config *a, const Config *b, char *err, size_t len) {
+    for (int i = 0; i < N_KEYS; i++) {
+        const ConfigKey *k = &KEYS[i];
+        int shapes = !strcmp(k->section, "model") || (!strcmp(k->section, "parties") && strcmp(k->key, "schedule"));
+        if (!shapes) continue;
+        const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;
+        char va[64], vb[64];
+        switch (k->type) {
+        case KEY_FLOAT: snprintf(va, sizeof va, "%.9g", *(const float *)pa); snprintf(vb, sizeof vb, "%.9g", *(const float *)pb); break;
+        case KEY_ENUM: snprintf(va, sizeof va, "%s", k->names[*(const int *)pa]); snprintf(vb, sizeof vb, "%s", k->names[*(const int *)pb]); break;
+        case KEY_INT64: snprintf(va, sizeof va, "%lld", (long long)*(const int64_t *)pa); snprintf(vb, sizeof vb, "%lld", (long long)*(const int64_t *)pb); break;
+        default: snprintf(va, sizeof va, "%d", *(const int *)pa); snprintf(vb, sizeof vb, "%d", *(const int *)pb); break;
+        }
+        if (strcmp(va, vb)) return error_set(err, len, "%s.%s: checkpoint %s, config %s", k->section, k->key, va, vb);
+    }
+    return 0;
 }
 
 void config_write(FILE *f, const Config *c) {

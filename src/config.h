@@ -25,6 +25,10 @@ typedef struct {
     int share_metrics;   // 1: scalar metrics go to rank 0 (one metrics.jsonl); 0: each party logs alone
     int shuffle_rows;    // 1: rows for an owner are shuffled with a private RNG before they are sent
     int64_t shuffle_seed; // 0: the private shuffle RNG is seeded from /dev/urandom; else shuffle_seed + party
+    int check_finite;    // 1: every row received from a peer is checked to be finite
+    // [checkpoint]
+    int ckpt_every;      // write a checkpoint every this many steps and at the end (0 = never)
+    int ckpt_keep;       // complete checkpoints kept on disk
     // [model]
     int vocab_size;      // tokens are bytes: 256
     int d_model;         // residual width d
@@ -68,6 +72,12 @@ typedef struct {
 // "section.key=value". Returns 0 on success. On error returns 2 and writes one line naming the file (or
 // --set), the key and the value into err.
 int config_load(Config *c, const char *path, char *const *set, int n_set, char *err, size_t err_len);
+
+// Like config_load, from INI text (a checkpoint's stored config); `text` is named "<stored config>".
+int config_load_text(Config *c, const char *text, char *err, size_t err_len);
+// Compares the keys that shape the model ([model] and parties.count, parties.mode). Returns 0 if equal,
+// else 1 with "model.d_model: checkpoint 64, config 32" in err (a is the checkpoint's).
+int config_diff_model(const Config *a, const Config *b, char *err, size_t err_len);
 
 // Writes the resolved configuration as INI text that config_load reads back to the same values.
 void config_write(FILE *f, const Config *c);

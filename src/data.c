@@ -70,6 +70,12 @@ int data_load(Dataset *ds, const char *path, double val_fraction, int T, uint64_
     }
     if (rc) { data_free(ds); return rc; }
     if (ds->n_bytes == 0) { data_free(ds); return error_set(err, len, "%s: corpus is empty", path); }
+    const uint8_t *nul = memchr(ds->bytes, 0, ds->n_bytes);
+    if (nul) { // text never holds NUL bytes; a binary file is almost surely a wrong path
+        size_t at = (size_t)(nul - ds->bytes);
+        data_free(ds);
+        return error_set(err, len, "%s: binary data (NUL byte at offset %zu); a corpus must be text", path, at);
+    }
     size_t n_val = (size_t)(val_fraction * (double)ds->n_bytes);
     ds->n_train = ds->n_bytes - n_val;
     if (ds->n_train < (size_t)T + 1 || n_val < (size_t)T + 1) {

@@ -1,6 +1,7 @@
 // exchange.c: routed-activation exchange between parties (see exchange.h for the protocol).
 #include "exchange.h"
 
+#include <math.h>   // NAN
 #include <stdlib.h> // realloc, free
 #include <string.h> // memcpy, memset
 
@@ -15,12 +16,14 @@ void exchange_packing_order(int *order, int m, int P) {
         for (int e = p; e < m; e += P) order[i++] = e;
 }
 
-void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers) {
+void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers, int max_rows, int check_finite) {
     memset(ex, 0, sizeof *ex);
     ex->comm = comm;
     ex->P = comm->n_parties;
     ex->party = comm->party;
     ex->m = m; ex->d = d; ex->f = f; ex->n_layers = n_layers;
+    ex->max_rows = max_rows;
+    ex->check_finite = check_finite;
     int P = ex->P;
     ex->max_local = (m + P - 1) / P;
     ex->local = mallocCheck(sizeof(int) * ex->max_local);
@@ -28,8 +31,8 @@ void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers
     ex->order = mallocCheck(sizeof(int) * m);
     exchange_packing_order(ex->order, m, P);
     size_t pm = (size_t)P * ex->max_local;
-    ex->send_counts = callocCheck(pm, sizeof(int));
-    ex->recv_counts = callocCheck(pm, sizeof(int));
+    ex->send_counts = callocCheck(2 * pm, sizeof(int));
+    ex->recv_counts = callocCheck(2 * pm, sizeof(int));
     ex->within = callocCheck(pm, sizeof(int));
     ex->send_rows = callocCheck(4 * (size_t)P, sizeof(int));
     ex->send_offs = ex->send_rows + P;
@@ -37,8 +40,16 @@ void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers
     ex->recv_offs = ex->send_rows + 3 * P;
     ex->layers = callocCheck(n_layers, sizeof(ServeLayer));
     for (int l = 0; l < n_layers; l++) ex->layers[l].from = callocCheck(pm, sizeof(int));
-    ex->bytes = sizeof(int) * (3 * pm + 4 * P + (size_t)n_layers * pm);
+    ex->bytes = sizeof(int) * (5 * pm + 4 * P + (size_t)n_layers * pm);
     ex->peak = ex->bytes;
+}
+
+void exchange_set_fault(Exchange *ex, const char *kind, int party) {
+    if (!strcmp(kind, "counts")) ex->fault = 1;
+    else if (!strcmp(kind, "foreign")) ex->fault = 2;
+    else if (!strcmp(kind, "nan")) ex->fault = 3;
+    else fail("--inject-fault %s: unknown fault (counts, foreign, nan)", kind);
+    ex->fault_party = party;
 }
 
 void exchange_free(Exchange *ex) {
@@ -133,16 +144,57 @@ static int served_rows(const Exchange *ex, const ServeLayer *sl, int j) {
     return n;
 }
 
+// Everything read from a peer is checked before use; a violation names the peer and stops the job.
+static void check_counts(Exchange *ex, ServeLayer *sl) {
+    int P = ex->P, K = ex->max_local;
+    for (int q = 0; q < P; q++) {
+        if (q == ex->party) continue;
+        const int *ids = ex->recv_counts + (size_t)q * 2 * K, *n = ids + K;
+        long total = 0;
+        for (int j = 0; j < K; j++) {
+            int want = j < ex->n_local ? ex->local[j] : -1;
+            if (ids[j] != want)
+                fail("party %d sent rows for expert %d, which is not this party's (party %d expected expert %d in slot %d); aborting",
+                     q, ids[j], ex->party, want, j);
+            if (n[j] < 0 || n[j] > ex->max_rows || (want < 0 && n[j] != 0))
+                fail("party %d announced %d rows for expert %d (allowed: 0 to %d); aborting", q, n[j], ids[j], want < 0 ? 0 : ex->max_rows);
+            total += n[j];
+            sl->from[q * K + j] = n[j];
+        }
+        if (total > ex->max_rows) fail("party %d announced %ld rows in all (at most %d); aborting", q, total, ex->max_rows);
+    }
+}
+
+// With privacy.check_finite: the rows received from each peer (rows[q] at row offs[q] of buf) are finite.
+static void check_rows(const Exchange *ex, const float *buf, const int *rows, const int *offs, MsgKind kind) {
+    if (!ex->check_finite || !buf) return;
+    for (int q = 0; q < ex->P; q++) {
+        const float *v = buf + (size_t)offs[q] * ex->d;
+        size_t n = (size_t)rows[q] * ex->d;
+        for (size_t i = 0; i < n; i++)
+            if (!(v[i] - v[i] == 0.0f))
+                fail("party %d sent a non-finite value (%g) in %s, row %zu; aborting", q, v[i], MSG_KIND_NAMES[kind], i / ex->d);
+    }
+}
+
 void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *flops) {
     int P = ex->P, K = ex->max_local, d = ex->d, f = ex->f;
     ServeLayer *sl = &ex->layers[layer];
-    // 1. routing counts: each owner learns how many rows of each of its experts will come from each party
-    memset(ex->send_counts, 0, sizeof(int) * P * K);
-    if (a)
-        for (int p = 0; p < P; p++)
-            if (p != ex->party)
-                for (int j = 0, e = p; e < ex->m; j++, e += P) ex->send_counts[p * K + j] = a->counts[e];
-    comm_alltoall_ints(ex->comm, MSG_ROUTING_COUNTS, ex->send_counts, sl->from, K);
+    // 1. routing counts: each owner learns how many rows of each of its experts will come from each party,
+    //    as (expert id, count) pairs it checks against the experts it owns
+    for (int p = 0; p < P; p++) {
+        int *ids = ex->send_counts + (size_t)p * 2 * K, *n = ids + K;
+        for (int j = 0; j < K; j++) {
+            int e = p + j * P;
+            ids[j] = e < ex->m ? e : -1;
+            n[j] = a && p != ex->party && e < ex->m ? a->counts[e] : 0;
+        }
+    }
+    int bad = ex->fault && ex->party == ex->fault_party ? (ex->party + 1) % P : -1; // test hook
+    if (bad >= 0 && ex->fault == 1) ex->send_counts[(size_t)bad * 2 * K + K] = ex->max_rows + 1;
+    if (bad >= 0 && ex->fault == 2) ex->send_counts[(size_t)bad * 2 * K] = (bad + 1) % P;
+    comm_alltoall_ints(ex->comm, MSG_ROUTING_COUNTS, ex->send_counts, ex->recv_counts, 2 * K);
+    check_counts(ex, sl);
     for (int j = 0; j < ex->n_local; j++) sl->from[ex->party * K + j] = a ? a->counts[ex->local[j]] : 0;
     layouts(ex, sl, a);
     size_t in_transit = 0;
@@ -154,9 +206,11 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     }
     ensure_buf(ex, in_transit);
     ensure_serve(ex, sl, sl->rows);
+    if (bad >= 0 && ex->fault == 3 && a && ex->send_rows[bad] > 0) a->xe[(size_t)ex->send_offs[bad] * d] = NAN;
     // 2. rows to their owners; own rows are copied, never sent
     comm_alltoallv_rows(ex->comm, MSG_EXPERT_ROWS, a ? a->xe : NULL, ex->send_rows, ex->send_offs, ex->buf,
                         ex->recv_rows, ex->recv_offs, d);
+    check_rows(ex, ex->buf, ex->recv_rows, ex->recv_offs, MSG_EXPERT_ROWS);
     serve_copy(ex, sl, sl->x, a ? a->xe : NULL, a, 1);
     // 3. each owned expert runs once on all its rows
     size_t r0 = 0;
@@ -170,6 +224,7 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     serve_copy(ex, sl, sl->y, a ? a->ye : NULL, a, 0);
     comm_alltoallv_rows(ex->comm, MSG_EXPERT_OUTPUTS, ex->buf, ex->recv_rows, ex->recv_offs, a ? a->ye : NULL,
                         ex->send_rows, ex->send_offs, d);
+    check_rows(ex, a ? a->ye : NULL, ex->send_rows, ex->send_offs, MSG_EXPERT_OUTPUTS);
 }
 
 void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
@@ -181,6 +236,7 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     // 1. gradients w.r.t. the outputs go to the owners
     comm_alltoallv_rows(ex->comm, MSG_OUTPUT_GRADS, s ? s->dye : NULL, ex->send_rows, ex->send_offs, ex->buf,
                         ex->recv_rows, ex->recv_offs, d);
+    check_rows(ex, ex->buf, ex->recv_rows, ex->recv_offs, MSG_OUTPUT_GRADS);
     serve_copy(ex, sl, ex->dy, s ? s->dye : NULL, a, 1);
     // 2. owners accumulate their experts' weight gradients and compute input gradients
     size_t r0 = 0;
@@ -198,6 +254,7 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     serve_copy(ex, sl, ex->dx, s ? s->dxe : NULL, a, 0);
     comm_alltoallv_rows(ex->comm, MSG_INPUT_GRADS, ex->buf, ex->recv_rows, ex->recv_offs, s ? s->dxe : NULL,
                         ex->send_rows, ex->send_offs, d);
+    check_rows(ex, s ? s->dxe : NULL, ex->send_rows, ex->send_offs, MSG_INPUT_GRADS);
 }
 
 int exchange_expert_rows(const Exchange *ex, int layer, int e) {

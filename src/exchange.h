@@ -6,18 +6,22 @@
 //
 //   sender (has tokens)                           owner (holds experts)
 //   router, top-k, pack rows by expert, grouped
-//   by owner, shuffled privately        ---- routing counts (MSG_ROUTING_COUNTS) --->
+//   by owner, shuffled privately        ---- (expert id, row count) pairs (MSG_ROUTING_COUNTS) --->
+//                                             checks: ids it owns, counts within bounds
 //                                       ---- rows for the owner's experts (MSG_EXPERT_ROWS) --->
 //                                             runs each of its experts once on all rows it got
 //                                             (its own party's rows too, copied, never sent)
 //                                       <--- expert outputs (MSG_EXPERT_OUTPUTS) ----
+//                                             (with privacy.check_finite every received row, either way,
+//                                              is checked to be finite)
 //   combines them with its gate weights,
 //   which never leave it
 //   backward: d loss / d outputs        ---- (MSG_OUTPUT_GRADS) --->
 //                                             accumulates its experts' weight gradients
 //                                       <--- d loss / d inputs (MSG_INPUT_GRADS) ----
 //
-// Nothing else crosses: no token ids, labels, gate weights, router or backbone tensors.
+// Nothing else crosses: no token ids, labels, gate weights, router or backbone tensors. Anything wrong
+// in what a peer sends stops the job (MPI_Abort) with a message naming that party.
 #ifndef PCMOE_EXCHANGE_H
 #define PCMOE_EXCHANGE_H
 
@@ -45,7 +49,12 @@ typedef struct {
     int *local;            // (n_local) their global ids: party, party + P, ...
     int max_local;         // ceil(m / P): width of one count message
     int *order;            // (m) packing order for senders: experts grouped by owner, owner 0 first
-    int *send_counts, *recv_counts, *within; // (P, max_local)
+    int max_rows;          // most rows one party can route in one pass: B*T*k
+    int check_finite;      // check received rows and gradients for NaN / Inf
+    int fault;             // test hook: 0 none, 1 bad counts, 2 foreign expert id, 3 NaN rows
+    int fault_party;       // the party that misbehaves
+    int *send_counts, *recv_counts; // (P, 2 * max_local) per peer: expert ids, then row counts
+    int *within;           // (P, max_local)
     int *send_rows, *send_offs, *recv_rows, *recv_offs; // (P)
     float *buf;            // (buf_cap, d) rows in transit, one block per peer
     size_t buf_cap;
@@ -60,7 +69,10 @@ typedef struct {
 int exchange_owner(int e, int P);
 // Fills order (m) with the sender packing order: experts grouped by owner, owner 0 first.
 void exchange_packing_order(int *order, int m, int P);
-void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers);
+void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers, int max_rows, int check_finite);
+// Test hook (--inject-fault): party `party` sends "counts" beyond bounds, a "foreign" expert id, or
+// "nan" rows. Fails on an unknown kind.
+void exchange_set_fault(Exchange *ex, const char *kind, int party);
 void exchange_free(Exchange *ex);
 
 // Forward of MoE layer `layer`: fills a->ye for every packed row (a may be NULL when this party has no

@@ -8,6 +8,7 @@
 #include "autoconfig.h" // PACKAGE_VERSION
 #include "config.h"     // Config, config_load, config_print_keys
 #include "comm.h"       // Comm, comm_init, comm_agree
+#include "info.h"       // info_run
 #include "train.h"      // train_run, TrainOptions
 #include "util.h"       // fail_usage, mpiCheck, mallocCheck
 
@@ -26,6 +27,15 @@ static void usage(FILE *f) {
             "      --simulate    pcmoe: compute all parties' steps in this one process with every expert\n"
             "                    local (the reference the MPI run is tested against)\n"
             "      --audit FILE  write the bytes every rank sent and received, per message kind and peer\n"
+            "      --resume      continue from the newest complete checkpoint in RUN/checkpoints (model keys\n"
+            "                    must match; steps, learning-rate and evaluation keys may change)\n"
+            "      --stop-after S  stop after step S, writing a checkpoint, as a preempted job would\n"
+            "      --inject-fault counts|foreign|nan  test hook: the last party sends bad routing counts, a\n"
+            "                    foreign expert id, or NaN rows (the others must stop the job, naming it)\n"
+            "  [mpirun -np N] pcmoe eval CONFIG.ini --checkpoint RUN/checkpoints/step_NNNNNNNN [--set ...]\n"
+            "      Load a checkpoint and print every party's validation loss (same ranks as training).\n"
+            "  pcmoe info PATH   describe a checkpoint (a party_R.h5 file, a step directory, or a run\n"
+            "                    directory: its newest complete checkpoint), loading and checking every dataset\n"
             "  pcmoe keys        list every config key with its type, range, default and meaning\n"
             "  pcmoe --help      this text\n"
             "  pcmoe --version   version\n"
@@ -45,7 +55,7 @@ typedef struct {
 } TrainArgs;
 
 // Parses the arguments after "train". Returns -1 to go on, or an exit status (0 after --help, 2 on error).
-static int parse_train_args(TrainArgs *a, int argc, char **argv) {
+static int parse_train_args(TrainArgs *a, int argc, char **argv, int eval) {
     memset(a, 0, sizeof *a);
     a->sets = mallocCheck(sizeof(char *) * (size_t)argc);
     for (int i = 2; i < argc; i++) {
@@ -58,6 +68,19 @@ static int parse_train_args(TrainArgs *a, int argc, char **argv) {
             a->opt.force = 1;
         } else if (!strcmp(argv[i], "--simulate")) {
             a->opt.simulate = 1;
+        } else if (!strcmp(argv[i], "--resume")) {
+            a->opt.resume = 1;
+        } else if (!strcmp(argv[i], "--stop-after") || !strcmp(argv[i], "--checkpoint") || !strcmp(argv[i], "--inject-fault")) {
+            if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: %s needs a value\n", argv[i]); return 2; }
+            const char *opt = argv[i], *v = argv[++i];
+            if (!strcmp(opt, "--checkpoint")) a->opt.eval_dir = v;
+            else if (!strcmp(opt, "--inject-fault")) a->opt.fault = v;
+            else {
+                char *end;
+                long n = strtol(v, &end, 10);
+                if (*end || n < 1 || n > 1000000000) { fprintf(stderr, "pcmoe: error: --stop-after %s: not a step number >= 1\n", v); return 2; }
+                a->opt.stop_after = (int)n;
+            }
         } else if (!strcmp(argv[i], "--audit")) {
             if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: --audit needs a FILE\n"); return 2; }
             a->opt.audit_path = argv[++i];
@@ -74,7 +97,10 @@ static int parse_train_args(TrainArgs *a, int argc, char **argv) {
             return 2;
         }
     }
-    if (!a->config_path) { fprintf(stderr, "pcmoe: error: train needs a CONFIG.ini (try pcmoe --help)\n"); return 2; }
+    if (!a->config_path) { fprintf(stderr, "pcmoe: error: %s needs a CONFIG.ini (try pcmoe --help)\n", eval ? "eval" : "train"); return 2; }
+    if (eval && !a->opt.eval_dir) { fprintf(stderr, "pcmoe: error: eval needs --checkpoint DIR (a checkpoint step directory)\n"); return 2; }
+    if (!eval && a->opt.eval_dir) { fprintf(stderr, "pcmoe: error: --checkpoint belongs to pcmoe eval; train resumes with --resume\n"); return 2; }
+    if (a->opt.resume && a->opt.force) { fprintf(stderr, "pcmoe: error: --resume and --force exclude each other\n"); return 2; }
     return -1;
 }
 
@@ -88,14 +114,18 @@ int main(int argc, char **argv) {
         config_print_keys(stdout);
         return 0;
     }
-    if (strcmp(cmd, "train") != 0) {
+    if (!strcmp(cmd, "info")) {
+        if (argc != 3) { fprintf(stderr, "pcmoe: error: info needs one PATH (a checkpoint file, step directory or run directory)\n"); return 2; }
+        return info_run(argv[2]);
+    }
+    if (strcmp(cmd, "train") != 0 && strcmp(cmd, "eval") != 0) {
         fprintf(stderr, "pcmoe: error: unknown command '%s' (try pcmoe --help)\n", cmd);
         return 2;
     }
 
     // pcmoe train CONFIG [--set k=v ...] [--force]
     TrainArgs args;
-    int rc = parse_train_args(&args, argc, argv);
+    int rc = parse_train_args(&args, argc, argv, !strcmp(cmd, "eval"));
     if (rc >= 0) { free(args.sets); return rc; }
 
     mpiCheck(MPI_Init(&argc, &argv));
@@ -105,7 +135,7 @@ int main(int argc, char **argv) {
     Config *c = mallocCheck(sizeof(Config));
     char err[2048];
     int ok = config_load(c, args.config_path, args.sets, args.n_sets, err, sizeof err) == 0, bad = -1;
-    if (!comm_agree(&comm, ok, &bad)) {
+    if (!comm_agree(&comm, ok, &bad, NULL)) {
         free(c);
         free(args.sets);
         fail_usage(2, bad == comm.rank ? 1 : -1, "%s", err);

@@ -25,7 +25,26 @@ void step_stats_unpack(StepStats *s, const double *v) {
     s->mem = (MemStats){(size_t)v[15], (size_t)v[16], (size_t)v[17], (size_t)v[18], (size_t)v[19]};
 }
 
-int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, int write_config, char *err, size_t len) {
+// Keeps the lines of `path` whose "step" is at most `step` (through path.tmp and a rename).
+static int metrics_truncate(const char *path, int step, char *err, size_t len) {
+    FILE *in = fopen(path, "r");
+    if (!in) return 0; // nothing logged yet
+    char tmp[CONFIG_PATH_LEN + 80];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) { fclose(in); return error_set(err, len, "%s: cannot write: %s", tmp, strerror(errno)); }
+    char line[8192];
+    while (fgets(line, sizeof line, in)) {
+        int s = -1;
+        if (sscanf(line, "{\"step\":%d", &s) == 1 && s <= step) fputs(line, out);
+    }
+    fclose(in);
+    if (fclose(out) != 0 || rename(tmp, path) != 0) return error_set(err, len, "%s: rewrite failed: %s", path, strerror(errno));
+    return 0;
+}
+
+int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, int write_config, int resume_step,
+                 char *err, size_t len) {
     memset(mt, 0, sizeof *mt);
     snprintf(mt->run_dir, sizeof mt->run_dir, "%s", c->run_dir);
     snprintf(mt->suffix, sizeof mt->suffix, "%s", suffix);
@@ -33,9 +52,10 @@ int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, in
         return error_set(err, len, "run.dir = %s: cannot create directory: %s", c->run_dir, strerror(errno));
     char path[CONFIG_PATH_LEN + 64];
     snprintf(path, sizeof path, "%s/metrics%s.jsonl", c->run_dir, suffix);
-    if (!force && access(path, F_OK) == 0)
-        return error_set(err, len, "run.dir = %s: already holds a run (metrics%s.jsonl); choose another run.dir or pass --force to overwrite it", c->run_dir, suffix);
-    mt->jsonl = fopen(path, "w");
+    if (resume_step < 0 && !force && access(path, F_OK) == 0)
+        return error_set(err, len, "run.dir = %s: already holds a run (metrics%s.jsonl); pass --resume to continue it, --force to overwrite it, or choose another run.dir", c->run_dir, suffix);
+    if (resume_step >= 0 && metrics_truncate(path, resume_step, err, len)) return 2;
+    mt->jsonl = fopen(path, resume_step >= 0 ? "a" : "w");
     if (!mt->jsonl) return error_set(err, len, "%s: cannot write: %s", path, strerror(errno));
     if (write_config) {
         snprintf(path, sizeof path, "%s/config.ini", c->run_dir);

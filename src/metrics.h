@@ -42,7 +42,10 @@ typedef struct {
 // Creates the run directory and opens RUN/metrics<suffix>.jsonl; with write_config also writes
 // RUN/config.ini. Returns 0, or 2 with a one-line message in err: an existing metrics file is never
 // overwritten unless `force`.
-int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, int write_config, char *err, size_t len);
+// resume_step >= 0: continue an existing file, dropping lines of steps after resume_step (written
+// after the checkpoint the run resumes from).
+int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, int write_config, int resume_step,
+                 char *err, size_t len);
 // One JSON line for one party's step.
 void metrics_log(Metrics *mt, const StepStats *s);
 // The job's progress line over n parties' stats of this step (mean train and validation loss of the

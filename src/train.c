@@ -2,6 +2,7 @@
 // loop; each mode has one step function, and step_pcmoe() is the product, read top to bottom.
 #include "train.h"
 
+#include <errno.h>        // errno
 #include <math.h>         // sqrt, isfinite, INFINITY
 #include <stdio.h>        // FILE
 #include <stdlib.h>       // free
@@ -12,7 +13,10 @@
 #include <omp.h>          // omp_set_num_threads
 #endif
 
+#include <unistd.h>       // unlink, rmdir
+
 #include "autoconfig.h"   // HAVE_OPENBLAS_*
+#include "ckpt.h"         // ckpt_save, ckpt_load, ckpt_latest
 #include "exchange.h"     // Exchange
 #include "metrics.h"      // Metrics, StepStats
 #include "util.h"         // fail, fail_usage, now_seconds, mallocCheck
@@ -356,7 +360,7 @@ static void build_models(Run *r) {
         model_create(&p->model, &mc, owned, !exchanged, B, T);
         model_init(&p->model, backbone_seed(c, p->party), (uint64_t)c->seed);
         if (exchanged) { // (one party alone holds every expert: nothing to exchange)
-            exchange_create(&r->ex, r->comm, E, c->d_model, c->expert_ff, c->n_layers);
+            exchange_create(&r->ex, r->comm, E, c->d_model, c->expert_ff, c->n_layers, B * T * c->top_k, c->check_finite);
             p->model.ex = &r->ex;
             memcpy(p->model.expert_order, r->ex.order, sizeof(int) * E);
             p->model.shuffle_on = c->shuffle_rows;
@@ -384,12 +388,138 @@ static void free_run(Run *r) {
     free(r->party);
 }
 
-// Ends the job when any rank failed to start: each failing rank prints its own message and every rank
-// exits with status 2 (all of them reached this point, so MPI shuts down cleanly, without a hang).
+// ---------------------------------------------------------------------------------------------------
+// Metrics: rank 0 logs every party's stats (gathered with privacy.share_metrics, or all in this process),
+// or each party logs its own.
+typedef struct {
+    Metrics mt;
+    int gather;          // every party's stats go to rank 0
+    int writes;          // this rank writes a metrics file
+    int n_shown;         // parties this rank logs and shows
+    StepStats *shown;    // (n_shown) this step's
+    StepStats *last;     // (n_shown) each party's latest train and validation numbers, for the summary
+    double *best;        // (n_shown) best validation loss
+    double *packed;      // (P, STEP_STATS_DOUBLES) gather buffer
+} Log;
+
+static void log_step(Run *r, Log *lg, int log_now) {
+    Comm *comm = r->comm;
+    if (!log_now) { // a progress redraw on a terminal only
+        if (comm->rank == 0 && lg->writes && lg->mt.tty) {
+            int n = r->n < lg->n_shown ? r->n : lg->n_shown;
+            for (int q = 0; q < n; q++) lg->shown[q] = r->party[q].s;
+            metrics_progress(&lg->mt, lg->shown, n, r->c->steps, 0);
+        }
+        return;
+    }
+    if (lg->gather) {
+        step_stats_pack(&r->party[0].s, lg->packed);
+        comm_gather_doubles(comm, MSG_METRICS, lg->packed, STEP_STATS_DOUBLES, lg->packed);
+        if (comm->rank == 0)
+            for (int q = 0; q < r->P; q++) step_stats_unpack(&lg->shown[q], lg->packed + (size_t)q * STEP_STATS_DOUBLES);
+    } else {
+        for (int q = 0; q < lg->n_shown; q++) lg->shown[q] = r->party[q].s;
+    }
+    if (!lg->writes) return;
+    for (int q = 0; q < lg->n_shown; q++) {
+        const StepStats *s = &lg->shown[q];
+        StepStats *last = &lg->last[q];
+        metrics_log(&lg->mt, s);
+        if (s->has_val && s->val_loss < lg->best[q]) lg->best[q] = s->val_loss;
+        StepStats keep = *last;
+        *last = *s;
+        if (!s->has_train) { last->has_train = keep.has_train; last->train_loss = keep.train_loss; last->flops = keep.flops; }
+        if (!s->has_val) { last->has_val = keep.has_val; last->val_loss = keep.val_loss; }
+    }
+    if (comm->rank == 0) metrics_progress(&lg->mt, lg->shown, lg->n_shown, r->c->steps, 1);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Checkpoints: one file per rank; what goes in it is this rank's model, AdamW state, samplers and
+// private shuffle (see ckpt.h). rngs: scratch for P sampler states.
+
+static CkptState ckpt_state(Run *r, Rng *rngs) {
+    CkptState s = {.party = r->party[0].party, .c = r->c, .data_rng = rngs};
+    if (r->c->mode == MODE_CENTRALIZED) {
+        s.m = &r->central;
+        s.party = 0;
+        s.first_data = 0;
+        s.n_data = r->n;
+    } else {
+        s.m = &r->party[0].model;
+        s.first_data = r->party[0].party;
+        s.n_data = 1;
+        s.shuffle = s.m->shuffle_on ? &s.m->shuffle : NULL;
+    }
+    for (int q = 0; q < s.n_data; q++) rngs[q] = r->party[q].data.rng;
+    return s;
+}
+
+static void party_file(char *out, size_t len, const char *dir, int party) { snprintf(out, len, "%s/party_%d.h5", dir, party); }
+
+// Writes this step's checkpoint on every rank, then rank 0 marks it complete, then old ones are pruned.
+static void checkpoint_write(Run *r, int step_done) {
+    const Config *c = r->c;
+    Comm *comm = r->comm;
+    char dir[CONFIG_PATH_LEN + 64], path[CONFIG_PATH_LEN + 96], err[2048] = "";
+    ckpt_step_dir(dir, sizeof dir, c->run_dir, step_done);
+    Rng *rngs = mallocCheck(sizeof(Rng) * (size_t)r->n);
+    CkptState s = ckpt_state(r, rngs);
+    s.step = step_done;
+    party_file(path, sizeof path, dir, s.party);
+    int rc = mkdir_p(dir) ? error_set(err, sizeof err, "%s: cannot create: %s", dir, strerror(errno)) : ckpt_save(path, &s, err, sizeof err);
+    free(rngs);
+    if (!comm_agree(comm, rc == 0, NULL, NULL)) {
+        if (rc) fail_usage(1, 1, "checkpoint of step %d not written: %s (earlier complete checkpoints are intact)", step_done, err);
+        fail_usage(1, -1, "stopping");
+    }
+    if (comm->rank == 0) { // the marker: written last, so a directory without it is never loaded
+        char marker[CONFIG_PATH_LEN + 96], tmp[CONFIG_PATH_LEN + 100];
+        snprintf(marker, sizeof marker, "%s/%s", dir, CKPT_MARKER);
+        snprintf(tmp, sizeof tmp, "%s.tmp", marker);
+        FILE *f = fopen(tmp, "w");
+        rc = !f || fprintf(f, "step %d, %d parties\n", step_done, c->n_parties) < 0 || fclose(f) != 0 || rename(tmp, marker) != 0;
+        if (rc) error_set(err, sizeof err, "%s: cannot write: %s", marker, strerror(errno));
+    }
+    if (!comm_agree(comm, rc == 0, NULL, NULL)) fail_usage(1, rc ? 1 : -1, "%s", err);
+    // keep the newest checkpoint.keep complete checkpoints: unmark, then delete the files, then the directory
+    int steps[4096], n = ckpt_list(c->run_dir, steps, 4096);
+    for (int i = 0; i + c->ckpt_keep < n; i++) {
+        ckpt_step_dir(dir, sizeof dir, c->run_dir, steps[i]);
+        char marker[CONFIG_PATH_LEN + 96];
+        snprintf(marker, sizeof marker, "%s/%s", dir, CKPT_MARKER);
+        if (comm->rank == 0) unlink(marker);
+        comm_agree(comm, 1, NULL, NULL);
+        party_file(path, sizeof path, dir, r->c->mode == MODE_CENTRALIZED ? 0 : r->party[0].party);
+        unlink(path);
+        comm_agree(comm, 1, NULL, NULL);
+        if (comm->rank == 0) rmdir(dir);
+    }
+}
+
+// Loads this rank's file of checkpoint directory `dir` into the run. Returns 0, or 2 with err set.
+static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t len) {
+    Rng *rngs = mallocCheck(sizeof(Rng) * (size_t)r->n);
+    CkptState s = ckpt_state(r, rngs);
+    char path[CONFIG_PATH_LEN + 96];
+    party_file(path, sizeof path, dir, s.party);
+    int rc = ckpt_load(path, &s, err, len);
+    if (!rc) {
+        for (int q = 0; q < s.n_data; q++) r->party[q].data.rng = rngs[q];
+        *step = s.step;
+    }
+    free(rngs);
+    return rc;
+}
+
+// Ends the job when any rank failed to start, every rank with status 2 (all of them reached this point,
+// so MPI shuts down cleanly, without a hang). The failing ranks print their messages; when every rank
+// failed (the same cause everywhere), only the lowest does.
 static void start_check(Comm *comm, int rc, const char *err) {
-    if (comm_agree(comm, rc == 0, NULL)) return;
-    if (rc) fail_usage(2, 1, "%s", err);
-    fail_usage(2, -1, "stopping");
+    int first = -1, n_bad = 0;
+    if (comm_agree(comm, rc == 0, &first, &n_bad)) return;
+    int print = rc && (n_bad < comm->size || comm->rank == first);
+    fail_usage(2, print ? 1 : -1, "%s", rc ? err : "stopping");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -399,8 +529,8 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     int P = c->n_parties;
     int one_process = c->mode == MODE_CENTRALIZED || opt->simulate;
     int want_ranks = one_process ? 1 : P;
-    if (comm->size != want_ranks)
-        fail_usage(2, 1, "parties.count = %d, parties.mode = %s%s: needs %d MPI rank%s, the job has %d", P, MODE_NAMES[c->mode],
+    if (comm->size != want_ranks) // every rank sees this: rank 0 says it
+        fail_usage(2, 0, "parties.count = %d, parties.mode = %s%s: needs %d MPI rank%s, the job has %d", P, MODE_NAMES[c->mode],
                    opt->simulate ? " with --simulate" : "", want_ranks, want_ranks > 1 ? "s" : "", comm->size);
     comm_setup(comm, one_process ? 1 : P);
 
@@ -414,27 +544,63 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     char err[2048] = "";
     start_check(comm, load_data(r, err, sizeof err), err);
     build_models(r);
+    if (c->mode == MODE_PCMOE && !opt->simulate && P > 1 && opt->fault) exchange_set_fault(&r->ex, opt->fault, P - 1);
 
-    // 2. outputs: the job's metrics on rank 0, or, with privacy.share_metrics = false, one file per party
-    int gather = !one_process && P > 1 && c->share_metrics;
-    int writes = comm->rank == 0 || (!one_process && !c->share_metrics);
+    // 2. a checkpoint to evaluate, or to resume from
+    int start = 0;
+    if (opt->eval_dir || opt->resume) {
+        char dir[CONFIG_PATH_LEN + 64], ignored[1024] = "";
+        int rc = 0;
+        if (opt->eval_dir) {
+            snprintf(dir, sizeof dir, "%s", opt->eval_dir);
+            char marker[CONFIG_PATH_LEN + 96];
+            snprintf(marker, sizeof marker, "%s/%s", dir, CKPT_MARKER);
+            if (access(marker, F_OK) != 0) rc = error_set(err, sizeof err, "%s: not a complete checkpoint directory (no %s marker)", dir, CKPT_MARKER);
+        } else {
+            int latest = ckpt_latest(c->run_dir, ignored, sizeof ignored);
+            if (latest < 0) rc = error_set(err, sizeof err, "run.dir = %s: no complete checkpoint to resume from%s%s", c->run_dir, ignored[0] ? "; incomplete: " : "", ignored);
+            ckpt_step_dir(dir, sizeof dir, c->run_dir, latest);
+        }
+        if (!rc) rc = checkpoint_load(r, dir, &start, err, sizeof err);
+        start_check(comm, rc, err);
+        if (comm->rank == 0 && ignored[0]) fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);
+        if (comm->rank == 0 && !opt->eval_dir) fprintf(stderr, "pcmoe: resuming from %s (step %d of %d)\n", dir, start, c->steps);
+    }
+    if (opt->eval_dir) { // pcmoe eval: every party's validation loss, then stop
+        evaluate(r);
+        double mine[2] = {r->party[0].party, r->party[0].s.val_loss};
+        double *all = mallocCheck(sizeof(double) * 2 * (size_t)P);
+        if (one_process) for (int q = 0; q < r->n; q++) { all[2 * q] = q; all[2 * q + 1] = r->party[q].s.val_loss; }
+        else comm_gather_doubles(comm, MSG_METRICS, mine, 2, all);
+        if (comm->rank == 0)
+            for (int q = 0; q < (one_process ? r->n : P); q++)
+                printf("party %d: val_loss %.6f nats/byte (%.4f bits/byte), step %d\n", (int)all[2 * q], all[2 * q + 1], all[2 * q + 1] / log(2.0), start);
+        free(all);
+        free_run(r);
+        return 0;
+    }
+    int checkpoints = c->ckpt_every > 0 && !opt->simulate;
+    if (c->ckpt_every > 0 && opt->simulate && comm->rank == 0) fprintf(stderr, "pcmoe: note: --simulate writes no checkpoints\n");
+
+    // 3. outputs: the job's metrics on rank 0, or, with privacy.share_metrics = false, one file per party
+    Log lg = {.gather = !one_process && P > 1 && c->share_metrics};
+    lg.writes = comm->rank == 0 || (!one_process && !c->share_metrics);
     char suffix[32] = "";
     if (!one_process && P > 1 && !c->share_metrics) snprintf(suffix, sizeof suffix, ".party_%d", comm->party);
-    Metrics mt;
-    int rc = writes ? metrics_open(&mt, c, suffix, opt->force, comm->rank == 0, err, sizeof err) : 0;
+    int rc = lg.writes ? metrics_open(&lg.mt, c, suffix, opt->force, comm->rank == 0, opt->resume ? start : -1, err, sizeof err) : 0;
     start_check(comm, rc, err);
-
-    // what rank 0 shows and logs: every party's stats (gathered), or just its own
-    int n_shown = gather || one_process ? P : 1;
-    StepStats *shown = callocCheck((size_t)n_shown, sizeof(StepStats));
-    StepStats *last = callocCheck((size_t)n_shown, sizeof(StepStats));
-    double *best = mallocCheck(sizeof(double) * n_shown);
-    for (int i = 0; i < n_shown; i++) best[i] = INFINITY;
-    double *packed = mallocCheck(sizeof(double) * STEP_STATS_DOUBLES * (size_t)P);
+    lg.n_shown = lg.gather || one_process ? P : 1;
+    lg.shown = callocCheck((size_t)lg.n_shown, sizeof(StepStats));
+    lg.last = callocCheck((size_t)lg.n_shown, sizeof(StepStats));
+    lg.best = mallocCheck(sizeof(double) * lg.n_shown);
+    for (int i = 0; i < lg.n_shown; i++) lg.best[i] = INFINITY;
+    lg.packed = mallocCheck(sizeof(double) * STEP_STATS_DOUBLES * (size_t)P);
     double tokens_seen = 0.0;
 
-    for (int step = -1; step < c->steps; step++) { // step -1: the untrained model's validation loss
-        int last_step = step + 1 == c->steps;
+    // step -1: the untrained model's validation loss (not when resuming)
+    for (int step = start > 0 ? start : -1; step < c->steps; step++) {
+        int stop_here = opt->stop_after > 0 && step + 1 == opt->stop_after;
+        int last_step = step + 1 == c->steps || stop_here;
         int eval_now = step < 0 ? c->eval_every > 0 : last_step || (c->eval_every > 0 && (step + 1) % c->eval_every == 0);
         if (step < 0 && !eval_now) continue;
         double sent0 = comm_total_sent(comm), recv0 = comm_total_recv(comm);
@@ -458,43 +624,21 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
             s->mem = party_mem(r, q);
             s->rss_peak = rss_peak_bytes();
         }
-        int log_now = step < 0 || last_step || eval_now || (step + 1) % c->log_every == 0;
-        if (!log_now) {
-            if (comm->rank == 0 && mt.tty) {
-                for (int q = 0; q < r->n && q < n_shown; q++) shown[q] = r->party[q].s;
-                metrics_progress(&mt, shown, r->n < n_shown ? r->n : n_shown, c->steps, 0);
-            }
-            continue;
-        }
-        if (gather) {
-            step_stats_pack(&r->party[0].s, packed);
-            comm_gather_doubles(comm, MSG_METRICS, packed, STEP_STATS_DOUBLES, packed);
-            if (comm->rank == 0)
-                for (int q = 0; q < P; q++) step_stats_unpack(&shown[q], packed + (size_t)q * STEP_STATS_DOUBLES);
-        } else {
-            for (int q = 0; q < n_shown; q++) shown[q] = r->party[q].s;
-        }
-        if (writes) {
-            for (int q = 0; q < n_shown; q++) {
-                metrics_log(&mt, &shown[q]);
-                if (shown[q].has_val && shown[q].val_loss < best[q]) best[q] = shown[q].val_loss;
-                StepStats keep = last[q]; // the summary keeps each party's latest train and val numbers
-                last[q] = shown[q];
-                if (!shown[q].has_train) { last[q].has_train = keep.has_train; last[q].train_loss = keep.train_loss; last[q].flops = keep.flops; }
-                if (!shown[q].has_val) { last[q].has_val = keep.has_val; last[q].val_loss = keep.val_loss; }
-            }
-            if (comm->rank == 0) metrics_progress(&mt, shown, n_shown, c->steps, 1);
-        }
+        log_step(r, &lg, step < 0 || last_step || eval_now || (step + 1) % c->log_every == 0);
+
+        // 4. a checkpoint every checkpoint.every steps and after the last one
+        if (checkpoints && step >= 0 && (last_step || (step + 1) % c->ckpt_every == 0)) checkpoint_write(r, step + 1);
+        if (stop_here) break;
     }
-    if (gather) // every party's tokens: one batch per party and step, or one per step when taking turns
-        tokens_seen = (double)c->steps * c->batch_size * c->seq_len *
+    if (lg.gather) // every party's tokens: one batch per party and step, or one per step when taking turns
+        tokens_seen = (double)(c->steps - start) * c->batch_size * c->seq_len *
                       (c->mode == MODE_PCMOE && c->schedule == SCHEDULE_SEQUENTIAL ? 1 : P);
-    if (writes) {
-        metrics_summary(&mt, c, last, best, n_shown, c->steps, tokens_seen);
-        metrics_close(&mt);
+    if (lg.writes) {
+        metrics_summary(&lg.mt, c, lg.last, lg.best, lg.n_shown, c->steps, tokens_seen);
+        metrics_close(&lg.mt);
     }
     if (opt->audit_path) comm_write_audit(comm, opt->audit_path);
-    free(shown); free(last); free(best); free(packed);
+    free(lg.shown); free(lg.last); free(lg.best); free(lg.packed);
     free_run(r);
     return 0;
 }

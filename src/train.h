@@ -13,6 +13,10 @@ typedef struct {
     int force;              // overwrite an existing run directory
     int simulate;           // compute all parties' math in this one process (the equivalence harness)
     const char *audit_path; // write the traffic audit here (NULL: no audit)
+    int resume;             // continue from the newest complete checkpoint in RUN/checkpoints
+    int stop_after;         // stop (with a checkpoint) after this step, as a preempted job would (0: no)
+    const char *eval_dir;   // pcmoe eval: load this checkpoint directory, report validation losses, stop
+    const char *fault;      // test hook: "counts", "foreign" or "nan": the last party misbehaves as a peer
 } TrainOptions;
 
 // Trains as configured. `comm` is attached to MPI_COMM_WORLD. Writes RUN/config.ini, metrics.jsonl and

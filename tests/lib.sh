@@ -27,7 +27,7 @@ PYTHON=${PYTHON:-python3}
 mpi() {
     n=$1
     shift
-    timeout 300 "$MPIRUN" --oversubscribe -np "$n" -x OMP_NUM_THREADS=1 "$PCMOE" "$@"
+    timeout 120 "$MPIRUN" --oversubscribe -np "$n" -x OMP_NUM_THREADS=1 "$PCMOE" "$@"
 }
 
 # tiny_config N FILE [SCHEDULE]: a small pcmoe config for N parties (N <= 6) on different corpora
@@ -46,3 +46,9 @@ tiny_config() {
         done
     } > "$2"
 }
+
+# a python3 with h5py (checkpoint mutation), or empty
+H5PY_PYTHON=""
+for py in ${TORCH_PYTHON:-} /usr/bin/python3 python3; do
+    "$py" -c "import h5py" 2>/dev/null && { H5PY_PYTHON=$py; break; }
+done

@@ -1,0 +1,354 @@
+// ckpt.c: HDF5 checkpoint writing, validated loading, and the checkpoint directory layout.
+#include "ckpt.h"
+
+#include <dirent.h>   // opendir
+#include <errno.h>    // errno
+#include <hdf5.h>     // H5F*, H5D*, H5A*, H5G*, H5S*, H5T*
+#include <stdint.h>   // uint64_t
+#include <stdio.h>    // snprintf, rename
+#include <stdlib.h>   // malloc, free
+#include <string.h>   // strcmp
+#include <sys/stat.h> // stat
+
+#include "util.h"     // error_set, mallocCheck
+
+// All HDF5 calls report through h5ok: the first failure is recorded as a message, later calls are
+// skipped by the callers' `if (!ctx.failed)` structure, and the library's own printing is off.
+typedef struct {
+    char *err;
+    size_t len;
+    const char *file;
+    int failed;
+} H5Ctx;
+
+static int h5ok(H5Ctx *x, long rc, const char *what, const char *obj) {
+    if (rc >= 0) return 1;
+    if (!x->failed) error_set(x->err, x->len, "%s: %s %s failed", x->file, what, obj ? obj : "");
+    x->failed = 1;
+    return 0;
+}
+
+static void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+// Dataset path of a tensor under `root` ("" or "/optim/adam_m"): root + /backbone/NAME or /experts/NAME
+static void tensor_path(char *out, size_t len, const char *root, const ParamTensor *t) {
+    snprintf(out, len, "%s/%s/%s", root, t->expert >= 0 ? "experts" : "backbone", t->name);
+}
+
+static void write_floats(H5Ctx *x, hid_t file, hid_t lcpl, const char *path, const ParamTensor *t, const float *data, int steps) {
+    hsize_t dims[2] = {(hsize_t)t->rows, (hsize_t)t->cols};
+    hid_t space = H5Screate_simple(t->cols == 1 ? 1 : 2, dims, NULL);
+    hid_t d = H5Dcreate2(file, path, H5T_IEEE_F32LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    if (h5ok(x, space, "H5Screate_simple", path) && h5ok(x, d, "H5Dcreate2", path))
+        h5ok(x, H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "H5Dwrite", path);
+    if (steps >= 0 && !x->failed) {
+        hid_t as = H5Screate(H5S_SCALAR);
+        hid_t a = H5Acreate2(d, "steps", H5T_STD_I32LE, as, H5P_DEFAULT, H5P_DEFAULT);
+        if (h5ok(x, a, "H5Acreate2 steps", path)) h5ok(x, H5Awrite(a, H5T_NATIVE_INT, &steps), "H5Awrite steps", path);
+        if (a >= 0) H5Aclose(a);
+        H5Sclose(as);
+    }
+    if (d >= 0) H5Dclose(d);
+    if (space >= 0) H5Sclose(space);
+}
+
+static void write_u64(H5Ctx *x, hid_t file, hid_t lcpl, const char *path, const uint64_t *v, int n) {
+    hsize_t dims[1] = {(hsize_t)n};
+    hid_t space = H5Screate_simple(1, dims, NULL);
+    hid_t d = H5Dcreate2(file, path, H5T_STD_U64LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    if (h5ok(x, d, "H5Dcreate2", path)) h5ok(x, H5Dwrite(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, v), "H5Dwrite", path);
+    if (d >= 0) H5Dclose(d);
+    if (space >= 0) H5Sclose(space);
+}
+
+static void attr_int(H5Ctx *x, hid_t obj, const char *name, int v) {
+    hid_t s = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, H5T_STD_I32LE, s, H5P_DEFAULT, H5P_DEFAULT);
+    if (h5ok(x, a, "H5Acreate2", name)) h5ok(x, H5Awrite(a, H5T_NATIVE_INT, &v), "H5Awrite", name);
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(s);
+}
+
+static void attr_str(H5Ctx *x, hid_t obj, const char *name, const char *v) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, strlen(v) + 1);
+    hid_t s = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(obj, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
+    if (h5ok(x, a, "H5Acreate2", name)) h5ok(x, H5Awrite(a, t, v), "H5Awrite", name);
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(s);
+    H5Tclose(t);
+}
+
+static char *config_text(const Config *c) {
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    if (!f) fail("open_memstream failed");
+    config_write(f, c);
+    fclose(f);
+    return buf;
+}
+
+int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
+    h5_quiet();
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    H5Ctx x = {err, len, tmp, 0};
+    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (!h5ok(&x, file, "H5Fcreate", "")) return 1;
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    // /meta
+    hid_t meta = H5Gcreate2(file, "/meta", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (h5ok(&x, meta, "H5Gcreate2", "/meta")) {
+        char *text = config_text(s->c);
+        attr_int(&x, meta, "format_version", CKPT_FORMAT_VERSION);
+        attr_int(&x, meta, "step", s->step);
+        attr_int(&x, meta, "party", s->party);
+        attr_int(&x, meta, "n_parties", s->c->n_parties);
+        attr_str(&x, meta, "mode", MODE_NAMES[s->c->mode]);
+        attr_str(&x, meta, "schedule", SCHEDULE_NAMES[s->c->schedule]);
+        attr_str(&x, meta, "config", text);
+        free(text);
+        H5Gclose(meta);
+    }
+    // weights and AdamW state
+    const Model *m = s->m;
+    char p[256];
+    for (int i = 0; i < m->n_tensors && !x.failed; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        tensor_path(p, sizeof p, "", t);
+        write_floats(&x, file, lcpl, p, t, m->params + t->offset, -1);
+        tensor_path(p, sizeof p, "/optim/adam_m", t);
+        write_floats(&x, file, lcpl, p, t, m->adam_m + t->offset, m->adam_steps[i]);
+        tensor_path(p, sizeof p, "/optim/adam_v", t);
+        write_floats(&x, file, lcpl, p, t, m->adam_v + t->offset, -1);
+    }
+    // samplers and the private shuffle
+    for (int i = 0; i < s->n_data && !x.failed; i++) {
+        snprintf(p, sizeof p, "/data/rng_party_%d", s->first_data + i);
+        write_u64(&x, file, lcpl, p, s->data_rng[i].s, 4);
+    }
+    if (s->shuffle && !x.failed) write_u64(&x, file, lcpl, "/data/shuffle_rng", s->shuffle->s, 4);
+    H5Pclose(lcpl);
+    h5ok(&x, H5Fclose(file), "H5Fclose", "");
+    if (x.failed) { remove(tmp); return 1; }
+    if (rename(tmp, path) != 0) { error_set(err, len, "%s: rename to %s: %s", tmp, path, strerror(errno)); return 1; }
+    return 0;
+}
+
+// ------------------------------------------------------------------------------------------ loading
+
+static int read_attr_int(H5Ctx *x, hid_t obj, const char *name, int *v) {
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0) { if (!x->failed) error_set(x->err, x->len, "%s: missing attribute /meta/%s", x->file, name); x->failed = 1; return 0; }
+    hid_t t = H5Aget_type(a);
+    int ok = H5Tget_class(t) == H5T_INTEGER && H5Aget_storage_size(a) == 4;
+    if (!ok && !x->failed) { error_set(x->err, x->len, "%s: attribute /meta/%s is not a 32-bit integer", x->file, name); x->failed = 1; }
+    if (ok) h5ok(x, H5Aread(a, H5T_NATIVE_INT, v), "H5Aread", name);
+    H5Tclose(t);
+    H5Aclose(a);
+    return !x->failed;
+}
+
+// Reads a fixed-length string attribute into out (NUL-terminated, at most len-1 bytes).
+static int read_attr_str(H5Ctx *x, hid_t obj, const char *name, char *out, size_t len) {
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0) { if (!x->failed) error_set(x->err, x->len, "%s: missing attribute /meta/%s", x->file, name); x->failed = 1; return 0; }
+    hid_t t = H5Aget_type(a);
+    size_t size = H5Tget_size(t);
+    int ok = H5Tget_class(t) == H5T_STRING && !H5Tis_variable_str(t) && size > 0 && size < len;
+    if (!ok && !x->failed) { error_set(x->err, x->len, "%s: attribute /meta/%s is not a string of at most %zu bytes", x->file, name, len - 1); x->failed = 1; }
+    if (ok) {
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, size);
+        if (h5ok(x, H5Aread(a, mt, out), "H5Aread", name)) out[size] = '\0';
+        H5Tclose(mt);
+    }
+    H5Tclose(t);
+    H5Aclose(a);
+    return !x->failed;
+}
+
+// Reads dataset `path` of `n` elements of `want` class/size with the shape of tensor t (or 1-D n).
+static int read_data(H5Ctx *x, hid_t file, const char *path, int ndim, const hsize_t *dims, hid_t mem_type,
+                     H5T_class_t cls, size_t size, void *out, int *steps) {
+    if (x->failed) return 0;
+    htri_t exists = H5Lexists(file, path, H5P_DEFAULT);
+    // H5Lexists fails when an intermediate group is missing: both mean "no such dataset"
+    if (exists <= 0) { error_set(x->err, x->len, "%s: missing dataset %s", x->file, path); x->failed = 1; return 0; }
+    hid_t d = H5Dopen2(file, path, H5P_DEFAULT);
+    if (!h5ok(x, d, "H5Dopen2", path)) return 0;
+    hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
+    hsize_t got[H5S_MAX_RANK];
+    int nd = (t >= 0 && sp >= 0) ? H5Sget_simple_extent_dims(sp, got, NULL) : -1;
+    int ok = nd == ndim && H5Tget_class(t) == cls && H5Tget_size(t) == size;
+    for (int i = 0; ok && i < ndim; i++) ok = got[i] == dims[i];
+    if (!ok) {
+        char shape[64] = "", want[64] = "";
+        for (int i = 0; i < nd && i < 4; i++) snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%llu", i ? "x" : "", (unsigned long long)got[i]);
+        for (int i = 0; i < ndim; i++) snprintf(want + strlen(want), sizeof want - strlen(want), "%s%llu", i ? "x" : "", (unsigned long long)dims[i]);
+        error_set(x->err, x->len, "%s: dataset %s has shape %s (or the wrong type), expected %s", x->file, path, nd >= 0 ? shape : "?", want);
+        x->failed = 1;
+    } else {
+        h5ok(x, H5Dread(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), "H5Dread", path);
+    }
+    if (ok && steps) {
+        hid_t a = H5Aopen(d, "steps", H5P_DEFAULT);
+        if (a < 0) { error_set(x->err, x->len, "%s: dataset %s lacks its `steps` attribute", x->file, path); x->failed = 1; }
+        else { h5ok(x, H5Aread(a, H5T_NATIVE_INT, steps), "H5Aread steps", path); H5Aclose(a); }
+        if (!x->failed && *steps < 0) { error_set(x->err, x->len, "%s: %s: negative AdamW step count %d", x->file, path, *steps); x->failed = 1; }
+    }
+    if (sp >= 0) H5Sclose(sp);
+    if (t >= 0) H5Tclose(t);
+    H5Dclose(d);
+    return !x->failed;
+}
+
+static int finite_all(const float *v, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!(v[i] - v[i] == 0.0f)) return 0;
+    return 1;
+}
+
+// Opens a checkpoint file for reading after checking it is an HDF5 file at all.
+static hid_t open_file(H5Ctx *x, const char *path) {
+    h5_quiet();
+    struct stat st;
+    if (stat(path, &st) != 0) { error_set(x->err, x->len, "%s: cannot read checkpoint: %s", path, strerror(errno)); x->failed = 1; return -1; }
+    if (H5Fis_hdf5(path) <= 0) { error_set(x->err, x->len, "%s: not an HDF5 file (truncated or corrupt checkpoint?)", path); x->failed = 1; return -1; }
+    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (file < 0) { error_set(x->err, x->len, "%s: cannot open as HDF5 (truncated or corrupt checkpoint?)", path); x->failed = 1; }
+    return file;
+}
+
+int ckpt_peek(const char *path, char *config, size_t text_len, int *step, int *party, char *err, size_t len) {
+    H5Ctx x = {err, len, path, 0};
+    hid_t file = open_file(&x, path);
+    if (file < 0) return 2;
+    hid_t meta = H5Gopen2(file, "/meta", H5P_DEFAULT);
+    if (meta < 0) { error_set(err, len, "%s: missing group /meta", path); x.failed = 1; }
+    else {
+        int version = 0;
+        read_attr_int(&x, meta, "format_version", &version);
+        if (!x.failed && version != CKPT_FORMAT_VERSION) { error_set(err, len, "%s: checkpoint format version %d, this pcmoe reads %d", path, version, CKPT_FORMAT_VERSION); x.failed = 1; }
+        read_attr_int(&x, meta, "step", step);
+        read_attr_int(&x, meta, "party", party);
+        read_attr_str(&x, meta, "config", config, text_len);
+        H5Gclose(meta);
+    }
+    H5Fclose(file);
+    return x.failed ? 2 : 0;
+}
+
+int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
+    H5Ctx x = {err, len, path, 0};
+    const Config *c = s->c;
+    hid_t file = open_file(&x, path);
+    if (file < 0) return 2;
+    // meta: what run this file belongs to
+    hid_t meta = H5Gopen2(file, "/meta", H5P_DEFAULT);
+    if (meta < 0) { error_set(err, len, "%s: missing group /meta", path); H5Fclose(file); return 2; }
+    int version = 0, step = 0, party = 0, n_parties = 0;
+    char mode[32] = "", schedule[32] = "", *text = mallocCheck(1 << 20);
+    read_attr_int(&x, meta, "format_version", &version);
+    if (!x.failed && version != CKPT_FORMAT_VERSION) { error_set(err, len, "%s: checkpoint format version %d, this pcmoe reads %d", path, version, CKPT_FORMAT_VERSION); x.failed = 1; }
+    read_attr_int(&x, meta, "step", &step);
+    read_attr_int(&x, meta, "party", &party);
+    read_attr_int(&x, meta, "n_parties", &n_parties);
+    read_attr_str(&x, meta, "mode", mode, sizeof mode);
+    read_attr_str(&x, meta, "schedule", schedule, sizeof schedule);
+    read_attr_str(&x, meta, "config", text, 1 << 20);
+    H5Gclose(meta);
+    if (!x.failed && step < 0) { error_set(err, len, "%s: negative step %d", path, step); x.failed = 1; }
+    if (!x.failed && party != s->party) { error_set(err, len, "%s: holds party %d, expected party %d", path, party, s->party); x.failed = 1; }
+    if (!x.failed && n_parties != c->n_parties) { error_set(err, len, "%s: written by a run of %d parties, config has parties.count = %d", path, n_parties, c->n_parties); x.failed = 1; }
+    if (!x.failed && strcmp(mode, MODE_NAMES[c->mode])) { error_set(err, len, "%s: written in parties.mode = %s, config has %s", path, mode, MODE_NAMES[c->mode]); x.failed = 1; }
+    if (!x.failed) { // the model keys must match; training keys may change
+        Config *stored = mallocCheck(sizeof(Config));
+        char why[1024];
+        if (config_load_text(stored, text, why, sizeof why)) { error_set(err, len, "%s: stored config unreadable: %s", path, why); x.failed = 1; }
+        else if (config_diff_model(stored, c, why, sizeof why)) { error_set(err, len, "%s: another model: %s", path, why); x.failed = 1; }
+        free(stored);
+    }
+    free(text);
+    // weights and AdamW state, each checked for presence, type and shape
+    Model *m = s->m;
+    char p[256];
+    for (int i = 0; i < m->n_tensors && !x.failed; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        hsize_t dims[2] = {(hsize_t)t->rows, (hsize_t)t->cols};
+        int nd = t->cols == 1 ? 1 : 2;
+        tensor_path(p, sizeof p, "", t);
+        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->params + t->offset, NULL);
+        if (!x.failed && !finite_all(m->params + t->offset, t->numel)) { error_set(err, len, "%s: %s holds NaN or Inf", path, p); x.failed = 1; }
+        tensor_path(p, sizeof p, "/optim/adam_m", t);
+        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->adam_m + t->offset, &m->adam_steps[i]);
+        tensor_path(p, sizeof p, "/optim/adam_v", t);
+        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->adam_v + t->offset, NULL);
+    }
+    for (int i = 0; i < s->n_data && !x.failed; i++) {
+        hsize_t four[1] = {4};
+        snprintf(p, sizeof p, "/data/rng_party_%d", s->first_data + i);
+        read_data(&x, file, p, 1, four, H5T_NATIVE_UINT64, H5T_INTEGER, 8, s->data_rng[i].s, NULL);
+    }
+    if (s->shuffle && !x.failed) {
+        hsize_t four[1] = {4};
+        read_data(&x, file, "/data/shuffle_rng", 1, four, H5T_NATIVE_UINT64, H5T_INTEGER, 8, s->shuffle->s, NULL);
+    }
+    H5Fclose(file);
+    s->step = step;
+    return x.failed ? 2 : 0;
+}
+
+// ------------------------------------------------------------------------------ directory layout
+
+void ckpt_step_dir(char *out, size_t len, const char *run_dir, int step) {
+    snprintf(out, len, "%s/checkpoints/step_%08d", run_dir, step);
+}
+
+static int is_complete(const char *run_dir, int step) {
+    char p[4096], dir[4000];
+    ckpt_step_dir(dir, sizeof dir, run_dir, step);
+    snprintf(p, sizeof p, "%s/%s", dir, CKPT_MARKER);
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+static int cmp_int(const void *a, const void *b) { return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b); }
+
+// All step directories (complete or not), ascending; returns the count (<= max stored).
+static int scan_steps(const char *run_dir, int *steps, int max) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/checkpoints", run_dir);
+    DIR *d = opendir(p);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int step;
+        char tail;
+        if (sscanf(e->d_name, "step_%d%c", &step, &tail) == 1 && step >= 0 && strlen(e->d_name) == 13 && n < max) steps[n++] = step;
+    }
+    closedir(d);
+    qsort(steps, n, sizeof(int), cmp_int);
+    return n;
+}
+
+int ckpt_list(const char *run_dir, int *steps, int max) {
+    int all[4096], n = scan_steps(run_dir, all, 4096), k = 0;
+    for (int i = 0; i < n; i++)
+        if (is_complete(run_dir, all[i]) && k < max) steps[k++] = all[i];
+    return k;
+}
+
+int ckpt_latest(const char *run_dir, char *ignored, size_t ignored_len) {
+    int all[4096], n = scan_steps(run_dir, all, 4096);
+    if (ignored && ignored_len) ignored[0] = '\0';
+    for (int i = n - 1; i >= 0; i--) {
+        if (is_complete(run_dir, all[i])) return all[i];
+        if (ignored) snprintf(ignored + strlen(ignored), ignored_len - strlen(ignored), "%sstep_%08d", ignored[0] ? ", " : "", all[i]);
+    }
+    return -1;
+}

@@ -1,0 +1,52 @@
+// ckpt.h: per-rank HDF5 checkpoints. Each rank writes RUN/checkpoints/step_NNNNNNNN/party_R.h5 with
+// everything it needs to resume and nothing it must not share (see README "Checkpoint schema"):
+//   /meta                          attributes: format_version, step, party, n_parties, mode, schedule,
+//                                  config (the resolved config text)
+//   /backbone/<tensor>             this party's backbone, e.g. /backbone/layer_0/attn_wqkv (rows, cols)
+//   /experts/layer_L/expert_E/w_*  the experts this party owns (global ids)
+//   /optim/adam_m/..., /optim/adam_v/...   AdamW moments, same paths as the weights; attribute `steps`
+//                                  (int) on each adam_m dataset: that tensor's AdamW step count
+//   /data/rng_party_N              (4) uint64 state of party N's batch sampler
+//   /data/shuffle_rng              (4) uint64 state of the private row shuffle (pcmoe)
+// A file is written under a temporary name and renamed; a step directory is complete only when its
+// COMPLETE marker exists, written by rank 0 after every rank's file is in place.
+#ifndef PCMOE_CKPT_H
+#define PCMOE_CKPT_H
+
+#include <stddef.h> // size_t
+
+#include "config.h" // Config
+#include "model.h"  // Model
+#include "rng.h"    // Rng
+
+#define CKPT_FORMAT_VERSION 1
+#define CKPT_MARKER "COMPLETE"
+
+typedef struct {
+    int step;              // optimizer steps taken
+    int party;             // whose file this is
+    const Config *c;       // the run's resolved config (written as text)
+    Model *m;              // weights, AdamW state
+    Rng *data_rng;         // (n_data) batch samplers of parties first_data .. first_data + n_data - 1
+    int first_data, n_data;
+    Rng *shuffle;          // the private shuffle RNG, or NULL
+} CkptState;
+
+// Writes `path` (through path.tmp and a rename). Returns 0, or 1 with a message in err.
+int ckpt_save(const char *path, const CkptState *s, char *err, size_t len);
+// Reads `path` into s (the model must have the layout the config gives). Everything read is validated:
+// format, party, party count, mode, the model keys of the stored config against s->c, every dataset's
+// presence, type and shape. Returns 0, or 2 with a one-line message naming the file and what is wrong.
+int ckpt_load(const char *path, CkptState *s, char *err, size_t len);
+// Reads only the stored config text and step of a checkpoint file (for `pcmoe info`). Returns 0 or 2.
+int ckpt_peek(const char *path, char *config_text, size_t text_len, int *step, int *party, char *err, size_t len);
+
+// RUN/checkpoints/step_NNNNNNNN
+void ckpt_step_dir(char *out, size_t len, const char *run_dir, int step);
+// The newest complete checkpoint step under RUN/checkpoints (-1: none). Newer incomplete directories
+// are listed in `ignored` (comma-separated) when not NULL.
+int ckpt_latest(const char *run_dir, char *ignored, size_t ignored_len);
+// Complete checkpoint steps, ascending, into steps (at most max); returns how many there are.
+int ckpt_list(const char *run_dir, int *steps, int max);
+
+#endif
