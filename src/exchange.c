@@ -48,7 +48,7 @@ void exchange_set_fault(Exchange *ex, const char *kind, int party) {
     if (!strcmp(kind, "counts")) ex->fault = 1;
     else if (!strcmp(kind, "foreign")) ex->fault = 2;
     else if (!strcmp(kind, "nan")) ex->fault = 3;
-    else fail("--inject-fault %s: unknown fault (counts, foreign, nan)", kind);
+    else fail("--inject-fault %s: unknown fault (counts, foreign, nan, nan-grad)", kind);
     ex->fault_party = party;
 }
 
@@ -177,6 +177,21 @@ static void check_rows(const Exchange *ex, const float *buf, const int *rows, co
     }
 }
 
+// Rows travel from the senders' packed buffers (`own`: this party's) to the owners' serve layout: remote
+// rows through MPI into ex->buf (checked), then every row into `serve`.
+static void to_owners(Exchange *ex, const ServeLayer *sl, MsgKind kind, float *own, float *serve, const MoeActs *a) {
+    comm_alltoallv_rows(ex->comm, kind, own, ex->send_rows, ex->send_offs, ex->buf, ex->recv_rows, ex->recv_offs, ex->d);
+    check_rows(ex, ex->buf, ex->recv_rows, ex->recv_offs, kind);
+    serve_copy(ex, sl, serve, own, a, 1);
+}
+
+// And back: rows of the serve layout return to their senders' packed positions in `own` (checked).
+static void to_senders(Exchange *ex, const ServeLayer *sl, MsgKind kind, float *serve, float *own, const MoeActs *a) {
+    serve_copy(ex, sl, serve, own, a, 0);
+    comm_alltoallv_rows(ex->comm, kind, ex->buf, ex->recv_rows, ex->recv_offs, own, ex->send_rows, ex->send_offs, ex->d);
+    check_rows(ex, own, ex->send_rows, ex->send_offs, kind);
+}
+
 void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *flops) {
     int P = ex->P, K = ex->max_local, d = ex->d, f = ex->f;
     ServeLayer *sl = &ex->layers[layer];
@@ -208,10 +223,7 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     ensure_serve(ex, sl, sl->rows);
     if (bad >= 0 && ex->fault == 3 && a && ex->send_rows[bad] > 0) a->xe[(size_t)ex->send_offs[bad] * d] = NAN;
     // 2. rows to their owners; own rows are copied, never sent
-    comm_alltoallv_rows(ex->comm, MSG_EXPERT_ROWS, a ? a->xe : NULL, ex->send_rows, ex->send_offs, ex->buf,
-                        ex->recv_rows, ex->recv_offs, d);
-    check_rows(ex, ex->buf, ex->recv_rows, ex->recv_offs, MSG_EXPERT_ROWS);
-    serve_copy(ex, sl, sl->x, a ? a->xe : NULL, a, 1);
+    to_owners(ex, sl, MSG_EXPERT_ROWS, a ? a->xe : NULL, sl->x, a);
     // 3. each owned expert runs once on all its rows
     size_t r0 = 0;
     for (int j = 0; j < ex->n_local; j++) {
@@ -221,10 +233,7 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
         r0 += n;
     }
     // 4. outputs back to the senders
-    serve_copy(ex, sl, sl->y, a ? a->ye : NULL, a, 0);
-    comm_alltoallv_rows(ex->comm, MSG_EXPERT_OUTPUTS, ex->buf, ex->recv_rows, ex->recv_offs, a ? a->ye : NULL,
-                        ex->send_rows, ex->send_offs, d);
-    check_rows(ex, a ? a->ye : NULL, ex->send_rows, ex->send_offs, MSG_EXPERT_OUTPUTS);
+    to_senders(ex, sl, MSG_EXPERT_OUTPUTS, sl->y, a ? a->ye : NULL, a);
 }
 
 void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
@@ -234,10 +243,7 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     layouts(ex, sl, a);
     ensure_scratch(ex, sl->rows);
     // 1. gradients w.r.t. the outputs go to the owners
-    comm_alltoallv_rows(ex->comm, MSG_OUTPUT_GRADS, s ? s->dye : NULL, ex->send_rows, ex->send_offs, ex->buf,
-                        ex->recv_rows, ex->recv_offs, d);
-    check_rows(ex, ex->buf, ex->recv_rows, ex->recv_offs, MSG_OUTPUT_GRADS);
-    serve_copy(ex, sl, ex->dy, s ? s->dye : NULL, a, 1);
+    to_owners(ex, sl, MSG_OUTPUT_GRADS, s ? s->dye : NULL, ex->dy, a);
     // 2. owners accumulate their experts' weight gradients and compute input gradients
     size_t r0 = 0;
     for (int j = 0; j < ex->n_local; j++) {
@@ -251,10 +257,7 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
         r0 += n;
     }
     // 3. input gradients back to the senders
-    serve_copy(ex, sl, ex->dx, s ? s->dxe : NULL, a, 0);
-    comm_alltoallv_rows(ex->comm, MSG_INPUT_GRADS, ex->buf, ex->recv_rows, ex->recv_offs, s ? s->dxe : NULL,
-                        ex->send_rows, ex->send_offs, d);
-    check_rows(ex, s ? s->dxe : NULL, ex->send_rows, ex->send_offs, MSG_INPUT_GRADS);
+    to_senders(ex, sl, MSG_INPUT_GRADS, ex->dx, s ? s->dxe : NULL, a);
 }
 
 int exchange_expert_rows(const Exchange *ex, int layer, int e) {

@@ -67,6 +67,7 @@ typedef struct {
     uint8_t *ctok, *ctgt;      // centralized: (P*B, T)
     Exchange ex;               // pcmoe over MPI
     OptimConfig oc;
+    int nan_grad_step;         // test hook (--inject-fault nan-grad): the last party's gradient turns NaN here
 } Run;
 
 static OptimConfig optim_config_from(const Config *c) {
@@ -189,6 +190,7 @@ static void step_pcmoe(Run *r, int step) {
         model_serve_backward(m);
         model_mark_active(m);
     }
+    if (trains && step == r->nan_grad_step && p->party == r->P - 1) m->grads[0] = NAN; // test hook
     // 2. the party updates its backbone if it trained; as an owner, the experts that any party's rows reached
     float lr = optim_lr(&r->oc, step);
     double norm = trains ? update_group(r, m, lr, 0, -1, step, p->party) : 0.0;
@@ -544,7 +546,9 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     char err[2048] = "";
     start_check(comm, load_data(r, err, sizeof err), err);
     build_models(r);
-    if (c->mode == MODE_PCMOE && !opt->simulate && P > 1 && opt->fault) exchange_set_fault(&r->ex, opt->fault, P - 1);
+    r->nan_grad_step = -1;
+    if (opt->fault && !strcmp(opt->fault, "nan-grad")) r->nan_grad_step = 5; // during step 6
+    else if (c->mode == MODE_PCMOE && !opt->simulate && P > 1 && opt->fault) exchange_set_fault(&r->ex, opt->fault, P - 1);
 
     // 2. a checkpoint to evaluate, or to resume from
     int start = 0;

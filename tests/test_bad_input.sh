@@ -125,6 +125,11 @@ expect "checkpoint: existing run without --resume" "already holds a run" mpi 2 t
 expect "peer: out-of-range counts" "party 1 announced" mpi 2 train "$cfg" --inject-fault counts --set run.dir="$TMP/f1"
 expect "peer: foreign expert id" "party 1 sent rows for expert 1, which is not this party's" mpi 2 train "$cfg" --inject-fault foreign --set run.dir="$TMP/f2"
 expect "peer: NaN rows" "party 1 sent a non-finite value (nan) in expert_rows" mpi 2 train "$cfg" --inject-fault nan --set run.dir="$TMP/f3"
+expect "training: NaN gradient" "step 6, party 1: non-finite backbone gradient; stopping" mpi 2 train "$cfg" --inject-fault nan-grad \
+    --set checkpoint.every=2 --set run.dir="$TMP/f4"
+[ -f "$TMP/f4/checkpoints/step_00000004/COMPLETE" ] && [ ! -d "$TMP/f4/checkpoints/step_00000006" ] \
+    && "$PCMOE" info "$TMP/f4/checkpoints/step_00000004" >/dev/null 2>&1 && ok "the last good checkpoint (step 4) is intact and loads" \
+    || fail "after the NaN gradient: checkpoint state $(ls "$TMP/f4/checkpoints" 2>&1)"
 # --- command line
 expect "cli: --resume with --force" "--resume and --force exclude each other" "$PCMOE" train "$cfg" --resume --force
 expect "cli: --stop-after 0" "--stop-after 0: not a step number" "$PCMOE" train "$cfg" --stop-after 0
