@@ -6,7 +6,8 @@
 #   pcmoe sequential     parties take turns: 4x the steps, for the same tokens
 #   local                each party alone, whole model, no communication
 #   fedavg               whole models, all weights averaged every fedavg.every steps
-# usage: benchmarks/demo_table.sh [STEPS]   (default 600, the demo's; writes runs/demo_table/)
+# usage: benchmarks/demo_table.sh [STEPS]   (default 600, the demo's; writes runs/demo_table/;
+#        then benchmarks/plot.sh draws the validation curves)
 set -eu
 cd "$(dirname "$0")/.."
 steps=${1:-600}
@@ -15,7 +16,9 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpirun=${MPIRUN:-mpirun}
 [ -x ./pcmoe ] || { echo "build first: scripts/build.sh" >&2; exit 2; }
 mkdir -p "$out"
-common="--force --set train.steps=$steps --set train.eval_every=$steps"
+every=$((steps / 6)) # six evaluations per run, for the curves (benchmarks/plot.sh)
+[ "$every" -ge 1 ] || every=1
+common="--force --set train.steps=$steps --set train.eval_every=$every --set checkpoint.every=0"
 
 run() { # run NAME RANKS ARGS...
     name=$1 ranks=$2
@@ -29,7 +32,7 @@ run() { # run NAME RANKS ARGS...
 run centralized 1 $common --set parties.mode=centralized --set run.threads=2
 run pcmoe_concurrent 4 $common
 run pcmoe_sequential 4 --force --set parties.schedule=sequential --set train.steps=$((4 * steps)) \
-    --set train.eval_every=$((4 * steps)) --set train.warmup_steps=120
+    --set train.eval_every=$((4 * every)) --set train.warmup_steps=120 --set checkpoint.every=0
 run local 4 $common --set parties.mode=local
 run fedavg 4 $common --set parties.mode=fedavg
 

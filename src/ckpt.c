@@ -302,6 +302,16 @@ int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
     return x.failed ? 2 : 0;
 }
 
+int ckpt_read_tensor(const char *path, const char *dataset, float *out, int rows, int cols, char *err, size_t len) {
+    H5Ctx x = {err, len, path, 0};
+    hid_t file = open_file(&x, path);
+    if (file < 0) return 2;
+    hsize_t dims[2] = {(hsize_t)rows, (hsize_t)cols};
+    read_data(&x, file, dataset, cols == 1 ? 1 : 2, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, out, NULL);
+    H5Fclose(file);
+    return x.failed ? 2 : 0;
+}
+
 // ------------------------------------------------------------------------------ directory layout
 
 void ckpt_step_dir(char *out, size_t len, const char *run_dir, int step) {

@@ -41,6 +41,9 @@ int ckpt_load(const char *path, CkptState *s, char *err, size_t len);
 // Reads only the stored config text and step of a checkpoint file (for `pcmoe info`). Returns 0 or 2.
 int ckpt_peek(const char *path, char *config_text, size_t text_len, int *step, int *party, char *err, size_t len);
 
+// Reads one float32 dataset (rows x cols; cols 1 = a vector) of a checkpoint file, checked like a load.
+int ckpt_read_tensor(const char *path, const char *dataset, float *out, int rows, int cols, char *err, size_t len);
+
 // RUN/checkpoints/step_NNNNNNNN
 void ckpt_step_dir(char *out, size_t len, const char *run_dir, int step);
 // The newest complete checkpoint step under RUN/checkpoints (-1: none). Newer incomplete directories

@@ -36,6 +36,9 @@ static const ConfigKey KEYS[] = {
     {"privacy", "shuffle_rows", KEY_BOOL, F(shuffle_rows), 0, 1, "true", "shuffle the rows bound for each expert with a private RNG before sending, so row order says nothing of token positions", NULL},
     {"privacy", "shuffle_seed", KEY_INT64, F(shuffle_seed), 0, 9.2e18, "0", "seed of the private row shuffle: 0 = from /dev/urandom (private; runs then differ in the last bits), else shuffle_seed + party (reproducible runs and tests)", NULL},
     {"privacy", "check_finite", KEY_BOOL, F(check_finite), 0, 1, "true", "check that every row and gradient received from a peer is finite; a peer that sends NaN or Inf stops the job, named", NULL},
+    {"privacy", "noise_std", KEY_FLOAT, F(noise_std), 0, 100, "0", "std of Gaussian noise added to every row sent to another party (a defence against reconstruction; costs accuracy)", NULL},
+    {"privacy", "same_backbone_init", KEY_BOOL, F(same_backbone_init), 0, 1, "false", "start every party's backbone from the same weights, as when all fine-tune one public model (a control of the attack study)", NULL},
+    {"privacy", "record_received", KEY_STRING, F(record_dir), 0, 0, "", "STUDY ONLY, off by default: every owner records the rows it receives (and every sender the true bytes) into this directory, for pcmoe attack", NULL},
     {"checkpoint", "every", KEY_INT, F(ckpt_every), 0, 1e9, "1000", "write RUN/checkpoints/step_N/party_R.h5 every this many steps and after the last step (0 = never)", NULL},
     {"checkpoint", "keep", KEY_INT, F(ckpt_keep), 1, 1e6, "3", "complete checkpoints kept on disk; older ones are deleted", NULL},
     {"model", "vocab_size", KEY_INT, F(vocab_size), 256, 65536, "256", "vocabulary size; tokens are bytes, so 256", NULL},
@@ -345,8 +348,10 @@ void config_write(FILE *f, const Config *c) {
             if (k->key[0] == '<') {
                 for (int n = 0; n < CONFIG_MAX_PARTIES; n++)
                     if (c->data_path[n][0]) fprintf(f, "%d = %s\n", n, c->data_path[n]);
-            } else {
+            } else if (*p) {
                 fprintf(f, "%s = %s\n", k->key, p);
+            } else {
+                fprintf(f, "# %s = (unset)\n", k->key);
             }
             break;
         }

@@ -26,6 +26,9 @@ typedef struct {
     int shuffle_rows;    // 1: rows for an owner are shuffled with a private RNG before they are sent
     int64_t shuffle_seed; // 0: the private shuffle RNG is seeded from /dev/urandom; else shuffle_seed + party
     int check_finite;    // 1: every row received from a peer is checked to be finite
+    float noise_std;     // std of Gaussian noise added to every row sent to another party (a defence)
+    int same_backbone_init; // 1: every party's backbone starts from the same weights (a study control)
+    char record_dir[CONFIG_PATH_LEN]; // study only: owners record received rows here ("" = off)
     // [checkpoint]
     int ckpt_every;      // write a checkpoint every this many steps and at the end (0 = never)
     int ckpt_keep;       // complete checkpoints kept on disk

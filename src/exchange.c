@@ -52,7 +52,24 @@ void exchange_set_fault(Exchange *ex, const char *kind, int party) {
     ex->fault_party = party;
 }
 
+void exchange_record(Exchange *ex, const char *dir) {
+    char p[4200];
+    if (mkdir_p(dir) != 0) fail("privacy.record_received = %s: cannot create directory", dir);
+    snprintf(p, sizeof p, "%s/received_party_%d.bin", dir, ex->party);
+    ex->rec_rows = fopenCheck(p, "wb");
+    snprintf(p, sizeof p, "%s/truth_party_%d.bin", dir, ex->party);
+    ex->rec_truth = fopenCheck(p, "wb");
+}
+
+static void record_block(FILE *f, int layer, int peer, int rows, int width, const void *data, size_t elem) {
+    int hdr[4] = {layer, peer, rows, width};
+    if (fwrite(hdr, sizeof hdr, 1, f) != 1 || fwrite(data, elem, (size_t)rows * width, f) != (size_t)rows * width)
+        fail("privacy.record_received: write failed");
+}
+
 void exchange_free(Exchange *ex) {
+    if (ex->rec_rows) fclose(ex->rec_rows);
+    if (ex->rec_truth) fclose(ex->rec_truth);
     for (int l = 0; l < ex->n_layers; l++) {
         ServeLayer *sl = &ex->layers[l];
         free(sl->from); free(sl->x); free(sl->h); free(sl->u); free(sl->a); free(sl->y);
@@ -221,9 +238,25 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     }
     ensure_buf(ex, in_transit);
     ensure_serve(ex, sl, sl->rows);
+    if (a && ex->noise_std > 0.0f) // the defence: every row that leaves this party carries noise
+        for (int p = 0; p < P; p++) {
+            float *x = a->xe + (size_t)ex->send_offs[p] * d;
+            for (size_t i = 0; i < (size_t)ex->send_rows[p] * d; i++) x[i] += ex->noise_std * rng_normal(&ex->noise);
+        }
+    if (a && ex->rec_truth) // study only: the byte each sent row stands for, in sending order
+        for (int p = 0; p < P; p++) {
+            if (!ex->send_rows[p]) continue;
+            uint8_t *bytes = mallocCheck((size_t)ex->send_rows[p]);
+            for (int i = 0; i < ex->send_rows[p]; i++) bytes[i] = a->tokens[a->row_choice[ex->send_offs[p] + i] / a->k];
+            record_block(ex->rec_truth, layer, p, ex->send_rows[p], 1, bytes, 1);
+            free(bytes);
+        }
     if (bad >= 0 && ex->fault == 3 && a && ex->send_rows[bad] > 0) a->xe[(size_t)ex->send_offs[bad] * d] = NAN;
     // 2. rows to their owners; own rows are copied, never sent
     to_owners(ex, sl, MSG_EXPERT_ROWS, a ? a->xe : NULL, sl->x, a);
+    if (ex->rec_rows) // study only: what this owner saw
+        for (int q = 0; q < P; q++)
+            if (ex->recv_rows[q]) record_block(ex->rec_rows, layer, q, ex->recv_rows[q], d, ex->buf + (size_t)ex->recv_offs[q] * d, sizeof(float));
     // 3. each owned expert runs once on all its rows
     size_t r0 = 0;
     for (int j = 0; j < ex->n_local; j++) {

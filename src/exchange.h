@@ -26,6 +26,7 @@
 #define PCMOE_EXCHANGE_H
 
 #include <stddef.h> // size_t
+#include <stdio.h>  // FILE
 
 #include "comm.h"   // Comm
 #include "moe.h"    // MoeActs, MoeScratch, ExpertSet
@@ -51,6 +52,10 @@ typedef struct {
     int *order;            // (m) packing order for senders: experts grouped by owner, owner 0 first
     int max_rows;          // most rows one party can route in one pass: B*T*k
     int check_finite;      // check received rows and gradients for NaN / Inf
+    float noise_std;       // Gaussian noise on every row sent to another party (privacy.noise_std)
+    Rng noise;             // its private RNG
+    FILE *rec_rows;        // study only (privacy.record_received): rows this owner received, or NULL
+    FILE *rec_truth;       // study only: the true input byte of every row this party sent, or NULL
     int fault;             // test hook: 0 none, 1 bad counts, 2 foreign expert id, 3 NaN rows
     int fault_party;       // the party that misbehaves
     int *send_counts, *recv_counts; // (P, 2 * max_local) per peer: expert ids, then row counts
@@ -70,6 +75,13 @@ int exchange_owner(int e, int P);
 // Fills order (m) with the sender packing order: experts grouped by owner, owner 0 first.
 void exchange_packing_order(int *order, int m, int P);
 void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers, int max_rows, int check_finite);
+// Study only (privacy.record_received): from now on this owner appends every block of rows it receives
+// to DIR/received_party_R.bin, and this sender the true input byte of every row it sends to
+// DIR/truth_party_R.bin. Both files are sequences of blocks:
+//   int32 layer, int32 peer, int32 rows, int32 width (d_model; 1 for truth), then rows*width
+//   float32 (rows) or uint8 (truth), in the order the rows travelled.
+void exchange_record(Exchange *ex, const char *dir);
+
 // Test hook (--inject-fault): party `party` sends "counts" beyond bounds, a "foreign" expert id, or
 // "nan" rows. Fails on an unknown kind.
 void exchange_set_fault(Exchange *ex, const char *kind, int party);

@@ -7,6 +7,7 @@
 
 #include "autoconfig.h" // PACKAGE_VERSION
 #include "config.h"     // Config, config_load, config_print_keys
+#include "attack.h"     // attack_main
 #include "comm.h"       // Comm, comm_init, comm_agree
 #include "info.h"       // info_run
 #include "train.h"      // train_run, TrainOptions
@@ -35,6 +36,10 @@ static void usage(FILE *f) {
             "                    it), or its gradient turns NaN in step 6 (training must stop, naming it)\n"
             "  [mpirun -np N] pcmoe eval CONFIG.ini --checkpoint RUN/checkpoints/step_NNNNNNNN [--set ...]\n"
             "      Load a checkpoint and print every party's validation loss (same ranks as training).\n"
+            "  pcmoe attack CONFIG --checkpoint DIR --records DIR --attacker A --victim V [--white-box]\n"
+            "                    [--json FILE]\n"
+            "      Reconstruction study: can party A recover party V's bytes from the rows it received? (rows\n"
+            "      recorded by a run with privacy.record_received = DIR). Prints accuracy per attack and layer.\n"
             "  pcmoe info PATH   describe a checkpoint (a party_R.h5 file, a step directory, or a run\n"
             "                    directory: its newest complete checkpoint), loading and checking every dataset\n"
             "  pcmoe keys        list every config key with its type, range, default and meaning\n"
@@ -115,6 +120,7 @@ int main(int argc, char **argv) {
         config_print_keys(stdout);
         return 0;
     }
+    if (!strcmp(cmd, "attack")) return attack_main(argc, argv);
     if (!strcmp(cmd, "info")) {
         if (argc != 3) { fprintf(stderr, "pcmoe: error: info needs one PATH (a checkpoint file, step directory or run directory)\n"); return 2; }
         return info_run(argv[2]);

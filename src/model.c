@@ -249,6 +249,7 @@ double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ffn_norm, N, d, c->norm_eps);
         if (model_layer_is_moe(c, l)) {
             moe_route(&a->moe, a->ln2, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
+            a->moe.tokens = tokens;
             if (m->ex) exchange_forward(m->ex, l, &a->moe, expert_set(w), &m->flops);
             else moe_experts_forward(&a->moe, expert_set(w), &m->flops);
             moe_combine(m->tmp, &a->moe);

@@ -5,6 +5,7 @@
 #define PCMOE_MOE_H
 
 #include <stddef.h> // size_t
+#include <stdint.h> // uint8_t
 
 #include "rng.h"    // Rng
 
@@ -29,6 +30,7 @@ typedef struct {
     float *he, *ue;    // (N*k, f) expert gate / up projections
     float *ae;         // (N*k, f) silu(he) * ue
     float *ye;         // (N*k, d) packed expert outputs
+    const uint8_t *tokens; // (N) the batch's input bytes (read only by the attack study's ground truth)
     double aux;        // Switch load-balancing loss of this layer: m * sum_e frac_e * meanprob_e
     double z;          // router z-loss of this layer: mean_n lse_n^2
 } MoeActs;

@@ -82,7 +82,7 @@ static OptimConfig optim_config_from(const Config *c) {
 // Backbones: fedavg and centralized start from one model; pcmoe and local parties from their own.
 // Experts: one seed, whoever holds them.
 static uint64_t backbone_seed(const Config *c, int party) {
-    int shared = c->mode == MODE_FEDAVG || c->mode == MODE_CENTRALIZED;
+    int shared = c->mode == MODE_FEDAVG || c->mode == MODE_CENTRALIZED || c->same_backbone_init;
     return (uint64_t)c->seed + 7919ULL * (uint64_t)(shared ? 1 : party + 1);
 }
 
@@ -364,6 +364,13 @@ static void build_models(Run *r) {
         if (exchanged) { // (one party alone holds every expert: nothing to exchange)
             exchange_create(&r->ex, r->comm, E, c->d_model, c->expert_ff, c->n_layers, B * T * c->top_k, c->check_finite);
             p->model.ex = &r->ex;
+            r->ex.noise_std = c->noise_std;
+            rng_seed(&r->ex.noise, shuffle_seed(c, p->party) ^ 0x9015EULL);
+            if (c->record_dir[0]) {
+                fprintf(stderr, "pcmoe: WARNING: privacy.record_received = %s: party %d records every row it receives from "
+                        "other parties (a reconstruction-attack study; never use it with real private data)\n", c->record_dir, p->party);
+                exchange_record(&r->ex, c->record_dir);
+            }
             memcpy(p->model.expert_order, r->ex.order, sizeof(int) * E);
             p->model.shuffle_on = c->shuffle_rows;
             rng_seed(&p->model.shuffle, shuffle_seed(c, p->party));
