@@ -11,12 +11,9 @@
 #               validation loss
 # usage: benchmarks/attack.sh [STEPS]   (default 200; writes runs/attack/)
 set -eu
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/common.sh"
 steps=${1:-200}
 out=runs/attack
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-mpirun=${MPIRUN:-mpirun}
-[ -x ./pcmoe ] || { echo "build first: scripts/build.sh" >&2; exit 2; }
 rm -rf "$out" && mkdir -p "$out"
 cfg=$out/two.ini # the demo's model and corpora of parties 0 and 1
 awk '/^count/ { print "count = 2"; next } /^[23] = / { next } { print }' input/demo.ini > "$cfg"

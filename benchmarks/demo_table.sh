@@ -9,12 +9,9 @@
 # usage: benchmarks/demo_table.sh [STEPS]   (default 600, the demo's; writes runs/demo_table/;
 #        then benchmarks/plot.sh draws the validation curves)
 set -eu
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/common.sh"
 steps=${1:-600}
 out=runs/demo_table
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-mpirun=${MPIRUN:-mpirun}
-[ -x ./pcmoe ] || { echo "build first: scripts/build.sh" >&2; exit 2; }
 mkdir -p "$out"
 every=$((steps / 6)) # six evaluations per run, for the curves (benchmarks/plot.sh)
 [ "$every" -ge 1 ] || every=1

@@ -7,11 +7,8 @@
 # code, peak RSS from the OS. The largest party (party 0) is reported.
 # usage: benchmarks/memory.sh   (writes runs/memory/)
 set -eu
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/common.sh"
 out=runs/memory
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-mpirun=${MPIRUN:-mpirun}
-[ -x ./pcmoe ] || { echo "build first: scripts/build.sh" >&2; exit 2; }
 mkdir -p "$out"
 # the demo's config for n parties; corpora reused past the six shipped ones
 make_cfg() {
