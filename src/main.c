@@ -50,7 +50,11 @@ static void usage(FILE *f) {
             "  pcmoe train input/shakespeare.ini --set train.steps=200 --set run.dir=runs/try\n"
             "  mpirun -np 4 --oversubscribe pcmoe train input/demo.ini\n"
             "\n"
-            "Exit status: 0 success, 1 runtime failure, 2 bad command line, config or data.\n");
+            "Signals: SIGUSR1 or SIGTERM (e.g. Slurm's --signal before the time limit) makes every rank write a\n"
+            "checkpoint at the end of the current step and exit with status 3; --resume continues.\n"
+            "\n"
+            "Exit status: 0 success, 1 runtime failure, 2 bad command line, config or data, 3 stopped by a\n"
+            "signal after writing a checkpoint.\n");
 }
 
 typedef struct {

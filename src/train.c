@@ -3,6 +3,7 @@
 #include "train.h"
 
 #include <errno.h>        // errno
+#include <signal.h>       // sigaction, SIGUSR1, SIGTERM
 #include <math.h>         // sqrt, isfinite, INFINITY
 #include <stdio.h>        // FILE
 #include <stdlib.h>       // free
@@ -310,6 +311,23 @@ static MemStats party_mem(const Run *r, int q) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Preemption: SIGUSR1 (Slurm's --signal warning before the time limit) or SIGTERM asks the job to stop.
+// The handler only records it; every step, the ranks agree whether any rank got one, and if so all
+// write a checkpoint and exit with TRAIN_EXIT_PREEMPTED.
+static volatile sig_atomic_t stop_signal = 0;
+
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+static void signals_install(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Set-up helpers
 
 static int load_data(Run *r, char *err, size_t len) {
@@ -607,6 +625,8 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     for (int i = 0; i < lg.n_shown; i++) lg.best[i] = INFINITY;
     lg.packed = mallocCheck(sizeof(double) * STEP_STATS_DOUBLES * (size_t)P);
     double tokens_seen = 0.0;
+    int exit_status = 0;
+    signals_install();
 
     // step -1: the untrained model's validation loss (not when resuming)
     for (int step = start > 0 ? start : -1; step < c->steps; step++) {
@@ -637,8 +657,16 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
         }
         log_step(r, &lg, step < 0 || last_step || eval_now || (step + 1) % c->log_every == 0);
 
-        // 4. a checkpoint every checkpoint.every steps and after the last one
-        if (checkpoints && step >= 0 && (last_step || (step + 1) % c->ckpt_every == 0)) checkpoint_write(r, step + 1);
+        // 4. a checkpoint every checkpoint.every steps and after the last one, or when asked to stop
+        int preempt = step >= 0 && !last_step && !comm_agree(comm, stop_signal == 0, NULL, NULL);
+        if (checkpoints && step >= 0 && (last_step || preempt || (step + 1) % c->ckpt_every == 0)) checkpoint_write(r, step + 1);
+        if (preempt) {
+            if (comm->rank == 0)
+                fprintf(stderr, "\npcmoe: stopped by a signal after step %d%s; continue with --resume\n", step + 1,
+                        checkpoints ? ", checkpoint written" : " (checkpoint.every = 0: no checkpoint)");
+            exit_status = TRAIN_EXIT_PREEMPTED;
+            break;
+        }
         if (stop_here) break;
     }
     if (lg.gather) // every party's tokens: one batch per party and step, or one per step when taking turns
@@ -651,5 +679,5 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     if (opt->audit_path) comm_write_audit(comm, opt->audit_path);
     free(lg.shown); free(lg.last); free(lg.best); free(lg.packed);
     free_run(r);
-    return 0;
+    return exit_status;
 }

@@ -19,6 +19,8 @@ typedef struct {
     const char *fault;      // test hook: "counts", "foreign" or "nan": the last party misbehaves as a peer
 } TrainOptions;
 
+#define TRAIN_EXIT_PREEMPTED 3 // stopped by SIGUSR1/SIGTERM after writing a checkpoint: --resume continues
+
 // Trains as configured. `comm` is attached to MPI_COMM_WORLD. Writes RUN/config.ini, metrics.jsonl and
 // summary.json. Returns the process exit status (errors that need the whole job to stop end it).
 int train_run(const Config *c, Comm *comm, const TrainOptions *opt);

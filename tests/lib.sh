@@ -27,7 +27,7 @@ PYTHON=${PYTHON:-python3}
 mpi() {
     n=$1
     shift
-    timeout 120 "$MPIRUN" --oversubscribe -np "$n" -x OMP_NUM_THREADS=1 "$PCMOE" "$@"
+    timeout 300 "$MPIRUN" --oversubscribe -np "$n" -x OMP_NUM_THREADS=1 "$PCMOE" "$@"
 }
 
 # tiny_config N FILE [SCHEDULE]: a small pcmoe config for N parties (N <= 6) on different corpora

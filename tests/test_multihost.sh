@@ -1,0 +1,64 @@
+#!/bin/sh
+# test_multihost: pcmoe across two "hosts" over real TCP. The test creates two network namespaces of its
+# own joined by a veth pair (addresses 10.213.<pid>.1 and .2, made here and removed at the end), runs
+# mpirun in the first with a hostfile naming both, Open MPI's rsh agent set to an `ip netns exec`
+# wrapper, and TCP as the only transport. The per-party losses must equal the single-host run's, and
+# the veth link must have carried the expert traffic. Skips (77) only where namespaces cannot be made.
+. "$(dirname "$0")/lib.sh"
+
+tag=$(( $$ % 200 + 20 ))
+na=pcmoe$$a nb=pcmoe$$b
+ipa=10.213.$tag.1 ipb=10.213.$tag.2
+cleanup() { ip netns del "$na" 2>/dev/null; ip netns del "$nb" 2>/dev/null; rm -rf "$TMP"; }
+trap cleanup EXIT
+if ! ip netns add "$na" 2>/dev/null; then echo "SKIP: cannot create network namespaces here (needs root and ip netns)"; exit 77; fi
+ip netns add "$nb" && ip link add "v$$a" type veth peer name "v$$b" && ip link set "v$$a" netns "$na" && ip link set "v$$b" netns "$nb" \
+    && ip -n "$na" addr add "$ipa/24" dev "v$$a" && ip -n "$nb" addr add "$ipb/24" dev "v$$b" \
+    && ip -n "$na" link set "v$$a" up && ip -n "$nb" link set "v$$b" up && ip -n "$na" link set lo up && ip -n "$nb" link set lo up \
+    || { fail "could not set up the veth link between the namespaces"; finish; }
+ok "hosts $ipa ($na) and $ipb ($nb), joined by a veth pair"
+
+# the rsh agent: "HOST COMMAND..." runs COMMAND inside HOST's namespace
+cat > "$TMP/nsexec" <<EOF2
+#!/bin/sh
+host=\$1; shift
+case \$host in $ipa) ns=$na ;; $ipb) ns=$nb ;; *) echo "nsexec: unknown host \$host" >&2; exit 1 ;; esac
+exec ip netns exec "\$ns" sh -c "\$*"
+EOF2
+chmod +x "$TMP/nsexec"
+printf '%s slots=1\n%s slots=1\n' "$ipa" "$ipb" > "$TMP/hosts"
+tiny_config 2 "$TMP/p2.ini"
+
+mpi 2 train "$TMP/p2.ini" --set run.dir="$TMP/single" >"$TMP/out" 2>&1 || { cat "$TMP/out"; fail "single-host run failed"; finish; }
+before=$(ip netns exec "$na" cat "/sys/class/net/v$$a/statistics/tx_bytes")
+ip netns exec "$na" timeout 120 "$MPIRUN" --hostfile "$TMP/hosts" -np 2 --map-by node \
+    --mca plm_rsh_agent "$TMP/nsexec" --mca btl tcp,self --mca btl_tcp_if_include "10.213.$tag.0/24" \
+    --mca oob_tcp_if_include "10.213.$tag.0/24" -x OMP_NUM_THREADS=1 -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM \
+    "$PCMOE" train "$TMP/p2.ini" --set run.dir="$TMP/multi" >"$TMP/out" 2>&1 || { cat "$TMP/out"; fail "two-host run failed"; finish; }
+after=$(ip netns exec "$na" cat "/sys/class/net/v$$a/statistics/tx_bytes")
+[ $((after - before)) -gt 500000 ] && ok "the veth carried $((after - before)) bytes out of $na" || fail "only $((after - before)) bytes crossed the veth"
+if "$PYTHON" - "$TMP/single/metrics.jsonl" "$TMP/multi/metrics.jsonl" <<'PY'
+import json, sys
+def load(p):
+    return {(o["step"], o["party"]): (o.get("train_loss"), o.get("val_loss")) for o in map(json.loads, open(p))}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+bad = [k for k in a if a[k] != b.get(k)]
+print(f"{len(a)} (step, party) entries; {len(bad)} differ")
+sys.exit(1 if bad or set(a) != set(b) else 0)
+PY
+then ok "two hosts over TCP: per-party losses identical to the single-host run"
+else fail "two-host losses differ from the single-host run"
+fi
+
+# a deliberately broken launcher (it cannot reach the second host): the job must fail, not hang
+printf '#!/bin/sh\necho "nsexec: host $1 unreachable" >&2\nexit 255\n' > "$TMP/broken"
+chmod +x "$TMP/broken"
+start=$(date +%s)
+ip netns exec "$na" timeout 120 "$MPIRUN" --hostfile "$TMP/hosts" -np 2 --map-by node --mca plm_rsh_agent "$TMP/broken" \
+    --mca btl tcp,self -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM \
+    "$PCMOE" train "$TMP/p2.ini" --set run.dir="$TMP/broken_run" >"$TMP/out" 2>&1
+rc=$?
+secs=$(( $(date +%s) - start ))
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ ! -f "$TMP/broken_run/summary.json" ] && ok "a broken launcher fails the job (status $rc, ${secs}s)" \
+    || fail "a broken launcher did not fail the job (status $rc)"
+finish

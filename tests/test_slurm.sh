@@ -1,0 +1,120 @@
+#!/bin/sh
+# test_slurm: the shipped job scripts under a real Slurm. The test starts its own single-node cluster
+# from Debian's packages (munged, slurmctld, slurmd; configuration, ports, state and logs all in its
+# temporary directory) and submits with sbatch:
+#  1. jobscripts/pcmoe.sbatch trains a 2-party config to its end;
+#  2. requeue and resume: a longer job gets SIGUSR1 (as --signal=B:USR1@90 sends before the time limit)
+#     after its first checkpoint; it checkpoints, requeues itself, and the next start resumes and
+#     finishes;
+#  3. a deliberately broken copy of the job script fails, and the test notices (no summary, job FAILED).
+# Skips (77) without Slurm or root, unless PCMOE_REQUIRE_TORCH=1 (scripts/check.sh installs Slurm).
+. "$(dirname "$0")/lib.sh"
+
+for t in munged slurmctld slurmd sbatch squeue scontrol scancel; do
+    command -v "$t" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin
+done
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || [ "$(id -u)" -ne 0 ]; then
+    [ "${PCMOE_REQUIRE_TORCH:-0}" = 1 ] && { fail "no Slurm (apt-get install slurmctld slurmd slurm-client munge) or not root"; finish; }
+    echo "SKIP: needs Slurm's daemons (apt-get install slurmctld slurmd slurm-client munge) and root"; exit 77
+fi
+host=$(hostname -s)
+port=$(( 20000 + $$ % 20000 ))
+mkdir -p "$TMP/munge" "$TMP/state" "$TMP/spool"
+chmod 700 "$TMP/munge"
+dd if=/dev/urandom of="$TMP/munge/munge.key" bs=1024 count=1 2>/dev/null
+chmod 400 "$TMP/munge/munge.key"
+cat > "$TMP/slurm.conf" <<EOF2
+ClusterName=pcmoetest
+SlurmctldHost=$host
+SlurmctldPort=$port
+SlurmdPort=$((port + 1))
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$TMP/munge/sock
+StateSaveLocation=$TMP/state
+SlurmdSpoolDir=$TMP/spool
+SlurmctldPidFile=$TMP/slurmctld.pid
+SlurmdPidFile=$TMP/slurmd.pid
+SlurmctldLogFile=$TMP/slurmctld.log
+SlurmdLogFile=$TMP/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SlurmdParameters=config_overrides
+ReturnToService=2
+JobRequeue=1
+MpiDefault=none
+SwitchType=switch/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+NodeName=$host CPUs=8 RealMemory=1000 State=UNKNOWN
+PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+EOF2
+export SLURM_CONF="$TMP/slurm.conf"
+stop_cluster() { # cancel every job first: with proctrack/linuxproc, job processes outlive slurmd
+    jobs=$(squeue -h -o %i 2>/dev/null)
+    [ -n "$jobs" ] && scancel --full $jobs 2>/dev/null && sleep 2
+    pids=""
+    for p in slurmd slurmctld munged; do [ -f "$TMP/$p.pid" ] && pids="$pids $(cat "$TMP/$p.pid")"; done
+    kill $pids 2>/dev/null
+    i=0
+    while [ "$i" -lt 50 ] && kill -0 $pids 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+    rm -rf "$TMP"
+}
+trap stop_cluster EXIT
+munged --force --key-file="$TMP/munge/munge.key" --socket="$TMP/munge/sock" --pid-file="$TMP/munged.pid" \
+    --log-file="$TMP/munged.log" --seed-file="$TMP/munge/seed" || { fail "munged did not start"; finish; }
+slurmctld || { fail "slurmctld did not start: $(tail -n 5 "$TMP/slurmctld.log")"; finish; }
+slurmd || { fail "slurmd did not start: $(tail -n 5 "$TMP/slurmd.log")"; finish; }
+i=0
+while [ "$i" -lt 100 ] && ! sinfo -h -o %T 2>/dev/null | grep -q idle; do sleep 0.2; i=$((i + 1)); done
+sinfo -h -o %T | grep -q idle && ok "single-node Slurm up: $(sinfo -h -o '%P %D %c %T')" || { fail "node not idle: $(sinfo 2>&1; tail -n 5 "$TMP/slurmctld.log" "$TMP/slurmd.log")"; finish; }
+
+# wait_job ID SECONDS: until the job has left the queue
+wait_job() {
+    i=0
+    while [ "$i" -lt $(( $2 * 5 )) ] && squeue -h -j "$1" 2>/dev/null | grep -q .; do sleep 0.2; i=$((i + 1)); done
+    ! squeue -h -j "$1" 2>/dev/null | grep -q .
+}
+job_state() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
+export PCMOE MPIRUN OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+tiny_config 2 "$TMP/p2.ini"
+
+# 1. a job that trains to its end
+id=$(sbatch --parsable --ntasks=2 --chdir="$top_srcdir" --output="$TMP/job1.out" jobscripts/pcmoe.sbatch "$TMP/p2.ini" "$TMP/run1")
+wait_job "$id" 120 || fail "job $id still queued after 120 s"
+[ -f "$TMP/run1/summary.json" ] && [ -f "$TMP/run1/checkpoints/step_00000020/COMPLETE" ] && [ "$(job_state "$id")" = COMPLETED ] \
+    && ok "sbatch pcmoe.sbatch: job $id COMPLETED, 20 steps, final checkpoint" || fail "job $id: state $(job_state "$id"): $(tail -n 5 "$TMP/job1.out")"
+
+# 2. SIGUSR1 before the time limit: checkpoint, requeue, resume, finish
+id=$(sbatch --parsable --ntasks=2 --chdir="$top_srcdir" --output="$TMP/job2.out" jobscripts/pcmoe.sbatch "$TMP/p2.ini" "$TMP/run2" \
+     --set train.steps=2000 --set train.batch_size=16 --set train.eval_every=0 --set checkpoint.every=100)
+i=0
+while [ "$i" -lt 300 ] && ! ls "$TMP"/run2/checkpoints/step_*/COMPLETE >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
+scancel --signal=USR1 --batch "$id" || fail "scancel --signal=USR1 failed"
+i=0 # once requeued, skip the start delay Slurm gives requeued jobs (BeginTime)
+while [ "$i" -lt 300 ] && ! grep -q "requeueing job" "$TMP/job2.out" 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+i=0
+while [ "$i" -lt 50 ] && [ "$(job_state "$id")" != PENDING ]; do sleep 0.2; i=$((i + 1)); done
+scontrol update jobid="$id" StartTime=now 2>/dev/null
+wait_job "$id" 300 || fail "requeued job $id still queued after 300 s"
+if grep -q "requeueing job $id" "$TMP/job2.out" && grep -q "resuming from .*step_" "$TMP/job2.out" \
+    && [ -f "$TMP/run2/checkpoints/step_00002000/COMPLETE" ] && [ "$(job_state "$id")" = COMPLETED ]; then
+    ok "SIGUSR1 -> checkpoint -> requeue -> $(grep -o 'resuming from [^ ]*' "$TMP/job2.out" | head -n 1) -> COMPLETED at step 2000"
+else
+    fail "requeue/resume: state $(job_state "$id"); $(grep -E 'pcmoe|resum|requeue' "$TMP/job2.out" | tail -n 6)"
+fi
+
+# 3. a broken copy of the job script must fail, and be seen to
+sed 's/"$PCMOE" train "$config"/"$PCMOE" trian "$config"/' jobscripts/pcmoe.sbatch > "$TMP/broken.sbatch"
+id=$(sbatch --parsable --ntasks=2 --chdir="$top_srcdir" --output="$TMP/job3.out" "$TMP/broken.sbatch" "$TMP/p2.ini" "$TMP/run3")
+wait_job "$id" 120 || fail "broken job $id still queued"
+[ ! -f "$TMP/run3/summary.json" ] && [ "$(job_state "$id")" = FAILED ] && ok "the broken job script fails: job $id FAILED" \
+    || fail "the broken job script was not caught: state $(job_state "$id")"
+bash jobscripts/pcmoe.sbatch "$TMP/p2.ini" >"$TMP/out" 2>&1 </dev/null
+[ $? -eq 2 ] && grep -q "run it with sbatch" "$TMP/out" && ok "outside Slurm the script refuses to run" || fail "outside Slurm: $(cat "$TMP/out")"
+finish
