@@ -21,7 +21,7 @@ typedef enum {
     MSG_INPUT_GRADS,    // d loss / d expert input, owner -> sender
     MSG_METRICS,        // scalar metrics, party -> rank 0 (privacy.share_metrics)
     MSG_FEDAVG_WEIGHTS, // fedavg only: every weight, averaged across parties
-    MSG_CONTROL,        // one int: did every rank start (config, data) cleanly
+    MSG_CONTROL,        // agreements of one or two ints: did every rank start cleanly; did any get a stop signal
     MSG_AUDIT,          // the audit totals themselves, gathered to rank 0 for --audit
     MSG_KIND_COUNT
 } MsgKind;
