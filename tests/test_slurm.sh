@@ -4,8 +4,8 @@
 # temporary directory) and submits with sbatch:
 #  1. jobscripts/pcmoe.sbatch trains a 2-party config to its end;
 #  2. requeue and resume: a longer job gets SIGUSR1 (as --signal=B:USR1@90 sends before the time limit)
-#     after its first checkpoint; it checkpoints, requeues itself, and the next start resumes and
-#     finishes;
+#     after its first checkpoint; it checkpoints, requeues itself, and the next start resumes from that
+#     checkpoint and trains past it (each step logged once); then the test cancels it;
 #  3. a deliberately broken copy of the job script fails, and the test notices (no summary, job FAILED).
 # Skips (77) without Slurm or root, unless PCMOE_REQUIRE_TORCH=1 (scripts/check.sh installs Slurm).
 . "$(dirname "$0")/lib.sh"
@@ -108,16 +108,24 @@ while [ "$i" -lt 300 ] && ! ls "$TMP"/run2/checkpoints/step_*/COMPLETE >/dev/nul
 scancel --signal=USR1 --batch "$id" || fail "scancel --signal=USR1 failed"
 i=0 # once requeued, skip the start delay Slurm gives requeued jobs (BeginTime)
 while [ "$i" -lt 300 ] && ! grep -q "requeueing job" "$TMP/job2.out" 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
-i=0
-while [ "$i" -lt 50 ] && [ "$(job_state "$id")" != PENDING ]; do sleep 0.2; i=$((i + 1)); done
+i=0 # ... but only once the node has finished cleaning up the first run (else the relaunch fails)
+while [ "$i" -lt 300 ] && { [ "$(job_state "$id")" != PENDING ] || [ "$(sinfo -h -o %T)" != idle ]; }; do sleep 0.2; i=$((i + 1)); done
+sleep 1
 scontrol update jobid="$id" StartTime=now 2>/dev/null
-wait_job "$id" 300 || fail "requeued job $id still queued after 300 s"
-if grep -q "requeueing job $id" "$TMP/job2.out" && grep -q "resuming from .*step_" "$TMP/job2.out" \
-    && [ -f "$TMP/run2/checkpoints/step_00002000/COMPLETE" ] && [ "$(job_state "$id")" = COMPLETED ]; then
-    ok "SIGUSR1 -> checkpoint -> requeue -> $(grep -o 'resuming from [^ ]*' "$TMP/job2.out" | head -n 1) -> COMPLETED at step 2000"
+# the requeued start must resume from the checkpoint and train past it (running to the end is case 1's)
+i=0
+while [ "$i" -lt 600 ] && ! grep -q "resuming from" "$TMP/job2.out" 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+from=$(sed -n 's/.*resuming from .*(step \([0-9]*\) of 2000).*/\1/p' "$TMP/job2.out" | head -n 1)
+i=0
+while [ -n "$from" ] && [ "$i" -lt 600 ] && ! grep -q "\"step\":$((from + 5)),\"party\":1" "$TMP/run2/metrics.jsonl" 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
+if grep -q "requeueing job $id" "$TMP/job2.out" && [ -n "$from" ] && grep -q "\"step\":$((from + 5)),\"party\":1" "$TMP/run2/metrics.jsonl" \
+    && [ "$(grep -c '"step":'"$from"',"party":0' "$TMP/run2/metrics.jsonl")" -eq 1 ]; then
+    ok "SIGUSR1 -> checkpoint -> requeue -> resumed from step $from and trained past it (restart $(scontrol show job "$id" | sed -n 's/.*Restarts=\([0-9]*\).*/\1/p'))"
 else
     fail "requeue/resume: state $(job_state "$id"); $(grep -E 'pcmoe|resum|requeue' "$TMP/job2.out" | tail -n 6)"
 fi
+scancel "$id" 2>/dev/null
+wait_job "$id" 60 || fail "job $id did not leave the queue after scancel"
 
 # 3. a broken copy of the job script must fail, and be seen to
 sed 's/"$PCMOE" train "$config"/"$PCMOE" trian "$config"/' jobscripts/pcmoe.sbatch > "$TMP/broken.sbatch"
