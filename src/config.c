@@ -272,13 +272,19 @@ static int validate(const Config *c, const Origins *o, char *err, size_t len) {
     return 0;
 }
 
-int config_load(Config *c, const char *path, char *const *set, int n_set, char *err, size_t len) {
+// Resets c to the table's defaults.
+static int set_defaults(Config *c, char *err, size_t len) {
     memset(c, 0, sizeof *c);
-    Origins *o = calloc(1, sizeof *o);
-    if (!o) return error_set(err, len, "out of memory");
     int rc = 0;
     for (int i = 0; i < N_KEYS && !rc; i++)
         if (KEYS[i].def[0]) rc = set_value(c, i, KEYS[i].def, "default", err, len);
+    return rc;
+}
+
+int config_load(Config *c, const char *path, char *const *set, int n_set, char *err, size_t len) {
+    Origins *o = calloc(1, sizeof *o);
+    if (!o) return error_set(err, len, "out of memory");
+    int rc = set_defaults(c, err, len);
     if (!rc && path) rc = load_file(c, o, path, err, len);
     for (int i = 0; i < n_set && !rc; i++) {
         char buf[CONFIG_PATH_LEN + 128];
@@ -297,12 +303,9 @@ int config_load(Config *c, const char *path, char *const *set, int n_set, char *
 }
 
 int config_load_text(Config *c, const char *text, char *err, size_t len) {
-    memset(c, 0, sizeof *c);
     Origins *o = calloc(1, sizeof *o);
     if (!o) return error_set(err, len, "out of memory");
-    int rc = 0;
-    for (int i = 0; i < N_KEYS && !rc; i++)
-        if (KEYS[i].def[0]) rc = set_value(c, i, KEYS[i].def, "default", err, len);
+    int rc = set_defaults(c, err, len);
     FILE *f = rc ? NULL : fmemopen((void *)text, strlen(text), "r");
     if (!rc && !f) rc = error_set(err, len, "fmemopen failed");
     if (f) { rc = load_stream(c, o, f, "<stored config>", err, len); fclose(f); }
