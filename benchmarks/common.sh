@@ -1,6 +1,21 @@
 # benchmarks/common.sh: sourced by the benchmark scripts. Moves to the source tree, lets Open MPI run as
-# root where the scripts are run as root, names the launcher, and checks pcmoe is built.
+# root where the scripts are run as root, names the launcher, checks pcmoe is built, and runs pcmoe so
+# that its failures are shown (pcmoe_run). Results go under runs/ (BENCH_OUT=DIR: under DIR instead).
 cd "$(dirname "$0")/.." || exit 2
 [ "$(id -u)" -eq 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpirun=${MPIRUN:-mpirun}
 [ -x ./pcmoe ] || { echo "build first: scripts/build.sh" >&2; exit 2; }
+
+# pcmoe_run LOG COMMAND...: runs a pcmoe command (or its launcher line) with all its output in LOG. When
+# it fails, shows the command, pcmoe's error lines (or the log's last lines when there are none) and
+# exits with its status, so that a benchmark never ends silently or prints a table from a failed run.
+pcmoe_run() {
+    log=$1
+    shift
+    "$@" >"$log" 2>&1 && return 0
+    rc=$?
+    echo "benchmark: failed (exit $rc): $*" >&2
+    if grep -q '^pcmoe: error' "$log"; then grep '^pcmoe: error' "$log" >&2; else tail -n 20 "$log" >&2; fi
+    echo "benchmark: full output in $log" >&2
+    exit "$rc"
+}

@@ -4,22 +4,22 @@
 # eager mode on the same number of threads. Prints a table and the ratio.
 #   usage: benchmarks/cpu_throughput.sh [CONFIG.ini] [THREADS] [STEPS]
 set -eu
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/common.sh"
 config=${1:-input/shakespeare.ini}
 threads=${2:-$(nproc)}
 steps=${3:-60}
 python=${TORCH_PYTHON:-/usr/bin/python3}
-[ -x ./pcmoe ] || { echo "build first: scripts/build.sh" >&2; exit 2; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
-OMP_NUM_THREADS=$threads ./pcmoe train "$config" --set train.steps="$steps" --set train.eval_every=0 \
-    --set train.log_every=1 --set run.threads="$threads" --set run.dir="$tmp/run" >/dev/null 2>&1
+mkdir -p "${BENCH_OUT:-runs}"
+pcmoe_run "${BENCH_OUT:-runs}/cpu_throughput.log" env OMP_NUM_THREADS="$threads" ./pcmoe train "$config" --set train.steps="$steps" \
+    --set train.eval_every=0 --set train.log_every=1 --set run.threads="$threads" --set run.dir="$tmp/run"
 # median tokens/s over the steps after 3 warm-up steps
 c_tps=$(grep -o '"tokens_per_s":[0-9.e+]*' "$tmp/run/metrics.jsonl" | cut -d: -f2 | tail -n +4 | sort -g |
         awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
 flops=$(grep -o '"flops":[0-9.e+]*' "$tmp/run/metrics.jsonl" | tail -n 1 | cut -d: -f2)
 if "$python" -c "import torch" 2>/dev/null; then
-    t_tps=$("$python" benchmarks/torch_step.py "$config" "$threads" "$steps")
+    t_tps=$("$python" benchmarks/torch_step.py "$config" "$threads" "$steps") || { echo "benchmark: the PyTorch reference step failed" >&2; exit 1; }
     t_ver=$("$python" -c "import torch; print(torch.__version__)")
 else
     t_tps="" t_ver="(no torch)"

@@ -11,7 +11,7 @@
 set -eu
 . "$(dirname "$0")/common.sh"
 steps=${1:-600}
-out=runs/demo_table
+out=${BENCH_OUT:-runs}/demo_table
 mkdir -p "$out"
 every=$((steps / 6)) # six evaluations per run, for the curves (benchmarks/plot.sh)
 [ "$every" -ge 1 ] || every=1
@@ -21,9 +21,7 @@ run() { # run NAME RANKS ARGS...
     name=$1 ranks=$2
     shift 2
     start=$(date +%s)
-    if [ "$ranks" -eq 1 ]; then ./pcmoe train input/demo.ini --set run.dir="$out/$name" "$@" >"$out/$name.log" 2>&1
-    else "$mpirun" --oversubscribe -np "$ranks" ./pcmoe train input/demo.ini --set run.dir="$out/$name" "$@" >"$out/$name.log" 2>&1
-    fi || { echo "$name failed: see $out/$name.log" >&2; exit 1; }
+    pcmoe_run "$out/$name.log" "$mpirun" --oversubscribe -np "$ranks" ./pcmoe train input/demo.ini --set run.dir="$out/$name" "$@"
     echo "$name: $(( $(date +%s) - start ))s" >&2
 }
 run centralized 1 $common --set parties.mode=centralized --set run.threads=2

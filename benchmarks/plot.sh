@@ -4,7 +4,7 @@
 # of the whole job (runs/demo_table/val_vs_tokens.png). Needs gnuplot (apt-get install gnuplot-nox).
 set -eu
 cd "$(dirname "$0")/.."
-out=runs/demo_table
+out=${BENCH_OUT:-runs}/demo_table
 command -v gnuplot >/dev/null || { echo "needs gnuplot: apt-get install gnuplot-nox" >&2; exit 2; }
 [ -f "$out/centralized/metrics.jsonl" ] || { echo "run benchmarks/demo_table.sh first" >&2; exit 2; }
 modes="centralized pcmoe_concurrent pcmoe_sequential local fedavg"

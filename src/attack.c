@@ -14,6 +14,7 @@
 #include "attack.h"
 
 #include <cblas.h>  // cblas_sgemm
+#include <errno.h>  // errno
 #include <math.h>   // sqrt, exp
 #include <stdio.h>  // FILE, printf
 #include <stdlib.h> // strtol, free
@@ -24,7 +25,7 @@
 #include "data.h"     // Dataset
 #include "exchange.h" // exchange_owner
 #include "model.h"    // Model
-#include "util.h"     // mallocCheck, fail, error_set
+#include "util.h"     // mallocCheck, fail, error_set, write_file_atomic
 
 #define FEATURE_ROWS 8192  // attacker's own (row, byte) pairs per layer
 #define VICTIM_ROWS 4000   // victim rows scored per layer
@@ -197,7 +198,10 @@ int attack_main(int argc, char **argv) {
     snprintf(truth_path, sizeof truth_path, "%s/truth_party_%d.bin", a.records, a.victim);
     float *vr = mallocCheck(sizeof(float) * VICTIM_ROWS * d);
     uint8_t *vt = mallocCheck(VICTIM_ROWS), *pred = mallocCheck(VICTIM_ROWS);
-    FILE *js = a.json ? fopenCheck(a.json, "w") : NULL;
+    char *js_text = NULL; // the --json lines, written whole at the end
+    size_t js_size = 0;
+    FILE *js = a.json ? open_memstream(&js_text, &js_size) : NULL;
+    if (a.json && !js) fail("open_memstream: %s", strerror(errno));
     const char *setting = a.white_box ? "white-box" : (c->same_backbone_init ? "same-init" : "black-box");
     printf("| setting | attack | layer | victim rows | accuracy | majority-byte baseline | lift |\n| --- | --- | --- | --- | --- | --- | --- |\n");
     int rc = 0;
@@ -221,7 +225,11 @@ int attack_main(int argc, char **argv) {
             if (js) fprintf(js, "{\"setting\":\"%s\",\"attack\":\"%s\",\"layer\":%d,\"rows\":%d,\"accuracy\":%.6f,\"baseline\":%.6f}\n", setting, name, l, nv, acc, bl);
         }
     }
-    if (js) fclose(js);
+    if (js) {
+        fclose(js);
+        if (!rc && write_file_atomic(a.json, js_text, js_size, err, sizeof err)) { fprintf(stderr, "pcmoe: error: --json %s\n", err); rc = 1; }
+        free(js_text);
+    }
     free(feat); free(fy); free(tok); free(tgt); free(vr); free(vt); free(pred); free(c);
     data_free(&ds);
     model_free(&m);

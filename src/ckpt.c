@@ -9,8 +9,9 @@
 #include <stdlib.h>   // malloc, free
 #include <string.h>   // strcmp
 #include <sys/stat.h> // stat
+#include <unistd.h>   // unlink
 
-#include "util.h"     // error_set, mallocCheck
+#include "util.h"     // error_set, mallocCheck, write_all_sync
 
 // All HDF5 calls report through h5ok: the first failure is recorded as a message, later calls are
 // skipped by the callers' `if (!ctx.failed)` structure, and the library's own printing is off.
@@ -90,12 +91,41 @@ static char *config_text(const Config *c) {
     return buf;
 }
 
+// A checkpoint is assembled in memory by HDF5's core driver and written to disk by us. HDF5 1.10 frees a
+// file whose H5Fclose fails (disk full, quota, I/O error) but keeps its id, and its shutdown then crashes
+// on that id (HDFFV-11052), so HDF5 must never do the disk I/O of a file it writes. The image lives in
+// memory we own (the file-image callbacks below): H5Fclose hands it to us instead of freeing it, and
+// write_all_sync() writes it with checked write() and fsync(). Cost: one image of this rank's checkpoint
+// (its parameters and AdamW state) in memory while it is written.
+typedef struct {
+    void *mem; // the image, kept by image_free at file close
+} Image;
+
+static void *image_malloc(size_t size, H5FD_file_image_op_t op, void *udata) { (void)op; (void)udata; return malloc(size ? size : 1); }
+static void *image_memcpy(void *dest, const void *src, size_t size, H5FD_file_image_op_t op, void *udata) { (void)op; (void)udata; return memcpy(dest, src, size); }
+static void *image_realloc(void *ptr, size_t size, H5FD_file_image_op_t op, void *udata) { (void)op; (void)udata; return realloc(ptr, size ? size : 1); }
+static herr_t image_free(void *ptr, H5FD_file_image_op_t op, void *udata) {
+    Image *im = udata;
+    if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE && im && !im->mem) im->mem = ptr; // the finished file: ours now
+    else free(ptr);
+    return 0;
+}
+static void *image_udata_copy(void *udata) { return udata; } // one Image, shared by the property list copies
+static herr_t image_udata_free(void *udata) { (void)udata; return 0; }
+
 int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
     h5_quiet();
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     H5Ctx x = {err, len, tmp, 0};
-    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    Image im = {NULL};
+    H5FD_file_image_callbacks_t cb = {image_malloc, image_memcpy, image_realloc, image_free, image_udata_copy, image_udata_free, &im};
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (!h5ok(&x, fapl, "H5Pcreate", "file access")) return 1;
+    if (!h5ok(&x, H5Pset_fapl_core(fapl, (size_t)1 << 20, 0), "H5Pset_fapl_core", "") ||
+        !h5ok(&x, H5Pset_file_image_callbacks(fapl, &cb), "H5Pset_file_image_callbacks", "")) { H5Pclose(fapl); return 1; }
+    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
     if (!h5ok(&x, file, "H5Fcreate", "")) return 1;
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     H5Pset_create_intermediate_group(lcpl, 1);
@@ -132,9 +162,19 @@ int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
     }
     if (s->shuffle && !x.failed) write_u64(&x, file, lcpl, "/data/shuffle_rng", s->shuffle->s, 4);
     H5Pclose(lcpl);
+    // everything into the image, its size, then the close that hands the image to us (memory only)
+    size_t size = 0;
+    if (!x.failed) h5ok(&x, H5Fflush(file, H5F_SCOPE_LOCAL), "H5Fflush", "");
+    if (!x.failed) { // the image grows in 1 MiB steps; the file is its first `size` bytes (the EOA), no copy made
+        ssize_t n = H5Fget_file_image(file, NULL, 0);
+        if (h5ok(&x, n, "H5Fget_file_image", "")) size = (size_t)n;
+    }
     h5ok(&x, H5Fclose(file), "H5Fclose", "");
-    if (x.failed) { remove(tmp); return 1; }
-    if (rename(tmp, path) != 0) { error_set(err, len, "%s: rename to %s: %s", tmp, path, strerror(errno)); return 1; }
+    if (!x.failed && !im.mem) { error_set(err, len, "%s: HDF5 returned no file image", tmp); x.failed = 1; }
+    if (!x.failed && write_all_sync(tmp, im.mem, size) != 0) { error_set(err, len, "%s: cannot write: %s", tmp, strerror(errno)); x.failed = 1; }
+    free(im.mem);
+    if (x.failed) return 1;
+    if (rename(tmp, path) != 0) { error_set(err, len, "%s: rename to %s: %s", tmp, path, strerror(errno)); unlink(tmp); return 1; }
     return 0;
 }
 

@@ -7,7 +7,7 @@
 #include <stdlib.h> // free
 #include <string.h> // memset, strerror
 
-#include "util.h"   // mpiCheck, mallocCheck, fail, fopenCheck
+#include "util.h"   // mpiCheck, mallocCheck, fail, write_file_atomic
 
 const char *const MSG_KIND_NAMES[] = {"routing_counts", "expert_rows", "expert_outputs", "output_grads",
                                       "input_grads", "metrics", "fedavg_weights", "control", "audit"};
@@ -64,6 +64,13 @@ int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad) {
     return all[0] == INT_MAX;
 }
 
+int comm_max_int(Comm *c, int v) {
+    int all = v;
+    mpiCheck(MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_MAX, c->world));
+    comm_account(c, MSG_CONTROL, COMM_COLLECTIVE, sizeof(int), sizeof(int));
+    return all;
+}
+
 void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer) {
     mpiCheck(MPI_Alltoall(send, per_peer, MPI_INT, recv, per_peer, MPI_INT, c->expert));
     for (int p = 0; p < c->n_parties; p++)
@@ -110,7 +117,7 @@ static void write_kind_table(FILE *f, const double *t, int n_parties) {
     fprintf(f, "]}");
 }
 
-void comm_write_audit(Comm *c, const char *path) {
+int comm_write_audit(Comm *c, const char *path, char *err, size_t len) {
     enum { ROW = 2 * MSG_KIND_COUNT * (CONFIG_MAX_PARTIES + 1) + CONFIG_MAX_PARTIES };
     int P = c->n_parties;
     // the audit's own gather is counted before the totals are taken
@@ -125,8 +132,12 @@ void comm_write_audit(Comm *c, const char *path) {
     double *all = mallocCheck(sizeof(double) * ROW * P);
     if (P > 1) mpiCheck(MPI_Gather(mine, ROW, MPI_DOUBLE, all, ROW, MPI_DOUBLE, 0, c->expert));
     else memcpy(all, mine, sizeof(double) * ROW);
+    int rc = 0;
     if (c->party == 0) {
-        FILE *f = fopenCheck(path, "w");
+        char *text = NULL;
+        size_t size = 0;
+        FILE *f = open_memstream(&text, &size);
+        if (!f) fail("open_memstream: %s", strerror(errno));
         fprintf(f, "{\"n_parties\":%d,\"peer_index\":\"per_party[i] is party i; collective counts reductions over all parties\",\"ranks\":[\n", P);
         for (int r = 0; r < P; r++) {
             const double *row = all + (size_t)r * ROW;
@@ -145,8 +156,11 @@ void comm_write_audit(Comm *c, const char *path) {
             fprintf(f, "}}");
         }
         fprintf(f, "\n]}\n");
-        if (fclose(f) != 0) fail("writing audit %s: %s", path, strerror(errno));
+        fclose(f);
+        rc = write_file_atomic(path, text, size, err, len);
+        free(text);
     }
     free(mine);
     free(all);
+    return rc;
 }

@@ -56,6 +56,8 @@ double comm_total_recv(const Comm *c);
 // Agreement on world: returns 1 if `ok` on every rank, else 0, with the lowest failing rank in
 // *first_bad and the number of failing ranks in *n_bad (either may be NULL).
 int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad);
+// Agreement on world: the largest of every rank's `v` (for example a status: 0 go on, 1 stop, 2 failed).
+int comm_max_int(Comm *c, int v);
 // All-to-all of `per_peer` ints with every other party (the entry for oneself is copied, not sent).
 void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer);
 // All-to-all-v of rows of `width` floats: send_rows[p] rows starting at row send_offs[p] of `send` go
@@ -68,7 +70,8 @@ void comm_allreduce_floats(Comm *c, MsgKind kind, float *buf, size_t n);
 // Gathers n doubles from every party to rank 0 (recv: n * n_parties doubles on rank 0, else unused).
 void comm_gather_doubles(Comm *c, MsgKind kind, const double *send, int n, double *recv);
 
-// Writes every rank's totals to `path` as JSON (gathered to rank 0, which writes the file).
-void comm_write_audit(Comm *c, const char *path);
+// Writes every rank's totals to `path` as JSON (gathered to rank 0, which writes the file whole or not at
+// all). Returns 0, or 1 on rank 0 with "PATH: cannot write: why" in err when the file could not be written.
+int comm_write_audit(Comm *c, const char *path, char *err, size_t len);
 
 #endif

@@ -1,9 +1,12 @@
 // exchange.c: routed-activation exchange between parties (see exchange.h for the protocol).
 #include "exchange.h"
 
+#include <errno.h>  // errno, EIO
 #include <math.h>   // NAN
+#include <stdio.h>  // fwrite, fflush, ftell
 #include <stdlib.h> // realloc, free
-#include <string.h> // memcpy, memset
+#include <string.h> // memcpy, memset, strerror
+#include <unistd.h> // ftruncate
 
 #include "layers.h" // ffn_forward, ffn_backward
 #include "util.h"   // mallocCheck, fail
@@ -53,18 +56,37 @@ void exchange_set_fault(Exchange *ex, const char *kind, int party) {
 }
 
 void exchange_record(Exchange *ex, const char *dir) {
-    char p[4200];
-    if (mkdir_p(dir) != 0) fail("privacy.record_received = %s: cannot create directory", dir);
-    snprintf(p, sizeof p, "%s/received_party_%d.bin", dir, ex->party);
-    ex->rec_rows = fopenCheck(p, "wb");
-    snprintf(p, sizeof p, "%s/truth_party_%d.bin", dir, ex->party);
-    ex->rec_truth = fopenCheck(p, "wb");
+    if (mkdir_p(dir) != 0) fail("privacy.record_received = %s: cannot create directory: %s", dir, strerror(errno));
+    snprintf(ex->rec_path[0], sizeof ex->rec_path[0], "%s/received_party_%d.bin", dir, ex->party);
+    ex->rec_rows = fopenCheck(ex->rec_path[0], "wb");
+    snprintf(ex->rec_path[1], sizeof ex->rec_path[1], "%s/truth_party_%d.bin", dir, ex->party);
+    ex->rec_truth = fopenCheck(ex->rec_path[1], "wb");
 }
 
-static void record_block(FILE *f, int layer, int peer, int rows, int width, const void *data, size_t elem) {
+// One record block: header (layer, peer, rows, width), then rows x width elements. A failed write is
+// remembered and reported by exchange_record_commit at the end of the step.
+static void record_block(Exchange *ex, FILE *f, int layer, int peer, int rows, int width, const void *data, size_t elem) {
     int hdr[4] = {layer, peer, rows, width};
+    if (ex->rec_errno) return;
     if (fwrite(hdr, sizeof hdr, 1, f) != 1 || fwrite(data, elem, (size_t)rows * width, f) != (size_t)rows * width)
-        fail("privacy.record_received: write failed");
+    {
+        ex->rec_errno = errno ? errno : EIO;
+        ex->rec_bad = f == ex->rec_rows ? 0 : 1;
+    }
+}
+
+int exchange_record_commit(Exchange *ex, char *err, size_t len) {
+    if (!ex->rec_rows) return 0;
+    FILE *f[2] = {ex->rec_rows, ex->rec_truth};
+    for (int i = 0; i < 2; i++)
+        if (!ex->rec_errno && (fflush(f[i]) != 0 || ferror(f[i]))) { ex->rec_errno = errno ? errno : EIO; ex->rec_bad = i; }
+    if (!ex->rec_errno) {
+        for (int i = 0; i < 2; i++) ex->rec_good[i] = ftell(f[i]);
+        return 0;
+    }
+    for (int i = 0; i < 2; i++) // drop the step's partial blocks from both files (the error below stands)
+        if (ftruncate(fileno(f[i]), ex->rec_good[i]) != 0) continue;
+    return error_set(err, len, "privacy.record_received: %s: cannot write: %s", ex->rec_path[ex->rec_bad], strerror(ex->rec_errno)) - 1;
 }
 
 void exchange_free(Exchange *ex) {
@@ -248,7 +270,7 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
             if (!ex->send_rows[p]) continue;
             uint8_t *bytes = mallocCheck((size_t)ex->send_rows[p]);
             for (int i = 0; i < ex->send_rows[p]; i++) bytes[i] = a->tokens[a->row_choice[ex->send_offs[p] + i] / a->k];
-            record_block(ex->rec_truth, layer, p, ex->send_rows[p], 1, bytes, 1);
+            record_block(ex, ex->rec_truth, layer, p, ex->send_rows[p], 1, bytes, 1);
             free(bytes);
         }
     if (bad >= 0 && ex->fault == 3 && a && ex->send_rows[bad] > 0) a->xe[(size_t)ex->send_offs[bad] * d] = NAN;
@@ -256,7 +278,7 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     to_owners(ex, sl, MSG_EXPERT_ROWS, a ? a->xe : NULL, sl->x, a);
     if (ex->rec_rows) // study only: what this owner saw
         for (int q = 0; q < P; q++)
-            if (ex->recv_rows[q]) record_block(ex->rec_rows, layer, q, ex->recv_rows[q], d, ex->buf + (size_t)ex->recv_offs[q] * d, sizeof(float));
+            if (ex->recv_rows[q]) record_block(ex, ex->rec_rows, layer, q, ex->recv_rows[q], d, ex->buf + (size_t)ex->recv_offs[q] * d, sizeof(float));
     // 3. each owned expert runs once on all its rows
     size_t r0 = 0;
     for (int j = 0; j < ex->n_local; j++) {

@@ -56,6 +56,10 @@ typedef struct {
     Rng noise;             // its private RNG
     FILE *rec_rows;        // study only (privacy.record_received): rows this owner received, or NULL
     FILE *rec_truth;       // study only: the true input byte of every row this party sent, or NULL
+    char rec_path[2][4200];// their paths
+    long rec_good[2];      // their lengths at the end of the last committed step
+    int rec_errno;         // a failed record write since then (errno), or 0
+    int rec_bad;           // and which file: 0 rows, 1 truth
     int fault;             // test hook: 0 none, 1 bad counts, 2 foreign expert id, 3 NaN rows
     int fault_party;       // the party that misbehaves
     int *send_counts, *recv_counts; // (P, 2 * max_local) per peer: expert ids, then row counts
@@ -80,6 +84,10 @@ void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers
 // DIR/truth_party_R.bin. Both files are sequences of blocks:
 //   int32 layer, int32 peer, int32 rows, int32 width (d_model; 1 for truth), then rows*width
 //   float32 (rows) or uint8 (truth), in the order the rows travelled.
+// Study only: ends a step of recording. Returns 0 when both record files were written whole; otherwise 1
+// with "FILE: cannot write: why" in err, both files cut back to the end of the last committed step (so
+// the received rows and their true bytes stay aligned block for block).
+int exchange_record_commit(Exchange *ex, char *err, size_t len);
 void exchange_record(Exchange *ex, const char *dir);
 
 // Test hook (--inject-fault): party `party` sends "counts" beyond bounds, a "foreign" expert id, or

@@ -155,6 +155,6 @@ int main(int argc, char **argv) {
     comm_free(&comm);
     free(c);
     free(args.sets);
-    mpiCheck(MPI_Finalize());
+    finalize();
     return rc;
 }

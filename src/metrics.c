@@ -4,10 +4,11 @@
 #include <errno.h>  // errno
 #include <math.h>   // isfinite, log
 #include <string.h> // strerror
-#include <unistd.h> // isatty, access
+#include <stdlib.h> // free
+#include <unistd.h> // isatty, access, ftruncate
 
 #include "autoconfig.h" // PACKAGE_VERSION
-#include "util.h"       // fail, mkdir_p, now_seconds, error_set
+#include "util.h"       // mkdir_p, now_seconds, error_set, write_file_atomic
 
 void step_stats_pack(const StepStats *s, double *o) {
     double v[STEP_STATS_DOUBLES] = {s->step, s->party, s->has_train, s->train_loss, s->ce, s->aux, s->z, s->lr,
@@ -25,6 +26,9 @@ void step_stats_unpack(StepStats *s, const double *v) {
     s->mem = (MemStats){(size_t)v[15], (size_t)v[16], (size_t)v[17], (size_t)v[18], (size_t)v[19]};
 }
 
+// 1 when errno says the storage failed (full, over quota, I/O error) rather than the path being unusable.
+static int storage_fault(int e) { return e == ENOSPC || e == EDQUOT || e == EIO || e == EFBIG; }
+
 // Keeps the lines of `path` whose "step" is at most `step` (through path.tmp and a rename).
 static int metrics_truncate(const char *path, int step, char *err, size_t len) {
     FILE *in = fopen(path, "r");
@@ -39,7 +43,12 @@ static int metrics_truncate(const char *path, int step, char *err, size_t len) {
         if (sscanf(line, "{\"step\":%d", &s) == 1 && s <= step) fputs(line, out);
     }
     fclose(in);
-    if (fclose(out) != 0 || rename(tmp, path) != 0) return error_set(err, len, "%s: rewrite failed: %s", path, strerror(errno));
+    int bad = ferror(out);
+    if (fclose(out) != 0 || bad || rename(tmp, path) != 0) {
+        error_set(err, len, "%s: cannot rewrite: %s", path, strerror(errno ? errno : EIO));
+        unlink(tmp);
+        return 1;
+    }
     return 0;
 }
 
@@ -49,21 +58,28 @@ int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, in
     snprintf(mt->run_dir, sizeof mt->run_dir, "%s", c->run_dir);
     snprintf(mt->suffix, sizeof mt->suffix, "%s", suffix);
     if (mkdir_p(c->run_dir) != 0)
-        return error_set(err, len, "run.dir = %s: cannot create directory: %s", c->run_dir, strerror(errno));
+        return error_set(err, len, "run.dir = %s: cannot create directory: %s", c->run_dir, strerror(errno)) - storage_fault(errno);
     char path[CONFIG_PATH_LEN + 64];
     snprintf(path, sizeof path, "%s/metrics%s.jsonl", c->run_dir, suffix);
     if (resume_step < 0 && !force && access(path, F_OK) == 0)
         return error_set(err, len, "run.dir = %s: already holds a run (metrics%s.jsonl); pass --resume to continue it, --force to overwrite it, or choose another run.dir", c->run_dir, suffix);
-    if (resume_step >= 0 && metrics_truncate(path, resume_step, err, len)) return 2;
+    if (resume_step >= 0 && metrics_truncate(path, resume_step, err, len)) return 1;
+    snprintf(mt->jsonl_path, sizeof mt->jsonl_path, "%s", path);
     mt->jsonl = fopen(path, resume_step >= 0 ? "a" : "w");
-    if (!mt->jsonl) return error_set(err, len, "%s: cannot write: %s", path, strerror(errno));
+    if (!mt->jsonl) return error_set(err, len, "%s: cannot write: %s", path, strerror(errno)) - storage_fault(errno);
+    mt->jsonl_good = ftell(mt->jsonl);
     if (write_config) {
-        snprintf(path, sizeof path, "%s/config.ini", c->run_dir);
-        FILE *f = fopen(path, "w");
-        if (!f) return error_set(err, len, "%s: cannot write: %s", path, strerror(errno));
+        char *text = NULL;
+        size_t n = 0;
+        FILE *f = open_memstream(&text, &n);
+        if (!f) return error_set(err, len, "open_memstream: %s", strerror(errno)) - 1;
         fprintf(f, "# resolved configuration of this run (pcmoe " PACKAGE_VERSION ")\n");
         config_write(f, c);
-        if (fclose(f) != 0) return error_set(err, len, "%s: write failed: %s", path, strerror(errno));
+        fclose(f);
+        snprintf(path, sizeof path, "%s/config.ini", c->run_dir);
+        int rc = write_file_atomic(path, text, n, err, len);
+        free(text);
+        if (rc) return 1;
     }
     mt->tty = isatty(2);
     mt->t_start = now_seconds();
@@ -81,7 +97,7 @@ static void json_mem(FILE *f, const MemStats *m, double rss) {
     json_num(f, "rss_peak", rss);
 }
 
-void metrics_log(Metrics *mt, const StepStats *s) {
+int metrics_log(Metrics *mt, const StepStats *s, char *err, size_t len) {
     FILE *f = mt->jsonl;
     fprintf(f, "{\"step\":%d,\"party\":%d", s->step, s->party);
     if (s->has_train) {
@@ -102,7 +118,14 @@ void metrics_log(Metrics *mt, const StepStats *s) {
     json_num(f, "bytes_recv", s->bytes_recv);
     json_mem(f, &s->mem, s->rss_peak);
     fprintf(f, "}\n");
-    fflush(f);
+    if (fflush(f) == 0 && !ferror(f)) {
+        mt->jsonl_good = ftell(f);
+        return 0;
+    }
+    // not written whole: drop the partial line, so the file ends with the last complete one
+    int why = errno ? errno : EIO;
+    if (ftruncate(fileno(f), mt->jsonl_good) != 0) { /* the error below stands */ }
+    return error_set(err, len, "%s: cannot write: %s", mt->jsonl_path, strerror(why)) - 1;
 }
 
 void metrics_progress(Metrics *mt, const StepStats *s, int n, int total_steps, int print_plain) {
@@ -126,12 +149,14 @@ void metrics_progress(Metrics *mt, const StepStats *s, int n, int total_steps, i
     fflush(stderr);
 }
 
-void metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const double *best_val, int n, int steps,
-                     double tokens) {
+int metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const double *best_val, int n, int steps,
+                    double tokens, char *err, size_t len) {
     char path[CONFIG_PATH_LEN + 64];
     snprintf(path, sizeof path, "%s/summary%s.json", mt->run_dir, mt->suffix);
-    FILE *f = fopen(path, "w");
-    if (!f) fail("%s: cannot write: %s", path, strerror(errno));
+    char *text = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&text, &size);
+    if (!f) return error_set(err, len, "open_memstream: %s", strerror(errno)) - 1;
     double secs = now_seconds() - mt->t_start;
     fprintf(f, "{\"mode\":\"%s\",\"schedule\":\"%s\",\"n_parties\":%d,\"steps\":%d", MODE_NAMES[c->mode],
             SCHEDULE_NAMES[c->schedule], c->n_parties, steps);
@@ -152,10 +177,15 @@ void metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const 
         fprintf(f, "}");
     }
     fprintf(f, "\n]}\n");
-    if (fclose(f) != 0) fail("writing %s: %s", path, strerror(errno));
+    fclose(f);
+    int rc = write_file_atomic(path, text, size, err, len);
+    free(text);
+    return rc;
 }
 
-void metrics_close(Metrics *mt) {
-    if (mt->jsonl && fclose(mt->jsonl) != 0) fail("writing %s/metrics%s.jsonl: %s", mt->run_dir, mt->suffix, strerror(errno));
+int metrics_close(Metrics *mt, char *err, size_t len) {
+    int rc = 0;
+    if (mt->jsonl && fclose(mt->jsonl) != 0) rc = error_set(err, len, "%s: cannot write: %s", mt->jsonl_path, strerror(errno)) - 1;
     mt->jsonl = NULL;
+    return rc;
 }

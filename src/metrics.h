@@ -34,26 +34,32 @@ void step_stats_unpack(StepStats *s, const double *in);
 typedef struct {
     char run_dir[CONFIG_PATH_LEN];
     char suffix[32];      // "" for the job's files, ".party_N" for one party's own (share_metrics = false)
+    char jsonl_path[CONFIG_PATH_LEN + 64];
     FILE *jsonl;          // RUN/metrics<suffix>.jsonl
+    long jsonl_good;      // its length up to the last line known to be written (a failed write is cut back to it)
     int tty;              // progress is redrawn in place (stderr is a terminal)
     double t_start;
 } Metrics;
 
 // Creates the run directory and opens RUN/metrics<suffix>.jsonl; with write_config also writes
-// RUN/config.ini. Returns 0, or 2 with a one-line message in err: an existing metrics file is never
-// overwritten unless `force`.
+// RUN/config.ini. Returns 0; 2 with a one-line message in err when the run directory is not usable (an
+// existing metrics file is never overwritten unless `force`); 1 when a file could not be written (disk
+// full, quota, I/O error).
 // resume_step >= 0: continue an existing file, dropping lines of steps after resume_step (written
 // after the checkpoint the run resumes from).
 int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, int write_config, int resume_step,
                  char *err, size_t len);
-// One JSON line for one party's step.
-void metrics_log(Metrics *mt, const StepStats *s);
+// One JSON line for one party's step. Returns 0, or 1 with the message in err when the line could not be
+// written; the file is then cut back to its last complete line.
+int metrics_log(Metrics *mt, const StepStats *s, char *err, size_t len);
 // The job's progress line over n parties' stats of this step (mean train and validation loss of the
 // parties that have them, summed tokens/s): "step 120/500 | loss 2.31 | val 2.41 (3.48 bpb) | 12.3k tok/s | ETA 0:41".
 void metrics_progress(Metrics *mt, const StepStats *s, int n, int total_steps, int print_plain);
-// RUN/summary<suffix>.json: run totals and, per party, its last stats and best validation loss.
-void metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const double *best_val, int n, int steps,
-                     double tokens);
-void metrics_close(Metrics *mt);
+// RUN/summary<suffix>.json: run totals and, per party, its last stats and best validation loss. Written
+// whole or not at all (through a temporary file). Returns 0, or 1 with the message in err.
+int metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const double *best_val, int n, int steps,
+                    double tokens, char *err, size_t len);
+// Closes the metrics file. Returns 0, or 1 with the message in err.
+int metrics_close(Metrics *mt, char *err, size_t len);
 
 #endif

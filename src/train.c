@@ -427,6 +427,8 @@ typedef struct {
     StepStats *last;     // (n_shown) each party's latest train and validation numbers, for the summary
     double *best;        // (n_shown) best validation loss
     double *packed;      // (P, STEP_STATS_DOUBLES) gather buffer
+    int io_failed;       // a metrics line could not be written: io_err says why
+    char io_err[2048];
 } Log;
 
 static void log_step(Run *r, Log *lg, int log_now) {
@@ -451,7 +453,7 @@ static void log_step(Run *r, Log *lg, int log_now) {
     for (int q = 0; q < lg->n_shown; q++) {
         const StepStats *s = &lg->shown[q];
         StepStats *last = &lg->last[q];
-        metrics_log(&lg->mt, s);
+        if (!lg->io_failed && metrics_log(&lg->mt, s, lg->io_err, sizeof lg->io_err)) lg->io_failed = 1;
         if (s->has_val && s->val_loss < lg->best[q]) lg->best[q] = s->val_loss;
         StepStats keep = *last;
         *last = *s;
@@ -459,6 +461,19 @@ static void log_step(Run *r, Log *lg, int log_now) {
         if (!s->has_val) { last->has_val = keep.has_val; last->val_loss = keep.val_loss; }
     }
     if (comm->rank == 0) metrics_progress(&lg->mt, lg->shown, lg->n_shown, r->c->steps, 1);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Ends the job when any rank failed (rc != 0 there: 2 bad input, 1 a file that could not be written),
+// every rank with the worst status. A collective: every rank calls it at the same point, so MPI shuts
+// down cleanly, without a hang. The failing ranks print their messages; when every rank failed (the same
+// cause everywhere), only the lowest does.
+static void stop_if_any_failed(Comm *comm, int rc, const char *err) {
+    int first = -1, n_bad = 0;
+    if (comm_agree(comm, rc == 0, &first, &n_bad)) return;
+    int code = comm_max_int(comm, rc);
+    int print = rc && (n_bad < comm->size || comm->rank == first);
+    fail_usage(code, print ? 1 : -1, "%s", rc ? err : "stopping");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -496,19 +511,21 @@ static void checkpoint_write(Run *r, int step_done) {
     party_file(path, sizeof path, dir, s.party);
     int rc = mkdir_p(dir) ? error_set(err, sizeof err, "%s: cannot create: %s", dir, strerror(errno)) : ckpt_save(path, &s, err, sizeof err);
     free(rngs);
-    if (!comm_agree(comm, rc == 0, NULL, NULL)) {
-        if (rc) fail_usage(1, 1, "checkpoint of step %d not written: %s (earlier complete checkpoints are intact)", step_done, err);
-        fail_usage(1, -1, "stopping");
+    if (!comm_agree(comm, rc == 0, NULL, NULL)) { // not every party's file: remove this step's files and directory
+        unlink(path);
+        comm_agree(comm, 1, NULL, NULL);
+        if (comm->rank == 0) rmdir(dir);
+        char why[2200];
+        snprintf(why, sizeof why, "checkpoint of step %d not written: %s (earlier complete checkpoints are intact)", step_done, err);
+        stop_if_any_failed(comm, rc ? 1 : 0, why);
     }
     if (comm->rank == 0) { // the marker: written last, so a directory without it is never loaded
-        char marker[CONFIG_PATH_LEN + 96], tmp[CONFIG_PATH_LEN + 100];
+        char marker[CONFIG_PATH_LEN + 96], text[64];
         snprintf(marker, sizeof marker, "%s/%s", dir, CKPT_MARKER);
-        snprintf(tmp, sizeof tmp, "%s.tmp", marker);
-        FILE *f = fopen(tmp, "w");
-        rc = !f || fprintf(f, "step %d, %d parties\n", step_done, c->n_parties) < 0 || fclose(f) != 0 || rename(tmp, marker) != 0;
-        if (rc) error_set(err, sizeof err, "%s: cannot write: %s", marker, strerror(errno));
+        int n = snprintf(text, sizeof text, "step %d, %d parties\n", step_done, c->n_parties);
+        rc = write_file_atomic(marker, text, (size_t)n, err, sizeof err);
     }
-    if (!comm_agree(comm, rc == 0, NULL, NULL)) fail_usage(1, rc ? 1 : -1, "%s", err);
+    stop_if_any_failed(comm, rc, err);
     // keep the newest checkpoint.keep complete checkpoints: unmark, then delete the files, then the directory
     int steps[4096], n = ckpt_list(c->run_dir, steps, 4096);
     for (int i = 0; i + c->ckpt_keep < n; i++) {
@@ -539,16 +556,6 @@ static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t
     return rc;
 }
 
-// Ends the job when any rank failed to start, every rank with status 2 (all of them reached this point,
-// so MPI shuts down cleanly, without a hang). The failing ranks print their messages; when every rank
-// failed (the same cause everywhere), only the lowest does.
-static void start_check(Comm *comm, int rc, const char *err) {
-    int first = -1, n_bad = 0;
-    if (comm_agree(comm, rc == 0, &first, &n_bad)) return;
-    int print = rc && (n_bad < comm->size || comm->rank == first);
-    fail_usage(2, print ? 1 : -1, "%s", rc ? err : "stopping");
-}
-
 // ---------------------------------------------------------------------------------------------------
 
 int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
@@ -569,7 +576,7 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
 
     // 1. each party reads its own corpus; every rank learns whether all could
     char err[2048] = "";
-    start_check(comm, load_data(r, err, sizeof err), err);
+    stop_if_any_failed(comm, load_data(r, err, sizeof err), err);
     build_models(r);
     r->nan_grad_step = -1;
     if (opt->fault && !strcmp(opt->fault, "nan-grad")) r->nan_grad_step = 5; // during step 6
@@ -591,7 +598,7 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
             ckpt_step_dir(dir, sizeof dir, c->run_dir, latest);
         }
         if (!rc) rc = checkpoint_load(r, dir, &start, err, sizeof err);
-        start_check(comm, rc, err);
+        stop_if_any_failed(comm, rc, err);
         if (comm->rank == 0 && ignored[0]) fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);
         if (comm->rank == 0 && !opt->eval_dir) fprintf(stderr, "pcmoe: resuming from %s (step %d of %d)\n", dir, start, c->steps);
     }
@@ -617,7 +624,7 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     char suffix[32] = "";
     if (!one_process && P > 1 && !c->share_metrics) snprintf(suffix, sizeof suffix, ".party_%d", comm->party);
     int rc = lg.writes ? metrics_open(&lg.mt, c, suffix, opt->force, comm->rank == 0, opt->resume ? start : -1, err, sizeof err) : 0;
-    start_check(comm, rc, err);
+    stop_if_any_failed(comm, rc, err);
     lg.n_shown = lg.gather || one_process ? P : 1;
     lg.shown = callocCheck((size_t)lg.n_shown, sizeof(StepStats));
     lg.last = callocCheck((size_t)lg.n_shown, sizeof(StepStats));
@@ -657,8 +664,13 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
         }
         log_step(r, &lg, step < 0 || last_step || eval_now || (step + 1) % c->log_every == 0);
 
-        // 4. a checkpoint every checkpoint.every steps and after the last one, or when asked to stop
-        int preempt = step >= 0 && !last_step && !comm_agree(comm, stop_signal == 0, NULL, NULL);
+        // 4. every rank learns whether any failed to write its files (then all stop) or got a stop signal
+        int io_rc = lg.io_failed;
+        if (!io_rc && r->ex.rec_rows) io_rc = exchange_record_commit(&r->ex, lg.io_err, sizeof lg.io_err);
+        int status = comm_max_int(comm, io_rc ? 2 : stop_signal != 0);
+        if (status == 2) stop_if_any_failed(comm, io_rc, lg.io_err);
+        // 5. a checkpoint every checkpoint.every steps and after the last one, or when asked to stop
+        int preempt = step >= 0 && !last_step && status == 1;
         if (checkpoints && step >= 0 && (last_step || preempt || (step + 1) % c->ckpt_every == 0)) checkpoint_write(r, step + 1);
         if (preempt) {
             if (comm->rank == 0)
@@ -672,11 +684,13 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     if (lg.gather) // every party's tokens: one batch per party and step, or one per step when taking turns
         tokens_seen = (double)(c->steps - start) * c->batch_size * c->seq_len *
                       (c->mode == MODE_PCMOE && c->schedule == SCHEDULE_SEQUENTIAL ? 1 : P);
+    rc = 0;
     if (lg.writes) {
-        metrics_summary(&lg.mt, c, lg.last, lg.best, lg.n_shown, c->steps, tokens_seen);
-        metrics_close(&lg.mt);
+        rc = metrics_summary(&lg.mt, c, lg.last, lg.best, lg.n_shown, c->steps, tokens_seen, err, sizeof err);
+        if (metrics_close(&lg.mt, rc ? NULL : err, rc ? 0 : sizeof err)) rc = 1;
     }
-    if (opt->audit_path) comm_write_audit(comm, opt->audit_path);
+    stop_if_any_failed(comm, rc, err);
+    if (opt->audit_path) stop_if_any_failed(comm, comm_write_audit(comm, opt->audit_path, err, sizeof err), err);
     free(lg.shown); free(lg.last); free(lg.best); free(lg.packed);
     free_run(r);
     return exit_status;

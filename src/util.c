@@ -2,12 +2,15 @@
 #include "util.h"
 
 #include <errno.h>    // errno
+#include <fcntl.h>    // open
+#include <hdf5.h>     // H5close
 #include <mpi.h>      // MPI_Initialized, MPI_Abort, MPI_Error_string
 #include <stdarg.h>   // va_list
 #include <stdlib.h>   // malloc, exit
 #include <string.h>   // strerror
 #include <sys/stat.h> // mkdir
 #include <time.h>     // clock_gettime
+#include <unistd.h>   // write, fsync, close, unlink
 
 static int mpi_running(void) {
     int init = 0, fin = 0;
@@ -32,6 +35,11 @@ static void report(int all_ranks, const char *fmt, va_list ap) {
     fflush(stderr);
 }
 
+void finalize(void) {
+    H5close(); // parallel HDF5 would otherwise shut down inside MPI_Finalize, after MPI's own teardown began
+    if (mpi_running()) MPI_Finalize();
+}
+
 void fail(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -46,7 +54,7 @@ void fail_usage(int code, int all_ranks, const char *fmt, ...) {
     va_start(ap, fmt);
     report(all_ranks, fmt, ap);
     va_end(ap);
-    if (mpi_running()) MPI_Finalize();
+    finalize();
     exit(code);
 }
 
@@ -106,5 +114,32 @@ int mkdir_p(const char *path) {
     struct stat st;
     if (stat(path, &st) != 0) return -1;
     if (!S_ISDIR(st.st_mode)) { errno = ENOTDIR; return -1; }
+    return 0;
+}
+
+int write_all_sync(const char *path, const void *buf, size_t size) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return -1;
+    const char *p = buf;
+    size_t done = 0;
+    int rc = 0;
+    while (done < size && rc == 0) {
+        ssize_t n = write(fd, p + done, size - done);
+        if (n > 0) done += (size_t)n;
+        else if (n < 0 && errno == EINTR) continue;
+        else { if (n == 0) errno = EIO; rc = -1; }
+    }
+    if (rc == 0) rc = fsync(fd);
+    int saved = errno;
+    if (close(fd) != 0 && rc == 0) { rc = -1; saved = errno; }
+    if (rc != 0) { unlink(path); errno = saved; }
+    return rc;
+}
+
+int write_file_atomic(const char *path, const void *buf, size_t size, char *err, size_t len) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (write_all_sync(tmp, buf, size) != 0) { error_set(err, len, "%s: cannot write: %s", path, strerror(errno)); return 1; }
+    if (rename(tmp, path) != 0) { error_set(err, len, "%s: cannot write: rename: %s", path, strerror(errno)); unlink(tmp); return 1; }
     return 0;
 }

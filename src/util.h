@@ -14,6 +14,10 @@ void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 // and exits with `code`.
 void fail_usage(int code, int all_ranks, const char *fmt, ...) __attribute__((format(printf, 3, 4), noreturn));
 
+// The orderly end of a process: shuts HDF5 down (closing anything still open), then MPI. Every normal or
+// agreed exit goes through here, so HDF5 never runs its shutdown from inside MPI_Finalize.
+void finalize(void);
+
 // Writes a formatted one-line message into err (len bytes) and returns 2, the exit status of bad input.
 // Validation code (config, data) reports through this and lets the caller decide how to end.
 int error_set(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -37,5 +41,15 @@ double now_seconds(void);
 
 // Makes the directory `path` and its parents (like mkdir -p). Returns 0 on success, -1 with errno set.
 int mkdir_p(const char *path);
+
+// Writes size bytes of buf to path (created or truncated) with checked write() calls, then fsync(), so
+// that a rename publishing the file never points at data the file system may still fail to write.
+// Returns 0, or -1 with errno set and path removed.
+int write_all_sync(const char *path, const void *buf, size_t size);
+
+// Replaces path by a file holding buf: written to path.tmp (write_all_sync), then renamed over path, so
+// path is either the old file or the complete new one. Returns 0, or 1 with "PATH: cannot write: why"
+// in err (and no path.tmp left behind).
+int write_file_atomic(const char *path, const void *buf, size_t size, char *err, size_t len);
 
 #endif

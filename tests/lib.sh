@@ -47,6 +47,16 @@ tiny_config() {
     } > "$2"
 }
 
+# torch_python: a python3 that imports torch and numpy (TORCH_PYTHON when given and able, else the first
+# of /usr/bin/python3 and python3 that can), or empty. Decided now, not at configure time, so a torch
+# installed after configure is used.
+torch_python() {
+    for py in ${TORCH_PYTHON:-} /usr/bin/python3 python3; do
+        "$py" -c "import torch, numpy" >/dev/null 2>&1 && { echo "$py"; return 0; }
+    done
+    return 1
+}
+
 # a python3 with h5py (checkpoint mutation), or empty
 H5PY_PYTHON=""
 for py in ${TORCH_PYTHON:-} /usr/bin/python3 python3; do
