@@ -526,8 +526,11 @@ static void checkpoint_write(Run *r, int step_done) {
         rc = write_file_atomic(marker, text, (size_t)n, err, sizeof err);
     }
     stop_if_any_failed(comm, rc, err);
-    // keep the newest checkpoint.keep complete checkpoints: unmark, then delete the files, then the directory
+    // keep the newest checkpoint.keep complete checkpoints: unmark, then delete the files, then the directory.
+    // Every rank lists them before rank 0 removes a marker: a rank listing later would see fewer, skip
+    // the agreements below, and the ranks' collectives would no longer match (a hang).
     int steps[4096], n = ckpt_list(c->run_dir, steps, 4096);
+    comm_agree(comm, 1, NULL, NULL);
     for (int i = 0; i + c->ckpt_keep < n; i++) {
         ckpt_step_dir(dir, sizeof dir, c->run_dir, steps[i]);
         char marker[CONFIG_PATH_LEN + 96];

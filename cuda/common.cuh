@@ -1,0 +1,72 @@
+// common.cuh: what every kernel file includes. With nvcc: the CUDA runtime and cuBLAS. With a host
+// C++ compiler (the emulation build): cuda/emu/, which runs the same kernels on the CPU. The two macros
+// below are the only difference a kernel file sees; both exist so that nvcc and g++ read one source.
+#ifndef PCMOE_CUDA_COMMON_CUH
+#define PCMOE_CUDA_COMMON_CUH
+
+#include <cmath>   // fmaxf, sqrtf, expf, INFINITY
+#include <cstddef> // size_t
+#include <cstdint> // uint8_t
+
+#ifdef __CUDACC__
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+// LAUNCH(kernel, grid, block, dynamic shared bytes, stream, kernel arguments...)
+#define LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+// DYNAMIC_SMEM(type, name): name points at the launch's dynamic shared memory
+#define DYNAMIC_SMEM(type, name) extern __shared__ __align__(16) unsigned char dynamic_smem_[]; type *name = reinterpret_cast<type *>(dynamic_smem_)
+#else
+#include "emu/cublas_emu.h"
+#include "emu/cuda_emu.h"
+#define LAUNCH(kernel, grid, block, smem, stream, ...) emu_launch((grid), (block), (smem), (stream), [&]() { kernel(__VA_ARGS__); })
+#define DYNAMIC_SMEM(type, name) type *name = static_cast<type *>(emu_dynamic_smem())
+#endif
+
+// The program's single fatal path (src/util.c): prints "pcmoe: error: ..." and ends the job.
+extern "C" void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+// Every CUDA runtime and cuBLAS call, and every launch (cudaGetLastError after it), goes through these.
+inline void cuda_check(cudaError_t rc, const char *call, const char *file, int line) {
+    if (rc != cudaSuccess) fail("CUDA call %s failed: %s (%s:%d)", call, cudaGetErrorString(rc), file, line);
+}
+inline void cublas_check(cublasStatus_t rc, const char *call, const char *file, int line) {
+    if (rc != CUBLAS_STATUS_SUCCESS) fail("cuBLAS call %s failed: status %d (%s:%d)", call, (int)rc, file, line);
+}
+#define cudaCheck(call) cuda_check((call), #call, __FILE__, __LINE__)
+#define cublasCheck(call) cublas_check((call), #call, __FILE__, __LINE__)
+
+inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+// Sum of v over the warp, every lane gets it.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+// scratch: 32 floats of shared memory. Ends with a barrier, so scratch can be reused right after.
+__device__ __forceinline__ float block_sum(float v, float *scratch) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float s = lane < n_warps ? scratch[lane] : 0.0f;
+    s = warp_sum(s);
+    __syncthreads();
+    return s;
+}
+__device__ __forceinline__ float block_max(float v, float *scratch) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float s = lane < n_warps ? scratch[lane] : -INFINITY;
+    s = warp_max(s);
+    __syncthreads();
+    return s;
+}
+
+#endif

@@ -1,0 +1,54 @@
+// cublas_emu.cpp: cuBLAS GEMMs on the CPU through CBLAS (column-major, as cuBLAS).
+#include "cublas_emu.h"
+
+#include <cblas.h>
+#include <cstdlib> // malloc, free
+
+struct EmuCublas {
+    cudaStream_t stream;
+};
+
+cublasStatus_t cublasCreate(cublasHandle_t *handle) {
+    *handle = static_cast<cublasHandle_t>(std::malloc(sizeof(EmuCublas)));
+    if (!*handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    (*handle)->stream = nullptr;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy(cublasHandle_t handle) { std::free(handle); return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    handle->stream = stream;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+static int max1(int a) { return a > 1 ? a : 1; }
+
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+                           const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
+                           float *C, int ldc) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if ((transa != CUBLAS_OP_N && transa != CUBLAS_OP_T) || (transb != CUBLAS_OP_N && transb != CUBLAS_OP_T) ||
+        m < 0 || n < 0 || k < 0 || lda < max1(transa == CUBLAS_OP_N ? m : k) ||
+        ldb < max1(transb == CUBLAS_OP_N ? k : n) || ldc < max1(m) || !alpha || !beta)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    if (*beta == 0.0f) // C is output only: overwrite, never read
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) C[(size_t)j * ldc + i] = 0.0f;
+    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
+                                         int m, int n, int k, const float *alpha, const float *A, int lda,
+                                         long long strideA, const float *B, int ldb, long long strideB,
+                                         const float *beta, float *C, int ldc, long long strideC, int batch) {
+    if (batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    for (int b = 0; b < batch; b++) {
+        cublasStatus_t s = cublasSgemm(handle, transa, transb, m, n, k, alpha, A + b * strideA, lda, B + b * strideB, ldb,
+                                       beta, C + b * strideC, ldc);
+        if (s != CUBLAS_STATUS_SUCCESS) return s;
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}

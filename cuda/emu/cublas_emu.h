@@ -1,0 +1,29 @@
+// cublas_emu.h: the cuBLAS calls pcmoe makes, on the CPU through CBLAS, with cuBLAS's column-major
+// meaning and its documented argument checks (cuBLAS library guide, cublas<t>gemm): m, n, k >= 0;
+// lda >= max(1, m) when transa is N, else >= max(1, k); ldb >= max(1, k) when transb is N, else
+// >= max(1, n); ldc >= max(1, m). When beta == 0, C is not read (it may hold NaN).
+#ifndef PCMOE_CUBLAS_EMU_H
+#define PCMOE_CUBLAS_EMU_H
+
+#include "cuda_emu.h" // cudaStream_t
+
+typedef enum {
+    CUBLAS_STATUS_SUCCESS = 0,
+    CUBLAS_STATUS_NOT_INITIALIZED = 1,
+    CUBLAS_STATUS_INVALID_VALUE = 7,
+} cublasStatus_t;
+typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
+typedef struct EmuCublas *cublasHandle_t;
+
+cublasStatus_t cublasCreate(cublasHandle_t *handle);
+cublasStatus_t cublasDestroy(cublasHandle_t handle);
+cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream);
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+                           const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
+                           float *C, int ldc);
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
+                                         int m, int n, int k, const float *alpha, const float *A, int lda,
+                                         long long strideA, const float *B, int ldb, long long strideB,
+                                         const float *beta, float *C, int ldc, long long strideC, int batch);
+
+#endif

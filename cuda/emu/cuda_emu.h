@@ -1,0 +1,118 @@
+// cuda_emu.h: the CUDA execution model on the CPU, so that the very .cu files nvcc compiles also run
+// here (./configure --enable-cuda-emulation; the tests use it). Included by cuda/common.cuh when the
+// compiler is not nvcc; kernels never include it themselves.
+//
+// What it models:
+// - A launch runs its blocks one after another. A block's threads are cooperative fibers (ucontext) on
+//   one OS thread: a thread runs until it reaches a barrier or returns, then the next one runs.
+// - __syncthreads() parks the thread until every thread of the block is parked there; it aborts when
+//   some threads have returned while others wait (a barrier not reached by all: a bug on a GPU too).
+// - Warp shuffles write the lane's value to a per-warp slot, meet the warp at a barrier, read the
+//   partner's slot, and meet again. The mask must name every lane of the warp (full warps only).
+// - __shared__ variables are static: one copy, shared by the block's threads (blocks never overlap).
+// - Dynamic shared memory (DYNAMIC_SMEM in common.cuh) is a per-launch buffer of the launch's size.
+// - Device limits are checked at every launch: 1024 threads per block, block (1024, 1024, 64), grid
+//   (2^31-1, 65535, 65535), dynamic shared memory <= 48 KiB unless raised by cudaFuncSetAttribute.
+// - Threads run in forward or reverse order (emu_set_reverse), so code that relies on an order that no
+//   barrier enforces gives different answers between the two runs.
+// - cudart calls act on host memory (cudaMalloc fills new memory with NaN bytes, so reading unwritten
+//   device memory shows); cuBLAS calls (cublas_emu.h) map to CBLAS with cuBLAS's column-major meaning.
+// What it cannot show: nvcc's code generation, races between blocks, memory fences, the order of real
+// atomics, FMA contraction, timing. See README "CUDA backend".
+#ifndef PCMOE_CUDA_EMU_H
+#define PCMOE_CUDA_EMU_H
+
+#include <cstddef>    // size_t
+#include <cstring>    // memcpy
+#include <functional> // std::function
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __restrict__ __restrict
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+// The running thread's coordinates, set by the scheduler before it resumes a thread.
+extern dim3 threadIdx, blockIdx, blockDim, gridDim;
+static const int warpSize = 32;
+
+// ------------------------------------------------------------------------------------------ cudart
+typedef enum {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorNoDevice = 100,
+    cudaErrorInvalidDevice = 101,
+} cudaError_t;
+typedef enum { cudaMemcpyHostToHost = 0, cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3, cudaMemcpyDefault = 4 } cudaMemcpyKind;
+typedef enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 } cudaFuncAttribute;
+typedef struct EmuStream *cudaStream_t;
+
+cudaError_t cudaMalloc(void **ptr, size_t size);
+cudaError_t cudaFree(void *ptr);
+cudaError_t cudaMallocHost(void **ptr, size_t size);
+cudaError_t cudaFreeHost(void *ptr);
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t size, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t size, cudaMemcpyKind kind, cudaStream_t stream);
+cudaError_t cudaMemset(void *ptr, int value, size_t size);
+cudaError_t cudaMemsetAsync(void *ptr, int value, size_t size, cudaStream_t stream);
+cudaError_t cudaDeviceSynchronize(void);
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaGetDeviceCount(int *count);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaGetLastError(void);
+cudaError_t cudaPeekAtLastError(void);
+const char *cudaGetErrorString(cudaError_t err);
+template <typename F> cudaError_t cudaFuncSetAttribute(F *func, cudaFuncAttribute attr, int value);
+
+// ------------------------------------------------------------------------------------- the launcher
+// Runs body on every thread of every block of (grid, block), with smem bytes of dynamic shared memory.
+// Returns cudaErrorInvalidConfiguration (also kept for cudaGetLastError) when a device limit is broken.
+cudaError_t emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const std::function<void()> &body);
+void *emu_dynamic_smem(void);            // the running launch's dynamic shared memory
+void emu_set_reverse(int reverse);       // 1: a block's threads start in reverse order
+void emu_set_max_dynamic_smem(size_t n); // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
+
+// -------------------------------------------------------------------------------- device functions
+void __syncthreads(void);
+void emu_warp_exchange(unsigned mask, const void *mine, void *theirs, size_t size, int src_lane);
+int emu_lane(void);
+
+template <typename T> T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    T r;
+    int lane = emu_lane(), src = (lane & ~(width - 1)) | ((lane ^ lane_mask) & (width - 1));
+    emu_warp_exchange(mask, &v, &r, sizeof(T), src);
+    return r;
+}
+template <typename T> T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    T r;
+    int lane = emu_lane(), in = (lane & (width - 1)) + (int)delta;
+    emu_warp_exchange(mask, &v, &r, sizeof(T), in < width ? lane + (int)delta : lane);
+    return r;
+}
+template <typename T> T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+    T r;
+    int lane = emu_lane();
+    emu_warp_exchange(mask, &v, &r, sizeof(T), (lane & ~(width - 1)) + (src_lane & (width - 1)));
+    return r;
+}
+
+// Fibers never pre-empt each other: a read-modify-write is atomic.
+inline float atomicAdd(float *p, float v) { float old = *p; *p = old + v; return old; }
+inline int atomicAdd(int *p, int v) { int old = *p; *p = old + v; return old; }
+
+template <typename F> cudaError_t cudaFuncSetAttribute(F *func, cudaFuncAttribute attr, int value) {
+    (void)func;
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > 227 * 1024) return cudaErrorInvalidValue;
+    emu_set_max_dynamic_smem((size_t)value);
+    return cudaSuccess;
+}
+
+#endif

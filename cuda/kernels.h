@@ -1,0 +1,44 @@
+// kernels.h: the CUDA backend's ops, each a forward/backward pair with the shapes and accumulation
+// rules of its CPU counterpart in src/layers.h and src/optim.h (the tests check one against the other).
+// All pointers are device pointers; every call is queued on `stream` and checked (cudaCheck).
+#ifndef PCMOE_CUDA_KERNELS_H
+#define PCMOE_CUDA_KERNELS_H
+
+#include "common.cuh"
+
+// embedding.cu: out (N, d) = embed[tokens[n]];  dembed (V, d) += scatter of dout by token
+void cu_embedding_forward(float *out, const uint8_t *tokens, const float *embed, int N, int d, cudaStream_t stream);
+void cu_embedding_backward(float *dembed, const float *dout, const uint8_t *tokens, int N, int d, cudaStream_t stream);
+
+// rmsnorm.cu: out (N, d) = inp * rstd * w, rstd (N);  dinp (N, d) +=, dw (d) +=
+void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps, cudaStream_t stream);
+void cu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd,
+                         int N, int d, cudaStream_t stream);
+
+// rope.cu: rotates q and k of qkv (B*T, 3*d) in place (rotate-half); the backward applies the inverse
+void cu_rope_forward(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs, cudaStream_t stream);
+void cu_rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs, cudaStream_t stream);
+
+// swiglu.cu: a (n) = silu(h) * u;  dh, du (n) overwritten from da
+void cu_swiglu_forward(float *a, const float *h, const float *u, long n, cudaStream_t stream);
+void cu_swiglu_backward(float *dh, float *du, const float *da, const float *h, const float *u, long n, cudaStream_t stream);
+
+// crossentropy.cu: probs_inout (N, V): logits in, softmax out; losses (N).  dlogits (N, V) overwritten
+void cu_crossentropy_forward(float *probs_inout, float *losses, const uint8_t *targets, int N, int V, cudaStream_t stream);
+void cu_crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale,
+                              cudaStream_t stream);
+
+// adamw.cu: one AdamW step of n parameters (src/optim.c's formula); bc1, bc2 the bias corrections,
+// decay = lr * weight_decay (0 for tensors without decay), grads scaled by grad_scale (clipping)
+void cu_adamw(float *params, const float *grads, float *m, float *v, long n, float lr, float beta1, float beta2,
+              float eps, float decay, float bc1, float bc2, float grad_scale, cudaStream_t stream);
+// reduce.cu: *out (one double, device) = sum of g[i]^2, in a fixed order (deterministic)
+void cu_sum_squares(double *out, const float *g, long n, cudaStream_t stream);
+
+// matmul.cu (cuBLAS, fp32): out (N, n_out) = inp (N, n_in) @ w^T, w (n_out, n_in) row-major;
+// dinp += dout @ w (skipped when dinp is NULL), dw += dout^T @ inp
+void cu_matmul_forward(cublasHandle_t h, float *out, const float *inp, const float *w, int N, int n_in, int n_out);
+void cu_matmul_backward(cublasHandle_t h, float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                        int N, int n_in, int n_out);
+
+#endif

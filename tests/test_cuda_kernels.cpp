@@ -1,0 +1,260 @@
+// test_cuda_kernels: every op of cuda/ against its CPU kernel in src/ (fp32), forward and backward, on
+// random inputs. An element passes when |cuda - cpu| <= ATOL + RTOL * |cpu|; the worst ratio is printed.
+// Built twice from this one source:
+// - emulation (tests/test_cuda_kernels_emu): the cuda/*.cu files compiled by the host C++ compiler with
+//   cuda/emu/; every check runs with the threads of each block in forward and then in reverse order.
+//   It also requires the parity check to FAIL on deliberately broken kernels (tests/cuda_broken.cu) and
+//   the emulator to refuse a launch past the device limits and a GEMM with bad arguments.
+// - device (tests/test_cuda_kernels_gpu, built when nvcc is found): the same checks on a real GPU; with
+//   no GPU it skips (exit 77) with a message.
+// Usage: test_cuda_kernels [divergent]   ("divergent": run a kernel with a divergent __syncthreads();
+// the emulation must abort, which tests/test_cuda_emu.sh checks).
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+#include "layers.h"
+#include "rng.h"
+}
+#include "../cuda/kernels.h"
+
+void broken_rmsnorm_forward(int kind, float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps);
+void broken_divergent_barrier(float *x);
+
+static const float ATOL = 1e-5f, RTOL = 1e-4f;
+static int failures = 0;
+static const char *order_name = "";
+
+static std::vector<float> randn(size_t n, float scale, uint64_t seed) {
+    Rng r;
+    rng_seed(&r, seed);
+    std::vector<float> v(n);
+    for (auto &x : v) x = scale * rng_normal(&r);
+    return v;
+}
+
+template <typename T> static T *to_dev(const std::vector<T> &v) {
+    T *d = nullptr;
+    cudaCheck(cudaMalloc(reinterpret_cast<void **>(&d), sizeof(T) * (v.size() ? v.size() : 1)));
+    cudaCheck(cudaMemcpy(d, v.data(), sizeof(T) * v.size(), cudaMemcpyHostToDevice));
+    return d;
+}
+template <typename T> static std::vector<T> from_dev(const T *d, size_t n) {
+    std::vector<T> v(n);
+    cudaCheck(cudaDeviceSynchronize());
+    cudaCheck(cudaMemcpy(v.data(), d, sizeof(T) * n, cudaMemcpyDeviceToHost));
+    return v;
+}
+
+// worst |got - ref| / (ATOL + RTOL |ref|) over n elements (NaN counts as failing)
+static double worst(const float *got, const float *ref, size_t n) {
+    double w = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = std::fabs((double)got[i] - ref[i]) / (ATOL + RTOL * std::fabs((double)ref[i]));
+        if (!(e <= w)) w = std::isnan(e) ? INFINITY : e;
+    }
+    return w;
+}
+
+static void expect(const char *op, const std::vector<float> &got, const std::vector<float> &ref) {
+    double w = worst(got.data(), ref.data(), ref.size());
+    if (w <= 1.0) std::printf("ok: %s (%s order): worst error %.3f of tolerance\n", op, order_name, w);
+    else { std::printf("FAIL: %s (%s order): worst error %.3g of tolerance\n", op, order_name, w); failures++; }
+}
+
+static void check_all(cublasHandle_t h) {
+    const int B = 2, T = 16, H = 4, hs = 16, d = H * hs, N = B * T, V = 256, f = 48;
+    cudaStream_t s = 0;
+    std::vector<uint8_t> tok(N), tgt(N);
+    for (int i = 0; i < N; i++) { tok[i] = (uint8_t)((i * 37 + 11) % V); tgt[i] = (uint8_t)((i * 53 + 5) % V); }
+    uint8_t *dtok = to_dev(tok), *dtgt = to_dev(tgt);
+
+    { // embedding
+        auto emb = randn((size_t)V * d, 0.5f, 1), dout = randn((size_t)N * d, 1.0f, 2);
+        std::vector<float> out(N * d), demb((size_t)V * d, 0.0f);
+        embedding_forward(out.data(), tok.data(), emb.data(), N, d);
+        embedding_backward(demb.data(), dout.data(), tok.data(), N, d);
+        float *e = to_dev(emb), *o = to_dev(std::vector<float>(N * d)), *g = to_dev(dout), *de = to_dev(std::vector<float>((size_t)V * d, 0.0f));
+        cu_embedding_forward(o, dtok, e, N, d, s);
+        cu_embedding_backward(de, g, dtok, N, d, s);
+        expect("embedding forward", from_dev(o, N * d), out);
+        expect("embedding backward", from_dev(de, (size_t)V * d), demb);
+        cudaFree(e); cudaFree(o); cudaFree(g); cudaFree(de);
+    }
+    { // rmsnorm (d = 200: not a multiple of the block)
+        const int dd = 200;
+        auto x = randn((size_t)N * dd, 1.0f, 3), w = randn(dd, 1.0f, 4), dout = randn((size_t)N * dd, 1.0f, 5);
+        auto dx0 = randn((size_t)N * dd, 0.1f, 6), dw0 = randn(dd, 0.1f, 7);
+        std::vector<float> out(N * dd), rstd(N), dx = dx0, dw = dw0;
+        rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, dd, 1e-5f);
+        rmsnorm_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), N, dd);
+        float *px = to_dev(x), *pw = to_dev(w), *pg = to_dev(dout), *po = to_dev(std::vector<float>(N * dd)), *pr = to_dev(std::vector<float>(N));
+        float *pdx = to_dev(dx0), *pdw = to_dev(dw0);
+        cu_rmsnorm_forward(po, pr, px, pw, N, dd, 1e-5f, s);
+        cu_rmsnorm_backward(pdx, pdw, pg, px, pw, pr, N, dd, s);
+        expect("rmsnorm forward", from_dev(po, N * dd), out);
+        expect("rmsnorm rstd", from_dev(pr, N), rstd);
+        expect("rmsnorm backward dinp", from_dev(pdx, (size_t)N * dd), dx);
+        expect("rmsnorm backward dw", from_dev(pdw, dd), dw);
+        // the harness catches bugs: each broken copy must fail the same check in this order or the other
+        for (int kind = 0; kind < 2; kind++) {
+            float *pb = to_dev(std::vector<float>(N * dd)), *pbr = to_dev(std::vector<float>(N));
+            broken_rmsnorm_forward(kind, pb, pbr, px, pw, N, dd, 1e-5f);
+            double wb = worst(from_dev(pb, (size_t)N * dd).data(), out.data(), out.size());
+            std::printf("note: broken rmsnorm (%s), %s order: worst error %.3g of tolerance\n", kind ? "off-by-one" : "missing __syncthreads", order_name, wb);
+            static double seen[2] = {0.0, 0.0};
+            if (wb > seen[kind]) seen[kind] = wb;
+            if (!std::strcmp(order_name, "reverse")) { // both orders done: at least one must have failed
+                if (seen[kind] > 1.0) std::printf("ok: the parity check fails on the broken rmsnorm (%s)\n", kind ? "off-by-one" : "missing __syncthreads");
+                else { std::printf("FAIL: the parity check passed a broken rmsnorm (%s)\n", kind ? "off-by-one" : "missing __syncthreads"); failures++; }
+            }
+            cudaFree(pb); cudaFree(pbr);
+        }
+        cudaFree(px); cudaFree(pw); cudaFree(pg); cudaFree(po); cudaFree(pr); cudaFree(pdx); cudaFree(pdw);
+    }
+    { // rope
+        std::vector<float> ct(T * hs / 2), st(T * hs / 2);
+        rope_tables(ct.data(), st.data(), T, hs, 10000.0f);
+        auto qkv = randn((size_t)N * 3 * d, 1.0f, 8);
+        std::vector<float> fw = qkv, bw = qkv;
+        rope_forward(fw.data(), ct.data(), st.data(), B, T, H, hs);
+        rope_backward(bw.data(), ct.data(), st.data(), B, T, H, hs);
+        float *pc = to_dev(ct), *ps = to_dev(st), *pf = to_dev(qkv), *pb = to_dev(qkv);
+        cu_rope_forward(pf, pc, ps, B, T, H, hs, s);
+        cu_rope_backward(pb, pc, ps, B, T, H, hs, s);
+        expect("rope forward", from_dev(pf, qkv.size()), fw);
+        expect("rope backward", from_dev(pb, qkv.size()), bw);
+        cudaFree(pc); cudaFree(ps); cudaFree(pf); cudaFree(pb);
+    }
+    { // swiglu
+        const long n = (long)N * f + 7;
+        auto hh = randn(n, 2.0f, 9), u = randn(n, 1.0f, 10), da = randn(n, 1.0f, 11);
+        std::vector<float> a(n), dh(n), du(n);
+        swiglu_forward(a.data(), hh.data(), u.data(), n);
+        swiglu_backward(dh.data(), du.data(), da.data(), hh.data(), u.data(), n);
+        float *ph = to_dev(hh), *pu = to_dev(u), *pda = to_dev(da), *pa = to_dev(std::vector<float>(n)), *pdh = to_dev(std::vector<float>(n)), *pdu = to_dev(std::vector<float>(n));
+        cu_swiglu_forward(pa, ph, pu, n, s);
+        cu_swiglu_backward(pdh, pdu, pda, ph, pu, n, s);
+        expect("swiglu forward", from_dev(pa, n), a);
+        expect("swiglu backward dh", from_dev(pdh, n), dh);
+        expect("swiglu backward du", from_dev(pdu, n), du);
+        cudaFree(ph); cudaFree(pu); cudaFree(pda); cudaFree(pa); cudaFree(pdh); cudaFree(pdu);
+    }
+    { // cross-entropy
+        auto logits = randn((size_t)N * V, 3.0f, 12);
+        std::vector<float> probs = logits, losses(N), dl((size_t)N * V);
+        crossentropy_forward(probs.data(), losses.data(), tgt.data(), N, V);
+        crossentropy_backward(dl.data(), probs.data(), tgt.data(), N, V, 1.0f / N);
+        float *pp = to_dev(logits), *pl = to_dev(std::vector<float>(N)), *pd = to_dev(std::vector<float>((size_t)N * V));
+        cu_crossentropy_forward(pp, pl, dtgt, N, V, s);
+        cu_crossentropy_backward(pd, pp, dtgt, N, V, 1.0f / N, s);
+        expect("cross-entropy probabilities", from_dev(pp, (size_t)N * V), probs);
+        expect("cross-entropy losses", from_dev(pl, N), losses);
+        expect("cross-entropy backward", from_dev(pd, (size_t)N * V), dl);
+        cudaFree(pp); cudaFree(pl); cudaFree(pd);
+    }
+    { // AdamW: three steps, the formula of src/optim.c
+        const long n = 1000;
+        auto p = randn(n, 1.0f, 13), m = randn(n, 0.01f, 14), v = randn(n, 0.0f, 15);
+        for (auto &x : v) x = 1e-4f;
+        float *pp = to_dev(p), *pm = to_dev(m), *pv = to_dev(v);
+        for (int t = 1; t <= 3; t++) {
+            auto g = randn(n, 1.0f, 100 + t);
+            float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, decay = lr * 0.1f, scale = 0.5f;
+            float bc1 = 1.0f - (float)std::pow(b1, t), bc2 = 1.0f - (float)std::pow(b2, t);
+            for (long i = 0; i < n; i++) { // src/optim.c optim_adamw, one tensor
+                float gi = g[i] * scale;
+                p[i] -= decay * p[i];
+                m[i] = b1 * m[i] + (1.0f - b1) * gi;
+                v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+                p[i] -= lr * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + eps);
+            }
+            float *pg = to_dev(g);
+            cu_adamw(pp, pg, pm, pv, n, lr, b1, b2, eps, decay, bc1, bc2, scale, s);
+            cudaFree(pg);
+        }
+        expect("adamw parameters (3 steps)", from_dev(pp, n), p);
+        expect("adamw first moment", from_dev(pm, n), m);
+        expect("adamw second moment", from_dev(pv, n), v);
+        cudaFree(pp); cudaFree(pm); cudaFree(pv);
+    }
+    { // sum of squares (gradient norm)
+        const long n = 100003;
+        auto g = randn(n, 1.0f, 16);
+        double ref = 0.0;
+        for (long i = 0; i < n; i++) ref += (double)g[i] * g[i];
+        float *pg = to_dev(g);
+        double *po = nullptr;
+        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&po), sizeof(double)));
+        cu_sum_squares(po, pg, n, s);
+        double got = from_dev(po, 1)[0];
+        expect("sum of squares", std::vector<float>{(float)got}, std::vector<float>{(float)ref});
+        cudaFree(pg); cudaFree(po);
+    }
+    { // matmul through cuBLAS (the output starts as NaN bytes: beta = 0 must not read it)
+        auto x = randn((size_t)N * d, 1.0f, 17), w = randn((size_t)f * d, 0.2f, 18), dout = randn((size_t)N * f, 1.0f, 19);
+        auto dx0 = randn((size_t)N * d, 0.1f, 20), dw0 = randn((size_t)f * d, 0.1f, 21);
+        std::vector<float> out((size_t)N * f), dx = dx0, dw = dw0;
+        double flops = 0.0;
+        matmul_forward(out.data(), x.data(), w.data(), N, d, f, &flops);
+        matmul_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), N, d, f, &flops);
+        float *px = to_dev(x), *pw = to_dev(w), *pg = to_dev(dout), *pdx = to_dev(dx0), *pdw = to_dev(dw0), *po = nullptr;
+        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&po), sizeof(float) * N * f));
+        cudaCheck(cudaMemset(po, 0xff, sizeof(float) * N * f));
+        cu_matmul_forward(h, po, px, pw, N, d, f);
+        cu_matmul_backward(h, pdx, pdw, pg, px, pw, N, d, f);
+        expect("matmul forward (cuBLAS)", from_dev(po, (size_t)N * f), out);
+        expect("matmul backward dinp (cuBLAS)", from_dev(pdx, (size_t)N * d), dx);
+        expect("matmul backward dw (cuBLAS)", from_dev(pdw, (size_t)f * d), dw);
+        const float one = 1.0f, zero = 0.0f; // cuBLAS's argument check: lda < k with transa = T
+        cublasStatus_t st = cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, f, N, d, &one, pw, d - 1, px, d, &zero, po, f);
+        if (st == CUBLAS_STATUS_INVALID_VALUE) std::printf("ok: cublasSgemm rejects lda < k (transa = T)\n");
+        else { std::printf("FAIL: cublasSgemm accepted lda < k: status %d\n", (int)st); failures++; }
+        cudaFree(px); cudaFree(pw); cudaFree(pg); cudaFree(pdx); cudaFree(pdw); cudaFree(po);
+    }
+    cudaFree(dtok); cudaFree(dtgt);
+}
+
+int main(int argc, char **argv) {
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        std::printf("SKIP: no CUDA device (this is the device build; the emulated build runs the same checks)\n");
+        return 77;
+    }
+    if (argc > 1 && !std::strcmp(argv[1], "divergent")) {
+        float *x = nullptr;
+        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&x), 64 * sizeof(float)));
+        broken_divergent_barrier(x);
+        cudaCheck(cudaDeviceSynchronize());
+        std::printf("divergent barrier ran to completion\n");
+        return 0;
+    }
+    cublasHandle_t h;
+    cublasCheck(cublasCreate(&h));
+#ifdef __CUDACC__
+    order_name = "device";
+    check_all(h);
+#else
+    order_name = "forward";
+    emu_set_reverse(0);
+    check_all(h);
+    order_name = "reverse";
+    emu_set_reverse(1);
+    check_all(h);
+    emu_set_reverse(0);
+    // the device limits: 1025 threads per block, and 64 KiB of dynamic shared memory without the attribute
+    cudaError_t e1 = emu_launch(dim3(1), dim3(1025), 0, 0, [] {});
+    cudaGetLastError();
+    cudaError_t e2 = emu_launch(dim3(1), dim3(32), 64 * 1024, 0, [] {});
+    cudaGetLastError();
+    if (e1 == cudaErrorInvalidConfiguration && e2 == cudaErrorInvalidConfiguration) std::printf("ok: launches past the device limits are refused\n");
+    else { std::printf("FAIL: a launch past the device limits was accepted\n"); failures++; }
+#endif
+    cublasCheck(cublasDestroy(h));
+    if (failures) { std::printf("FAIL: %d check(s) failed\n", failures); return 1; }
+    std::printf("PASS\n");
+    return 0;
+}
