@@ -37,36 +37,33 @@ inline void cublas_check(cublasStatus_t rc, const char *call, const char *file, 
 
 inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
 
-// Sum of v over the warp, every lane gets it.
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+// Reductions over a warp and over a block, with Op one of the two below.
+struct SumOp {
+    __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct MaxOp {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// op over the warp's 32 values; every lane gets the result.
+template <typename Op> __device__ __forceinline__ float warp_reduce(float v, Op op) {
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-// scratch: 32 floats of shared memory. Ends with a barrier, so scratch can be reused right after.
-__device__ __forceinline__ float block_sum(float v, float *scratch) {
+// op over the block's values (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// scratch: 32 floats of shared memory; identity: op's neutral value. Ends with a barrier, so scratch can
+// be reused right after.
+template <typename Op> __device__ __forceinline__ float block_reduce(float v, float *scratch, float identity, Op op) {
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    v = warp_sum(v);
+    v = warp_reduce(v, op);
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    float s = lane < n_warps ? scratch[lane] : 0.0f;
-    s = warp_sum(s);
+    float r = warp_reduce(lane < n_warps ? scratch[lane] : identity, op);
     __syncthreads();
-    return s;
+    return r;
 }
-__device__ __forceinline__ float block_max(float v, float *scratch) {
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    v = warp_max(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float s = lane < n_warps ? scratch[lane] : -INFINITY;
-    s = warp_max(s);
-    __syncthreads();
-    return s;
-}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp()); }
+__device__ __forceinline__ float block_sum(float v, float *scratch) { return block_reduce(v, scratch, 0.0f, SumOp()); }
+__device__ __forceinline__ float block_max(float v, float *scratch) { return block_reduce(v, scratch, -INFINITY, MaxOp()); }
 
 #endif

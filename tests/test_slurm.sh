@@ -6,7 +6,8 @@
 #  2. requeue and resume: a longer job gets SIGUSR1 (as --signal=B:USR1@90 sends before the time limit)
 #     after its first checkpoint; it checkpoints, requeues itself, and the next start resumes from that
 #     checkpoint and trains to its end (job COMPLETED, each step logged once, at the speed of the first
-#     start: a requeued start that idles fails here, with both starts' step rates);
+#     start: a requeued start that idles fails here, with both starts' step rates; it runs through
+#     checkpoints that prune old ones, where the requeued start once hung, see tests/test_ckpt_prune.sh);
 #  3. a deliberately broken copy of the job script fails, and the test notices (no summary, job FAILED).
 # Skips (77) without Slurm or root, unless PCMOE_REQUIRE_TORCH=1 (scripts/check.sh installs Slurm).
 . "$(dirname "$0")/lib.sh"
