@@ -35,6 +35,14 @@ void cu_adamw(float *params, const float *grads, float *m, float *v, long n, flo
 // reduce.cu: *out (one double, device) = sum of g[i]^2, in a fixed order (deterministic)
 void cu_sum_squares(double *out, const float *g, long n, cudaStream_t stream);
 
+// attention.cu: causal attention, qkv (B*T, 3d) -> out (B*T, d), att (B, H, T, T) probabilities (zeros
+// above the diagonal); dqkv (B*T, 3d) +=. scratch: cu_attention_scratch_floats(B, T, H, hs) floats.
+long cu_attention_scratch_floats(int B, int T, int H, int hs);
+void cu_attention_forward(cublasHandle_t h, float *out, float *att, const float *qkv, float *scratch, int B, int T, int H,
+                          int hs, cudaStream_t stream);
+void cu_attention_backward(cublasHandle_t h, float *dqkv, const float *dout, const float *qkv, const float *att,
+                           float *scratch, int B, int T, int H, int hs, cudaStream_t stream);
+
 // matmul.cu (cuBLAS, fp32): out (N, n_out) = inp (N, n_in) @ w^T, w (n_out, n_in) row-major;
 // dinp += dout @ w (skipped when dinp is NULL), dw += dout^T @ inp
 void cu_matmul_forward(cublasHandle_t h, float *out, const float *inp, const float *w, int N, int n_in, int n_out);

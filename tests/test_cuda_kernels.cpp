@@ -129,6 +129,25 @@ static void check_all(cublasHandle_t h) {
         expect("rope backward", from_dev(pb, qkv.size()), bw);
         cudaFree(pc); cudaFree(ps); cudaFree(pf); cudaFree(pb);
     }
+    { // attention (T = 40: rows longer than a warp; the products through cuBLAS strided-batched)
+        const int Ta = 40;
+        const int Na = B * Ta;
+        auto qkv = randn((size_t)Na * 3 * d, 1.0f, 22), dout = randn((size_t)Na * d, 1.0f, 23), dq0 = randn((size_t)Na * 3 * d, 0.1f, 24);
+        std::vector<float> out((size_t)Na * d), att((size_t)B * H * Ta * Ta), dqkv = dq0;
+        double flops = 0.0;
+        attention_forward(out.data(), att.data(), qkv.data(), B, Ta, H, hs, &flops);
+        attention_backward(dqkv.data(), dout.data(), qkv.data(), att.data(), B, Ta, H, hs, &flops);
+        float *pq = to_dev(qkv), *pg = to_dev(dout), *pd = to_dev(dq0), *po = nullptr, *pa = nullptr, *ps = nullptr;
+        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&po), sizeof(float) * out.size()));
+        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&pa), sizeof(float) * att.size()));
+        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&ps), sizeof(float) * cu_attention_scratch_floats(B, Ta, H, hs)));
+        cu_attention_forward(h, po, pa, pq, ps, B, Ta, H, hs, s);
+        cu_attention_backward(h, pd, pg, pq, pa, ps, B, Ta, H, hs, s);
+        expect("attention forward", from_dev(po, out.size()), out);
+        expect("attention probabilities", from_dev(pa, att.size()), att);
+        expect("attention backward", from_dev(pd, dqkv.size()), dqkv);
+        cudaFree(pq); cudaFree(pg); cudaFree(pd); cudaFree(po); cudaFree(pa); cudaFree(ps);
+    }
     { // swiglu
         const long n = (long)N * f + 7;
         auto hh = randn(n, 2.0f, 9), u = randn(n, 1.0f, 10), da = randn(n, 1.0f, 11);
