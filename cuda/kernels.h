@@ -43,6 +43,39 @@ void cu_attention_forward(cublasHandle_t h, float *out, float *att, const float 
 void cu_attention_backward(cublasHandle_t h, float *dqkv, const float *dout, const float *qkv, const float *att,
                            float *scratch, int B, int T, int H, int hs, cudaStream_t stream);
 
+// moe.cu: the MoE layer of src/moe.c (shapes and meanings as MoeActs there; all device pointers).
+typedef struct {
+    int N, d, m, k, f;
+    float *logits, *probs;  // (N, m)
+    float *lse;             // (N)
+    int *topk;              // (N, k)
+    float *gates;           // (N, k)
+    float *gate_sum;        // (N)
+    int *counts, *offsets;  // (m)
+    int *row_choice, *choice_row; // (N*k)
+    float *xe, *ye;         // (N*k, d)
+    float *he, *ue, *ae;    // (N*k, f)
+} CuMoeActs;
+// router GEMM, softmax, top-k, gates, counts, offsets (experts in `order`, a device array, or NULL),
+// the packing order (each expert's rows in choice order) and the packed inputs xe
+void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float *router, const int *order, cudaStream_t stream);
+// the experts present (gate[e] != NULL; device weights) on their rows; counts and offsets: HOST copies
+void cu_moe_experts_forward(cublasHandle_t h, CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
+                            const int *counts, const int *offsets, cudaStream_t stream);
+// out (N, d) = sum_j gates * ye (overwritten)
+void cu_moe_combine(float *out, const CuMoeActs *a, cudaStream_t stream);
+// dye (N*k, d) and dgates (N, k) from dout (N, d)
+void cu_moe_combine_backward(float *dye, float *dgates, const float *dout, const CuMoeActs *a, cudaStream_t stream);
+// dxe (N*k, d) of the experts present (overwritten), weight grads +=; scratch dhe, due, dae (N*k, f)
+void cu_moe_experts_backward(cublasHandle_t h, float *dxe, float *dhe, float *due, float *dae, const float *dye,
+                             const CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
+                             float *const *dgate, float *const *dup, float *const *ddown, const int *counts,
+                             const int *offsets, cudaStream_t stream);
+// dinp (N, d) += unpacked dxe and the router's input gradient; drouter (m, d) +=; dlogits (N, m) scratch
+void cu_moe_route_backward(cublasHandle_t h, float *dinp, float *drouter, float *dlogits, const float *dxe,
+                           const float *dgates, const CuMoeActs *a, const float *inp, const float *router, float aux_coef,
+                           float z_coef, cudaStream_t stream);
+
 // matmul.cu (cuBLAS, fp32): out (N, n_out) = inp (N, n_in) @ w^T, w (n_out, n_in) row-major;
 // dinp += dout @ w (skipped when dinp is NULL), dw += dout^T @ inp
 void cu_matmul_forward(cublasHandle_t h, float *out, const float *inp, const float *w, int N, int n_in, int n_out);

@@ -17,6 +17,7 @@
 
 extern "C" {
 #include "layers.h"
+#include "moe.h"
 #include "rng.h"
 }
 #include "../cuda/kernels.h"
@@ -57,6 +58,13 @@ static double worst(const float *got, const float *ref, size_t n) {
         if (!(e <= w)) w = std::isnan(e) ? INFINITY : e;
     }
     return w;
+}
+
+static void expect_ints(const char *op, const std::vector<int> &got, const int *ref) {
+    size_t bad = 0;
+    for (size_t i = 0; i < got.size(); i++) bad += got[i] != ref[i];
+    if (!bad) std::printf("ok: %s (%s order): identical\n", op, order_name);
+    else { std::printf("FAIL: %s (%s order): %zu of %zu differ\n", op, order_name, bad, got.size()); failures++; }
 }
 
 static void expect(const char *op, const std::vector<float> &got, const std::vector<float> &ref) {
@@ -147,6 +155,82 @@ static void check_all(cublasHandle_t h) {
         expect("attention probabilities", from_dev(pa, att.size()), att);
         expect("attention backward", from_dev(pd, dqkv.size()), dqkv);
         cudaFree(pq); cudaFree(pg); cudaFree(pd); cudaFree(po); cudaFree(pa); cudaFree(ps);
+    }
+    { // the MoE layer: route, experts, combine and their backward (8 experts, top-2)
+        const int m = 8, k = 2, fe = 24;
+        const long Nk = (long)N * k;
+        auto x = randn((size_t)N * d, 1.0f, 30), router = randn((size_t)m * d, 0.3f, 31), dout = randn((size_t)N * d, 1.0f, 32);
+        std::vector<std::vector<float>> wg, wu, wd;
+        for (int e = 0; e < m; e++) {
+            wg.push_back(randn((size_t)fe * d, 0.2f, 40 + e));
+            wu.push_back(randn((size_t)fe * d, 0.2f, 60 + e));
+            wd.push_back(randn((size_t)d * fe, 0.2f, 80 + e));
+        }
+        // CPU: src/moe.c
+        MoeActs a;
+        MoeScratch sc;
+        size_t bytes = 0;
+        moe_acts_alloc(&a, N, d, m, k, fe, 1, &bytes);
+        moe_scratch_alloc(&sc, N, d, m, k, fe, 1, &bytes);
+        std::vector<float *> cg(m), cu(m), cd(m), cdg(m), cdu(m), cdd(m);
+        std::vector<std::vector<float>> gg(m, std::vector<float>((size_t)fe * d, 0.0f)), gu = gg, gd(m, std::vector<float>((size_t)d * fe, 0.0f));
+        for (int e = 0; e < m; e++) { cg[e] = wg[e].data(); cu[e] = wu[e].data(); cd[e] = wd[e].data(); cdg[e] = gg[e].data(); cdu[e] = gu[e].data(); cdd[e] = gd[e].data(); }
+        double flops = 0.0;
+        std::vector<float> out((size_t)N * d), dinp((size_t)N * d, 0.0f), drouter((size_t)m * d, 0.0f);
+        moe_route(&a, x.data(), router.data(), NULL, NULL, &flops);
+        moe_experts_forward(&a, ExpertSet{cg.data(), cu.data(), cd.data()}, &flops);
+        moe_combine(out.data(), &a);
+        moe_combine_backward(&sc, dout.data(), &a);
+        moe_experts_backward(&sc, &a, ExpertSet{cg.data(), cu.data(), cd.data()}, ExpertSet{cdg.data(), cdu.data(), cdd.data()}, &flops);
+        moe_route_backward(dinp.data(), drouter.data(), &sc, &a, x.data(), router.data(), 0.5f, 0.1f, &flops);
+        // device
+        CuMoeActs da;
+        da.N = N; da.d = d; da.m = m; da.k = k; da.f = fe;
+        auto fz = [](size_t n) { return to_dev(std::vector<float>(n, 0.0f)); };
+        auto iz = [](size_t n) { return to_dev(std::vector<int>(n, 0)); };
+        da.logits = fz((size_t)N * m); da.probs = fz((size_t)N * m); da.lse = fz(N); da.topk = iz(Nk); da.gates = fz(Nk);
+        da.gate_sum = fz(N); da.counts = iz(m); da.offsets = iz(m); da.row_choice = iz(Nk); da.choice_row = iz(Nk);
+        da.xe = fz(Nk * d); da.ye = fz(Nk * d); da.he = fz(Nk * fe); da.ue = fz(Nk * fe); da.ae = fz(Nk * fe);
+        float *px = to_dev(x), *pr = to_dev(router), *pg = to_dev(dout), *po = fz((size_t)N * d), *pdi = fz((size_t)N * d), *pdr = fz((size_t)m * d);
+        float *dye = fz(Nk * d), *dxe = fz(Nk * d), *dhe = fz(Nk * fe), *due = fz(Nk * fe), *dae = fz(Nk * fe), *dgates = fz(Nk), *dlog = fz((size_t)N * m);
+        std::vector<float *> pg_(m), pu_(m), pd_(m), pdg(m), pdu(m), pdd(m);
+        for (int e = 0; e < m; e++) {
+            pg_[e] = to_dev(wg[e]); pu_[e] = to_dev(wu[e]); pd_[e] = to_dev(wd[e]);
+            pdg[e] = fz((size_t)fe * d); pdu[e] = fz((size_t)fe * d); pdd[e] = fz((size_t)d * fe);
+        }
+        cu_moe_route(h, &da, px, pr, nullptr, s);
+        auto counts = from_dev(da.counts, m), offsets = from_dev(da.offsets, m); // the host needs them (and the exchange)
+        cu_moe_experts_forward(h, &da, pg_.data(), pu_.data(), pd_.data(), counts.data(), offsets.data(), s);
+        cu_moe_combine(po, &da, s);
+        cu_moe_combine_backward(dye, dgates, pg, &da, s);
+        cu_moe_experts_backward(h, dxe, dhe, due, dae, dye, &da, pg_.data(), pu_.data(), pd_.data(), pdg.data(), pdu.data(), pdd.data(),
+                                counts.data(), offsets.data(), s);
+        cu_moe_route_backward(h, pdi, pdr, dlog, dxe, dgates, &da, px, pr, 0.5f, 0.1f, s);
+        expect("moe router probabilities", from_dev(da.probs, (size_t)N * m), std::vector<float>(a.probs, a.probs + (size_t)N * m));
+        expect_ints("moe top-k choices", from_dev(da.topk, Nk), a.topk);
+        expect("moe gates", from_dev(da.gates, Nk), std::vector<float>(a.gates, a.gates + Nk));
+        expect_ints("moe counts", counts, a.counts);
+        expect_ints("moe packing order", from_dev(da.row_choice, Nk), a.row_choice);
+        expect("moe expert outputs", from_dev(da.ye, Nk * d), std::vector<float>(a.ye, a.ye + Nk * d));
+        expect("moe combine", from_dev(po, (size_t)N * d), out);
+        expect("moe backward dinp", from_dev(pdi, (size_t)N * d), dinp);
+        expect("moe backward drouter", from_dev(pdr, (size_t)m * d), drouter);
+        std::vector<float> gall, gref;
+        for (int e = 0; e < m; e++) {
+            for (auto v : from_dev(pdg[e], (size_t)fe * d)) gall.push_back(v);
+            for (auto v : from_dev(pdu[e], (size_t)fe * d)) gall.push_back(v);
+            for (auto v : from_dev(pdd[e], (size_t)d * fe)) gall.push_back(v);
+            gref.insert(gref.end(), gg[e].begin(), gg[e].end());
+            gref.insert(gref.end(), gu[e].begin(), gu[e].end());
+            gref.insert(gref.end(), gd[e].begin(), gd[e].end());
+        }
+        expect("moe expert weight gradients", gall, gref);
+        for (int e = 0; e < m; e++) { cudaFree(pg_[e]); cudaFree(pu_[e]); cudaFree(pd_[e]); cudaFree(pdg[e]); cudaFree(pdu[e]); cudaFree(pdd[e]); }
+        void *bufs[] = {da.logits, da.probs, da.lse, da.topk, da.gates, da.gate_sum, da.counts, da.offsets, da.row_choice, da.choice_row,
+                        da.xe, da.ye, da.he, da.ue, da.ae, px, pr, pg, po, pdi, pdr, dye, dxe, dhe, due, dae, dgates, dlog};
+        for (void *b : bufs) cudaFree(b);
+        moe_acts_free(&a);
+        moe_scratch_free(&sc);
     }
     { // swiglu
         const long n = (long)N * f + 7;

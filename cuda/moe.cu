@@ -1,0 +1,199 @@
+// moe.cu: the MoE layer of src/moe.c on the device: router softmax, top-k and renormalised gates,
+// packing token rows by expert, the experts (SwiGLU FFNs through cuBLAS, one call chain per expert for
+// now), the weighted combine, and the backward of all of it. The choices and the row order are those
+// of src/moe.c bit for bit (same loops, same tie rule), so the exchange sees the same rows.
+// Not here yet: the private shuffle of each expert's rows (privacy.shuffle_rows) and the aux / z
+// losses' device reduction are done by the caller; see README "CUDA kernels".
+#include "kernels.h"
+
+// one thread per token n: probs (N, m) = softmax(logits), lse (N), top-k (most probable first, ties to
+// the lower id), gates = chosen probs / their sum (gate_sum)
+__global__ void router_forward_kernel(float *probs, float *lse, int *topk, float *gates, float *gate_sum,
+                                      const float *logits, int N, int m, int k) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const float *lg = logits + (long)n * m;
+    float *p = probs + (long)n * m;
+    float maxv = -INFINITY;
+    for (int e = 0; e < m; e++) maxv = fmaxf(maxv, lg[e]);
+    double sum = 0.0;
+    for (int e = 0; e < m; e++) { p[e] = expf(lg[e] - maxv); sum += p[e]; }
+    float inv = (float)(1.0 / sum);
+    for (int e = 0; e < m; e++) p[e] *= inv;
+    lse[n] = (float)(log(sum) + maxv);
+    int *top = topk + (long)n * k;
+    float gsum = 0.0f;
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int e = 0; e < m; e++) {
+            int taken = 0;
+            for (int i = 0; i < j; i++) taken |= top[i] == e;
+            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        }
+        top[j] = best;
+        gsum += p[best];
+    }
+    gate_sum[n] = gsum;
+    for (int j = 0; j < k; j++) gates[(long)n * k + j] = p[top[j]] / gsum;
+}
+
+// one thread per expert e: counts[e], then (thread 0) offsets in `order`, then every expert writes the
+// choices routed to it, in choice order, to its rows: row_choice (N*k)
+__global__ void dispatch_kernel(int *counts, int *offsets, int *row_choice, const int *topk, const int *order, long Nk, int m) {
+    int e = threadIdx.x; // one block of m threads (m <= 1024)
+    int c = 0;
+    for (long i = 0; i < Nk; i++) c += topk[i] == e;
+    counts[e] = c;
+    __syncthreads();
+    if (e == 0) {
+        int next = 0;
+        for (int i = 0; i < m; i++) {
+            int x = order ? order[i] : i;
+            offsets[x] = next;
+            next += counts[x];
+        }
+    }
+    __syncthreads();
+    int row = offsets[e];
+    for (long i = 0; i < Nk; i++)
+        if (topk[i] == e) row_choice[row++] = (int)i;
+}
+
+// one thread per packed row: choice_row, the inverse of row_choice
+__global__ void invert_kernel(int *choice_row, const int *row_choice, long Nk) {
+    long r = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r < Nk) choice_row[row_choice[r]] = (int)r;
+}
+
+// one thread per element of xe (N*k, d): the input row of the token of each packed row
+__global__ void pack_kernel(float *xe, const float *inp, const int *row_choice, long Nk, int d, int k) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= Nk * d) return;
+    long row = i / d;
+    xe[i] = inp[(long)(row_choice[row] / k) * d + i % d];
+}
+
+// one thread per element of out (N, d): sum_j gates[n, j] * ye[choice_row[n*k + j]], j in order
+__global__ void combine_kernel(float *out, const float *ye, const float *gates, const int *choice_row, int N, int d, int k) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * d) return;
+    long n = i / d;
+    int c = (int)(i % d);
+    float o = 0.0f;
+    for (int j = 0; j < k; j++) o += gates[n * k + j] * ye[(long)choice_row[n * k + j] * d + c];
+    out[i] = o;
+}
+
+// one warp per choice (n, j): dye[row] = g * dout[n], dgates[n, j] = dout[n] . ye[row]
+__global__ void combine_backward_kernel(float *dye, float *dgates, const float *dout, const float *ye, const float *gates,
+                                        const int *choice_row, long Nk, int d, int k) {
+    long ch = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (ch >= Nk) return;
+    int lane = threadIdx.x % 32;
+    long row = choice_row[ch];
+    const float *dy = dout + (ch / k) * d, *y = ye + row * d;
+    float g = gates[ch], dot = 0.0f;
+    for (int i = lane; i < d; i += 32) { dot += dy[i] * y[i]; dye[row * d + i] = g * dy[i]; }
+    dot = warp_sum(dot);
+    if (lane == 0) dgates[ch] = dot;
+}
+
+// one thread per element of dinp (N, d): += the input gradients of the token's k packed rows, j in order
+__global__ void unpack_kernel(float *dinp, const float *dxe, const int *choice_row, int N, int d, int k) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)N * d) return;
+    long n = i / d;
+    int c = (int)(i % d);
+    float s = dinp[i];
+    for (int j = 0; j < k; j++) s += dxe[(long)choice_row[n * k + j] * d + c];
+    dinp[i] = s;
+}
+
+// one thread per token: d loss / d logits (N, m) through the gates' renormalisation, the softmax, the
+// Switch aux loss (fractions held constant) and the z-loss; the formula of src/moe.c
+__global__ void router_backward_kernel(float *dlogits, const float *probs, const float *lse, const int *topk,
+                                       const float *gates, const float *gate_sum, const float *dgates, const int *counts,
+                                       int N, int m, int k, float aux_coef, float z_coef) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const float *p = probs + (long)n * m, *g = gates + (long)n * k, *dg = dgates + (long)n * k;
+    const int *top = topk + (long)n * k;
+    float *dl = dlogits + (long)n * m;
+    for (int e = 0; e < m; e++) dl[e] = (float)(aux_coef * (double)m * counts[e] / ((double)N * k) / N);
+    float dot = 0.0f;
+    for (int j = 0; j < k; j++) dot += dg[j] * g[j];
+    for (int j = 0; j < k; j++) dl[top[j]] += (dg[j] - dot) / gate_sum[n];
+    float pdot = 0.0f;
+    for (int e = 0; e < m; e++) pdot += p[e] * dl[e];
+    float zc = z_coef * 2.0f * lse[n] / N;
+    for (int e = 0; e < m; e++) dl[e] = p[e] * (dl[e] - pdot) + zc * p[e];
+}
+
+void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float *router, const int *order, cudaStream_t stream) {
+    long Nk = (long)a->N * a->k;
+    if (a->m > 1024) fail("CUDA MoE routing: %d experts, at most 1024 supported", a->m);
+    cu_matmul_forward(h, a->logits, inp, router, a->N, a->d, a->m);
+    LAUNCH(router_forward_kernel, ceil_div(a->N, 128), 128, 0, stream, a->probs, a->lse, a->topk, a->gates, a->gate_sum,
+           a->logits, a->N, a->m, a->k);
+    cudaCheck(cudaGetLastError());
+    LAUNCH(dispatch_kernel, 1, a->m, 0, stream, a->counts, a->offsets, a->row_choice, a->topk, order, Nk, a->m);
+    cudaCheck(cudaGetLastError());
+    LAUNCH(invert_kernel, ceil_div(Nk, 256), 256, 0, stream, a->choice_row, a->row_choice, Nk);
+    cudaCheck(cudaGetLastError());
+    LAUNCH(pack_kernel, ceil_div(Nk * a->d, 256), 256, 0, stream, a->xe, inp, a->row_choice, Nk, a->d, a->k);
+    cudaCheck(cudaGetLastError());
+}
+
+void cu_moe_experts_forward(cublasHandle_t h, CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
+                            const int *counts, const int *offsets, cudaStream_t stream) {
+    int d = a->d, f = a->f;
+    for (int e = 0; e < a->m; e++) {
+        long r0 = offsets[e];
+        int n = counts[e];
+        if (!gate[e] || n == 0) continue;
+        cu_matmul_forward(h, a->he + r0 * f, a->xe + r0 * d, gate[e], n, d, f);
+        cu_matmul_forward(h, a->ue + r0 * f, a->xe + r0 * d, up[e], n, d, f);
+        cu_swiglu_forward(a->ae + r0 * f, a->he + r0 * f, a->ue + r0 * f, (long)n * f, stream);
+        cu_matmul_forward(h, a->ye + r0 * d, a->ae + r0 * f, down[e], n, f, d);
+    }
+}
+
+void cu_moe_combine(float *out, const CuMoeActs *a, cudaStream_t stream) {
+    LAUNCH(combine_kernel, ceil_div((long)a->N * a->d, 256), 256, 0, stream, out, a->ye, a->gates, a->choice_row, a->N, a->d, a->k);
+    cudaCheck(cudaGetLastError());
+}
+
+void cu_moe_combine_backward(float *dye, float *dgates, const float *dout, const CuMoeActs *a, cudaStream_t stream) {
+    long Nk = (long)a->N * a->k;
+    LAUNCH(combine_backward_kernel, ceil_div(Nk, 4), 128, 0, stream, dye, dgates, dout, a->ye, a->gates, a->choice_row, Nk, a->d, a->k);
+    cudaCheck(cudaGetLastError());
+}
+
+void cu_moe_experts_backward(cublasHandle_t h, float *dxe, float *dhe, float *due, float *dae, const float *dye,
+                             const CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
+                             float *const *dgate, float *const *dup, float *const *ddown, const int *counts,
+                             const int *offsets, cudaStream_t stream) {
+    int d = a->d, f = a->f;
+    for (int e = 0; e < a->m; e++) {
+        long r0 = offsets[e];
+        int n = counts[e];
+        if (!gate[e] || n == 0) continue;
+        cudaCheck(cudaMemsetAsync(dxe + r0 * d, 0, sizeof(float) * n * d, stream));
+        cudaCheck(cudaMemsetAsync(dae + r0 * f, 0, sizeof(float) * n * f, stream));
+        cu_matmul_backward(h, dae + r0 * f, ddown[e], dye + r0 * d, a->ae + r0 * f, down[e], n, f, d);
+        cu_swiglu_backward(dhe + r0 * f, due + r0 * f, dae + r0 * f, a->he + r0 * f, a->ue + r0 * f, (long)n * f, stream);
+        cu_matmul_backward(h, dxe + r0 * d, dgate[e], dhe + r0 * f, a->xe + r0 * d, gate[e], n, d, f);
+        cu_matmul_backward(h, dxe + r0 * d, dup[e], due + r0 * f, a->xe + r0 * d, up[e], n, d, f);
+    }
+}
+
+void cu_moe_route_backward(cublasHandle_t h, float *dinp, float *drouter, float *dlogits, const float *dxe,
+                           const float *dgates, const CuMoeActs *a, const float *inp, const float *router, float aux_coef,
+                           float z_coef, cudaStream_t stream) {
+    LAUNCH(unpack_kernel, ceil_div((long)a->N * a->d, 256), 256, 0, stream, dinp, dxe, a->choice_row, a->N, a->d, a->k);
+    cudaCheck(cudaGetLastError());
+    LAUNCH(router_backward_kernel, ceil_div(a->N, 128), 128, 0, stream, dlogits, a->probs, a->lse, a->topk, a->gates,
+           a->gate_sum, dgates, a->counts, a->N, a->m, a->k, aux_coef, z_coef);
+    cudaCheck(cudaGetLastError());
+    cu_matmul_backward(h, dinp, drouter, dlogits, inp, router, a->N, a->d, a->m);
+}
