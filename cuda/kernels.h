@@ -56,9 +56,14 @@ typedef struct {
     float *xe, *ye;         // (N*k, d)
     float *he, *ue, *ae;    // (N*k, f)
 } CuMoeActs;
-// router GEMM, softmax, top-k, gates, counts, offsets (experts in `order`, a device array, or NULL),
-// the packing order (each expert's rows in choice order) and the packed inputs xe
+// router GEMM, softmax, top-k, gates, counts, offsets (experts in `order`, a device array, or NULL) and
+// the packing order (each expert's rows in choice order)
 void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float *router, const int *order, cudaStream_t stream);
+// the private shuffle (perm (N*k) from moe_shuffle_permutation, uploaded; NULL: none; scratch: N*k
+// ints), the inverse order choice_row, and the packed inputs xe
+void cu_moe_pack(CuMoeActs *a, const float *inp, const int *perm, int *scratch, cudaStream_t stream);
+// out (2 doubles, device) = this layer's aux and z losses
+void cu_moe_losses(double *out, const CuMoeActs *a, cudaStream_t stream);
 // the experts present (gate[e] != NULL; device weights) on their rows; counts and offsets: HOST copies
 void cu_moe_experts_forward(cublasHandle_t h, CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
                             const int *counts, const int *offsets, cudaStream_t stream);

@@ -2,8 +2,8 @@
 // packing token rows by expert, the experts (SwiGLU FFNs through cuBLAS, one call chain per expert for
 // now), the weighted combine, and the backward of all of it. The choices and the row order are those
 // of src/moe.c bit for bit (same loops, same tie rule), so the exchange sees the same rows.
-// Not here yet: the private shuffle of each expert's rows (privacy.shuffle_rows) and the aux / z
-// losses' device reduction are done by the caller; see README "CUDA kernels".
+// The private shuffle of each expert's rows is drawn on the host (moe_shuffle_permutation, the same
+// draws as the CPU path, from the counts the host needs anyway for the exchange) and applied here.
 #include "kernels.h"
 
 // one thread per token n: probs (N, m) = softmax(logits), lse (N), top-k (most probable first, ties to
@@ -57,6 +57,27 @@ __global__ void dispatch_kernel(int *counts, int *offsets, int *row_choice, cons
     int row = offsets[e];
     for (long i = 0; i < Nk; i++)
         if (topk[i] == e) row_choice[row++] = (int)i;
+}
+
+// one thread per packed row: row_choice[r] = was[perm[r]] (the private shuffle)
+__global__ void shuffle_kernel(int *row_choice, const int *was, const int *perm, long Nk) {
+    long r = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r < Nk) row_choice[r] = was[perm[r]];
+}
+
+// one thread: this layer's Switch aux loss m * sum_e (counts_e / (N k)) * mean_n probs[n, e] and z-loss
+// mean_n lse_n^2, summed in src/moe.c's order (double): out[0] = aux, out[1] = z
+__global__ void moe_losses_kernel(double *out, const float *probs, const float *lse, const int *counts, int N, int m, int k) {
+    double aux = 0.0, z = 0.0;
+    for (int e = 0; e < m; e++) {
+        double mean_p = 0.0;
+        for (int n = 0; n < N; n++) mean_p += probs[(long)n * m + e];
+        mean_p /= N;
+        aux += ((double)counts[e] / ((double)N * k)) * mean_p;
+    }
+    for (int n = 0; n < N; n++) z += (double)lse[n] * lse[n];
+    out[0] = aux * m;
+    out[1] = z / N;
 }
 
 // one thread per packed row: choice_row, the inverse of row_choice
@@ -138,9 +159,23 @@ void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float 
     cudaCheck(cudaGetLastError());
     LAUNCH(dispatch_kernel, 1, a->m, 0, stream, a->counts, a->offsets, a->row_choice, a->topk, order, Nk, a->m);
     cudaCheck(cudaGetLastError());
+}
+
+void cu_moe_pack(CuMoeActs *a, const float *inp, const int *perm, int *scratch, cudaStream_t stream) {
+    long Nk = (long)a->N * a->k;
+    if (perm) {
+        cudaCheck(cudaMemcpyAsync(scratch, a->row_choice, sizeof(int) * Nk, cudaMemcpyDeviceToDevice, stream));
+        LAUNCH(shuffle_kernel, ceil_div(Nk, 256), 256, 0, stream, a->row_choice, scratch, perm, Nk);
+        cudaCheck(cudaGetLastError());
+    }
     LAUNCH(invert_kernel, ceil_div(Nk, 256), 256, 0, stream, a->choice_row, a->row_choice, Nk);
     cudaCheck(cudaGetLastError());
     LAUNCH(pack_kernel, ceil_div(Nk * a->d, 256), 256, 0, stream, a->xe, inp, a->row_choice, Nk, a->d, a->k);
+    cudaCheck(cudaGetLastError());
+}
+
+void cu_moe_losses(double *out, const CuMoeActs *a, cudaStream_t stream) {
+    LAUNCH(moe_losses_kernel, 1, 1, 0, stream, out, a->probs, a->lse, a->counts, a->N, a->m, a->k);
     cudaCheck(cudaGetLastError());
 }
 

@@ -96,13 +96,14 @@ void moe_route(MoeActs *a, const float *inp, const float *router, const int *ord
     memcpy(fill, a->offsets, sizeof(int) * m);
     for (long c = 0; c < (long)N * k; c++) a->row_choice[fill[a->topk[c]]++] = (int)c;
     free(fill);
-    if (shuffle) // Fisher-Yates within each expert's rows
-        for (int e = 0; e < m; e++)
-            for (int i = a->counts[e] - 1; i > 0; i--) {
-                int j = (int)rng_below(shuffle, (uint64_t)i + 1);
-                int *r = a->row_choice + a->offsets[e];
-                int t = r[i]; r[i] = r[j]; r[j] = t;
-            }
+    if (shuffle) { // each expert's rows in a private random order
+        int *perm = mallocCheck(sizeof(int) * (size_t)N * k), *was = mallocCheck(sizeof(int) * (size_t)N * k);
+        moe_shuffle_permutation(perm, a->counts, a->offsets, m, shuffle);
+        memcpy(was, a->row_choice, sizeof(int) * (size_t)N * k);
+        for (long row = 0; row < (long)N * k; row++) a->row_choice[row] = was[perm[row]];
+        free(perm);
+        free(was);
+    }
     for (long row = 0; row < (long)N * k; row++) a->choice_row[a->row_choice[row]] = (int)row;
 #pragma omp parallel for
     for (long row = 0; row < (long)N * k; row++)
@@ -118,6 +119,17 @@ void moe_route(MoeActs *a, const float *inp, const float *router, const int *ord
     a->aux = aux * m;
     for (int n = 0; n < N; n++) z += (double)a->lse[n] * a->lse[n];
     a->z = z / N;
+}
+
+void moe_shuffle_permutation(int *perm, const int *counts, const int *offsets, int m, Rng *shuffle) {
+    for (int e = 0; e < m; e++) {
+        int *p = perm + offsets[e];
+        for (int i = 0; i < counts[e]; i++) p[i] = offsets[e] + i;
+        for (int i = counts[e] - 1; i > 0; i--) { // Fisher-Yates
+            int j = (int)rng_below(shuffle, (uint64_t)i + 1);
+            int t = p[i]; p[i] = p[j]; p[j] = t;
+        }
+    }
 }
 
 void moe_experts_forward(MoeActs *a, ExpertSet w, double *flops) {

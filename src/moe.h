@@ -63,6 +63,11 @@ void moe_scratch_free(MoeScratch *s);
 // shuffle: when not NULL, each expert's rows are put in a random order drawn from this private RNG
 // (otherwise they keep token order, which would tell an expert's owner where each token sat).
 void moe_route(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops);
+// The private shuffle of each expert's rows as a permutation: the rows of expert e, packed at
+// [offsets[e], offsets[e] + counts[e]), are reordered so that packed row offsets[e] + i takes the choice
+// that was at offsets[e] + perm[offsets[e] + i]. Draws from `shuffle` (Fisher-Yates, experts in id
+// order), the same draws whichever backend applies it. perm: (N*k).
+void moe_shuffle_permutation(int *perm, const int *counts, const int *offsets, int m, Rng *shuffle);
 // Runs every expert present in `w` on its packed rows: xe -> he, ue, ae, ye.
 void moe_experts_forward(MoeActs *a, ExpertSet w, double *flops);
 // out (N, d) = sum_j gates[n, j] * ye[choice_row[n*k + j]]   (overwritten)

@@ -177,7 +177,10 @@ static void check_all(cublasHandle_t h) {
         for (int e = 0; e < m; e++) { cg[e] = wg[e].data(); cu[e] = wu[e].data(); cd[e] = wd[e].data(); cdg[e] = gg[e].data(); cdu[e] = gu[e].data(); cdd[e] = gd[e].data(); }
         double flops = 0.0;
         std::vector<float> out((size_t)N * d), dinp((size_t)N * d, 0.0f), drouter((size_t)m * d, 0.0f);
-        moe_route(&a, x.data(), router.data(), NULL, NULL, &flops);
+        Rng shuffle_cpu, shuffle_dev; // the private shuffle: the same seed on both sides
+        rng_seed(&shuffle_cpu, 77);
+        rng_seed(&shuffle_dev, 77);
+        moe_route(&a, x.data(), router.data(), NULL, &shuffle_cpu, &flops);
         moe_experts_forward(&a, ExpertSet{cg.data(), cu.data(), cd.data()}, &flops);
         moe_combine(out.data(), &a);
         moe_combine_backward(&sc, dout.data(), &a);
@@ -200,6 +203,16 @@ static void check_all(cublasHandle_t h) {
         }
         cu_moe_route(h, &da, px, pr, nullptr, s);
         auto counts = from_dev(da.counts, m), offsets = from_dev(da.offsets, m); // the host needs them (and the exchange)
+        std::vector<int> perm(Nk);
+        moe_shuffle_permutation(perm.data(), counts.data(), offsets.data(), m, &shuffle_dev);
+        int *pperm = to_dev(perm), *pscr = iz(Nk);
+        cu_moe_pack(&da, px, pperm, pscr, s);
+        double *plosses = nullptr;
+        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&plosses), 2 * sizeof(double)));
+        cu_moe_losses(plosses, &da, s);
+        auto losses = from_dev(plosses, 2);
+        expect("moe aux and z losses", std::vector<float>{(float)losses[0], (float)losses[1]}, std::vector<float>{(float)a.aux, (float)a.z});
+        cudaFree(pperm); cudaFree(pscr); cudaFree(plosses);
         cu_moe_experts_forward(h, &da, pg_.data(), pu_.data(), pd_.data(), counts.data(), offsets.data(), s);
         cu_moe_combine(po, &da, s);
         cu_moe_combine_backward(dye, dgates, pg, &da, s);
@@ -210,7 +223,8 @@ static void check_all(cublasHandle_t h) {
         expect_ints("moe top-k choices", from_dev(da.topk, Nk), a.topk);
         expect("moe gates", from_dev(da.gates, Nk), std::vector<float>(a.gates, a.gates + Nk));
         expect_ints("moe counts", counts, a.counts);
-        expect_ints("moe packing order", from_dev(da.row_choice, Nk), a.row_choice);
+        expect_ints("moe packing order (privately shuffled)", from_dev(da.row_choice, Nk), a.row_choice);
+        expect("moe packed inputs", from_dev(da.xe, Nk * d), std::vector<float>(a.xe, a.xe + Nk * d));
         expect("moe expert outputs", from_dev(da.ye, Nk * d), std::vector<float>(a.ye, a.ye + Nk * d));
         expect("moe combine", from_dev(po, (size_t)N * d), out);
         expect("moe backward dinp", from_dev(pdi, (size_t)N * d), dinp);
