@@ -21,14 +21,14 @@ awk '/^count/ { print "count = 2"; next } /^[23] = / { next } { print }' input/d
 train() { # train NAME SETS...
     name=$1
     shift
-    pcmoe_run "$out/$name.log" "$mpirun" --oversubscribe -np 2 -x OMP_NUM_THREADS=1 ./pcmoe train "$cfg" --set train.steps="$steps" \
+    pcmoe_run "$out/$name.log" "$mpirun" --oversubscribe -np 2 -x OMP_NUM_THREADS=1 "$PCMOE" train "$cfg" --set train.steps="$steps" \
         --set train.eval_every="$steps" --set checkpoint.every="$steps" --set run.dir="$out/$name" \
         --set privacy.record_received="$out/$name/records" "$@"
 }
 attack() { # attack NAME [--white-box]
     name=$1
     shift
-    pcmoe_run "$out/$name$*.attack.log" ./pcmoe attack "$cfg" --checkpoint "$out/$name/checkpoints/step_$(printf %08d "$steps")" \
+    pcmoe_run "$out/$name$*.attack.log" "$PCMOE" attack "$cfg" --checkpoint "$out/$name/checkpoints/step_$(printf %08d "$steps")" \
         --records "$out/$name/records" --attacker 1 --victim 0 --json "$out/$name$*.json" "$@"
 }
 val() { grep -o '"final_val_loss":[0-9.]*' "$out/$1/summary.json" | cut -d: -f2 | awk '{ s += $1; n++ } END { printf "%.3f", s / n }'; }

@@ -4,7 +4,8 @@
 cd "$(dirname "$0")/.." || exit 2
 [ "$(id -u)" -eq 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpirun=${MPIRUN:-mpirun}
-[ -x ./pcmoe ] || { echo "build first: scripts/build.sh" >&2; exit 2; }
+PCMOE=${PCMOE:-./pcmoe} # the binary (default: the one built in this tree)
+[ -x "$PCMOE" ] || { echo "$PCMOE: not built: run scripts/build.sh first" >&2; exit 2; }
 
 # pcmoe_run LOG COMMAND...: runs a pcmoe command (or its launcher line) with all its output in LOG. When
 # it fails, shows the command, pcmoe's error lines (or the log's last lines when there are none) and

@@ -12,7 +12,7 @@ python=${TORCH_PYTHON:-/usr/bin/python3}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
 mkdir -p "${BENCH_OUT:-runs}"
-pcmoe_run "${BENCH_OUT:-runs}/cpu_throughput.log" env OMP_NUM_THREADS="$threads" ./pcmoe train "$config" --set train.steps="$steps" \
+pcmoe_run "${BENCH_OUT:-runs}/cpu_throughput.log" env OMP_NUM_THREADS="$threads" "$PCMOE" train "$config" --set train.steps="$steps" \
     --set train.eval_every=0 --set train.log_every=1 --set run.threads="$threads" --set run.dir="$tmp/run"
 # median tokens/s over the steps after 3 warm-up steps
 c_tps=$(grep -o '"tokens_per_s":[0-9.e+]*' "$tmp/run/metrics.jsonl" | cut -d: -f2 | tail -n +4 | sort -g |

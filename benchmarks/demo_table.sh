@@ -21,7 +21,7 @@ run() { # run NAME RANKS ARGS...
     name=$1 ranks=$2
     shift 2
     start=$(date +%s)
-    pcmoe_run "$out/$name.log" "$mpirun" --oversubscribe -np "$ranks" ./pcmoe train input/demo.ini --set run.dir="$out/$name" "$@"
+    pcmoe_run "$out/$name.log" "$mpirun" --oversubscribe -np "$ranks" "$PCMOE" train input/demo.ini --set run.dir="$out/$name" "$@"
     echo "$name: $(( $(date +%s) - start ))s" >&2
 }
 run centralized 1 $common --set parties.mode=centralized --set run.threads=2

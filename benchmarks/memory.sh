@@ -20,9 +20,9 @@ make_cfg() {
 for n in 1 2 4 8; do make_cfg "$n"; done
 for f in 22 87 414; do # expert_ff for ~50%, ~80%, ~95% experts
     sets="--force --set model.expert_ff=$f --set train.steps=3 --set train.warmup_steps=0 --set train.eval_every=0 --set checkpoint.every=0"
-    pcmoe_run "$out/f$f-centralized.log" ./pcmoe train "$out/parties8.ini" $sets --set parties.mode=centralized --set run.dir="$out/f$f-centralized"
+    pcmoe_run "$out/f$f-centralized.log" "$PCMOE" train "$out/parties8.ini" $sets --set parties.mode=centralized --set run.dir="$out/f$f-centralized"
     for n in 1 2 4 8; do
-        pcmoe_run "$out/f$f-pcmoe$n.log" "$mpirun" --oversubscribe -np "$n" -x OMP_NUM_THREADS=1 ./pcmoe train \
+        pcmoe_run "$out/f$f-pcmoe$n.log" "$mpirun" --oversubscribe -np "$n" -x OMP_NUM_THREADS=1 "$PCMOE" train \
             "$out/parties$n.ini" $sets --set run.dir="$out/f$f-pcmoe$n"
     done
 done

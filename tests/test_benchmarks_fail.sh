@@ -4,7 +4,7 @@
 # failed command's output) on stderr, never end silently or print a table. Results go to the test's own
 # directory (BENCH_OUT), not the source tree's runs/.
 . "$(dirname "$0")/lib.sh"
-export BENCH_OUT="$TMP/bench"
+export BENCH_OUT="$TMP/bench" PCMOE # (the binary under test, also in a VPATH build)
 
 # expect_loud NAME PATTERN COMMAND...: COMMAND exits non-zero and its stderr matches PATTERN
 expect_loud() {
