@@ -32,8 +32,10 @@ void cu_crossentropy_backward(float *dlogits, const float *probs, const uint8_t 
 // decay = lr * weight_decay (0 for tensors without decay), grads scaled by grad_scale (clipping)
 void cu_adamw(float *params, const float *grads, float *m, float *v, long n, float lr, float beta1, float beta2,
               float eps, float decay, float bc1, float bc2, float grad_scale, cudaStream_t stream);
-// reduce.cu: *out (one double, device) = sum of g[i]^2, in a fixed order (deterministic)
-void cu_sum_squares(double *out, const float *g, long n, cudaStream_t stream);
+// reduce.cu: *out (one double, device) = sum of g[i]^2, in a fixed order (deterministic); partial:
+// device scratch of cu_sum_squares_scratch_doubles() doubles (allocated once, outside the step)
+int cu_sum_squares_scratch_doubles(void);
+void cu_sum_squares(double *out, double *partial, const float *g, long n, cudaStream_t stream);
 
 // attention.cu: causal attention, qkv (B*T, 3d) -> out (B*T, d), att (B, H, T, T) probabilities (zeros
 // above the diagonal); dqkv (B*T, 3d) +=. scratch: cu_attention_scratch_floats(B, T, H, hs) floats.

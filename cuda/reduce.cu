@@ -4,6 +4,8 @@
 
 static const int SS_THREADS = 256, SS_BLOCKS = 256;
 
+int cu_sum_squares_scratch_doubles(void) { return SS_BLOCKS; }
+
 // block b: partial[b] = sum of g[i]^2 over i = b*blockDim + t, stepping by the whole grid (double)
 __global__ void sum_squares_partial_kernel(double *partial, const float *g, long n) {
     DYNAMIC_SMEM(double, s);
@@ -24,13 +26,9 @@ __global__ void sum_partials_kernel(double *out, const double *partial, int n) {
     *out = acc;
 }
 
-void cu_sum_squares(double *out, const float *g, long n, cudaStream_t stream) {
-    double *partial = nullptr; // (SS_BLOCKS) device scratch
-    cudaCheck(cudaMalloc(reinterpret_cast<void **>(&partial), sizeof(double) * SS_BLOCKS));
+void cu_sum_squares(double *out, double *partial, const float *g, long n, cudaStream_t stream) {
     LAUNCH(sum_squares_partial_kernel, SS_BLOCKS, SS_THREADS, sizeof(double) * SS_THREADS, stream, partial, g, n);
     cudaCheck(cudaGetLastError());
     LAUNCH(sum_partials_kernel, 1, 1, 0, stream, out, partial, SS_BLOCKS);
     cudaCheck(cudaGetLastError());
-    cudaCheck(cudaStreamSynchronize(stream));
-    cudaCheck(cudaFree(partial));
 }

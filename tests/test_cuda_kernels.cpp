@@ -304,12 +304,13 @@ static void check_all(cublasHandle_t h) {
         double ref = 0.0;
         for (long i = 0; i < n; i++) ref += (double)g[i] * g[i];
         float *pg = to_dev(g);
-        double *po = nullptr;
+        double *po = nullptr, *pp = nullptr;
         cudaCheck(cudaMalloc(reinterpret_cast<void **>(&po), sizeof(double)));
-        cu_sum_squares(po, pg, n, s);
+        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&pp), sizeof(double) * cu_sum_squares_scratch_doubles()));
+        cu_sum_squares(po, pp, pg, n, s);
         double got = from_dev(po, 1)[0];
         expect("sum of squares", std::vector<float>{(float)got}, std::vector<float>{(float)ref});
-        cudaFree(pg); cudaFree(po);
+        cudaFree(pg); cudaFree(po); cudaFree(pp);
     }
     { // matmul through cuBLAS (the output starts as NaN bytes: beta = 0 must not read it)
         auto x = randn((size_t)N * d, 1.0f, 17), w = randn((size_t)f * d, 0.2f, 18), dout = randn((size_t)N * f, 1.0f, 19);
