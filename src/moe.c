@@ -24,6 +24,7 @@ void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_ac
     a->offsets = alloc_i(m, bytes);
     a->row_choice = alloc_i(Nk, bytes);
     a->choice_row = alloc_i(Nk, bytes);
+    a->perm = alloc_i(Nk, bytes);
     a->xe = alloc_f(Nk * d, bytes);
     a->he = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
     a->ue = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
@@ -34,7 +35,7 @@ void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_ac
 
 void moe_acts_free(MoeActs *a) {
     free(a->logits); free(a->probs); free(a->lse); free(a->topk); free(a->gates); free(a->gate_sum);
-    free(a->counts); free(a->offsets); free(a->row_choice); free(a->choice_row);
+    free(a->counts); free(a->offsets); free(a->row_choice); free(a->choice_row); free(a->perm);
     free(a->xe); free(a->he); free(a->ue); free(a->ae); free(a->ye);
 }
 
@@ -96,13 +97,10 @@ void moe_route(MoeActs *a, const float *inp, const float *router, const int *ord
     memcpy(fill, a->offsets, sizeof(int) * m);
     for (long c = 0; c < (long)N * k; c++) a->row_choice[fill[a->topk[c]]++] = (int)c;
     free(fill);
-    if (shuffle) { // each expert's rows in a private random order
-        int *perm = mallocCheck(sizeof(int) * (size_t)N * k), *was = mallocCheck(sizeof(int) * (size_t)N * k);
-        moe_shuffle_permutation(perm, a->counts, a->offsets, m, shuffle);
-        memcpy(was, a->row_choice, sizeof(int) * (size_t)N * k);
-        for (long row = 0; row < (long)N * k; row++) a->row_choice[row] = was[perm[row]];
-        free(perm);
-        free(was);
+    if (shuffle) { // each expert's rows in a private random order (choice_row, set below, as scratch)
+        moe_shuffle_permutation(a->perm, a->counts, a->offsets, m, shuffle);
+        memcpy(a->choice_row, a->row_choice, sizeof(int) * (size_t)N * k);
+        for (long row = 0; row < (long)N * k; row++) a->row_choice[row] = a->choice_row[a->perm[row]];
     }
     for (long row = 0; row < (long)N * k; row++) a->choice_row[a->row_choice[row]] = (int)row;
 #pragma omp parallel for

@@ -26,6 +26,7 @@ typedef struct {
     int *offsets;      // (m) first packed row of each expert
     int *row_choice;   // (N*k) packed row -> choice
     int *choice_row;   // (N*k) choice -> packed row
+    int *perm;         // (N*k) the private shuffle's permutation (scratch of moe_route)
     float *xe;         // (N*k, d) packed expert inputs
     float *he, *ue;    // (N*k, f) expert gate / up projections
     float *ae;         // (N*k, f) silu(he) * ue
