@@ -5,6 +5,8 @@
 //   cuda/emu/; every check runs with the threads of each block in forward and then in reverse order.
 //   It also requires the parity check to FAIL on deliberately broken kernels (tests/cuda_broken.cu) and
 //   the emulator to refuse a launch past the device limits and a GEMM with bad arguments.
+// Both builds first run tests/cuda_semantics.cu: results CUDA defines exactly (shuffles, shared memory,
+// dimensions, atomics), so a GPU run also checks that the emulation models the device.
 // - device (tests/test_cuda_kernels_gpu, built when nvcc is found): the same checks on a real GPU; with
 //   no GPU it skips (exit 77) with a message.
 // Usage: test_cuda_kernels [divergent]   ("divergent": run a kernel with a divergent __syncthreads();
@@ -24,6 +26,7 @@ extern "C" {
 
 void broken_rmsnorm_forward(int kind, float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps);
 void broken_divergent_barrier(float *x);
+int cuda_semantics_check(void); // tests/cuda_semantics.cu
 
 static const float ATOL = 1e-5f, RTOL = 1e-4f;
 static int failures = 0;
@@ -352,6 +355,12 @@ int main(int argc, char **argv) {
     }
     cublasHandle_t h;
     cublasCheck(cublasCreate(&h));
+#ifndef __CUDACC__
+    emu_set_reverse(1); // (in the emulation: with threads in reverse order too)
+    failures += cuda_semantics_check();
+    emu_set_reverse(0);
+#endif
+    failures += cuda_semantics_check();
 #ifdef __CUDACC__
     order_name = "device";
     check_all(h);
