@@ -6,6 +6,9 @@
 
 #include "common.cuh"
 
+// residual.cu: out (n) = a + b
+void cu_residual_forward(float *out, const float *a, const float *b, long n, cudaStream_t stream);
+
 // embedding.cu: out (N, d) = embed[tokens[n]];  dembed (V, d) += scatter of dout by token
 void cu_embedding_forward(float *out, const uint8_t *tokens, const float *embed, int N, int d, cudaStream_t stream);
 void cu_embedding_backward(float *dembed, const float *dout, const uint8_t *tokens, int N, int d, cudaStream_t stream);

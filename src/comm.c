@@ -64,6 +64,15 @@ int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad) {
     return all[0] == INT_MAX;
 }
 
+int comm_local_rank(Comm *c) {
+    MPI_Comm node;
+    int rank = 0;
+    mpiCheck(MPI_Comm_split_type(c->world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &node));
+    mpiCheck(MPI_Comm_rank(node, &rank));
+    mpiCheck(MPI_Comm_free(&node));
+    return rank;
+}
+
 int comm_max_int(Comm *c, int v) {
     int all = v;
     mpiCheck(MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_MAX, c->world));

@@ -56,6 +56,8 @@ double comm_total_recv(const Comm *c);
 // Agreement on world: returns 1 if `ok` on every rank, else 0, with the lowest failing rank in
 // *first_bad and the number of failing ranks in *n_bad (either may be NULL).
 int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad);
+// This rank's index among the ranks on its node (MPI_COMM_TYPE_SHARED), for choosing its GPU.
+int comm_local_rank(Comm *c);
 // Agreement on world: the largest of every rank's `v` (for example a status: 0 go on, 1 stop, 2 failed).
 int comm_max_int(Comm *c, int v);
 // All-to-all of `per_peer` ints with every other party (the entry for oneself is copied, not sent).

@@ -11,8 +11,10 @@
 
 typedef enum { MODE_PCMOE, MODE_CENTRALIZED, MODE_LOCAL, MODE_FEDAVG } Mode;
 typedef enum { SCHEDULE_CONCURRENT, SCHEDULE_SEQUENTIAL } Schedule;
+typedef enum { DEVICE_CPU, DEVICE_CUDA } Device;
 extern const char *const MODE_NAMES[];     // indexed by Mode: "pcmoe", "centralized", "local", "fedavg"
 extern const char *const SCHEDULE_NAMES[]; // indexed by Schedule: "concurrent", "sequential"
+extern const char *const DEVICE_NAMES[];   // indexed by Device: "cpu", "cuda"
 
 typedef struct {
     // [parties]
@@ -69,6 +71,8 @@ typedef struct {
     char run_dir[CONFIG_PATH_LEN]; // output directory
     int threads;         // OpenMP threads (0 = OpenMP's default)
     int blas_threads;    // BLAS threads (0 = auto)
+    int device;          // Device: where the model's buffers live and its ops run
+    int gpu;             // run.device = cuda: the GPU index (-1 = local rank % device count)
 } Config;
 
 // Fills `c` with defaults, reads `path` (NULL: defaults only), then applies `n_set` overrides of the form

@@ -9,6 +9,10 @@
 
 #include "util.h"   // mallocCheck
 
+void residual_forward(float *out, const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
 void embedding_forward(float *out, const uint8_t *tokens, const float *embed, int N, int d) {
 #pragma omp parallel for
     for (int n = 0; n < N; n++) memcpy(out + (long)n * d, embed + (long)tokens[n] * d, sizeof(float) * d);

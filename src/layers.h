@@ -5,7 +5,11 @@
 #ifndef PCMOE_LAYERS_H
 #define PCMOE_LAYERS_H
 
+#include <stddef.h> // size_t
 #include <stdint.h> // uint8_t
+
+// out (n) = a + b (the residual connection; out may be a or b)
+void residual_forward(float *out, const float *a, const float *b, size_t n);
 
 // out (N, d) = embed[tokens[n]]
 void embedding_forward(float *out, const uint8_t *tokens, const float *embed, int N, int d);

@@ -8,6 +8,7 @@
 
 #include "layers.h" // the dense ops
 #include "rng.h"    // Rng for initialisation
+#include "backend.h" // Backend: where buffers live and ops run
 #include "util.h"   // mallocCheck, fail
 
 ModelConfig model_config_from(const Config *c) {
@@ -108,25 +109,30 @@ static void weights_unbind(Weights *w, int L) {
 
 static float *act_alloc(Model *m, size_t n) {
     m->mem.acts += sizeof(float) * n;
-    return mallocCheck(sizeof(float) * n);
+    return m->be->alloc(sizeof(float) * n);
 }
 
 void model_create(Model *m, const ModelConfig *c, const int *owned, int local_experts, int B, int T) {
+    model_create_on(m, &backend_cpu, c, owned, local_experts, B, T);
+}
+
+void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const int *owned, int local_experts, int B, int T) {
     memset(m, 0, sizeof *m);
+    m->be = be;
     m->cfg = *c;
     m->B = m->B_alloc = B;
     m->T = T;
     int E = c->n_experts;
     m->owned = mallocCheck(sizeof(int) * E);
     for (int e = 0; e < E; e++) m->owned[e] = owned ? owned[e] : 1;
-    m->expert_order = mallocCheck(sizeof(int) * E);
+    m->expert_order = be->alloc(sizeof(int) * E); // (read by the device's dispatch)
     for (int e = 0; e < E; e++) m->expert_order[e] = e;
 
     layout_build(m);
-    m->params = callocCheck(m->n_params, sizeof(float));
-    m->grads = callocCheck(m->n_params, sizeof(float));
-    m->adam_m = callocCheck(m->n_params, sizeof(float));
-    m->adam_v = callocCheck(m->n_params, sizeof(float));
+    m->params = be->alloc(sizeof(float) * m->n_params);
+    m->grads = be->alloc(sizeof(float) * m->n_params);
+    m->adam_m = be->alloc(sizeof(float) * m->n_params);
+    m->adam_v = be->alloc(sizeof(float) * m->n_params);
     m->mem.params = m->mem.grads = sizeof(float) * m->n_params;
     m->adam_steps = callocCheck(m->n_tensors, sizeof(int));
     m->active = callocCheck(m->n_tensors, 1);
@@ -148,7 +154,7 @@ void model_create(Model *m, const ModelConfig *c, const int *owned, int local_ex
         a->ln2 = act_alloc(m, N * d);
         a->rstd2 = act_alloc(m, N);
         if (model_layer_is_moe(c, (int)l)) {
-            moe_acts_alloc(&a->moe, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, &m->mem.acts);
+            moe_acts_alloc(&a->moe, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, &m->mem.acts, be->alloc);
         } else {
             a->ffn_h = act_alloc(m, N * c->d_ff);
             a->ffn_u = act_alloc(m, N * c->d_ff);
@@ -171,28 +177,29 @@ void model_create(Model *m, const ModelConfig *c, const int *owned, int local_ex
     m->dffn_u = act_alloc(m, N * c->d_ff);
     m->dffn_a = act_alloc(m, N * c->d_ff);
     m->tmp = act_alloc(m, N * d);
-    moe_scratch_alloc(&m->moe_scratch, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, &m->mem.acts);
+    moe_scratch_alloc(&m->moe_scratch, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, &m->mem.acts, be->alloc);
 }
 
 void model_free(Model *m) {
     int L = m->cfg.n_layers;
+    void (*release)(void *) = m->be->release;
     for (int l = 0; l < L; l++) {
         LayerActs *a = &m->acts[l];
-        free(a->ln1); free(a->rstd1); free(a->qkv); free(a->att); free(a->atty); free(a->x_mid);
-        free(a->ln2); free(a->rstd2);
-        if (model_layer_is_moe(&m->cfg, l)) moe_acts_free(&a->moe);
-        else { free(a->ffn_h); free(a->ffn_u); free(a->ffn_a); }
+        float *bufs[] = {a->ln1, a->rstd1, a->qkv, a->att, a->atty, a->x_mid, a->ln2, a->rstd2};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
+        if (model_layer_is_moe(&m->cfg, l)) moe_acts_free(&a->moe, release);
+        else { release(a->ffn_h); release(a->ffn_u); release(a->ffn_a); }
     }
     free(m->acts);
-    free(m->resid); free(m->lnf); free(m->rstdf); free(m->logits); free(m->losses); free(m->cos_t); free(m->sin_t);
-    free(m->dresid); free(m->dln); free(m->dqkv); free(m->datty); free(m->dlogits);
-    free(m->dffn_h); free(m->dffn_u); free(m->dffn_a); free(m->tmp);
-    moe_scratch_free(&m->moe_scratch);
+    float *bufs[] = {m->resid, m->lnf, m->rstdf, m->logits, m->losses, m->cos_t, m->sin_t, m->dresid, m->dln, m->dqkv,
+                     m->datty, m->dlogits, m->dffn_h, m->dffn_u, m->dffn_a, m->tmp, m->params, m->grads, m->adam_m, m->adam_v};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
+    moe_scratch_free(&m->moe_scratch, release);
     weights_unbind(&m->w, L);
     weights_unbind(&m->g, L);
-    free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
+    release(m->expert_order);
     free(m->adam_steps); free(m->active);
-    free(m->tensors); free(m->owned); free(m->expert_order);
+    free(m->tensors); free(m->owned);
     memset(m, 0, sizeof *m);
 }
 
@@ -231,7 +238,7 @@ static ExpertSet expert_set(const LayerWeights *lw) {
 double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, d = c->d, H = c->n_heads, hs = c->head_dim;
-    embedding_forward(m->resid, tokens, m->w.embed, N, d);
+    m->be->embedding_forward(m->resid, tokens, m->w.embed, N, d);
     m->aux = m->z = 0.0;
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &m->w.layer[l];
@@ -239,31 +246,31 @@ double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         const float *x = m->resid + (size_t)l * N * d;
         float *xo = m->resid + (size_t)(l + 1) * N * d;
         // attention sub-block: x_mid = x + wo(attn(rope(wqkv(rmsnorm(x)))))
-        rmsnorm_forward(a->ln1, a->rstd1, x, w->attn_norm, N, d, c->norm_eps);
-        matmul_forward(a->qkv, a->ln1, w->wqkv, N, d, 3 * d, &m->flops);
-        rope_forward(a->qkv, m->cos_t, m->sin_t, B, T, H, hs);
-        attention_forward(a->atty, a->att, a->qkv, B, T, H, hs, &m->flops);
-        matmul_forward(m->tmp, a->atty, w->wo, N, d, d, &m->flops);
-        for (size_t i = 0; i < (size_t)N * d; i++) a->x_mid[i] = x[i] + m->tmp[i];
+        m->be->rmsnorm_forward(a->ln1, a->rstd1, x, w->attn_norm, N, d, c->norm_eps);
+        m->be->matmul_forward(a->qkv, a->ln1, w->wqkv, N, d, 3 * d, &m->flops);
+        m->be->rope_forward(a->qkv, m->cos_t, m->sin_t, B, T, H, hs);
+        m->be->attention_forward(a->atty, a->att, a->qkv, B, T, H, hs, &m->flops);
+        m->be->matmul_forward(m->tmp, a->atty, w->wo, N, d, d, &m->flops);
+        m->be->residual_forward(a->x_mid, x, m->tmp, (size_t)N * d);
         // FFN sub-block: xo = x_mid + ffn(rmsnorm(x_mid))
-        rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ffn_norm, N, d, c->norm_eps);
+        m->be->rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ffn_norm, N, d, c->norm_eps);
         if (model_layer_is_moe(c, l)) {
-            moe_route(&a->moe, a->ln2, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
+            m->be->moe_route(&a->moe, a->ln2, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
             a->moe.tokens = tokens;
             if (m->ex) exchange_forward(m->ex, l, &a->moe, expert_set(w), &m->flops);
-            else moe_experts_forward(&a->moe, expert_set(w), &m->flops);
-            moe_combine(m->tmp, &a->moe);
+            else m->be->moe_experts_forward(&a->moe, expert_set(w), &m->flops);
+            m->be->moe_combine(m->tmp, &a->moe);
             m->aux += a->moe.aux;
             m->z += a->moe.z;
         } else {
-            ffn_forward(m->tmp, a->ffn_h, a->ffn_u, a->ffn_a, a->ln2, w->ffn_gate, w->ffn_up, w->ffn_down,
+            m->be->ffn_forward(m->tmp, a->ffn_h, a->ffn_u, a->ffn_a, a->ln2, w->ffn_gate, w->ffn_up, w->ffn_down,
                         N, d, c->d_ff, &m->flops);
         }
-        for (size_t i = 0; i < (size_t)N * d; i++) xo[i] = a->x_mid[i] + m->tmp[i];
+        m->be->residual_forward(xo, a->x_mid, m->tmp, (size_t)N * d);
     }
-    rmsnorm_forward(m->lnf, m->rstdf, m->resid + (size_t)c->n_layers * N * d, m->w.final_norm, N, d, c->norm_eps);
-    matmul_forward(m->logits, m->lnf, m->w.lm_head, N, d, c->vocab, &m->flops);
-    m->ce = crossentropy_forward(m->logits, m->losses, targets, N, c->vocab);
+    m->be->rmsnorm_forward(m->lnf, m->rstdf, m->resid + (size_t)c->n_layers * N * d, m->w.final_norm, N, d, c->norm_eps);
+    m->be->matmul_forward(m->logits, m->lnf, m->w.lm_head, N, d, c->vocab, &m->flops);
+    m->ce = m->be->crossentropy_forward(m->logits, m->losses, targets, N, c->vocab);
     m->loss = m->ce + c->aux_coef * m->aux + c->z_coef * m->z;
     return m->loss;
 }
@@ -274,47 +281,47 @@ void model_set_batch(Model *m, int B) {
     for (int l = 0; l < m->cfg.n_layers; l++) m->acts[l].moe.N = B * m->T;
 }
 
-void model_zero_grad(Model *m) { memset(m->grads, 0, sizeof(float) * m->n_params); }
+void model_zero_grad(Model *m) { m->be->zero(m->grads, sizeof(float) * m->n_params); }
 
 void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, d = c->d, H = c->n_heads, hs = c->head_dim;
     size_t Nd = (size_t)N * d;
-    crossentropy_backward(m->dlogits, m->logits, targets, N, c->vocab, 1.0f / N);
-    memset(m->dln, 0, sizeof(float) * Nd);
-    matmul_backward(m->dln, m->g.lm_head, m->dlogits, m->lnf, m->w.lm_head, N, d, c->vocab, &m->flops);
-    memset(m->dresid, 0, sizeof(float) * Nd);
-    rmsnorm_backward(m->dresid, m->g.final_norm, m->dln, m->resid + (size_t)c->n_layers * Nd, m->w.final_norm,
+    m->be->crossentropy_backward(m->dlogits, m->logits, targets, N, c->vocab, 1.0f / N);
+    m->be->zero(m->dln, sizeof(float) * Nd);
+    m->be->matmul_backward(m->dln, m->g.lm_head, m->dlogits, m->lnf, m->w.lm_head, N, d, c->vocab, &m->flops);
+    m->be->zero(m->dresid, sizeof(float) * Nd);
+    m->be->rmsnorm_backward(m->dresid, m->g.final_norm, m->dln, m->resid + (size_t)c->n_layers * Nd, m->w.final_norm,
                      m->rstdf, N, d);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         const LayerWeights *w = &m->w.layer[l];
         const LayerWeights *g = &m->g.layer[l];
         LayerActs *a = &m->acts[l];
         // dresid holds d loss / d xo. FFN sub-block first.
-        memset(m->dln, 0, sizeof(float) * Nd);
+        m->be->zero(m->dln, sizeof(float) * Nd);
         if (model_layer_is_moe(c, l)) {
             MoeScratch *s = &m->moe_scratch;
-            moe_combine_backward(s, m->dresid, &a->moe);
+            m->be->moe_combine_backward(s, m->dresid, &a->moe);
             if (m->ex) exchange_backward(m->ex, l, &a->moe, s, expert_set(w), expert_set(g), &m->flops);
-            else moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g), &m->flops);
-            moe_route_backward(m->dln, g->router, s, &a->moe, a->ln2, w->router, c->aux_coef, c->z_coef, &m->flops);
+            else m->be->moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g), &m->flops);
+            m->be->moe_route_backward(m->dln, g->router, s, &a->moe, a->ln2, w->router, c->aux_coef, c->z_coef, &m->flops);
         } else {
-            ffn_backward(m->dln, g->ffn_gate, g->ffn_up, g->ffn_down, m->dffn_h, m->dffn_u, m->dffn_a, m->dresid,
+            m->be->ffn_backward(m->dln, g->ffn_gate, g->ffn_up, g->ffn_down, m->dffn_h, m->dffn_u, m->dffn_a, m->dresid,
                          a->ln2, a->ffn_h, a->ffn_u, a->ffn_a, w->ffn_gate, w->ffn_up, w->ffn_down, N, d, c->d_ff,
                          &m->flops);
         }
-        rmsnorm_backward(m->dresid, g->ffn_norm, m->dln, a->x_mid, w->ffn_norm, a->rstd2, N, d);
+        m->be->rmsnorm_backward(m->dresid, g->ffn_norm, m->dln, a->x_mid, w->ffn_norm, a->rstd2, N, d);
         // dresid now holds d loss / d x_mid. Attention sub-block.
-        memset(m->datty, 0, sizeof(float) * Nd);
-        matmul_backward(m->datty, g->wo, m->dresid, a->atty, w->wo, N, d, d, &m->flops);
-        memset(m->dqkv, 0, sizeof(float) * Nd * 3);
-        attention_backward(m->dqkv, m->datty, a->qkv, a->att, B, T, H, hs, &m->flops);
-        rope_backward(m->dqkv, m->cos_t, m->sin_t, B, T, H, hs);
-        memset(m->dln, 0, sizeof(float) * Nd);
-        matmul_backward(m->dln, g->wqkv, m->dqkv, a->ln1, w->wqkv, N, d, 3 * d, &m->flops);
-        rmsnorm_backward(m->dresid, g->attn_norm, m->dln, m->resid + (size_t)l * Nd, w->attn_norm, a->rstd1, N, d);
+        m->be->zero(m->datty, sizeof(float) * Nd);
+        m->be->matmul_backward(m->datty, g->wo, m->dresid, a->atty, w->wo, N, d, d, &m->flops);
+        m->be->zero(m->dqkv, sizeof(float) * Nd * 3);
+        m->be->attention_backward(m->dqkv, m->datty, a->qkv, a->att, B, T, H, hs, &m->flops);
+        m->be->rope_backward(m->dqkv, m->cos_t, m->sin_t, B, T, H, hs);
+        m->be->zero(m->dln, sizeof(float) * Nd);
+        m->be->matmul_backward(m->dln, g->wqkv, m->dqkv, a->ln1, w->wqkv, N, d, 3 * d, &m->flops);
+        m->be->rmsnorm_backward(m->dresid, g->attn_norm, m->dln, m->resid + (size_t)l * Nd, w->attn_norm, a->rstd1, N, d);
     }
-    embedding_backward(m->g.embed, m->dresid, tokens, N, d);
+    m->be->embedding_backward(m->g.embed, m->dresid, tokens, N, d);
     model_mark_active(m);
 }
 

@@ -81,8 +81,11 @@ typedef struct {
     size_t buffers; // exchange buffers (pcmoe): peak bytes
 } MemStats;
 
+struct Backend; // backend.h
+
 typedef struct {
     ModelConfig cfg;
+    const struct Backend *be; // the device its buffers live on and its ops run on (backend.h)
     int B, T;                 // batch shape of the next pass
     int B_alloc;              // batch size the activation buffers are sized for
     int n_tensors;
@@ -130,6 +133,8 @@ int model_layer_is_moe(const ModelConfig *c, int layer);
 // pcmoe over MPI, where each expert runs at its owner and the per-expert hidden activations are the
 // owner's). Weights are not initialised.
 void model_create(Model *m, const ModelConfig *c, const int *owned, int local_experts, int B, int T);
+// The same on a given backend (model_create: the CPU's).
+void model_create_on(Model *m, const struct Backend *be, const ModelConfig *c, const int *owned, int local_experts, int B, int T);
 void model_free(Model *m);
 // Initialises every tensor from (seed, tensor name): backbone tensors from backbone_seed, experts from
 // expert_seed, so an expert's values do not depend on which party holds it. Matrices ~ N(0, init_std)

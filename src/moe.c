@@ -6,52 +6,56 @@
 #include <string.h> // memset, memcpy
 
 #include "layers.h" // matmul_forward/backward, ffn_forward/backward
-#include "util.h"   // mallocCheck
+#include "util.h"   // mallocCheck, callocCheck
 
-static float *alloc_f(long n, size_t *bytes) { *bytes += sizeof(float) * n; return mallocCheck(sizeof(float) * n); }
-static int *alloc_i(long n, size_t *bytes) { *bytes += sizeof(int) * n; return mallocCheck(sizeof(int) * n); }
+static void *host_alloc(size_t n) { return callocCheck(n ? n : 1, 1); }
+static float *alloc_f(long n, size_t *bytes, void *(*alloc)(size_t)) { *bytes += sizeof(float) * n; return (alloc ? alloc : host_alloc)(sizeof(float) * n); }
+static int *alloc_i(long n, size_t *bytes, void *(*alloc)(size_t)) { *bytes += sizeof(int) * n; return (alloc ? alloc : host_alloc)(sizeof(int) * n); }
 
-void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes) {
+void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes, void *(*alloc)(size_t)) {
     long Nk = (long)N * k;
     a->N = N; a->d = d; a->m = m; a->k = k; a->f = f;
-    a->logits = alloc_f((long)N * m, bytes);
-    a->probs = alloc_f((long)N * m, bytes);
-    a->lse = alloc_f(N, bytes);
-    a->topk = alloc_i(Nk, bytes);
-    a->gates = alloc_f(Nk, bytes);
-    a->gate_sum = alloc_f(N, bytes);
-    a->counts = alloc_i(m, bytes);
-    a->offsets = alloc_i(m, bytes);
-    a->row_choice = alloc_i(Nk, bytes);
-    a->choice_row = alloc_i(Nk, bytes);
-    a->perm = alloc_i(Nk, bytes);
-    a->xe = alloc_f(Nk * d, bytes);
-    a->he = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
-    a->ue = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
-    a->ae = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
-    a->ye = alloc_f(Nk * d, bytes);
+    a->logits = alloc_f((long)N * m, bytes, alloc);
+    a->probs = alloc_f((long)N * m, bytes, alloc);
+    a->lse = alloc_f(N, bytes, alloc);
+    a->topk = alloc_i(Nk, bytes, alloc);
+    a->gates = alloc_f(Nk, bytes, alloc);
+    a->gate_sum = alloc_f(N, bytes, alloc);
+    a->counts = alloc_i(m, bytes, alloc);
+    a->offsets = alloc_i(m, bytes, alloc);
+    a->row_choice = alloc_i(Nk, bytes, alloc);
+    a->choice_row = alloc_i(Nk, bytes, alloc);
+    a->perm = alloc_i(Nk, bytes, alloc);
+    a->xe = alloc_f(Nk * d, bytes, alloc);
+    a->he = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
+    a->ue = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
+    a->ae = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
+    a->ye = alloc_f(Nk * d, bytes, alloc);
     a->aux = a->z = 0.0;
 }
 
-void moe_acts_free(MoeActs *a) {
-    free(a->logits); free(a->probs); free(a->lse); free(a->topk); free(a->gates); free(a->gate_sum);
-    free(a->counts); free(a->offsets); free(a->row_choice); free(a->choice_row); free(a->perm);
-    free(a->xe); free(a->he); free(a->ue); free(a->ae); free(a->ye);
+void moe_acts_free(MoeActs *a, void (*release)(void *)) {
+    void *bufs[] = {a->logits, a->probs, a->lse, a->topk, a->gates, a->gate_sum, a->counts, a->offsets, a->row_choice,
+                    a->choice_row, a->perm, a->xe, a->he, a->ue, a->ae, a->ye};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) (release ? release : free)(bufs[i]);
 }
 
-void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes) {
+void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes, void *(*alloc)(size_t)) {
     long Nk = (long)N * k;
-    s->dye = alloc_f(Nk * d, bytes);
-    s->dxe = alloc_f(Nk * d, bytes);
-    s->dhe = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
-    s->due = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
-    s->dae = expert_acts ? alloc_f(Nk * f, bytes) : NULL;
-    s->dgates = alloc_f(Nk, bytes);
-    s->dlogits = alloc_f((long)N * m, bytes);
+    s->dye = alloc_f(Nk * d, bytes, alloc);
+    s->dxe = alloc_f(Nk * d, bytes, alloc);
+    s->dhe = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
+    s->due = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
+    s->dae = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
+    s->dgates = alloc_f(Nk, bytes, alloc);
+    s->dlogits = alloc_f((long)N * m, bytes, alloc);
 }
 
-void moe_scratch_free(MoeScratch *s) {
-    free(s->dye); free(s->dxe); free(s->dhe); free(s->due); free(s->dae); free(s->dgates); free(s->dlogits);
+void moe_scratch_free(MoeScratch *s, void (*release)(void *)) {
+    void *bufs[] = {s->dye, s->dxe, s->dhe, s->due, s->dae, s->dgates, s->dlogits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) (release ? release : free)(bufs[i]);
 }
 
 void moe_route(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops) {

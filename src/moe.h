@@ -54,10 +54,11 @@ typedef struct {
 
 // expert_acts = 0 leaves out he, ue, ae (and the scratch's dhe, due, dae): a pcmoe party whose experts run
 // at their owners through the exchange never fills them.
-void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes);
-void moe_acts_free(MoeActs *a);
-void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes);
-void moe_scratch_free(MoeScratch *s);
+// alloc (zero-filled memory; NULL: the host's) and release (NULL: free) are the backend's.
+void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes, void *(*alloc)(size_t));
+void moe_acts_free(MoeActs *a, void (*release)(void *));
+void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes, void *(*alloc)(size_t));
+void moe_scratch_free(MoeScratch *s, void (*release)(void *));
 
 // Router forward and dispatch: logits, probs, top-k, gates, aux and z losses, per-expert counts, and the
 // packed inputs xe. inp (N, d), router (m, d). order (m): the experts in packing order (NULL: 0..m-1).

@@ -3,6 +3,8 @@
 
 #include <math.h> // cos, sqrt, sqrtf, pow
 
+#include "backend.h" // Backend
+
 float optim_lr(const OptimConfig *o, int step) {
     if (step < o->warmup_steps) return o->lr * (float)(step + 1) / (float)o->warmup_steps;
     int span = o->total_steps - o->warmup_steps;
@@ -36,13 +38,14 @@ float optim_clip_scale(const OptimConfig *o, double grad_norm) {
     return 1.0f;
 }
 
-double optim_update_group(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *select,
-                          int *steps, float *params, const float *grads, float *m, float *v, float lr) {
+double optim_update_group(const Backend *be, const OptimConfig *o, const ParamTensor *tensors, int n_tensors,
+                          const unsigned char *select, int *steps, float *params, const float *grads, float *m, float *v,
+                          float lr) {
     double ss = 0.0;
     for (int i = 0; i < n_tensors; i++)
-        if (select[i]) ss += optim_sum_squares(grads + tensors[i].offset, tensors[i].numel);
+        if (select[i]) ss += be->sum_squares(grads + tensors[i].offset, tensors[i].numel);
     double norm = sqrt(ss);
-    optim_adamw(o, tensors, n_tensors, select, steps, params, grads, m, v, lr, optim_clip_scale(o, norm));
+    be->adamw(o, tensors, n_tensors, select, steps, params, grads, m, v, lr, optim_clip_scale(o, norm));
     return norm;
 }
 

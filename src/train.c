@@ -17,6 +17,7 @@
 #include <unistd.h>       // unlink, rmdir
 
 #include "autoconfig.h"   // HAVE_OPENBLAS_*
+#include "backend.h"      // Backend, backend_cpu, backend_cuda_open
 #include "ckpt.h"         // ckpt_save, ckpt_load, ckpt_latest
 #include "exchange.h"     // Exchange
 #include "metrics.h"      // Metrics, StepStats
@@ -67,6 +68,7 @@ typedef struct {
     Model central;             // centralized: the one model, batch P*B
     uint8_t *ctok, *ctgt;      // centralized: (P*B, T)
     Exchange ex;               // pcmoe over MPI
+    const Backend *be;         // run.device: where the models live and run
     OptimConfig oc;
     int nan_grad_step;         // test hook (--inject-fault nan-grad): the last party's gradient turns NaN here
 } Run;
@@ -116,13 +118,13 @@ double train_step(Model *m, const OptimConfig *oc, const uint8_t *tokens, const 
     model_zero_grad(m);
     model_forward(m, tokens, targets);
     model_backward(m, tokens, targets);
-    double grad_norm = sqrt(optim_sum_squares(m->grads, m->n_params));
+    double grad_norm = sqrt(m->be->sum_squares(m->grads, m->n_params));
     if (!isfinite(m->loss) || !isfinite(grad_norm))
         fail("step %d, party %d: non-finite %s (loss %g, gradient norm %g); stopping", step + 1, party,
              isfinite(m->loss) ? "gradient" : "loss", m->loss, grad_norm);
     float lr = optim_lr(oc, step);
-    optim_adamw(oc, m->tensors, m->n_tensors, m->active, m->adam_steps, m->params, m->grads, m->adam_m,
-                m->adam_v, lr, optim_clip_scale(oc, grad_norm));
+    m->be->adamw(oc, m->tensors, m->n_tensors, m->active, m->adam_steps, m->params, m->grads, m->adam_m,
+                 m->adam_v, lr, optim_clip_scale(oc, grad_norm));
     *lr_out = lr;
     return grad_norm;
 }
@@ -148,7 +150,7 @@ static double update_group(Run *r, Model *m, float lr, int experts, int owner, i
         int is_expert = t->expert >= 0;
         sel[i] = m->active[i] && (experts ? is_expert && (owner < 0 || exchange_owner(t->expert, r->P) == owner) : !is_expert);
     }
-    double norm = optim_update_group(&r->oc, m->tensors, m->n_tensors, sel, m->adam_steps, m->params, m->grads,
+    double norm = optim_update_group(m->be, &r->oc, m->tensors, m->n_tensors, sel, m->adam_steps, m->params, m->grads,
                                      m->adam_m, m->adam_v, lr);
     free(sel);
     if (!isfinite(norm)) fail("step %d, party %d: non-finite %s gradient; stopping", step + 1, party, experts ? "expert" : "backbone");
@@ -251,6 +253,7 @@ static void step_local(Run *r, int step) {
     float lr;
     double norm = train_step(m, &r->oc, p->tokens, p->targets, step, p->party, &lr);
     if (r->c->mode == MODE_FEDAVG && (step + 1) % r->c->fedavg_every == 0 && r->P > 1) {
+        m->be->sync(); // (MPI reads the parameters from the host side)
         comm_allreduce_floats(r->comm, MSG_FEDAVG_WEIGHTS, m->params, m->n_params);
         float inv = 1.0f / (float)r->P;
         for (size_t i = 0; i < m->n_params; i++) m->params[i] *= inv;
@@ -347,17 +350,17 @@ static void build_models(Run *r) {
     int B = c->batch_size, T = c->seq_len, E = c->n_experts, P = r->P;
     int *owned = mallocCheck(sizeof(int) * E);
     if (c->mode == MODE_CENTRALIZED) {
-        model_create(&r->central, &mc, NULL, 1, P * B, T);
+        model_create_on(&r->central, r->be, &mc, NULL, 1, P * B, T);
         model_init(&r->central, backbone_seed(c, 0), (uint64_t)c->seed);
         r->ctok = mallocCheck((size_t)P * B * T);
         r->ctgt = mallocCheck((size_t)P * B * T);
     } else if (c->mode == MODE_PCMOE && r->simulate) {
-        model_create(&r->pool, &mc, NULL, 1, 1, T); // experts only are used
+        model_create_on(&r->pool, r->be, &mc, NULL, 1, 1, T); // experts only are used
         model_init(&r->pool, 0, (uint64_t)c->seed);
         for (int e = 0; e < E; e++) owned[e] = 0;
         for (int q = 0; q < r->n; q++) {
             Model *m = &r->party[q].model;
-            model_create(m, &mc, owned, 1, B, T);
+            model_create_on(m, r->be, &mc, owned, 1, B, T);
             model_init(m, backbone_seed(c, q), (uint64_t)c->seed);
             for (int l = 0; l < c->n_layers; l++) // the party's model reaches the pool's experts directly
                 for (int e = 0; e < E; e++) {
@@ -377,7 +380,7 @@ static void build_models(Run *r) {
         Party *p = &r->party[0];
         for (int e = 0; e < E; e++) owned[e] = c->mode != MODE_PCMOE || exchange_owner(e, P) == p->party;
         int exchanged = c->mode == MODE_PCMOE && P > 1; // experts run at their owners
-        model_create(&p->model, &mc, owned, !exchanged, B, T);
+        model_create_on(&p->model, r->be, &mc, owned, !exchanged, B, T);
         model_init(&p->model, backbone_seed(c, p->party), (uint64_t)c->seed);
         if (exchanged) { // (one party alone holds every expert: nothing to exchange)
             exchange_create(&r->ex, r->comm, E, c->d_model, c->expert_ff, c->n_layers, B * T * c->top_k, c->check_finite);
@@ -508,6 +511,7 @@ static void checkpoint_write(Run *r, int step_done) {
     Rng *rngs = mallocCheck(sizeof(Rng) * (size_t)r->n);
     CkptState s = ckpt_state(r, rngs);
     s.step = step_done;
+    r->be->sync(); // the writer reads the parameters and AdamW state from the host side
     party_file(path, sizeof path, dir, s.party);
     int rc = mkdir_p(dir) ? error_set(err, sizeof err, "%s: cannot create: %s", dir, strerror(errno)) : ckpt_save(path, &s, err, sizeof err);
     free(rngs);
@@ -571,14 +575,21 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
                    opt->simulate ? " with --simulate" : "", want_ranks, want_ranks > 1 ? "s" : "", comm->size);
     comm_setup(comm, one_process ? 1 : P);
 
-    Run run = {.c = c, .comm = comm, .simulate = opt->simulate, .P = P, .n = one_process ? P : 1};
+    Run run = {.c = c, .comm = comm, .simulate = opt->simulate, .P = P, .n = one_process ? P : 1, .be = &backend_cpu};
     Run *r = &run;
+    char err[2048] = "";
+    if (c->device == DEVICE_CUDA) { // every rank opens its GPU; any failure ends the job on every rank
+        int rc = 0;
+        if (c->mode == MODE_PCMOE && !one_process && P > 1)
+            rc = error_set(err, sizeof err, "run.device = cuda: pcmoe over MPI (the exchange through device buffers) is not built yet; use run.device = cpu, --simulate, or parties.mode = local, fedavg or centralized");
+        else if (!(r->be = backend_cuda_open(c->gpu, comm_local_rank(comm), err, sizeof err))) rc = 2;
+        stop_if_any_failed(comm, rc, err);
+    }
     r->oc = optim_config_from(c);
     r->party = callocCheck((size_t)r->n, sizeof(Party));
     for (int q = 0; q < r->n; q++) r->party[q].party = one_process ? q : comm->party;
 
     // 1. each party reads its own corpus; every rank learns whether all could
-    char err[2048] = "";
     stop_if_any_failed(comm, load_data(r, err, sizeof err), err);
     build_models(r);
     r->nan_grad_step = -1;
@@ -616,6 +627,7 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
                 printf("party %d: val_loss %.6f nats/byte (%.4f bits/byte), step %d\n", (int)all[2 * q], all[2 * q + 1], all[2 * q + 1] / log(2.0), start);
         free(all);
         free_run(r);
+        if (r->be != &backend_cpu) backend_cuda_close();
         return 0;
     }
     int checkpoints = c->ckpt_every > 0 && !opt->simulate;
@@ -696,5 +708,6 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     if (opt->audit_path) stop_if_any_failed(comm, comm_write_audit(comm, opt->audit_path, err, sizeof err), err);
     free(lg.shown); free(lg.last); free(lg.best); free(lg.packed);
     free_run(r);
+    if (r->be != &backend_cpu) backend_cuda_close();
     return exit_status;
 }

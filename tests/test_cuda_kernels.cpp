@@ -173,8 +173,8 @@ static void check_all(cublasHandle_t h) {
         MoeActs a;
         MoeScratch sc;
         size_t bytes = 0;
-        moe_acts_alloc(&a, N, d, m, k, fe, 1, &bytes);
-        moe_scratch_alloc(&sc, N, d, m, k, fe, 1, &bytes);
+        moe_acts_alloc(&a, N, d, m, k, fe, 1, &bytes, NULL);
+        moe_scratch_alloc(&sc, N, d, m, k, fe, 1, &bytes, NULL);
         std::vector<float *> cg(m), cu(m), cd(m), cdg(m), cdu(m), cdd(m);
         std::vector<std::vector<float>> gg(m, std::vector<float>((size_t)fe * d, 0.0f)), gu = gg, gd(m, std::vector<float>((size_t)d * fe, 0.0f));
         for (int e = 0; e < m; e++) { cg[e] = wg[e].data(); cu[e] = wu[e].data(); cd[e] = wd[e].data(); cdg[e] = gg[e].data(); cdu[e] = gu[e].data(); cdd[e] = gd[e].data(); }
@@ -246,8 +246,8 @@ static void check_all(cublasHandle_t h) {
         void *bufs[] = {da.logits, da.probs, da.lse, da.topk, da.gates, da.gate_sum, da.counts, da.offsets, da.row_choice, da.choice_row,
                         da.xe, da.ye, da.he, da.ue, da.ae, px, pr, pg, po, pdi, pdr, dye, dxe, dhe, due, dae, dgates, dlog};
         for (void *b : bufs) cudaFree(b);
-        moe_acts_free(&a);
-        moe_scratch_free(&sc);
+        moe_acts_free(&a, NULL);
+        moe_scratch_free(&sc, NULL);
     }
     { // swiglu
         const long n = (long)N * f + 7;

@@ -1,10 +1,12 @@
-// cuda_emu.cpp: the scheduler behind cuda_emu.h. A launch runs each block's threads as ucontext fibers
-// on the calling OS thread; barriers and warp exchanges are the only places a thread gives way.
+// cuda_emu.cpp: the scheduler behind cuda_emu.h. A launch runs each block's threads as fibers on the
+// calling OS thread; barriers and warp exchanges are the only places a thread gives way.
 #include "cuda_emu.h"
 
 #include <cstdio>   // fprintf
 #include <cstdlib>  // abort, malloc, free
 #include <cstring>  // memset, memcpy
+#include <csetjmp>  // _setjmp, _longjmp (POSIX)
+#include <setjmp.h>
 #include <ucontext.h>
 #include <vector>
 
@@ -14,20 +16,34 @@ namespace {
 
 enum State { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
 
+// A thread of the running block. Fibers persist across blocks and launches: each runs fiber_main's loop
+// (the kernel body, then "done"), so starting a block only resets their state. Switching uses
+// _setjmp/_longjmp (no system call, unlike swapcontext's signal-mask save); a fiber's stack is set up
+// once by makecontext. Under AddressSanitizer, which does not follow _longjmp between stacks, every
+// switch uses swapcontext instead.
 struct Fiber {
-    ucontext_t ctx;
+    ucontext_t uc;      // its context while it is parked (swapcontext path) / its first entry
+    jmp_buf env;        // its context while it is parked (_longjmp path)
     char *stack = nullptr;
-    State state = RUNNABLE;
+    State state = DONE;
     dim3 tid;
     int linear = 0;
 };
 
 const size_t STACK_BYTES = 256 * 1024;
+const int MAX_THREADS = 1024;
+#if defined(__SANITIZE_ADDRESS__)
+const bool FAST_SWITCH = false;
+#else
+const bool FAST_SWITCH = true;
+#endif
 
 struct Launch {
-    std::vector<Fiber> fibers;                 // (threads of one block), stacks kept across launches
+    Fiber fibers[MAX_THREADS];                 // threads of one block; stacks kept across launches
+    int n_created = 0;                         // fibers whose stacks exist
     const std::function<void()> *body = nullptr;
-    ucontext_t scheduler;
+    ucontext_t scheduler_uc;
+    jmp_buf scheduler_env;
     int current = -1;
     int n = 0;                                 // threads in the block
     int reverse = 0;
@@ -37,7 +53,7 @@ struct Launch {
     cudaError_t last_error = cudaSuccess;
     int running = 0;
     ~Launch() {
-        for (Fiber &f : fibers) std::free(f.stack);
+        for (int i = 0; i < n_created; i++) std::free(fibers[i].stack);
     }
 } L;
 
@@ -47,17 +63,62 @@ struct Launch {
     std::abort();
 }
 
-void fiber_entry(void) {
-    (*L.body)();
-    L.fibers[L.current].state = DONE;
-    swapcontext(&L.fibers[L.current].ctx, &L.scheduler);
+// The running fiber gives way to the scheduler.
+void to_scheduler(void) {
+    Fiber &f = L.fibers[L.current];
+    if (FAST_SWITCH) {
+        if (!_setjmp(f.env)) _longjmp(L.scheduler_env, 1);
+    } else {
+        swapcontext(&f.uc, &L.scheduler_uc);
+    }
+}
+
+// Every fiber's life: run the body for the block it is started in, report done, wait to be started again.
+void fiber_main(void) {
+    for (;;) {
+        (*L.body)();
+        L.fibers[L.current].state = DONE;
+        to_scheduler();
+    }
+}
+
+// First entry of a fiber (FAST_SWITCH): keep this point as its context and go back to its creator; the
+// scheduler's first _longjmp here starts fiber_main on the fiber's stack.
+void fiber_boot(void) {
+    if (!_setjmp(L.fibers[L.current].env)) setcontext(&L.scheduler_uc);
+    fiber_main();
+}
+
+void fiber_create(int i) {
+    Fiber &f = L.fibers[i];
+    f.stack = static_cast<char *>(std::malloc(STACK_BYTES));
+    if (!f.stack) emu_abort("out of memory for fiber stacks");
+    getcontext(&f.uc);
+    f.uc.uc_stack.ss_sp = f.stack;
+    f.uc.uc_stack.ss_size = STACK_BYTES;
+    f.uc.uc_link = nullptr;
+    makecontext(&f.uc, FAST_SWITCH ? fiber_boot : fiber_main, 0);
+    if (FAST_SWITCH) { // run fiber_boot up to its _setjmp, then come back here
+        L.current = i;
+        swapcontext(&L.scheduler_uc, &f.uc);
+    }
+}
+
+// The scheduler runs fiber i until it gives way.
+void to_fiber(int i) {
+    L.current = i;
+    threadIdx = L.fibers[i].tid;
+    if (FAST_SWITCH) {
+        if (!_setjmp(L.scheduler_env)) _longjmp(L.fibers[i].env, 1);
+    } else {
+        swapcontext(&L.scheduler_uc, &L.fibers[i].uc);
+    }
 }
 
 // Gives way to the scheduler with the running thread in state s.
 void park(State s) {
-    Fiber &f = L.fibers[L.current];
-    f.state = s;
-    swapcontext(&f.ctx, &L.scheduler);
+    L.fibers[L.current].state = s;
+    to_scheduler();
 }
 
 // Releases the threads waiting at a barrier whose group has all arrived. Returns whether any moved.
@@ -85,32 +146,23 @@ bool release_barriers(void) {
     return moved;
 }
 
-// Makes thread i of the block ready to start (kept out of run_block: getcontext returns twice).
-__attribute__((noinline)) void fiber_init(int i) {
-    Fiber &f = L.fibers[i];
-    if (!f.stack) f.stack = static_cast<char *>(std::malloc(STACK_BYTES));
-    if (!f.stack) emu_abort("out of memory for fiber stacks");
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack;
-    f.ctx.uc_stack.ss_size = STACK_BYTES;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_entry, 0);
-    f.state = RUNNABLE;
-    f.linear = i;
-    f.tid = dim3(i % blockDim.x, (i / blockDim.x) % blockDim.y, i / (blockDim.x * blockDim.y));
-}
-
 void run_block(void) {
     int n = L.n;
-    for (int i = 0; i < n; i++) fiber_init(i);
+    for (int i = 0; i < n; i++) {
+        Fiber &f = L.fibers[i];
+        if (i >= L.n_created) { fiber_create(i); L.n_created = i + 1; }
+        if (!FAST_SWITCH && f.state != DONE) emu_abort("internal: a fiber was not done");
+        if (!FAST_SWITCH) makecontext(&f.uc, fiber_main, 0); // (swapcontext path: a fresh entry per block)
+        f.state = RUNNABLE;
+        f.linear = i;
+        f.tid = dim3(i % blockDim.x, (i / blockDim.x) % blockDim.y, i / (blockDim.x * blockDim.y));
+    }
     for (;;) {
         bool ran = false;
         for (int k = 0; k < n; k++) {
             int i = L.reverse ? n - 1 - k : k;
             if (L.fibers[i].state != RUNNABLE) continue;
-            L.current = i;
-            threadIdx = L.fibers[i].tid;
-            swapcontext(&L.scheduler, &L.fibers[i].ctx);
+            to_fiber(i);
             ran = true;
         }
         int done = 0;
@@ -160,7 +212,6 @@ cudaError_t emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, 
     if (L.running) emu_abort("kernel launched from a kernel");
     L.body = &body;
     L.n = (int)threads;
-    if (L.fibers.size() < threads) L.fibers.resize(threads);
     L.slots.assign(threads * 8, 0);
     L.smem.assign(smem, 0xff); // uninitialised shared memory reads as NaN
     gridDim = grid;
@@ -183,6 +234,7 @@ cudaError_t cudaMalloc(void **ptr, size_t size) {
     std::memset(*ptr, 0xff, size); // unwritten device memory reads as NaN
     return cudaSuccess;
 }
+cudaError_t cudaMallocManaged(void **ptr, size_t size, unsigned flags) { (void)flags; return cudaMalloc(ptr, size); }
 cudaError_t cudaFree(void *ptr) { std::free(ptr); return cudaSuccess; }
 cudaError_t cudaMallocHost(void **ptr, size_t size) { return cudaMalloc(ptr, size); }
 cudaError_t cudaFreeHost(void *ptr) { return cudaFree(ptr); }

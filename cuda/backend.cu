@@ -1,0 +1,222 @@
+// backend.cu: the CUDA backend of src/backend.h: the kernels of cuda/ behind the ops table model.c
+// calls. Model buffers are CUDA managed memory, so the host-side code that reads a few of them (the
+// MoE's counts, the checkpoint writer, fedavg) works after sync(). The table's state (the cuBLAS handle,
+// copies of the batch's bytes, scratch) belongs to the one device this process opened.
+// (Compiled with OMPI_SKIP_MPICXX / MPICH_SKIP_MPICXX: src/'s headers include mpi.h, whose C++ bindings
+// must stay out of the extern "C" block.)
+#include "kernels.h"
+
+#include <cstdio> // snprintf
+
+extern "C" {
+#include "backend.h"
+}
+
+namespace {
+
+struct State {
+    int open = 0;
+    cublasHandle_t blas = nullptr;
+    uint8_t *tokens = nullptr, *targets = nullptr; // (cap_bytes) device copies of the batch's bytes
+    size_t cap_tokens = 0, cap_targets = 0;
+    float *att_scratch = nullptr;                  // attention scratch, grown to the largest use
+    long cap_att = 0;
+    double *scalars = nullptr;                     // (2) results read by the host (sum of squares; aux, z)
+    double *partial = nullptr;                     // sum-of-squares scratch
+} S;
+
+void *dev_alloc(size_t bytes) {
+    void *p = nullptr;
+    cudaCheck(cudaMallocManaged(&p, bytes ? bytes : 1));
+    cudaCheck(cudaMemset(p, 0, bytes ? bytes : 1));
+    cudaCheck(cudaDeviceSynchronize());
+    return p;
+}
+void dev_release(void *p) { cudaCheck(cudaFree(p)); }
+void dev_sync(void) { cudaCheck(cudaDeviceSynchronize()); }
+void dev_zero(void *p, size_t bytes) { cudaCheck(cudaMemsetAsync(p, 0, bytes, 0)); }
+
+// a device copy of n host bytes in *buf (grown to the largest n seen)
+const uint8_t *dev_bytes(uint8_t **buf, size_t *cap, const uint8_t *host, size_t n) {
+    if (n > *cap) {
+        if (*buf) dev_release(*buf);
+        *buf = static_cast<uint8_t *>(dev_alloc(n));
+        *cap = n;
+    }
+    cudaCheck(cudaMemcpy(*buf, host, n, cudaMemcpyHostToDevice));
+    return *buf;
+}
+
+CuMoeActs view(const MoeActs *a) {
+    CuMoeActs c;
+    c.N = a->N; c.d = a->d; c.m = a->m; c.k = a->k; c.f = a->f;
+    c.logits = a->logits; c.probs = a->probs; c.lse = a->lse; c.topk = a->topk; c.gates = a->gates;
+    c.gate_sum = a->gate_sum; c.counts = a->counts; c.offsets = a->offsets; c.row_choice = a->row_choice;
+    c.choice_row = a->choice_row; c.xe = a->xe; c.ye = a->ye; c.he = a->he; c.ue = a->ue; c.ae = a->ae;
+    return c;
+}
+
+void residual(float *out, const float *a, const float *b, size_t n) { cu_residual_forward(out, a, b, (long)n, 0); }
+void embedding_fwd(float *out, const uint8_t *tokens, const float *embed, int N, int d) {
+    cu_embedding_forward(out, dev_bytes(&S.tokens, &S.cap_tokens, tokens, (size_t)N), embed, N, d, 0);
+}
+void embedding_bwd(float *dembed, const float *dout, const uint8_t *tokens, int N, int d) {
+    cu_embedding_backward(dembed, dout, dev_bytes(&S.tokens, &S.cap_tokens, tokens, (size_t)N), N, d, 0);
+}
+void rmsnorm_fwd(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps) {
+    cu_rmsnorm_forward(out, rstd, inp, w, N, d, eps, 0);
+}
+void rmsnorm_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int d) {
+    cu_rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, d, 0);
+}
+void matmul_fwd(float *out, const float *inp, const float *w, int N, int n_in, int n_out, double *flops) {
+    if (N == 0) return;
+    cu_matmul_forward(S.blas, out, inp, w, N, n_in, n_out);
+    *flops += 2.0 * N * n_in * n_out;
+}
+void matmul_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N, int n_in, int n_out, double *flops) {
+    if (N == 0) return;
+    cu_matmul_backward(S.blas, dinp, dw, dout, inp, w, N, n_in, n_out);
+    *flops += (dinp ? 4.0 : 2.0) * N * n_in * n_out;
+}
+void rope_fwd(float *qkv, const float *c, const float *s, int B, int T, int H, int hs) { cu_rope_forward(qkv, c, s, B, T, H, hs, 0); }
+void rope_bwd(float *dqkv, const float *c, const float *s, int B, int T, int H, int hs) { cu_rope_backward(dqkv, c, s, B, T, H, hs, 0); }
+float *att_scratch(int B, int T, int H, int hs) {
+    long need = cu_attention_scratch_floats(B, T, H, hs);
+    if (need > S.cap_att) {
+        if (S.att_scratch) dev_release(S.att_scratch);
+        S.att_scratch = static_cast<float *>(dev_alloc(sizeof(float) * need));
+        S.cap_att = need;
+    }
+    return S.att_scratch;
+}
+void attention_fwd(float *out, float *att, const float *qkv, int B, int T, int H, int hs, double *flops) {
+    cu_attention_forward(S.blas, out, att, qkv, att_scratch(B, T, H, hs), B, T, H, hs, 0);
+    *flops += 2.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0); // the count of the CPU kernel (the causal triangle)
+}
+void attention_bwd(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T, int H, int hs, double *flops) {
+    cu_attention_backward(S.blas, dqkv, dout, qkv, att, att_scratch(B, T, H, hs), B, T, H, hs, 0);
+    *flops += 4.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0);
+}
+double ce_fwd(float *probs, float *losses, const uint8_t *targets, int N, int V) {
+    cu_crossentropy_forward(probs, losses, dev_bytes(&S.targets, &S.cap_targets, targets, (size_t)N), N, V, 0);
+    dev_sync();
+    double total = 0.0; // in row order, as the CPU kernel
+    for (int n = 0; n < N; n++) total += losses[n];
+    return total / N;
+}
+void ce_bwd(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale) {
+    cu_crossentropy_backward(dlogits, probs, dev_bytes(&S.targets, &S.cap_targets, targets, (size_t)N), N, V, scale, 0);
+}
+void ffn_fwd(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu, const float *wd,
+             int N, int d, int f, double *flops) {
+    matmul_fwd(h, x, wg, N, d, f, flops);
+    matmul_fwd(u, x, wu, N, d, f, flops);
+    cu_swiglu_forward(a, h, u, (long)N * f, 0);
+    matmul_fwd(y, a, wd, N, f, d, flops);
+}
+void ffn_bwd(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da, const float *dy, const float *x,
+             const float *h, const float *u, const float *a, const float *wg, const float *wu, const float *wd, int N, int d,
+             int f, double *flops) {
+    dev_zero(da, sizeof(float) * N * f);
+    matmul_bwd(da, dwd, dy, a, wd, N, f, d, flops);
+    cu_swiglu_backward(dh, du, da, h, u, (long)N * f, 0);
+    matmul_bwd(dx, dwg, dh, x, wg, N, d, f, flops);
+    matmul_bwd(dx, dwu, du, x, wu, N, d, f, flops);
+}
+void moe_route_dev(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops) {
+    CuMoeActs c = view(a);
+    cu_moe_route(S.blas, &c, inp, router, order, 0);
+    *flops += 2.0 * a->N * a->d * a->m;
+    dev_sync(); // counts and offsets: the host draws the shuffle from them (and sizes the expert GEMMs)
+    if (shuffle) moe_shuffle_permutation(a->perm, a->counts, a->offsets, a->m, shuffle);
+    cu_moe_pack(&c, inp, shuffle ? a->perm : nullptr, a->choice_row, 0);
+    cu_moe_losses(S.scalars, &c, 0);
+    dev_sync();
+    a->aux = S.scalars[0];
+    a->z = S.scalars[1];
+}
+void moe_experts_fwd(MoeActs *a, ExpertSet w, double *flops) {
+    CuMoeActs c = view(a);
+    cu_moe_experts_forward(S.blas, &c, w.gate, w.up, w.down, a->counts, a->offsets, 0);
+    for (int e = 0; e < a->m; e++)
+        if (w.gate[e]) *flops += 3.0 * 2.0 * a->counts[e] * a->d * a->f;
+}
+void moe_combine_dev(float *out, const MoeActs *a) {
+    CuMoeActs c = view(a);
+    cu_moe_combine(out, &c, 0);
+}
+void moe_combine_bwd(MoeScratch *s, const float *dout, const MoeActs *a) {
+    CuMoeActs c = view(a);
+    cu_moe_combine_backward(s->dye, s->dgates, dout, &c, 0);
+}
+void moe_experts_bwd(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw, double *flops) {
+    CuMoeActs c = view(a);
+    cu_moe_experts_backward(S.blas, s->dxe, s->dhe, s->due, s->dae, s->dye, &c, w.gate, w.up, w.down, dw.gate, dw.up,
+                            dw.down, a->counts, a->offsets, 0);
+    for (int e = 0; e < a->m; e++)
+        if (w.gate[e]) *flops += 6.0 * 2.0 * a->counts[e] * a->d * a->f;
+}
+void moe_route_bwd(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp, const float *router,
+                   float aux_coef, float z_coef, double *flops) {
+    CuMoeActs c = view(a);
+    cu_moe_route_backward(S.blas, dinp, drouter, s->dlogits, s->dxe, s->dgates, &c, inp, router, aux_coef, z_coef, 0);
+    *flops += 4.0 * a->N * a->d * a->m;
+}
+double sum_squares_dev(const float *g, size_t n) {
+    cu_sum_squares(S.scalars, S.partial, g, (long)n, 0);
+    dev_sync();
+    return S.scalars[0];
+}
+void adamw_dev(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *active, int *steps,
+               float *params, const float *grads, float *m, float *v, float lr, float grad_scale) {
+    for (int k = 0; k < n_tensors; k++) { // the per-tensor scalars exactly as src/optim.c computes them
+        if (!active[k]) continue;
+        int t = ++steps[k];
+        float bc1 = 1.0f - (float)pow(o->beta1, t), bc2 = 1.0f - (float)pow(o->beta2, t);
+        const ParamTensor *pt = &tensors[k];
+        float decay = pt->decay ? lr * o->weight_decay : 0.0f;
+        cu_adamw(params + pt->offset, grads + pt->offset, m + pt->offset, v + pt->offset, (long)pt->numel, lr, o->beta1,
+                 o->beta2, o->eps, decay, bc1, bc2, grad_scale, 0);
+    }
+}
+
+const Backend TABLE = {
+    "cuda", dev_alloc, dev_release, dev_sync, dev_zero, residual, embedding_fwd, embedding_bwd, rmsnorm_fwd, rmsnorm_bwd,
+    matmul_fwd, matmul_bwd, rope_fwd, rope_bwd, attention_fwd, attention_bwd, ce_fwd, ce_bwd, ffn_fwd, ffn_bwd,
+    moe_route_dev, moe_experts_fwd, moe_combine_dev, moe_combine_bwd, moe_experts_bwd, moe_route_bwd, sum_squares_dev,
+    adamw_dev,
+};
+
+} // namespace
+
+const Backend *backend_cuda_open(int gpu, int local_rank, char *err, size_t len) {
+    int count = 0;
+    cudaError_t rc = cudaGetDeviceCount(&count);
+    if (rc != cudaSuccess || count == 0) {
+        std::snprintf(err, len, "run.device = cuda: no CUDA device on this node (%s)", rc != cudaSuccess ? cudaGetErrorString(rc) : "0 devices");
+        return nullptr;
+    }
+    int dev = gpu >= 0 ? gpu : local_rank % count;
+    if (dev >= count) {
+        std::snprintf(err, len, "run.gpu = %d: this node has %d CUDA device%s", gpu, count, count == 1 ? "" : "s");
+        return nullptr;
+    }
+    if (!S.open) {
+        cudaCheck(cudaSetDevice(dev));
+        cublasCheck(cublasCreate(&S.blas));
+        S.scalars = static_cast<double *>(dev_alloc(2 * sizeof(double)));
+        S.partial = static_cast<double *>(dev_alloc(sizeof(double) * cu_sum_squares_scratch_doubles()));
+        S.open = 1;
+    }
+    return &TABLE;
+}
+
+void backend_cuda_close(void) {
+    if (!S.open) return;
+    void *bufs[] = {S.tokens, S.targets, S.att_scratch, S.scalars, S.partial};
+    for (void *b : bufs)
+        if (b) dev_release(b);
+    cublasCheck(cublasDestroy(S.blas));
+    S = State();
+}

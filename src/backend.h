@@ -1,0 +1,69 @@
+// backend.h: the seam between the model (model.c, which keeps the order of a step) and the device that
+// runs its ops. One table per device, each entry with the signature and meaning of its CPU function in
+// layers.h, moe.h or optim.h:
+// - "cpu" (backend_cpu.c): those functions themselves;
+// - "cuda" (cuda/backend.cu): the kernels of cuda/ (cuda/kernels.h).
+// Buffers a model keeps (parameters, gradients, AdamW state, activations) come from the table's alloc.
+// On cuda that is CUDA managed memory: kernels use it in place, and host code (the MoE's counts, the
+// checkpoint writer, fedavg's allreduce) may read it after sync(). Ops that return a host value (the
+// cross-entropy, the gradient's sum of squares) synchronise themselves.
+#ifndef PCMOE_BACKEND_H
+#define PCMOE_BACKEND_H
+
+#include <stddef.h> // size_t
+#include <stdint.h> // uint8_t
+
+#include "moe.h"    // MoeActs, MoeScratch, ExpertSet
+#include "optim.h"  // OptimConfig, ParamTensor
+
+typedef struct Backend {
+    const char *name;                         // "cpu" or "cuda"
+    void *(*alloc)(size_t bytes);             // zero-filled; ends the job when out of memory
+    void (*release)(void *p);
+    void (*sync)(void);                       // queued ops are done: the host may read their results
+    void (*zero)(void *p, size_t bytes);
+    // layers.h
+    void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
+    void (*embedding_forward)(float *out, const uint8_t *tokens, const float *embed, int N, int d);
+    void (*embedding_backward)(float *dembed, const float *dout, const uint8_t *tokens, int N, int d);
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps);
+    void (*rmsnorm_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd,
+                             int N, int d);
+    void (*matmul_forward)(float *out, const float *inp, const float *w, int N, int n_in, int n_out, double *flops);
+    void (*matmul_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N, int n_in,
+                            int n_out, double *flops);
+    void (*rope_forward)(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
+    void (*rope_backward)(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
+    void (*attention_forward)(float *out, float *att, const float *qkv, int B, int T, int H, int hs, double *flops);
+    void (*attention_backward)(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T, int H,
+                               int hs, double *flops);
+    double (*crossentropy_forward)(float *probs_inout, float *losses, const uint8_t *targets, int N, int V);
+    void (*crossentropy_backward)(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale);
+    void (*ffn_forward)(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu,
+                        const float *wd, int N, int d, int f, double *flops);
+    void (*ffn_backward)(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da, const float *dy,
+                         const float *x, const float *h, const float *u, const float *a, const float *wg, const float *wu,
+                         const float *wd, int N, int d, int f, double *flops);
+    // moe.h (moe_route leaves counts and offsets readable by the host)
+    void (*moe_route)(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops);
+    void (*moe_experts_forward)(MoeActs *a, ExpertSet w, double *flops);
+    void (*moe_combine)(float *out, const MoeActs *a);
+    void (*moe_combine_backward)(MoeScratch *s, const float *dout, const MoeActs *a);
+    void (*moe_experts_backward)(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw, double *flops);
+    void (*moe_route_backward)(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp,
+                               const float *router, float aux_coef, float z_coef, double *flops);
+    // optim.h
+    double (*sum_squares)(const float *g, size_t n);
+    void (*adamw)(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *active,
+                  int *steps, float *params, const float *grads, float *m, float *v, float lr, float grad_scale);
+} Backend;
+
+extern const Backend backend_cpu;
+
+// The CUDA backend on this process's device: run.gpu when >= 0, else local_rank % the device count.
+// Returns NULL with the reason in err when there is none (no device, or a build without CUDA).
+const Backend *backend_cuda_open(int gpu, int local_rank, char *err, size_t len);
+// Releases what backend_cuda_open set up (cuBLAS, scratch); nothing when it was not opened.
+void backend_cuda_close(void);
+
+#endif

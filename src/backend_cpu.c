@@ -1,0 +1,43 @@
+// backend_cpu.c: the CPU backend: host memory and the functions of layers.c, moe.c and optim.c.
+#include "backend.h"
+
+#include <stdlib.h> // free
+#include <string.h> // memset
+
+#include "layers.h" // the dense ops
+#include "util.h"   // callocCheck
+
+static void *cpu_alloc(size_t bytes) { return callocCheck(bytes ? bytes : 1, 1); }
+static void cpu_sync(void) {}
+static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+
+const Backend backend_cpu = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .release = free,
+    .sync = cpu_sync,
+    .zero = cpu_zero,
+    .residual_forward = residual_forward,
+    .embedding_forward = embedding_forward,
+    .embedding_backward = embedding_backward,
+    .rmsnorm_forward = rmsnorm_forward,
+    .rmsnorm_backward = rmsnorm_backward,
+    .matmul_forward = matmul_forward,
+    .matmul_backward = matmul_backward,
+    .rope_forward = rope_forward,
+    .rope_backward = rope_backward,
+    .attention_forward = attention_forward,
+    .attention_backward = attention_backward,
+    .crossentropy_forward = crossentropy_forward,
+    .crossentropy_backward = crossentropy_backward,
+    .ffn_forward = ffn_forward,
+    .ffn_backward = ffn_backward,
+    .moe_route = moe_route,
+    .moe_experts_forward = moe_experts_forward,
+    .moe_combine = moe_combine,
+    .moe_combine_backward = moe_combine_backward,
+    .moe_experts_backward = moe_experts_backward,
+    .moe_route_backward = moe_route_backward,
+    .sum_squares = optim_sum_squares,
+    .adamw = optim_adamw,
+};
