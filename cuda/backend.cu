@@ -110,19 +110,16 @@ void ce_bwd(float *dlogits, const float *probs, const uint8_t *targets, int N, i
 }
 void ffn_fwd(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu, const float *wd,
              int N, int d, int f, double *flops) {
-    matmul_fwd(h, x, wg, N, d, f, flops);
-    matmul_fwd(u, x, wu, N, d, f, flops);
-    cu_swiglu_forward(a, h, u, (long)N * f, 0);
-    matmul_fwd(y, a, wd, N, f, d, flops);
+    if (N == 0) return;
+    cu_ffn_forward(S.blas, y, h, u, a, x, wg, wu, wd, N, d, f, 0);
+    *flops += 3.0 * 2.0 * N * d * f;
 }
 void ffn_bwd(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da, const float *dy, const float *x,
              const float *h, const float *u, const float *a, const float *wg, const float *wu, const float *wd, int N, int d,
              int f, double *flops) {
-    dev_zero(da, sizeof(float) * N * f);
-    matmul_bwd(da, dwd, dy, a, wd, N, f, d, flops);
-    cu_swiglu_backward(dh, du, da, h, u, (long)N * f, 0);
-    matmul_bwd(dx, dwg, dh, x, wg, N, d, f, flops);
-    matmul_bwd(dx, dwu, du, x, wu, N, d, f, flops);
+    if (N == 0) return;
+    cu_ffn_backward(S.blas, dx, dwg, dwu, dwd, dh, du, da, dy, x, h, u, a, wg, wu, wd, N, d, f, 0);
+    *flops += 6.0 * 2.0 * N * d * f;
 }
 void moe_route_dev(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops) {
     CuMoeActs c = view(a);
@@ -170,12 +167,11 @@ double sum_squares_dev(const float *g, size_t n) {
 }
 void adamw_dev(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *active, int *steps,
                float *params, const float *grads, float *m, float *v, float lr, float grad_scale) {
-    for (int k = 0; k < n_tensors; k++) { // the per-tensor scalars exactly as src/optim.c computes them
+    for (int k = 0; k < n_tensors; k++) {
         if (!active[k]) continue;
-        int t = ++steps[k];
-        float bc1 = 1.0f - (float)pow(o->beta1, t), bc2 = 1.0f - (float)pow(o->beta2, t);
         const ParamTensor *pt = &tensors[k];
-        float decay = pt->decay ? lr * o->weight_decay : 0.0f;
+        float bc1, bc2, decay;
+        optim_adamw_scalars(o, pt, ++steps[k], lr, &bc1, &bc2, &decay);
         cu_adamw(params + pt->offset, grads + pt->offset, m + pt->offset, v + pt->offset, (long)pt->numel, lr, o->beta1,
                  o->beta2, o->eps, decay, bc1, bc2, grad_scale, 0);
     }

@@ -25,6 +25,13 @@ void cu_rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B
 // swiglu.cu: a (n) = silu(h) * u;  dh, du (n) overwritten from da
 void cu_swiglu_forward(float *a, const float *h, const float *u, long n, cudaStream_t stream);
 void cu_swiglu_backward(float *dh, float *du, const float *da, const float *h, const float *u, long n, cudaStream_t stream);
+// the SwiGLU FFN: h = x wg^T, u = x wu^T (N, f); a = silu(h) * u; y (N, d) = a wd^T (overwritten). Backward:
+// dx (N, d) +=, dwg, dwu, dwd +=; scratch dh, du, da (N, f) overwritten
+void cu_ffn_forward(cublasHandle_t blas, float *y, float *h, float *u, float *a, const float *x, const float *wg,
+                    const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream);
+void cu_ffn_backward(cublasHandle_t blas, float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
+                     const float *dy, const float *x, const float *h, const float *u, const float *a, const float *wg,
+                     const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream);
 
 // crossentropy.cu: probs_inout (N, V): logits in, softmax out; losses (N).  dlogits (N, V) overwritten
 void cu_crossentropy_forward(float *probs_inout, float *losses, const uint8_t *targets, int N, int V, cudaStream_t stream);

@@ -186,10 +186,8 @@ void cu_moe_experts_forward(cublasHandle_t h, CuMoeActs *a, float *const *gate, 
         long r0 = offsets[e];
         int n = counts[e];
         if (!gate[e] || n == 0) continue;
-        cu_matmul_forward(h, a->he + r0 * f, a->xe + r0 * d, gate[e], n, d, f);
-        cu_matmul_forward(h, a->ue + r0 * f, a->xe + r0 * d, up[e], n, d, f);
-        cu_swiglu_forward(a->ae + r0 * f, a->he + r0 * f, a->ue + r0 * f, (long)n * f, stream);
-        cu_matmul_forward(h, a->ye + r0 * d, a->ae + r0 * f, down[e], n, f, d);
+        cu_ffn_forward(h, a->ye + r0 * d, a->he + r0 * f, a->ue + r0 * f, a->ae + r0 * f, a->xe + r0 * d, gate[e], up[e],
+                       down[e], n, d, f, stream);
     }
 }
 
@@ -214,11 +212,9 @@ void cu_moe_experts_backward(cublasHandle_t h, float *dxe, float *dhe, float *du
         int n = counts[e];
         if (!gate[e] || n == 0) continue;
         cudaCheck(cudaMemsetAsync(dxe + r0 * d, 0, sizeof(float) * n * d, stream));
-        cudaCheck(cudaMemsetAsync(dae + r0 * f, 0, sizeof(float) * n * f, stream));
-        cu_matmul_backward(h, dae + r0 * f, ddown[e], dye + r0 * d, a->ae + r0 * f, down[e], n, f, d);
-        cu_swiglu_backward(dhe + r0 * f, due + r0 * f, dae + r0 * f, a->he + r0 * f, a->ue + r0 * f, (long)n * f, stream);
-        cu_matmul_backward(h, dxe + r0 * d, dgate[e], dhe + r0 * f, a->xe + r0 * d, gate[e], n, d, f);
-        cu_matmul_backward(h, dxe + r0 * d, dup[e], due + r0 * f, a->xe + r0 * d, up[e], n, d, f);
+        cu_ffn_backward(h, dxe + r0 * d, dgate[e], dup[e], ddown[e], dhe + r0 * f, due + r0 * f, dae + r0 * f, dye + r0 * d,
+                        a->xe + r0 * d, a->he + r0 * f, a->ue + r0 * f, a->ae + r0 * f, gate[e], up[e], down[e], n, d, f,
+                        stream);
     }
 }
 

@@ -76,7 +76,7 @@ static const ConfigKey KEYS[] = {
     {"run", "dir", KEY_STRING, F(run_dir), 0, 0, "runs/default", "output directory (config.ini, metrics.jsonl, summary.json)", NULL},
     {"run", "threads", KEY_INT, F(threads), 0, 4096, "0", "OpenMP threads (0 = OpenMP's default: OMP_NUM_THREADS or all cores)", NULL},
     {"run", "blas_threads", KEY_INT, F(blas_threads), 0, 4096, "0", "BLAS threads (0 = auto: 1 with a pthreads OpenBLAS, whose pool fights OpenMP's; else run.threads)", NULL},
-    {"run", "device", KEY_ENUM, F(device), 0, 0, "cpu", "where the model lives and runs: cpu, or cuda (the CUDA backend; modes local, fedavg, centralized and single-party pcmoe for now)", DEVICE_NAMES},
+    {"run", "device", KEY_ENUM, F(device), 0, 0, "cpu", "where the model lives and runs: cpu, or cuda (the CUDA backend; pcmoe over MPI is refused on cuda for now, --simulate and the other modes run)", DEVICE_NAMES},
     {"run", "gpu", KEY_INT, F(gpu), -1, 1023, "-1", "run.device = cuda: the GPU of this rank (-1 = its node-local rank modulo the number of GPUs)", NULL},
 };
 #undef F

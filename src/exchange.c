@@ -68,8 +68,7 @@ void exchange_record(Exchange *ex, const char *dir) {
 static void record_block(Exchange *ex, FILE *f, int layer, int peer, int rows, int width, const void *data, size_t elem) {
     int hdr[4] = {layer, peer, rows, width};
     if (ex->rec_errno) return;
-    if (fwrite(hdr, sizeof hdr, 1, f) != 1 || fwrite(data, elem, (size_t)rows * width, f) != (size_t)rows * width)
-    {
+    if (fwrite(hdr, sizeof hdr, 1, f) != 1 || fwrite(data, elem, (size_t)rows * width, f) != (size_t)rows * width) {
         ex->rec_errno = errno ? errno : EIO;
         ex->rec_bad = f == ex->rec_rows ? 0 : 1;
     }

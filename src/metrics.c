@@ -57,8 +57,10 @@ int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, in
     memset(mt, 0, sizeof *mt);
     snprintf(mt->run_dir, sizeof mt->run_dir, "%s", c->run_dir);
     snprintf(mt->suffix, sizeof mt->suffix, "%s", suffix);
-    if (mkdir_p(c->run_dir) != 0)
-        return error_set(err, len, "run.dir = %s: cannot create directory: %s", c->run_dir, strerror(errno)) - storage_fault(errno);
+    if (mkdir_p(c->run_dir) != 0) {
+        int e = errno;
+        return error_set(err, len, "run.dir = %s: cannot create directory: %s", c->run_dir, strerror(e)) - storage_fault(e);
+    }
     char path[CONFIG_PATH_LEN + 64];
     snprintf(path, sizeof path, "%s/metrics%s.jsonl", c->run_dir, suffix);
     if (resume_step < 0 && !force && access(path, F_OK) == 0)
@@ -66,7 +68,10 @@ int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, in
     if (resume_step >= 0 && metrics_truncate(path, resume_step, err, len)) return 1;
     snprintf(mt->jsonl_path, sizeof mt->jsonl_path, "%s", path);
     mt->jsonl = fopen(path, resume_step >= 0 ? "a" : "w");
-    if (!mt->jsonl) return error_set(err, len, "%s: cannot write: %s", path, strerror(errno)) - storage_fault(errno);
+    if (!mt->jsonl) {
+        int e = errno;
+        return error_set(err, len, "%s: cannot write: %s", path, strerror(e)) - storage_fault(e);
+    }
     mt->jsonl_good = ftell(mt->jsonl);
     if (write_config) {
         char *text = NULL;

@@ -49,14 +49,20 @@ double optim_update_group(const Backend *be, const OptimConfig *o, const ParamTe
     return norm;
 }
 
+void optim_adamw_scalars(const OptimConfig *o, const ParamTensor *t, int step, float lr, float *bc1, float *bc2,
+                         float *decay) {
+    *bc1 = 1.0f - (float)pow(o->beta1, step);
+    *bc2 = 1.0f - (float)pow(o->beta2, step);
+    *decay = t->decay ? lr * o->weight_decay : 0.0f;
+}
+
 void optim_adamw(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *active,
                  int *steps, float *params, const float *grads, float *m, float *v, float lr, float grad_scale) {
     for (int k = 0; k < n_tensors; k++) {
         if (!active[k]) continue;
-        int t = ++steps[k];
-        float bc1 = 1.0f - (float)pow(o->beta1, t), bc2 = 1.0f - (float)pow(o->beta2, t);
         const ParamTensor *pt = &tensors[k];
-        float decay = pt->decay ? lr * o->weight_decay : 0.0f;
+        float bc1, bc2, decay;
+        optim_adamw_scalars(o, pt, ++steps[k], lr, &bc1, &bc2, &decay);
         float *p = params + pt->offset, *mm = m + pt->offset, *vv = v + pt->offset;
         const float *g = grads + pt->offset;
 #pragma omp parallel for

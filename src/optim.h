@@ -35,5 +35,10 @@ double optim_update_group(const struct Backend *be, const OptimConfig *o, const 
 // no decay, no moment update, no step counted, as PyTorch does for a parameter without a gradient.
 void optim_adamw(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *active,
                  int *steps, float *params, const float *grads, float *m, float *v, float lr, float grad_scale);
+// The per-tensor scalars of that update at the tensor's step t (1-based): the bias corrections
+// bc1 = 1 - beta1^t, bc2 = 1 - beta2^t, and the decay lr * weight_decay (0 for tensors without decay).
+// Every backend's AdamW derives them here.
+void optim_adamw_scalars(const OptimConfig *o, const ParamTensor *t, int step, float lr, float *bc1, float *bc2,
+                         float *decay);
 
 #endif

@@ -20,6 +20,7 @@
 extern "C" {
 #include "layers.h"
 #include "moe.h"
+#include "optim.h"
 #include "rng.h"
 }
 #include "../cuda/kernels.h"
@@ -276,24 +277,25 @@ static void check_all(cublasHandle_t h) {
         expect("cross-entropy backward", from_dev(pd, (size_t)N * V), dl);
         cudaFree(pp); cudaFree(pl); cudaFree(pd);
     }
-    { // AdamW: three steps, the formula of src/optim.c
+    { // AdamW: three steps against src/optim.c's optim_adamw on one tensor
         const long n = 1000;
         auto p = randn(n, 1.0f, 13), m = randn(n, 0.01f, 14), v = randn(n, 0.0f, 15);
         for (auto &x : v) x = 1e-4f;
         float *pp = to_dev(p), *pm = to_dev(m), *pv = to_dev(v);
-        for (int t = 1; t <= 3; t++) {
-            auto g = randn(n, 1.0f, 100 + t);
-            float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, decay = lr * 0.1f, scale = 0.5f;
-            float bc1 = 1.0f - (float)std::pow(b1, t), bc2 = 1.0f - (float)std::pow(b2, t);
-            for (long i = 0; i < n; i++) { // src/optim.c optim_adamw, one tensor
-                float gi = g[i] * scale;
-                p[i] -= decay * p[i];
-                m[i] = b1 * m[i] + (1.0f - b1) * gi;
-                v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-                p[i] -= lr * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + eps);
-            }
+        OptimConfig oc = {};
+        oc.beta1 = 0.9f; oc.beta2 = 0.95f; oc.eps = 1e-8f; oc.weight_decay = 0.1f;
+        ParamTensor t = {};
+        t.numel = (size_t)n; t.rows = (int)n; t.cols = 1; t.decay = 1;
+        int steps = 0;
+        const unsigned char active = 1;
+        const float lr = 1e-3f, scale = 0.5f;
+        for (int k = 1; k <= 3; k++) {
+            auto g = randn(n, 1.0f, 100 + k);
+            float bc1, bc2, decay;
+            optim_adamw_scalars(&oc, &t, k, lr, &bc1, &bc2, &decay);
+            optim_adamw(&oc, &t, 1, &active, &steps, p.data(), g.data(), m.data(), v.data(), lr, scale);
             float *pg = to_dev(g);
-            cu_adamw(pp, pg, pm, pv, n, lr, b1, b2, eps, decay, bc1, bc2, scale, s);
+            cu_adamw(pp, pg, pm, pv, n, lr, oc.beta1, oc.beta2, oc.eps, decay, bc1, bc2, scale, s);
             cudaFree(pg);
         }
         expect("adamw parameters (3 steps)", from_dev(pp, n), p);
