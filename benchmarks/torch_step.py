@@ -1,7 +1,9 @@
 """Times one training step (forward, backward, clip, AdamW) of the PyTorch reference model
-(tests/reference/model.py) in float32, eager mode, for a pcmoe config file.
+(tests/reference/model.py) in float32, eager mode, for a pcmoe config file, on the CPU or a GPU (TF32
+off there, as pcmoe's default).
 
-usage: torch_step.py CONFIG.ini THREADS STEPS   -> prints tokens/s (median over STEPS after 3 warm-up steps)
+usage: torch_step.py CONFIG.ini THREADS STEPS [DEVICE]
+  -> prints tokens/s (median over STEPS after 3 warm-up steps); DEVICE: cpu (default) or cuda
 """
 import configparser
 import os
@@ -17,7 +19,11 @@ import model as ref  # noqa: E402
 
 def main():
     path, threads, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    dev = torch.device(sys.argv[4] if len(sys.argv) > 4 else "cpu")
     torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     ini = configparser.ConfigParser()
     ini.read(path)
     mdl, tr = ini["model"], ini["train"]
@@ -42,21 +48,24 @@ def main():
         else:
             shapes.update({f"layer_{l}/ffn_gate": (cfg.d_ff, d), f"layer_{l}/ffn_up": (cfg.d_ff, d),
                            f"layer_{l}/ffn_down": (d, cfg.d_ff)})
-    p = {n: (torch.ones(s) if len(s) == 1 else 0.02 * torch.randn(s)).requires_grad_(True) for n, s in shapes.items()}
+    p = {n: (torch.ones(s) if len(s) == 1 else 0.02 * torch.randn(s)).to(dev).requires_grad_(True)
+         for n, s in shapes.items()}
     decay = [t for t in p.values() if t.dim() == 2]
     no_decay = [t for t in p.values() if t.dim() == 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
     times = []
     for s in range(steps + 3):
-        tok = torch.randint(0, 256, (B, T))
-        tgt = torch.randint(0, 256, (B, T))
+        tok = torch.randint(0, 256, (B, T), device=dev)
+        tgt = torch.randint(0, 256, (B, T), device=dev)
+        sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         _, loss, *_ = ref.forward(p, tok, tgt, cfg)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(p.values()), 1.0)
         opt.step()
+        sync()
         if s >= 3:
             times.append(time.perf_counter() - t0)
     print(f"{B * T / statistics.median(times):.1f}")

@@ -6,7 +6,8 @@
 // must stay out of the extern "C" block.)
 #include "kernels.h"
 
-#include <cstdio> // snprintf
+#include <cstdio>  // snprintf
+#include <cstring> // memset
 
 extern "C" {
 #include "backend.h"
@@ -23,18 +24,42 @@ struct State {
     long cap_att = 0;
     double *scalars = nullptr;                     // (2) results read by the host (sum of squares; aux, z)
     double *partial = nullptr;                     // sum-of-squares scratch
+    size_t bytes = 0, peak = 0;                    // device bytes held through dev_alloc, now and at most
 } S;
 
+// Every device buffer starts with a header that keeps its size, so release can count it off: the
+// accounting is exact and needs no table. HEADER keeps the caller's pointer 256-byte aligned.
+constexpr size_t HEADER = 256;
+
 void *dev_alloc(size_t bytes) {
-    void *p = nullptr;
-    cudaCheck(cudaMallocManaged(&p, bytes ? bytes : 1));
-    cudaCheck(cudaMemset(p, 0, bytes ? bytes : 1));
+    char *p = nullptr;
+    cudaCheck(cudaMallocManaged(reinterpret_cast<void **>(&p), HEADER + bytes));
+    cudaCheck(cudaMemset(p + HEADER, 0, bytes));
     cudaCheck(cudaDeviceSynchronize());
+    *reinterpret_cast<size_t *>(p) = bytes;
+    S.bytes += bytes;
+    if (S.bytes > S.peak) S.peak = S.bytes;
+    return p + HEADER;
+}
+void dev_release(void *q) {
+    if (!q) return;
+    char *p = static_cast<char *>(q) - HEADER;
+    S.bytes -= *reinterpret_cast<size_t *>(p);
+    cudaCheck(cudaFree(p));
+}
+size_t dev_peak(void) { return S.peak; }
+void *pinned_alloc(size_t bytes) {
+    void *p = nullptr;
+    cudaCheck(cudaMallocHost(&p, bytes ? bytes : 1));
+    std::memset(p, 0, bytes ? bytes : 1);
     return p;
 }
-void dev_release(void *p) { cudaCheck(cudaFree(p)); }
+void pinned_release(void *p) { cudaCheck(cudaFreeHost(p)); }
 void dev_sync(void) { cudaCheck(cudaDeviceSynchronize()); }
 void dev_zero(void *p, size_t bytes) { cudaCheck(cudaMemsetAsync(p, 0, bytes, 0)); }
+void dev_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, 0));
+}
 
 // a device copy of n host bytes in *buf (grown to the largest n seen)
 const uint8_t *dev_bytes(uint8_t **buf, size_t *cap, const uint8_t *host, size_t n) {
@@ -178,7 +203,7 @@ void adamw_dev(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, 
 }
 
 const Backend TABLE = {
-    "cuda", dev_alloc, dev_release, dev_sync, dev_zero, residual, embedding_fwd, embedding_bwd, rmsnorm_fwd, rmsnorm_bwd,
+    "cuda", 1, dev_alloc, dev_release, pinned_alloc, pinned_release, dev_sync, dev_zero, dev_copy, dev_peak, residual, embedding_fwd, embedding_bwd, rmsnorm_fwd, rmsnorm_bwd,
     matmul_fwd, matmul_bwd, rope_fwd, rope_bwd, attention_fwd, attention_bwd, ce_fwd, ce_bwd, ffn_fwd, ffn_bwd,
     moe_route_dev, moe_experts_fwd, moe_combine_dev, moe_combine_bwd, moe_experts_bwd, moe_route_bwd, sum_squares_dev,
     adamw_dev,
@@ -186,7 +211,7 @@ const Backend TABLE = {
 
 } // namespace
 
-const Backend *backend_cuda_open(int gpu, int local_rank, char *err, size_t len) {
+const Backend *backend_cuda_open(int gpu, int local_rank, int tf32, char *err, size_t len) {
     int count = 0;
     cudaError_t rc = cudaGetDeviceCount(&count);
     if (rc != cudaSuccess || count == 0) {
@@ -201,6 +226,7 @@ const Backend *backend_cuda_open(int gpu, int local_rank, char *err, size_t len)
     if (!S.open) {
         cudaCheck(cudaSetDevice(dev));
         cublasCheck(cublasCreate(&S.blas));
+        cublasCheck(cublasSetMathMode(S.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
         S.scalars = static_cast<double *>(dev_alloc(2 * sizeof(double)));
         S.partial = static_cast<double *>(dev_alloc(sizeof(double) * cu_sum_squares_scratch_doubles()));
         S.open = 1;

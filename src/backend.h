@@ -5,8 +5,8 @@
 // - "cuda" (cuda/backend.cu): the kernels of cuda/ (cuda/kernels.h).
 // Buffers a model keeps (parameters, gradients, AdamW state, activations) come from the table's alloc.
 // On cuda that is CUDA managed memory: kernels use it in place, and host code (the MoE's counts, the
-// checkpoint writer, fedavg's allreduce) may read it after sync(). Ops that return a host value (the
-// cross-entropy, the gradient's sum of squares) synchronise themselves.
+// checkpoint writer, fedavg's allreduce, the exchange's checks) may read it after sync(). Ops that return
+// a host value (the cross-entropy, the gradient's sum of squares) synchronise themselves.
 #ifndef PCMOE_BACKEND_H
 #define PCMOE_BACKEND_H
 
@@ -18,10 +18,15 @@
 
 typedef struct Backend {
     const char *name;                         // "cpu" or "cuda"
+    int device;                               // 1: alloc gives device memory (MPI needs staging or CUDA-awareness)
     void *(*alloc)(size_t bytes);             // zero-filled; ends the job when out of memory
     void (*release)(void *p);
+    void *(*alloc_pinned)(size_t bytes);      // host memory for MPI transfers (page-locked on cuda), zero-filled
+    void (*release_pinned)(void *p);
     void (*sync)(void);                       // queued ops are done: the host may read their results
     void (*zero)(void *p, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes); // queued like an op; either side may be host memory
+    size_t (*peak_bytes)(void);               // the most bytes alloc's buffers (and the backend's own) held at once
     // layers.h
     void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
     void (*embedding_forward)(float *out, const uint8_t *tokens, const float *embed, int N, int d);
@@ -60,9 +65,10 @@ typedef struct Backend {
 
 extern const Backend backend_cpu;
 
-// The CUDA backend on this process's device: run.gpu when >= 0, else local_rank % the device count.
-// Returns NULL with the reason in err when there is none (no device, or a build without CUDA).
-const Backend *backend_cuda_open(int gpu, int local_rank, char *err, size_t len);
+// The CUDA backend on this process's device: run.gpu when >= 0, else local_rank % the device count;
+// tf32: cuBLAS may use TF32 tensor cores for the fp32 GEMMs (run.tf32). Returns NULL with the reason in
+// err when there is none (no device, or a build without CUDA).
+const Backend *backend_cuda_open(int gpu, int local_rank, int tf32, char *err, size_t len);
 // Releases what backend_cuda_open set up (cuBLAS, scratch); nothing when it was not opened.
 void backend_cuda_close(void);
 

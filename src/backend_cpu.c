@@ -2,7 +2,7 @@
 #include "backend.h"
 
 #include <stdlib.h> // free
-#include <string.h> // memset
+#include <string.h> // memset, memcpy
 
 #include "layers.h" // the dense ops
 #include "util.h"   // callocCheck
@@ -10,13 +10,20 @@
 static void *cpu_alloc(size_t bytes) { return callocCheck(bytes ? bytes : 1, 1); }
 static void cpu_sync(void) {}
 static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static size_t cpu_peak(void) { return 0; } // host memory: the process's peak RSS says it
 
 const Backend backend_cpu = {
     .name = "cpu",
+    .device = 0,
     .alloc = cpu_alloc,
     .release = free,
+    .alloc_pinned = cpu_alloc,
+    .release_pinned = free,
     .sync = cpu_sync,
     .zero = cpu_zero,
+    .copy = cpu_copy,
+    .peak_bytes = cpu_peak,
     .residual_forward = residual_forward,
     .embedding_forward = embedding_forward,
     .embedding_backward = embedding_backward,

@@ -9,6 +9,10 @@
 
 #include "util.h"   // mpiCheck, mallocCheck, fail, write_file_atomic
 
+#if defined(OPEN_MPI) && OPEN_MPI
+#include <mpi-ext.h> // MPIX_CUDA_AWARE_SUPPORT, MPIX_Query_cuda_support
+#endif
+
 const char *const MSG_KIND_NAMES[] = {"routing_counts", "expert_rows", "expert_outputs", "output_grads",
                                       "input_grads", "metrics", "fedavg_weights", "control", "audit"};
 
@@ -62,6 +66,14 @@ int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad) {
     if (first_bad) *first_bad = all[0] == INT_MAX ? -1 : all[0];
     if (n_bad) *n_bad = all[0] == INT_MAX ? 0 : all[1];
     return all[0] == INT_MAX;
+}
+
+int comm_cuda_aware(void) {
+#if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
+    return MPIX_Query_cuda_support() == 1;
+#else
+    return 0;
+#endif
 }
 
 int comm_local_rank(Comm *c) {

@@ -58,6 +58,9 @@ double comm_total_recv(const Comm *c);
 int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad);
 // This rank's index among the ranks on its node (MPI_COMM_TYPE_SHARED), for choosing its GPU.
 int comm_local_rank(Comm *c);
+// 1 when the MPI library says, at build time and now, that it accepts CUDA device buffers (Open MPI's
+// MPIX_Query_cuda_support); 0 when it says no or cannot say (other MPIs).
+int comm_cuda_aware(void);
 // Agreement on world: the largest of every rank's `v` (for example a status: 0 go on, 1 stop, 2 failed).
 int comm_max_int(Comm *c, int v);
 // All-to-all of `per_peer` ints with every other party (the entry for oneself is copied, not sent).

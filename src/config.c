@@ -15,6 +15,7 @@ typedef enum { KEY_INT, KEY_INT64, KEY_FLOAT, KEY_STRING, KEY_BOOL, KEY_ENUM } K
 const char *const MODE_NAMES[] = {"pcmoe", "centralized", "local", "fedavg", NULL};
 const char *const SCHEDULE_NAMES[] = {"concurrent", "sequential", NULL};
 const char *const DEVICE_NAMES[] = {"cpu", "cuda", NULL};
+const char *const CUDA_AWARE_NAMES[] = {"auto", "on", "off", NULL};
 
 typedef struct {
     const char *section;
@@ -76,8 +77,10 @@ static const ConfigKey KEYS[] = {
     {"run", "dir", KEY_STRING, F(run_dir), 0, 0, "runs/default", "output directory (config.ini, metrics.jsonl, summary.json)", NULL},
     {"run", "threads", KEY_INT, F(threads), 0, 4096, "0", "OpenMP threads (0 = OpenMP's default: OMP_NUM_THREADS or all cores)", NULL},
     {"run", "blas_threads", KEY_INT, F(blas_threads), 0, 4096, "0", "BLAS threads (0 = auto: 1 with a pthreads OpenBLAS, whose pool fights OpenMP's; else run.threads)", NULL},
-    {"run", "device", KEY_ENUM, F(device), 0, 0, "cpu", "where the model lives and runs: cpu, or cuda (the CUDA backend; pcmoe over MPI is refused on cuda for now, --simulate and the other modes run)", DEVICE_NAMES},
+    {"run", "device", KEY_ENUM, F(device), 0, 0, "cpu", "where the model lives and runs: cpu, or cuda (parameters, gradients, AdamW state and activations in GPU memory; every mode)", DEVICE_NAMES},
     {"run", "gpu", KEY_INT, F(gpu), -1, 1023, "-1", "run.device = cuda: the GPU of this rank (-1 = its node-local rank modulo the number of GPUs)", NULL},
+    {"run", "cuda_aware_mpi", KEY_ENUM, F(cuda_aware_mpi), 0, 0, "auto", "run.device = cuda, pcmoe: hand MPI device buffers (on), or stage rows through page-locked host buffers (off); auto = on when Open MPI reports CUDA support (MPIX_Query_cuda_support)", CUDA_AWARE_NAMES},
+    {"run", "tf32", KEY_BOOL, F(tf32), 0, 1, "false", "run.device = cuda: let cuBLAS run fp32 GEMMs on TF32 tensor cores (faster on sm_80+, ~1e-3 relative error per product; off = exact fp32)", NULL},
 };
 #undef F
 #define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))

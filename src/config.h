@@ -12,9 +12,11 @@
 typedef enum { MODE_PCMOE, MODE_CENTRALIZED, MODE_LOCAL, MODE_FEDAVG } Mode;
 typedef enum { SCHEDULE_CONCURRENT, SCHEDULE_SEQUENTIAL } Schedule;
 typedef enum { DEVICE_CPU, DEVICE_CUDA } Device;
+typedef enum { CUDA_AWARE_AUTO, CUDA_AWARE_ON, CUDA_AWARE_OFF } CudaAware;
 extern const char *const MODE_NAMES[];     // indexed by Mode: "pcmoe", "centralized", "local", "fedavg"
 extern const char *const SCHEDULE_NAMES[]; // indexed by Schedule: "concurrent", "sequential"
 extern const char *const DEVICE_NAMES[];   // indexed by Device: "cpu", "cuda"
+extern const char *const CUDA_AWARE_NAMES[]; // indexed by CudaAware: "auto", "on", "off"
 
 typedef struct {
     // [parties]
@@ -73,6 +75,8 @@ typedef struct {
     int blas_threads;    // BLAS threads (0 = auto)
     int device;          // Device: where the model's buffers live and its ops run
     int gpu;             // run.device = cuda: the GPU index (-1 = local rank % device count)
+    int cuda_aware_mpi;  // CudaAware: pcmoe on cuda hands MPI device buffers (on) or stages them on the host (off)
+    int tf32;            // run.device = cuda: 1 lets cuBLAS use TF32 tensor cores for fp32 GEMMs
 } Config;
 
 // Fills `c` with defaults, reads `path` (NULL: defaults only), then applies `n_set` overrides of the form

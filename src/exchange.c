@@ -4,12 +4,12 @@
 #include <errno.h>  // errno, EIO
 #include <math.h>   // NAN
 #include <stdio.h>  // fwrite, fflush, ftell
-#include <stdlib.h> // realloc, free
-#include <string.h> // memcpy, memset, strerror
+#include <stdlib.h> // free
+#include <string.h> // memset, strcmp, strerror
 #include <unistd.h> // ftruncate
 
-#include "layers.h" // ffn_forward, ffn_backward
-#include "util.h"   // mallocCheck, fail
+#include "backend.h" // Backend
+#include "util.h"    // mallocCheck, fail
 
 int exchange_owner(int e, int P) { return e % P; }
 
@@ -19,8 +19,11 @@ void exchange_packing_order(int *order, int m, int P) {
         for (int e = p; e < m; e += P) order[i++] = e;
 }
 
-void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers, int max_rows, int check_finite) {
+void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *comm, int m, int d, int f, int n_layers,
+                     int max_rows, int check_finite) {
     memset(ex, 0, sizeof *ex);
+    ex->be = be;
+    ex->staged = be->device && !direct;
     ex->comm = comm;
     ex->P = comm->n_parties;
     ex->party = comm->party;
@@ -37,13 +40,14 @@ void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers
     ex->send_counts = callocCheck(2 * pm, sizeof(int));
     ex->recv_counts = callocCheck(2 * pm, sizeof(int));
     ex->within = callocCheck(pm, sizeof(int));
-    ex->send_rows = callocCheck(4 * (size_t)P, sizeof(int));
+    ex->send_rows = callocCheck(5 * (size_t)P, sizeof(int));
     ex->send_offs = ex->send_rows + P;
     ex->recv_rows = ex->send_rows + 2 * P;
     ex->recv_offs = ex->send_rows + 3 * P;
+    ex->stage_offs = ex->send_rows + 4 * P;
     ex->layers = callocCheck(n_layers, sizeof(ServeLayer));
     for (int l = 0; l < n_layers; l++) ex->layers[l].from = callocCheck(pm, sizeof(int));
-    ex->bytes = sizeof(int) * (5 * pm + 4 * P + (size_t)n_layers * pm);
+    ex->bytes = sizeof(int) * (5 * pm + 5 * P + (size_t)n_layers * pm);
     ex->peak = ex->bytes;
 }
 
@@ -91,54 +95,69 @@ int exchange_record_commit(Exchange *ex, char *err, size_t len) {
 void exchange_free(Exchange *ex) {
     if (ex->rec_rows) fclose(ex->rec_rows);
     if (ex->rec_truth) fclose(ex->rec_truth);
+    void (*release)(void *) = ex->be->release;
     for (int l = 0; l < ex->n_layers; l++) {
         ServeLayer *sl = &ex->layers[l];
-        free(sl->from); free(sl->x); free(sl->h); free(sl->u); free(sl->a); free(sl->y);
+        free(sl->from);
+        release(sl->x); release(sl->h); release(sl->u); release(sl->a); release(sl->y);
     }
     free(ex->layers);
     free(ex->local); free(ex->order); free(ex->send_counts); free(ex->recv_counts); free(ex->within);
-    free(ex->send_rows); free(ex->buf);
-    free(ex->dy); free(ex->dx); free(ex->dh); free(ex->du); free(ex->da);
+    free(ex->send_rows);
+    if (ex->buf) (ex->staged ? ex->be->release_pinned : release)(ex->buf);
+    if (ex->stage) ex->be->release_pinned(ex->stage);
+    release(ex->dy); release(ex->dx); release(ex->dh); release(ex->du); release(ex->da);
     memset(ex, 0, sizeof *ex);
 }
 
-// Grows *p to hold `rows` rows of `width` floats, keeping the byte count of exchange buffers.
-static void grow(Exchange *ex, float **p, size_t old_rows, size_t rows, int width) {
-    float *q = realloc(*p, sizeof(float) * rows * width);
-    if (!q) fail("out of memory growing an exchange buffer to %zu rows", rows);
-    *p = q;
+// Kinds of exchange buffer (see exchange.h): where each is allocated.
+typedef enum { BUF_BACKEND, BUF_TRANSIT, BUF_PINNED } BufKind;
+
+// Replaces *p by a zeroed buffer of `rows` rows of `width` floats, keeping the byte count of exchange
+// buffers. The contents are not kept: every caller fills the buffer anew.
+static void grow(Exchange *ex, float **p, size_t old_rows, size_t rows, int width, BufKind kind) {
+    int pinned = kind == BUF_PINNED || (kind == BUF_TRANSIT && ex->staged);
+    if (*p) (pinned ? ex->be->release_pinned : ex->be->release)(*p);
+    *p = (pinned ? ex->be->alloc_pinned : ex->be->alloc)(sizeof(float) * rows * width);
     ex->bytes += sizeof(float) * (rows - old_rows) * width;
     if (ex->bytes > ex->peak) ex->peak = ex->bytes;
 }
 
 static void ensure_buf(Exchange *ex, size_t rows) {
     if (rows <= ex->buf_cap) return;
-    grow(ex, &ex->buf, ex->buf_cap, rows, ex->d);
+    grow(ex, &ex->buf, ex->buf_cap, rows, ex->d, BUF_TRANSIT);
     ex->buf_cap = rows;
+}
+
+static void ensure_stage(Exchange *ex, size_t rows) {
+    if (!ex->staged || rows <= ex->stage_cap) return;
+    grow(ex, &ex->stage, ex->stage_cap, rows, ex->d, BUF_PINNED);
+    ex->stage_cap = rows;
 }
 
 static void ensure_serve(Exchange *ex, ServeLayer *sl, size_t rows) {
     if (rows <= sl->cap) return;
-    grow(ex, &sl->x, sl->cap, rows, ex->d);
-    grow(ex, &sl->y, sl->cap, rows, ex->d);
-    grow(ex, &sl->h, sl->cap, rows, ex->f);
-    grow(ex, &sl->u, sl->cap, rows, ex->f);
-    grow(ex, &sl->a, sl->cap, rows, ex->f);
+    grow(ex, &sl->x, sl->cap, rows, ex->d, BUF_BACKEND);
+    grow(ex, &sl->y, sl->cap, rows, ex->d, BUF_BACKEND);
+    grow(ex, &sl->h, sl->cap, rows, ex->f, BUF_BACKEND);
+    grow(ex, &sl->u, sl->cap, rows, ex->f, BUF_BACKEND);
+    grow(ex, &sl->a, sl->cap, rows, ex->f, BUF_BACKEND);
     sl->cap = rows;
 }
 
 static void ensure_scratch(Exchange *ex, size_t rows) {
     if (rows <= ex->scratch_cap) return;
-    grow(ex, &ex->dy, ex->scratch_cap, rows, ex->d);
-    grow(ex, &ex->dx, ex->scratch_cap, rows, ex->d);
-    grow(ex, &ex->dh, ex->scratch_cap, rows, ex->f);
-    grow(ex, &ex->du, ex->scratch_cap, rows, ex->f);
-    grow(ex, &ex->da, ex->scratch_cap, rows, ex->f);
+    grow(ex, &ex->dy, ex->scratch_cap, rows, ex->d, BUF_BACKEND);
+    grow(ex, &ex->dx, ex->scratch_cap, rows, ex->d, BUF_BACKEND);
+    grow(ex, &ex->dh, ex->scratch_cap, rows, ex->f, BUF_BACKEND);
+    grow(ex, &ex->du, ex->scratch_cap, rows, ex->f, BUF_BACKEND);
+    grow(ex, &ex->da, ex->scratch_cap, rows, ex->f, BUF_BACKEND);
     ex->scratch_cap = rows;
 }
 
 // Sender layout from this party's routing (a), and owner layout from the counts in sl->from: how many
-// rows go to / come from each party and where their blocks start.
+// rows go to / come from each party and where their blocks start (in the packed rows, in buf, and in
+// stage, where the blocks bound for other parties sit back to back).
 static void layouts(Exchange *ex, const ServeLayer *sl, const MoeActs *a) {
     int P = ex->P, K = ex->max_local;
     for (int p = 0; p < P; p++) {
@@ -155,6 +174,7 @@ static void layouts(Exchange *ex, const ServeLayer *sl, const MoeActs *a) {
         ex->recv_offs[q] = off;
         off += ex->recv_rows[q];
     }
+    for (int p = 0, at = 0; p < P; p++) { ex->stage_offs[p] = at; at += ex->send_rows[p]; }
 }
 
 // Moves rows between the serve layout and their homes: rows from party q live in ex->buf (block q), this
@@ -169,8 +189,8 @@ static void serve_copy(Exchange *ex, const ServeLayer *sl, float *serve, float *
             if (n == 0) continue;
             float *home = q == ex->party ? own + (size_t)a->offsets[ex->local[j]] * d
                                          : ex->buf + ((size_t)ex->recv_offs[q] + ex->within[q * K + j]) * d;
-            if (to_serve) memcpy(serve + row * d, home, sizeof(float) * n * d);
-            else memcpy(home, serve + row * d, sizeof(float) * n * d);
+            if (to_serve) ex->be->copy(serve + row * d, home, sizeof(float) * n * d);
+            else ex->be->copy(home, serve + row * d, sizeof(float) * n * d);
             row += n;
         }
 }
@@ -206,6 +226,7 @@ static void check_counts(Exchange *ex, ServeLayer *sl) {
 // With privacy.check_finite: the rows received from each peer (rows[q] at row offs[q] of buf) are finite.
 static void check_rows(const Exchange *ex, const float *buf, const int *rows, const int *offs, MsgKind kind) {
     if (!ex->check_finite || !buf) return;
+    ex->be->sync(); // (direct: buf is device memory MPI wrote)
     for (int q = 0; q < ex->P; q++) {
         const float *v = buf + (size_t)offs[q] * ex->d;
         size_t n = (size_t)rows[q] * ex->d;
@@ -215,10 +236,26 @@ static void check_rows(const Exchange *ex, const float *buf, const int *rows, co
     }
 }
 
+// Copies the blocks of packed rows bound for other parties between `own` and stage (to_stage: own ->
+// stage). Staged exchanges only.
+static void stage_copy(Exchange *ex, float *own, int to_stage) {
+    size_t d = (size_t)ex->d;
+    for (int p = 0; p < ex->P; p++) {
+        size_t bytes = sizeof(float) * ex->send_rows[p] * d;
+        float *home = own + (size_t)ex->send_offs[p] * d, *staged = ex->stage + (size_t)ex->stage_offs[p] * d;
+        if (bytes) ex->be->copy(to_stage ? staged : home, to_stage ? home : staged, bytes);
+    }
+}
+
 // Rows travel from the senders' packed buffers (`own`: this party's) to the owners' serve layout: remote
 // rows through MPI into ex->buf (checked), then every row into `serve`.
 static void to_owners(Exchange *ex, const ServeLayer *sl, MsgKind kind, float *own, float *serve, const MoeActs *a) {
-    comm_alltoallv_rows(ex->comm, kind, own, ex->send_rows, ex->send_offs, ex->buf, ex->recv_rows, ex->recv_offs, ex->d);
+    if (ex->staged && own) stage_copy(ex, own, 1);
+    ex->be->sync(); // MPI reads what the device wrote
+    if (ex->staged)
+        comm_alltoallv_rows(ex->comm, kind, ex->stage, ex->send_rows, ex->stage_offs, ex->buf, ex->recv_rows, ex->recv_offs, ex->d);
+    else
+        comm_alltoallv_rows(ex->comm, kind, own, ex->send_rows, ex->send_offs, ex->buf, ex->recv_rows, ex->recv_offs, ex->d);
     check_rows(ex, ex->buf, ex->recv_rows, ex->recv_offs, kind);
     serve_copy(ex, sl, serve, own, a, 1);
 }
@@ -226,8 +263,15 @@ static void to_owners(Exchange *ex, const ServeLayer *sl, MsgKind kind, float *o
 // And back: rows of the serve layout return to their senders' packed positions in `own` (checked).
 static void to_senders(Exchange *ex, const ServeLayer *sl, MsgKind kind, float *serve, float *own, const MoeActs *a) {
     serve_copy(ex, sl, serve, own, a, 0);
-    comm_alltoallv_rows(ex->comm, kind, ex->buf, ex->recv_rows, ex->recv_offs, own, ex->send_rows, ex->send_offs, ex->d);
-    check_rows(ex, own, ex->send_rows, ex->send_offs, kind);
+    ex->be->sync();
+    if (ex->staged) {
+        comm_alltoallv_rows(ex->comm, kind, ex->buf, ex->recv_rows, ex->recv_offs, ex->stage, ex->send_rows, ex->stage_offs, ex->d);
+        check_rows(ex, ex->stage, ex->send_rows, ex->stage_offs, kind);
+        if (own) stage_copy(ex, own, 0);
+    } else {
+        comm_alltoallv_rows(ex->comm, kind, ex->buf, ex->recv_rows, ex->recv_offs, own, ex->send_rows, ex->send_offs, ex->d);
+        check_rows(ex, own, ex->send_rows, ex->send_offs, kind);
+    }
 }
 
 void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *flops) {
@@ -250,15 +294,18 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     check_counts(ex, sl);
     for (int j = 0; j < ex->n_local; j++) sl->from[ex->party * K + j] = a ? a->counts[ex->local[j]] : 0;
     layouts(ex, sl, a);
-    size_t in_transit = 0;
+    size_t in_transit = 0, going_out = 0;
     sl->rows = 0;
     for (int q = 0; q < P; q++) {
         in_transit += ex->recv_rows[q];
+        going_out += ex->send_rows[q];
         for (int j = 0; j < ex->n_local; j++) sl->rows += sl->from[q * K + j];
         ex->comm->rows_routed[q] += ex->send_rows[q];
     }
     ensure_buf(ex, in_transit);
+    ensure_stage(ex, going_out);
     ensure_serve(ex, sl, sl->rows);
+    if (a && (ex->noise_std > 0.0f || ex->rec_truth || ex->fault)) ex->be->sync(); // the host reads / writes a's rows
     if (a && ex->noise_std > 0.0f) // the defence: every row that leaves this party carries noise
         for (int p = 0; p < P; p++) {
             float *x = a->xe + (size_t)ex->send_offs[p] * d;
@@ -282,8 +329,8 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     size_t r0 = 0;
     for (int j = 0; j < ex->n_local; j++) {
         int n = served_rows(ex, sl, j), e = ex->local[j];
-        if (n) ffn_forward(sl->y + r0 * d, sl->h + r0 * f, sl->u + r0 * f, sl->a + r0 * f, sl->x + r0 * d,
-                           w.gate[e], w.up[e], w.down[e], n, d, f, flops);
+        if (n) ex->be->ffn_forward(sl->y + r0 * d, sl->h + r0 * f, sl->u + r0 * f, sl->a + r0 * f, sl->x + r0 * d,
+                                   w.gate[e], w.up[e], w.down[e], n, d, f, flops);
         r0 += n;
     }
     // 4. outputs back to the senders
@@ -303,10 +350,10 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     for (int j = 0; j < ex->n_local; j++) {
         int n = served_rows(ex, sl, j), e = ex->local[j];
         if (n) {
-            memset(ex->dx + r0 * d, 0, sizeof(float) * n * d);
-            ffn_backward(ex->dx + r0 * d, dw.gate[e], dw.up[e], dw.down[e], ex->dh + r0 * f, ex->du + r0 * f,
-                         ex->da + r0 * f, ex->dy + r0 * d, sl->x + r0 * d, sl->h + r0 * f, sl->u + r0 * f,
-                         sl->a + r0 * f, w.gate[e], w.up[e], w.down[e], n, d, f, flops);
+            ex->be->zero(ex->dx + r0 * d, sizeof(float) * n * d);
+            ex->be->ffn_backward(ex->dx + r0 * d, dw.gate[e], dw.up[e], dw.down[e], ex->dh + r0 * f, ex->du + r0 * f,
+                                 ex->da + r0 * f, ex->dy + r0 * d, sl->x + r0 * d, sl->h + r0 * f, sl->u + r0 * f,
+                                 sl->a + r0 * f, w.gate[e], w.up[e], w.down[e], n, d, f, flops);
         }
         r0 += n;
     }

@@ -22,6 +22,13 @@
 //
 // Nothing else crosses: no token ids, labels, gate weights, router or backbone tensors. Anything wrong
 // in what a peer sends stops the job (MPI_Abort) with a message naming that party.
+//
+// On a device (run.device = cuda) rows, expert activations and gradients stay in device memory; only
+// the rows that cross parties leave it. MPI gets them one of two ways (run.cuda_aware_mpi):
+//   staged: the sender copies each peer's block of packed rows into a page-locked host buffer (stage),
+//           MPI moves host memory, and the receiver copies the blocks back into device memory;
+//   direct: MPI is CUDA-aware and is handed the device buffers themselves.
+// Either way the same rows cross in the same order, so --audit and the record files see the same bytes.
 #ifndef PCMOE_EXCHANGE_H
 #define PCMOE_EXCHANGE_H
 
@@ -31,18 +38,24 @@
 #include "comm.h"   // Comm
 #include "moe.h"    // MoeActs, MoeScratch, ExpertSet
 
+struct Backend;     // backend.h (which includes model headers that include this one)
+
 // Owner-side state of one MoE layer, from its forward to its backward. Rows are expert-major: local
 // expert j's rows first, and within them party 0's rows, then party 1's, and so on.
+// Buffers marked [backend] come from the backend's alloc (device memory on cuda), [transit] from alloc
+// when MPI can read them (cpu, or direct), else from alloc_pinned, [host] from malloc.
 typedef struct {
     int rows;          // rows served in the last forward
-    int *from;         // (P, max_local) rows from party q for local expert j
-    float *x;          // (rows, d) inputs
-    float *h, *u, *a;  // (rows, f) expert activations kept for the backward
-    float *y;          // (rows, d) outputs
+    int *from;         // [host] (P, max_local) rows from party q for local expert j
+    float *x;          // [backend] (rows, d) inputs
+    float *h, *u, *a;  // [backend] (rows, f) expert activations kept for the backward
+    float *y;          // [backend] (rows, d) outputs
     size_t cap;        // rows the buffers can hold
 } ServeLayer;
 
 typedef struct {
+    const struct Backend *be; // where the experts run and their buffers live
+    int staged;            // rows cross through page-locked host buffers (a device backend, MPI not CUDA-aware)
     Comm *comm;
     int P, party;          // parties, and this one
     int m, d, f, n_layers;
@@ -65,20 +78,26 @@ typedef struct {
     int *send_counts, *recv_counts; // (P, 2 * max_local) per peer: expert ids, then row counts
     int *within;           // (P, max_local)
     int *send_rows, *send_offs, *recv_rows, *recv_offs; // (P)
-    float *buf;            // (buf_cap, d) rows in transit, one block per peer
+    int *stage_offs;       // (P) staged: where peer p's block starts in stage
+    float *buf;            // [transit] (buf_cap, d) rows from / to the other parties, one block per peer
     size_t buf_cap;
-    float *dy, *dx;        // (scratch_cap, d) backward scratch in the serve layout
-    float *dh, *du, *da;   // (scratch_cap, f)
+    float *stage;          // [pinned] staged: (stage_cap, d) this party's own rows on their way out or back
+    size_t stage_cap;
+    float *dy, *dx;        // [backend] (scratch_cap, d) backward scratch in the serve layout
+    float *dh, *du, *da;   // [backend] (scratch_cap, f)
     size_t scratch_cap;
     ServeLayer *layers;    // (n_layers); unused for dense layers
-    size_t bytes, peak;    // exchange buffer bytes now, and the most ever held
+    size_t bytes, peak;    // exchange buffer bytes now, and the most ever held (device and host)
 } Exchange;
 
 // The party that owns expert e when P parties share the pool: e % P.
 int exchange_owner(int e, int P);
 // Fills order (m) with the sender packing order: experts grouped by owner, owner 0 first.
 void exchange_packing_order(int *order, int m, int P);
-void exchange_create(Exchange *ex, Comm *comm, int m, int d, int f, int n_layers, int max_rows, int check_finite);
+// be: the backend of this party's model; direct: hand MPI the backend's buffers even when they are
+// device memory (run.cuda_aware_mpi resolved to on). Ignored on cpu.
+void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *comm, int m, int d, int f, int n_layers,
+                     int max_rows, int check_finite);
 // Study only (privacy.record_received): from now on this owner appends every block of rows it receives
 // to DIR/received_party_R.bin, and this sender the true input byte of every row it sends to
 // DIR/truth_party_R.bin. Both files are sequences of blocks:

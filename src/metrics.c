@@ -14,7 +14,7 @@ void step_stats_pack(const StepStats *s, double *o) {
     double v[STEP_STATS_DOUBLES] = {s->step, s->party, s->has_train, s->train_loss, s->ce, s->aux, s->z, s->lr,
                                     s->grad_norm, s->tokens_per_s, s->flops, s->has_val, s->val_loss, s->bytes_sent,
                                     s->bytes_recv, (double)s->mem.params, (double)s->mem.grads, (double)s->mem.optim,
-                                    (double)s->mem.acts, (double)s->mem.buffers, s->rss_peak, 0.0};
+                                    (double)s->mem.acts, (double)s->mem.buffers, s->rss_peak, s->device_peak};
     memcpy(o, v, sizeof v);
 }
 
@@ -22,7 +22,7 @@ void step_stats_unpack(StepStats *s, const double *v) {
     *s = (StepStats){.step = (int)v[0], .party = (int)v[1], .has_train = (int)v[2], .train_loss = v[3], .ce = v[4],
                      .aux = v[5], .z = v[6], .lr = (float)v[7], .grad_norm = v[8], .tokens_per_s = v[9],
                      .flops = v[10], .has_val = (int)v[11], .val_loss = v[12], .bytes_sent = v[13],
-                     .bytes_recv = v[14], .rss_peak = v[20]};
+                     .bytes_recv = v[14], .rss_peak = v[20], .device_peak = v[21]};
     s->mem = (MemStats){(size_t)v[15], (size_t)v[16], (size_t)v[17], (size_t)v[18], (size_t)v[19]};
 }
 
@@ -96,10 +96,14 @@ static void json_num(FILE *f, const char *key, double v) {
     else fprintf(f, ",\"%s\":null", key);
 }
 
-static void json_mem(FILE *f, const MemStats *m, double rss) {
+// Memory by category (on cuda, params to acts and the exchange's device buffers are device memory) and
+// the process's peaks: resident host memory, and on cuda the device memory its backend held.
+static void json_mem(FILE *f, const StepStats *s) {
+    const MemStats *m = &s->mem;
     fprintf(f, ",\"mem_params\":%zu,\"mem_grads\":%zu,\"mem_optim\":%zu,\"mem_acts\":%zu,\"mem_buffers\":%zu",
             m->params, m->grads, m->optim, m->acts, m->buffers);
-    json_num(f, "rss_peak", rss);
+    json_num(f, "rss_peak", s->rss_peak);
+    if (s->device_peak > 0) json_num(f, "device_peak", s->device_peak);
 }
 
 int metrics_log(Metrics *mt, const StepStats *s, char *err, size_t len) {
@@ -121,7 +125,7 @@ int metrics_log(Metrics *mt, const StepStats *s, char *err, size_t len) {
     }
     json_num(f, "bytes_sent", s->bytes_sent);
     json_num(f, "bytes_recv", s->bytes_recv);
-    json_mem(f, &s->mem, s->rss_peak);
+    json_mem(f, s);
     fprintf(f, "}\n");
     if (fflush(f) == 0 && !ferror(f)) {
         mt->jsonl_good = ftell(f);
@@ -163,8 +167,8 @@ int metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const d
     FILE *f = open_memstream(&text, &size);
     if (!f) return error_set(err, len, "open_memstream: %s", strerror(errno)) - 1;
     double secs = now_seconds() - mt->t_start;
-    fprintf(f, "{\"mode\":\"%s\",\"schedule\":\"%s\",\"n_parties\":%d,\"steps\":%d", MODE_NAMES[c->mode],
-            SCHEDULE_NAMES[c->schedule], c->n_parties, steps);
+    fprintf(f, "{\"mode\":\"%s\",\"schedule\":\"%s\",\"device\":\"%s\",\"n_parties\":%d,\"steps\":%d", MODE_NAMES[c->mode],
+            SCHEDULE_NAMES[c->schedule], DEVICE_NAMES[c->device], c->n_parties, steps);
     json_num(f, "tokens", tokens);
     json_num(f, "seconds", secs);
     json_num(f, "tokens_per_s", tokens / secs);
@@ -178,7 +182,7 @@ int metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const d
         json_num(f, "best_val_loss", best_val[i]);
         json_num(f, "flops_per_step", s->flops);
         fprintf(f, ",\"params\":%zu", s->mem.params / sizeof(float));
-        json_mem(f, &s->mem, s->rss_peak);
+        json_mem(f, s);
         fprintf(f, "}");
     }
     fprintf(f, "\n]}\n");

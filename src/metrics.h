@@ -24,6 +24,7 @@ typedef struct {
     double bytes_recv;    // and received
     MemStats mem;         // bytes by category (buffers: peak exchange buffers)
     double rss_peak;      // peak resident set size of the process, bytes
+    double device_peak;   // run.device = cuda: the most device memory the process's backend held, bytes (else 0)
 } StepStats;
 
 // StepStats <-> a fixed array of doubles (what a party sends to rank 0 with privacy.share_metrics)

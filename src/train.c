@@ -383,7 +383,11 @@ static void build_models(Run *r) {
         model_create_on(&p->model, r->be, &mc, owned, !exchanged, B, T);
         model_init(&p->model, backbone_seed(c, p->party), (uint64_t)c->seed);
         if (exchanged) { // (one party alone holds every expert: nothing to exchange)
-            exchange_create(&r->ex, r->comm, E, c->d_model, c->expert_ff, c->n_layers, B * T * c->top_k, c->check_finite);
+            int direct = c->cuda_aware_mpi == CUDA_AWARE_ON || (c->cuda_aware_mpi == CUDA_AWARE_AUTO && comm_cuda_aware());
+            if (r->be->device && p->party == 0)
+                fprintf(stderr, "pcmoe: run.device = cuda: rows cross parties %s (run.cuda_aware_mpi = %s)\n",
+                        direct ? "as device buffers handed to MPI" : "through page-locked host buffers", CUDA_AWARE_NAMES[c->cuda_aware_mpi]);
+            exchange_create(&r->ex, r->be, direct, r->comm, E, c->d_model, c->expert_ff, c->n_layers, B * T * c->top_k, c->check_finite);
             p->model.ex = &r->ex;
             r->ex.noise_std = c->noise_std;
             rng_seed(&r->ex.noise, shuffle_seed(c, p->party) ^ 0x9015EULL);
@@ -579,11 +583,8 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     Run *r = &run;
     char err[2048] = "";
     if (c->device == DEVICE_CUDA) { // every rank opens its GPU; any failure ends the job on every rank
-        int rc = 0;
-        if (c->mode == MODE_PCMOE && !one_process && P > 1)
-            rc = error_set(err, sizeof err, "run.device = cuda: pcmoe over MPI (the exchange through device buffers) is not built yet; use run.device = cpu, --simulate, or parties.mode = local, fedavg or centralized");
-        else if (!(r->be = backend_cuda_open(c->gpu, comm_local_rank(comm), err, sizeof err))) rc = 2;
-        stop_if_any_failed(comm, rc, err);
+        r->be = backend_cuda_open(c->gpu, comm_local_rank(comm), c->tf32, err, sizeof err);
+        stop_if_any_failed(comm, r->be ? 0 : 2, err);
     }
     r->oc = optim_config_from(c);
     r->party = callocCheck((size_t)r->n, sizeof(Party));
@@ -676,6 +677,7 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
             s->bytes_recv = comm_total_recv(comm) - recv0;
             s->mem = party_mem(r, q);
             s->rss_peak = rss_peak_bytes();
+            s->device_peak = (double)r->be->peak_bytes();
         }
         log_step(r, &lg, step < 0 || last_step || eval_now || (step + 1) % c->log_every == 0);
 

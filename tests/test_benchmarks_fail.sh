@@ -28,4 +28,6 @@ expect_loud demo_table "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/
 expect_loud memory "benchmark: failed (exit" env MPIRUN=false sh "$top_srcdir/benchmarks/memory.sh"
 # plot.sh runs no pcmoe: without runs to plot (or without gnuplot) it says what is missing
 expect_loud plot "run benchmarks/demo_table.sh first\|needs gnuplot" sh "$top_srcdir/benchmarks/plot.sh"
+# gpu.sh: without a device (or a CUDA build) it says why it skips (exit 77); with one, steps = 0 fails loudly
+expect_loud gpu "gpu.sh: skipped: \|pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/gpu.sh" 0
 finish

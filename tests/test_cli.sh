@@ -11,10 +11,10 @@ for k in model.d_model model.top_k model.moe_every train.lr train.seed data.val_
 done
 
 # the README documents every key the parser accepts
-for k in $(printf '%s\n' "$keys" | awk '/^  [a-z]+\.[a-z_<>N]+ / { print $1 }'); do
+for k in $(printf '%s\n' "$keys" | awk '/^  [a-z]+\.[a-z0-9_<>N]+ / { print $1 }'); do
     grep -qF "\`$k\`" README.md || fail "README.md does not document $k"
 done
-[ "$(printf '%s\n' "$keys" | awk '/^  [a-z]+\.[a-z_<>N]+ / { n++ } END { print n }')" -ge 30 ] && ok "README documents every key" || fail "pcmoe keys lists too few keys"
+[ "$(printf '%s\n' "$keys" | awk '/^  [a-z]+\.[a-z0-9_<>N]+ / { n++ } END { print n }')" -ge 30 ] && ok "README documents every key" || fail "pcmoe keys lists too few keys"
 
 good="$TMP/good.ini"
 cp input/tiny.ini "$good"

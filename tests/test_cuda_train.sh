@@ -1,7 +1,7 @@
 #!/bin/sh
 # test_cuda_train: training with run.device = cuda against run.device = cpu, on the CUDA backend built
 # for the CPU (tests/pcmoe_emu: cuda/backend.cu and the kernels of cuda/ against cuda/emu/). Every
-# party's training loss at each of 10 steps, and the final validation loss, must agree to 1e-5
+# party's training loss at each step, and the final validation loss, must agree to 1e-5
 # relative:
 #  1. one party (a dense and an MoE layer);
 #  2. 2 parties under mpirun, parties.mode = fedavg (each rank its own model on its device, weights
@@ -9,9 +9,11 @@
 #  3. 2 pcmoe parties in one process (--simulate: the shared expert pool on the device);
 #  4. checkpoints are device-independent: written on cuda at step 5, resumed on cpu (and the other way
 #     round), the run ends as the single-device run does.
-# And pcmoe over MPI with run.device = cuda, not built yet, is refused with one error line.
+#  5. pcmoe over MPI, 3 parties, 20 steps, both ways rows reach MPI (staged, direct), with the same
+#     audited traffic; device memory by category against the backend allocator's peak;
+#  6. run.tf32 = true changes the GEMMs (a little).
 . "$(dirname "$0")/lib.sh"
-EMU="$top_builddir/tests/pcmoe_emu"
+EMU=${CUDA_PCMOE:-$top_builddir/tests/pcmoe_emu} # (test_cuda_train_gpu.sh: the device build)
 [ -x "$EMU" ] || { fail "$EMU not built (configure --enable-cuda-emulation)"; finish; }
 
 # losses RUN_DIR: "party step loss" for every train_loss and val_loss line
@@ -33,10 +35,10 @@ run1() { # run1 DIR ARGS...: one process
     shift
     OMP_NUM_THREADS=1 timeout 600 "$EMU" train "$@" --set run.dir="$d" --force >"$d.out" 2>&1 || { fail "run $d: $(grep 'pcmoe: error' "$d.out" || tail -n 3 "$d.out")"; return 1; }
 }
-runmpi() { # runmpi DIR ARGS...: 2 ranks
+runmpi() { # runmpi DIR ARGS...: NP ranks (2)
     d=$1
     shift
-    timeout 600 "$MPIRUN" --oversubscribe -np 2 -x OMP_NUM_THREADS=1 "$EMU" train "$@" --set run.dir="$d" >"$d.out" 2>&1 || { fail "run $d: $(grep 'pcmoe: error' "$d.out" || tail -n 3 "$d.out")"; return 1; }
+    timeout 600 "$MPIRUN" --oversubscribe -np "${NP:-2}" -x OMP_NUM_THREADS=1 "$EMU" train "$@" --set run.dir="$d" >"$d.out" 2>&1 || { fail "run $d: $(grep 'pcmoe: error' "$d.out" || tail -n 3 "$d.out")"; return 1; }
 }
 SHORT="--set train.steps=10 --set train.warmup_steps=2 --set train.eval_every=10 --set train.log_every=1 --set checkpoint.every=0"
 
@@ -64,12 +66,55 @@ for pair in "cuda cpu" "cpu cuda"; do
     same "$TMP/ck_ref_$1" "$d" "checkpoint of step 5 written on $1, resumed on $2"
 done
 
-# pcmoe over MPI on cuda: refused on every rank, one line
-"$MPIRUN" --oversubscribe -np 2 -x OMP_NUM_THREADS=1 "$EMU" train "$TMP/p2.ini" --set run.device=cuda --set run.dir="$TMP/refused" >"$TMP/refused.out" 2>&1
-rc=$?
-if [ "$rc" -ne 0 ] && [ "$(grep -c '^pcmoe: error' "$TMP/refused.out")" -eq 1 ] && grep -q "pcmoe over MPI .* not built yet" "$TMP/refused.out"; then
-    ok "pcmoe over MPI with run.device = cuda is refused: $(grep '^pcmoe: error' "$TMP/refused.out")"
-else
-    fail "pcmoe over MPI with run.device = cuda: exit $rc: $(head -n 5 "$TMP/refused.out")"
-fi
+# 5. pcmoe over MPI, 3 parties (one owns fewer experts), 20 steps: rows cross through page-locked host
+#    buffers (run.cuda_aware_mpi = off) and as device buffers handed to MPI (on). The audit counts the
+#    same expert traffic, message by message and peer by peer, as on the CPU.
+tiny_config 3 "$TMP/p3.ini"
+LONG="--set train.steps=20 --set train.warmup_steps=5 --set train.eval_every=20 --set train.log_every=1 --set checkpoint.every=0"
+NP=3 runmpi "$TMP/x_cpu" "$TMP/p3.ini" $LONG --set run.device=cpu --audit "$TMP/audit_cpu.json"
+for aw in off on; do
+    NP=3 runmpi "$TMP/x_$aw" "$TMP/p3.ini" $LONG --set run.device=cuda --set run.cuda_aware_mpi=$aw --audit "$TMP/audit_$aw.json" || continue
+    same "$TMP/x_cpu" "$TMP/x_$aw" "pcmoe over MPI, 3 parties, 20 steps, cuda (cuda_aware_mpi = $aw) vs cpu"
+    grep -q "rows cross parties $([ $aw = on ] && echo 'as device buffers' || echo 'through page-locked')" "$TMP/x_$aw.out" \
+        && ok "cuda_aware_mpi = $aw: $(grep 'rows cross' "$TMP/x_$aw.out")" || fail "cuda_aware_mpi = $aw: no or wrong note on the exchange path"
+    # every expert message kind: the same bytes, rank by rank and peer by peer
+    if out=$("$PYTHON" - "$TMP/audit_cpu.json" "$TMP/audit_$aw.json" <<'PY'
+import json, sys
+kinds = ["routing_counts", "expert_rows", "expert_outputs", "output_grads", "input_grads"]
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+total = 0
+for ra, rb in zip(a["ranks"], b["ranks"]):
+    for way in ("sent", "recv"):
+        for k in kinds:
+            if ra[way][k] != rb[way][k]:
+                sys.exit("rank %d %s %s: cpu %s, cuda %s" % (ra["rank"], way, k, ra[way][k], rb[way][k]))
+            total += ra[way][k]["total"]
+if len(a["ranks"]) != 3 or total == 0:
+    sys.exit("%d ranks, %d bytes audited" % (len(a["ranks"]), total))
+print("%d expert bytes sent and received, identical" % total)
+PY
+    ); then ok "audit, cuda_aware_mpi = $aw vs cpu: $out"; else fail "audit, cuda_aware_mpi = $aw vs cpu: $out"; fi
+done
+# device memory from the backend's allocator: its peak holds the model's categories, and beyond them
+# only the backend's own scratch (attention, the batch's bytes), under 1 MiB at this size
+if out=$("$PYTHON" - "$TMP/x_on/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["device"] == "cuda", s["device"]
+for p in s["parties"]:
+    cats = sum(p["mem_" + k] for k in ("params", "grads", "optim", "acts", "buffers"))
+    extra = p["device_peak"] - cats
+    if not 0 <= extra < 2**20:
+        sys.exit("party %d: device_peak %d, categories %d" % (p["party"], p["device_peak"], cats))
+    print("party %d: device_peak %d = categories %d + %d" % (p["party"], p["device_peak"], cats, extra))
+PY
+); then ok "device memory: $(echo $out)"; else fail "device memory: $out"; fi
+
+# 6. run.tf32 = true reaches cuBLAS (the emulation rounds GEMM inputs to TF32): losses move, a little
+run1 "$TMP/tf32" input/tiny.ini $SHORT --set run.device=cuda --set run.tf32=true
+losses "$TMP/one_cuda" > "$TMP/a"
+losses "$TMP/tf32" > "$TMP/b"
+worst=$(paste "$TMP/a" "$TMP/b" | awk '{ d = $4 - $8; if (d < 0) d = -d; r = d / ($4 < 0 ? -$4 : $4); if (r > w) w = r } END { printf "%.2e", w }')
+if awk -v w="$worst" 'BEGIN { exit !(w > 1e-6 && w < 1e-3) }'; then ok "run.tf32 = true: losses differ from fp32 by at most $worst relative (> 1e-6, < 1e-3)"
+else fail "run.tf32 = true: worst relative difference $worst from fp32 (want > 1e-6 and < 1e-3)"; fi
 finish

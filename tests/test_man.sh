@@ -13,7 +13,7 @@ for cmd in "pcmoe train" "pcmoe eval" "pcmoe info" "pcmoe attack" "pcmoe keys" "
     printf '%s\n' "$text" | grep -qF -- "$cmd" || fail "man page lacks '$cmd'"
 done
 n=0
-for k in $("$PCMOE" keys | awk '/^  [a-z]+\.[a-z_<>N]+ / { print $1 }'); do
+for k in $("$PCMOE" keys | awk '/^  [a-z]+\.[a-z0-9_<>N]+ / { print $1 }'); do
     n=$((n + 1))
     printf '%s\n' "$text" | grep -qF -- "$k" || fail "man page lacks config key $k"
 done

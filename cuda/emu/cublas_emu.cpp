@@ -2,16 +2,21 @@
 #include "cublas_emu.h"
 
 #include <cblas.h>
+#include <cstdint> // uint32_t
 #include <cstdlib> // malloc, free
+#include <cstring> // memcpy
+#include <vector>
 
 struct EmuCublas {
     cudaStream_t stream;
+    cublasMath_t math;
 };
 
 cublasStatus_t cublasCreate(cublasHandle_t *handle) {
     *handle = static_cast<cublasHandle_t>(std::malloc(sizeof(EmuCublas)));
     if (!*handle) return CUBLAS_STATUS_NOT_INITIALIZED;
     (*handle)->stream = nullptr;
+    (*handle)->math = CUBLAS_DEFAULT_MATH;
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasDestroy(cublasHandle_t handle) { std::free(handle); return CUBLAS_STATUS_SUCCESS; }
@@ -21,7 +26,31 @@ cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
     return CUBLAS_STATUS_SUCCESS;
 }
 
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (mode != CUBLAS_DEFAULT_MATH && mode != CUBLAS_PEDANTIC_MATH && mode != CUBLAS_TF32_TENSOR_OP_MATH)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    handle->math = mode;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 static int max1(int a) { return a > 1 ? a : 1; }
+
+// fp32 -> TF32 (1 sign, 8 exponent, 10 mantissa bits), round to nearest; NaN and Inf unchanged
+static float to_tf32(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, sizeof u);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & ~0x1fffu;
+    std::memcpy(&x, &u, sizeof u);
+    return x;
+}
+
+// a TF32-rounded copy of the rows x cols column-major matrix M (leading dimension ld)
+static const float *tf32_copy(std::vector<float> &buf, const float *M, int rows, int ld, int cols) {
+    buf.resize((size_t)ld * (cols - 1) + rows); // no further: the last column ends there
+    for (size_t i = 0; i < buf.size(); i++) buf[i] = to_tf32(M[i]);
+    return buf.data();
+}
 
 cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
                            const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
@@ -35,6 +64,11 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cubl
     if (*beta == 0.0f) // C is output only: overwrite, never read
         for (int j = 0; j < n; j++)
             for (int i = 0; i < m; i++) C[(size_t)j * ldc + i] = 0.0f;
+    std::vector<float> a32, b32;
+    if (handle->math == CUBLAS_TF32_TENSOR_OP_MATH && k > 0) {
+        A = tf32_copy(a32, A, transa == CUBLAS_OP_N ? m : k, lda, transa == CUBLAS_OP_N ? k : m);
+        B = tf32_copy(b32, B, transb == CUBLAS_OP_N ? k : n, ldb, transb == CUBLAS_OP_N ? n : k);
+    }
     cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
                 transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
     return CUBLAS_STATUS_SUCCESS;

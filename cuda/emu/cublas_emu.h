@@ -1,7 +1,9 @@
 // cublas_emu.h: the cuBLAS calls pcmoe makes, on the CPU through CBLAS, with cuBLAS's column-major
 // meaning and its documented argument checks (cuBLAS library guide, cublas<t>gemm): m, n, k >= 0;
 // lda >= max(1, m) when transa is N, else >= max(1, k); ldb >= max(1, k) when transb is N, else
-// >= max(1, n); ldc >= max(1, m). When beta == 0, C is not read (it may hold NaN).
+// >= max(1, n); ldc >= max(1, m). When beta == 0, C is not read (it may hold NaN). With
+// CUBLAS_TF32_TENSOR_OP_MATH, A and B are rounded to TF32 (10 mantissa bits, round to nearest) before
+// the fp32 product, as tensor cores read them: a result that changes with the mode is seen here too.
 #ifndef PCMOE_CUBLAS_EMU_H
 #define PCMOE_CUBLAS_EMU_H
 
@@ -13,11 +15,13 @@ typedef enum {
     CUBLAS_STATUS_INVALID_VALUE = 7,
 } cublasStatus_t;
 typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
+typedef enum { CUBLAS_DEFAULT_MATH = 0, CUBLAS_PEDANTIC_MATH = 2, CUBLAS_TF32_TENSOR_OP_MATH = 3 } cublasMath_t;
 typedef struct EmuCublas *cublasHandle_t;
 
 cublasStatus_t cublasCreate(cublasHandle_t *handle);
 cublasStatus_t cublasDestroy(cublasHandle_t handle);
 cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream);
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode);
 cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
                            const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
                            float *C, int ldc);

@@ -40,8 +40,8 @@ def rms_norm(x, w, eps):
 def rope(x, theta):
     """x: (B, H, T, hs). Rotates pairs (i, i + hs/2) by angle t * theta^(-2i/hs)."""
     T, hs = x.shape[-2], x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, hs // 2, dtype=torch.float64) * 2.0 / hs)
-    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    inv_freq = theta ** (-torch.arange(0, hs // 2, dtype=torch.float64, device=x.device) * 2.0 / hs)
+    ang = torch.arange(T, dtype=torch.float64, device=x.device)[:, None] * inv_freq[None, :]
     cos = torch.cat([ang.cos(), ang.cos()], -1).to(x.dtype)
     sin = torch.cat([ang.sin(), ang.sin()], -1).to(x.dtype)
     x1, x2 = x[..., : hs // 2], x[..., hs // 2:]
@@ -56,7 +56,7 @@ def attention(x, wqkv, wo, cfg):
     q, k, v = (t.view(B, T, H, hs).transpose(1, 2) for t in (q, k, v))
     q, k = rope(q, cfg.rope_theta), rope(k, cfg.rope_theta)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(hs)
-    mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+    mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
     att = scores.masked_fill(mask, float("-inf")).softmax(-1)
     y = (att @ v).transpose(1, 2).reshape(B, T, d)
     return y @ wo.T
