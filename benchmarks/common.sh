@@ -20,3 +20,20 @@ pcmoe_run() {
     echo "benchmark: full output in $log" >&2
     exit "$rc"
 }
+
+# bench_config FILE PARTIES D_MODEL LAYERS HEADS SEQ_LEN EXPERTS EXPERT_FF BATCH STEPS: a config with every
+# layer MoE (top-2, d_ff = 4 d_model, unused), no warm-up, evaluation or checkpoints, a metrics line per
+# step, and party i on the i-th shipped corpus (reused past the sixth).
+bench_config() {
+    {
+        printf '[parties]\ncount = %s\n[model]\nd_model = %s\nn_layers = %s\nn_heads = %s\nseq_len = %s\n' "$2" "$3" "$4" "$5" "$6"
+        printf 'd_ff = %s\nn_experts = %s\ntop_k = 2\nexpert_ff = %s\nmoe_every = 1\n' $(($3 * 4)) "$7" "$8"
+        printf '[train]\nbatch_size = %s\nsteps = %s\nwarmup_steps = 0\neval_every = 0\nlog_every = 1\n' "$9" "${10}"
+        printf '[checkpoint]\nevery = 0\n[data]\n'
+        i=0
+        for c in shakespeare austen grimm sqlite3_h doyle shelley shakespeare austen; do
+            [ "$i" -lt "$2" ] && printf '%d = input/data/%s.txt\n' "$i" "$c"
+            i=$((i + 1))
+        done
+    } > "$1"
+}

@@ -27,20 +27,8 @@ if ! "$PCMOE" train input/tiny.ini --set run.device=cuda --set train.steps=1 --s
     exit 77
 fi
 
-# shape NAME EXPERTS BATCH PARTIES: a config for the medium (8 experts) or expert-dominated (32) shape
-shape() {
-    {
-        printf '[parties]\ncount = %s\n[model]\nd_model = 256\nn_layers = 4\nn_heads = 4\nseq_len = 128\n' "$4"
-        printf 'd_ff = 1024\nn_experts = %s\ntop_k = 2\nexpert_ff = 512\nmoe_every = 1\n' "$2"
-        printf '[train]\nbatch_size = %s\nsteps = %s\nwarmup_steps = 0\neval_every = 0\nlog_every = 1\n' "$3" "$steps"
-        printf '[checkpoint]\nevery = 0\n[data]\n'
-        i=0
-        for c in shakespeare austen grimm sqlite3_h doyle shelley shakespeare austen; do
-            [ "$i" -lt "$4" ] && printf '%d = input/data/%s.txt\n' "$i" "$c"
-            i=$((i + 1))
-        done
-    } > "$out/$1.ini"
-}
+# shape NAME EXPERTS BATCH PARTIES: the medium (8 experts) or expert-dominated (32) shape
+shape() { bench_config "$out/$1.ini" "$4" 256 4 4 128 "$2" 512 "$3" "$steps"; }
 # median tokens/s after 3 warm-up steps, and FLOPs per step, of a run directory
 median_tps() {
     grep -o '"tokens_per_s":[0-9.e+]*' "$1/metrics.jsonl" | cut -d: -f2 | tail -n +4 | sort -g |

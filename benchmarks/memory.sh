@@ -1,49 +1,57 @@
 #!/bin/sh
-# Memory study: per-party memory of pcmoe for N = 1, 2, 4, 8 parties against centralized, on the demo's
-# model (d_model 64, 2 MoE layers of 8 experts) with expert widths that make the experts 50%, 80% and
-# 95% of the parameters. Parameters + gradients + AdamW state are exact byte counts from the code,
-# beside the analytic bound backbone + ceil(m/N) experts (16 bytes per parameter: weight, gradient,
-# two moments; plus one step counter per tensor). Activations and peak exchange buffers come from the
-# code, peak RSS from the OS. The largest party (party 0) is reported.
-# usage: benchmarks/memory.sh   (writes runs/memory/)
+# Memory study: a pcmoe party against a party that trains the same model alone on the same batch
+# (parties.mode = local, the same ranks), for N = 1, 2, 4, 8 parties, at an expert-dominated shape:
+# d_model 256, 4 MoE layers of 32 experts (top-2, expert_ff 512), seq_len 128, batch 4 per party.
+# Per run, the largest party: parameters + gradients + AdamW state (exact byte counts from the code)
+# beside the analytic bound (backbone + ceil(32/N) experts per layer, 16 bytes per parameter plus one
+# step counter per tensor), activations, exchange buffers (peak), and peak RSS from the OS; the RSS
+# ratio pcmoe / alone; and the exchange's time cost, pcmoe's median step time over local's. pcmoe runs
+# with model.recompute_experts on (the default) and off.
+# usage: benchmarks/memory.sh [STEPS]   (default 6; writes runs/memory/, BENCH_OUT=DIR: DIR/memory/)
 set -eu
 . "$(dirname "$0")/common.sh"
+steps=${1:-6}
 out=${BENCH_OUT:-runs}/memory
 mkdir -p "$out"
-# the demo's config for n parties; corpora reused past the six shipped ones
-make_cfg() {
-    awk -v n="$1" 'BEGIN { split("shakespeare austen grimm sqlite3_h doyle shelley shakespeare austen", c, " ") }
-        /^count/ { print "count = " n; next }
-        /^\[data\]/ { print; for (i = 0; i < n; i++) print i " = input/data/" c[i + 1] ".txt"; next }
-        /^[0-9]+ = / { next } { print }' input/demo.ini > "$out/parties$1.ini"
-}
-for n in 1 2 4 8; do make_cfg "$n"; done
-for f in 22 87 414; do # expert_ff for ~50%, ~80%, ~95% experts
-    sets="--force --set model.expert_ff=$f --set train.steps=3 --set train.warmup_steps=0 --set train.eval_every=0 --set checkpoint.every=0"
-    pcmoe_run "$out/f$f-centralized.log" "$PCMOE" train "$out/parties8.ini" $sets --set parties.mode=centralized --set run.dir="$out/f$f-centralized"
-    for n in 1 2 4 8; do
-        pcmoe_run "$out/f$f-pcmoe$n.log" "$mpirun" --oversubscribe -np "$n" -x OMP_NUM_THREADS=1 "$PCMOE" train \
-            "$out/parties$n.ini" $sets --set run.dir="$out/f$f-pcmoe$n"
+for n in 1 2 4 8; do
+    bench_config "$out/parties$n.ini" "$n" 256 4 4 128 32 512 4 "$steps"
+    for run in pcmoe local pcmoe-norecompute; do
+        case $run in
+        pcmoe) sets="" ;;
+        local) sets="--set parties.mode=local" ;;
+        *) sets="--set model.recompute_experts=false" ;;
+        esac
+        pcmoe_run "$out/$run$n.log" "$mpirun" --oversubscribe -np "$n" -x OMP_NUM_THREADS=1 "$PCMOE" train "$out/parties$n.ini" \
+            --force $sets --set run.dir="$out/$run$n"
     done
 done
 python3 - "$out" <<'PY'
-import json, os, sys
+import json, os, statistics, sys
 out = sys.argv[1]
-V, d, L, m = 256, 64, 2, 8
+V, d, L, m, f = 256, 256, 4, 32, 512
 backbone = 2 * V * d + d + L * (2 * d + 4 * d * d + m * d)
+expert = 3 * d * f
 MiB = 2 ** 20
-print("\n| experts share | run | params+grads+AdamW | bound: backbone + ceil(m/N) experts | reduction vs centralized | activations | exchange buffers (peak) | peak RSS |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-for f in (22, 87, 414):
-    expert = 3 * d * f * L
-    share = m * expert / (backbone + m * expert)
-    c = json.load(open(os.path.join(out, f"f{f}-centralized", "summary.json")))["parties"][0]
-    cpo = c["mem_params"] + c["mem_grads"] + c["mem_optim"]
-    print(f"| {100 * share:.0f}% (expert_ff {f}) | centralized | {cpo / MiB:.2f} MiB | {16 * (backbone + m * expert) / MiB:.2f} MiB | - | {c['mem_acts'] / MiB:.1f} MiB (8 parties' batches) | 0 | {c['rss_peak'] / MiB:.0f} MiB |")
-    for n in (1, 2, 4, 8):
-        s = json.load(open(os.path.join(out, f"f{f}-pcmoe{n}", "summary.json")))["parties"][0]
-        po = s["mem_params"] + s["mem_grads"] + s["mem_optim"]
-        bound = 16 * (backbone + -(-m // n) * expert)
-        print(f"| | pcmoe N={n} | {po / MiB:.2f} MiB | {bound / MiB:.2f} MiB | {100 * (1 - po / cpo):.0f}% | {s['mem_acts'] / MiB:.1f} MiB | {s['mem_buffers'] / MiB:.1f} MiB | {s['rss_peak'] / MiB:.0f} MiB |")
-print("\nparams+grads+AdamW is within a few hundred bytes of the bound (one int32 step counter per tensor).")
+def load(run, n):
+    parties = json.load(open(os.path.join(out, f"{run}{n}", "summary.json")))["parties"]
+    big = max(parties, key=lambda p: p["rss_peak"])
+    steps = {}
+    for line in open(os.path.join(out, f"{run}{n}", "metrics.jsonl")):
+        r = json.loads(line)
+        if "tokens_per_s" in r and r["step"] > 2: steps.setdefault(r["step"], []).append(512 / r["tokens_per_s"])
+    return big, statistics.median(max(v) for v in steps.values())  # the slowest party's step time
+print("\n| N | run | params+grads+AdamW | bound | activations | exchange buffers (peak) | peak RSS | RSS / alone | step time / alone |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for n in (1, 2, 4, 8):
+    own = -(-m // n)
+    tensors = 3 + L * 5 + L * 3 * own
+    bound = 16 * (backbone + L * own * expert) + 4 * tensors
+    alone, t_alone = load("local", n)
+    for run, name in (("local", "alone (local)"), ("pcmoe", "pcmoe"), ("pcmoe-norecompute", "pcmoe, recompute off")):
+        p, t = load(run, n)
+        state = p["mem_params"] + p["mem_grads"] + p["mem_optim"]
+        b = 16 * (backbone + L * m * expert) + 4 * (3 + L * 5 + L * 3 * m) if run == "local" else bound
+        print(f"| {n} | {name} | {state / MiB:.1f} MiB | {b / MiB:.1f} MiB{'' if state == b else ' (differs!)'} | "
+              f"{p['mem_acts'] / MiB:.1f} MiB | {p['mem_buffers'] / MiB:.1f} MiB | {p['rss_peak'] / MiB:.0f} MiB | "
+              f"{p['rss_peak'] / alone['rss_peak']:.2f}x | {t / t_alone:.2f}x |")
 PY

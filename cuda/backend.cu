@@ -115,11 +115,14 @@ float *att_scratch(int B, int T, int H, int hs) {
     }
     return S.att_scratch;
 }
-void attention_fwd(float *out, float *att, const float *qkv, int B, int T, int H, int hs, double *flops) {
+size_t att_saved(int B, int T, int H) { return (size_t)B * H * T * T; } // the probabilities
+size_t att_work(int) { return 0; }                                        // (att_scratch instead)
+void attention_fwd(float *out, float *att, float *, size_t, const float *qkv, int B, int T, int H, int hs, double *flops) {
     cu_attention_forward(S.blas, out, att, qkv, att_scratch(B, T, H, hs), B, T, H, hs, 0);
     *flops += 2.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0); // the count of the CPU kernel (the causal triangle)
 }
-void attention_bwd(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T, int H, int hs, double *flops) {
+void attention_bwd(float *dqkv, float *, size_t, const float *dout, const float *qkv, const float *att, const float *,
+                   int B, int T, int H, int hs, double *flops) {
     cu_attention_backward(S.blas, dqkv, dout, qkv, att, att_scratch(B, T, H, hs), B, T, H, hs, 0);
     *flops += 4.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0);
 }
@@ -204,14 +207,18 @@ void adamw_dev(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, 
 
 const Backend TABLE = {
     "cuda", 1, dev_alloc, dev_release, pinned_alloc, pinned_release, dev_sync, dev_zero, dev_copy, dev_peak, residual, embedding_fwd, embedding_bwd, rmsnorm_fwd, rmsnorm_bwd,
-    matmul_fwd, matmul_bwd, rope_fwd, rope_bwd, attention_fwd, attention_bwd, ce_fwd, ce_bwd, ffn_fwd, ffn_bwd,
+    matmul_fwd, matmul_bwd, rope_fwd, rope_bwd, att_saved, att_work, attention_fwd, attention_bwd, ce_fwd, ce_bwd, ffn_fwd, ffn_bwd,
     moe_route_dev, moe_experts_fwd, moe_combine_dev, moe_combine_bwd, moe_experts_bwd, moe_route_bwd, sum_squares_dev,
     adamw_dev,
 };
 
 } // namespace
 
-const Backend *backend_cuda_open(int gpu, int local_rank, int tf32, char *err, size_t len) {
+// The entry points src/backend_loader.c looks up (in pcmoe_cuda.so, or linked into the program).
+extern "C" const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, size_t len);
+extern "C" void cuda_backend_close(void);
+
+const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, size_t len) {
     int count = 0;
     cudaError_t rc = cudaGetDeviceCount(&count);
     if (rc != cudaSuccess || count == 0) {
@@ -234,7 +241,7 @@ const Backend *backend_cuda_open(int gpu, int local_rank, int tf32, char *err, s
     return &TABLE;
 }
 
-void backend_cuda_close(void) {
+void cuda_backend_close(void) {
     if (!S.open) return;
     void *bufs[] = {S.tokens, S.targets, S.att_scratch, S.scalars, S.partial};
     for (void *b : bufs)

@@ -39,9 +39,15 @@ typedef struct Backend {
                             int n_out, double *flops);
     void (*rope_forward)(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
     void (*rope_backward)(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
-    void (*attention_forward)(float *out, float *att, const float *qkv, int B, int T, int H, int hs, double *flops);
-    void (*attention_backward)(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T, int H,
-                               int hs, double *flops);
+    // attention: `saved` is what the forward keeps for the backward, attention_saved_floats per layer (cpu:
+    // each row's log-sum-exp; cuda: the probabilities); `work` is scratch both share, attention_work_floats
+    // per model (cpu: one slot per OpenMP thread; cuda: none, it has its own)
+    size_t (*attention_saved_floats)(int B, int T, int H);
+    size_t (*attention_work_floats)(int T);
+    void (*attention_forward)(float *out, float *saved, float *work, size_t work_floats, const float *qkv, int B, int T,
+                              int H, int hs, double *flops);
+    void (*attention_backward)(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
+                               const float *saved, const float *out, int B, int T, int H, int hs, double *flops);
     double (*crossentropy_forward)(float *probs_inout, float *losses, const uint8_t *targets, int N, int V);
     void (*crossentropy_backward)(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale);
     void (*ffn_forward)(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu,
@@ -65,7 +71,7 @@ typedef struct Backend {
 
 extern const Backend backend_cpu;
 
-// The CUDA backend on this process's device: run.gpu when >= 0, else local_rank % the device count;
+// The CUDA backend (src/backend_loader.c: the pcmoe_cuda.so plugin, or the one linked in) on this process's device: run.gpu when >= 0, else local_rank % the device count;
 // tf32: cuBLAS may use TF32 tensor cores for the fp32 GEMMs (run.tf32). Returns NULL with the reason in
 // err when there is none (no device, or a build without CUDA).
 const Backend *backend_cuda_open(int gpu, int local_rank, int tf32, char *err, size_t len);

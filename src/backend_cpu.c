@@ -4,6 +4,10 @@
 #include <stdlib.h> // free
 #include <string.h> // memset, memcpy
 
+#ifdef _OPENMP
+#include <omp.h>    // omp_get_max_threads
+#endif
+
 #include "layers.h" // the dense ops
 #include "util.h"   // callocCheck
 
@@ -12,6 +16,14 @@ static void cpu_sync(void) {}
 static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 static size_t cpu_peak(void) { return 0; } // host memory: the process's peak RSS says it
+static size_t cpu_att_saved(int B, int T, int H) { return (size_t)B * H * T; }
+static size_t cpu_att_work(int T) {
+#ifdef _OPENMP
+    return attention_work_floats(T, omp_get_max_threads());
+#else
+    return attention_work_floats(T, 1);
+#endif
+}
 
 const Backend backend_cpu = {
     .name = "cpu",
@@ -33,6 +45,8 @@ const Backend backend_cpu = {
     .matmul_backward = matmul_backward,
     .rope_forward = rope_forward,
     .rope_backward = rope_backward,
+    .attention_saved_floats = cpu_att_saved,
+    .attention_work_floats = cpu_att_work,
     .attention_forward = attention_forward,
     .attention_backward = attention_backward,
     .crossentropy_forward = crossentropy_forward,

@@ -101,7 +101,7 @@ void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int p
 void comm_alltoallv_rows(Comm *c, MsgKind kind, const float *send, const int *send_rows, const int *send_offs,
                          float *recv, const int *recv_rows, const int *recv_offs, int width) {
     int P = c->n_parties;
-    int *sc = mallocCheck(sizeof(int) * 4 * P), *sd = sc + P, *rc = sc + 2 * P, *rd = sc + 3 * P;
+    int *sc = c->counts[0], *sd = c->counts[1], *rc = c->counts[2], *rd = c->counts[3];
     for (int p = 0; p < P; p++) {
         if (p == c->party && (send_rows[p] || recv_rows[p])) fail("internal: rows addressed to oneself in %s", MSG_KIND_NAMES[kind]);
         long s = (long)send_rows[p] * width, so = (long)send_offs[p] * width;
@@ -111,7 +111,6 @@ void comm_alltoallv_rows(Comm *c, MsgKind kind, const float *send, const int *se
         comm_account(c, kind, p, 4.0 * s, 4.0 * r);
     }
     mpiCheck(MPI_Alltoallv(send, sc, sd, MPI_FLOAT, recv, rc, rd, MPI_FLOAT, c->expert));
-    free(sc);
 }
 
 void comm_allreduce_floats(Comm *c, MsgKind kind, float *buf, size_t n) {

@@ -38,6 +38,7 @@ typedef struct {
     double sent[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1]; // bytes sent per (kind, peer party)
     double recv[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1]; // bytes received per (kind, peer party)
     double rows_routed[CONFIG_MAX_PARTIES];              // rows this party's routers sent to each owner
+    int counts[4][CONFIG_MAX_PARTIES];                   // scratch of comm_alltoallv_rows: element counts, offsets
 } Comm;
 
 // Attaches to MPI_COMM_WORLD (after MPI_Init). Accounting starts at zero.

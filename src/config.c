@@ -16,6 +16,7 @@ const char *const MODE_NAMES[] = {"pcmoe", "centralized", "local", "fedavg", NUL
 const char *const SCHEDULE_NAMES[] = {"concurrent", "sequential", NULL};
 const char *const DEVICE_NAMES[] = {"cpu", "cuda", NULL};
 const char *const CUDA_AWARE_NAMES[] = {"auto", "on", "off", NULL};
+const char *const RECOMPUTE_NAMES[] = {"auto", "true", "false", NULL};
 
 typedef struct {
     const char *section;
@@ -57,6 +58,7 @@ static const ConfigKey KEYS[] = {
     {"model", "z_loss_coef", KEY_FLOAT, F(z_loss_coef), 0, 1000, "0.001", "router z-loss coefficient", NULL},
     {"model", "rope_theta", KEY_FLOAT, F(rope_theta), 1, 1e12, "10000", "RoPE frequency base", NULL},
     {"model", "norm_eps", KEY_FLOAT, F(norm_eps), 1e-12, 1, "1e-05", "RMSNorm epsilon", NULL},
+    {"model", "recompute_experts", KEY_ENUM, F(recompute_experts), 0, 0, "auto", "keep only the rows' inputs for each expert's backward and recompute its hidden activations there (less memory, 1/3 more expert FLOPs in the backward; bit for bit the same results): true, false, or auto = true for experts served to other parties (pcmoe over MPI), false for local experts; may differ from a checkpoint's", RECOMPUTE_NAMES},
     {"model", "init_std", KEY_FLOAT, F(init_std), 1e-6, 10, "0.02", "std of the normal init of matrices (output projections scaled by 1/sqrt(2*n_layers))", NULL},
     {"train", "steps", KEY_INT, F(steps), 1, 1e9, "1000", "optimizer steps", NULL},
     {"train", "batch_size", KEY_INT, F(batch_size), 1, 1 << 20, "16", "sequences per step", NULL},
@@ -323,7 +325,8 @@ int config_load_text(Config *c, const char *text, char *err, size_t len) {
 int config_diff_model(const Config *a, const Config *b, char *err, size_t len) {
     for (int i = 0; i < N_KEYS; i++) {
         const ConfigKey *k = &KEYS[i];
-        int shapes = !strcmp(k->section, "model") || (!strcmp(k->section, "parties") && strcmp(k->key, "schedule"));
+        int shapes = (!strcmp(k->section, "model") && strcmp(k->key, "recompute_experts")) ||
+                     (!strcmp(k->section, "parties") && strcmp(k->key, "schedule"));
         if (!shapes) continue;
         const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;
         char va[64], vb[64];

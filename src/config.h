@@ -13,10 +13,12 @@ typedef enum { MODE_PCMOE, MODE_CENTRALIZED, MODE_LOCAL, MODE_FEDAVG } Mode;
 typedef enum { SCHEDULE_CONCURRENT, SCHEDULE_SEQUENTIAL } Schedule;
 typedef enum { DEVICE_CPU, DEVICE_CUDA } Device;
 typedef enum { CUDA_AWARE_AUTO, CUDA_AWARE_ON, CUDA_AWARE_OFF } CudaAware;
+typedef enum { RECOMPUTE_AUTO, RECOMPUTE_ON, RECOMPUTE_OFF } Recompute;
 extern const char *const MODE_NAMES[];     // indexed by Mode: "pcmoe", "centralized", "local", "fedavg"
 extern const char *const SCHEDULE_NAMES[]; // indexed by Schedule: "concurrent", "sequential"
 extern const char *const DEVICE_NAMES[];   // indexed by Device: "cpu", "cuda"
 extern const char *const CUDA_AWARE_NAMES[]; // indexed by CudaAware: "auto", "on", "off"
+extern const char *const RECOMPUTE_NAMES[];  // indexed by Recompute: "auto", "true", "false"
 
 typedef struct {
     // [parties]
@@ -52,6 +54,7 @@ typedef struct {
     float rope_theta;    // RoPE base
     float norm_eps;      // RMSNorm epsilon
     float init_std;      // std of the normal initialisation of matrices
+    int recompute_experts; // Recompute: expert hidden activations recomputed in the backward, not kept (auto: owners only)
     // [train]
     int steps;           // optimizer steps
     int batch_size;      // sequences per step B

@@ -20,9 +20,10 @@ void exchange_packing_order(int *order, int m, int P) {
 }
 
 void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *comm, int m, int d, int f, int n_layers,
-                     int max_rows, int check_finite) {
+                     int max_rows, int check_finite, int recompute) {
     memset(ex, 0, sizeof *ex);
     ex->be = be;
+    ex->recompute = recompute;
     ex->staged = be->device && !direct;
     ex->comm = comm;
     ex->P = comm->n_parties;
@@ -99,13 +100,16 @@ void exchange_free(Exchange *ex) {
     for (int l = 0; l < ex->n_layers; l++) {
         ServeLayer *sl = &ex->layers[l];
         free(sl->from);
-        release(sl->x); release(sl->h); release(sl->u); release(sl->a); release(sl->y);
+        release(sl->x);
+        if (sl->h) { release(sl->h); release(sl->u); release(sl->a); }
     }
     free(ex->layers);
     free(ex->local); free(ex->order); free(ex->send_counts); free(ex->recv_counts); free(ex->within);
     free(ex->send_rows);
     if (ex->buf) (ex->staged ? ex->be->release_pinned : release)(ex->buf);
     if (ex->stage) ex->be->release_pinned(ex->stage);
+    release(ex->y);
+    if (ex->h) { release(ex->h); release(ex->u); release(ex->a); }
     release(ex->dy); release(ex->dx); release(ex->dh); release(ex->du); release(ex->da);
     memset(ex, 0, sizeof *ex);
 }
@@ -135,24 +139,47 @@ static void ensure_stage(Exchange *ex, size_t rows) {
     ex->stage_cap = rows;
 }
 
+// What a layer keeps from its forward to its backward: its rows' inputs, and without recompute their
+// hidden activations.
 static void ensure_serve(Exchange *ex, ServeLayer *sl, size_t rows) {
     if (rows <= sl->cap) return;
     grow(ex, &sl->x, sl->cap, rows, ex->d, BUF_BACKEND);
-    grow(ex, &sl->y, sl->cap, rows, ex->d, BUF_BACKEND);
-    grow(ex, &sl->h, sl->cap, rows, ex->f, BUF_BACKEND);
-    grow(ex, &sl->u, sl->cap, rows, ex->f, BUF_BACKEND);
-    grow(ex, &sl->a, sl->cap, rows, ex->f, BUF_BACKEND);
+    if (!ex->recompute) {
+        grow(ex, &sl->h, sl->cap, rows, ex->f, BUF_BACKEND);
+        grow(ex, &sl->u, sl->cap, rows, ex->f, BUF_BACKEND);
+        grow(ex, &sl->a, sl->cap, rows, ex->f, BUF_BACKEND);
+    }
     sl->cap = rows;
 }
 
+// The outputs of the layer being served, shared by all layers (they are sent back at once).
+static void ensure_work(Exchange *ex, size_t rows) {
+    if (rows <= ex->work_cap) return;
+    grow(ex, &ex->y, ex->work_cap, rows, ex->d, BUF_BACKEND);
+    ex->work_cap = rows;
+}
+
+// The backward's gradients of a layer's rows (all its experts': they travel together).
 static void ensure_scratch(Exchange *ex, size_t rows) {
     if (rows <= ex->scratch_cap) return;
     grow(ex, &ex->dy, ex->scratch_cap, rows, ex->d, BUF_BACKEND);
     grow(ex, &ex->dx, ex->scratch_cap, rows, ex->d, BUF_BACKEND);
-    grow(ex, &ex->dh, ex->scratch_cap, rows, ex->f, BUF_BACKEND);
-    grow(ex, &ex->du, ex->scratch_cap, rows, ex->f, BUF_BACKEND);
-    grow(ex, &ex->da, ex->scratch_cap, rows, ex->f, BUF_BACKEND);
     ex->scratch_cap = rows;
+}
+
+// One expert's hidden-width buffers (its rows are computed one expert at a time): the backward's
+// gradients, and with recompute the hidden activations.
+static void ensure_expert(Exchange *ex, size_t rows) {
+    if (rows <= ex->expert_cap) return;
+    if (ex->recompute) {
+        grow(ex, &ex->h, ex->expert_cap, rows, ex->f, BUF_BACKEND);
+        grow(ex, &ex->u, ex->expert_cap, rows, ex->f, BUF_BACKEND);
+        grow(ex, &ex->a, ex->expert_cap, rows, ex->f, BUF_BACKEND);
+    }
+    grow(ex, &ex->dh, ex->expert_cap, rows, ex->f, BUF_BACKEND);
+    grow(ex, &ex->du, ex->expert_cap, rows, ex->f, BUF_BACKEND);
+    grow(ex, &ex->da, ex->expert_cap, rows, ex->f, BUF_BACKEND);
+    ex->expert_cap = rows;
 }
 
 // Sender layout from this party's routing (a), and owner layout from the counts in sl->from: how many
@@ -305,6 +332,10 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     ensure_buf(ex, in_transit);
     ensure_stage(ex, going_out);
     ensure_serve(ex, sl, sl->rows);
+    ensure_work(ex, sl->rows);
+    size_t most = 0; // rows of the largest pass
+    for (int j = 0; j < ex->n_local; j++) most = (size_t)served_rows(ex, sl, j) > most ? (size_t)served_rows(ex, sl, j) : most;
+    ensure_expert(ex, most < EXCHANGE_PASS_ROWS ? most : EXCHANGE_PASS_ROWS);
     if (a && (ex->noise_std > 0.0f || ex->rec_truth || ex->fault)) ex->be->sync(); // the host reads / writes a's rows
     if (a && ex->noise_std > 0.0f) // the defence: every row that leaves this party carries noise
         for (int p = 0; p < P; p++) {
@@ -325,16 +356,23 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     if (ex->rec_rows) // study only: what this owner saw
         for (int q = 0; q < P; q++)
             if (ex->recv_rows[q]) record_block(ex, ex->rec_rows, layer, q, ex->recv_rows[q], d, ex->buf + (size_t)ex->recv_offs[q] * d, sizeof(float));
-    // 3. each owned expert runs once on all its rows
+    // 3. each owned expert runs on all its rows, in passes of at most EXCHANGE_PASS_ROWS rows (with
+    //    recompute, a pass's hidden activations are scratch)
     size_t r0 = 0;
     for (int j = 0; j < ex->n_local; j++) {
-        int n = served_rows(ex, sl, j), e = ex->local[j];
-        if (n) ex->be->ffn_forward(sl->y + r0 * d, sl->h + r0 * f, sl->u + r0 * f, sl->a + r0 * f, sl->x + r0 * d,
-                                   w.gate[e], w.up[e], w.down[e], n, d, f, flops);
-        r0 += n;
+        int e = ex->local[j];
+        for (int n = served_rows(ex, sl, j); n > 0;) {
+            int rows = n < EXCHANGE_PASS_ROWS ? n : EXCHANGE_PASS_ROWS;
+            size_t hr = ex->recompute ? 0 : r0 * f; // where the pass's hidden activations go
+            float *h = ex->recompute ? ex->h : sl->h, *u = ex->recompute ? ex->u : sl->u, *act = ex->recompute ? ex->a : sl->a;
+            ex->be->ffn_forward(ex->y + r0 * d, h + hr, u + hr, act + hr, sl->x + r0 * d, w.gate[e], w.up[e], w.down[e],
+                                rows, d, f, flops);
+            r0 += rows;
+            n -= rows;
+        }
     }
     // 4. outputs back to the senders
-    to_senders(ex, sl, MSG_EXPERT_OUTPUTS, sl->y, a ? a->ye : NULL, a);
+    to_senders(ex, sl, MSG_EXPERT_OUTPUTS, ex->y, a ? a->ye : NULL, a);
 }
 
 void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
@@ -345,17 +383,26 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     ensure_scratch(ex, sl->rows);
     // 1. gradients w.r.t. the outputs go to the owners
     to_owners(ex, sl, MSG_OUTPUT_GRADS, s ? s->dye : NULL, ex->dy, a);
-    // 2. owners accumulate their experts' weight gradients and compute input gradients
+    // 2. owners accumulate their experts' weight gradients and compute input gradients (with recompute,
+    //    each expert's hidden activations first, from the kept inputs: the same calls as the forward's, so
+    //    the same values; not counted as model FLOPs)
     size_t r0 = 0;
     for (int j = 0; j < ex->n_local; j++) {
-        int n = served_rows(ex, sl, j), e = ex->local[j];
-        if (n) {
-            ex->be->zero(ex->dx + r0 * d, sizeof(float) * n * d);
-            ex->be->ffn_backward(ex->dx + r0 * d, dw.gate[e], dw.up[e], dw.down[e], ex->dh + r0 * f, ex->du + r0 * f,
-                                 ex->da + r0 * f, ex->dy + r0 * d, sl->x + r0 * d, sl->h + r0 * f, sl->u + r0 * f,
-                                 sl->a + r0 * f, w.gate[e], w.up[e], w.down[e], n, d, f, flops);
+        int e = ex->local[j];
+        for (int n = served_rows(ex, sl, j); n > 0;) { // the forward's passes
+            int rows = n < EXCHANGE_PASS_ROWS ? n : EXCHANGE_PASS_ROWS;
+            size_t hr = ex->recompute ? 0 : r0 * f;
+            float *h = ex->recompute ? ex->h : sl->h, *u = ex->recompute ? ex->u : sl->u, *act = ex->recompute ? ex->a : sl->a;
+            double recomputed = 0.0;
+            if (ex->recompute)
+                ex->be->ffn_forward(ex->y + r0 * d, h, u, act, sl->x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f,
+                                    &recomputed);
+            ex->be->zero(ex->dx + r0 * d, sizeof(float) * rows * d);
+            ex->be->ffn_backward(ex->dx + r0 * d, dw.gate[e], dw.up[e], dw.down[e], ex->dh, ex->du, ex->da, ex->dy + r0 * d,
+                                 sl->x + r0 * d, h + hr, u + hr, act + hr, w.gate[e], w.up[e], w.down[e], rows, d, f, flops);
+            r0 += rows;
+            n -= rows;
         }
-        r0 += n;
     }
     // 3. input gradients back to the senders
     to_senders(ex, sl, MSG_INPUT_GRADS, ex->dx, s ? s->dxe : NULL, a);

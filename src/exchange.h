@@ -48,14 +48,14 @@ typedef struct {
     int rows;          // rows served in the last forward
     int *from;         // [host] (P, max_local) rows from party q for local expert j
     float *x;          // [backend] (rows, d) inputs
-    float *h, *u, *a;  // [backend] (rows, f) expert activations kept for the backward
-    float *y;          // [backend] (rows, d) outputs
+    float *h, *u, *a;  // [backend] (rows, f) expert activations kept for the backward (NULL with recompute)
     size_t cap;        // rows the buffers can hold
 } ServeLayer;
 
 typedef struct {
     const struct Backend *be; // where the experts run and their buffers live
     int staged;            // rows cross through page-locked host buffers (a device backend, MPI not CUDA-aware)
+    int recompute;         // model.recompute_experts: layers keep only x; h, u, a are recomputed in the backward
     Comm *comm;
     int P, party;          // parties, and this one
     int m, d, f, n_layers;
@@ -83,12 +83,20 @@ typedef struct {
     size_t buf_cap;
     float *stage;          // [pinned] staged: (stage_cap, d) this party's own rows on their way out or back
     size_t stage_cap;
+    float *y;              // [backend] (work_cap, d) outputs of the layer being served (sent back at once)
+    size_t work_cap;
+    float *h, *u, *a;      // [backend] (expert_cap, f) with recompute: the hidden activations of one pass
+    float *dh, *du, *da;   // [backend] (expert_cap, f) backward scratch of one pass
+    size_t expert_cap;     // rows of the largest pass: an expert's rows, at most EXCHANGE_PASS_ROWS at a time
     float *dy, *dx;        // [backend] (scratch_cap, d) backward scratch in the serve layout
-    float *dh, *du, *da;   // [backend] (scratch_cap, f)
     size_t scratch_cap;
     ServeLayer *layers;    // (n_layers); unused for dense layers
     size_t bytes, peak;    // exchange buffer bytes now, and the most ever held (device and host)
 } Exchange;
+
+// An owner runs each expert on its rows in passes of at most this many rows, so the hidden-width scratch
+// stays small however unbalanced the routing (at initialisation one expert may get several times its share).
+#define EXCHANGE_PASS_ROWS 256
 
 // The party that owns expert e when P parties share the pool: e % P.
 int exchange_owner(int e, int P);
@@ -96,8 +104,9 @@ int exchange_owner(int e, int P);
 void exchange_packing_order(int *order, int m, int P);
 // be: the backend of this party's model; direct: hand MPI the backend's buffers even when they are
 // device memory (run.cuda_aware_mpi resolved to on). Ignored on cpu.
+// recompute: model.recompute_experts.
 void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *comm, int m, int d, int f, int n_layers,
-                     int max_rows, int check_finite);
+                     int max_rows, int check_finite, int recompute);
 // Study only (privacy.record_received): from now on this owner appends every block of rows it receives
 // to DIR/received_party_R.bin, and this sender the true input byte of every row it sends to
 // DIR/truth_party_R.bin. Both files are sequences of blocks:

@@ -1,13 +1,64 @@
-// layers.c: CPU kernels of the dense transformer ops. GEMMs go through cblas_sgemm; the rest is loops
-// parallelised with OpenMP over rows or (batch, head) pairs.
+// layers.c: CPU kernels of the dense transformer ops. GEMMs go through cblas_sgemm (layers_gemm splits
+// them across the OpenMP team); the rest is loops parallelised with OpenMP over rows or (batch, head)
+// pairs.
 #include "layers.h"
 
 #include <cblas.h>  // cblas_sgemm
 #include <math.h>   // expf, sqrtf, powf
-#include <stdlib.h> // malloc
 #include <string.h> // memset
+#ifdef _OPENMP
+#include <omp.h>    // omp_get_max_threads, omp_in_parallel
+#endif
 
-#include "util.h"   // mallocCheck
+#include "autoconfig.h" // HAVE_OPENBLAS_GET_NUM_THREADS
+#include "util.h"       // fail
+
+#ifdef HAVE_OPENBLAS_GET_NUM_THREADS
+int openblas_get_num_threads(void);
+#endif
+
+// How many blocks layers_gemm cuts an (M, N, K) product into: the OpenMP team's size when the BLAS runs
+// one thread (a pthreads OpenBLAS is held to one, see run.blas_threads) and the product is worth it;
+// else 1 (the BLAS's own threads, or already inside a parallel region).
+static int gemm_blocks(int M, int N, int K) {
+#ifdef _OPENMP
+    if (omp_in_parallel()) return 1;
+#ifdef HAVE_OPENBLAS_GET_NUM_THREADS
+    if (openblas_get_num_threads() > 1) return 1;
+#endif
+    int team = omp_get_max_threads();
+    if (team < 2 || (double)M * N * K < 32768.0 * 16) return 1; // below ~1 MFLOP the fork costs more
+    return team;
+#else
+    (void)M; (void)N; (void)K;
+    return 1;
+#endif
+}
+
+void layers_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                 int ldb, float beta, float *C, int ldc) {
+    if (M == 0 || N == 0) return;
+    CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+    int blocks = gemm_blocks(M, N, K);
+    if (blocks <= 1) {
+        cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    // cut the longer side of C into `blocks` pieces (multiples of 16 rows or columns, the last one shorter)
+    int by_rows = M >= N, len = by_rows ? M : N;
+    int piece = ((len + blocks - 1) / blocks + 15) / 16 * 16;
+#pragma omp parallel for num_threads(blocks) schedule(static, 1)
+    for (int p = 0; p < blocks; p++) {
+        int i0 = p * piece, n = len - i0 < piece ? len - i0 : piece;
+        if (n <= 0) continue;
+        if (by_rows) // rows i0.. of op(A) and of C
+            cblas_sgemm(CblasRowMajor, ta, tb, n, N, K, alpha, A + (trans_a ? (long)i0 : (long)i0 * lda), lda, B, ldb,
+                        beta, C + (long)i0 * ldc, ldc);
+        else // columns i0.. of op(B) and of C
+            cblas_sgemm(CblasRowMajor, ta, tb, M, n, K, alpha, A, lda, B + (trans_b ? (long)i0 * ldb : (long)i0), ldb,
+                        beta, C + i0, ldc);
+    }
+}
 
 void residual_forward(float *out, const float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
@@ -53,18 +104,24 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
         float c = (float)(dot / d) * r * r;
         for (int i = 0; i < d; i++) dx[i] += r * (dy[i] * w[i] - x[i] * c);
     }
-    // dw: parallel over columns so no two threads write the same element
+    // dw: parallel over blocks of 64 columns, so no two threads write the same element; within a block the
+    // rows are read in order and contiguously (each column's sum runs over n in order, as a plain loop would)
 #pragma omp parallel for
-    for (int i = 0; i < d; i++) {
-        double acc = 0.0;
-        for (int n = 0; n < N; n++) acc += (double)dout[(long)n * d + i] * inp[(long)n * d + i] * rstd[n];
-        dw[i] += (float)acc;
+    for (int i0 = 0; i0 < d; i0 += 64) {
+        int w_ = d - i0 < 64 ? d - i0 : 64;
+        double acc[64] = {0};
+        for (int n = 0; n < N; n++) {
+            const float *dy = dout + (long)n * d + i0, *x = inp + (long)n * d + i0;
+            double r = rstd[n];
+            for (int i = 0; i < w_; i++) acc[i] += (double)dy[i] * x[i] * r;
+        }
+        for (int i = 0; i < w_; i++) dw[i0 + i] += (float)acc[i];
     }
 }
 
 void matmul_forward(float *out, const float *inp, const float *w, int N, int n_in, int n_out, double *flops) {
     if (N == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, n_out, n_in, 1.0f, inp, n_in, w, n_in, 0.0f, out, n_out);
+    layers_gemm(0, 1, N, n_out, n_in, 1.0f, inp, n_in, w, n_in, 0.0f, out, n_out);
     *flops += 2.0 * N * n_in * n_out;
 }
 
@@ -72,11 +129,11 @@ void matmul_backward(float *dinp, float *dw, const float *dout, const float *inp
                      int N, int n_in, int n_out, double *flops) {
     if (N == 0) return;
     if (dinp) { // (N, n_out) @ (n_out, n_in)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, 1.0f, dinp, n_in);
+        layers_gemm(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, 1.0f, dinp, n_in);
         *flops += 2.0 * N * n_in * n_out;
     }
     // (n_out, N) @ (N, n_in)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_out, n_in, N, 1.0f, dout, n_out, inp, n_in, 1.0f, dw, n_in);
+    layers_gemm(1, 0, n_out, n_in, N, 1.0f, dout, n_out, inp, n_in, 1.0f, dw, n_in);
     *flops += 2.0 * N * n_in * n_out;
 }
 
@@ -119,73 +176,114 @@ void rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, i
     rope_apply(dqkv, cos_t, sin_t, B, T, H, hs, -1.0f); // a rotation's transpose is its inverse
 }
 
-void attention_forward(float *out, float *att, const float *qkv, int B, int T, int H, int hs, double *flops) {
-    int d = H * hs;
+// Attention, flash-style on the CPU: for each (batch, head) pair, blocks of ATT_QB query rows against the
+// keys up to the block's last row (causal), the products as BLAS GEMMs on the strided q|k|v columns. Only
+// each row's log-sum-exp is kept; the backward recomputes a block's probabilities from it. A thread's
+// work slot holds two (ATT_QB, T) blocks: scores / probabilities, and their gradient.
+#define ATT_QB 64
+
+static size_t attention_slot_floats(int T) { return 2 * (size_t)ATT_QB * T; }
+
+size_t attention_work_floats(int T, int threads) { return attention_slot_floats(T) * (size_t)(threads > 0 ? threads : 1); }
+
+// The threads that may run: as many as the work has slots (and OpenMP allows).
+static int attention_team(size_t work_floats, int T) {
+    int slots = (int)(work_floats / attention_slot_floats(T));
+    if (slots < 1) fail("internal: attention work of %zu floats, at least %zu needed", work_floats, attention_slot_floats(T));
+#ifdef _OPENMP
+    int team = omp_get_max_threads();
+    return slots < team ? slots : team;
+#else
+    return 1;
+#endif
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+void attention_forward(float *out, float *lse, float *work, size_t work_floats, const float *qkv, int B, int T, int H,
+                       int hs, double *flops) {
+    int d = H * hs, team = attention_team(work_floats, T);
     float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for collapse(3)
+#pragma omp parallel for collapse(2) num_threads(team) schedule(static)
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++)
-            for (int t = 0; t < T; t++) {
-                const float *q = qkv + ((long)b * T + t) * 3 * d + h * hs;
-                float *p = att + (((long)b * H + h) * T + t) * T;
-                float maxv = -INFINITY;
-                for (int u = 0; u <= t; u++) {
-                    const float *k = qkv + ((long)b * T + u) * 3 * d + d + h * hs;
-                    float s = 0.0f;
-                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
-                    s *= scale;
-                    p[u] = s;
-                    if (s > maxv) maxv = s;
+        for (int h = 0; h < H; h++) {
+            float *S = work + attention_slot_floats(T) * thread_id(); // (nq, nk) scores, then probabilities
+            const float *Q = qkv + (long)b * T * 3 * d + h * hs, *K = Q + d, *V = Q + 2 * d;
+            float *L = lse + ((long)b * H + h) * T;
+            for (int t0 = 0; t0 < T; t0 += ATT_QB) {
+                int nq = T - t0 < ATT_QB ? T - t0 : ATT_QB, nk = t0 + nq; // rows t0.., keys 0..nk-1
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, scale, Q + (long)t0 * 3 * d, 3 * d, K,
+                            3 * d, 0.0f, S, nk);
+                for (int i = 0; i < nq; i++) {
+                    int t = t0 + i;
+                    float *p = S + (long)i * nk, maxv = -INFINITY, sum = 0.0f;
+                    for (int u = 0; u <= t; u++) maxv = p[u] > maxv ? p[u] : maxv;
+                    for (int u = 0; u <= t; u++) { p[u] = expf(p[u] - maxv); sum += p[u]; }
+                    float inv = 1.0f / sum;
+                    for (int u = 0; u <= t; u++) p[u] *= inv;
+                    for (int u = t + 1; u < nk; u++) p[u] = 0.0f;
+                    L[t] = maxv + logf(sum);
                 }
-                float sum = 0.0f;
-                for (int u = 0; u <= t; u++) { p[u] = expf(p[u] - maxv); sum += p[u]; }
-                float inv = 1.0f / sum;
-                for (int u = 0; u <= t; u++) p[u] *= inv;
-                for (int u = t + 1; u < T; u++) p[u] = 0.0f;
-                float *y = out + ((long)b * T + t) * d + h * hs;
-                for (int i = 0; i < hs; i++) y[i] = 0.0f;
-                for (int u = 0; u <= t; u++) {
-                    const float *v = qkv + ((long)b * T + u) * 3 * d + 2 * d + h * hs;
-                    for (int i = 0; i < hs; i++) y[i] += p[u] * v[i];
-                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs, nk, 1.0f, S, nk, V, 3 * d, 0.0f,
+                            out + ((long)b * T + t0) * d + h * hs, d);
             }
+        }
     *flops += 2.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0); // q.k and p.v over the causal triangle
 }
 
-void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
-                        int B, int T, int H, int hs, double *flops) {
-    int d = H * hs;
+void attention_backward(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
+                        const float *lse, const float *out, int B, int T, int H, int hs, double *flops) {
+    int d = H * hs, team = attention_team(work_floats, T);
     float scale = 1.0f / sqrtf((float)hs);
     // One (b, h) pair per iteration: it writes only head h's columns of batch b's rows.
-#pragma omp parallel
-    {
-        float *dp = mallocCheck(sizeof(float) * T); // d loss / d prob for one query row
-#pragma omp for collapse(2)
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < H; h++)
-                for (int t = 0; t < T; t++) {
-                    const float *p = att + (((long)b * H + h) * T + t) * T;
-                    const float *dy = dout + ((long)b * T + t) * d + h * hs;
-                    const float *q = qkv + ((long)b * T + t) * 3 * d + h * hs;
-                    float *dq = dqkv + ((long)b * T + t) * 3 * d + h * hs;
-                    float dot = 0.0f; // sum_u p_u dp_u
-                    for (int u = 0; u <= t; u++) {
-                        const float *v = qkv + ((long)b * T + u) * 3 * d + 2 * d + h * hs;
-                        float *dv = dqkv + ((long)b * T + u) * 3 * d + 2 * d + h * hs;
-                        float s = 0.0f;
-                        for (int i = 0; i < hs; i++) { s += dy[i] * v[i]; dv[i] += p[u] * dy[i]; }
-                        dp[u] = s;
-                        dot += p[u] * s;
-                    }
-                    for (int u = 0; u <= t; u++) {
-                        float ds = p[u] * (dp[u] - dot) * scale; // through softmax and the 1/sqrt(hs) scale
-                        const float *k = qkv + ((long)b * T + u) * 3 * d + d + h * hs;
-                        float *dk = dqkv + ((long)b * T + u) * 3 * d + d + h * hs;
-                        for (int i = 0; i < hs; i++) { dq[i] += ds * k[i]; dk[i] += ds * q[i]; }
-                    }
+#pragma omp parallel for collapse(2) num_threads(team) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            float *P = work + attention_slot_floats(T) * thread_id(), *dS = P + (size_t)ATT_QB * T; // (nq, nk) each
+            long row0 = (long)b * T;
+            const float *Q = qkv + row0 * 3 * d + h * hs, *K = Q + d, *V = Q + 2 * d;
+            float *dQ = dqkv + row0 * 3 * d + h * hs, *dK = dQ + d, *dV = dQ + 2 * d;
+            const float *dY = dout + row0 * d + h * hs, *Y = out + row0 * d + h * hs;
+            const float *L = lse + ((long)b * H + h) * T;
+            for (int t0 = 0; t0 < T; t0 += ATT_QB) {
+                int nq = T - t0 < ATT_QB ? T - t0 : ATT_QB, nk = t0 + nq;
+                // the block's probabilities again, from the scores and the kept log-sum-exp
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, scale, Q + (long)t0 * 3 * d, 3 * d, K,
+                            3 * d, 0.0f, P, nk);
+                for (int i = 0; i < nq; i++) {
+                    int t = t0 + i;
+                    float *p = P + (long)i * nk;
+                    for (int u = 0; u <= t; u++) p[u] = expf(p[u] - L[t]);
+                    for (int u = t + 1; u < nk; u++) p[u] = 0.0f;
                 }
-        free(dp);
-    }
+                // dV (nk, hs) += P^T dY;  dP (nq, nk) = dY V^T
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hs, nq, 1.0f, P, nk, dY + (long)t0 * d, d, 1.0f,
+                            dV, 3 * d);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, 1.0f, dY + (long)t0 * d, d, V, 3 * d,
+                            0.0f, dS, nk);
+                // through the softmax and the scale: dS = P (dP - sum_u P dP) / sqrt(hs), where
+                // sum_u P_u dP_u = dy . sum_u P_u v_u = dy . y
+                for (int i = 0; i < nq; i++) {
+                    int t = t0 + i;
+                    const float *dy = dY + (long)t * d, *y = Y + (long)t * d, *p = P + (long)i * nk;
+                    float *ds = dS + (long)i * nk, dot = 0.0f;
+                    for (int j = 0; j < hs; j++) dot += dy[j] * y[j];
+                    for (int u = 0; u <= t; u++) ds[u] = p[u] * (ds[u] - dot) * scale;
+                    for (int u = t + 1; u < nk; u++) ds[u] = 0.0f;
+                }
+                // dQ (nq, hs) += dS K;  dK (nk, hs) += dS^T Q
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs, nk, 1.0f, dS, nk, K, 3 * d, 1.0f,
+                            dQ + (long)t0 * 3 * d, 3 * d);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hs, nq, 1.0f, dS, nk, Q + (long)t0 * 3 * d, 3 * d,
+                            1.0f, dK, 3 * d);
+            }
+        }
     *flops += 4.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0); // dv, dp, dq, dk
 }
 

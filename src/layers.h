@@ -35,12 +35,24 @@ void rope_forward(float *qkv, const float *cos_t, const float *sin_t, int B, int
 // Applies the inverse rotation to the q and k gradients in dqkv (B*T, 3*d) in place.
 void rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
 
-// Causal softmax attention. qkv (B*T, 3*d) holds q | k | v, head h at columns [h*hs, (h+1)*hs).
-// att (B, H, T, T) keeps the probabilities (zeros above the diagonal); out (B*T, d).
-void attention_forward(float *out, float *att, const float *qkv, int B, int T, int H, int hs, double *flops);
-// dqkv (B*T, 3*d) += ; given dout (B*T, d)
-void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
-                        int B, int T, int H, int hs, double *flops);
+// Row-major C (M, N) = alpha op(A) op(B) + beta C, op(A) (M, K), op(B) (K, N), op = transpose when
+// trans_* is 1. With a one-thread BLAS and several OpenMP threads it is cut into blocks of C's longer
+// side, one per thread, each a BLAS call: the result depends on the thread count, never on timing.
+void layers_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                 int ldb, float beta, float *C, int ldc);
+
+// Causal softmax attention. qkv (B*T, 3*d) holds q | k | v, head h at columns [h*hs, (h+1)*hs); out
+// (B*T, d). lse (B, H, T) keeps each query row's log-sum-exp of its scaled scores: all the backward
+// needs besides q, k, v and out (it recomputes the probabilities, never stored whole). work: scratch of
+// attention_work_floats(T, threads) floats, shared by forward and backward; at most `threads` OpenMP
+// threads run.
+size_t attention_work_floats(int T, int threads);
+void attention_forward(float *out, float *lse, float *work, size_t work_floats, const float *qkv, int B, int T, int H,
+                       int hs, double *flops);
+// dqkv (B*T, 3*d) += ; given dout (B*T, d) and the forward's lse and out (out gives each row's
+// sum_u p_u dp_u as dout . out)
+void attention_backward(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
+                        const float *lse, const float *out, int B, int T, int H, int hs, double *flops);
 
 // a (n) = silu(h) * u
 void swiglu_forward(float *a, const float *h, const float *u, long n);

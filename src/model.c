@@ -17,7 +17,7 @@ ModelConfig model_config_from(const Config *c) {
         .head_dim = c->d_model / c->n_heads, .seq_len = c->seq_len, .d_ff = c->d_ff,
         .n_experts = c->n_experts, .top_k = c->top_k, .expert_ff = c->expert_ff, .moe_every = c->moe_every,
         .aux_coef = c->aux_loss_coef, .z_coef = c->z_loss_coef, .rope_theta = c->rope_theta,
-        .norm_eps = c->norm_eps, .init_std = c->init_std,
+        .norm_eps = c->norm_eps, .init_std = c->init_std, .recompute_experts = c->recompute_experts == RECOMPUTE_ON,
     };
     return m;
 }
@@ -136,6 +136,7 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     m->mem.params = m->mem.grads = sizeof(float) * m->n_params;
     m->adam_steps = callocCheck(m->n_tensors, sizeof(int));
     m->active = callocCheck(m->n_tensors, 1);
+    m->selected = callocCheck(m->n_tensors, 1);
     m->mem.optim = 2 * sizeof(float) * m->n_params + sizeof(int) * m->n_tensors;
     weights_bind(&m->w, m, m->params);
     weights_bind(&m->g, m, m->grads);
@@ -148,13 +149,24 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
         a->ln1 = act_alloc(m, N * d);
         a->rstd1 = act_alloc(m, N);
         a->qkv = act_alloc(m, N * 3 * d);
-        a->att = act_alloc(m, (size_t)B * H * T * T);
+        a->att = act_alloc(m, be->attention_saved_floats(B, T, (int)H));
         a->atty = act_alloc(m, N * d);
         a->x_mid = act_alloc(m, N * d);
         a->ln2 = act_alloc(m, N * d);
         a->rstd2 = act_alloc(m, N);
         if (model_layer_is_moe(c, (int)l)) {
-            moe_acts_alloc(&a->moe, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, &m->mem.acts, be->alloc);
+            int shared = local_experts && c->recompute_experts; // one set of hidden activations for all layers
+            if (shared && !m->moe_he) {
+                size_t Nkf = N * c->top_k * c->expert_ff;
+                m->moe_he = act_alloc(m, Nkf);
+                m->moe_ue = act_alloc(m, Nkf);
+                m->moe_ae = act_alloc(m, Nkf);
+            }
+            // a party whose experts run at their owners needs a layer's packed inputs only until they are sent
+            if (!local_experts && !m->moe_xe) m->moe_xe = act_alloc(m, N * c->top_k * d);
+            moe_acts_alloc(&a->moe, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts && !shared,
+                           local_experts ? NULL : m->moe_xe, &m->mem.acts, be->alloc);
+            if (shared) { a->moe.he = m->moe_he; a->moe.ue = m->moe_ue; a->moe.ae = m->moe_ae; }
         } else {
             a->ffn_h = act_alloc(m, N * c->d_ff);
             a->ffn_u = act_alloc(m, N * c->d_ff);
@@ -173,10 +185,16 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     m->dqkv = act_alloc(m, N * 3 * d);
     m->datty = act_alloc(m, N * d);
     m->dlogits = act_alloc(m, N * c->vocab);
-    m->dffn_h = act_alloc(m, N * c->d_ff);
-    m->dffn_u = act_alloc(m, N * c->d_ff);
-    m->dffn_a = act_alloc(m, N * c->d_ff);
+    int dense = 0; // the dense FFN's backward scratch, when there is a dense layer
+    for (int l = 0; l < c->n_layers; l++) dense |= !model_layer_is_moe(c, l);
+    if (dense) {
+        m->dffn_h = act_alloc(m, N * c->d_ff);
+        m->dffn_u = act_alloc(m, N * c->d_ff);
+        m->dffn_a = act_alloc(m, N * c->d_ff);
+    }
     m->tmp = act_alloc(m, N * d);
+    m->att_work_floats = be->attention_work_floats(T);
+    m->att_work = act_alloc(m, m->att_work_floats);
     moe_scratch_alloc(&m->moe_scratch, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, &m->mem.acts, be->alloc);
 }
 
@@ -187,18 +205,23 @@ void model_free(Model *m) {
         LayerActs *a = &m->acts[l];
         float *bufs[] = {a->ln1, a->rstd1, a->qkv, a->att, a->atty, a->x_mid, a->ln2, a->rstd2};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
-        if (model_layer_is_moe(&m->cfg, l)) moe_acts_free(&a->moe, release);
+        if (model_layer_is_moe(&m->cfg, l)) {
+            if (m->moe_he && a->moe.he == m->moe_he) a->moe.he = a->moe.ue = a->moe.ae = NULL; // (shared: released below)
+            moe_acts_free(&a->moe, release);
+        }
         else { release(a->ffn_h); release(a->ffn_u); release(a->ffn_a); }
     }
     free(m->acts);
     float *bufs[] = {m->resid, m->lnf, m->rstdf, m->logits, m->losses, m->cos_t, m->sin_t, m->dresid, m->dln, m->dqkv,
-                     m->datty, m->dlogits, m->dffn_h, m->dffn_u, m->dffn_a, m->tmp, m->params, m->grads, m->adam_m, m->adam_v};
+                     m->datty, m->dlogits, m->dffn_h, m->dffn_u, m->dffn_a, m->tmp, m->att_work, m->params, m->grads, m->adam_m, m->adam_v};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
     moe_scratch_free(&m->moe_scratch, release);
+    if (m->moe_he) { release(m->moe_he); release(m->moe_ue); release(m->moe_ae); }
+    if (m->moe_xe) release(m->moe_xe);
     weights_unbind(&m->w, L);
     weights_unbind(&m->g, L);
     release(m->expert_order);
-    free(m->adam_steps); free(m->active);
+    free(m->adam_steps); free(m->active); free(m->selected);
     free(m->tensors); free(m->owned);
     memset(m, 0, sizeof *m);
 }
@@ -249,7 +272,7 @@ double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         m->be->rmsnorm_forward(a->ln1, a->rstd1, x, w->attn_norm, N, d, c->norm_eps);
         m->be->matmul_forward(a->qkv, a->ln1, w->wqkv, N, d, 3 * d, &m->flops);
         m->be->rope_forward(a->qkv, m->cos_t, m->sin_t, B, T, H, hs);
-        m->be->attention_forward(a->atty, a->att, a->qkv, B, T, H, hs, &m->flops);
+        m->be->attention_forward(a->atty, a->att, m->att_work, m->att_work_floats, a->qkv, B, T, H, hs, &m->flops);
         m->be->matmul_forward(m->tmp, a->atty, w->wo, N, d, d, &m->flops);
         m->be->residual_forward(a->x_mid, x, m->tmp, (size_t)N * d);
         // FFN sub-block: xo = x_mid + ffn(rmsnorm(x_mid))
@@ -303,7 +326,13 @@ void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
             MoeScratch *s = &m->moe_scratch;
             m->be->moe_combine_backward(s, m->dresid, &a->moe);
             if (m->ex) exchange_backward(m->ex, l, &a->moe, s, expert_set(w), expert_set(g), &m->flops);
-            else m->be->moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g), &m->flops);
+            else {
+                if (m->moe_he && a->moe.he == m->moe_he) { // recompute_experts: this layer's hidden activations again (the
+                    double recomputed = 0.0;  // forward's calls on the forward's inputs: the same values; not
+                    m->be->moe_experts_forward(&a->moe, expert_set(w), &recomputed); // counted as model FLOPs)
+                }
+                m->be->moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g), &m->flops);
+            }
             m->be->moe_route_backward(m->dln, g->router, s, &a->moe, a->ln2, w->router, c->aux_coef, c->z_coef, &m->flops);
         } else {
             m->be->ffn_backward(m->dln, g->ffn_gate, g->ffn_up, g->ffn_down, m->dffn_h, m->dffn_u, m->dffn_a, m->dresid,
@@ -315,7 +344,8 @@ void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         m->be->zero(m->datty, sizeof(float) * Nd);
         m->be->matmul_backward(m->datty, g->wo, m->dresid, a->atty, w->wo, N, d, d, &m->flops);
         m->be->zero(m->dqkv, sizeof(float) * Nd * 3);
-        m->be->attention_backward(m->dqkv, m->datty, a->qkv, a->att, B, T, H, hs, &m->flops);
+        m->be->attention_backward(m->dqkv, m->att_work, m->att_work_floats, m->datty, a->qkv, a->att, a->atty, B, T, H, hs,
+                                  &m->flops);
         m->be->rope_backward(m->dqkv, m->cos_t, m->sin_t, B, T, H, hs);
         m->be->zero(m->dln, sizeof(float) * Nd);
         m->be->matmul_backward(m->dln, g->wqkv, m->dqkv, a->ln1, w->wqkv, N, d, 3 * d, &m->flops);

@@ -18,6 +18,7 @@
 typedef struct {
     int vocab, d, n_layers, n_heads, head_dim, seq_len, d_ff, n_experts, top_k, expert_ff, moe_every;
     float aux_coef, z_coef, rope_theta, norm_eps, init_std;
+    int recompute_experts; // local experts' hidden activations: one buffer for all layers, recomputed in the backward
 } ModelConfig;
 
 typedef enum {
@@ -66,7 +67,7 @@ typedef struct {
     float *ln1;      // (N, d) RMSNorm before attention
     float *rstd1;    // (N)
     float *qkv;      // (N, 3d) q and k after RoPE
-    float *att;      // (B, H, T, T) attention probabilities
+    float *att;      // what attention keeps for its backward: be->attention_saved_floats(B, T, H)
     float *atty;     // (N, d) attention output before wo
     float *x_mid;    // (N, d) residual stream after the attention sub-block
     float *ln2;      // (N, d) RMSNorm before the FFN
@@ -97,6 +98,7 @@ typedef struct {
     int *adam_steps;          // (n_tensors) AdamW steps each tensor has taken (its bias-correction count)
     unsigned char *active;    // (n_tensors) 1 if the tensor received gradient in the last backward: always
                               // for the backbone; for an expert, only if tokens were routed to it
+    unsigned char *selected;  // (n_tensors) scratch: the tensors one optimizer update covers
     Weights w, g;             // views of params and grads
     int *owned;               // (m) 1 where this party holds expert e
     int *expert_order;        // (m) order of experts in the packed rows (grouped by owner in pcmoe)
@@ -118,7 +120,13 @@ typedef struct {
     float *dlogits;           // (N, V)
     float *dffn_h, *dffn_u, *dffn_a; // (N, d_ff)
     float *tmp;               // (N, d) a sub-block's output before it is added to the residual
+    float *att_work;          // (att_work_floats) attention's scratch
+    size_t att_work_floats;
     MoeScratch moe_scratch;
+    float *moe_xe;            // experts at their owners (pcmoe): (N*k, d) the packed inputs of the MoE layer
+                              // being computed, shared by all layers (sent, then no longer needed)
+    float *moe_he, *moe_ue, *moe_ae; // recompute_experts with local experts: (N*k, f) the hidden activations of
+                                     // the MoE layer being computed, shared by all layers (their he, ue, ae)
     // results of the last forward
     double loss, ce, aux, z;  // total = ce + aux_coef * aux + z_coef * z (aux, z summed over MoE layers)
     double flops;             // floating-point operations executed since the last reset (GEMMs + attention)

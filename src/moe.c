@@ -12,7 +12,8 @@ static void *host_alloc(size_t n) { return callocCheck(n ? n : 1, 1); }
 static float *alloc_f(long n, size_t *bytes, void *(*alloc)(size_t)) { *bytes += sizeof(float) * n; return (alloc ? alloc : host_alloc)(sizeof(float) * n); }
 static int *alloc_i(long n, size_t *bytes, void *(*alloc)(size_t)) { *bytes += sizeof(int) * n; return (alloc ? alloc : host_alloc)(sizeof(int) * n); }
 
-void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes, void *(*alloc)(size_t)) {
+void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, float *xe, size_t *bytes,
+                    void *(*alloc)(size_t)) {
     long Nk = (long)N * k;
     a->N = N; a->d = d; a->m = m; a->k = k; a->f = f;
     a->logits = alloc_f((long)N * m, bytes, alloc);
@@ -26,7 +27,9 @@ void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_ac
     a->row_choice = alloc_i(Nk, bytes, alloc);
     a->choice_row = alloc_i(Nk, bytes, alloc);
     a->perm = alloc_i(Nk, bytes, alloc);
-    a->xe = alloc_f(Nk * d, bytes, alloc);
+    a->fill = alloc_i(m, bytes, NULL);
+    a->xe_owned = xe == NULL;
+    a->xe = xe ? xe : alloc_f(Nk * d, bytes, alloc);
     a->he = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
     a->ue = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
     a->ae = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
@@ -36,9 +39,10 @@ void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_ac
 
 void moe_acts_free(MoeActs *a, void (*release)(void *)) {
     void *bufs[] = {a->logits, a->probs, a->lse, a->topk, a->gates, a->gate_sum, a->counts, a->offsets, a->row_choice,
-                    a->choice_row, a->perm, a->xe, a->he, a->ue, a->ae, a->ye};
+                    a->choice_row, a->perm, a->xe_owned ? a->xe : NULL, a->he, a->ue, a->ae, a->ye};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) (release ? release : free)(bufs[i]);
+    free(a->fill);
 }
 
 void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes, void *(*alloc)(size_t)) {
@@ -50,12 +54,14 @@ void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int exp
     s->dae = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
     s->dgates = alloc_f(Nk, bytes, alloc);
     s->dlogits = alloc_f((long)N * m, bytes, alloc);
+    s->aux_grad = alloc_f(m, bytes, NULL);
 }
 
 void moe_scratch_free(MoeScratch *s, void (*release)(void *)) {
     void *bufs[] = {s->dye, s->dxe, s->dhe, s->due, s->dae, s->dgates, s->dlogits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) (release ? release : free)(bufs[i]);
+    free(s->aux_grad);
 }
 
 void moe_route(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops) {
@@ -97,10 +103,9 @@ void moe_route(MoeActs *a, const float *inp, const float *router, const int *ord
         a->offsets[e] = next;
         next += a->counts[e];
     }
-    int *fill = mallocCheck(sizeof(int) * m);
+    int *fill = a->fill;
     memcpy(fill, a->offsets, sizeof(int) * m);
     for (long c = 0; c < (long)N * k; c++) a->row_choice[fill[a->topk[c]]++] = (int)c;
-    free(fill);
     if (shuffle) { // each expert's rows in a private random order (choice_row, set below, as scratch)
         moe_shuffle_permutation(a->perm, a->counts, a->offsets, m, shuffle);
         memcpy(a->choice_row, a->row_choice, sizeof(int) * (size_t)N * k);
@@ -193,7 +198,7 @@ void moe_route_backward(float *dinp, float *drouter, MoeScratch *s, const MoeAct
                         const float *router, float aux_coef, float z_coef, double *flops) {
     int N = a->N, d = a->d, m = a->m, k = a->k;
     // d aux / d probs[n, e] = m * frac_e / N, with frac_e = counts_e / (N k) held constant (Switch)
-    float *aux_grad = mallocCheck(sizeof(float) * m);
+    float *aux_grad = s->aux_grad;
     for (int e = 0; e < m; e++) aux_grad[e] = (float)(aux_coef * (double)m * a->counts[e] / ((double)N * k) / N);
 #pragma omp parallel for
     for (int n = 0; n < N; n++) {
@@ -218,6 +223,5 @@ void moe_route_backward(float *dinp, float *drouter, MoeScratch *s, const MoeAct
         float zc = z_coef * 2.0f * a->lse[n] / N;
         for (int e = 0; e < m; e++) dl[e] = p[e] * (dl[e] - pdot) + zc * p[e];
     }
-    free(aux_grad);
     matmul_backward(dinp, drouter, s->dlogits, inp, router, N, d, m, flops);
 }

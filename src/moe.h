@@ -27,7 +27,9 @@ typedef struct {
     int *row_choice;   // (N*k) packed row -> choice
     int *choice_row;   // (N*k) choice -> packed row
     int *perm;         // (N*k) the private shuffle's permutation (scratch of moe_route)
+    int *fill;         // (m) scratch of moe_route's counting sort (host memory)
     float *xe;         // (N*k, d) packed expert inputs
+    int xe_owned;      // 1: xe was allocated with these activations (0: shared, see moe_acts_alloc)
     float *he, *ue;    // (N*k, f) expert gate / up projections
     float *ae;         // (N*k, f) silu(he) * ue
     float *ye;         // (N*k, d) packed expert outputs
@@ -43,6 +45,7 @@ typedef struct {
     float *dhe, *due, *dae; // (N*k, f)
     float *dgates;     // (N, k)
     float *dlogits;    // (N, m)
+    float *aux_grad;   // (m) scratch of moe_route_backward (host memory)
 } MoeScratch;
 
 // The experts of one layer: m pointers each, NULL for an expert whose weights live elsewhere.
@@ -53,9 +56,12 @@ typedef struct {
 } ExpertSet;
 
 // expert_acts = 0 leaves out he, ue, ae (and the scratch's dhe, due, dae): a pcmoe party whose experts run
-// at their owners through the exchange never fills them.
+// at their owners through the exchange never fills them. xe: a (N*k, d) buffer to use for the packed
+// inputs (not freed here: a pcmoe party's layers share one, as its inputs only matter until they are
+// sent), or NULL to allocate one.
 // alloc (zero-filled memory; NULL: the host's) and release (NULL: free) are the backend's.
-void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes, void *(*alloc)(size_t));
+void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, float *xe, size_t *bytes,
+                    void *(*alloc)(size_t));
 void moe_acts_free(MoeActs *a, void (*release)(void *));
 void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes, void *(*alloc)(size_t));
 void moe_scratch_free(MoeScratch *s, void (*release)(void *));

@@ -68,6 +68,8 @@ typedef struct {
     Model central;             // centralized: the one model, batch P*B
     uint8_t *ctok, *ctgt;      // centralized: (P*B, T)
     Exchange ex;               // pcmoe over MPI
+    int *sim_rows;             // simulate: (L, m) rows each expert processed in the step, all parties
+    double *sim_seconds;       // simulate: (n) each party's step time
     const Backend *be;         // run.device: where the models live and run
     OptimConfig oc;
     int nan_grad_step;         // test hook (--inject-fault nan-grad): the last party's gradient turns NaN here
@@ -144,7 +146,7 @@ double train_evaluate(Model *m, const Dataset *ds, int n_batches, uint8_t *token
 // own gradient norm: a party's backbone gradient is private, and an owner clips the gradients of its
 // experts, summed over all parties, without learning anyone's backbone norm. Returns the group's norm.
 static double update_group(Run *r, Model *m, float lr, int experts, int owner, int step, int party) {
-    unsigned char *sel = mallocCheck((size_t)m->n_tensors);
+    unsigned char *sel = m->selected;
     for (int i = 0; i < m->n_tensors; i++) {
         const ParamTensor *t = &m->tensors[i];
         int is_expert = t->expert >= 0;
@@ -152,7 +154,6 @@ static double update_group(Run *r, Model *m, float lr, int experts, int owner, i
     }
     double norm = optim_update_group(m->be, &r->oc, m->tensors, m->n_tensors, sel, m->adam_steps, m->params, m->grads,
                                      m->adam_m, m->adam_v, lr);
-    free(sel);
     if (!isfinite(norm)) fail("step %d, party %d: non-finite %s gradient; stopping", step + 1, party, experts ? "expert" : "backbone");
     return norm;
 }
@@ -208,8 +209,10 @@ static void step_pcmoe_simulate(Run *r, int step) {
     const Config *c = r->c;
     int B = c->batch_size, T = c->seq_len, L = c->n_layers, E = c->n_experts;
     int turn = c->schedule == SCHEDULE_SEQUENTIAL ? turn_of(c, step) : -1;
-    int *rows = callocCheck((size_t)L * E, sizeof(int)); // rows each expert processed, all parties
-    double *dt = callocCheck((size_t)r->n, sizeof(double));
+    int *rows = r->sim_rows; // rows each expert processed, all parties
+    double *dt = r->sim_seconds;
+    memset(rows, 0, sizeof(int) * L * E);
+    memset(dt, 0, sizeof(double) * r->n);
     model_zero_grad(&r->pool);
     for (int q = 0; q < r->n; q++) {
         Party *p = &r->party[q];
@@ -237,8 +240,6 @@ static void step_pcmoe_simulate(Run *r, int step) {
         stats_train(&p->s, &p->model, lr, norm, (double)B * T, dt[q]);
     }
     for (int owner = 0; owner < r->P; owner++) update_group(r, &r->pool, lr, 1, owner, step, owner);
-    free(rows);
-    free(dt);
 }
 
 // local and fedavg: each party trains a whole model on its own data; fedavg averages every weight
@@ -356,6 +357,8 @@ static void build_models(Run *r) {
         r->ctgt = mallocCheck((size_t)P * B * T);
     } else if (c->mode == MODE_PCMOE && r->simulate) {
         model_create_on(&r->pool, r->be, &mc, NULL, 1, 1, T); // experts only are used
+        r->sim_rows = callocCheck((size_t)c->n_layers * E, sizeof(int));
+        r->sim_seconds = callocCheck((size_t)r->n, sizeof(double));
         model_init(&r->pool, 0, (uint64_t)c->seed);
         for (int e = 0; e < E; e++) owned[e] = 0;
         for (int q = 0; q < r->n; q++) {
@@ -387,7 +390,8 @@ static void build_models(Run *r) {
             if (r->be->device && p->party == 0)
                 fprintf(stderr, "pcmoe: run.device = cuda: rows cross parties %s (run.cuda_aware_mpi = %s)\n",
                         direct ? "as device buffers handed to MPI" : "through page-locked host buffers", CUDA_AWARE_NAMES[c->cuda_aware_mpi]);
-            exchange_create(&r->ex, r->be, direct, r->comm, E, c->d_model, c->expert_ff, c->n_layers, B * T * c->top_k, c->check_finite);
+            exchange_create(&r->ex, r->be, direct, r->comm, E, c->d_model, c->expert_ff, c->n_layers, B * T * c->top_k, c->check_finite,
+                            c->recompute_experts != RECOMPUTE_OFF); // (auto: the owner recomputes)
             p->model.ex = &r->ex;
             r->ex.noise_std = c->noise_std;
             rng_seed(&r->ex.noise, shuffle_seed(c, p->party) ^ 0x9015EULL);
@@ -417,7 +421,7 @@ static void free_run(Run *r) {
         free(p->targets);
     }
     if (r->c->mode == MODE_CENTRALIZED) { model_free(&r->central); free(r->ctok); free(r->ctgt); }
-    if (r->c->mode == MODE_PCMOE && r->simulate) model_free(&r->pool);
+    if (r->c->mode == MODE_PCMOE && r->simulate) { model_free(&r->pool); free(r->sim_rows); free(r->sim_seconds); }
     if (r->c->mode == MODE_PCMOE && !r->simulate && r->P > 1) exchange_free(&r->ex);
     free(r->party);
 }

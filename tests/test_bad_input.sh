@@ -90,6 +90,15 @@ expect "config: bad enum" "parties.mode = 'federated': not one of pcmoe, central
 expect "config: bad bool" "privacy.check_finite = 'maybe': not a boolean" "$PCMOE" train "$cfg" --set privacy.check_finite=maybe
 expect "config: more parties than experts" "parties.count = 8: must be <= model.n_experts = 6" "$PCMOE" train "$cfg" --set parties.count=8
 expect "config: party without corpus" "data.2: missing: parties.count = 3 needs a corpus" "$PCMOE" train "$cfg" --set parties.count=3
+expect "config: bad recompute_experts" "model.recompute_experts = 'sometimes': not one of auto, true, false" "$PCMOE" train "$cfg" --set model.recompute_experts=sometimes
+# run.device = cuda without a usable backend: the plugin named, or the build's lack of CUDA, on every rank
+if [ -f "$top_builddir/pcmoe_cuda.so" ]; then
+    export PCMOE_CUDA_PLUGIN="$TMP/none.so" # (the ranks inherit mpirun's environment)
+    expect "cuda: plugin missing" "cannot load $TMP/none.so" mpi 2 train "$cfg" --set run.device=cuda --set run.dir="$TMP/r"
+    unset PCMOE_CUDA_PLUGIN
+else
+    expect "cuda: not built" "built without CUDA" mpi 2 "$PCMOE" train "$cfg" --set run.device=cuda --set run.dir="$TMP/r"
+fi
 expect "config: wrong party count for ranks" "parties.count = 2, parties.mode = pcmoe: needs 2 MPI ranks, the job has 3" mpi 3 train "$cfg" --set run.dir="$TMP/r"
 # --- corpora
 printf '' > "$TMP/empty.txt"

@@ -5,6 +5,7 @@
 # directory (BENCH_OUT), not the source tree's runs/.
 . "$(dirname "$0")/lib.sh"
 export BENCH_OUT="$TMP/bench" PCMOE # (the binary under test, also in a VPATH build)
+export PEAK="$top_builddir/benchmarks/sgemm_peak"
 
 # expect_loud NAME PATTERN COMMAND...: COMMAND exits non-zero and its stderr matches PATTERN
 expect_loud() {
@@ -19,9 +20,9 @@ expect_loud() {
     fi
 }
 
-# steps < warmup_steps: pcmoe says so and the script passes it on
-expect_loud cpu_throughput "pcmoe: error: .*train.warmup_steps = 30: must be <= train.steps = 20" \
-    sh "$top_srcdir/benchmarks/cpu_throughput.sh" input/demo.ini 2 20
+# 0 steps: pcmoe says so and the script passes it on
+expect_loud cpu_throughput "pcmoe: error: .*train.steps = 0" \
+    sh "$top_srcdir/benchmarks/cpu_throughput.sh" 0 1
 expect_loud attack "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/attack.sh" 0
 expect_loud demo_table "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/demo_table.sh" 0
 # memory.sh has no arguments: a launcher that fails stands in for a failing run

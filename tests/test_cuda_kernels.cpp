@@ -141,14 +141,17 @@ static void check_all(cublasHandle_t h) {
         expect("rope backward", from_dev(pb, qkv.size()), bw);
         cudaFree(pc); cudaFree(ps); cudaFree(pf); cudaFree(pb);
     }
-    { // attention (T = 40: rows longer than a warp; the products through cuBLAS strided-batched)
-        const int Ta = 40;
+    { // attention (T = 100: rows longer than a warp, the products through cuBLAS strided-batched; on the CPU
+      // two blocks of query rows, the second one short)
+        const int Ta = 100;
         const int Na = B * Ta;
         auto qkv = randn((size_t)Na * 3 * d, 1.0f, 22), dout = randn((size_t)Na * d, 1.0f, 23), dq0 = randn((size_t)Na * 3 * d, 0.1f, 24);
-        std::vector<float> out((size_t)Na * d), att((size_t)B * H * Ta * Ta), dqkv = dq0;
+        std::vector<float> out((size_t)Na * d), att((size_t)B * H * Ta * Ta), lse((size_t)B * H * Ta), dqkv = dq0;
+        std::vector<float> work(attention_work_floats(Ta, 1));
         double flops = 0.0;
-        attention_forward(out.data(), att.data(), qkv.data(), B, Ta, H, hs, &flops);
-        attention_backward(dqkv.data(), dout.data(), qkv.data(), att.data(), B, Ta, H, hs, &flops);
+        attention_forward(out.data(), lse.data(), work.data(), work.size(), qkv.data(), B, Ta, H, hs, &flops);
+        attention_backward(dqkv.data(), work.data(), work.size(), dout.data(), qkv.data(), lse.data(), out.data(), B, Ta,
+                           H, hs, &flops);
         float *pq = to_dev(qkv), *pg = to_dev(dout), *pd = to_dev(dq0), *po = nullptr, *pa = nullptr, *ps = nullptr;
         cudaCheck(cudaMalloc(reinterpret_cast<void **>(&po), sizeof(float) * out.size()));
         cudaCheck(cudaMalloc(reinterpret_cast<void **>(&pa), sizeof(float) * att.size()));
@@ -156,7 +159,18 @@ static void check_all(cublasHandle_t h) {
         cu_attention_forward(h, po, pa, pq, ps, B, Ta, H, hs, s);
         cu_attention_backward(h, pd, pg, pq, pa, ps, B, Ta, H, hs, s);
         expect("attention forward", from_dev(po, out.size()), out);
-        expect("attention probabilities", from_dev(pa, att.size()), att);
+        // the device keeps the probabilities, the CPU each row's log-sum-exp: exp(score - lse) must be them
+        for (int b = 0; b < B; b++)
+            for (int hh = 0; hh < H; hh++)
+                for (int t = 0; t < Ta; t++)
+                    for (int u = 0; u < Ta; u++) {
+                        double sc = 0.0;
+                        for (int i = 0; i < hs; i++)
+                            sc += (double)qkv[((size_t)b * Ta + t) * 3 * d + hh * hs + i] * qkv[((size_t)b * Ta + u) * 3 * d + d + hh * hs + i];
+                        att[(((size_t)b * H + hh) * Ta + t) * Ta + u] =
+                            u <= t ? (float)std::exp(sc / std::sqrt((double)hs) - lse[((size_t)b * H + hh) * Ta + t]) : 0.0f;
+                    }
+        expect("attention probabilities (CPU: from its log-sum-exp)", from_dev(pa, att.size()), att);
         expect("attention backward", from_dev(pd, dqkv.size()), dqkv);
         cudaFree(pq); cudaFree(pg); cudaFree(pd); cudaFree(po); cudaFree(pa); cudaFree(ps);
     }
@@ -174,7 +188,7 @@ static void check_all(cublasHandle_t h) {
         MoeActs a;
         MoeScratch sc;
         size_t bytes = 0;
-        moe_acts_alloc(&a, N, d, m, k, fe, 1, &bytes, NULL);
+        moe_acts_alloc(&a, N, d, m, k, fe, 1, NULL, &bytes, NULL);
         moe_scratch_alloc(&sc, N, d, m, k, fe, 1, &bytes, NULL);
         std::vector<float *> cg(m), cu(m), cd(m), cdg(m), cdu(m), cdd(m);
         std::vector<std::vector<float>> gg(m, std::vector<float>((size_t)fe * d, 0.0f)), gu = gg, gd(m, std::vector<float>((size_t)d * fe, 0.0f));

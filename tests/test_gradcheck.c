@@ -40,10 +40,11 @@ static double loss_at(Model *m, const ParamTensor *t, const double *v, double ep
     return loss;
 }
 
-static int run(float aux_coef, float z_coef) {
+static int run(float aux_coef, float z_coef, int recompute) {
     ModelConfig c = test_config(2, 2, 4, 2); // layer 0 dense, layer 1 MoE
     c.aux_coef = aux_coef;
     c.z_coef = z_coef;
+    c.recompute_experts = recompute;
     int B = 2, T = c.seq_len, N = B * T;
     Model m;
     model_create(&m, &c, NULL, 1, B, T);
@@ -57,7 +58,7 @@ static int run(float aux_coef, float z_coef) {
     model_forward(&m, tok, tgt);
     routing_equal(&m, base_topk, 1);
     model_backward(&m, tok, tgt);
-    printf("# aux_coef %g z_coef %g: loss %.6f (ce %.6f aux %.6f z %.6f)\n", aux_coef, z_coef, m.loss, m.ce, m.aux, m.z);
+    printf("# aux_coef %g z_coef %g recompute_experts %d: loss %.6f (ce %.6f aux %.6f z %.6f)\n", aux_coef, z_coef, recompute, m.loss, m.ce, m.aux, m.z);
 
     int failures = 0;
     Rng r;
@@ -109,7 +110,7 @@ static int run(float aux_coef, float z_coef) {
 }
 
 int main(void) {
-    int failures = run(0.0f, 0.0f) + run(1.0f, 0.5f);
+    int failures = run(0.0f, 0.0f, 0) + run(1.0f, 0.5f, 0) + run(1.0f, 0.5f, 1);
     printf("%s: %d tensor checks failed (tolerance %.0e)\n", failures ? "FAIL" : "PASS", failures, TOL);
     return failures ? 1 : 0;
 }

@@ -26,5 +26,15 @@ if [ -f "$top_builddir/Makefile" ]; then
         [ -s "$TMP/stage/opt/pcmoe/$f" ] || fail "make install did not install $f"
     done
     "$TMP/stage/opt/pcmoe/bin/pcmoe" --version >/dev/null && ok "make install: program, man page, examples, corpora, job scripts" || fail "installed pcmoe does not run"
+    if [ -f "$top_builddir/pcmoe_cuda.so" ]; then # the CUDA backend plugin: installed, and the installed pcmoe loads it
+        plugin="$TMP/stage/opt/pcmoe/libexec/pcmoe/pcmoe_cuda.so"
+        PCMOE_CUDA_PLUGIN="$plugin" "$TMP/stage/opt/pcmoe/bin/pcmoe" train input/tiny.ini --set run.device=cuda \
+            --set run.dir="$TMP/cuda_run" >"$TMP/cuda.out" 2>&1
+        if [ -s "$plugin" ] && ! grep -q "cannot load\|not a pcmoe CUDA backend\|built without CUDA" "$TMP/cuda.out"; then
+            ok "make install: the CUDA plugin, loaded by the installed pcmoe: $(grep -m1 'pcmoe: error\|step' "$TMP/cuda.out" || echo trained)"
+        else
+            fail "the CUDA plugin ($plugin): $(cat "$TMP/cuda.out" | head -n 3)"
+        fi
+    fi
 fi
 finish
