@@ -167,7 +167,7 @@ static void ensure_scratch(Exchange *ex, size_t rows) {
     ex->scratch_cap = rows;
 }
 
-// One expert's hidden-width buffers (its rows are computed one expert at a time): the backward's
+// One pass's hidden-width buffers (an expert's rows, at most EXCHANGE_PASS_ROWS at a time): the backward's
 // gradients, and with recompute the hidden activations.
 static void ensure_expert(Exchange *ex, size_t rows) {
     if (rows <= ex->expert_cap) return;

@@ -9,8 +9,9 @@
 //   by owner, shuffled privately        ---- (expert id, row count) pairs (MSG_ROUTING_COUNTS) --->
 //                                             checks: ids it owns, counts within bounds
 //                                       ---- rows for the owner's experts (MSG_EXPERT_ROWS) --->
-//                                             runs each of its experts once on all rows it got
-//                                             (its own party's rows too, copied, never sent)
+//                                             runs each of its experts on all rows it got
+//                                             (its own party's rows too, copied, never sent),
+//                                             in passes of at most EXCHANGE_PASS_ROWS rows
 //                                       <--- expert outputs (MSG_EXPERT_OUTPUTS) ----
 //                                             (with privacy.check_finite every received row, either way,
 //                                              is checked to be finite)
@@ -18,6 +19,8 @@
 //   which never leave it
 //   backward: d loss / d outputs        ---- (MSG_OUTPUT_GRADS) --->
 //                                             accumulates its experts' weight gradients
+//                                             (recomputing their hidden activations first
+//                                             with model.recompute_experts)
 //                                       <--- d loss / d inputs (MSG_INPUT_GRADS) ----
 //
 // Nothing else crosses: no token ids, labels, gate weights, router or backbone tensors. Anything wrong

@@ -327,10 +327,10 @@ void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
             m->be->moe_combine_backward(s, m->dresid, &a->moe);
             if (m->ex) exchange_backward(m->ex, l, &a->moe, s, expert_set(w), expert_set(g), &m->flops);
             else {
-                if (m->moe_he && a->moe.he == m->moe_he) { // recompute_experts: this layer's hidden activations again (the
-                    double recomputed = 0.0;  // forward's calls on the forward's inputs: the same values; not
-                    m->be->moe_experts_forward(&a->moe, expert_set(w), &recomputed); // counted as model FLOPs)
-                }
+                // recompute_experts: this layer's hidden activations again, by the forward's calls on the
+                // forward's inputs (the same values; not counted as model FLOPs)
+                double recomputed = 0.0;
+                if (m->moe_he && a->moe.he == m->moe_he) m->be->moe_experts_forward(&a->moe, expert_set(w), &recomputed);
                 m->be->moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g), &m->flops);
             }
             m->be->moe_route_backward(m->dln, g->router, s, &a->moe, a->ln2, w->router, c->aux_coef, c->z_coef, &m->flops);
