@@ -37,3 +37,11 @@ bench_config() {
         done
     } > "$1"
 }
+
+# median_tps RUN_DIR: the median tokens/s of RUN_DIR/metrics.jsonl's steps after 3 warm-up steps
+median_tps() {
+    grep -o '"tokens_per_s":[0-9.e+]*' "$1/metrics.jsonl" | cut -d: -f2 | tail -n +4 | sort -g |
+        awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# flops_per_step RUN_DIR: the model FLOPs of its last logged step
+flops_per_step() { grep -o '"flops":[0-9.e+]*' "$1/metrics.jsonl" | tail -n 1 | cut -d: -f2; }

@@ -29,10 +29,6 @@ shape demo 64 2 4 64 8 128 8 "$steps"
 shape medium 256 4 4 128 8 512 16 "$steps"
 shape large 512 8 8 256 32 512 8 "$(( steps / 3 > 4 ? steps / 3 : 4 ))"
 
-median_tps() {
-    grep -o '"tokens_per_s":[0-9.e+]*' "$1/metrics.jsonl" | cut -d: -f2 | tail -n +4 | sort -g |
-        awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 printf '\n%s, %s\n' "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')" \
     "$([ "$has_torch" = 1 ] && echo "PyTorch $("$python" -c 'import torch; print(torch.__version__)')" || echo "no torch: pcmoe only")"
 printf '| shape | threads | SGEMM peak GFLOP/s | pcmoe tokens/s | pcmoe GFLOP/s | %% of peak | PyTorch tokens/s | pcmoe / PyTorch |\n'
@@ -44,7 +40,7 @@ for th in $threads_list; do
         pcmoe_run "$run.log" env OMP_NUM_THREADS="$th" "$PCMOE" train "$out/$s.ini" --set run.threads="$th" --set run.dir="$run" --force
         tps=$(median_tps "$run")
         tokens=$(awk -F= '/^batch_size/ { b = $2 } /^seq_len/ { t = $2 } END { print b * t }' "$out/$s.ini")
-        flops=$(grep -o '"flops":[0-9.e+]*' "$run/metrics.jsonl" | tail -n 1 | cut -d: -f2)
+        flops=$(flops_per_step "$run")
         gf=$(awk -v f="$flops" -v t="$tps" -v n="$tokens" 'BEGIN { print f * t / n / 1e9 }')
         t_tps="-" ratio="-"
         if [ "$has_torch" = 1 ]; then

@@ -29,12 +29,6 @@ fi
 
 # shape NAME EXPERTS BATCH PARTIES: the medium (8 experts) or expert-dominated (32) shape
 shape() { bench_config "$out/$1.ini" "$4" 256 4 4 128 "$2" 512 "$3" "$steps"; }
-# median tokens/s after 3 warm-up steps, and FLOPs per step, of a run directory
-median_tps() {
-    grep -o '"tokens_per_s":[0-9.e+]*' "$1/metrics.jsonl" | cut -d: -f2 | tail -n +4 | sort -g |
-        awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-flops_per_step() { grep -o '"flops":[0-9.e+]*' "$1/metrics.jsonl" | tail -n 1 | cut -d: -f2; }
 
 # 1. throughput
 shape medium 8 16 1

@@ -18,10 +18,9 @@ namespace {
 struct State {
     int open = 0;
     cublasHandle_t blas = nullptr;
-    uint8_t *tokens = nullptr, *targets = nullptr; // (cap_bytes) device copies of the batch's bytes
-    size_t cap_tokens = 0, cap_targets = 0;
-    float *att_scratch = nullptr;                  // attention scratch, grown to the largest use
-    long cap_att = 0;
+    void *tokens = nullptr, *targets = nullptr;    // device copies of the batch's bytes
+    void *att_scratch = nullptr;                   // attention scratch
+    size_t cap_tokens = 0, cap_targets = 0, cap_att = 0; // their sizes in bytes (each grown to the largest use)
     double *scalars = nullptr;                     // (2) results read by the host (sum of squares; aux, z)
     double *partial = nullptr;                     // sum-of-squares scratch
     size_t bytes = 0, peak = 0;                    // device bytes held through dev_alloc, now and at most
@@ -61,15 +60,21 @@ void dev_copy(void *dst, const void *src, size_t bytes) {
     if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, 0));
 }
 
-// a device copy of n host bytes in *buf (grown to the largest n seen)
-const uint8_t *dev_bytes(uint8_t **buf, size_t *cap, const uint8_t *host, size_t n) {
-    if (n > *cap) {
-        if (*buf) dev_release(*buf);
-        *buf = static_cast<uint8_t *>(dev_alloc(n));
-        *cap = n;
+// *buf, holding at least `bytes` (*cap: its size, grown to the largest request; contents not kept)
+void *dev_grow(void **buf, size_t *cap, size_t bytes) {
+    if (bytes > *cap) {
+        dev_release(*buf);
+        *buf = dev_alloc(bytes);
+        *cap = bytes;
     }
-    cudaCheck(cudaMemcpy(*buf, host, n, cudaMemcpyHostToDevice));
     return *buf;
+}
+
+// a device copy of n host bytes in *buf
+const uint8_t *dev_bytes(void **buf, size_t *cap, const uint8_t *host, size_t n) {
+    void *d = dev_grow(buf, cap, n);
+    cudaCheck(cudaMemcpy(d, host, n, cudaMemcpyHostToDevice));
+    return static_cast<const uint8_t *>(d);
 }
 
 CuMoeActs view(const MoeActs *a) {
@@ -107,13 +112,8 @@ void matmul_bwd(float *dinp, float *dw, const float *dout, const float *inp, con
 void rope_fwd(float *qkv, const float *c, const float *s, int B, int T, int H, int hs) { cu_rope_forward(qkv, c, s, B, T, H, hs, 0); }
 void rope_bwd(float *dqkv, const float *c, const float *s, int B, int T, int H, int hs) { cu_rope_backward(dqkv, c, s, B, T, H, hs, 0); }
 float *att_scratch(int B, int T, int H, int hs) {
-    long need = cu_attention_scratch_floats(B, T, H, hs);
-    if (need > S.cap_att) {
-        if (S.att_scratch) dev_release(S.att_scratch);
-        S.att_scratch = static_cast<float *>(dev_alloc(sizeof(float) * need));
-        S.cap_att = need;
-    }
-    return S.att_scratch;
+    size_t need = sizeof(float) * (size_t)cu_attention_scratch_floats(B, T, H, hs);
+    return static_cast<float *>(dev_grow(&S.att_scratch, &S.cap_att, need));
 }
 size_t att_saved(int B, int T, int H) { return (size_t)B * H * T * T; } // the probabilities
 size_t att_work(int) { return 0; }                                        // (att_scratch instead)

@@ -263,6 +263,15 @@ static void check_rows(const Exchange *ex, const float *buf, const int *rows, co
     }
 }
 
+// Where the pass of an expert's rows that starts at serve row r0 keeps its hidden activations (f wide):
+// the layer's own buffers, or with recompute the pass scratch.
+static void pass_hidden(const Exchange *ex, const ServeLayer *sl, size_t r0, float **h, float **u, float **act) {
+    size_t at = ex->recompute ? 0 : r0 * ex->f;
+    *h = (ex->recompute ? ex->h : sl->h) + at;
+    *u = (ex->recompute ? ex->u : sl->u) + at;
+    *act = (ex->recompute ? ex->a : sl->a) + at;
+}
+
 // Copies the blocks of packed rows bound for other parties between `own` and stage (to_stage: own ->
 // stage). Staged exchanges only.
 static void stage_copy(Exchange *ex, float *own, int to_stage) {
@@ -333,9 +342,12 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     ensure_stage(ex, going_out);
     ensure_serve(ex, sl, sl->rows);
     ensure_work(ex, sl->rows);
-    size_t most = 0; // rows of the largest pass
-    for (int j = 0; j < ex->n_local; j++) most = (size_t)served_rows(ex, sl, j) > most ? (size_t)served_rows(ex, sl, j) : most;
-    ensure_expert(ex, most < EXCHANGE_PASS_ROWS ? most : EXCHANGE_PASS_ROWS);
+    int most = 0; // rows of the largest pass
+    for (int j = 0; j < ex->n_local; j++) {
+        int n = served_rows(ex, sl, j);
+        most = n > most ? n : most;
+    }
+    ensure_expert(ex, (size_t)(most < EXCHANGE_PASS_ROWS ? most : EXCHANGE_PASS_ROWS));
     if (a && (ex->noise_std > 0.0f || ex->rec_truth || ex->fault)) ex->be->sync(); // the host reads / writes a's rows
     if (a && ex->noise_std > 0.0f) // the defence: every row that leaves this party carries noise
         for (int p = 0; p < P; p++) {
@@ -363,10 +375,9 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
         int e = ex->local[j];
         for (int n = served_rows(ex, sl, j); n > 0;) {
             int rows = n < EXCHANGE_PASS_ROWS ? n : EXCHANGE_PASS_ROWS;
-            size_t hr = ex->recompute ? 0 : r0 * f; // where the pass's hidden activations go
-            float *h = ex->recompute ? ex->h : sl->h, *u = ex->recompute ? ex->u : sl->u, *act = ex->recompute ? ex->a : sl->a;
-            ex->be->ffn_forward(ex->y + r0 * d, h + hr, u + hr, act + hr, sl->x + r0 * d, w.gate[e], w.up[e], w.down[e],
-                                rows, d, f, flops);
+            float *h, *u, *act;
+            pass_hidden(ex, sl, r0, &h, &u, &act);
+            ex->be->ffn_forward(ex->y + r0 * d, h, u, act, sl->x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f, flops);
             r0 += rows;
             n -= rows;
         }
@@ -391,15 +402,15 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
         int e = ex->local[j];
         for (int n = served_rows(ex, sl, j); n > 0;) { // the forward's passes
             int rows = n < EXCHANGE_PASS_ROWS ? n : EXCHANGE_PASS_ROWS;
-            size_t hr = ex->recompute ? 0 : r0 * f;
-            float *h = ex->recompute ? ex->h : sl->h, *u = ex->recompute ? ex->u : sl->u, *act = ex->recompute ? ex->a : sl->a;
+            float *h, *u, *act;
+            pass_hidden(ex, sl, r0, &h, &u, &act);
             double recomputed = 0.0;
             if (ex->recompute)
                 ex->be->ffn_forward(ex->y + r0 * d, h, u, act, sl->x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f,
                                     &recomputed);
             ex->be->zero(ex->dx + r0 * d, sizeof(float) * rows * d);
             ex->be->ffn_backward(ex->dx + r0 * d, dw.gate[e], dw.up[e], dw.down[e], ex->dh, ex->du, ex->da, ex->dy + r0 * d,
-                                 sl->x + r0 * d, h + hr, u + hr, act + hr, w.gate[e], w.up[e], w.down[e], rows, d, f, flops);
+                                 sl->x + r0 * d, h, u, act, w.gate[e], w.up[e], w.down[e], rows, d, f, flops);
             r0 += rows;
             n -= rows;
         }

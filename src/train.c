@@ -424,6 +424,7 @@ static void free_run(Run *r) {
     if (r->c->mode == MODE_PCMOE && r->simulate) { model_free(&r->pool); free(r->sim_rows); free(r->sim_seconds); }
     if (r->c->mode == MODE_PCMOE && !r->simulate && r->P > 1) exchange_free(&r->ex);
     free(r->party);
+    backend_cuda_close(); // (nothing when none was opened)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -632,7 +633,6 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
                 printf("party %d: val_loss %.6f nats/byte (%.4f bits/byte), step %d\n", (int)all[2 * q], all[2 * q + 1], all[2 * q + 1] / log(2.0), start);
         free(all);
         free_run(r);
-        if (r->be != &backend_cpu) backend_cuda_close();
         return 0;
     }
     int checkpoints = c->ckpt_every > 0 && !opt->simulate;
@@ -714,6 +714,5 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     if (opt->audit_path) stop_if_any_failed(comm, comm_write_audit(comm, opt->audit_path, err, sizeof err), err);
     free(lg.shown); free(lg.last); free(lg.best); free(lg.packed);
     free_run(r);
-    if (r->be != &backend_cpu) backend_cuda_close();
     return exit_status;
 }

@@ -18,15 +18,20 @@ EMU=${CUDA_PCMOE:-$top_builddir/tests/pcmoe_emu} # (test_cuda_train_gpu.sh: the 
 
 # losses RUN_DIR: "party step loss" for every train_loss and val_loss line
 losses() { sed -n 's/.*"step":\([0-9]*\),"party":\([0-9]*\).*"\(train_loss\|val_loss\)":\([-0-9.e+]*\).*/\2 \1 \3 \4/p' "$1/metrics.jsonl"; }
-# same A B NAME: the two runs' losses agree to 1e-5 relative, line by line
-same() {
+# worst_diff A B: the largest relative difference between the two runs' losses, line by line (their
+# loss lines left in $TMP/a and $TMP/b)
+worst_diff() {
     losses "$1" > "$TMP/a"
     losses "$2" > "$TMP/b"
+    paste "$TMP/a" "$TMP/b" | awk '{ d = $4 - $8; if (d < 0) d = -d; r = d / ($4 < 0 ? -$4 : $4); if (r > w) w = r } END { printf "%.2e", w }'
+}
+# same A B NAME: the two runs' losses agree to 1e-5 relative, line by line
+same() {
+    worst=$(worst_diff "$1" "$2")
     if [ ! -s "$TMP/a" ] || [ "$(wc -l < "$TMP/a")" -ne "$(wc -l < "$TMP/b")" ]; then
         fail "$3: $(wc -l < "$TMP/a") and $(wc -l < "$TMP/b") loss lines"
         return
     fi
-    worst=$(paste "$TMP/a" "$TMP/b" | awk '{ d = $4 - $8; if (d < 0) d = -d; r = d / ($4 < 0 ? -$4 : $4); if (r > w) w = r } END { printf "%.2e", w }')
     if awk -v w="$worst" 'BEGIN { exit !(w <= 1e-5) }'; then ok "$3: $(wc -l < "$TMP/a") losses, worst relative difference $worst"
     else fail "$3: worst relative difference $worst > 1e-5"; fi
 }
@@ -112,9 +117,7 @@ PY
 
 # 6. run.tf32 = true reaches cuBLAS (the emulation rounds GEMM inputs to TF32): losses move, a little
 run1 "$TMP/tf32" input/tiny.ini $SHORT --set run.device=cuda --set run.tf32=true
-losses "$TMP/one_cuda" > "$TMP/a"
-losses "$TMP/tf32" > "$TMP/b"
-worst=$(paste "$TMP/a" "$TMP/b" | awk '{ d = $4 - $8; if (d < 0) d = -d; r = d / ($4 < 0 ? -$4 : $4); if (r > w) w = r } END { printf "%.2e", w }')
+worst=$(worst_diff "$TMP/one_cuda" "$TMP/tf32")
 if awk -v w="$worst" 'BEGIN { exit !(w > 1e-6 && w < 1e-3) }'; then ok "run.tf32 = true: losses differ from fp32 by at most $worst relative (> 1e-6, < 1e-3)"
 else fail "run.tf32 = true: worst relative difference $worst from fp32 (want > 1e-6 and < 1e-3)"; fi
 finish
