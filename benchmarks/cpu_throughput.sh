@@ -2,8 +2,9 @@
 # CPU engine throughput: tokens/s and model FLOP/s of one party's `pcmoe train` step (forward, backward,
 # clip, AdamW) at three shapes, at each thread count, against the machine's SGEMM peak measured in the
 # same run (benchmarks/sgemm_peak: the larger of the BLAS on its own threads and pcmoe's way of calling
-# it) and against the same step of the PyTorch reference model (tests/reference/model.py) in float32
-# eager mode on the same threads.
+# it), just before and just after each pcmoe run, the larger of the two counting (on a shared machine
+# whose speed drifts, the ratio errs low rather than high), and against the same step of the PyTorch
+# reference model (tests/reference/model.py) in float32 eager mode on the same threads.
 #   shapes: demo   (input/demo.ini's model: d_model 64, 2 MoE layers of 8 experts, seq_len 64, batch 8)
 #           medium (d_model 256, 4 MoE layers of 8 experts, top-2, expert_ff 512, seq_len 128, batch 16)
 #           large  (d_model 512, 8 MoE layers of 32 experts, top-2, expert_ff 512, seq_len 256, batch 8)
@@ -33,11 +34,13 @@ printf '\n%s, %s\n' "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed '
     "$([ "$has_torch" = 1 ] && echo "PyTorch $("$python" -c 'import torch; print(torch.__version__)')" || echo "no torch: pcmoe only")"
 printf '| shape | threads | SGEMM peak GFLOP/s | pcmoe tokens/s | pcmoe GFLOP/s | %% of peak | PyTorch tokens/s | pcmoe / PyTorch |\n'
 printf '| --- | --- | --- | --- | --- | --- | --- | --- |\n'
+measure_peak() { env OMP_NUM_THREADS="$1" "$PEAK" "$1" | awk '$2 > p { p = $2 } END { print p }'; }
 for th in $threads_list; do
-    peak=$(env OMP_NUM_THREADS="$th" "$PEAK" "$th" | awk '$2 > p { p = $2 } END { print p }')
     for s in demo medium large; do
         run="$out/$s-$th"
+        before=$(measure_peak "$th")
         pcmoe_run "$run.log" env OMP_NUM_THREADS="$th" "$PCMOE" train "$out/$s.ini" --set run.threads="$th" --set run.dir="$run" --force
+        peak=$(measure_peak "$th" | awk -v b="$before" '{ print ($1 > b) ? $1 : b }')
         tps=$(median_tps "$run")
         tokens=$(awk -F= '/^batch_size/ { b = $2 } /^seq_len/ { t = $2 } END { print b * t }' "$out/$s.ini")
         flops=$(flops_per_step "$run")
@@ -49,7 +52,7 @@ for th in $threads_list; do
             ratio=$(awk -v a="$tps" -v b="$t_tps" 'BEGIN { printf "%.2fx", a / b }')
             t_tps=$(printf '%.0f' "$t_tps")
         fi
-        printf '| %s | %s | %.0f | %.0f | %.1f | %.0f%% | %s | %s |\n' "$s" "$th" "$peak" "$tps" "$gf" \
+        printf '| %s | %s | %.0f | %.0f | %.1f | %.1f%% | %s | %s |\n' "$s" "$th" "$peak" "$tps" "$gf" \
             "$(awk -v g="$gf" -v p="$peak" 'BEGIN { print 100 * g / p }')" "$t_tps" "$ratio"
     done
 done

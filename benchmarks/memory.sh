@@ -6,20 +6,22 @@
 # beside the analytic bound (backbone + ceil(32/N) experts per layer, 16 bytes per parameter plus one
 # step counter per tensor), activations, exchange buffers (peak), and peak RSS from the OS; the RSS
 # ratio pcmoe / alone; and the exchange's time cost, pcmoe's median step time over local's. pcmoe runs
-# with model.recompute_experts on (the default) and off.
-# usage: benchmarks/memory.sh [STEPS]   (default 6; writes runs/memory/, BENCH_OUT=DIR: DIR/memory/)
+# with its defaults (model.recompute_experts and model.recompute_attention auto: on for a pcmoe party),
+# with recompute_attention off, and with both off.
+# usage: benchmarks/memory.sh [STEPS]   (default 10; writes runs/memory/, BENCH_OUT=DIR: DIR/memory/)
 set -eu
 . "$(dirname "$0")/common.sh"
-steps=${1:-6}
+steps=${1:-10}
 out=${BENCH_OUT:-runs}/memory
 mkdir -p "$out"
 for n in 1 2 4 8; do
     bench_config "$out/parties$n.ini" "$n" 256 4 4 128 32 512 4 "$steps"
-    for run in pcmoe local pcmoe-norecompute; do
+    for run in pcmoe local pcmoe-noattention pcmoe-norecompute; do
         case $run in
         pcmoe) sets="" ;;
         local) sets="--set parties.mode=local" ;;
-        *) sets="--set model.recompute_experts=false" ;;
+        pcmoe-noattention) sets="--set model.recompute_attention=false" ;;
+        *) sets="--set model.recompute_experts=false --set model.recompute_attention=false" ;;
         esac
         pcmoe_run "$out/$run$n.log" "$mpirun" --oversubscribe -np "$n" -x OMP_NUM_THREADS=1 "$PCMOE" train "$out/parties$n.ini" \
             --force $sets --set run.dir="$out/$run$n"
@@ -47,11 +49,12 @@ for n in (1, 2, 4, 8):
     tensors = 3 + L * 5 + L * 3 * own
     bound = 16 * (backbone + L * own * expert) + 4 * tensors
     alone, t_alone = load("local", n)
-    for run, name in (("local", "alone (local)"), ("pcmoe", "pcmoe"), ("pcmoe-norecompute", "pcmoe, recompute off")):
+    for run, name in (("local", "alone (local)"), ("pcmoe", "pcmoe"), ("pcmoe-noattention", "pcmoe, recompute_attention off"),
+                      ("pcmoe-norecompute", "pcmoe, both recompute keys off")):
         p, t = load(run, n)
         state = p["mem_params"] + p["mem_grads"] + p["mem_optim"]
         b = 16 * (backbone + L * m * expert) + 4 * (3 + L * 5 + L * 3 * m) if run == "local" else bound
         print(f"| {n} | {name} | {state / MiB:.1f} MiB | {b / MiB:.1f} MiB{'' if state == b else ' (differs!)'} | "
               f"{p['mem_acts'] / MiB:.1f} MiB | {p['mem_buffers'] / MiB:.1f} MiB | {p['rss_peak'] / MiB:.0f} MiB | "
-              f"{p['rss_peak'] / alone['rss_peak']:.2f}x | {t / t_alone:.2f}x |")
+              f"{p['rss_peak'] / alone['rss_peak']:.3f}x | {t / t_alone:.2f}x |")
 PY

@@ -46,6 +46,12 @@ void dev_release(void *q) {
     S.bytes -= *reinterpret_cast<size_t *>(p);
     cudaCheck(cudaFree(p));
 }
+void *dev_resize(void *q, size_t old_bytes, size_t bytes) {
+    void *p = dev_alloc(bytes);
+    if (old_bytes) cudaCheck(cudaMemcpy(p, q, old_bytes < bytes ? old_bytes : bytes, cudaMemcpyDefault));
+    dev_release(q);
+    return p;
+}
 size_t dev_peak(void) { return S.peak; }
 void *pinned_alloc(size_t bytes) {
     void *p = nullptr;
@@ -206,7 +212,7 @@ void adamw_dev(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, 
 }
 
 const Backend TABLE = {
-    "cuda", 1, dev_alloc, dev_release, pinned_alloc, pinned_release, dev_sync, dev_zero, dev_copy, dev_peak, residual, embedding_fwd, embedding_bwd, rmsnorm_fwd, rmsnorm_bwd,
+    "cuda", 1, dev_alloc, dev_release, dev_resize, pinned_alloc, pinned_release, dev_sync, dev_zero, dev_copy, dev_peak, residual, embedding_fwd, embedding_bwd, rmsnorm_fwd, rmsnorm_bwd,
     matmul_fwd, matmul_bwd, rope_fwd, rope_bwd, att_saved, att_work, attention_fwd, attention_bwd, ce_fwd, ce_bwd, ffn_fwd, ffn_bwd,
     moe_route_dev, moe_experts_fwd, moe_combine_dev, moe_combine_bwd, moe_experts_bwd, moe_route_bwd, sum_squares_dev,
     adamw_dev,

@@ -26,7 +26,7 @@ void cu_rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B
 void cu_swiglu_forward(float *a, const float *h, const float *u, long n, cudaStream_t stream);
 void cu_swiglu_backward(float *dh, float *du, const float *da, const float *h, const float *u, long n, cudaStream_t stream);
 // the SwiGLU FFN: h = x wg^T, u = x wu^T (N, f); a = silu(h) * u; y (N, d) = a wd^T (overwritten). Backward:
-// dx (N, d) +=, dwg, dwu, dwd +=; scratch dh, du, da (N, f) overwritten
+// dx (N, d) overwritten (it may be dy, which is read first), dwg, dwu, dwd +=; scratch dh, du, da (N, f) overwritten
 void cu_ffn_forward(cublasHandle_t blas, float *y, float *h, float *u, float *a, const float *x, const float *wg,
                     const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream);
 void cu_ffn_backward(cublasHandle_t blas, float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,

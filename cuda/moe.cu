@@ -211,7 +211,6 @@ void cu_moe_experts_backward(cublasHandle_t h, float *dxe, float *dhe, float *du
         long r0 = offsets[e];
         int n = counts[e];
         if (!gate[e] || n == 0) continue;
-        cudaCheck(cudaMemsetAsync(dxe + r0 * d, 0, sizeof(float) * n * d, stream));
         cu_ffn_backward(h, dxe + r0 * d, dgate[e], dup[e], ddown[e], dhe + r0 * f, due + r0 * f, dae + r0 * f, dye + r0 * d,
                         a->xe + r0 * d, a->he + r0 * f, a->ue + r0 * f, a->ae + r0 * f, gate[e], up[e], down[e], n, d, f,
                         stream);

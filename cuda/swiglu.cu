@@ -43,6 +43,7 @@ void cu_ffn_backward(cublasHandle_t blas, float *dx, float *dwg, float *dwu, flo
     cudaCheck(cudaMemsetAsync(da, 0, sizeof(float) * N * f, stream));
     cu_matmul_backward(blas, da, dwd, dy, a, wd, N, f, d);
     cu_swiglu_backward(dh, du, da, h, u, (long)N * f, stream);
+    cudaCheck(cudaMemsetAsync(dx, 0, sizeof(float) * N * d, stream)); // (dy is no longer read: dx may be dy)
     cu_matmul_backward(blas, dx, dwg, dh, x, wg, N, d, f);
     cu_matmul_backward(blas, dx, dwu, du, x, wu, N, d, f);
 }

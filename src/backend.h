@@ -21,6 +21,9 @@ typedef struct Backend {
     int device;                               // 1: alloc gives device memory (MPI needs staging or CUDA-awareness)
     void *(*alloc)(size_t bytes);             // zero-filled; ends the job when out of memory
     void (*release)(void *p);
+    // a buffer of `bytes` that starts with the first old_bytes of alloc's p (which it replaces; the rest is
+    // not zeroed). cpu: realloc, whose large buffers the kernel remaps rather than copies
+    void *(*resize)(void *p, size_t old_bytes, size_t bytes);
     void *(*alloc_pinned)(size_t bytes);      // host memory for MPI transfers (page-locked on cuda), zero-filled
     void (*release_pinned)(void *p);
     void (*sync)(void);                       // queued ops are done: the host may read their results

@@ -1,7 +1,7 @@
 // backend_cpu.c: the CPU backend: host memory and the functions of layers.c, moe.c and optim.c.
 #include "backend.h"
 
-#include <stdlib.h> // free
+#include <stdlib.h> // free, realloc
 #include <string.h> // memset, memcpy
 
 #ifdef _OPENMP
@@ -9,9 +9,15 @@
 #endif
 
 #include "layers.h" // the dense ops
-#include "util.h"   // callocCheck
+#include "util.h"   // callocCheck, fail
 
 static void *cpu_alloc(size_t bytes) { return callocCheck(bytes ? bytes : 1, 1); }
+static void *cpu_resize(void *p, size_t old_bytes, size_t bytes) {
+    (void)old_bytes;
+    void *q = realloc(p, bytes ? bytes : 1);
+    if (!q) fail("out of memory (%zu bytes)", bytes);
+    return q;
+}
 static void cpu_sync(void) {}
 static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
@@ -30,6 +36,7 @@ const Backend backend_cpu = {
     .device = 0,
     .alloc = cpu_alloc,
     .release = free,
+    .resize = cpu_resize,
     .alloc_pinned = cpu_alloc,
     .release_pinned = free,
     .sync = cpu_sync,

@@ -59,6 +59,7 @@ static const ConfigKey KEYS[] = {
     {"model", "rope_theta", KEY_FLOAT, F(rope_theta), 1, 1e12, "10000", "RoPE frequency base", NULL},
     {"model", "norm_eps", KEY_FLOAT, F(norm_eps), 1e-12, 1, "1e-05", "RMSNorm epsilon", NULL},
     {"model", "recompute_experts", KEY_ENUM, F(recompute_experts), 0, 0, "auto", "keep only the rows' inputs for each expert's backward and recompute its hidden activations there (less memory, 1/3 more expert FLOPs in the backward; bit for bit the same results): true, false, or auto = true for experts served to other parties (pcmoe over MPI), false for local experts; may differ from a checkpoint's", RECOMPUTE_NAMES},
+    {"model", "recompute_attention", KEY_ENUM, F(recompute_attention), 0, 0, "auto", "keep only each layer's input until the backward and recompute its attention sub-block and FFN norm there (less activation memory, one attention sub-block forward more per layer; bit for bit the same results): true, false, or auto = true for a pcmoe party over MPI, false otherwise; may differ from a checkpoint's", RECOMPUTE_NAMES},
     {"model", "init_std", KEY_FLOAT, F(init_std), 1e-6, 10, "0.02", "std of the normal init of matrices (output projections scaled by 1/sqrt(2*n_layers))", NULL},
     {"train", "steps", KEY_INT, F(steps), 1, 1e9, "1000", "optimizer steps", NULL},
     {"train", "batch_size", KEY_INT, F(batch_size), 1, 1 << 20, "16", "sequences per step", NULL},
@@ -325,7 +326,7 @@ int config_load_text(Config *c, const char *text, char *err, size_t len) {
 int config_diff_model(const Config *a, const Config *b, char *err, size_t len) {
     for (int i = 0; i < N_KEYS; i++) {
         const ConfigKey *k = &KEYS[i];
-        int shapes = (!strcmp(k->section, "model") && strcmp(k->key, "recompute_experts")) ||
+        int shapes = (!strcmp(k->section, "model") && strcmp(k->key, "recompute_experts") && strcmp(k->key, "recompute_attention")) ||
                      (!strcmp(k->section, "parties") && strcmp(k->key, "schedule"));
         if (!shapes) continue;
         const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;

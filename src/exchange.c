@@ -100,17 +100,16 @@ void exchange_free(Exchange *ex) {
     for (int l = 0; l < ex->n_layers; l++) {
         ServeLayer *sl = &ex->layers[l];
         free(sl->from);
-        release(sl->x);
-        if (sl->h) { release(sl->h); release(sl->u); release(sl->a); }
     }
     free(ex->layers);
     free(ex->local); free(ex->order); free(ex->send_counts); free(ex->recv_counts); free(ex->within);
     free(ex->send_rows);
-    if (ex->buf) (ex->staged ? ex->be->release_pinned : release)(ex->buf);
+    release(ex->inputs);
+    for (int i = 0; i < 3; i++) release(ex->hidden[i]);
+    if (ex->work) (ex->staged ? ex->be->release_pinned : release)(ex->work);
     if (ex->stage) ex->be->release_pinned(ex->stage);
-    release(ex->y);
     if (ex->h) { release(ex->h); release(ex->u); release(ex->a); }
-    release(ex->dy); release(ex->dx); release(ex->dh); release(ex->du); release(ex->da);
+    release(ex->yp); release(ex->dh); release(ex->du); release(ex->da);
     memset(ex, 0, sizeof *ex);
 }
 
@@ -127,10 +126,11 @@ static void grow(Exchange *ex, float **p, size_t old_rows, size_t rows, int widt
     if (ex->bytes > ex->peak) ex->peak = ex->bytes;
 }
 
-static void ensure_buf(Exchange *ex, size_t rows) {
-    if (rows <= ex->buf_cap) return;
-    grow(ex, &ex->buf, ex->buf_cap, rows, ex->d, BUF_TRANSIT);
-    ex->buf_cap = rows;
+// The rows in transit to and from the other parties, shared by all layers.
+static void ensure_work(Exchange *ex, size_t rows) {
+    if (rows <= ex->work_cap) return;
+    grow(ex, &ex->work, ex->work_cap, rows, ex->d, BUF_TRANSIT);
+    ex->work_cap = rows;
 }
 
 static void ensure_stage(Exchange *ex, size_t rows) {
@@ -139,36 +139,32 @@ static void ensure_stage(Exchange *ex, size_t rows) {
     ex->stage_cap = rows;
 }
 
-// What a layer keeps from its forward to its backward: its rows' inputs, and without recompute their
-// hidden activations.
-static void ensure_serve(Exchange *ex, ServeLayer *sl, size_t rows) {
-    if (rows <= sl->cap) return;
-    grow(ex, &sl->x, sl->cap, rows, ex->d, BUF_BACKEND);
-    if (!ex->recompute) {
-        grow(ex, &sl->h, sl->cap, rows, ex->f, BUF_BACKEND);
-        grow(ex, &sl->u, sl->cap, rows, ex->f, BUF_BACKEND);
-        grow(ex, &sl->a, sl->cap, rows, ex->f, BUF_BACKEND);
-    }
-    sl->cap = rows;
+// What layer `layer` keeps from its forward to its backward (its rows' inputs, and without recompute their
+// hidden activations) goes in the arenas after the layers before it in this step's forward. The arenas
+// grow when a step needs more than any before it, keeping the earlier layers' rows.
+static void arena_place(Exchange *ex, int layer) {
+    ServeLayer *sl = &ex->layers[layer];
+    sl->at = 0;
+    for (int l = 0; l < layer; l++) sl->at += (size_t)ex->layers[l].rows; // (0 for dense layers)
+    size_t need = sl->at + (size_t)sl->rows;
+    if (need <= ex->arena_cap) return;
+    size_t d = (size_t)ex->d, f = (size_t)ex->f, old = ex->arena_cap;
+    ex->inputs = ex->be->resize(ex->inputs, sizeof(float) * sl->at * d, sizeof(float) * need * d);
+    ex->bytes += sizeof(float) * (need - old) * d;
+    if (!ex->recompute)
+        for (int i = 0; i < 3; i++) {
+            ex->hidden[i] = ex->be->resize(ex->hidden[i], sizeof(float) * sl->at * f, sizeof(float) * need * f);
+            ex->bytes += sizeof(float) * (need - old) * f;
+        }
+    if (ex->bytes > ex->peak) ex->peak = ex->bytes;
+    ex->arena_cap = need;
 }
 
-// The outputs of the layer being served, shared by all layers (they are sent back at once).
-static void ensure_work(Exchange *ex, size_t rows) {
-    if (rows <= ex->work_cap) return;
-    grow(ex, &ex->y, ex->work_cap, rows, ex->d, BUF_BACKEND);
-    ex->work_cap = rows;
-}
+// Layer sl's inputs in the arena.
+static float *layer_inputs(const Exchange *ex, const ServeLayer *sl) { return ex->inputs + sl->at * ex->d; }
 
-// The backward's gradients of a layer's rows (all its experts': they travel together).
-static void ensure_scratch(Exchange *ex, size_t rows) {
-    if (rows <= ex->scratch_cap) return;
-    grow(ex, &ex->dy, ex->scratch_cap, rows, ex->d, BUF_BACKEND);
-    grow(ex, &ex->dx, ex->scratch_cap, rows, ex->d, BUF_BACKEND);
-    ex->scratch_cap = rows;
-}
-
-// One pass's hidden-width buffers (an expert's rows, at most EXCHANGE_PASS_ROWS at a time): the backward's
-// gradients, and with recompute the hidden activations.
+// One pass's buffers (an expert's rows, at most EXCHANGE_PASS_ROWS at a time): its outputs or their
+// gradients, the backward's hidden-width gradients, and with recompute the hidden activations.
 static void ensure_expert(Exchange *ex, size_t rows) {
     if (rows <= ex->expert_cap) return;
     if (ex->recompute) {
@@ -176,6 +172,7 @@ static void ensure_expert(Exchange *ex, size_t rows) {
         grow(ex, &ex->u, ex->expert_cap, rows, ex->f, BUF_BACKEND);
         grow(ex, &ex->a, ex->expert_cap, rows, ex->f, BUF_BACKEND);
     }
+    grow(ex, &ex->yp, ex->expert_cap, rows, ex->d, BUF_BACKEND);
     grow(ex, &ex->dh, ex->expert_cap, rows, ex->f, BUF_BACKEND);
     grow(ex, &ex->du, ex->expert_cap, rows, ex->f, BUF_BACKEND);
     grow(ex, &ex->da, ex->expert_cap, rows, ex->f, BUF_BACKEND);
@@ -183,7 +180,7 @@ static void ensure_expert(Exchange *ex, size_t rows) {
 }
 
 // Sender layout from this party's routing (a), and owner layout from the counts in sl->from: how many
-// rows go to / come from each party and where their blocks start (in the packed rows, in buf, and in
+// rows go to / come from each party and where their blocks start (in the packed rows, in work, and in
 // stage, where the blocks bound for other parties sit back to back).
 static void layouts(Exchange *ex, const ServeLayer *sl, const MoeActs *a) {
     int P = ex->P, K = ex->max_local;
@@ -204,21 +201,25 @@ static void layouts(Exchange *ex, const ServeLayer *sl, const MoeActs *a) {
     for (int p = 0, at = 0; p < P; p++) { ex->stage_offs[p] = at; at += ex->send_rows[p]; }
 }
 
-// Moves rows between the serve layout and their homes: rows from party q live in ex->buf (block q), this
-// party's own rows in `own` at their packed positions. to_serve: homes -> serve, else serve -> homes.
-static void serve_copy(Exchange *ex, const ServeLayer *sl, float *serve, float *own, const MoeActs *a,
-                       int to_serve) {
+// Moves the rows [r0, r0 + n) of the serve layout between `serve` (which holds row r0 first) and their
+// homes: rows from party q in ex->work (block q), this party's own rows in `own` at their packed
+// positions. to_serve: homes -> serve, else serve -> homes.
+static void serve_copy(Exchange *ex, const ServeLayer *sl, size_t r0, size_t n, float *serve, float *own,
+                       const MoeActs *a, int to_serve) {
     int P = ex->P, K = ex->max_local, d = ex->d;
-    size_t row = 0;
+    size_t seg = 0; // the serve row where the segment (expert j, party q) starts
     for (int j = 0; j < ex->n_local; j++)
         for (int q = 0; q < P; q++) {
-            int n = sl->from[q * K + j];
-            if (n == 0) continue;
-            float *home = q == ex->party ? own + (size_t)a->offsets[ex->local[j]] * d
-                                         : ex->buf + ((size_t)ex->recv_offs[q] + ex->within[q * K + j]) * d;
-            if (to_serve) ex->be->copy(serve + row * d, home, sizeof(float) * n * d);
-            else ex->be->copy(home, serve + row * d, sizeof(float) * n * d);
-            row += n;
+            size_t len = (size_t)sl->from[q * K + j], lo = seg > r0 ? seg : r0, hi = seg + len;
+            if (hi > r0 + n) hi = r0 + n;
+            if (lo < hi) {
+                float *home = q == ex->party ? own + ((size_t)a->offsets[ex->local[j]] + lo - seg) * d
+                                             : ex->work + ((size_t)ex->recv_offs[q] + ex->within[q * K + j] + lo - seg) * d;
+                float *at = serve + (lo - r0) * d;
+                if (to_serve) ex->be->copy(at, home, sizeof(float) * (hi - lo) * d);
+                else ex->be->copy(home, at, sizeof(float) * (hi - lo) * d);
+            }
+            seg += len;
         }
 }
 
@@ -264,12 +265,12 @@ static void check_rows(const Exchange *ex, const float *buf, const int *rows, co
 }
 
 // Where the pass of an expert's rows that starts at serve row r0 keeps its hidden activations (f wide):
-// the layer's own buffers, or with recompute the pass scratch.
+// the layer's place in the hidden arenas, or with recompute the pass scratch.
 static void pass_hidden(const Exchange *ex, const ServeLayer *sl, size_t r0, float **h, float **u, float **act) {
-    size_t at = ex->recompute ? 0 : r0 * ex->f;
-    *h = (ex->recompute ? ex->h : sl->h) + at;
-    *u = (ex->recompute ? ex->u : sl->u) + at;
-    *act = (ex->recompute ? ex->a : sl->a) + at;
+    size_t at = ex->recompute ? 0 : (sl->at + r0) * ex->f;
+    *h = (ex->recompute ? ex->h : ex->hidden[0]) + at;
+    *u = (ex->recompute ? ex->u : ex->hidden[1]) + at;
+    *act = (ex->recompute ? ex->a : ex->hidden[2]) + at;
 }
 
 // Copies the blocks of packed rows bound for other parties between `own` and stage (to_stage: own ->
@@ -283,29 +284,27 @@ static void stage_copy(Exchange *ex, float *own, int to_stage) {
     }
 }
 
-// Rows travel from the senders' packed buffers (`own`: this party's) to the owners' serve layout: remote
-// rows through MPI into ex->buf (checked), then every row into `serve`.
-static void to_owners(Exchange *ex, const ServeLayer *sl, MsgKind kind, float *own, float *serve, const MoeActs *a) {
+// Rows travel from the senders' packed buffers (`own`: this party's) to their owners: through MPI into
+// ex->work, one block per sending party (checked). A party's rows for its own experts stay where they are.
+static void to_owners(Exchange *ex, MsgKind kind, float *own) {
     if (ex->staged && own) stage_copy(ex, own, 1);
     ex->be->sync(); // MPI reads what the device wrote
     if (ex->staged)
-        comm_alltoallv_rows(ex->comm, kind, ex->stage, ex->send_rows, ex->stage_offs, ex->buf, ex->recv_rows, ex->recv_offs, ex->d);
+        comm_alltoallv_rows(ex->comm, kind, ex->stage, ex->send_rows, ex->stage_offs, ex->work, ex->recv_rows, ex->recv_offs, ex->d);
     else
-        comm_alltoallv_rows(ex->comm, kind, own, ex->send_rows, ex->send_offs, ex->buf, ex->recv_rows, ex->recv_offs, ex->d);
-    check_rows(ex, ex->buf, ex->recv_rows, ex->recv_offs, kind);
-    serve_copy(ex, sl, serve, own, a, 1);
+        comm_alltoallv_rows(ex->comm, kind, own, ex->send_rows, ex->send_offs, ex->work, ex->recv_rows, ex->recv_offs, ex->d);
+    check_rows(ex, ex->work, ex->recv_rows, ex->recv_offs, kind);
 }
 
-// And back: rows of the serve layout return to their senders' packed positions in `own` (checked).
-static void to_senders(Exchange *ex, const ServeLayer *sl, MsgKind kind, float *serve, float *own, const MoeActs *a) {
-    serve_copy(ex, sl, serve, own, a, 0);
+// And back: the blocks in ex->work return to their senders' packed positions in `own` (checked).
+static void to_senders(Exchange *ex, MsgKind kind, float *own) {
     ex->be->sync();
     if (ex->staged) {
-        comm_alltoallv_rows(ex->comm, kind, ex->buf, ex->recv_rows, ex->recv_offs, ex->stage, ex->send_rows, ex->stage_offs, ex->d);
+        comm_alltoallv_rows(ex->comm, kind, ex->work, ex->recv_rows, ex->recv_offs, ex->stage, ex->send_rows, ex->stage_offs, ex->d);
         check_rows(ex, ex->stage, ex->send_rows, ex->stage_offs, kind);
         if (own) stage_copy(ex, own, 0);
     } else {
-        comm_alltoallv_rows(ex->comm, kind, ex->buf, ex->recv_rows, ex->recv_offs, own, ex->send_rows, ex->send_offs, ex->d);
+        comm_alltoallv_rows(ex->comm, kind, ex->work, ex->recv_rows, ex->recv_offs, own, ex->send_rows, ex->send_offs, ex->d);
         check_rows(ex, own, ex->send_rows, ex->send_offs, kind);
     }
 }
@@ -338,10 +337,9 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
         for (int j = 0; j < ex->n_local; j++) sl->rows += sl->from[q * K + j];
         ex->comm->rows_routed[q] += ex->send_rows[q];
     }
-    ensure_buf(ex, in_transit);
+    ensure_work(ex, in_transit);
     ensure_stage(ex, going_out);
-    ensure_serve(ex, sl, sl->rows);
-    ensure_work(ex, sl->rows);
+    arena_place(ex, layer);
     int most = 0; // rows of the largest pass
     for (int j = 0; j < ex->n_local; j++) {
         int n = served_rows(ex, sl, j);
@@ -363,13 +361,15 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
             free(bytes);
         }
     if (bad >= 0 && ex->fault == 3 && a && ex->send_rows[bad] > 0) a->xe[(size_t)ex->send_offs[bad] * d] = NAN;
-    // 2. rows to their owners; own rows are copied, never sent
-    to_owners(ex, sl, MSG_EXPERT_ROWS, a ? a->xe : NULL, sl->x, a);
+    // 2. rows to their owners, which keep them in the serve layout; own rows are copied, never sent
+    to_owners(ex, MSG_EXPERT_ROWS, a ? a->xe : NULL);
     if (ex->rec_rows) // study only: what this owner saw
         for (int q = 0; q < P; q++)
-            if (ex->recv_rows[q]) record_block(ex, ex->rec_rows, layer, q, ex->recv_rows[q], d, ex->buf + (size_t)ex->recv_offs[q] * d, sizeof(float));
+            if (ex->recv_rows[q]) record_block(ex, ex->rec_rows, layer, q, ex->recv_rows[q], d, ex->work + (size_t)ex->recv_offs[q] * d, sizeof(float));
+    float *x = layer_inputs(ex, sl);
+    serve_copy(ex, sl, 0, sl->rows, x, a ? a->xe : NULL, a, 1);
     // 3. each owned expert runs on all its rows, in passes of at most EXCHANGE_PASS_ROWS rows (with
-    //    recompute, a pass's hidden activations are scratch)
+    //    recompute, a pass's hidden activations are scratch); each pass's outputs go where their rows came from
     size_t r0 = 0;
     for (int j = 0; j < ex->n_local; j++) {
         int e = ex->local[j];
@@ -377,23 +377,24 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
             int rows = n < EXCHANGE_PASS_ROWS ? n : EXCHANGE_PASS_ROWS;
             float *h, *u, *act;
             pass_hidden(ex, sl, r0, &h, &u, &act);
-            ex->be->ffn_forward(ex->y + r0 * d, h, u, act, sl->x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f, flops);
+            ex->be->ffn_forward(ex->yp, h, u, act, x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f, flops);
+            serve_copy(ex, sl, r0, rows, ex->yp, a ? a->ye : NULL, a, 0);
             r0 += rows;
             n -= rows;
         }
     }
     // 4. outputs back to the senders
-    to_senders(ex, sl, MSG_EXPERT_OUTPUTS, ex->y, a ? a->ye : NULL, a);
+    to_senders(ex, MSG_EXPERT_OUTPUTS, a ? a->ye : NULL);
 }
 
 void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
                        double *flops) {
     int d = ex->d, f = ex->f;
     ServeLayer *sl = &ex->layers[layer];
+    float *x = layer_inputs(ex, sl);
     layouts(ex, sl, a);
-    ensure_scratch(ex, sl->rows);
     // 1. gradients w.r.t. the outputs go to the owners
-    to_owners(ex, sl, MSG_OUTPUT_GRADS, s ? s->dye : NULL, ex->dy, a);
+    to_owners(ex, MSG_OUTPUT_GRADS, s ? s->dye : NULL);
     // 2. owners accumulate their experts' weight gradients and compute input gradients (with recompute,
     //    each expert's hidden activations first, from the kept inputs: the same calls as the forward's, so
     //    the same values; not counted as model FLOPs)
@@ -405,18 +406,21 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
             float *h, *u, *act;
             pass_hidden(ex, sl, r0, &h, &u, &act);
             double recomputed = 0.0;
-            if (ex->recompute)
-                ex->be->ffn_forward(ex->y + r0 * d, h, u, act, sl->x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f,
+            if (ex->recompute) // (its outputs, in yp, are not needed)
+                ex->be->ffn_forward(ex->yp, h, u, act, x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f,
                                     &recomputed);
-            ex->be->zero(ex->dx + r0 * d, sizeof(float) * rows * d);
-            ex->be->ffn_backward(ex->dx + r0 * d, dw.gate[e], dw.up[e], dw.down[e], ex->dh, ex->du, ex->da, ex->dy + r0 * d,
-                                 sl->x + r0 * d, h, u, act, w.gate[e], w.up[e], w.down[e], rows, d, f, flops);
+            // the pass's output gradients, gathered into yp, are replaced there by its input gradients, which go
+            // where the rows came from
+            serve_copy(ex, sl, r0, rows, ex->yp, s ? s->dye : NULL, a, 1);
+            ex->be->ffn_backward(ex->yp, dw.gate[e], dw.up[e], dw.down[e], ex->dh, ex->du, ex->da, ex->yp,
+                                 x + r0 * d, h, u, act, w.gate[e], w.up[e], w.down[e], rows, d, f, flops);
+            serve_copy(ex, sl, r0, rows, ex->yp, s ? s->dxe : NULL, a, 0);
             r0 += rows;
             n -= rows;
         }
     }
     // 3. input gradients back to the senders
-    to_senders(ex, sl, MSG_INPUT_GRADS, ex->dx, s ? s->dxe : NULL, a);
+    to_senders(ex, MSG_INPUT_GRADS, s ? s->dxe : NULL);
 }
 
 int exchange_expert_rows(const Exchange *ex, int layer, int e) {

@@ -50,9 +50,7 @@ struct Backend;     // backend.h (which includes model headers that include this
 typedef struct {
     int rows;          // rows served in the last forward
     int *from;         // [host] (P, max_local) rows from party q for local expert j
-    float *x;          // [backend] (rows, d) inputs
-    float *h, *u, *a;  // [backend] (rows, f) expert activations kept for the backward (NULL with recompute)
-    size_t cap;        // rows the buffers can hold
+    size_t at;         // its first row in the exchange's inputs (and hidden) arenas
 } ServeLayer;
 
 typedef struct {
@@ -82,24 +80,28 @@ typedef struct {
     int *within;           // (P, max_local)
     int *send_rows, *send_offs, *recv_rows, *recv_offs; // (P)
     int *stage_offs;       // (P) staged: where peer p's block starts in stage
-    float *buf;            // [transit] (buf_cap, d) rows from / to the other parties, one block per peer
-    size_t buf_cap;
+    float *work;           // [transit] (work_cap, d) rows from / to the other parties, one block per peer: the
+                           // layer's inputs, replaced pass by pass by their outputs (forward); the outputs'
+                           // gradients, replaced by the inputs' (backward)
+    size_t work_cap;
     float *stage;          // [pinned] staged: (stage_cap, d) this party's own rows on their way out or back
     size_t stage_cap;
-    float *y;              // [backend] (work_cap, d) outputs of the layer being served (sent back at once)
-    size_t work_cap;
+    float *inputs;         // [backend] (arena_cap, d) the rows every MoE layer served in this step's forward, kept
+                           // for its backward: layer after layer, layer l's from row layers[l].at
+    float *hidden[3];      // [backend] (arena_cap, f) without recompute: their expert activations h, u, a
+    size_t arena_cap;      // rows the arenas hold: the most one step has needed so far
     float *h, *u, *a;      // [backend] (expert_cap, f) with recompute: the hidden activations of one pass
+    float *yp;             // [backend] (expert_cap, d) one pass's outputs (forward), or their gradients replaced by
+                           // the inputs' (backward), on their way to / from where the rows came from
     float *dh, *du, *da;   // [backend] (expert_cap, f) backward scratch of one pass
     size_t expert_cap;     // rows of the largest pass: an expert's rows, at most EXCHANGE_PASS_ROWS at a time
-    float *dy, *dx;        // [backend] (scratch_cap, d) backward scratch in the serve layout
-    size_t scratch_cap;
     ServeLayer *layers;    // (n_layers); unused for dense layers
     size_t bytes, peak;    // exchange buffer bytes now, and the most ever held (device and host)
 } Exchange;
 
 // An owner runs each expert on its rows in passes of at most this many rows, so the hidden-width scratch
 // stays small however unbalanced the routing (at initialisation one expert may get several times its share).
-#define EXCHANGE_PASS_ROWS 256
+#define EXCHANGE_PASS_ROWS 128
 
 // The party that owns expert e when P parties share the pool: e % P.
 int exchange_owner(int e, int P);

@@ -5,7 +5,8 @@
 
 #include <cblas.h>  // cblas_sgemm
 #include <math.h>   // expf, sqrtf, powf
-#include <string.h> // memset
+#include <stdint.h> // int32_t
+#include <string.h> // memset, memcpy
 #ifdef _OPENMP
 #include <omp.h>    // omp_get_max_threads, omp_in_parallel
 #endif
@@ -61,6 +62,7 @@ void layers_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, con
 }
 
 void residual_forward(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for simd
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
@@ -176,6 +178,30 @@ void rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, i
     rope_apply(dqkv, cos_t, sin_t, B, T, H, hs, -1.0f); // a rotation's transpose is its inverse
 }
 
+// e^x for the softmaxes and SiLU, in a form the compiler vectorises (libm's expf is a call per element):
+// Cephes' expf, x = n ln2 + r with |r| <= ln2/2, e^r by a degree-7 polynomial: within 2 ulp of e^x for x
+// in [-87.3, 88.7]. The exponent n is clamped to [-126, 127] (as integers, which vectorise with plain SSE2):
+// below the range the result is ~1e-38 instead of 0 or a denormal, above it stays finite. Meant for finite
+// arguments (here: differences of finite scores, <= 0, and activations); NaN gives NaN, and so does +-inf.
+static inline float exp_poly(float x) {
+    float n = (x * 1.44269504089f + 12582912.0f) - 12582912.0f; // round(x / ln2): 1.5 * 2^23 drops the fraction
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;          // x - n ln2, ln2 in two parts
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t e = (int32_t)n;
+    e = e < -126 ? -126 : e;
+    e = e > 127 ? 127 : e;
+    int32_t bits = (e + 127) << 23; // 2^e
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
 // Attention, flash-style on the CPU: for each (batch, head) pair, blocks of ATT_QB query rows against the
 // keys up to the block's last row (causal), the products as BLAS GEMMs on the strided q|k|v columns. Only
 // each row's log-sum-exp is kept; the backward recomputes a block's probabilities from it. A thread's
@@ -224,7 +250,9 @@ void attention_forward(float *out, float *lse, float *work, size_t work_floats, 
                     int t = t0 + i;
                     float *p = S + (long)i * nk, maxv = -INFINITY, sum = 0.0f;
                     for (int u = 0; u <= t; u++) maxv = p[u] > maxv ? p[u] : maxv;
-                    for (int u = 0; u <= t; u++) { p[u] = expf(p[u] - maxv); sum += p[u]; }
+#pragma omp simd
+                    for (int u = 0; u <= t; u++) p[u] = exp_poly(p[u] - maxv);
+                    for (int u = 0; u <= t; u++) sum += p[u];
                     float inv = 1.0f / sum;
                     for (int u = 0; u <= t; u++) p[u] *= inv;
                     for (int u = t + 1; u < nk; u++) p[u] = 0.0f;
@@ -259,7 +287,9 @@ void attention_backward(float *dqkv, float *work, size_t work_floats, const floa
                 for (int i = 0; i < nq; i++) {
                     int t = t0 + i;
                     float *p = P + (long)i * nk;
-                    for (int u = 0; u <= t; u++) p[u] = expf(p[u] - L[t]);
+                    float lt = L[t];
+#pragma omp simd
+                    for (int u = 0; u <= t; u++) p[u] = exp_poly(p[u] - lt);
                     for (int u = t + 1; u < nk; u++) p[u] = 0.0f;
                 }
                 // dV (nk, hs) += P^T dY;  dP (nq, nk) = dY V^T
@@ -288,17 +318,17 @@ void attention_backward(float *dqkv, float *work, size_t work_floats, const floa
 }
 
 void swiglu_forward(float *a, const float *h, const float *u, long n) {
-#pragma omp parallel for
+#pragma omp parallel for simd
     for (long i = 0; i < n; i++) {
-        float sig = 1.0f / (1.0f + expf(-h[i]));
+        float sig = 1.0f / (1.0f + exp_poly(-h[i]));
         a[i] = h[i] * sig * u[i];
     }
 }
 
 void swiglu_backward(float *dh, float *du, const float *da, const float *h, const float *u, long n) {
-#pragma omp parallel for
+#pragma omp parallel for simd
     for (long i = 0; i < n; i++) {
-        float sig = 1.0f / (1.0f + expf(-h[i]));
+        float sig = 1.0f / (1.0f + exp_poly(-h[i]));
         float silu = h[i] * sig;
         du[i] = da[i] * silu;
         dh[i] = da[i] * u[i] * sig * (1.0f + h[i] * (1.0f - sig));
@@ -313,7 +343,9 @@ double crossentropy_forward(float *probs, float *losses, const uint8_t *targets,
         float maxv = p[0];
         for (int i = 1; i < V; i++) if (p[i] > maxv) maxv = p[i];
         double sum = 0.0;
-        for (int i = 0; i < V; i++) { p[i] = expf(p[i] - maxv); sum += p[i]; }
+#pragma omp simd
+        for (int i = 0; i < V; i++) p[i] = exp_poly(p[i] - maxv);
+        for (int i = 0; i < V; i++) sum += p[i];
         float inv = (float)(1.0 / sum);
         for (int i = 0; i < V; i++) p[i] *= inv;
         losses[n] = (float)(log(sum) + maxv - logit_t); // logsumexp - logit: no log(0) when p underflows
@@ -344,9 +376,15 @@ void ffn_forward(float *y, float *h, float *u, float *a, const float *x,
 void ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
                   const float *dy, const float *x, const float *h, const float *u, const float *a,
                   const float *wg, const float *wu, const float *wd, int N, int d, int f, double *flops) {
-    memset(da, 0, sizeof(float) * N * f);
-    matmul_backward(da, dwd, dy, a, wd, N, f, d, flops);
+    if (N == 0) return;
+    // da (N, f) = dy wd (overwritten); dwd (d, f) += dy^T a. dy is not read after this, so dx may be dy.
+    layers_gemm(0, 0, N, f, d, 1.0f, dy, d, wd, f, 0.0f, da, f);
+    layers_gemm(1, 0, d, f, N, 1.0f, dy, d, a, f, 1.0f, dwd, f);
     swiglu_backward(dh, du, da, h, u, (long)N * f);
-    matmul_backward(dx, dwg, dh, x, wg, N, d, f, flops);
-    matmul_backward(dx, dwu, du, x, wu, N, d, f, flops);
+    // dx (N, d) = dh wg + du wu (overwritten); dwg, dwu (f, d) += dh^T x, du^T x
+    layers_gemm(0, 0, N, d, f, 1.0f, dh, f, wg, d, 0.0f, dx, d);
+    layers_gemm(0, 0, N, d, f, 1.0f, du, f, wu, d, 1.0f, dx, d);
+    layers_gemm(1, 0, f, d, N, 1.0f, dh, f, x, d, 1.0f, dwg, d);
+    layers_gemm(1, 0, f, d, N, 1.0f, du, f, x, d, 1.0f, dwu, d);
+    *flops += 6.0 * 2.0 * N * d * f;
 }

@@ -71,7 +71,8 @@ void crossentropy_backward(float *dlogits, const float *probs, const uint8_t *ta
 // h = x @ wg^T, u = x @ wu^T (N, f); a = silu(h) * u; y (N, d) = a @ wd^T.   wg, wu (f, d); wd (d, f)
 void ffn_forward(float *y, float *h, float *u, float *a, const float *x,
                  const float *wg, const float *wu, const float *wd, int N, int d, int f, double *flops);
-// dx (N, d) +=; dwg, dwu, dwd +=. Scratch dh, du, da (N, f) are overwritten.
+// dx (N, d) overwritten (it may be the same buffer as dy, which is read first); dwg, dwu, dwd +=.
+// Scratch dh, du, da (N, f) are overwritten.
 void ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
                   const float *dy, const float *x, const float *h, const float *u, const float *a,
                   const float *wg, const float *wu, const float *wd, int N, int d, int f, double *flops);

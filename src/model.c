@@ -18,6 +18,7 @@ ModelConfig model_config_from(const Config *c) {
         .n_experts = c->n_experts, .top_k = c->top_k, .expert_ff = c->expert_ff, .moe_every = c->moe_every,
         .aux_coef = c->aux_loss_coef, .z_coef = c->z_loss_coef, .rope_theta = c->rope_theta,
         .norm_eps = c->norm_eps, .init_std = c->init_std, .recompute_experts = c->recompute_experts == RECOMPUTE_ON,
+        .recompute_attention = c->recompute_attention == RECOMPUTE_ON,
     };
     return m;
 }
@@ -146,14 +147,20 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     m->acts = callocCheck(L, sizeof(LayerActs));
     for (size_t l = 0; l < L; l++) {
         LayerActs *a = &m->acts[l];
-        a->ln1 = act_alloc(m, N * d);
-        a->rstd1 = act_alloc(m, N);
-        a->qkv = act_alloc(m, N * 3 * d);
-        a->att = act_alloc(m, be->attention_saved_floats(B, T, (int)H));
-        a->atty = act_alloc(m, N * d);
-        a->x_mid = act_alloc(m, N * d);
-        a->ln2 = act_alloc(m, N * d);
-        a->rstd2 = act_alloc(m, N);
+        if (l > 0 && c->recompute_attention) { // one set for all layers
+            *a = m->acts[0];
+            memset(&a->moe, 0, sizeof a->moe);
+            a->ffn_h = a->ffn_u = a->ffn_a = NULL;
+        } else {
+            a->ln1 = act_alloc(m, N * d);
+            a->rstd1 = act_alloc(m, N);
+            a->qkv = act_alloc(m, N * 3 * d);
+            a->att = act_alloc(m, be->attention_saved_floats(B, T, (int)H));
+            a->atty = act_alloc(m, N * d);
+            a->x_mid = act_alloc(m, N * d);
+            a->ln2 = act_alloc(m, N * d);
+            a->rstd2 = act_alloc(m, N);
+        }
         if (model_layer_is_moe(c, (int)l)) {
             int shared = local_experts && c->recompute_experts; // one set of hidden activations for all layers
             if (shared && !m->moe_he) {
@@ -162,10 +169,10 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
                 m->moe_ue = act_alloc(m, Nkf);
                 m->moe_ae = act_alloc(m, Nkf);
             }
-            // a party whose experts run at their owners needs a layer's packed inputs only until they are sent
-            if (!local_experts && !m->moe_xe) m->moe_xe = act_alloc(m, N * c->top_k * d);
-            moe_acts_alloc(&a->moe, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts && !shared,
-                           local_experts ? NULL : m->moe_xe, &m->mem.acts, be->alloc);
+            // a party whose experts run at their owners keeps one row buffer per layer: its packed inputs, its
+            // outputs, their gradients, then its inputs' gradients, each read before the next is written
+            moe_acts_alloc(&a->moe, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts && !shared, !local_experts,
+                           &m->mem.acts, be->alloc);
             if (shared) { a->moe.he = m->moe_he; a->moe.ue = m->moe_ue; a->moe.ae = m->moe_ae; }
         } else {
             a->ffn_h = act_alloc(m, N * c->d_ff);
@@ -173,7 +180,7 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
             a->ffn_a = act_alloc(m, N * c->d_ff);
         }
     }
-    m->lnf = act_alloc(m, N * d);
+    m->lnf = NULL; // (below: dresid's buffer)
     m->rstdf = act_alloc(m, N);
     m->logits = act_alloc(m, N * c->vocab);
     m->losses = act_alloc(m, N);
@@ -181,10 +188,10 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     m->sin_t = act_alloc(m, (size_t)T * c->head_dim / 2);
     rope_tables(m->cos_t, m->sin_t, T, c->head_dim, c->rope_theta);
     m->dresid = act_alloc(m, N * d);
+    m->lnf = m->dresid; // the final norm's output is last read before the backward first writes dresid
     m->dln = act_alloc(m, N * d);
     m->dqkv = act_alloc(m, N * 3 * d);
-    m->datty = act_alloc(m, N * d);
-    m->dlogits = act_alloc(m, N * c->vocab);
+    m->dlogits = m->logits; // the probabilities are read once, element by element, as their gradients are written
     int dense = 0; // the dense FFN's backward scratch, when there is a dense layer
     for (int l = 0; l < c->n_layers; l++) dense |= !model_layer_is_moe(c, l);
     if (dense) {
@@ -192,10 +199,11 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
         m->dffn_u = act_alloc(m, N * c->d_ff);
         m->dffn_a = act_alloc(m, N * c->d_ff);
     }
-    m->tmp = act_alloc(m, N * d);
+    m->tmp = m->dln; // tmp is the forward's scratch (and the recomputation's, which ends before dln is used)
     m->att_work_floats = be->attention_work_floats(T);
     m->att_work = act_alloc(m, m->att_work_floats);
-    moe_scratch_alloc(&m->moe_scratch, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, &m->mem.acts, be->alloc);
+    moe_scratch_alloc(&m->moe_scratch, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, local_experts, &m->mem.acts,
+                      be->alloc);
 }
 
 void model_free(Model *m) {
@@ -204,7 +212,8 @@ void model_free(Model *m) {
     for (int l = 0; l < L; l++) {
         LayerActs *a = &m->acts[l];
         float *bufs[] = {a->ln1, a->rstd1, a->qkv, a->att, a->atty, a->x_mid, a->ln2, a->rstd2};
-        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
+        if (l == 0 || !m->cfg.recompute_attention) // (recompute_attention: layer 0's set is every layer's)
+            for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
         if (model_layer_is_moe(&m->cfg, l)) {
             if (m->moe_he && a->moe.he == m->moe_he) a->moe.he = a->moe.ue = a->moe.ae = NULL; // (shared: released below)
             moe_acts_free(&a->moe, release);
@@ -212,12 +221,11 @@ void model_free(Model *m) {
         else { release(a->ffn_h); release(a->ffn_u); release(a->ffn_a); }
     }
     free(m->acts);
-    float *bufs[] = {m->resid, m->lnf, m->rstdf, m->logits, m->losses, m->cos_t, m->sin_t, m->dresid, m->dln, m->dqkv,
-                     m->datty, m->dlogits, m->dffn_h, m->dffn_u, m->dffn_a, m->tmp, m->att_work, m->params, m->grads, m->adam_m, m->adam_v};
+    float *bufs[] = {m->resid, m->rstdf, m->logits, m->losses, m->cos_t, m->sin_t, m->dresid, m->dln, m->dqkv,
+                     m->dffn_h, m->dffn_u, m->dffn_a, m->att_work, m->params, m->grads, m->adam_m, m->adam_v};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
     moe_scratch_free(&m->moe_scratch, release);
     if (m->moe_he) { release(m->moe_he); release(m->moe_ue); release(m->moe_ae); }
-    if (m->moe_xe) release(m->moe_xe);
     weights_unbind(&m->w, L);
     weights_unbind(&m->g, L);
     release(m->expert_order);
@@ -258,25 +266,35 @@ static ExpertSet expert_set(const LayerWeights *lw) {
     return s;
 }
 
-double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
+// Layer l's attention sub-block and the FFN's norm, from the layer's input resid[l]:
+//   x_mid = x + wo(attn(rope(wqkv(rmsnorm(x))))),  ln2 = rmsnorm(x_mid)
+// The forward's calls; with recompute_attention the backward makes them again (the same values).
+static void attention_block(Model *m, int l, double *flops) {
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, d = c->d, H = c->n_heads, hs = c->head_dim;
+    const LayerWeights *w = &m->w.layer[l];
+    LayerActs *a = &m->acts[l];
+    const float *x = m->resid + (size_t)l * N * d;
+    m->be->rmsnorm_forward(a->ln1, a->rstd1, x, w->attn_norm, N, d, c->norm_eps);
+    m->be->matmul_forward(a->qkv, a->ln1, w->wqkv, N, d, 3 * d, flops);
+    m->be->rope_forward(a->qkv, m->cos_t, m->sin_t, B, T, H, hs);
+    m->be->attention_forward(a->atty, a->att, m->att_work, m->att_work_floats, a->qkv, B, T, H, hs, flops);
+    m->be->matmul_forward(m->tmp, a->atty, w->wo, N, d, d, flops);
+    m->be->residual_forward(a->x_mid, x, m->tmp, (size_t)N * d);
+    m->be->rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ffn_norm, N, d, c->norm_eps);
+}
+
+double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
+    const ModelConfig *c = &m->cfg;
+    int N = m->B * m->T, d = c->d;
     m->be->embedding_forward(m->resid, tokens, m->w.embed, N, d);
     m->aux = m->z = 0.0;
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &m->w.layer[l];
         LayerActs *a = &m->acts[l];
-        const float *x = m->resid + (size_t)l * N * d;
         float *xo = m->resid + (size_t)(l + 1) * N * d;
-        // attention sub-block: x_mid = x + wo(attn(rope(wqkv(rmsnorm(x)))))
-        m->be->rmsnorm_forward(a->ln1, a->rstd1, x, w->attn_norm, N, d, c->norm_eps);
-        m->be->matmul_forward(a->qkv, a->ln1, w->wqkv, N, d, 3 * d, &m->flops);
-        m->be->rope_forward(a->qkv, m->cos_t, m->sin_t, B, T, H, hs);
-        m->be->attention_forward(a->atty, a->att, m->att_work, m->att_work_floats, a->qkv, B, T, H, hs, &m->flops);
-        m->be->matmul_forward(m->tmp, a->atty, w->wo, N, d, d, &m->flops);
-        m->be->residual_forward(a->x_mid, x, m->tmp, (size_t)N * d);
-        // FFN sub-block: xo = x_mid + ffn(rmsnorm(x_mid))
-        m->be->rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ffn_norm, N, d, c->norm_eps);
+        attention_block(m, l, &m->flops);
+        // FFN sub-block: xo = x_mid + ffn(ln2)
         if (model_layer_is_moe(c, l)) {
             m->be->moe_route(&a->moe, a->ln2, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
             a->moe.tokens = tokens;
@@ -320,19 +338,27 @@ void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         const LayerWeights *w = &m->w.layer[l];
         const LayerWeights *g = &m->g.layer[l];
         LayerActs *a = &m->acts[l];
+        // recompute_attention: this layer's attention activations again (not counted as model FLOPs); the last
+        // layer's are still those of the forward
+        if (c->recompute_attention && l < c->n_layers - 1) {
+            double recomputed = 0.0;
+            attention_block(m, l, &recomputed);
+        }
         // dresid holds d loss / d xo. FFN sub-block first.
         m->be->zero(m->dln, sizeof(float) * Nd);
         if (model_layer_is_moe(c, l)) {
             MoeScratch *s = &m->moe_scratch;
+            if (!m->ex && m->moe_he && a->moe.he == m->moe_he) {
+                // recompute_experts: this layer's hidden activations again, by the forward's calls on the
+                // forward's inputs (the same values, outputs too; not counted as model FLOPs)
+                double recomputed = 0.0;
+                m->be->moe_experts_forward(&a->moe, expert_set(w), &recomputed);
+            }
+            s->dye = a->moe.ye; // the layer's outputs are not needed again: their gradients replace them
+            if (m->ex) s->dxe = a->moe.ye; // (and then, row by row, the inputs' gradients: see moe_acts_alloc)
             m->be->moe_combine_backward(s, m->dresid, &a->moe);
             if (m->ex) exchange_backward(m->ex, l, &a->moe, s, expert_set(w), expert_set(g), &m->flops);
-            else {
-                // recompute_experts: this layer's hidden activations again, by the forward's calls on the
-                // forward's inputs (the same values; not counted as model FLOPs)
-                double recomputed = 0.0;
-                if (m->moe_he && a->moe.he == m->moe_he) m->be->moe_experts_forward(&a->moe, expert_set(w), &recomputed);
-                m->be->moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g), &m->flops);
-            }
+            else m->be->moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g), &m->flops);
             m->be->moe_route_backward(m->dln, g->router, s, &a->moe, a->ln2, w->router, c->aux_coef, c->z_coef, &m->flops);
         } else {
             m->be->ffn_backward(m->dln, g->ffn_gate, g->ffn_up, g->ffn_down, m->dffn_h, m->dffn_u, m->dffn_a, m->dresid,
@@ -340,11 +366,13 @@ void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
                          &m->flops);
         }
         m->be->rmsnorm_backward(m->dresid, g->ffn_norm, m->dln, a->x_mid, w->ffn_norm, a->rstd2, N, d);
-        // dresid now holds d loss / d x_mid. Attention sub-block.
-        m->be->zero(m->datty, sizeof(float) * Nd);
-        m->be->matmul_backward(m->datty, g->wo, m->dresid, a->atty, w->wo, N, d, d, &m->flops);
+        // dresid now holds d loss / d x_mid. Attention sub-block; d loss / d atty goes in x_mid's buffer, which
+        // this layer's backward has finished with.
+        float *datty = a->x_mid;
+        m->be->zero(datty, sizeof(float) * Nd);
+        m->be->matmul_backward(datty, g->wo, m->dresid, a->atty, w->wo, N, d, d, &m->flops);
         m->be->zero(m->dqkv, sizeof(float) * Nd * 3);
-        m->be->attention_backward(m->dqkv, m->att_work, m->att_work_floats, m->datty, a->qkv, a->att, a->atty, B, T, H, hs,
+        m->be->attention_backward(m->dqkv, m->att_work, m->att_work_floats, datty, a->qkv, a->att, a->atty, B, T, H, hs,
                                   &m->flops);
         m->be->rope_backward(m->dqkv, m->cos_t, m->sin_t, B, T, H, hs);
         m->be->zero(m->dln, sizeof(float) * Nd);

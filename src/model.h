@@ -19,6 +19,8 @@ typedef struct {
     int vocab, d, n_layers, n_heads, head_dim, seq_len, d_ff, n_experts, top_k, expert_ff, moe_every;
     float aux_coef, z_coef, rope_theta, norm_eps, init_std;
     int recompute_experts; // local experts' hidden activations: one buffer for all layers, recomputed in the backward
+    int recompute_attention; // the attention sub-block's activations and the FFN norm's: one set for all layers,
+                             // recomputed in the backward from the layer's input
 } ModelConfig;
 
 typedef enum {
@@ -62,14 +64,16 @@ typedef struct {
     LayerWeights *layer; // (L)
 } Weights;
 
-// Activations kept for the backward pass, per layer. N = B*T rows.
+// Activations kept for the backward pass, per layer. N = B*T rows. With recompute_attention, ln1 to rstd2
+// are one set shared by all layers, filled again from the layer's input at the start of its backward.
 typedef struct {
     float *ln1;      // (N, d) RMSNorm before attention
     float *rstd1;    // (N)
     float *qkv;      // (N, 3d) q and k after RoPE
     float *att;      // what attention keeps for its backward: be->attention_saved_floats(B, T, H)
     float *atty;     // (N, d) attention output before wo
-    float *x_mid;    // (N, d) residual stream after the attention sub-block
+    float *x_mid;    // (N, d) residual stream after the attention sub-block (in the layer's backward, once read,
+                     // its buffer takes d loss / d atty)
     float *ln2;      // (N, d) RMSNorm before the FFN
     float *rstd2;    // (N)
     float *ffn_h, *ffn_u, *ffn_a; // (N, d_ff) dense layers only
@@ -108,7 +112,7 @@ typedef struct {
     // forward activations
     float *resid;             // (L+1, N, d) residual stream entering layer l; [L] is the final one
     LayerActs *acts;          // (L)
-    float *lnf, *rstdf;       // (N, d), (N) final RMSNorm
+    float *lnf, *rstdf;       // (N, d), (N) final RMSNorm (lnf: dresid's buffer, see model_create)
     float *logits;            // (N, V) logits; softmax probabilities once the loss is computed
     float *losses;            // (N) per-token cross-entropy
     float *cos_t, *sin_t;     // (T, head_dim/2) RoPE tables
@@ -116,15 +120,13 @@ typedef struct {
     float *dresid;            // (N, d) gradient of the residual stream
     float *dln;               // (N, d) gradient of a RMSNorm output
     float *dqkv;              // (N, 3d)
-    float *datty;             // (N, d)
-    float *dlogits;           // (N, V)
+    float *dlogits;           // (N, V) the logits' buffer: the probabilities become their gradients
     float *dffn_h, *dffn_u, *dffn_a; // (N, d_ff)
-    float *tmp;               // (N, d) a sub-block's output before it is added to the residual
+    float *tmp;               // (N, d) a sub-block's output before it is added to the residual: dln's buffer
+                              // (in the backward, tmp is used only by recompute_attention, before dln)
     float *att_work;          // (att_work_floats) attention's scratch
     size_t att_work_floats;
     MoeScratch moe_scratch;
-    float *moe_xe;            // experts at their owners (pcmoe): (N*k, d) the packed inputs of the MoE layer
-                              // being computed, shared by all layers (sent, then no longer needed)
     float *moe_he, *moe_ue, *moe_ae; // recompute_experts with local experts: (N*k, f) the hidden activations of
                                      // the MoE layer being computed, shared by all layers (their he, ue, ae)
     // results of the last forward

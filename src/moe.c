@@ -12,12 +12,12 @@ static void *host_alloc(size_t n) { return callocCheck(n ? n : 1, 1); }
 static float *alloc_f(long n, size_t *bytes, void *(*alloc)(size_t)) { *bytes += sizeof(float) * n; return (alloc ? alloc : host_alloc)(sizeof(float) * n); }
 static int *alloc_i(long n, size_t *bytes, void *(*alloc)(size_t)) { *bytes += sizeof(int) * n; return (alloc ? alloc : host_alloc)(sizeof(int) * n); }
 
-void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, float *xe, size_t *bytes,
+void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, int xe_in_ye, size_t *bytes,
                     void *(*alloc)(size_t)) {
     long Nk = (long)N * k;
     a->N = N; a->d = d; a->m = m; a->k = k; a->f = f;
-    a->logits = alloc_f((long)N * m, bytes, alloc);
     a->probs = alloc_f((long)N * m, bytes, alloc);
+    a->logits = a->probs; // (the softmax is taken in place)
     a->lse = alloc_f(N, bytes, alloc);
     a->topk = alloc_i(Nk, bytes, alloc);
     a->gates = alloc_f(Nk, bytes, alloc);
@@ -28,27 +28,28 @@ void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_ac
     a->choice_row = alloc_i(Nk, bytes, alloc);
     a->perm = alloc_i(Nk, bytes, alloc);
     a->fill = alloc_i(m, bytes, NULL);
-    a->xe_owned = xe == NULL;
-    a->xe = xe ? xe : alloc_f(Nk * d, bytes, alloc);
+    a->ye = alloc_f(Nk * d, bytes, alloc);
+    a->xe = xe_in_ye ? a->ye : alloc_f(Nk * d, bytes, alloc);
     a->he = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
     a->ue = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
     a->ae = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
-    a->ye = alloc_f(Nk * d, bytes, alloc);
     a->aux = a->z = 0.0;
 }
 
 void moe_acts_free(MoeActs *a, void (*release)(void *)) {
-    void *bufs[] = {a->logits, a->probs, a->lse, a->topk, a->gates, a->gate_sum, a->counts, a->offsets, a->row_choice,
-                    a->choice_row, a->perm, a->xe_owned ? a->xe : NULL, a->he, a->ue, a->ae, a->ye};
+    void *bufs[] = {a->probs, a->lse, a->topk, a->gates, a->gate_sum, a->counts, a->offsets, a->row_choice,
+                    a->choice_row, a->perm, a->xe != a->ye ? a->xe : NULL, a->he, a->ue, a->ae, a->ye};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) (release ? release : free)(bufs[i]);
     free(a->fill);
 }
 
-void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes, void *(*alloc)(size_t)) {
+void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, int with_dxe, size_t *bytes,
+                       void *(*alloc)(size_t)) {
     long Nk = (long)N * k;
-    s->dye = alloc_f(Nk * d, bytes, alloc);
-    s->dxe = alloc_f(Nk * d, bytes, alloc);
+    s->dye = NULL; // (the layer's ye, see moe.h)
+    s->dxe_owned = with_dxe;
+    s->dxe = with_dxe ? alloc_f(Nk * d, bytes, alloc) : NULL;
     s->dhe = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
     s->due = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
     s->dae = expert_acts ? alloc_f(Nk * f, bytes, alloc) : NULL;
@@ -58,7 +59,7 @@ void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int exp
 }
 
 void moe_scratch_free(MoeScratch *s, void (*release)(void *)) {
-    void *bufs[] = {s->dye, s->dxe, s->dhe, s->due, s->dae, s->dgates, s->dlogits};
+    void *bufs[] = {s->dxe_owned ? s->dxe : NULL, s->dhe, s->due, s->dae, s->dgates, s->dlogits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) (release ? release : free)(bufs[i]);
     free(s->aux_grad);
@@ -187,7 +188,6 @@ void moe_experts_backward(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSe
         long r0 = a->offsets[e];
         int n = a->counts[e];
         if (!w.gate[e] || n == 0) continue;
-        memset(s->dxe + r0 * d, 0, sizeof(float) * n * d);
         ffn_backward(s->dxe + r0 * d, dw.gate[e], dw.up[e], dw.down[e], s->dhe + r0 * f, s->due + r0 * f,
                      s->dae + r0 * f, s->dye + r0 * d, a->xe + r0 * d, a->he + r0 * f, a->ue + r0 * f,
                      a->ae + r0 * f, w.gate[e], w.up[e], w.down[e], n, d, f, flops);

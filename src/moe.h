@@ -16,7 +16,7 @@
 // contiguous block to send).
 typedef struct {
     int N, d, m, k, f;
-    float *logits;     // (N, m) router logits
+    float *logits;     // (N, m) router logits: probs' buffer (each row's softmax is taken in place)
     float *probs;      // (N, m) softmax of the logits
     float *lse;        // (N) logsumexp of the logits (z-loss)
     int *topk;         // (N, k) chosen experts, most probable first
@@ -28,8 +28,7 @@ typedef struct {
     int *choice_row;   // (N*k) choice -> packed row
     int *perm;         // (N*k) the private shuffle's permutation (scratch of moe_route)
     int *fill;         // (m) scratch of moe_route's counting sort (host memory)
-    float *xe;         // (N*k, d) packed expert inputs
-    int xe_owned;      // 1: xe was allocated with these activations (0: shared, see moe_acts_alloc)
+    float *xe;         // (N*k, d) packed expert inputs (a pcmoe party: ye's buffer, see moe_acts_alloc)
     float *he, *ue;    // (N*k, f) expert gate / up projections
     float *ae;         // (N*k, f) silu(he) * ue
     float *ye;         // (N*k, d) packed expert outputs
@@ -40,8 +39,10 @@ typedef struct {
 
 // Backward scratch, shared by all MoE layers.
 typedef struct {
-    float *dye;        // (N*k, d)
-    float *dxe;        // (N*k, d)
+    float *dye;        // (N*k, d) not allocated here: the caller points it at the layer's ye before
+                       // moe_combine_backward, which overwrites each output row with its gradient
+    float *dxe;        // (N*k, d) (a pcmoe party: not allocated here, see moe_scratch_alloc)
+    int dxe_owned;     // 1: dxe was allocated with this scratch
     float *dhe, *due, *dae; // (N*k, f)
     float *dgates;     // (N, k)
     float *dlogits;    // (N, m)
@@ -56,14 +57,17 @@ typedef struct {
 } ExpertSet;
 
 // expert_acts = 0 leaves out he, ue, ae (and the scratch's dhe, due, dae): a pcmoe party whose experts run
-// at their owners through the exchange never fills them. xe: a (N*k, d) buffer to use for the packed
-// inputs (not freed here: a pcmoe party's layers share one, as its inputs only matter until they are
-// sent), or NULL to allocate one.
+// at their owners through the exchange never fills them. xe_in_ye = 1: the packed inputs are ye's buffer
+// (a pcmoe party: every input row has been sent, or copied to its owner's side, before any output comes
+// back to the same rows).
 // alloc (zero-filled memory; NULL: the host's) and release (NULL: free) are the backend's.
-void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, float *xe, size_t *bytes,
+void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, int xe_in_ye, size_t *bytes,
                     void *(*alloc)(size_t));
 void moe_acts_free(MoeActs *a, void (*release)(void *));
-void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, size_t *bytes, void *(*alloc)(size_t));
+// with_dxe = 0 leaves dxe out: the caller points it at the layer's ye before the backward (a pcmoe party:
+// the exchange writes each row's input gradient where its output gradient was, after that has been read).
+void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int expert_acts, int with_dxe, size_t *bytes,
+                       void *(*alloc)(size_t));
 void moe_scratch_free(MoeScratch *s, void (*release)(void *));
 
 // Router forward and dispatch: logits, probs, top-k, gates, aux and z losses, per-expert counts, and the
@@ -81,7 +85,8 @@ void moe_experts_forward(MoeActs *a, ExpertSet w, double *flops);
 // out (N, d) = sum_j gates[n, j] * ye[choice_row[n*k + j]]   (overwritten)
 void moe_combine(float *out, const MoeActs *a);
 
-// Backward of moe_combine: dgates (N, k) and dye (N*k, d) from dout (N, d).
+// Backward of moe_combine: dgates (N, k) and dye (N*k, d) from dout (N, d). s->dye may be a->ye (each row of
+// ye is read before its gradient is written over it).
 void moe_combine_backward(MoeScratch *s, const float *dout, const MoeActs *a);
 // Backward of the experts present in `w`: dxe (N*k, d) = d loss / d xe; expert weight grads +=.
 void moe_experts_backward(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw, double *flops);

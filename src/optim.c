@@ -14,7 +14,8 @@ float optim_lr(const OptimConfig *o, int step) {
 }
 
 double optim_sum_squares(const float *g, size_t n) {
-    // fixed-size chunks summed in parallel, then the partial sums in order: deterministic
+    // fixed-size chunks summed in parallel (each in the vector lanes' order), then the partial sums in order:
+    // deterministic
     enum { CHUNK = 1 << 16 };
     size_t n_chunks = (n + CHUNK - 1) / CHUNK;
     double total = 0.0;
@@ -25,6 +26,7 @@ double optim_sum_squares(const float *g, size_t n) {
         for (size_t c = 0; c < cnt; c++) {
             size_t lo = (base + c) * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n;
             double s = 0.0;
+#pragma omp simd reduction(+ : s)
             for (size_t i = lo; i < hi; i++) s += (double)g[i] * g[i];
             partial[c] = s;
         }
@@ -65,14 +67,16 @@ void optim_adamw(const OptimConfig *o, const ParamTensor *tensors, int n_tensors
         optim_adamw_scalars(o, pt, ++steps[k], lr, &bc1, &bc2, &decay);
         float *p = params + pt->offset, *mm = m + pt->offset, *vv = v + pt->offset;
         const float *g = grads + pt->offset;
-#pragma omp parallel for
-        for (size_t i = 0; i < pt->numel; i++) {
+        const float beta1 = o->beta1, beta2 = o->beta2, eps = o->eps; // (locals: the loop vectorises)
+        const size_t n = pt->numel;
+#pragma omp parallel for simd
+        for (size_t i = 0; i < n; i++) {
             float gi = g[i] * grad_scale;
             p[i] -= decay * p[i];
-            mm[i] = o->beta1 * mm[i] + (1.0f - o->beta1) * gi;
-            vv[i] = o->beta2 * vv[i] + (1.0f - o->beta2) * gi * gi;
+            mm[i] = beta1 * mm[i] + (1.0f - beta1) * gi;
+            vv[i] = beta2 * vv[i] + (1.0f - beta2) * gi * gi;
             float mhat = mm[i] / bc1, vhat = vv[i] / bc2;
-            p[i] -= lr * mhat / (sqrtf(vhat) + o->eps);
+            p[i] -= lr * mhat / (sqrtf(vhat) + eps);
         }
     }
 }

@@ -383,6 +383,7 @@ static void build_models(Run *r) {
         Party *p = &r->party[0];
         for (int e = 0; e < E; e++) owned[e] = c->mode != MODE_PCMOE || exchange_owner(e, P) == p->party;
         int exchanged = c->mode == MODE_PCMOE && P > 1; // experts run at their owners
+        if (exchanged && c->recompute_attention == RECOMPUTE_AUTO) mc.recompute_attention = 1; // (a pcmoe party: memory first)
         model_create_on(&p->model, r->be, &mc, owned, !exchanged, B, T);
         model_init(&p->model, backbone_seed(c, p->party), (uint64_t)c->seed);
         if (exchanged) { // (one party alone holds every expert: nothing to exchange)

@@ -91,6 +91,7 @@ expect "config: bad bool" "privacy.check_finite = 'maybe': not a boolean" "$PCMO
 expect "config: more parties than experts" "parties.count = 8: must be <= model.n_experts = 6" "$PCMOE" train "$cfg" --set parties.count=8
 expect "config: party without corpus" "data.2: missing: parties.count = 3 needs a corpus" "$PCMOE" train "$cfg" --set parties.count=3
 expect "config: bad recompute_experts" "model.recompute_experts = 'sometimes': not one of auto, true, false" "$PCMOE" train "$cfg" --set model.recompute_experts=sometimes
+expect "config: bad recompute_attention" "model.recompute_attention = 'yes': not one of auto, true, false" "$PCMOE" train "$cfg" --set model.recompute_attention=yes
 # run.device = cuda without a usable backend: the plugin named, or the build's lack of CUDA, on every rank
 if [ -f "$top_builddir/pcmoe_cuda.so" ]; then
     export PCMOE_CUDA_PLUGIN="$TMP/none.so" # (the ranks inherit mpirun's environment)

@@ -188,8 +188,9 @@ static void check_all(cublasHandle_t h) {
         MoeActs a;
         MoeScratch sc;
         size_t bytes = 0;
-        moe_acts_alloc(&a, N, d, m, k, fe, 1, NULL, &bytes, NULL);
-        moe_scratch_alloc(&sc, N, d, m, k, fe, 1, &bytes, NULL);
+        moe_acts_alloc(&a, N, d, m, k, fe, 1, 0, &bytes, NULL);
+        moe_scratch_alloc(&sc, N, d, m, k, fe, 1, 1, &bytes, NULL);
+        sc.dye = a.ye; // (as model_backward does: the outputs' gradients replace them; the device's go to dye)
         std::vector<float *> cg(m), cu(m), cd(m), cdg(m), cdu(m), cdd(m);
         std::vector<std::vector<float>> gg(m, std::vector<float>((size_t)fe * d, 0.0f)), gu = gg, gd(m, std::vector<float>((size_t)d * fe, 0.0f));
         for (int e = 0; e < m; e++) { cg[e] = wg[e].data(); cu[e] = wu[e].data(); cd[e] = wd[e].data(); cdg[e] = gg[e].data(); cdu[e] = gu[e].data(); cdd[e] = gd[e].data(); }
@@ -201,6 +202,7 @@ static void check_all(cublasHandle_t h) {
         moe_route(&a, x.data(), router.data(), NULL, &shuffle_cpu, &flops);
         moe_experts_forward(&a, ExpertSet{cg.data(), cu.data(), cd.data()}, &flops);
         moe_combine(out.data(), &a);
+        std::vector<float> ye_cpu(a.ye, a.ye + Nk * d); // (the backward overwrites them with their gradients)
         moe_combine_backward(&sc, dout.data(), &a);
         moe_experts_backward(&sc, &a, ExpertSet{cg.data(), cu.data(), cd.data()}, ExpertSet{cdg.data(), cdu.data(), cdd.data()}, &flops);
         moe_route_backward(dinp.data(), drouter.data(), &sc, &a, x.data(), router.data(), 0.5f, 0.1f, &flops);
@@ -243,7 +245,8 @@ static void check_all(cublasHandle_t h) {
         expect_ints("moe counts", counts, a.counts);
         expect_ints("moe packing order (privately shuffled)", from_dev(da.row_choice, Nk), a.row_choice);
         expect("moe packed inputs", from_dev(da.xe, Nk * d), std::vector<float>(a.xe, a.xe + Nk * d));
-        expect("moe expert outputs", from_dev(da.ye, Nk * d), std::vector<float>(a.ye, a.ye + Nk * d));
+        expect("moe expert outputs", from_dev(da.ye, Nk * d), ye_cpu);
+        expect("moe output gradients (the CPU's written over its outputs)", from_dev(dye, Nk * d), std::vector<float>(a.ye, a.ye + Nk * d));
         expect("moe combine", from_dev(po, (size_t)N * d), out);
         expect("moe backward dinp", from_dev(pdi, (size_t)N * d), dinp);
         expect("moe backward drouter", from_dev(pdr, (size_t)m * d), drouter);

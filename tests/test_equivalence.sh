@@ -2,8 +2,9 @@
 # test_equivalence: a multi-rank pcmoe run computes what the same parties' math computes in one process
 # with every expert local (pcmoe train --simulate): per-party training losses agree to <= 1e-6 relative
 # at each of 20 steps, for both schedules and for 2 and 4 parties (validation losses too), and for 3
-# parties with batches of 16 (the owners' experts get more than EXCHANGE_PASS_ROWS = 256 rows, so they run
-# in several passes), with model.recompute_experts on and off.
+# parties with batches of 16 (the owners' experts get more than EXCHANGE_PASS_ROWS = 128 rows, so they run
+# in several passes), with model.recompute_experts and model.recompute_attention on (auto, for a pcmoe
+# party) and off.
 . "$(dirname "$0")/lib.sh"
 
 for case_ in 2 4 3-big 3-big-norecompute; do # (not n: lib.sh's mpi sets n)
@@ -13,7 +14,7 @@ for case_ in 2 4 3-big 3-big-norecompute; do # (not n: lib.sh's mpi sets n)
         sets=""
         case $case_ in
         3-big) sets="--set train.batch_size=16" ;;
-        3-big-norecompute) sets="--set train.batch_size=16 --set model.recompute_experts=false" ;;
+        3-big-norecompute) sets="--set train.batch_size=16 --set model.recompute_experts=false --set model.recompute_attention=false" ;;
         esac
         [ -n "$sets" ] && [ "$sched" = sequential ] && continue
         np=${case_%%-*}

@@ -8,8 +8,9 @@
 // absolute) contributes ~5e-5 / |g| and truncation ~eps^2; the bound TOL = 2e-3 leaves room for that
 // while a wrong gradient term (a missing factor, a dropped path) gives errors of order 1e-1 to 1.
 // Top-k routing is piecewise constant: a difference whose +-eps points route differently is retried
-// with a smaller eps. Runs twice: without the router losses, and with large aux and z coefficients
-// (so that their gradient terms dominate the router's gradient).
+// with a smaller eps. Runs three times: without the router losses, and with large aux and z coefficients
+// (so that their gradient terms dominate the router's gradient); and the latter again with model.recompute_experts
+// and model.recompute_attention on (the backward recomputes the experts' and attention's activations).
 #include <math.h>   // fabs, sqrt
 #include <stdlib.h> // malloc
 #include <string.h> // memcpy, memcmp
@@ -44,7 +45,7 @@ static int run(float aux_coef, float z_coef, int recompute) {
     ModelConfig c = test_config(2, 2, 4, 2); // layer 0 dense, layer 1 MoE
     c.aux_coef = aux_coef;
     c.z_coef = z_coef;
-    c.recompute_experts = recompute;
+    c.recompute_experts = c.recompute_attention = recompute;
     int B = 2, T = c.seq_len, N = B * T;
     Model m;
     model_create(&m, &c, NULL, 1, B, T);
@@ -58,7 +59,7 @@ static int run(float aux_coef, float z_coef, int recompute) {
     model_forward(&m, tok, tgt);
     routing_equal(&m, base_topk, 1);
     model_backward(&m, tok, tgt);
-    printf("# aux_coef %g z_coef %g recompute_experts %d: loss %.6f (ce %.6f aux %.6f z %.6f)\n", aux_coef, z_coef, recompute, m.loss, m.ce, m.aux, m.z);
+    printf("# aux_coef %g z_coef %g recompute (experts, attention) %d: loss %.6f (ce %.6f aux %.6f z %.6f)\n", aux_coef, z_coef, recompute, m.loss, m.ce, m.aux, m.z);
 
     int failures = 0;
     Rng r;

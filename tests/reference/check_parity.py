@@ -15,6 +15,13 @@ sys.path.insert(0, __import__("os").path.dirname(__file__))
 import model as ref  # noqa: E402
 
 TOL = 1e-4
+# The weights after five AdamW steps get more room: AdamW divides each gradient element by its own running
+# RMS, so an element whose gradient is a near-cancellation (fp32 keeps it to a relative 1e-3 or worse, while
+# the reference is float64) still moves by up to lr, and the two engines' moves differ by lr times that
+# error. At this test's learning rates (up to 1e-2) that reaches 1e-4 of the largest weight for the
+# embedding, with any change in fp32 rounding (an exp to 2 ulp, a GEMM's summation order). A wrong update
+# rule is far larger: weight decay off by one step is 1e-3 of a weight, a wrong bias correction 1e-1.
+TOL_TRAINED = 5e-4
 
 
 def read_dump(path):
@@ -58,9 +65,9 @@ def main():
     targets = torch.tensor(d["targets"].astype(np.int64))
     failures = []
 
-    def check(label, c, r):
+    def check(label, c, r, tol=TOL):
         e = rel_err(c, r)
-        ok = e <= TOL
+        ok = e <= tol
         print(f"{'ok  ' if ok else 'FAIL'} {label:34s} rel err {e:.2e}")
         if not ok:
             failures.append(label)
@@ -96,8 +103,8 @@ def main():
     check("5-step learning rates", d["step_lrs"],
           torch.tensor([ref.lr_at(s, lr, min_lr, int(warmup), int(total)) for s in range(int(total))]))
     for n in names:
-        check(f"after 5 steps {n}", d["final/" + n], params[n])
-    print(f"{len(failures)} of the checks failed (tolerance {TOL:g})")
+        check(f"after 5 steps {n}", d["final/" + n], params[n], TOL_TRAINED)
+    print(f"{len(failures)} of the checks failed (tolerance {TOL:g}; weights after 5 steps {TOL_TRAINED:g})")
     print("clipping active in", sum(1 for x in norms if x > clip), "of", len(norms), "steps")
     return 1 if failures else 0
 
