@@ -309,7 +309,7 @@ int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
         Config *stored = mallocCheck(sizeof(Config));
         char why[1024];
         if (config_load_text(stored, text, why, sizeof why)) { error_set(err, len, "%s: stored config unreadable: %s", path, why); x.failed = 1; }
-        else if (config_diff_model(stored, c, why, sizeof why)) { error_set(err, len, "%s: another model: %s", path, why); x.failed = 1; }
+        else if (config_diff_model(stored, c, 1, why, sizeof why)) { error_set(err, len, "%s: another model: %s", path, why); x.failed = 1; }
         free(stored);
     }
     free(text);

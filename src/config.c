@@ -72,6 +72,7 @@ static const ConfigKey KEYS[] = {
     {"train", "adam_eps", KEY_FLOAT, F(adam_eps), 1e-30, 1, "1e-08", "AdamW epsilon", NULL},
     {"train", "grad_clip", KEY_FLOAT, F(grad_clip), 0, 1e9, "1", "clip the global gradient norm to this (0 = off)", NULL},
     {"train", "seed", KEY_INT64, F(seed), 0, 9.2e18, "1337", "seed of initialisation and batch sampling", NULL},
+    {"train", "init_from", KEY_STRING, F(init_from), 0, 0, "", "start from the weights of a complete checkpoint directory (RUN/checkpoints/step_N) of a run with the same model keys: a single-party or centralized run, or a pcmoe run with the same parties; each party reads its backbone and only the experts it owns; AdamW state and the step count start fresh (\"\" = random init)", NULL},
     {"train", "eval_every", KEY_INT, F(eval_every), 0, 1e9, "100", "validate every this many steps (0 = at the end only)", NULL},
     {"train", "eval_batches", KEY_INT, F(eval_batches), 1, 1e6, "8", "batches of batch_size windows per validation", NULL},
     {"train", "log_every", KEY_INT, F(log_every), 1, 1e9, "10", "write a metrics.jsonl line every this many steps", NULL},
@@ -323,11 +324,11 @@ int config_load_text(Config *c, const char *text, char *err, size_t len) {
     return rc;
 }
 
-int config_diff_model(const Config *a, const Config *b, char *err, size_t len) {
+int config_diff_model(const Config *a, const Config *b, int with_parties, char *err, size_t len) {
     for (int i = 0; i < N_KEYS; i++) {
         const ConfigKey *k = &KEYS[i];
         int shapes = (!strcmp(k->section, "model") && strcmp(k->key, "recompute_experts") && strcmp(k->key, "recompute_attention")) ||
-                     (!strcmp(k->section, "parties") && strcmp(k->key, "schedule"));
+                     (with_parties && !strcmp(k->section, "parties") && strcmp(k->key, "schedule"));
         if (!shapes) continue;
         const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;
         char va[64], vb[64];

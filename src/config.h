@@ -68,6 +68,7 @@ typedef struct {
     float adam_eps;      // AdamW epsilon
     float grad_clip;     // global gradient-norm clip (0 = off)
     int64_t seed;        // seeds initialisation and batch sampling
+    char init_from[CONFIG_PATH_LEN]; // a checkpoint step directory to take the initial weights from ("" = none)
     int eval_every;      // validate every this many steps (0 = only at the end)
     int eval_batches;    // validation batches per evaluation
     int log_every;       // metrics.jsonl line every this many steps
@@ -91,9 +92,9 @@ int config_load(Config *c, const char *path, char *const *set, int n_set, char *
 
 // Like config_load, from INI text (a checkpoint's stored config); `text` is named "<stored config>".
 int config_load_text(Config *c, const char *text, char *err, size_t err_len);
-// Compares the keys that shape the model ([model] and parties.count, parties.mode). Returns 0 if equal,
-// else 1 with "model.d_model: checkpoint 64, config 32" in err (a is the checkpoint's).
-int config_diff_model(const Config *a, const Config *b, char *err, size_t err_len);
+// Compares the keys that shape the model ([model], and with_parties: parties.count, parties.mode). Returns 0
+// if equal, else 1 with "model.d_model: checkpoint 64, config 32" in err (a is the checkpoint's).
+int config_diff_model(const Config *a, const Config *b, int with_parties, char *err, size_t err_len);
 
 // Writes the resolved configuration as INI text that config_load reads back to the same values.
 void config_write(FILE *f, const Config *c);

@@ -573,6 +573,60 @@ static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t
     return rc;
 }
 
+// Reads every tensor of model m from checkpoint directory dir: backbone tensors (unless experts_only) from
+// party_<backbone_party>.h5, each expert from the file of the source party that held it (pooled: party
+// e % src_parties, else party 0). One dataset at a time, into the model's own buffers.
+static int init_model_from(Model *m, const char *dir, int backbone_party, int experts_only, int pooled, int src_parties,
+                           char *err, size_t len) {
+    for (int i = 0; i < m->n_tensors; i++) {
+        const ParamTensor *t = &m->tensors[i];
+        if (experts_only && t->expert < 0) continue;
+        char file[CONFIG_PATH_LEN + 96], dataset[160];
+        party_file(file, sizeof file, dir, t->expert < 0 ? backbone_party : pooled ? exchange_owner(t->expert, src_parties) : 0);
+        snprintf(dataset, sizeof dataset, "/%s/%s", t->expert < 0 ? "backbone" : "experts", t->name);
+        if (ckpt_read_tensor(file, dataset, m->params + t->offset, t->rows, t->cols, err, len)) return 2;
+    }
+    return 0;
+}
+
+// train.init_from: this process's models start from the weights of the checkpoint in DIR, whose run had
+// the same model keys: a centralized or single-party run (every party from party 0's file), or a pcmoe run
+// of the same parties (each party from its own backbone; each expert from the party that held it). Only
+// the tensors a model holds are read. AdamW state and the step count stay fresh.
+static int init_weights_from(Run *r, char *err, size_t len) {
+    const Config *c = r->c;
+    const char *dir = c->init_from;
+    char path[CONFIG_PATH_LEN + 96];
+    snprintf(path, sizeof path, "%s/%s", dir, CKPT_MARKER);
+    if (access(path, F_OK) != 0)
+        return error_set(err, len, "train.init_from = %s: not a complete checkpoint directory (no %s marker)", dir, CKPT_MARKER);
+    party_file(path, sizeof path, dir, 0);
+    size_t text_len = 1 << 16;
+    char *text = mallocCheck(text_len), why[1024];
+    int step, party, rc = ckpt_peek(path, text, text_len, &step, &party, err, len);
+    Config *src = mallocCheck(sizeof *src);
+    if (!rc && config_load_text(src, text, why, sizeof why)) rc = error_set(err, len, "train.init_from: %s: %s", path, why);
+    if (!rc && config_diff_model(src, c, 0, why, sizeof why))
+        rc = error_set(err, len, "train.init_from = %s: another model: %s", dir, why);
+    int Ps = src->n_parties, pooled = src->mode == MODE_PCMOE && Ps > 1;
+    if (!rc && !pooled && src->mode != MODE_CENTRALIZED && Ps > 1)
+        rc = error_set(err, len, "train.init_from = %s: a %s run of %d parties holds one model per party; start from a centralized, single-party or pcmoe checkpoint",
+                       dir, MODE_NAMES[src->mode], Ps);
+    if (!rc && pooled && Ps != c->n_parties)
+        rc = error_set(err, len, "train.init_from = %s: a pcmoe checkpoint of %d parties gives each party its own backbone; this run has parties.count = %d",
+                       dir, Ps, c->n_parties);
+    free(text);
+    free(src);
+    if (rc) return rc;
+    r->be->sync(); // (the host writes the models' buffers)
+    if (c->mode == MODE_CENTRALIZED) return init_model_from(&r->central, dir, 0, 0, pooled, Ps, err, len);
+    if (r->pool.n_tensors && init_model_from(&r->pool, dir, 0, 1, pooled, Ps, err, len)) return 2;
+    for (int q = 0; q < r->n; q++)
+        if (init_model_from(&r->party[q].model, dir, pooled ? r->party[q].party : 0, 0, pooled, Ps, err, len)) return 2;
+    if (r->comm->rank == 0) fprintf(stderr, "pcmoe: starting from the weights of %s (its step %d); AdamW state fresh\n", dir, step);
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------------------
 
 int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
@@ -623,6 +677,7 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
         if (comm->rank == 0 && ignored[0]) fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);
         if (comm->rank == 0 && !opt->eval_dir) fprintf(stderr, "pcmoe: resuming from %s (step %d of %d)\n", dir, start, c->steps);
     }
+    else if (c->init_from[0]) stop_if_any_failed(comm, init_weights_from(r, err, sizeof err), err);
     if (opt->eval_dir) { // pcmoe eval: every party's validation loss, then stop
         evaluate(r);
         double mine[2] = {r->party[0].party, r->party[0].s.val_loss};
