@@ -1,5 +1,5 @@
-// main.c: the pcmoe command line: `pcmoe train CONFIG [--set section.key=value ...] [--force]`,
-// `pcmoe keys`, `pcmoe --help`, `pcmoe --version`.
+// main.c: the pcmoe command line: `pcmoe train CONFIG [--set section.key=value ...] [--force]`, `pcmoe eval`,
+// `pcmoe bench`, `pcmoe attack`, `pcmoe info`, `pcmoe keys`, `pcmoe --help`, `pcmoe --version`.
 #include <mpi.h>    // MPI_Init, MPI_Comm_size
 #include <stdio.h>  // printf
 #include <stdlib.h> // exit
@@ -36,6 +36,11 @@ static void usage(FILE *f) {
             "                    it), or its gradient turns NaN in step 6 (training must stop, naming it)\n"
             "  [mpirun -np N] pcmoe eval CONFIG.ini --checkpoint RUN/checkpoints/step_NNNNNNNN [--set ...]\n"
             "      Load a checkpoint and print every party's validation loss (same ranks as training).\n"
+            "  [mpirun -np N] pcmoe bench CONFIG.ini --checkpoint DIR --task FILE.jsonl [--json OUT] [--set ...]\n"
+            "      Score a multiple-choice task (JSON lines {\"query\", \"choices\", \"gold\"}, e.g. input/eval/\n"
+            "      arc_easy.jsonl) with every party's model: each choice by the log-likelihood of \" \" + choice\n"
+            "      after the query. Prints acc and acc_norm (log-likelihood per byte) per party; --json OUT also\n"
+            "      writes them, with every choice's log-likelihood for the parties on rank 0.\n"
             "  pcmoe attack CONFIG --checkpoint DIR --records DIR --attacker A --victim V [--white-box]\n"
             "                    [--json FILE]\n"
             "      Reconstruction study: can party A recover party V's bytes from the rows it received? (rows\n"
@@ -64,8 +69,10 @@ typedef struct {
     TrainOptions opt;
 } TrainArgs;
 
-// Parses the arguments after "train". Returns -1 to go on, or an exit status (0 after --help, 2 on error).
-static int parse_train_args(TrainArgs *a, int argc, char **argv, int eval) {
+// Parses the arguments after "train", "eval" or "bench" (cmd). Returns -1 to go on, or an exit status (0
+// after --help, 2 on error).
+static int parse_train_args(TrainArgs *a, int argc, char **argv, const char *cmd) {
+    int eval = strcmp(cmd, "train") != 0, bench = !strcmp(cmd, "bench");
     memset(a, 0, sizeof *a);
     a->sets = mallocCheck(sizeof(char *) * (size_t)argc);
     for (int i = 2; i < argc; i++) {
@@ -91,6 +98,11 @@ static int parse_train_args(TrainArgs *a, int argc, char **argv, int eval) {
                 if (*end || n < 1 || n > 1000000000) { fprintf(stderr, "pcmoe: error: --stop-after %s: not a step number >= 1\n", v); return 2; }
                 a->opt.stop_after = (int)n;
             }
+        } else if (bench && (!strcmp(argv[i], "--task") || !strcmp(argv[i], "--json"))) {
+            if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: %s needs a FILE\n", argv[i]); return 2; }
+            if (!strcmp(argv[i], "--task")) a->opt.bench_task = argv[i + 1];
+            else a->opt.bench_json = argv[i + 1];
+            i++;
         } else if (!strcmp(argv[i], "--audit")) {
             if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: --audit needs a FILE\n"); return 2; }
             a->opt.audit_path = argv[++i];
@@ -98,7 +110,7 @@ static int parse_train_args(TrainArgs *a, int argc, char **argv, int eval) {
             usage(stdout);
             return 0;
         } else if (argv[i][0] == '-') {
-            fprintf(stderr, "pcmoe: error: unknown option '%s' for train (try pcmoe --help)\n", argv[i]);
+            fprintf(stderr, "pcmoe: error: unknown option '%s' for %s (try pcmoe --help)\n", argv[i], cmd);
             return 2;
         } else if (!a->config_path) {
             a->config_path = argv[i];
@@ -107,8 +119,9 @@ static int parse_train_args(TrainArgs *a, int argc, char **argv, int eval) {
             return 2;
         }
     }
-    if (!a->config_path) { fprintf(stderr, "pcmoe: error: %s needs a CONFIG.ini (try pcmoe --help)\n", eval ? "eval" : "train"); return 2; }
-    if (eval && !a->opt.eval_dir) { fprintf(stderr, "pcmoe: error: eval needs --checkpoint DIR (a checkpoint step directory)\n"); return 2; }
+    if (!a->config_path) { fprintf(stderr, "pcmoe: error: %s needs a CONFIG.ini (try pcmoe --help)\n", cmd); return 2; }
+    if (eval && !a->opt.eval_dir) { fprintf(stderr, "pcmoe: error: %s needs --checkpoint DIR (a checkpoint step directory)\n", cmd); return 2; }
+    if (bench && !a->opt.bench_task) { fprintf(stderr, "pcmoe: error: bench needs --task FILE.jsonl (a multiple-choice task)\n"); return 2; }
     if (!eval && a->opt.eval_dir) { fprintf(stderr, "pcmoe: error: --checkpoint belongs to pcmoe eval; train resumes with --resume\n"); return 2; }
     if (a->opt.resume && a->opt.force) { fprintf(stderr, "pcmoe: error: --resume and --force exclude each other\n"); return 2; }
     return -1;
@@ -129,14 +142,14 @@ int main(int argc, char **argv) {
         if (argc != 3) { fprintf(stderr, "pcmoe: error: info needs one PATH (a checkpoint file, step directory or run directory)\n"); return 2; }
         return info_run(argv[2]);
     }
-    if (strcmp(cmd, "train") != 0 && strcmp(cmd, "eval") != 0) {
+    if (strcmp(cmd, "train") != 0 && strcmp(cmd, "eval") != 0 && strcmp(cmd, "bench") != 0) {
         fprintf(stderr, "pcmoe: error: unknown command '%s' (try pcmoe --help)\n", cmd);
         return 2;
     }
 
     // pcmoe train CONFIG [--set k=v ...] [--force]
     TrainArgs args;
-    int rc = parse_train_args(&args, argc, argv, !strcmp(cmd, "eval"));
+    int rc = parse_train_args(&args, argc, argv, cmd);
     if (rc >= 0) { free(args.sets); return rc; }
 
     mpiCheck(MPI_Init(&argc, &argv));

@@ -18,6 +18,7 @@
 
 #include "autoconfig.h"   // HAVE_OPENBLAS_*
 #include "backend.h"      // Backend, backend_cpu, backend_cuda_open
+#include "bench.h"        // BenchTask, bench_load, bench_score, bench_accuracy
 #include "ckpt.h"         // ckpt_save, ckpt_load, ckpt_latest
 #include "exchange.h"     // Exchange
 #include "metrics.h"      // Metrics, StepStats
@@ -627,6 +628,70 @@ static int init_weights_from(Run *r, char *err, size_t len) {
     return 0;
 }
 
+// pcmoe bench: every party of this process scores the task with its model (pcmoe over MPI: the exchange
+// runs, every party making the same passes); rank 0 prints each party's acc and acc_norm and, with
+// --json, writes them, with the log-likelihood of every (item, choice) of the parties in its process.
+static int bench_run(Run *r, const TrainOptions *opt, int step) {
+    const Config *c = r->c;
+    Comm *comm = r->comm;
+    BenchTask t;
+    char err[2048] = "";
+    stop_if_any_failed(comm, bench_load(&t, opt->bench_task, err, sizeof err), err);
+    int P = r->P, one_process = r->n == P && (c->mode == MODE_CENTRALIZED || r->simulate);
+    double *ll = mallocCheck(sizeof(double) * (size_t)t.n_pairs * r->n), *all = mallocCheck(sizeof(double) * 3 * (size_t)P);
+    for (int q = 0; q < r->n; q++) {
+        Party *p = &r->party[q];
+        Model *m = c->mode == MODE_CENTRALIZED ? &r->central : &p->model;
+        if (c->mode == MODE_CENTRALIZED) model_set_batch(m, c->batch_size);
+        bench_score(m, &t, c->mode == MODE_CENTRALIZED ? r->ctok : p->tokens, c->mode == MODE_CENTRALIZED ? r->ctgt : p->targets,
+                    ll + (size_t)q * t.n_pairs);
+        double acc, acc_norm;
+        bench_accuracy(&t, ll + (size_t)q * t.n_pairs, &acc, &acc_norm);
+        double mine[3] = {p->party, acc, acc_norm};
+        memcpy(all + 3 * (size_t)q, mine, sizeof mine);
+    }
+    if (!one_process) {
+        double mine[3];
+        memcpy(mine, all, sizeof mine);
+        comm_gather_doubles(comm, MSG_METRICS, mine, 3, all);
+    }
+    int rc = 0;
+    if (comm->rank == 0) {
+        for (int q = 0; q < P; q++)
+            printf("party %d: acc %.4f acc_norm %.4f (%d items of %s), step %d\n", (int)all[3 * q], all[3 * q + 1], all[3 * q + 2],
+                   t.n_items, opt->bench_task, step);
+        if (opt->bench_json) {
+            FILE *f = fopen(opt->bench_json, "w");
+            if (!f) rc = error_set(err, sizeof err, "--json %s: cannot write: %s", opt->bench_json, strerror(errno));
+            else {
+                fprintf(f, "{\"task\":\"");
+                for (const char *s = opt->bench_task; *s; s++) fprintf(f, *s == '"' || *s == '\\' ? "\\%c" : "%c", *s);
+                fprintf(f, "\",\"items\":%d,\"step\":%d,\"parties\":[", t.n_items, step);
+                for (int q = 0; q < P; q++)
+                    fprintf(f, "%s{\"party\":%d,\"acc\":%.9g,\"acc_norm\":%.9g}", q ? "," : "", (int)all[3 * q], all[3 * q + 1], all[3 * q + 2]);
+                fprintf(f, "],\"loglik\":{");
+                for (int q = 0; q < r->n; q++) {
+                    fprintf(f, "%s\"%d\":[", q ? "," : "", r->party[q].party);
+                    for (int i = 0; i < t.n_items; i++) {
+                        fprintf(f, "%s[", i ? "," : "");
+                        for (int j = t.first[i]; j < t.first[i + 1]; j++)
+                            fprintf(f, "%s%.9g", j > t.first[i] ? "," : "", ll[(size_t)q * t.n_pairs + j]);
+                        fprintf(f, "]");
+                    }
+                    fprintf(f, "]");
+                }
+                fprintf(f, "}}\n");
+                if (fclose(f) != 0) rc = error_set(err, sizeof err, "--json %s: cannot write: %s", opt->bench_json, strerror(errno));
+            }
+        }
+    }
+    free(ll);
+    free(all);
+    bench_free(&t);
+    if (rc) fprintf(stderr, "pcmoe: error: %s\n", err);
+    return rc ? 1 : 0;
+}
+
 // ---------------------------------------------------------------------------------------------------
 
 int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
@@ -673,11 +738,20 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
             ckpt_step_dir(dir, sizeof dir, c->run_dir, latest);
         }
         if (!rc) rc = checkpoint_load(r, dir, &start, err, sizeof err);
+        if (!rc && r->simulate && c->mode == MODE_PCMOE) { // the other parties' backbones, and every expert
+            for (int q = 1; q < r->n && !rc; q++) rc = init_model_from(&r->party[q].model, dir, q, 0, 1, P, err, sizeof err);
+            if (!rc) rc = init_model_from(&r->pool, dir, 0, 1, 1, P, err, sizeof err);
+        }
         stop_if_any_failed(comm, rc, err);
         if (comm->rank == 0 && ignored[0]) fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);
         if (comm->rank == 0 && !opt->eval_dir) fprintf(stderr, "pcmoe: resuming from %s (step %d of %d)\n", dir, start, c->steps);
     }
     else if (c->init_from[0]) stop_if_any_failed(comm, init_weights_from(r, err, sizeof err), err);
+    if (opt->bench_task) {
+        int rc = bench_run(r, opt, start);
+        free_run(r);
+        return rc;
+    }
     if (opt->eval_dir) { // pcmoe eval: every party's validation loss, then stop
         evaluate(r);
         double mine[2] = {r->party[0].party, r->party[0].s.val_loss};

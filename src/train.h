@@ -15,7 +15,9 @@ typedef struct {
     const char *audit_path; // write the traffic audit here (NULL: no audit)
     int resume;             // continue from the newest complete checkpoint in RUN/checkpoints
     int stop_after;         // stop (with a checkpoint) after this step, as a preempted job would (0: no)
-    const char *eval_dir;   // pcmoe eval: load this checkpoint directory, report validation losses, stop
+    const char *eval_dir;   // pcmoe eval (and bench): load this checkpoint directory, report, stop
+    const char *bench_task; // pcmoe bench: score this multiple-choice task file (bench.h) instead
+    const char *bench_json; // pcmoe bench: also write the results here (NULL: no)
     const char *fault;      // test hook: "counts", "foreign" or "nan": the last party misbehaves as a peer
 } TrainOptions;
 

@@ -62,3 +62,15 @@ H5PY_PYTHON=""
 for py in ${TORCH_PYTHON:-} /usr/bin/python3 python3; do
     "$py" -c "import h5py" 2>/dev/null && { H5PY_PYTHON=$py; break; }
 done
+
+# refused NAME SUBSTRING COMMAND...: COMMAND exits non-zero with exactly one "pcmoe: error:" line, which
+# contains SUBSTRING
+refused() {
+    name=$1 want=$2
+    shift 2
+    "$@" >"$TMP/out" 2>&1
+    rc=$?
+    n_err=$(grep -c "pcmoe: error:" "$TMP/out")
+    if [ "$rc" -ne 0 ] && [ "$n_err" -eq 1 ] && grep "pcmoe: error:" "$TMP/out" | grep -qF -- "$want"; then ok "$name: $(grep "pcmoe: error:" "$TMP/out" | cut -c1-170)"
+    else fail "$name: exit $rc, $n_err error lines, want '$want': $(head -c 600 "$TMP/out")"; fi
+}

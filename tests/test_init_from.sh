@@ -65,15 +65,6 @@ step0 "$TMP/pc2" > "$TMP/got"
 agree "pcmoe over MPI from pcmoe" "$TMP/want_p" "$TMP/got"
 
 # refusals: one error line, a non-zero exit
-refused() {
-    name=$1 want=$2
-    shift 2
-    "$@" >"$TMP/out" 2>&1
-    rc=$?
-    n_err=$(grep -c "pcmoe: error:" "$TMP/out")
-    if [ "$rc" -ne 0 ] && [ "$n_err" -eq 1 ] && grep "pcmoe: error:" "$TMP/out" | grep -qF -- "$want"; then ok "$name: $(grep "pcmoe: error:" "$TMP/out" | cut -c1-170)"
-    else fail "$name: exit $rc, $n_err error lines, want '$want': $(head -c 600 "$TMP/out")"; fi
-}
 refused "another model" "model.d_model: checkpoint 32, config 64" mpi 3 train "$TMP/p3.ini" --set model.d_model=64 --set train.init_from="$src" --set run.dir="$TMP/x1"
 refused "not a checkpoint" "train.init_from = $TMP/central: not a complete checkpoint directory" mpi 3 train "$TMP/p3.ini" --set train.init_from="$TMP/central" --set run.dir="$TMP/x2"
 mpi 3 train "$TMP/p3.ini" --set parties.mode=local --set train.steps=2 --set train.warmup_steps=0 --set checkpoint.every=2 --set run.dir="$TMP/lsrc" >/dev/null 2>&1 || fail "local source run failed"

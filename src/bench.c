@@ -1,0 +1,282 @@
+// bench.c: multiple-choice benchmarks: task files, scoring by log-likelihood, accuracy (see bench.h).
+#include "bench.h"
+
+#include <errno.h>  // errno
+#include <stdio.h>  // FILE, getline
+#include <stdlib.h> // free, strtol
+#include <string.h> // memcpy, memset, strncmp, strerror
+
+#include "backend.h" // Backend (sync before the host reads the losses)
+#include "util.h"    // mallocCheck, error_set
+
+// A growable byte string.
+typedef struct {
+    uint8_t *b;
+    int n, cap;
+} Bytes;
+
+static void bytes_put(Bytes *s, uint8_t c) {
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 64;
+        uint8_t *nb = realloc(s->b, (size_t)s->cap);
+        if (!nb) fail("out of memory reading a task file");
+        s->b = nb;
+    }
+    s->b[s->n++] = c;
+}
+
+static void bytes_utf8(Bytes *s, unsigned cp) {
+    if (cp < 0x80) bytes_put(s, (uint8_t)cp);
+    else if (cp < 0x800) { bytes_put(s, (uint8_t)(0xC0 | cp >> 6)); bytes_put(s, (uint8_t)(0x80 | (cp & 0x3F))); }
+    else if (cp < 0x10000) {
+        bytes_put(s, (uint8_t)(0xE0 | cp >> 12));
+        bytes_put(s, (uint8_t)(0x80 | (cp >> 6 & 0x3F)));
+        bytes_put(s, (uint8_t)(0x80 | (cp & 0x3F)));
+    } else {
+        bytes_put(s, (uint8_t)(0xF0 | cp >> 18));
+        bytes_put(s, (uint8_t)(0x80 | (cp >> 12 & 0x3F)));
+        bytes_put(s, (uint8_t)(0x80 | (cp >> 6 & 0x3F)));
+        bytes_put(s, (uint8_t)(0x80 | (cp & 0x3F)));
+    }
+}
+
+static const char *skip_ws(const char *p) {
+    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+    return p;
+}
+
+static int hex4(const char *p, unsigned *v) {
+    *v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return 1;
+        *v = *v * 16 + (unsigned)d;
+    }
+    return 0;
+}
+
+// A JSON string at *p (after whitespace) into out (UTF-8 bytes); advances *p. Returns 0, or 1.
+static int json_string(const char **p, Bytes *out) {
+    const char *s = skip_ws(*p);
+    if (*s != '"') return 1;
+    for (s++; *s != '"'; s++) {
+        if (!*s) return 1;
+        if (*s != '\\') { bytes_put(out, (uint8_t)*s); continue; }
+        s++;
+        switch (*s) {
+        case '"': case '\\': case '/': bytes_put(out, (uint8_t)*s); break;
+        case 'b': bytes_put(out, '\b'); break;
+        case 'f': bytes_put(out, '\f'); break;
+        case 'n': bytes_put(out, '\n'); break;
+        case 'r': bytes_put(out, '\r'); break;
+        case 't': bytes_put(out, '\t'); break;
+        case 'u': {
+            unsigned cp, lo;
+            if (hex4(s + 1, &cp)) return 1;
+            s += 4;
+            if (cp >= 0xD800 && cp < 0xDC00 && s[1] == '\\' && s[2] == 'u' && !hex4(s + 3, &lo) && lo >= 0xDC00 && lo < 0xE000) {
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                s += 6;
+            }
+            bytes_utf8(out, cp);
+            break;
+        }
+        default: return 1;
+        }
+    }
+    *p = s + 1;
+    return 0;
+}
+
+// Skips a JSON scalar (string, number, true, false, null) or an array of them. Returns 0, or 1.
+static int json_skip(const char **p) {
+    const char *s = skip_ws(*p);
+    Bytes tmp = {0};
+    int bad = 0;
+    if (*s == '"') bad = json_string(&s, &tmp);
+    else if (*s == '[') {
+        s = skip_ws(s + 1);
+        while (!bad && *s != ']') {
+            bad = json_skip(&s);
+            s = skip_ws(s);
+            if (*s == ',') s = skip_ws(s + 1);
+            else if (*s != ']') bad = 1;
+        }
+        s++;
+    } else {
+        const char *start = s;
+        while (*s && *s != ',' && *s != '}' && *s != ']' && *s != ' ') s++;
+        bad = s == start;
+    }
+    free(tmp.b);
+    *p = s;
+    return bad;
+}
+
+// One task line: the query, the choices (appended to *choices, *n_choices of them) and gold.
+static int parse_line(const char *line, Bytes *query, Bytes **choices, int *n_choices, long *gold, char *why, size_t len) {
+    const char *p = skip_ws(line);
+    int have_query = 0, have_choices = 0, have_gold = 0;
+    if (*p != '{') return error_set(why, len, "not a JSON object");
+    p = skip_ws(p + 1);
+    while (*p != '}') {
+        Bytes key = {0};
+        if (json_string(&p, &key)) { free(key.b); return error_set(why, len, "expected a key"); }
+        p = skip_ws(p);
+        if (*p != ':') { free(key.b); return error_set(why, len, "expected ':' after a key"); }
+        p++;
+        int is = 0;
+        if (key.n == 5 && !strncmp((char *)key.b, "query", 5)) is = 1;
+        else if (key.n == 7 && !strncmp((char *)key.b, "choices", 7)) is = 2;
+        else if (key.n == 4 && !strncmp((char *)key.b, "gold", 4)) is = 3;
+        free(key.b);
+        if (is == 1) {
+            query->n = 0;
+            if (json_string(&p, query)) return error_set(why, len, "\"query\": not a string");
+            have_query = 1;
+        } else if (is == 2) {
+            p = skip_ws(p);
+            if (*p != '[') return error_set(why, len, "\"choices\": not an array");
+            p = skip_ws(p + 1);
+            while (*p != ']') {
+                *choices = realloc(*choices, sizeof(Bytes) * (size_t)(*n_choices + 1));
+                if (!*choices) fail("out of memory reading a task file");
+                Bytes *c = &(*choices)[(*n_choices)++];
+                memset(c, 0, sizeof *c);
+                if (json_string(&p, c)) return error_set(why, len, "\"choices\": not an array of strings");
+                p = skip_ws(p);
+                if (*p == ',') p = skip_ws(p + 1);
+                else if (*p != ']') return error_set(why, len, "\"choices\": expected ',' or ']'");
+            }
+            p++;
+            have_choices = 1;
+        } else if (is == 3) {
+            char *end;
+            *gold = strtol(skip_ws(p), &end, 10);
+            if (end == skip_ws(p)) return error_set(why, len, "\"gold\": not an integer");
+            p = end;
+            have_gold = 1;
+        } else if (json_skip(&p)) {
+            return error_set(why, len, "a value that is not a string, number or array of them");
+        }
+        p = skip_ws(p);
+        if (*p == ',') p = skip_ws(p + 1);
+        else if (*p != '}') return error_set(why, len, "expected ',' or '}'");
+    }
+    if (!have_query || !have_choices || !have_gold)
+        return error_set(why, len, "needs \"query\", \"choices\" and \"gold\"");
+    if (*n_choices < 2) return error_set(why, len, "\"choices\": %d choice(s); at least 2", *n_choices);
+    if (*gold < 0 || *gold >= *n_choices) return error_set(why, len, "\"gold\" = %ld: not a choice index (0 to %d)", *gold, *n_choices - 1);
+    return 0;
+}
+
+int bench_load(BenchTask *t, const char *path, char *err, size_t len) {
+    memset(t, 0, sizeof *t);
+    FILE *f = fopen(path, "r");
+    if (!f) return error_set(err, len, "%s: cannot read task: %s", path, strerror(errno));
+    char *line = NULL, why[256];
+    size_t cap = 0;
+    int lineno = 0, rc = 0, item_cap = 0, pair_cap = 0;
+    Bytes query = {0};
+    while (!rc && getline(&line, &cap, f) >= 0) {
+        lineno++;
+        if (*skip_ws(line) == '\0') continue;
+        Bytes *choices = NULL;
+        int n_choices = 0;
+        long gold = -1;
+        if (parse_line(line, &query, &choices, &n_choices, &gold, why, sizeof why)) rc = error_set(err, len, "%s:%d: %s", path, lineno, why);
+        if (!rc) {
+            if (t->n_items + 2 > item_cap) {
+                item_cap = item_cap ? 2 * item_cap : 256;
+                t->gold = realloc(t->gold, sizeof(int) * (size_t)item_cap);
+                t->first = realloc(t->first, sizeof(int) * (size_t)(item_cap + 1));
+                if (!t->gold || !t->first) fail("out of memory reading a task file");
+            }
+            t->gold[t->n_items] = (int)gold;
+            t->first[t->n_items] = t->n_pairs;
+            for (int j = 0; j < n_choices; j++) {
+                if (t->n_pairs == pair_cap) {
+                    pair_cap = pair_cap ? 2 * pair_cap : 1024;
+                    t->text = realloc(t->text, sizeof(uint8_t *) * (size_t)pair_cap);
+                    t->text_len = realloc(t->text_len, sizeof(int) * (size_t)pair_cap);
+                    t->cont_len = realloc(t->cont_len, sizeof(int) * (size_t)pair_cap);
+                    if (!t->text || !t->text_len || !t->cont_len) fail("out of memory reading a task file");
+                }
+                int cont = 1 + choices[j].n, n = query.n + cont;
+                uint8_t *s = mallocCheck((size_t)n);
+                memcpy(s, query.b, (size_t)query.n);
+                s[query.n] = ' ';
+                memcpy(s + query.n + 1, choices[j].b, (size_t)choices[j].n);
+                t->text[t->n_pairs] = s;
+                t->text_len[t->n_pairs] = n;
+                t->cont_len[t->n_pairs] = cont;
+                t->n_pairs++;
+            }
+            t->n_items++;
+            t->first[t->n_items] = t->n_pairs;
+        }
+        for (int j = 0; j < n_choices; j++) free(choices[j].b);
+        free(choices);
+    }
+    free(line);
+    free(query.b);
+    int bad = ferror(f);
+    fclose(f);
+    if (!rc && bad) rc = error_set(err, len, "%s: read error", path);
+    if (!rc && t->n_items == 0) rc = error_set(err, len, "%s: no task items", path);
+    if (rc) bench_free(t);
+    return rc;
+}
+
+void bench_free(BenchTask *t) {
+    for (int i = 0; i < t->n_pairs; i++) free(t->text[i]);
+    free(t->text); free(t->text_len); free(t->cont_len); free(t->gold); free(t->first);
+    memset(t, 0, sizeof *t);
+}
+
+void bench_score(Model *m, const BenchTask *t, uint8_t *tok, uint8_t *tgt, double *loglik) {
+    int B = m->B, T = m->T;
+    int *from = mallocCheck(sizeof(int) * (size_t)B), *to = mallocCheck(sizeof(int) * (size_t)B);
+    for (int p0 = 0; p0 < t->n_pairs; p0 += B) {
+        memset(tok, 0, (size_t)B * T);
+        memset(tgt, 0, (size_t)B * T);
+        for (int s = 0; s < B; s++) { // sequence s: pair p0 + s, at the start of its row (later bytes are padding)
+            from[s] = to[s] = 0;
+            int i = p0 + s;
+            if (i >= t->n_pairs) continue;
+            int L = t->text_len[i], n = L - 1 < T ? L - 1 : T; // inputs w[0 .. n-1], targets w[1 .. n]
+            if (n <= 0) continue;
+            const uint8_t *w = t->text[i] + (L - 1 - n);
+            memcpy(tok + (size_t)s * T, w, (size_t)n);
+            memcpy(tgt + (size_t)s * T, w + 1, (size_t)n);
+            int scored = t->cont_len[i] < n ? t->cont_len[i] : n; // the last `scored` targets are the continuation's
+            from[s] = n - scored;
+            to[s] = n;
+        }
+        model_forward(m, tok, tgt);
+        m->be->sync(); // (the host reads the per-position losses)
+        for (int s = 0; s < B && p0 + s < t->n_pairs; s++) {
+            double ll = 0.0;
+            for (int pos = from[s]; pos < to[s]; pos++) ll -= m->losses[(size_t)s * T + pos];
+            loglik[p0 + s] = ll;
+        }
+    }
+    free(from);
+    free(to);
+}
+
+void bench_accuracy(const BenchTask *t, const double *loglik, double *acc, double *acc_norm) {
+    int right = 0, right_norm = 0;
+    for (int i = 0; i < t->n_items; i++) {
+        int best = -1, best_norm = -1;
+        for (int j = t->first[i]; j < t->first[i + 1]; j++) {
+            if (best < 0 || loglik[j] > loglik[best]) best = j;
+            if (best_norm < 0 || loglik[j] / t->cont_len[j] > loglik[best_norm] / t->cont_len[best_norm]) best_norm = j;
+        }
+        right += best - t->first[i] == t->gold[i];
+        right_norm += best_norm - t->first[i] == t->gold[i];
+    }
+    *acc = (double)right / t->n_items;
+    *acc_norm = (double)right_norm / t->n_items;
+}

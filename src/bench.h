@@ -1,0 +1,38 @@
+// bench.h: multiple-choice benchmarks (pcmoe bench). Each choice is scored by the log-likelihood of its
+// bytes given the question, as lm-evaluation-harness scores multiple-choice tasks:
+//   context      = query                      (the task's text, e.g. "Question: ...?")
+//   continuation = " " + choice               (one space, then the choice)
+//   loglik       = sum over the continuation's bytes of log p(byte | everything before it)
+// The model sees the last seq_len + 1 bytes of context + continuation (longer texts lose the start of
+// the question; a continuation longer than seq_len is scored on its last seq_len bytes).
+//   acc      = share of items whose highest-loglik choice is the gold one
+//   acc_norm = the same with loglik divided by the continuation's length in bytes
+// Ties go to the lower choice index.
+#ifndef PCMOE_BENCH_H
+#define PCMOE_BENCH_H
+
+#include <stddef.h> // size_t
+#include <stdint.h> // uint8_t
+
+#include "model.h"  // Model
+
+// A task file: JSON lines {"query": "...", "choices": ["...", ...], "gold": i} (other keys ignored).
+typedef struct {
+    int n_items, n_pairs; // questions, and (question, choice) pairs
+    int *gold;            // (n_items) index of the right choice
+    int *first;           // (n_items + 1) item i's pairs are first[i] .. first[i + 1] - 1
+    uint8_t **text;       // (n_pairs) context + continuation bytes
+    int *text_len;        // (n_pairs)
+    int *cont_len;        // (n_pairs) bytes of the continuation (the last cont_len bytes of text)
+} BenchTask;
+
+// Reads a task file. Returns 0, or 2 with "FILE:LINE: what is wrong" in err.
+int bench_load(BenchTask *t, const char *path, char *err, size_t len);
+void bench_free(BenchTask *t);
+// loglik (n_pairs) of every pair under model m, m->B sequences per forward pass (a pass for every
+// m->B pairs: parties in pcmoe over MPI run the same number of passes). tok, tgt: (m->B, m->T) scratch.
+void bench_score(Model *m, const BenchTask *t, uint8_t *tok, uint8_t *tgt, double *loglik);
+// acc and acc_norm (see above) from the pairs' log-likelihoods.
+void bench_accuracy(const BenchTask *t, const double *loglik, double *acc, double *acc_norm);
+
+#endif
