@@ -20,10 +20,9 @@
 #include <stdlib.h> // strtol, free
 #include <string.h> // strcmp, memset
 
-#include "ckpt.h"     // ckpt_read_tensor
+#include "ckpt.h"     // ckpt_read_weights
 #include "config.h"   // Config, config_load
 #include "data.h"     // Dataset
-#include "exchange.h" // exchange_owner
 #include "model.h"    // Model
 #include "util.h"     // mallocCheck, fail, error_set, write_file_atomic
 
@@ -38,19 +37,6 @@ typedef struct {
 static int usage_error(const char *msg) {
     fprintf(stderr, "pcmoe: error: attack: %s\n(usage: pcmoe attack CONFIG --checkpoint DIR --records DIR --attacker A --victim V [--white-box] [--json FILE])\n", msg);
     return 2;
-}
-
-// Fills the whole model: backbone from `backbone_file`, each expert from its owner's file in ckpt_dir.
-static int load_weights(Model *m, const Config *c, const char *ckpt_dir, const char *backbone_file, char *err, size_t len) {
-    for (int i = 0; i < m->n_tensors; i++) {
-        const ParamTensor *t = &m->tensors[i];
-        char file[4200], dataset[256];
-        if (t->expert >= 0) snprintf(file, sizeof file, "%s/party_%d.h5", ckpt_dir, exchange_owner(t->expert, c->n_parties));
-        else snprintf(file, sizeof file, "%s", backbone_file);
-        snprintf(dataset, sizeof dataset, "/%s/%s", t->expert >= 0 ? "experts" : "backbone", t->name);
-        if (ckpt_read_tensor(file, dataset, m->params + t->offset, t->rows, t->cols, err, len)) return 2;
-    }
-    return 0;
 }
 
 // Reads the blocks of a record file for (layer, peer); appends up to `max` rows of `width` elements.
@@ -171,9 +157,10 @@ int attack_main(int argc, char **argv) {
     int B = c->batch_size, T = c->seq_len, d = c->d_model, N = B * T;
     Model m;
     model_create(&m, &mc, NULL, 1, B, T);
-    char backbone[4200];
-    snprintf(backbone, sizeof backbone, "%s/party_%d.h5", a.ckpt_dir, a.white_box ? a.victim : a.attacker);
-    if (load_weights(&m, c, a.ckpt_dir, backbone, err, sizeof err)) { fprintf(stderr, "pcmoe: error: %s\n", err); return 2; }
+    if (ckpt_read_weights(&m, a.ckpt_dir, a.white_box ? a.victim : a.attacker, 0, c->n_parties, err, sizeof err)) {
+        fprintf(stderr, "pcmoe: error: %s\n", err);
+        return 2;
+    }
     Dataset ds;
     if (data_load(&ds, c->data_path[a.attacker], c->val_fraction, T, 12345, err, sizeof err)) { fprintf(stderr, "pcmoe: error: %s\n", err); return 2; }
 

@@ -43,6 +43,12 @@ int ckpt_peek(const char *path, char *config_text, size_t text_len, int *step, i
 
 // Reads one float32 dataset (rows x cols; cols 1 = a vector) of a checkpoint file, checked like a load.
 int ckpt_read_tensor(const char *path, const char *dataset, float *out, int rows, int cols, char *err, size_t len);
+// Reads the weights of every tensor model m holds from checkpoint step directory dir, one dataset at a
+// time into m's own buffers: backbone tensors (unless experts_only) from DIR/party_<backbone_party>.h5,
+// expert e from the file of the party that held it when the pool was sharded over expert_parties parties
+// (exchange_owner; 1: every expert in party_0.h5). Returns 0, or 2 with the file and dataset named in err.
+int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts_only, int expert_parties, char *err,
+                      size_t len);
 
 // RUN/checkpoints/step_NNNNNNNN
 void ckpt_step_dir(char *out, size_t len, const char *run_dir, int step);

@@ -19,7 +19,7 @@
 #include "autoconfig.h"   // HAVE_OPENBLAS_*
 #include "backend.h"      // Backend, backend_cpu, backend_cuda_open
 #include "bench.h"        // BenchTask, bench_load, bench_score, bench_accuracy
-#include "ckpt.h"         // ckpt_save, ckpt_load, ckpt_latest
+#include "ckpt.h"         // ckpt_save, ckpt_load, ckpt_latest, ckpt_read_weights
 #include "exchange.h"     // Exchange
 #include "metrics.h"      // Metrics, StepStats
 #include "util.h"         // fail, fail_usage, now_seconds, mallocCheck
@@ -574,22 +574,6 @@ static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t
     return rc;
 }
 
-// Reads every tensor of model m from checkpoint directory dir: backbone tensors (unless experts_only) from
-// party_<backbone_party>.h5, each expert from the file of the source party that held it (pooled: party
-// e % src_parties, else party 0). One dataset at a time, into the model's own buffers.
-static int init_model_from(Model *m, const char *dir, int backbone_party, int experts_only, int pooled, int src_parties,
-                           char *err, size_t len) {
-    for (int i = 0; i < m->n_tensors; i++) {
-        const ParamTensor *t = &m->tensors[i];
-        if (experts_only && t->expert < 0) continue;
-        char file[CONFIG_PATH_LEN + 96], dataset[160];
-        party_file(file, sizeof file, dir, t->expert < 0 ? backbone_party : pooled ? exchange_owner(t->expert, src_parties) : 0);
-        snprintf(dataset, sizeof dataset, "/%s/%s", t->expert < 0 ? "backbone" : "experts", t->name);
-        if (ckpt_read_tensor(file, dataset, m->params + t->offset, t->rows, t->cols, err, len)) return 2;
-    }
-    return 0;
-}
-
 // train.init_from: this process's models start from the weights of the checkpoint in DIR, whose run had
 // the same model keys: a centralized or single-party run (every party from party 0's file), or a pcmoe run
 // of the same parties (each party from its own backbone; each expert from the party that held it). Only
@@ -620,10 +604,11 @@ static int init_weights_from(Run *r, char *err, size_t len) {
     free(src);
     if (rc) return rc;
     r->be->sync(); // (the host writes the models' buffers)
-    if (c->mode == MODE_CENTRALIZED) return init_model_from(&r->central, dir, 0, 0, pooled, Ps, err, len);
-    if (r->pool.n_tensors && init_model_from(&r->pool, dir, 0, 1, pooled, Ps, err, len)) return 2;
+    int shards = pooled ? Ps : 1; // (the source's experts: in party_0.h5, or with their owners)
+    if (c->mode == MODE_CENTRALIZED) return ckpt_read_weights(&r->central, dir, 0, 0, shards, err, len);
+    if (r->pool.n_tensors && ckpt_read_weights(&r->pool, dir, 0, 1, shards, err, len)) return 2;
     for (int q = 0; q < r->n; q++)
-        if (init_model_from(&r->party[q].model, dir, pooled ? r->party[q].party : 0, 0, pooled, Ps, err, len)) return 2;
+        if (ckpt_read_weights(&r->party[q].model, dir, pooled ? r->party[q].party : 0, 0, shards, err, len)) return 2;
     if (r->comm->rank == 0) fprintf(stderr, "pcmoe: starting from the weights of %s (its step %d); AdamW state fresh\n", dir, step);
     return 0;
 }
@@ -739,8 +724,8 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
         }
         if (!rc) rc = checkpoint_load(r, dir, &start, err, sizeof err);
         if (!rc && r->simulate && c->mode == MODE_PCMOE) { // the other parties' backbones, and every expert
-            for (int q = 1; q < r->n && !rc; q++) rc = init_model_from(&r->party[q].model, dir, q, 0, 1, P, err, sizeof err);
-            if (!rc) rc = init_model_from(&r->pool, dir, 0, 1, 1, P, err, sizeof err);
+            for (int q = 1; q < r->n && !rc; q++) rc = ckpt_read_weights(&r->party[q].model, dir, q, 0, P, err, sizeof err);
+            if (!rc) rc = ckpt_read_weights(&r->pool, dir, 0, 1, P, err, sizeof err);
         }
         stop_if_any_failed(comm, rc, err);
         if (comm->rank == 0 && ignored[0]) fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);
