@@ -1,5 +1,6 @@
 // main.c: the pcmoe command line: `pcmoe train CONFIG [--set section.key=value ...] [--force]`, `pcmoe eval`,
-// `pcmoe bench`, `pcmoe attack`, `pcmoe info`, `pcmoe keys`, `pcmoe --help`, `pcmoe --version`.
+// `pcmoe bench`, `pcmoe generate`, `pcmoe attack`, `pcmoe info`, `pcmoe keys`, `pcmoe --help`, `pcmoe --version`.
+#include <errno.h>  // errno
 #include <mpi.h>    // MPI_Init, MPI_Comm_size
 #include <stdio.h>  // printf
 #include <stdlib.h> // exit
@@ -41,6 +42,15 @@ static void usage(FILE *f) {
             "      arc_easy.jsonl) with every party's model: each choice by the log-likelihood of \" \" + choice\n"
             "      after the query. Prints acc and acc_norm (log-likelihood per byte) per party; --json OUT also\n"
             "      writes them, with every choice's log-likelihood for the parties on rank 0.\n"
+            "  [mpirun -np N] pcmoe generate CONFIG.ini --checkpoint DIR (--prompt TEXT | --prompt-file FILE)\n"
+            "                    [--party P] [--max-new N] [--temperature T] [--top-k K] [--seed S] [--json OUT]\n"
+            "                    [--no-cache] [--simulate] [--audit FILE] [--set ...]\n"
+            "      Continue the prompt with party P's model (default 0): its backbone and router sample, on the CPU,\n"
+            "      with a KV cache (one position per new byte); in pcmoe over MPI the other parties serve their\n"
+            "      experts through the exchange and see only the rows routed to them. Prints prompt + text on\n"
+            "      stdout. --max-new bytes (200), --temperature (0.8; 0 = most probable byte), --top-k (0 = all),\n"
+            "      --seed (1): the same seed gives the same text. --json OUT: each byte, its log-probability and\n"
+            "      context length. --no-cache: recompute every context whole (the cache's reference; slow).\n"
             "  pcmoe attack CONFIG --checkpoint DIR --records DIR --attacker A --victim V [--white-box]\n"
             "                    [--json FILE]\n"
             "      Reconstruction study: can party A recover party V's bytes from the rows it received? (rows\n"
@@ -67,13 +77,28 @@ typedef struct {
     char **sets; // (n_sets) "section.key=value" overrides, pointing into argv
     int n_sets;
     TrainOptions opt;
+    GenerateOptions gen; // pcmoe generate's options (opt.gen points here)
 } TrainArgs;
 
-// Parses the arguments after "train", "eval" or "bench" (cmd). Returns -1 to go on, or an exit status (0
+// A number option's value: a whole number in [lo, hi] (the option's name in errors). Returns 0, or 2.
+static int parse_long(const char *opt, const char *v, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (!*v || *end || errno || n < lo || n > hi) {
+        fprintf(stderr, "pcmoe: error: %s %s: not a whole number in [%ld, %ld]\n", opt, v, lo, hi);
+        return 2;
+    }
+    *out = n;
+    return 0;
+}
+
+// Parses the arguments after "train", "eval", "bench" or "generate" (cmd). Returns -1 to go on, or an exit status (0
 // after --help, 2 on error).
 static int parse_train_args(TrainArgs *a, int argc, char **argv, const char *cmd) {
-    int eval = strcmp(cmd, "train") != 0, bench = !strcmp(cmd, "bench");
+    int eval = strcmp(cmd, "train") != 0, bench = !strcmp(cmd, "bench"), gen = !strcmp(cmd, "generate");
     memset(a, 0, sizeof *a);
+    a->gen = (GenerateOptions){.party = 0, .max_new = 200, .temperature = 0.8f, .top_k = 0, .seed = 1};
     a->sets = mallocCheck(sizeof(char *) * (size_t)argc);
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--set")) {
@@ -103,6 +128,32 @@ static int parse_train_args(TrainArgs *a, int argc, char **argv, const char *cmd
             if (!strcmp(argv[i], "--task")) a->opt.bench_task = argv[i + 1];
             else a->opt.bench_json = argv[i + 1];
             i++;
+        } else if (gen && !strcmp(argv[i], "--no-cache")) {
+            a->gen.no_cache = 1;
+        } else if (gen && (!strcmp(argv[i], "--party") || !strcmp(argv[i], "--prompt") || !strcmp(argv[i], "--prompt-file") ||
+                           !strcmp(argv[i], "--max-new") || !strcmp(argv[i], "--temperature") || !strcmp(argv[i], "--top-k") ||
+                           !strcmp(argv[i], "--seed") || !strcmp(argv[i], "--json"))) {
+            if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: %s needs a value\n", argv[i]); return 2; }
+            const char *opt = argv[i], *v = argv[++i];
+            long n = 0;
+            if (!strcmp(opt, "--prompt")) a->gen.prompt = v;
+            else if (!strcmp(opt, "--prompt-file")) a->gen.prompt_file = v;
+            else if (!strcmp(opt, "--json")) a->gen.json = v;
+            else if (!strcmp(opt, "--party")) { if (parse_long(opt, v, 0, CONFIG_MAX_PARTIES - 1, &n)) return 2; a->gen.party = (int)n; }
+            else if (!strcmp(opt, "--max-new")) { if (parse_long(opt, v, 1, 1000000, &n)) return 2; a->gen.max_new = (int)n; }
+            else if (!strcmp(opt, "--top-k")) { if (parse_long(opt, v, 0, 256, &n)) return 2; a->gen.top_k = (int)n; }
+            else if (!strcmp(opt, "--seed")) {
+                char *end;
+                errno = 0;
+                unsigned long long sd = strtoull(v, &end, 10);
+                if (!*v || *end || errno || v[0] == '-') { fprintf(stderr, "pcmoe: error: --seed %s: not a whole number >= 0\n", v); return 2; }
+                a->gen.seed = sd;
+            } else {
+                char *end;
+                double t = strtod(v, &end);
+                if (!*v || *end || !(t >= 0.0 && t <= 100.0)) { fprintf(stderr, "pcmoe: error: --temperature %s: not a number in [0, 100]\n", v); return 2; }
+                a->gen.temperature = (float)t;
+            }
         } else if (!strcmp(argv[i], "--audit")) {
             if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: --audit needs a FILE\n"); return 2; }
             a->opt.audit_path = argv[++i];
@@ -121,6 +172,11 @@ static int parse_train_args(TrainArgs *a, int argc, char **argv, const char *cmd
     }
     if (!a->config_path) { fprintf(stderr, "pcmoe: error: %s needs a CONFIG.ini (try pcmoe --help)\n", cmd); return 2; }
     if (eval && !a->opt.eval_dir) { fprintf(stderr, "pcmoe: error: %s needs --checkpoint DIR (a checkpoint step directory)\n", cmd); return 2; }
+    if (gen && !a->gen.prompt == !a->gen.prompt_file) {
+        fprintf(stderr, "pcmoe: error: generate needs one of --prompt TEXT or --prompt-file FILE\n");
+        return 2;
+    }
+    if (gen) a->opt.gen = &a->gen;
     if (bench && !a->opt.bench_task) { fprintf(stderr, "pcmoe: error: bench needs --task FILE.jsonl (a multiple-choice task)\n"); return 2; }
     if (!eval && a->opt.eval_dir) { fprintf(stderr, "pcmoe: error: --checkpoint belongs to pcmoe eval; train resumes with --resume\n"); return 2; }
     if (a->opt.resume && a->opt.force) { fprintf(stderr, "pcmoe: error: --resume and --force exclude each other\n"); return 2; }
@@ -142,7 +198,7 @@ int main(int argc, char **argv) {
         if (argc != 3) { fprintf(stderr, "pcmoe: error: info needs one PATH (a checkpoint file, step directory or run directory)\n"); return 2; }
         return info_run(argv[2]);
     }
-    if (strcmp(cmd, "train") != 0 && strcmp(cmd, "eval") != 0 && strcmp(cmd, "bench") != 0) {
+    if (strcmp(cmd, "train") != 0 && strcmp(cmd, "eval") != 0 && strcmp(cmd, "bench") != 0 && strcmp(cmd, "generate") != 0) {
         fprintf(stderr, "pcmoe: error: unknown command '%s' (try pcmoe --help)\n", cmd);
         return 2;
     }
@@ -163,6 +219,12 @@ int main(int argc, char **argv) {
         free(c);
         free(args.sets);
         fail_usage(2, bad == comm.rank ? 1 : -1, "%s", err);
+    }
+    if (args.opt.gen) { // generation: one sequence, on the CPU, recording nothing
+        if (c->device != DEVICE_CPU && comm.rank == 0) fprintf(stderr, "pcmoe: note: generate runs on the CPU (run.device = %s ignored)\n", DEVICE_NAMES[c->device]);
+        c->device = DEVICE_CPU;
+        c->batch_size = 1;
+        c->record_dir[0] = '\0';
     }
     rc = train_run(c, &comm, &args.opt);
     comm_free(&comm);

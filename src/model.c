@@ -1,7 +1,10 @@
 // model.c: parameter layout, initialisation, forward and backward of the whole model (CPU, fp32).
 #include "model.h"
 
-#include <math.h>   // sqrtf
+#include <math.h>   // sqrtf, expf, INFINITY
+#ifdef _OPENMP
+#include <omp.h>    // omp_get_max_threads, omp_get_thread_num
+#endif
 #include <stdio.h>  // snprintf
 #include <stdlib.h> // free
 #include <string.h> // memset, strcmp
@@ -401,6 +404,128 @@ void model_mark_active(Model *m) {
         int rows = m->ex ? exchange_expert_rows(m->ex, t->layer, t->expert) : m->acts[t->layer].moe.counts[t->expert];
         m->active[i] = rows > 0;
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Generation with a KV cache (see model.h). The layer sequence is model_forward's; only attention differs,
+// reading the keys and values of earlier positions from the cache.
+
+void model_cache_create(KvCache *kv, const Model *m) {
+    const ModelConfig *c = &m->cfg;
+    if (m->be->device) fail("internal: generation runs on the CPU backend");
+    size_t T = (size_t)m->T, d = c->d, L = c->n_layers;
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    memset(kv, 0, sizeof *kv);
+    kv->cap = (int)T;
+    kv->k = callocCheck(L * T * d, sizeof(float));
+    kv->v = callocCheck(L * T * d, sizeof(float));
+    kv->x = callocCheck(T * d, sizeof(float));
+    kv->xm = callocCheck(T * d, sizeof(float));
+    kv->ln = callocCheck(T * d, sizeof(float));
+    kv->rstd = callocCheck(T, sizeof(float));
+    kv->qkv = callocCheck(T * 3 * d, sizeof(float));
+    kv->atty = callocCheck(T * d, sizeof(float));
+    kv->tmp = callocCheck(T * d, sizeof(float));
+    int dense = 0;
+    for (int l = 0; l < c->n_layers; l++) dense |= !model_layer_is_moe(c, l);
+    if (dense) {
+        kv->h = callocCheck(T * c->d_ff, sizeof(float));
+        kv->u = callocCheck(T * c->d_ff, sizeof(float));
+        kv->a = callocCheck(T * c->d_ff, sizeof(float));
+    }
+    kv->scores = callocCheck((size_t)threads * T, sizeof(float));
+}
+
+void model_cache_free(KvCache *kv) {
+    float *bufs[] = {kv->k, kv->v, kv->x, kv->xm, kv->ln, kv->rstd, kv->qkv, kv->atty, kv->tmp, kv->h, kv->u, kv->a, kv->scores};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    memset(kv, 0, sizeof *kv);
+}
+
+// Causal attention of n new rows at positions p0 .. p0 + n - 1 over the cached keys K and values V (cap, d)
+// of positions 0 .. p0 + n - 1 (the new rows' own already appended). qkv (n, 3d): the rows' queries in
+// its first d columns. out (n, d). scores: (threads, cap).
+static void attention_cached(float *out, const float *qkv, const float *K, const float *V, int n, int p0, int H, int hs,
+                             float *scores, int cap, double *flops) {
+    int d = H * hs;
+    float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel
+    {
+        int id = 0;
+#ifdef _OPENMP
+        id = omp_get_thread_num();
+#endif
+        float *S = scores + (size_t)id * cap;
+#pragma omp for collapse(2) schedule(static)
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < H; h++) {
+                int last = p0 + i; // keys 0 .. last
+                const float *q = qkv + (size_t)i * 3 * d + h * hs;
+                float maxv = -INFINITY, sum = 0.0f;
+                for (int u = 0; u <= last; u++) {
+                    const float *k = K + (size_t)u * d + h * hs;
+                    float s = 0.0f;
+                    for (int j = 0; j < hs; j++) s += q[j] * k[j];
+                    S[u] = s * scale;
+                    maxv = S[u] > maxv ? S[u] : maxv;
+                }
+                for (int u = 0; u <= last; u++) { S[u] = expf(S[u] - maxv); sum += S[u]; }
+                float *y = out + (size_t)i * d + h * hs, inv = 1.0f / sum;
+                for (int j = 0; j < hs; j++) y[j] = 0.0f;
+                for (int u = 0; u <= last; u++) {
+                    const float *v = V + (size_t)u * d + h * hs;
+                    float p = S[u] * inv;
+                    for (int j = 0; j < hs; j++) y[j] += p * v[j];
+                }
+            }
+    }
+    for (int i = 0; i < n; i++) *flops += 2.0 * 2.0 * H * hs * (p0 + i + 1.0);
+}
+
+void model_forward_cached(Model *m, KvCache *kv, const uint8_t *tokens, int n, float *logits) {
+    const ModelConfig *c = &m->cfg;
+    const Backend *be = m->be;
+    int d = c->d, H = c->n_heads, hs = c->head_dim, half = hs / 2, p0 = kv->len;
+    if (n < 1 || p0 + n > kv->cap) fail("internal: %d positions after %d overflow a cache of %d", n, p0, kv->cap);
+    size_t nd = (size_t)n * d;
+    be->embedding_forward(kv->x, tokens, m->w.embed, n, d);
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *w = &m->w.layer[l];
+        float *K = kv->k + (size_t)l * kv->cap * d, *V = kv->v + (size_t)l * kv->cap * d;
+        // attention sub-block: xm = x + wo(attn(rope(wqkv(rmsnorm(x)))))
+        be->rmsnorm_forward(kv->ln, kv->rstd, kv->x, w->attn_norm, n, d, c->norm_eps);
+        be->matmul_forward(kv->qkv, kv->ln, w->wqkv, n, d, 3 * d, &m->flops);
+        be->rope_forward(kv->qkv, m->cos_t + (size_t)p0 * half, m->sin_t + (size_t)p0 * half, 1, n, H, hs);
+        for (int i = 0; i < n; i++) {
+            memcpy(K + (size_t)(p0 + i) * d, kv->qkv + (size_t)i * 3 * d + d, sizeof(float) * d);
+            memcpy(V + (size_t)(p0 + i) * d, kv->qkv + (size_t)i * 3 * d + 2 * d, sizeof(float) * d);
+        }
+        attention_cached(kv->atty, kv->qkv, K, V, n, p0, H, hs, kv->scores, kv->cap, &m->flops);
+        be->matmul_forward(kv->tmp, kv->atty, w->wo, n, d, d, &m->flops);
+        be->residual_forward(kv->xm, kv->x, kv->tmp, nd);
+        // FFN sub-block: x = xm + ffn(rmsnorm(xm))
+        be->rmsnorm_forward(kv->ln, kv->rstd, kv->xm, w->ffn_norm, n, d, c->norm_eps);
+        if (model_layer_is_moe(c, l)) {
+            MoeActs *a = &m->acts[l].moe; // (the model's routing buffers, for n rows)
+            a->N = n;
+            be->moe_route(a, kv->ln, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
+            a->tokens = tokens;
+            if (m->ex) exchange_forward(m->ex, l, a, expert_set(w), &m->flops);
+            else be->moe_experts_forward(a, expert_set(w), &m->flops);
+            be->moe_combine(kv->tmp, a);
+            a->N = m->B * m->T;
+        } else {
+            be->ffn_forward(kv->tmp, kv->h, kv->u, kv->a, kv->ln, w->ffn_gate, w->ffn_up, w->ffn_down, n, d, c->d_ff, &m->flops);
+        }
+        be->residual_forward(kv->x, kv->xm, kv->tmp, nd);
+    }
+    // the last position's logits
+    be->rmsnorm_forward(kv->ln, kv->rstd, kv->x + (size_t)(n - 1) * d, m->w.final_norm, 1, d, c->norm_eps);
+    be->matmul_forward(logits, kv->ln, m->w.lm_head, 1, d, c->vocab, &m->flops);
+    kv->len += n;
 }
 
 const ParamTensor *model_find_tensor(const Model *m, const char *name) {

@@ -169,6 +169,29 @@ void model_serve_backward(Model *m);
 // processed rows (its own party's or, in pcmoe, any party's).
 void model_mark_active(Model *m);
 
+// Generation (pcmoe generate): the keys (after RoPE) and values of every layer for the positions seen so
+// far, so that each new byte costs one position instead of its whole context. Host memory: generation
+// runs on the CPU backend. Positions 0 .. len-1 are held, at most cap = seq_len.
+typedef struct {
+    int len, cap;
+    float *k, *v;            // (L, cap, d) per layer: row p is position p's key / value (all heads)
+    float *x, *xm;           // (cap, d) residual stream of the rows being computed, and after attention
+    float *ln, *rstd;        // (cap, d), (cap) a RMSNorm's output
+    float *qkv;              // (cap, 3d)
+    float *atty, *tmp;       // (cap, d) attention output before wo; a sub-block's output
+    float *h, *u, *a;        // (cap, d_ff) dense FFN layers only (else NULL)
+    float *scores;           // (threads, cap) one row of attention scores per OpenMP thread
+} KvCache;
+
+void model_cache_create(KvCache *kv, const Model *m);
+void model_cache_free(KvCache *kv);
+// The forward of tokens (n) at positions kv->len .. kv->len + n - 1, attending to the cached positions and
+// to each other causally; appends their keys and values to the cache and writes the logits (V) of the
+// last one. The same layers as model_forward (MoE layers route, and in pcmoe reach their experts through
+// the exchange, every party calling it as model_serve_forward); equal to model_forward's logits at
+// those positions up to fp32 rounding. kv->len + n <= kv->cap.
+void model_forward_cached(Model *m, KvCache *kv, const uint8_t *tokens, int n, float *logits);
+
 // Finds a tensor by name; NULL if absent.
 const ParamTensor *model_find_tensor(const Model *m, const char *name);
 

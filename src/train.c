@@ -21,6 +21,7 @@
 #include "bench.h"        // BenchTask, bench_load, bench_score, bench_accuracy
 #include "ckpt.h"         // ckpt_save, ckpt_load, ckpt_latest, ckpt_read_weights
 #include "exchange.h"     // Exchange
+#include "generate.h"     // GenerateOptions, generate_text, generate_serve
 #include "metrics.h"      // Metrics, StepStats
 #include "util.h"         // fail, fail_usage, now_seconds, mallocCheck
 
@@ -677,6 +678,83 @@ static int bench_run(Run *r, const TrainOptions *opt, int step) {
     return rc ? 1 : 0;
 }
 
+// pcmoe generate: the prompting party's process samples the text (its backbone and router; in pcmoe over MPI
+// its experts' owners serve them, pass for pass); it prints the prompt and the text on stdout.
+static int generate_run(Run *r, const TrainOptions *opt, int step) {
+    const Config *c = r->c;
+    const GenerateOptions *o = opt->gen;
+    Comm *comm = r->comm;
+    int P = r->P, one_process = r->n == P && (c->mode == MODE_CENTRALIZED || r->simulate);
+    int mine = one_process || comm->party == o->party;
+    Model *m = c->mode == MODE_CENTRALIZED ? &r->central : &r->party[one_process ? o->party : 0].model;
+    char err[2048] = "";
+    // the prompt, read by the prompting party only
+    uint8_t *text = NULL;
+    int prompt_len = 0, rc = 0;
+    if (mine) {
+        size_t len = o->prompt ? strlen(o->prompt) : 0;
+        if (o->prompt_file) {
+            FILE *f = fopen(o->prompt_file, "rb");
+            if (!f) rc = error_set(err, sizeof err, "--prompt-file %s: cannot read: %s", o->prompt_file, strerror(errno));
+            else {
+                text = mallocCheck(1);
+                size_t cap = 1, got;
+                char buf[65536];
+                while ((got = fread(buf, 1, sizeof buf, f)) > 0 && len < (1u << 30)) {
+                    if (len + got > cap) { cap = 2 * (len + got); text = realloc(text, cap); if (!text) fail("out of memory reading the prompt"); }
+                    memcpy(text + len, buf, got);
+                    len += got;
+                }
+                if (ferror(f)) rc = error_set(err, sizeof err, "--prompt-file %s: read error", o->prompt_file);
+                else if (len >= (1u << 30)) rc = error_set(err, sizeof err, "--prompt-file %s: over 1 GiB", o->prompt_file);
+                fclose(f);
+            }
+        }
+        if (!rc && len == 0) rc = error_set(err, sizeof err, "%s: empty prompt; give at least one byte", o->prompt_file ? o->prompt_file : "--prompt");
+        if (!rc) {
+            uint8_t *all = mallocCheck(len + (size_t)o->max_new);
+            memcpy(all, o->prompt_file ? text : (const uint8_t *)o->prompt, len);
+            free(text);
+            text = all;
+            prompt_len = (int)len;
+        }
+    }
+    stop_if_any_failed(comm, rc, err);
+    if (mine) {
+        GenerateStep *steps = mallocCheck(sizeof(GenerateStep) * (size_t)o->max_new);
+        double t0 = now_seconds(), positions = generate_text(m, o, text, prompt_len, steps), dt = now_seconds() - t0;
+        fwrite(text, 1, (size_t)prompt_len + o->max_new, stdout);
+        printf("\n");
+        fflush(stdout);
+        fprintf(stderr, "pcmoe: party %d generated %d bytes from the checkpoint of step %d in %.2f s (%.1f bytes/s); %.0f positions "
+                "through the model (%s)\n", o->party, o->max_new, step, dt, o->max_new / (dt > 0 ? dt : 1e-9), positions,
+                o->no_cache ? "--no-cache: every context whole" : "KV cache");
+        if (o->json) {
+            FILE *f = fopen(o->json, "w");
+            if (!f) rc = error_set(err, sizeof err, "--json %s: cannot write: %s", o->json, strerror(errno));
+            else {
+                fprintf(f, "{\"party\":%d,\"step\":%d,\"prompt_bytes\":%d,\"max_new\":%d,\"temperature\":%.9g,\"top_k\":%d,"
+                        "\"seed\":%llu,\"kv_cache\":%s,\"positions\":%.0f,\"seconds\":%.6f,\"bytes\":[",
+                        o->party, step, prompt_len, o->max_new, o->temperature, o->top_k, (unsigned long long)o->seed,
+                        o->no_cache ? "false" : "true", positions, dt);
+                for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%d", j ? "," : "", steps[j].byte);
+                fprintf(f, "],\"logprobs\":[");
+                for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%.9g", j ? "," : "", steps[j].logprob);
+                fprintf(f, "],\"contexts\":[");
+                for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%d", j ? "," : "", steps[j].context);
+                fprintf(f, "]}\n");
+                if (fclose(f) != 0) rc = error_set(err, sizeof err, "--json %s: cannot write: %s", o->json, strerror(errno));
+            }
+        }
+        free(steps);
+    } else if (c->mode == MODE_PCMOE && P > 1) {
+        generate_serve(m, o); // (local, fedavg: the other parties' models take no part)
+    }
+    free(text);
+    stop_if_any_failed(comm, rc, err);
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------------------
 
 int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
@@ -687,6 +765,10 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     if (comm->size != want_ranks) // every rank sees this: rank 0 says it
         fail_usage(2, 0, "parties.count = %d, parties.mode = %s%s: needs %d MPI rank%s, the job has %d", P, MODE_NAMES[c->mode],
                    opt->simulate ? " with --simulate" : "", want_ranks, want_ranks > 1 ? "s" : "", comm->size);
+    if (opt->gen && opt->gen->party >= P)
+        fail_usage(2, 0, "--party %d: parties.count = %d: give a party from 0 to %d", opt->gen->party, P, P - 1);
+    if (opt->gen && opt->simulate && c->mode != MODE_PCMOE)
+        fail_usage(2, 0, "--simulate: parties.mode = %s has no expert exchange to simulate; run generate as training ran", MODE_NAMES[c->mode]);
     comm_setup(comm, one_process ? 1 : P);
 
     Run run = {.c = c, .comm = comm, .simulate = opt->simulate, .P = P, .n = one_process ? P : 1, .be = &backend_cpu};
@@ -701,7 +783,7 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     for (int q = 0; q < r->n; q++) r->party[q].party = one_process ? q : comm->party;
 
     // 1. each party reads its own corpus; every rank learns whether all could
-    stop_if_any_failed(comm, load_data(r, err, sizeof err), err);
+    if (!opt->gen) stop_if_any_failed(comm, load_data(r, err, sizeof err), err); // (generate reads no corpus)
     build_models(r);
     r->nan_grad_step = -1;
     if (opt->fault && !strcmp(opt->fault, "nan-grad")) r->nan_grad_step = 5; // during step 6
@@ -732,6 +814,12 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
         if (comm->rank == 0 && !opt->eval_dir) fprintf(stderr, "pcmoe: resuming from %s (step %d of %d)\n", dir, start, c->steps);
     }
     else if (c->init_from[0]) stop_if_any_failed(comm, init_weights_from(r, err, sizeof err), err);
+    if (opt->gen) {
+        int rc = generate_run(r, opt, start);
+        if (!rc && opt->audit_path) stop_if_any_failed(comm, comm_write_audit(comm, opt->audit_path, err, sizeof err), err);
+        free_run(r);
+        return rc;
+    }
     if (opt->bench_task) {
         int rc = bench_run(r, opt, start);
         free_run(r);

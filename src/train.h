@@ -6,6 +6,7 @@
 #include "comm.h"   // Comm
 #include "config.h" // Config
 #include "data.h"   // Dataset
+#include "generate.h" // GenerateOptions
 #include "model.h"  // Model
 #include "optim.h"  // OptimConfig
 
@@ -18,6 +19,7 @@ typedef struct {
     const char *eval_dir;   // pcmoe eval (and bench): load this checkpoint directory, report, stop
     const char *bench_task; // pcmoe bench: score this multiple-choice task file (bench.h) instead
     const char *bench_json; // pcmoe bench: also write the results here (NULL: no)
+    const GenerateOptions *gen; // pcmoe generate: sample text from the checkpoint eval_dir (NULL: not generate)
     const char *fault;      // test hook: "counts", "foreign" or "nan": the last party misbehaves as a peer
 } TrainOptions;
 

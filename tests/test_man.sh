@@ -9,7 +9,7 @@ command -v groff >/dev/null || { [ "${PCMOE_REQUIRE_TORCH:-0}" = 1 ] && { fail "
 warn=$(groff -man -Tutf8 -ww -z "$page" 2>&1)
 [ -z "$warn" ] && ok "pcmoe.1 renders without warnings" || fail "groff warnings: $warn"
 text=$(groff -man -Tutf8 "$page" 2>/dev/null | sed 's/.\x08//g')
-for cmd in "pcmoe train" "pcmoe eval" "pcmoe info" "pcmoe attack" "pcmoe keys" "--resume" "--simulate" "--audit" "--stop-after" "EXIT STATUS" "SIGNALS"; do
+for cmd in "pcmoe train" "pcmoe eval" "pcmoe bench" "pcmoe generate" "pcmoe info" "pcmoe attack" "pcmoe keys" "--resume" "--simulate" "--audit" "--stop-after" "EXIT STATUS" "SIGNALS"; do
     printf '%s\n' "$text" | grep -qF -- "$cmd" || fail "man page lacks '$cmd'"
 done
 n=0

@@ -8,12 +8,9 @@ continuation = " " + choice, the last seq_len + 1 bytes, log-likelihood of the c
 compares with what `pcmoe bench --json` wrote: every log-likelihood to <= 1e-4 relative (fp32 against
 float64 over up to seq_len bytes) and acc, acc_norm exactly (to the 9 digits the JSON keeps).
 """
-import configparser
 import json
 import sys
 
-import h5py
-import numpy as np
 import torch
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
@@ -22,22 +19,7 @@ import model as ref  # noqa: E402
 
 def main():
     ckpt, task_path, bench_path = sys.argv[1:4]
-    params = {}
-    with h5py.File(ckpt, "r") as f:
-        text = f["meta"].attrs["config"]
-        text = text.decode() if isinstance(text, bytes) else str(text)
-        for group in ("backbone", "experts"):
-            def visit(name, obj, group=group):
-                if isinstance(obj, h5py.Dataset):
-                    params[name] = torch.tensor(np.array(obj, dtype=np.float64)).squeeze(-1)
-            f[group].visititems(visit)
-    ini = configparser.ConfigParser()
-    ini.read_string(text)
-    mk = ini["model"]
-    cfg = ref.Config(256, int(mk["d_model"]), int(mk["n_layers"]), int(mk["n_heads"]), int(mk["seq_len"]),
-                     int(mk["d_ff"]), int(mk["n_experts"]), int(mk["top_k"]), int(mk["expert_ff"]),
-                     int(mk["moe_every"]), float(mk["aux_loss_coef"]), float(mk["z_loss_coef"]),
-                     float(mk["rope_theta"]), float(mk["norm_eps"]))
+    params, cfg = ref.load_checkpoint(ckpt)
     T = cfg.seq_len
     items = [json.loads(line) for line in open(task_path, encoding="utf-8") if line.strip()]
     got = json.load(open(bench_path))

@@ -118,3 +118,29 @@ def lr_at(step, lr, min_lr, warmup, total):
         return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup)) if total > warmup else 1.0
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def load_checkpoint(path):
+    """The weights (float64, C engine names) and the model Config of a one-party checkpoint file, with h5py
+    (imported here: the rest of this module needs only torch)."""
+    import configparser
+
+    import h5py
+    import numpy as np
+    params = {}
+    with h5py.File(path, "r") as f:
+        text = f["meta"].attrs["config"]
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        for group in ("backbone", "experts"):
+            def visit(name, obj):
+                if isinstance(obj, h5py.Dataset):
+                    params[name] = torch.tensor(np.array(obj, dtype=np.float64)).squeeze(-1)
+            f[group].visititems(visit)
+    ini = configparser.ConfigParser()
+    ini.read_string(text)
+    mk = ini["model"]
+    cfg = Config(256, int(mk["d_model"]), int(mk["n_layers"]), int(mk["n_heads"]), int(mk["seq_len"]),
+                 int(mk["d_ff"]), int(mk["n_experts"]), int(mk["top_k"]), int(mk["expert_ff"]),
+                 int(mk["moe_every"]), float(mk["aux_loss_coef"]), float(mk["z_loss_coef"]),
+                 float(mk["rope_theta"]), float(mk["norm_eps"]))
+    return params, cfg
