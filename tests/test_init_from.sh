@@ -3,7 +3,8 @@
 # each party of a pcmoe run over MPI (3 ranks), of the same run under --simulate, and of a local run
 # starts at the validation loss `pcmoe eval` gives the source on the same data (<= 1e-6 relative at
 # step 0); so does a pcmoe run from a pcmoe source of the same parties. Each party holds (and reads) only
-# its own experts: its parameter bytes are its backbone plus its share. A source with another model, a
+# its own experts: its parameter bytes are its backbone plus its share, and at an expert-heavy shape
+# reading the checkpoint leaves its peak RSS within 12 MiB of a random start (the others' experts: 36 MiB). A source with another model, a
 # directory that is not a complete checkpoint, a local run of several parties and a pcmoe run of another
 # party count are refused with one error line naming the problem.
 . "$(dirname "$0")/lib.sh"
@@ -63,6 +64,35 @@ evaluated "$TMP/eval_p.out" > "$TMP/want_p"
 mpi 3 train "$TMP/p3.ini" --set train.init_from="$psrc" --set train.steps=2 --set train.warmup_steps=0 --set run.dir="$TMP/pc2" >"$TMP/out" 2>&1 || { cat "$TMP/out"; fail "pcmoe from the pcmoe source failed"; }
 step0 "$TMP/pc2" > "$TMP/got"
 agree "pcmoe over MPI from pcmoe" "$TMP/want_p" "$TMP/got"
+
+# only the party's own experts were read, by memory: at an expert-heavy shape (32 experts of 0.75 MiB per
+# layer, 48 MiB of pool; 4 parties hold 12 MiB each) a party's peak RSS at step 0 (its parameters
+# written, one forward, AdamW state not yet touched) is the same within 12 MiB whether the weights came
+# from the centralized checkpoint (every expert in its file) or from random initialisation: reading the
+# other parties' 36 MiB of experts, even one layer at a time, would add at least 18 MiB.
+{
+    printf '[parties]\ncount = 4\n[model]\nd_model = 64\nn_layers = 2\nn_heads = 2\nseq_len = 32\nd_ff = 128\n'
+    printf 'n_experts = 32\ntop_k = 2\nexpert_ff = 1024\nmoe_every = 1\n'
+    printf '[train]\nsteps = 1\nbatch_size = 2\nwarmup_steps = 0\neval_every = 1\neval_batches = 1\n[checkpoint]\nevery = 0\n[data]\n'
+    printf '0 = input/data/shakespeare.txt\n1 = input/data/austen.txt\n2 = input/data/grimm.txt\n3 = input/data/sqlite3_h.txt\n'
+} > "$TMP/big.ini"
+if mpi 1 train "$TMP/big.ini" --set parties.mode=centralized --set checkpoint.every=1 --set run.dir="$TMP/bigc" >"$TMP/out" 2>&1 \
+    && mpi 4 train "$TMP/big.ini" --set run.dir="$TMP/big_scratch" >"$TMP/out" 2>&1 \
+    && mpi 4 train "$TMP/big.ini" --set train.init_from="$TMP/bigc/checkpoints/step_00000001" --set run.dir="$TMP/big_init" >"$TMP/out" 2>&1; then
+    "$PYTHON" - "$TMP/big_scratch/metrics.jsonl" "$TMP/big_init/metrics.jsonl" <<'PY' >"$TMP/rss" 2>&1 && ok "$(cat "$TMP/rss")" || fail "$(cat "$TMP/rss")"
+import json, sys
+def rss(path):
+    return {j["party"]: j["rss_peak"] for j in map(json.loads, open(path)) if j.get("step") == 0 and "rss_peak" in j}
+a, b = rss(sys.argv[1]), rss(sys.argv[2])
+diff = max(b[p] - a[p] for p in a) / 2**20
+print(f"init_from from a file holding all 32 experts per layer: a party's step-0 peak RSS {diff:+.1f} MiB against random "
+      f"init (bound 12 MiB; the other parties' experts are 36 MiB)")
+sys.exit(0 if len(a) == 4 and len(b) == 4 and diff < 12 else 1)
+PY
+else
+    cat "$TMP/out"
+    fail "the expert-heavy runs failed"
+fi
 
 # refusals: one error line, a non-zero exit
 refused "another model" "model.d_model: checkpoint 32, config 64" mpi 3 train "$TMP/p3.ini" --set model.d_model=64 --set train.init_from="$src" --set run.dir="$TMP/x1"
