@@ -40,6 +40,11 @@ static const ConfigKey KEYS[] = {
     {"privacy", "shuffle_seed", KEY_INT64, F(shuffle_seed), 0, 9.2e18, "0", "seed of the private row shuffle: 0 = from /dev/urandom (private; runs then differ in the last bits), else shuffle_seed + party (reproducible runs and tests)", NULL},
     {"privacy", "check_finite", KEY_BOOL, F(check_finite), 0, 1, "true", "check that every row and gradient received from a peer is finite; a peer that sends NaN or Inf stops the job, named", NULL},
     {"privacy", "noise_std", KEY_FLOAT, F(noise_std), 0, 100, "0", "std of Gaussian noise added to every row sent to another party (a defence against reconstruction; costs accuracy)", NULL},
+    {"privacy", "clip_norm", KEY_FLOAT, F(clip_norm), 0, 1e6, "0", "the DP defence: every expert-input row sent to another party is scaled to at most this L2 norm, then gets noise (noise_multiplier); 0 = off; needs grad_clip_norm", NULL},
+    {"privacy", "grad_clip_norm", KEY_FLOAT, F(grad_clip_norm), 0, 1e6, "0", "the DP defence: every output-gradient row sent back to an owner is scaled to at most this L2 norm, then gets noise; set with clip_norm", NULL},
+    {"privacy", "noise_multiplier", KEY_FLOAT, F(noise_multiplier), 0, 1e4, "0", "the DP defence: Gaussian noise of std noise_multiplier x the clip norm on every coordinate of every clipped row sent; epsilon in summary.json", NULL},
+    {"privacy", "target_epsilon", KEY_FLOAT, F(target_epsilon), 0, 1e6, "0", "> 0: choose each party's noise_multiplier so that its planned run reaches this epsilon (instead of setting noise_multiplier)", NULL},
+    {"privacy", "delta", KEY_FLOAT, F(dp_delta), 1e-12, 0.5, "1e-05", "the delta of the (epsilon, delta) guarantee the accountant reports", NULL},
     {"privacy", "same_backbone_init", KEY_BOOL, F(same_backbone_init), 0, 1, "false", "start every party's backbone from the same weights, as when all fine-tune one public model (a control of the attack study)", NULL},
     {"privacy", "record_received", KEY_STRING, F(record_dir), 0, 0, "", "STUDY ONLY, off by default: every owner records the rows it receives (and every sender the true bytes) into this directory, for pcmoe attack", NULL},
     {"checkpoint", "every", KEY_INT, F(ckpt_every), 0, 1e9, "1000", "write RUN/checkpoints/step_N/party_R.h5 every this many steps and after the last step (0 = never)", NULL},
@@ -273,6 +278,21 @@ static int validate(const Config *c, const Origins *o, char *err, size_t len) {
     if (c->mode == MODE_PCMOE && c->n_parties > c->n_experts)
         return error_set(err, len, "%s: parties.count = %d: must be <= model.n_experts = %d in pcmoe mode (each party owns at least one expert)",
                          where_of(o, "parties", "count"), c->n_parties, c->n_experts);
+    if ((c->clip_norm > 0) != (c->grad_clip_norm > 0))
+        return error_set(err, len, "%s: privacy.%s = 0: privacy.clip_norm and privacy.grad_clip_norm go together (rows and their gradients both cross); set both",
+                         where_of(o, "privacy", c->clip_norm > 0 ? "grad_clip_norm" : "clip_norm"), c->clip_norm > 0 ? "grad_clip_norm" : "clip_norm");
+    if ((c->noise_multiplier > 0 || c->target_epsilon > 0) && c->clip_norm <= 0)
+        return error_set(err, len, "%s: privacy.%s needs privacy.clip_norm and privacy.grad_clip_norm (the noise is relative to the clip norms)",
+                         where_of(o, "privacy", c->noise_multiplier > 0 ? "noise_multiplier" : "target_epsilon"), c->noise_multiplier > 0 ? "noise_multiplier" : "target_epsilon");
+    if (c->noise_multiplier > 0 && c->target_epsilon > 0)
+        return error_set(err, len, "%s: privacy.target_epsilon = %g: give it or privacy.noise_multiplier = %g, not both", where_of(o, "privacy", "target_epsilon"),
+                         c->target_epsilon, c->noise_multiplier);
+    if (c->clip_norm > 0 && c->noise_std > 0)
+        return error_set(err, len, "%s: privacy.noise_std = %g: the clipped defence (privacy.clip_norm) sets its noise by privacy.noise_multiplier; drop noise_std",
+                         where_of(o, "privacy", "noise_std"), c->noise_std);
+    if (c->clip_norm > 0 && c->mode != MODE_PCMOE)
+        return error_set(err, len, "%s: privacy.clip_norm = %g: the defence acts on pcmoe's expert exchange; parties.mode = %s has none",
+                         where_of(o, "privacy", "clip_norm"), c->clip_norm, MODE_NAMES[c->mode]);
     for (int n = 0; n < c->n_parties; n++)
         if (!c->data_path[n][0])
             return error_set(err, len, "data.%d: missing: parties.count = %d needs a corpus for each party ([data] %d = PATH)", n, c->n_parties, n);

@@ -33,6 +33,11 @@ typedef struct {
     int64_t shuffle_seed; // 0: the private shuffle RNG is seeded from /dev/urandom; else shuffle_seed + party
     int check_finite;    // 1: every row received from a peer is checked to be finite
     float noise_std;     // std of Gaussian noise added to every row sent to another party (a defence)
+    float clip_norm;     // the DP defence (privacy.h): rows sent to another party clipped to this L2 norm (0 = off)
+    float grad_clip_norm; // ... and the output-gradient rows sent back to owners
+    float noise_multiplier; // Gaussian noise std = noise_multiplier x the clip norm on every sent row
+    float target_epsilon; // > 0: noise_multiplier chosen so that the planned run reaches this epsilon
+    float dp_delta;      // the delta of the reported (epsilon, delta)
     int same_backbone_init; // 1: every party's backbone starts from the same weights (a study control)
     char record_dir[CONFIG_PATH_LEN]; // study only: owners record received rows here ("" = off)
     // [checkpoint]

@@ -9,6 +9,7 @@
 #include <unistd.h> // ftruncate
 
 #include "backend.h" // Backend
+#include "privacy.h" // privacy_clip_noise, privacy_clip_backward
 #include "util.h"    // mallocCheck, fail
 
 int exchange_owner(int e, int P) { return e % P; }
@@ -61,41 +62,59 @@ void exchange_set_fault(Exchange *ex, const char *kind, int party) {
 }
 
 void exchange_record(Exchange *ex, const char *dir) {
+    static const char *const names[EXCHANGE_RECORDS] = {"received_party", "truth_party", "received_grads_party", "truth_grads_party"};
     if (mkdir_p(dir) != 0) fail("privacy.record_received = %s: cannot create directory: %s", dir, strerror(errno));
-    snprintf(ex->rec_path[0], sizeof ex->rec_path[0], "%s/received_party_%d.bin", dir, ex->party);
-    ex->rec_rows = fopenCheck(ex->rec_path[0], "wb");
-    snprintf(ex->rec_path[1], sizeof ex->rec_path[1], "%s/truth_party_%d.bin", dir, ex->party);
-    ex->rec_truth = fopenCheck(ex->rec_path[1], "wb");
+    for (int i = 0; i < EXCHANGE_RECORDS; i++) {
+        snprintf(ex->rec_path[i], sizeof ex->rec_path[i], "%s/%s_%d.bin", dir, names[i], ex->party);
+        ex->rec[i] = fopenCheck(ex->rec_path[i], "wb");
+    }
 }
 
 // One record block: header (layer, peer, rows, width), then rows x width elements. A failed write is
 // remembered and reported by exchange_record_commit at the end of the step.
-static void record_block(Exchange *ex, FILE *f, int layer, int peer, int rows, int width, const void *data, size_t elem) {
+static void record_block(Exchange *ex, RecordKind kind, int layer, int peer, int rows, int width, const void *data, size_t elem) {
     int hdr[4] = {layer, peer, rows, width};
+    FILE *f = ex->rec[kind];
     if (ex->rec_errno) return;
     if (fwrite(hdr, sizeof hdr, 1, f) != 1 || fwrite(data, elem, (size_t)rows * width, f) != (size_t)rows * width) {
         ex->rec_errno = errno ? errno : EIO;
-        ex->rec_bad = f == ex->rec_rows ? 0 : 1;
+        ex->rec_bad = kind;
     }
 }
 
+// The true byte of each row this party sends to each peer, in sending order (forward or backward).
+static void record_truth(Exchange *ex, RecordKind kind, int layer, const MoeActs *a) {
+    for (int p = 0; p < ex->P; p++) {
+        if (!ex->send_rows[p]) continue;
+        uint8_t *bytes = mallocCheck((size_t)ex->send_rows[p]);
+        for (int i = 0; i < ex->send_rows[p]; i++) bytes[i] = a->tokens[a->row_choice[ex->send_offs[p] + i] / a->k];
+        record_block(ex, kind, layer, p, ex->send_rows[p], 1, bytes, 1);
+        free(bytes);
+    }
+}
+
+// The rows this owner received from each peer (in work).
+static void record_received(Exchange *ex, RecordKind kind, int layer) {
+    for (int q = 0; q < ex->P; q++)
+        if (ex->recv_rows[q]) record_block(ex, kind, layer, q, ex->recv_rows[q], ex->d, ex->work + (size_t)ex->recv_offs[q] * ex->d, sizeof(float));
+}
+
 int exchange_record_commit(Exchange *ex, char *err, size_t len) {
-    if (!ex->rec_rows) return 0;
-    FILE *f[2] = {ex->rec_rows, ex->rec_truth};
-    for (int i = 0; i < 2; i++)
-        if (!ex->rec_errno && (fflush(f[i]) != 0 || ferror(f[i]))) { ex->rec_errno = errno ? errno : EIO; ex->rec_bad = i; }
+    if (!ex->rec[0]) return 0;
+    for (int i = 0; i < EXCHANGE_RECORDS; i++)
+        if (!ex->rec_errno && (fflush(ex->rec[i]) != 0 || ferror(ex->rec[i]))) { ex->rec_errno = errno ? errno : EIO; ex->rec_bad = i; }
     if (!ex->rec_errno) {
-        for (int i = 0; i < 2; i++) ex->rec_good[i] = ftell(f[i]);
+        for (int i = 0; i < EXCHANGE_RECORDS; i++) ex->rec_good[i] = ftell(ex->rec[i]);
         return 0;
     }
-    for (int i = 0; i < 2; i++) // drop the step's partial blocks from both files (the error below stands)
-        if (ftruncate(fileno(f[i]), ex->rec_good[i]) != 0) continue;
+    for (int i = 0; i < EXCHANGE_RECORDS; i++) // drop the step's partial blocks from every file (the error below stands)
+        if (ftruncate(fileno(ex->rec[i]), ex->rec_good[i]) != 0) continue;
     return error_set(err, len, "privacy.record_received: %s: cannot write: %s", ex->rec_path[ex->rec_bad], strerror(ex->rec_errno)) - 1;
 }
 
 void exchange_free(Exchange *ex) {
-    if (ex->rec_rows) fclose(ex->rec_rows);
-    if (ex->rec_truth) fclose(ex->rec_truth);
+    for (int i = 0; i < EXCHANGE_RECORDS; i++)
+        if (ex->rec[i]) fclose(ex->rec[i]);
     void (*release)(void *) = ex->be->release;
     for (int l = 0; l < ex->n_layers; l++) {
         ServeLayer *sl = &ex->layers[l];
@@ -346,26 +365,19 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
         most = n > most ? n : most;
     }
     ensure_expert(ex, (size_t)(most < EXCHANGE_PASS_ROWS ? most : EXCHANGE_PASS_ROWS));
-    if (a && (ex->noise_std > 0.0f || ex->rec_truth || ex->fault)) ex->be->sync(); // the host reads / writes a's rows
-    if (a && ex->noise_std > 0.0f) // the defence: every row that leaves this party carries noise
+    int defended = ex->noise_std > 0.0f || ex->clip_norm > 0.0f;
+    if (a && (defended || ex->rec[0] || ex->fault)) ex->be->sync(); // the host reads / writes a's rows
+    if (a && defended) // the defence: every row that leaves this party is clipped and carries noise (privacy.h)
         for (int p = 0; p < P; p++) {
             float *x = a->xe + (size_t)ex->send_offs[p] * d;
-            for (size_t i = 0; i < (size_t)ex->send_rows[p] * d; i++) x[i] += ex->noise_std * rng_normal(&ex->noise);
+            if (ex->clip_norm > 0.0f) privacy_clip_noise(x, ex->send_rows[p], d, ex->clip_norm, ex->noise_multiplier, &ex->noise);
+            else for (size_t i = 0; i < (size_t)ex->send_rows[p] * d; i++) x[i] += ex->noise_std * rng_normal(&ex->noise);
         }
-    if (a && ex->rec_truth) // study only: the byte each sent row stands for, in sending order
-        for (int p = 0; p < P; p++) {
-            if (!ex->send_rows[p]) continue;
-            uint8_t *bytes = mallocCheck((size_t)ex->send_rows[p]);
-            for (int i = 0; i < ex->send_rows[p]; i++) bytes[i] = a->tokens[a->row_choice[ex->send_offs[p] + i] / a->k];
-            record_block(ex, ex->rec_truth, layer, p, ex->send_rows[p], 1, bytes, 1);
-            free(bytes);
-        }
+    if (a && ex->rec[0]) record_truth(ex, RECORD_TRUTH, layer, a); // study only: the byte each sent row stands for
     if (bad >= 0 && ex->fault == 3 && a && ex->send_rows[bad] > 0) a->xe[(size_t)ex->send_offs[bad] * d] = NAN;
     // 2. rows to their owners, which keep them in the serve layout; own rows are copied, never sent
     to_owners(ex, MSG_EXPERT_ROWS, a ? a->xe : NULL);
-    if (ex->rec_rows) // study only: what this owner saw
-        for (int q = 0; q < P; q++)
-            if (ex->recv_rows[q]) record_block(ex, ex->rec_rows, layer, q, ex->recv_rows[q], d, ex->work + (size_t)ex->recv_offs[q] * d, sizeof(float));
+    if (ex->rec[0]) record_received(ex, RECORD_ROWS, layer); // study only: what this owner saw
     float *x = layer_inputs(ex, sl);
     serve_copy(ex, sl, 0, sl->rows, x, a ? a->xe : NULL, a, 1);
     // 3. each owned expert runs on all its rows, in passes of at most EXCHANGE_PASS_ROWS rows (with
@@ -393,8 +405,19 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     ServeLayer *sl = &ex->layers[layer];
     float *x = layer_inputs(ex, sl);
     layouts(ex, sl, a);
+    int P = ex->P;
+    if (s && ex->clip_norm > 0.0f) { // the defence: output-gradient rows are clipped and carry noise too
+        ex->be->sync();
+        for (int p = 0; p < P; p++)
+            privacy_clip_noise(s->dye + (size_t)ex->send_offs[p] * d, ex->send_rows[p], d, ex->grad_clip_norm, ex->noise_multiplier, &ex->noise);
+    }
+    if (s && ex->rec[0]) { // study only: the byte each gradient row sent stands for
+        ex->be->sync();
+        record_truth(ex, RECORD_GRAD_TRUTH, layer, a);
+    }
     // 1. gradients w.r.t. the outputs go to the owners
     to_owners(ex, MSG_OUTPUT_GRADS, s ? s->dye : NULL);
+    if (ex->rec[0]) record_received(ex, RECORD_GRADS, layer); // study only: what this owner saw
     // 2. owners accumulate their experts' weight gradients and compute input gradients (with recompute,
     //    each expert's hidden activations first, from the kept inputs: the same calls as the forward's, so
     //    the same values; not counted as model FLOPs)
@@ -421,6 +444,14 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     }
     // 3. input gradients back to the senders
     to_senders(ex, MSG_INPUT_GRADS, s ? s->dxe : NULL);
+    if (s && ex->clip_norm > 0.0f) { // through the clipping of the rows this party sent, to its rows before it
+        ex->be->sync();
+        for (int p = 0; p < P; p++)
+            for (int i = 0; i < ex->send_rows[p]; i++) {
+                int r = ex->send_offs[p] + i;
+                privacy_clip_backward(s->dxe + (size_t)r * d, a->inp + (size_t)(a->row_choice[r] / a->k) * d, d, ex->clip_norm);
+            }
+    }
 }
 
 int exchange_expert_rows(const Exchange *ex, int layer, int e) {

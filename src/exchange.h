@@ -47,6 +47,15 @@ struct Backend;     // backend.h (which includes model headers that include this
 // expert j's rows first, and within them party 0's rows, then party 1's, and so on.
 // Buffers marked [backend] come from the backend's alloc (device memory on cuda), [transit] from alloc
 // when MPI can read them (cpu, or direct), else from alloc_pinned, [host] from malloc.
+// The study's record files (privacy.record_received), one of each per party.
+typedef enum {
+    RECORD_ROWS,        // received_party_R.bin: the rows this owner received (forward)
+    RECORD_TRUTH,       // truth_party_R.bin: the true input byte of every row this party sent (forward)
+    RECORD_GRADS,       // received_grads_party_R.bin: the output-gradient rows this owner received (backward)
+    RECORD_GRAD_TRUTH,  // truth_grads_party_R.bin: the true input byte of every gradient row this party sent
+    EXCHANGE_RECORDS
+} RecordKind;
+
 typedef struct {
     int rows;          // rows served in the last forward
     int *from;         // [host] (P, max_local) rows from party q for local expert j
@@ -67,13 +76,15 @@ typedef struct {
     int max_rows;          // most rows one party can route in one pass: B*T*k
     int check_finite;      // check received rows and gradients for NaN / Inf
     float noise_std;       // Gaussian noise on every row sent to another party (privacy.noise_std)
+    float clip_norm;       // the DP defence (privacy.h): rows sent are clipped to this L2 norm (0: off) ...
+    float grad_clip_norm;  // ... output-gradient rows sent to this one ...
+    float noise_multiplier; // ... and get Gaussian noise of std noise_multiplier x their clip norm
     Rng noise;             // its private RNG
-    FILE *rec_rows;        // study only (privacy.record_received): rows this owner received, or NULL
-    FILE *rec_truth;       // study only: the true input byte of every row this party sent, or NULL
-    char rec_path[2][4200];// their paths
-    long rec_good[2];      // their lengths at the end of the last committed step
+    FILE *rec[EXCHANGE_RECORDS]; // study only (privacy.record_received): the record files (see exchange_record), or NULL
+    char rec_path[EXCHANGE_RECORDS][4200]; // their paths
+    long rec_good[EXCHANGE_RECORDS]; // their lengths at the end of the last committed step
     int rec_errno;         // a failed record write since then (errno), or 0
-    int rec_bad;           // and which file: 0 rows, 1 truth
+    int rec_bad;           // and which file (RecordKind)
     int fault;             // test hook: 0 none, 1 bad counts, 2 foreign expert id, 3 NaN rows
     int fault_party;       // the party that misbehaves
     int *send_counts, *recv_counts; // (P, 2 * max_local) per peer: expert ids, then row counts
@@ -114,9 +125,12 @@ void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *c
                      int max_rows, int check_finite, int recompute);
 // Study only (privacy.record_received): from now on this owner appends every block of rows it receives
 // to DIR/received_party_R.bin, and this sender the true input byte of every row it sends to
-// DIR/truth_party_R.bin. Both files are sequences of blocks:
+// DIR/truth_party_R.bin; in the backward, the owner the output-gradient rows it receives to
+// DIR/received_grads_party_R.bin, and the sender the true bytes of their rows to DIR/truth_grads_party_R.bin.
+// All four are sequences of blocks:
 //   int32 layer, int32 peer, int32 rows, int32 width (d_model; 1 for truth), then rows*width
-//   float32 (rows) or uint8 (truth), in the order the rows travelled.
+//   float32 (rows) or uint8 (truth), in the order the rows travelled. Rows are recorded as they crossed,
+//   after the sender's defence (clipping, noise).
 // Study only: ends a step of recording. Returns 0 when both record files were written whole; otherwise 1
 // with "FILE: cannot write: why" in err, both files cut back to the end of the last committed step (so
 // the received rows and their true bytes stay aligned block for block).

@@ -14,7 +14,8 @@ void step_stats_pack(const StepStats *s, double *o) {
     double v[STEP_STATS_DOUBLES] = {s->step, s->party, s->has_train, s->train_loss, s->ce, s->aux, s->z, s->lr,
                                     s->grad_norm, s->tokens_per_s, s->flops, s->has_val, s->val_loss, s->bytes_sent,
                                     s->bytes_recv, (double)s->mem.params, (double)s->mem.grads, (double)s->mem.optim,
-                                    (double)s->mem.acts, (double)s->mem.buffers, s->rss_peak, s->device_peak};
+                                    (double)s->mem.acts, (double)s->mem.buffers, s->rss_peak, s->device_peak, s->has_dp,
+                                    s->epsilon, s->noise_multiplier};
     memcpy(o, v, sizeof v);
 }
 
@@ -22,7 +23,8 @@ void step_stats_unpack(StepStats *s, const double *v) {
     *s = (StepStats){.step = (int)v[0], .party = (int)v[1], .has_train = (int)v[2], .train_loss = v[3], .ce = v[4],
                      .aux = v[5], .z = v[6], .lr = (float)v[7], .grad_norm = v[8], .tokens_per_s = v[9],
                      .flops = v[10], .has_val = (int)v[11], .val_loss = v[12], .bytes_sent = v[13],
-                     .bytes_recv = v[14], .rss_peak = v[20], .device_peak = v[21]};
+                     .bytes_recv = v[14], .rss_peak = v[20], .device_peak = v[21], .has_dp = (int)v[22],
+                     .epsilon = v[23], .noise_multiplier = v[24]};
     s->mem = (MemStats){(size_t)v[15], (size_t)v[16], (size_t)v[17], (size_t)v[18], (size_t)v[19]};
 }
 
@@ -125,6 +127,7 @@ int metrics_log(Metrics *mt, const StepStats *s, char *err, size_t len) {
     }
     json_num(f, "bytes_sent", s->bytes_sent);
     json_num(f, "bytes_recv", s->bytes_recv);
+    if (s->has_dp) { json_num(f, "epsilon", s->epsilon); json_num(f, "noise_multiplier", s->noise_multiplier); }
     json_mem(f, s);
     fprintf(f, "}\n");
     if (fflush(f) == 0 && !ferror(f)) {
@@ -151,6 +154,9 @@ void metrics_progress(Metrics *mt, const StepStats *s, int n, int total_steps, i
     int k = snprintf(line, sizeof line, "step %d/%d", step, total_steps);
     if (n_loss) k += snprintf(line + k, sizeof line - k, " | loss %.4f | %.1fk tok/s", loss / n_loss, tps / 1000.0);
     if (n_val) k += snprintf(line + k, sizeof line - k, " | val %.4f (%.3f bpb)", val / n_val, val / n_val / log(2.0));
+    double eps = -1.0; // the largest epsilon of the parties with the DP defence
+    for (int i = 0; i < n; i++) if (s[i].has_dp && s[i].epsilon > eps) eps = s[i].epsilon;
+    if (eps >= 0.0) k += snprintf(line + k, sizeof line - k, " | eps %.3g", eps);
     if (n > 1) k += snprintf(line + k, sizeof line - k, " | %d parties", n);
     snprintf(line + k, sizeof line - k, " | ETA %d:%02d", (int)eta / 60, (int)eta % 60);
     if (mt->tty) fprintf(stderr, "\r%-110s%s", line, step == total_steps ? "\n" : "");
@@ -182,6 +188,11 @@ int metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const d
         json_num(f, "best_val_loss", best_val[i]);
         json_num(f, "flops_per_step", s->flops);
         fprintf(f, ",\"params\":%zu", s->mem.params / sizeof(float));
+        if (s->has_dp) {
+            json_num(f, "epsilon", s->epsilon);
+            fprintf(f, ",\"delta\":%g", (double)c->dp_delta);
+            json_num(f, "noise_multiplier", s->noise_multiplier);
+        }
         json_mem(f, s);
         fprintf(f, "}");
     }

@@ -25,10 +25,13 @@ typedef struct {
     MemStats mem;         // bytes by category (buffers: peak exchange buffers)
     double rss_peak;      // peak resident set size of the process, bytes
     double device_peak;   // run.device = cuda: the most device memory the process's backend held, bytes (else 0)
+    int has_dp;           // the DP defence is on (privacy.clip_norm): the fields below are valid
+    double epsilon;       // the party's epsilon so far (at privacy.delta; privacy.h), over the steps it trained
+    double noise_multiplier; // its noise multiplier (privacy.noise_multiplier, or chosen for privacy.target_epsilon)
 } StepStats;
 
 // StepStats <-> a fixed array of doubles (what a party sends to rank 0 with privacy.share_metrics)
-#define STEP_STATS_DOUBLES 22
+#define STEP_STATS_DOUBLES 25
 void step_stats_pack(const StepStats *s, double *out);
 void step_stats_unpack(StepStats *s, const double *in);
 

@@ -22,6 +22,7 @@
 #include "ckpt.h"         // ckpt_save, ckpt_load, ckpt_latest, ckpt_read_weights
 #include "exchange.h"     // Exchange
 #include "generate.h"     // GenerateOptions, generate_text, generate_serve
+#include "privacy.h"      // privacy_appearances, privacy_run_epsilon, privacy_noise_for_epsilon
 #include "metrics.h"      // Metrics, StepStats
 #include "util.h"         // fail, fail_usage, now_seconds, mallocCheck
 
@@ -57,6 +58,9 @@ typedef struct {
     Model model;               // pcmoe: its backbone and expert shard; local, fedavg: a whole model
     uint8_t *tokens, *targets; // (B, T) the step's batch
     StepStats s;               // metrics of the current step
+    double dp_noise;           // the DP defence (privacy.h): this party's noise multiplier
+    double dp_p;               // the chance that a random training window holds a given byte of its corpus
+    long dp_windows;           // training windows it has drawn so far
 } Party;
 
 typedef struct {
@@ -75,6 +79,8 @@ typedef struct {
     const Backend *be;         // run.device: where the models live and run
     OptimConfig oc;
     int nan_grad_step;         // test hook (--inject-fault nan-grad): the last party's gradient turns NaN here
+    int dp;                    // the DP defence is on: rows crossing parties are clipped and noised (privacy.h)
+    long dp_releases;          // rows one appearance of a byte can send: 2 x top_k x MoE layers
 } Run;
 
 static OptimConfig optim_config_from(const Config *c) {
@@ -678,6 +684,44 @@ static int bench_run(Run *r, const TrainOptions *opt, int step) {
     return rc ? 1 : 0;
 }
 
+// The DP defence (privacy.clip_norm, pcmoe over MPI): this party's noise multiplier (given, or the least
+// that keeps its planned run within privacy.target_epsilon) goes to the exchange, and the accountant's
+// counts start from the windows drawn before `start` (a resumed run). Returns 0, or 2 with err set.
+static int dp_setup(Run *r, int start, char *err, size_t len) {
+    const Config *c = r->c;
+    if (c->clip_norm <= 0 || c->mode != MODE_PCMOE || r->simulate || r->P < 2) return 0;
+    Party *p = &r->party[0];
+    int moe = 0, B = c->batch_size, T = c->seq_len;
+    for (int l = 0; l < c->n_layers; l++) moe += model_layer_is_moe(&p->model.cfg, l);
+    r->dp = 1;
+    r->dp_releases = 2L * c->top_k * moe;
+    r->ex.clip_norm = c->clip_norm;
+    r->ex.grad_clip_norm = c->grad_clip_norm;
+    p->dp_noise = c->noise_multiplier;
+    if (!p->data.n_train) { r->ex.noise_multiplier = (float)p->dp_noise; return 0; } // (generate: no corpus read)
+    p->dp_p = p->data.n_train > (size_t)T ? (double)T / (double)(p->data.n_train - T) : 1.0;
+    long planned = 0;
+    p->dp_windows = 0;
+    for (int step = 0; step < c->steps; step++)
+        if (c->schedule == SCHEDULE_CONCURRENT || turn_of(c, step) == p->party) {
+            planned += B;
+            if (step < start) p->dp_windows += B;
+        }
+    double tail = c->dp_delta / 2.0;
+    int appear = privacy_appearances(planned, p->dp_p, tail);
+    if (c->target_epsilon > 0) {
+        p->dp_noise = privacy_noise_for_epsilon(c->target_epsilon, r->dp_releases, appear, tail);
+        if (!isfinite(p->dp_noise))
+            return error_set(err, len, "privacy.target_epsilon = %g: out of reach for party %d (a byte in up to %d windows, %ld rows each)",
+                             c->target_epsilon, p->party, appear, r->dp_releases);
+    }
+    r->ex.noise_multiplier = (float)p->dp_noise;
+    fprintf(stderr, "pcmoe: party %d: DP defence: rows clipped to %g, gradient rows to %g, noise multiplier %.4g; planned epsilon %.4g at "
+            "delta %g (a byte in up to %d of its %ld windows, %ld rows sent per window)\n", p->party, c->clip_norm, c->grad_clip_norm,
+            p->dp_noise, privacy_run_epsilon(p->dp_noise, r->dp_releases, appear, tail), c->dp_delta, appear, planned, r->dp_releases);
+    return 0;
+}
+
 // pcmoe generate: the prompting party's process samples the text (its backbone and router; in pcmoe over MPI
 // its experts' owners serve them, pass for pass); it prints the prompt and the text on stdout.
 static int generate_run(Run *r, const TrainOptions *opt, int step) {
@@ -783,7 +827,8 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
     for (int q = 0; q < r->n; q++) r->party[q].party = one_process ? q : comm->party;
 
     // 1. each party reads its own corpus; every rank learns whether all could
-    if (!opt->gen) stop_if_any_failed(comm, load_data(r, err, sizeof err), err); // (generate reads no corpus)
+    if (!opt->gen || (c->clip_norm > 0 && c->target_epsilon > 0)) // (generate reads no corpus, unless for the DP noise)
+        stop_if_any_failed(comm, load_data(r, err, sizeof err), err);
     build_models(r);
     r->nan_grad_step = -1;
     if (opt->fault && !strcmp(opt->fault, "nan-grad")) r->nan_grad_step = 5; // during step 6
@@ -814,6 +859,7 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
         if (comm->rank == 0 && !opt->eval_dir) fprintf(stderr, "pcmoe: resuming from %s (step %d of %d)\n", dir, start, c->steps);
     }
     else if (c->init_from[0]) stop_if_any_failed(comm, init_weights_from(r, err, sizeof err), err);
+    stop_if_any_failed(comm, dp_setup(r, start, err, sizeof err), err);
     if (opt->gen) {
         int rc = generate_run(r, opt, start);
         if (!rc && opt->audit_path) stop_if_any_failed(comm, comm_write_audit(comm, opt->audit_path, err, sizeof err), err);
@@ -885,12 +931,20 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
             s->mem = party_mem(r, q);
             s->rss_peak = rss_peak_bytes();
             s->device_peak = (double)r->be->peak_bytes();
+            if (r->dp) { // the accountant: every window this party has drawn (privacy.h)
+                Party *p = &r->party[q];
+                if (s->has_train) p->dp_windows += c->batch_size;
+                double tail = c->dp_delta / 2.0;
+                s->has_dp = 1;
+                s->noise_multiplier = p->dp_noise;
+                s->epsilon = privacy_run_epsilon(p->dp_noise, r->dp_releases, privacy_appearances(p->dp_windows, p->dp_p, tail), tail);
+            }
         }
         log_step(r, &lg, step < 0 || last_step || eval_now || (step + 1) % c->log_every == 0);
 
         // 4. every rank learns whether any failed to write its files (then all stop) or got a stop signal
         int io_rc = lg.io_failed;
-        if (!io_rc && r->ex.rec_rows) io_rc = exchange_record_commit(&r->ex, lg.io_err, sizeof lg.io_err);
+        if (!io_rc && r->ex.rec[0]) io_rc = exchange_record_commit(&r->ex, lg.io_err, sizeof lg.io_err);
         int status = comm_max_int(comm, io_rc ? 2 : stop_signal != 0);
         if (status == 2) stop_if_any_failed(comm, io_rc, lg.io_err);
         // 5. a checkpoint every checkpoint.every steps and after the last one, or when asked to stop
