@@ -58,6 +58,7 @@ static const ConfigKey KEYS[] = {
     {"model", "n_experts", KEY_INT, F(n_experts), 1, 4096, "8", "experts per MoE layer (the shared pool)", NULL},
     {"model", "top_k", KEY_INT, F(top_k), 1, 4096, "2", "experts chosen per token; <= n_experts", NULL},
     {"model", "expert_ff", KEY_INT, F(expert_ff), 1, 1 << 20, "256", "hidden width of each SwiGLU expert", NULL},
+    {"model", "private_layers", KEY_INT, F(private_layers), 0, 1024, "0", "the first private_layers layers have dense FFNs (d_ff) of the party's own instead of MoE: their hidden rows never leave the party (a defence: the early layers' rows are the easiest to invert)", NULL},
     {"model", "moe_every", KEY_INT, F(moe_every), 1, 1024, "1", "layer l (0-based) is MoE when (l+1) % moe_every == 0; <= n_layers", NULL},
     {"model", "aux_loss_coef", KEY_FLOAT, F(aux_loss_coef), 0, 1000, "0.01", "Switch load-balancing loss coefficient", NULL},
     {"model", "z_loss_coef", KEY_FLOAT, F(z_loss_coef), 0, 1000, "0.001", "router z-loss coefficient", NULL},
@@ -271,6 +272,11 @@ static int validate(const Config *c, const Origins *o, char *err, size_t len) {
         return error_set(err, len, "%s: model.top_k = %d: must be <= model.n_experts = %d", where_of(o, "model", "top_k"), c->top_k, c->n_experts);
     if (c->moe_every > c->n_layers)
         return error_set(err, len, "%s: model.moe_every = %d: must be <= model.n_layers = %d (else no layer is MoE)", where_of(o, "model", "moe_every"), c->moe_every, c->n_layers);
+    int moe_layers = 0;
+    for (int l = c->private_layers; l < c->n_layers; l++) moe_layers += (l + 1) % c->moe_every == 0;
+    if (c->moe_every <= c->n_layers && moe_layers == 0)
+        return error_set(err, len, "%s: model.private_layers = %d: leaves no MoE layer (n_layers = %d, moe_every = %d)", where_of(o, "model", "private_layers"),
+                         c->private_layers, c->n_layers, c->moe_every);
     if (c->min_lr > c->lr)
         return error_set(err, len, "%s: train.min_lr = %g: must be <= train.lr = %g", where_of(o, "train", "min_lr"), c->min_lr, c->lr);
     if (c->warmup_steps > c->steps)

@@ -53,7 +53,8 @@ typedef struct {
     int n_experts;       // experts per MoE layer m
     int top_k;           // experts per token k
     int expert_ff;       // hidden width of each SwiGLU expert f
-    int moe_every;       // layer l is MoE when (l + 1) % moe_every == 0
+    int moe_every;       // layer l is MoE when (l + 1) % moe_every == 0 (and l >= private_layers)
+    int private_layers;  // the first private_layers layers have dense FFNs, kept by each party (never sent)
     float aux_loss_coef; // Switch load-balancing loss coefficient
     float z_loss_coef;   // router z-loss coefficient
     float rope_theta;    // RoPE base

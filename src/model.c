@@ -19,6 +19,7 @@ ModelConfig model_config_from(const Config *c) {
         .vocab = c->vocab_size, .d = c->d_model, .n_layers = c->n_layers, .n_heads = c->n_heads,
         .head_dim = c->d_model / c->n_heads, .seq_len = c->seq_len, .d_ff = c->d_ff,
         .n_experts = c->n_experts, .top_k = c->top_k, .expert_ff = c->expert_ff, .moe_every = c->moe_every,
+        .private_layers = c->private_layers,
         .aux_coef = c->aux_loss_coef, .z_coef = c->z_loss_coef, .rope_theta = c->rope_theta,
         .norm_eps = c->norm_eps, .init_std = c->init_std, .recompute_experts = c->recompute_experts == RECOMPUTE_ON,
         .recompute_attention = c->recompute_attention == RECOMPUTE_ON,
@@ -26,7 +27,7 @@ ModelConfig model_config_from(const Config *c) {
     return m;
 }
 
-int model_layer_is_moe(const ModelConfig *c, int layer) { return (layer + 1) % c->moe_every == 0; }
+int model_layer_is_moe(const ModelConfig *c, int layer) { return layer >= c->private_layers && (layer + 1) % c->moe_every == 0; }
 
 static void layout_add(Model *m, const char *name, TensorKind kind, int layer, int expert, int rows, int cols) {
     ParamTensor *t = &m->tensors[m->n_tensors++];

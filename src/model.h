@@ -1,5 +1,5 @@
 // model.h: the model definition shared by every backend and mode: a decoder-only transformer over bytes
-// whose FFNs are MoE layers (every moe_every-th layer) or dense SwiGLU FFNs.
+// whose FFNs are MoE layers (every moe_every-th layer after the first private_layers) or dense SwiGLU FFNs.
 //   x = embed[tokens]
 //   per layer: x += Attn(RMSNorm(x)) ; x += FFN(RMSNorm(x))      (causal MHA with RoPE, no biases)
 //   logits = RMSNorm(x) @ lm_head^T
@@ -17,6 +17,7 @@
 
 typedef struct {
     int vocab, d, n_layers, n_heads, head_dim, seq_len, d_ff, n_experts, top_k, expert_ff, moe_every;
+    int private_layers; // the first private_layers layers have dense FFNs (never MoE): their rows never leave the party
     float aux_coef, z_coef, rope_theta, norm_eps, init_std;
     int recompute_experts; // local experts' hidden activations: one buffer for all layers, recomputed in the backward
     int recompute_attention; // the attention sub-block's activations and the FFN norm's: one set for all layers,

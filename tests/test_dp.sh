@@ -11,6 +11,8 @@
 #    Python from the run's numbers (binomial tail of appearances, Gaussian RDP on a fine grid of orders,
 #    the same conversion): pcmoe's coarser grid may only be above it, by < 2%; target_epsilon is reached
 #    (within 0.5% below). The progress line shows it.
+#  - model.private_layers = 1: owners receive rows and gradient rows of the later layers only; a model
+#    with a private layer agrees with the PyTorch reference (generate's log-probabilities).
 #  - Bad combinations of keys are refused with one error line.
 . "$(dirname "$0")/lib.sh"
 
@@ -122,11 +124,42 @@ print("epsilon agrees with the reference: " + "; ".join(lines[:2]) + " ... " + l
 sys.exit(1 if errors else 0)
 PY
 
-# 5. refusals
+# 5. model.private_layers: the first layers' FFNs stay with the party; nothing of theirs crosses
+mpi 3 train "$TMP/p3.ini" --set run.dir="$TMP/priv" --set model.private_layers=1 --set privacy.record_received="$TMP/priv/rec" \
+    --set train.steps=4 --set train.warmup_steps=0 >"$TMP/out" 2>&1 || { cat "$TMP/out"; fail "the private_layers run failed"; }
+"$PYTHON" - "$TMP/priv/rec" <<'PY' >"$TMP/pl" 2>&1 && ok "private_layers = 1: $(cat "$TMP/pl")" || fail "private_layers = 1: $(cat "$TMP/pl")"
+import struct, sys
+layers = set()
+for party in range(3):
+    for kind in ("received", "received_grads"):
+        data, at = open(f"{sys.argv[1]}/{kind}_party_{party}.bin", "rb").read(), 0
+        while at < len(data):
+            layer, peer, n, width = struct.unpack_from("4i", data, at)
+            at += 16 + 4 * n * width
+            layers.add(layer)
+print(f"owners received rows and gradient rows of layers {sorted(layers)} only")
+sys.exit(0 if layers == {1} else 1)
+PY
+REF_PY=""
+for py in ${TORCH_PYTHON:-} /usr/bin/python3 python3; do
+    "$py" -c "import torch, numpy, h5py" >/dev/null 2>&1 && { REF_PY=$py; break; }
+done
+if [ -n "$REF_PY" ]; then # the model with a private layer against the PyTorch reference (layer 0 dense, layer 1 MoE)
+    "$PCMOE" train input/tiny.ini --set model.moe_every=1 --set model.private_layers=1 --set checkpoint.every=20 --set run.dir="$TMP/pl1" >/dev/null 2>&1 \
+        || fail "one-party private_layers run failed"
+    printf 'To be, or not to be: that is the question.' > "$TMP/prompt.txt"
+    "$PCMOE" generate input/tiny.ini --set model.moe_every=1 --set model.private_layers=1 --checkpoint "$TMP/pl1/checkpoints/step_00000020" \
+        --prompt-file "$TMP/prompt.txt" --max-new 20 --json "$TMP/pl1.json" >/dev/null 2>&1 || fail "generate on the private_layers checkpoint failed"
+    "$REF_PY" "$top_srcdir/tests/reference/check_generate.py" "$TMP/pl1/checkpoints/step_00000020/party_0.h5" "$TMP/prompt.txt" "$TMP/pl1.json" >"$TMP/ref" 2>&1 \
+        && ok "private_layers = 1: the PyTorch reference agrees ($(cat "$TMP/ref"))" || fail "private_layers = 1: the reference differs: $(cat "$TMP/ref")"
+fi
+
+# 6. refusals
 refused "clip_norm alone" "privacy.clip_norm and privacy.grad_clip_norm go together" mpi 3 train "$TMP/p3.ini" --set privacy.clip_norm=1 --set run.dir="$TMP/x"
 refused "noise without clipping" "privacy.noise_multiplier needs privacy.clip_norm" mpi 3 train "$TMP/p3.ini" --set privacy.noise_multiplier=1 --set run.dir="$TMP/x"
 refused "noise and target" "give it or privacy.noise_multiplier" mpi 3 train "$TMP/p3.ini" --set privacy.clip_norm=1 --set privacy.grad_clip_norm=1 --set privacy.noise_multiplier=1 --set privacy.target_epsilon=3 --set run.dir="$TMP/x"
 refused "noise_std with clipping" "drop noise_std" mpi 3 train "$TMP/p3.ini" --set privacy.clip_norm=1 --set privacy.grad_clip_norm=1 --set privacy.noise_std=1 --set run.dir="$TMP/x"
 refused "clipping in fedavg" "parties.mode = fedavg has none" mpi 3 train "$TMP/p3.ini" --set parties.mode=fedavg --set privacy.clip_norm=1 --set privacy.grad_clip_norm=1 --set run.dir="$TMP/x"
+refused "no MoE layer left" "model.private_layers = 2: leaves no MoE layer" mpi 3 train "$TMP/p3.ini" --set model.private_layers=2 --set run.dir="$TMP/x"
 refused "an unreachable target" "privacy.target_epsilon = 1e-06: out of reach" mpi 3 train "$TMP/p3.ini" --set privacy.clip_norm=1 --set privacy.grad_clip_norm=1 --set privacy.target_epsilon=0.000001 --set run.dir="$TMP/x"
 finish

@@ -7,7 +7,7 @@ and update. Runs in float64 so that the comparison measures the C engine's fp32 
 Architecture (byte-level decoder-only transformer, no biases):
   x = embed[tokens]
   per layer l:  x = x + Attn(RMSNorm(x))      causal multi-head attention, RoPE (rotate-half) on q, k
-                x = x + FFN(RMSNorm(x))       MoE when (l + 1) % moe_every == 0, else dense SwiGLU
+                x = x + FFN(RMSNorm(x))       MoE when l >= private_layers and (l + 1) % moe_every == 0, else dense
   logits = RMSNorm(x) @ lm_head^T
   loss = CE + aux_coef * sum(aux) + z_coef * sum(z)
 MoE: probs = softmax(x @ router^T); top-k experts; gates = chosen probs / their sum;
@@ -27,10 +27,11 @@ class Config:
         self.vocab, self.d, self.n_layers, self.n_heads = vocab, d, n_layers, n_heads
         self.seq_len, self.d_ff, self.n_experts, self.top_k = seq_len, d_ff, n_experts, top_k
         self.expert_ff, self.moe_every = expert_ff, moe_every
+        self.private_layers = 0  # the first private_layers layers are dense (model.private_layers)
         self.aux_coef, self.z_coef, self.rope_theta, self.norm_eps = aux_coef, z_coef, rope_theta, norm_eps
 
     def is_moe(self, layer):
-        return (layer + 1) % self.moe_every == 0
+        return layer >= self.private_layers and (layer + 1) % self.moe_every == 0
 
 
 def rms_norm(x, w, eps):
@@ -143,4 +144,5 @@ def load_checkpoint(path):
                  int(mk["d_ff"]), int(mk["n_experts"]), int(mk["top_k"]), int(mk["expert_ff"]),
                  int(mk["moe_every"]), float(mk["aux_loss_coef"]), float(mk["z_loss_coef"]),
                  float(mk["rope_theta"]), float(mk["norm_eps"]))
+    cfg.private_layers = int(mk.get("private_layers", "0"))
     return params, cfg
