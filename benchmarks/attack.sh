@@ -1,8 +1,10 @@
 #!/bin/sh
-# Reconstruction-attack study (the paper's privacy claim). Parties 0 (Shakespeare) and 1 (Austen) train
-# the demo's model with PC-MoE, owners recording every row they receive (privacy.record_received, a
-# study-only key). Party 1 then attacks party 0 (pcmoe attack): nearest-neighbour and softmax-regression
-# inversion, per MoE layer, scored as byte-recovery accuracy against the majority-byte baseline.
+# Reconstruction-attack study (the paper's privacy claim): the first two rungs of the attack ladder on the
+# rows channel (benchmarks/privacy.sh runs the whole ladder against the defences). Parties 0 (Shakespeare)
+# and 1 (Austen) train the demo's model with PC-MoE, owners recording every row they receive
+# (privacy.record_received, a study-only key). Party 1 then attacks party 0 (pcmoe attack):
+# nearest-neighbour and softmax-regression inversion, per MoE layer, scored as byte-recovery accuracy
+# against the majority-byte baseline.
 #   black-box   independent backbones (the default): what a curious owner really has
 #   same-init   every backbone starts from the same weights (privacy.same_backbone_init), as when all
 #               parties fine-tune one public checkpoint
@@ -52,8 +54,8 @@ for run in "independent:black-box (independent backbones):independent" "independ
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 for layer in sorted({r["layer"] for r in rows}):
-    acc = {r["attack"]: r["accuracy"] for r in rows if r["layer"] == layer}
-    base = [r["baseline"] for r in rows if r["layer"] == layer][0]
+    acc = {r["attack"]: r["accuracy"] for r in rows if r["layer"] == layer and r["channel"] == "rows"}
+    base = [r["baseline"] for r in rows if r["layer"] == layer and r["channel"] == "rows"][0]
     print(f"| {sys.argv[2]} | {sys.argv[3]} | {layer} | {acc['nn']:.3f} | {acc['softmax']:.3f} | {base:.3f} |")
 PY
 done

@@ -1,16 +1,33 @@
-// attack.c: can the owner of an expert recover another party's text from the rows it received?
+// attack.c: can the owner of an expert recover another party's text from what it received?
 //
 // The attacker A is a party of a finished pcmoe run. It holds its own backbone and corpus, and (as a
-// party) can reach every expert, so its model is: its backbone + the whole expert pool. It recorded the
-// rows victim V sent it (privacy.record_received); the victim's true bytes for those rows come from the
-// study's ground-truth file and are used only to score the attack.
-//   nn       nearest neighbour (cosine) of each victim row among the rows the attacker's own corpus
-//            produces at the same MoE layer through its model; predicts that row's byte
-//   softmax  softmax regression (256 classes, Adam) trained on the attacker's own (row, byte) pairs
-// Controls: --white-box gives the attacker the victim's backbone (where the attack must work), and a
-// run trained with privacy.same_backbone_init = true starts every backbone from the same weights.
-// Score: byte-recovery accuracy against the majority-byte baseline (always guessing the attacker's
-// most common byte).
+// party) can reach every expert, so its model is: its backbone + the whole expert pool. It recorded what
+// victim V sent it (privacy.record_received): on two channels, per MoE layer,
+//   rows       the hidden rows routed to its experts (expert_rows), and which of its experts each reached
+//   gradients  the output-gradient rows V sent back for them (output_grads)
+// The victim's true bytes for those rows come from the study's ground-truth files and are used only to
+// score. The attack ladder, on each channel:
+//   nn        nearest neighbour (cosine) among the (row, byte) pairs the attacker's own corpus produces
+//             at the same layer through its model (its own gradient rows for the gradient channel)
+//   softmax   softmax regression (256 classes, Adam) on those pairs
+//   pairs-K   known pairs: softmax regression on K (row, byte) pairs of the victim itself (K = 100,
+//             1000: text the victim is known to contain), scored on the victim's other rows
+//   align     no pairs and no weights: the victim's rows are clustered, the clusters matched to the
+//             attacker's bytes by frequency, then an orthogonal map (Procrustes) from the victim's
+//             space to the attacker's is refined by iterative closest point; the attacker's softmax
+//             reads the mapped rows
+//   expert    (rows channel) the byte the attacker's own rows most often send to the expert a row reached
+//   expert-pairs  the same from 1000 known pairs of the victim
+// The gradient channel is scored on the byte after each row's (an output gradient is mostly about the
+// next byte, the row's target); the rows channel on the row's own byte.
+// Adaptive: with the DP defence on (privacy.clip_norm) or privacy.noise_std, the attacker's own rows and
+// gradient rows are passed through the same clipping and noise before every inverter is fitted.
+// Settings: --white-box gives the attacker the victim's backbone (where the attack must work); a run
+// trained with privacy.same_backbone_init starts every backbone from the same weights. The run's settings
+// (privacy and model keys) come from the checkpoint; CONFIG gives the corpora's paths.
+// Score: byte accuracy on the victim's held-out rows (the rows after the first 1000, which the pairs
+// attacks may use), overall and on rare bytes (outside the attacker's 16 most frequent), against the
+// majority-byte baseline (always guessing the attacker's most frequent byte).
 #include "attack.h"
 
 #include <cblas.h>  // cblas_sgemm
@@ -24,18 +41,23 @@
 #include "config.h"   // Config, config_load
 #include "data.h"     // Dataset
 #include "model.h"    // Model
+#include "privacy.h"  // privacy_clip_noise (the adaptive attacker)
+#include "rng.h"      // Rng
 #include "util.h"     // mallocCheck, fail, error_set, write_file_atomic
 
 #define FEATURE_ROWS 8192  // attacker's own (row, byte) pairs per layer
-#define VICTIM_ROWS 4000   // victim rows scored per layer
+#define PAIRS_MAX 1000     // victim rows the known-pairs attacks may fit on (never scored)
+#define SCORED_ROWS 4000   // victim rows scored per layer and channel
+#define COMMON_BYTES 16    // "rare" bytes: all but the attacker's 16 most frequent
 
 typedef struct {
     const char *config, *ckpt_dir, *records, *json;
     int attacker, victim, white_box;
+    double victim_noise; // the victim's noise multiplier (target_epsilon runs choose it per party); < 0: the config's
 } AttackArgs;
 
 static int usage_error(const char *msg) {
-    fprintf(stderr, "pcmoe: error: attack: %s\n(usage: pcmoe attack CONFIG --checkpoint DIR --records DIR --attacker A --victim V [--white-box] [--json FILE])\n", msg);
+    fprintf(stderr, "pcmoe: error: attack: %s\n(usage: pcmoe attack CONFIG --checkpoint DIR --records DIR --attacker A --victim V [--white-box] [--victim-noise S] [--json FILE])\n", msg);
     return 2;
 }
 
@@ -90,16 +112,28 @@ static void attack_nn(const float *F, const uint8_t *fy, int nf, const float *V,
     free(fn); free(vn); free(sim);
 }
 
-// Softmax regression on standardized rows, full-batch Adam.
-static void attack_softmax(const float *F, const uint8_t *fy, int nf, const float *V, int nv, int d, uint8_t *pred) {
+// Per-dimension mean and std of n rows (std floored).
+static void moments(const float *x, int n, int d, float *mu, float *sd) {
+    for (int j = 0; j < d; j++) { mu[j] = 0.0f; sd[j] = 0.0f; }
+    for (int i = 0; i < n; i++) for (int j = 0; j < d; j++) mu[j] += x[(size_t)i * d + j] / n;
+    for (int i = 0; i < n; i++) for (int j = 0; j < d; j++) { float z = x[(size_t)i * d + j] - mu[j]; sd[j] += z * z / n; }
+    for (int j = 0; j < d; j++) sd[j] = sqrtf(sd[j]) + 1e-12f;
+}
+
+// A softmax-regression inverter fitted on (F, fy): W (256, d) on rows standardized by mu, sd.
+typedef struct {
+    int d;
+    float *mu, *sd, *W;
+} Inverter;
+
+static void inverter_fit(Inverter *inv, const float *F, const uint8_t *fy, int nf, int d) {
     enum { C = 256, ITERS = 150 };
-    float *mu = callocCheck(d, sizeof(float)), *sd = callocCheck(d, sizeof(float));
-    for (int i = 0; i < nf; i++) for (int j = 0; j < d; j++) mu[j] += F[(size_t)i * d + j] / nf;
-    for (int i = 0; i < nf; i++) for (int j = 0; j < d; j++) { float z = F[(size_t)i * d + j] - mu[j]; sd[j] += z * z / nf; }
-    for (int j = 0; j < d; j++) sd[j] = sqrtf(sd[j]) + 1e-6f;
-    float *x = mallocCheck(sizeof(float) * nf * d), *xv = mallocCheck(sizeof(float) * nv * d);
-    for (size_t i = 0; i < (size_t)nf * d; i++) x[i] = (F[i] - mu[i % d]) / sd[i % d];
-    for (size_t i = 0; i < (size_t)nv * d; i++) xv[i] = (V[i] - mu[i % d]) / sd[i % d];
+    inv->d = d;
+    inv->mu = mallocCheck(sizeof(float) * d);
+    inv->sd = mallocCheck(sizeof(float) * d);
+    moments(F, nf, d, inv->mu, inv->sd);
+    float *x = mallocCheck(sizeof(float) * nf * d);
+    for (size_t i = 0; i < (size_t)nf * d; i++) x[i] = (F[i] - inv->mu[i % d]) / inv->sd[i % d];
     float *W = callocCheck((size_t)C * d, sizeof(float)), *g = mallocCheck(sizeof(float) * C * d);
     float *m1 = callocCheck((size_t)C * d, sizeof(float)), *m2 = callocCheck((size_t)C * d, sizeof(float));
     float *logit = mallocCheck(sizeof(float) * nf * C);
@@ -120,41 +154,294 @@ static void attack_softmax(const float *F, const uint8_t *fy, int nf, const floa
             W[k] -= 0.05f * (m1[k] / b1c) / (sqrtf(m2[k] / b2c) + 1e-8f);
         }
     }
-    float *lv = mallocCheck(sizeof(float) * nv * C);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nv, C, d, 1.0f, xv, d, W, d, 0.0f, lv, C);
+    inv->W = W;
+    free(x); free(g); free(m1); free(m2); free(logit);
+}
+
+// std_in: the rows are already standardized (in the inverter's space).
+static void inverter_apply(const Inverter *inv, const float *V, int nv, int std_in, uint8_t *pred) {
+    enum { C = 256 };
+    int d = inv->d;
+    float *xv = mallocCheck(sizeof(float) * nv * d), *lv = mallocCheck(sizeof(float) * nv * C);
+    for (size_t i = 0; i < (size_t)nv * d; i++) xv[i] = std_in ? V[i] : (V[i] - inv->mu[i % d]) / inv->sd[i % d];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nv, C, d, 1.0f, xv, d, inv->W, d, 0.0f, lv, C);
     for (int i = 0; i < nv; i++) {
         int best = 0;
         for (int c = 1; c < C; c++) if (lv[(size_t)i * C + c] > lv[(size_t)i * C + best]) best = c;
         pred[i] = (uint8_t)best;
     }
-    free(mu); free(sd); free(x); free(xv); free(W); free(g); free(m1); free(m2); free(logit); free(lv);
+    free(xv); free(lv);
 }
 
+static void inverter_free(Inverter *inv) { free(inv->mu); free(inv->sd); free(inv->W); }
+
+// Eigen-decomposition of the symmetric (n, n) matrix A (destroyed) by cyclic Jacobi: eigenvalues in w,
+// eigenvectors in the columns of Q.
+static void jacobi_eigen(double *A, int n, double *w, double *Q) {
+    for (int i = 0; i < n * n; i++) Q[i] = (i / n == i % n);
+    for (int sweep = 0; sweep < 60; sweep++) {
+        double off = 0.0;
+        for (int p = 0; p < n; p++) for (int q = p + 1; q < n; q++) off += A[p * n + q] * A[p * n + q];
+        if (off < 1e-22) break;
+        for (int p = 0; p < n; p++)
+            for (int q = p + 1; q < n; q++) {
+                if (fabs(A[p * n + q]) < 1e-300) continue;
+                double theta = (A[q * n + q] - A[p * n + p]) / (2.0 * A[p * n + q]);
+                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0)), c = 1.0 / sqrt(t * t + 1.0), s = t * c;
+                for (int k = 0; k < n; k++) { // A = J^T A J
+                    double akp = A[k * n + p], akq = A[k * n + q];
+                    A[k * n + p] = c * akp - s * akq;
+                    A[k * n + q] = s * akp + c * akq;
+                }
+                for (int k = 0; k < n; k++) {
+                    double apk = A[p * n + k], aqk = A[q * n + k];
+                    A[p * n + k] = c * apk - s * aqk;
+                    A[q * n + k] = s * apk + c * aqk;
+                }
+                for (int k = 0; k < n; k++) {
+                    double qkp = Q[k * n + p], qkq = Q[k * n + q];
+                    Q[k * n + p] = c * qkp - s * qkq;
+                    Q[k * n + q] = s * qkp + c * qkq;
+                }
+            }
+    }
+    for (int i = 0; i < n; i++) w[i] = A[i * n + i];
+}
+
+// The orthogonal R (d, d) minimising sum_i |R a_i - b_i|^2 (Procrustes): R = M (M^T M)^(-1/2), M = sum b_i a_i^T.
+static void procrustes(const double *M, int d, float *R) {
+    double *S = mallocCheck(sizeof(double) * d * d), *Q = mallocCheck(sizeof(double) * d * d), *w = mallocCheck(sizeof(double) * d);
+    for (int i = 0; i < d; i++)
+        for (int j = 0; j < d; j++) {
+            double s = 0.0;
+            for (int k = 0; k < d; k++) s += M[k * d + i] * M[k * d + j];
+            S[i * d + j] = s;
+        }
+    jacobi_eigen(S, d, w, Q);
+    double wmax = 0.0;
+    for (int i = 0; i < d; i++) wmax = w[i] > wmax ? w[i] : wmax;
+    for (int i = 0; i < d; i++) // S = Q diag(w^-1/2) Q^T
+        for (int j = 0; j < d; j++) {
+            double s = 0.0;
+            for (int k = 0; k < d; k++) s += Q[i * d + k] * Q[j * d + k] / sqrt(w[k] > 1e-12 * wmax ? w[k] : 1e-12 * wmax + 1e-300);
+            S[i * d + j] = s;
+        }
+    for (int i = 0; i < d; i++)
+        for (int j = 0; j < d; j++) {
+            double s = 0.0;
+            for (int k = 0; k < d; k++) s += M[i * d + k] * S[k * d + j];
+            R[i * d + j] = (float)s;
+        }
+    free(S); free(Q); free(w);
+}
+
+// No pairs, no weights: both sides standardized; the victim's rows in KC k-means clusters; an orthogonal
+// map from the victim's space to the attacker's by iterative closest point (each mapped cluster centre
+// matched to the attacker's nearest byte mean; the map refitted on the matches by Procrustes, weighted by
+// cluster size), from two starts; the better fit wins. inv: the attacker's inverter, applied to the
+// mapped rows.
+static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy, int nf, const float *V, int nv, int d, uint8_t *pred) {
+    enum { KC = 160, KMEANS_ITERS = 15, ICP_ITERS = 10 };
+    float *x = mallocCheck(sizeof(float) * nv * d), *mu = mallocCheck(sizeof(float) * d), *sd = mallocCheck(sizeof(float) * d);
+    moments(V, nv, d, mu, sd);
+    for (size_t i = 0; i < (size_t)nv * d; i++) x[i] = (V[i] - mu[i % d]) / sd[i % d];
+    // the attacker's byte means, in its inverter's standardized space, and its byte frequencies
+    double *bm = callocCheck((size_t)256 * d, sizeof(double));
+    int cnt[256] = {0};
+    for (int i = 0; i < nf; i++) {
+        cnt[fy[i]]++;
+        for (int j = 0; j < d; j++) bm[fy[i] * d + j] += (F[(size_t)i * d + j] - inv->mu[j]) / inv->sd[j];
+    }
+    int byte_rank[256], nb = 0;
+    for (int b = 0; b < 256; b++) if (cnt[b] >= 3) { for (int j = 0; j < d; j++) bm[b * d + j] /= cnt[b]; byte_rank[nb++] = b; }
+    for (int i = 1; i < nb; i++) { int b = byte_rank[i], j = i; while (j > 0 && cnt[byte_rank[j - 1]] < cnt[b]) { byte_rank[j] = byte_rank[j - 1]; j--; } byte_rank[j] = b; }
+    // k-means of the victim's rows (seeded by evenly spaced rows)
+    int kc = nv < KC ? nv : KC, *asg = mallocCheck(sizeof(int) * nv), size[KC];
+    double *cen = mallocCheck(sizeof(double) * KC * d);
+    for (int c = 0; c < kc; c++) for (int j = 0; j < d; j++) cen[c * d + j] = x[(size_t)(c * (nv / kc)) * d + j];
+    for (int it = 0; it < KMEANS_ITERS; it++) {
+        for (int i = 0; i < nv; i++) {
+            double best = INFINITY;
+            for (int c = 0; c < kc; c++) {
+                double s = 0.0;
+                for (int j = 0; j < d; j++) { double z = x[(size_t)i * d + j] - cen[c * d + j]; s += z * z; }
+                if (s < best) { best = s; asg[i] = c; }
+            }
+        }
+        memset(cen, 0, sizeof(double) * kc * d);
+        memset(size, 0, sizeof size);
+        for (int i = 0; i < nv; i++) { size[asg[i]]++; for (int j = 0; j < d; j++) cen[asg[i] * d + j] += x[(size_t)i * d + j]; }
+        for (int c = 0; c < kc; c++) if (size[c]) for (int j = 0; j < d; j++) cen[c * d + j] /= size[c];
+    }
+    // two starts: the identity (backbones from one initialisation share a space), and clusters by size
+    // matched to bytes by frequency; the map that fits its matches better wins
+    int order[KC], match[KC];
+    for (int c = 0; c < kc; c++) order[c] = c;
+    for (int i = 1; i < kc; i++) { int c = order[i], j = i; while (j > 0 && size[order[j - 1]] < size[c]) { order[j] = order[j - 1]; j--; } order[j] = c; }
+    float *R = mallocCheck(sizeof(float) * d * d), *best_R = mallocCheck(sizeof(float) * d * d);
+    double *M = mallocCheck(sizeof(double) * d * d), *mc = mallocCheck(sizeof(double) * d), best_fit = INFINITY;
+    for (int start = 0; start < 2 && nb; start++) {
+        for (int i = 0; i < d * d; i++) R[i] = (i / d == i % d);
+        if (start == 1) for (int i = 0; i < kc; i++) match[order[i]] = byte_rank[i < nb ? i : nb - 1];
+        double fit = 0.0;
+        for (int it = 0; it <= ICP_ITERS; it++) {
+            if (it > 0 || start == 1) { // the map from the matches
+                memset(M, 0, sizeof(double) * d * d);
+                for (int c = 0; c < kc; c++)
+                    for (int i = 0; i < d; i++) for (int j = 0; j < d; j++) M[i * d + j] += size[c] * bm[match[c] * d + i] * cen[c * d + j];
+                double fro = 0.0; // a little of the identity, so that directions no match constrains keep a full rank
+                for (int i = 0; i < d * d; i++) fro += M[i] * M[i];
+                for (int i = 0; i < d; i++) M[i * d + i] += 1e-3 * sqrt(fro) + 1e-12;
+                procrustes(M, d, R);
+            }
+            fit = 0.0;
+            for (int c = 0; c < kc; c++) { // the matches from the map: each mapped centroid to its nearest byte mean
+                for (int i = 0; i < d; i++) { double t = 0.0; for (int j = 0; j < d; j++) t += R[i * d + j] * cen[c * d + j]; mc[i] = t; }
+                double best = INFINITY;
+                for (int k = 0; k < nb; k++) {
+                    double t = 0.0;
+                    for (int j = 0; j < d; j++) { double z = mc[j] - bm[byte_rank[k] * d + j]; t += z * z; }
+                    if (t < best) { best = t; match[c] = byte_rank[k]; }
+                }
+                fit += size[c] * best;
+            }
+        }
+        if (fit < best_fit) { best_fit = fit; memcpy(best_R, R, sizeof(float) * d * d); }
+    }
+    float *y = mallocCheck(sizeof(float) * nv * d); // the mapped rows, in the inverter's standardized space
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nv, d, d, 1.0f, x, d, best_R, d, 0.0f, y, d);
+    if (nb) inverter_apply(inv, y, nv, 1, pred);
+    else memset(pred, 0, (size_t)nv);
+    free(x); free(mu); free(sd); free(bm); free(asg); free(cen); free(R); free(best_R); free(M); free(mc); free(y);
+}
+
+// The attacker's own rows at every MoE layer, through its model: the rows it would send (ln2) with their
+// bytes and the experts each went to, and the output-gradient rows of its own batches.
+typedef struct {
+    int n;          // pairs per layer
+    float *rows;    // (L, n, d)
+    uint8_t *bytes; // (n) the input byte of row i (the same at every layer)
+    int *expert;    // (L, n, k) the experts row i's choices reached
+    float *grads;   // (L, n, d) output-gradient rows, one per (token, choice), the first n
+    uint8_t *gbytes; // (L, n) their target bytes (the byte after the row's: what an output gradient is about)
+} OwnPairs;
+
+static void own_pairs(OwnPairs *o, Model *m, Dataset *ds, const ModelConfig *mc, int B, int T) {
+    int L = mc->n_layers, d = mc->d, N = B * T, k = mc->top_k;
+    o->n = (FEATURE_ROWS / N) * N;
+    if (o->n == 0) o->n = N;
+    o->rows = mallocCheck(sizeof(float) * (size_t)L * o->n * d);
+    o->grads = mallocCheck(sizeof(float) * (size_t)L * o->n * d);
+    o->bytes = mallocCheck((size_t)o->n);
+    o->gbytes = mallocCheck((size_t)L * o->n);
+    o->expert = mallocCheck(sizeof(int) * (size_t)L * o->n * k);
+    uint8_t *tok = mallocCheck(N), *tgt = mallocCheck(N);
+    for (int b = 0; b * N < o->n; b++) {
+        data_train_batch(ds, tok, tgt, B, T);
+        model_zero_grad(m);
+        model_forward(m, tok, tgt);
+        for (int l = 0; l < L; l++) {
+            if (!model_layer_is_moe(mc, l)) continue;
+            memcpy(o->rows + ((size_t)l * o->n + (size_t)b * N) * d, m->acts[l].ln2, sizeof(float) * N * d);
+            memcpy(o->expert + ((size_t)l * o->n + (size_t)b * N) * k, m->acts[l].moe.topk, sizeof(int) * N * k);
+        }
+        memcpy(o->bytes + (size_t)b * N, tok, N);
+        model_backward(m, tok, tgt); // each MoE layer's ye now holds its output gradients (packed rows)
+        for (int l = 0; l < L; l++) {
+            if (!model_layer_is_moe(mc, l)) continue;
+            const MoeActs *a = &m->acts[l].moe;
+            for (int i = 0; i < N; i++) { // every k-th of the N*k packed rows (all experts' rows alike)
+                size_t r = (size_t)i * k;
+                memcpy(o->grads + ((size_t)l * o->n + (size_t)b * N + i) * d, a->ye + r * d, sizeof(float) * d);
+                o->gbytes[(size_t)l * o->n + (size_t)b * N + i] = tgt[a->row_choice[r] / k];
+            }
+        }
+    }
+    free(tok);
+    free(tgt);
+}
+
+static void own_pairs_free(OwnPairs *o) { free(o->rows); free(o->grads); free(o->bytes); free(o->gbytes); free(o->expert); }
+
+// The victim's rows of one channel at one layer: the first up to PAIRS_MAX (the pairs attacks' pool),
+// then up to SCORED_ROWS scored ones.
+typedef struct {
+    int n, n_pairs;  // rows read, and how many of them are the pairs pool
+    float *x;        // (n, d)
+    uint8_t *y;      // (n) true bytes
+    int *expert;     // (n) the expert each reached (rows channel), or NULL
+} VictimRows;
+
+static int victim_rows(VictimRows *v, const char *dir, int attacker, int victim, int layer, int d, int grads, char *err, size_t len) {
+    char rows[4200], truth[4200], experts[4200];
+    int max = PAIRS_MAX + SCORED_ROWS;
+    snprintf(rows, sizeof rows, "%s/%s_%d.bin", dir, grads ? "received_grads_party" : "received_party", attacker);
+    snprintf(truth, sizeof truth, "%s/%s_%d.bin", dir, grads ? "truth_grads_party" : "truth_party", victim);
+    snprintf(experts, sizeof experts, "%s/received_experts_party_%d.bin", dir, attacker);
+    v->x = mallocCheck(sizeof(float) * (size_t)max * d);
+    v->y = mallocCheck((size_t)max);
+    v->expert = grads ? NULL : mallocCheck(sizeof(int) * (size_t)max);
+    int n = read_records(rows, layer, victim, d, sizeof(float), v->x, max, err, len);
+    int nt = n < 0 ? 0 : read_records(truth, layer, attacker, 1, 1, v->y, max, err, len);
+    int ne = n < 0 || nt < 0 || grads ? n : read_records(experts, layer, victim, 1, sizeof(int), v->expert, max, err, len);
+    if (n < 0 || nt < 0 || ne < 0) return 2;
+    if (n != nt || n != ne) return error_set(err, len, "%s: layer %d: %d recorded rows but %d true bytes and %d expert ids", rows, layer, n, nt, ne);
+    v->n = n;
+    v->n_pairs = n > 2 * PAIRS_MAX ? PAIRS_MAX : n / 2;
+    return 0;
+}
+
+static void victim_rows_free(VictimRows *v) { free(v->x); free(v->y); free(v->expert); }
+
 int attack_main(int argc, char **argv) {
-    AttackArgs a = {.attacker = -1, .victim = -1};
+    AttackArgs a = {.attacker = -1, .victim = -1, .victim_noise = -1.0};
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i];
         if (!strcmp(o, "--white-box")) { a.white_box = 1; continue; }
         if (o[0] != '-') { if (a.config) return usage_error("one CONFIG only"); a.config = o; continue; }
         if (i + 1 >= argc) return usage_error("an option lacks its value");
         const char *v = argv[++i];
+        char *end;
         if (!strcmp(o, "--checkpoint")) a.ckpt_dir = v;
         else if (!strcmp(o, "--records")) a.records = v;
         else if (!strcmp(o, "--json")) a.json = v;
         else if (!strcmp(o, "--attacker")) a.attacker = (int)strtol(v, NULL, 10);
         else if (!strcmp(o, "--victim")) a.victim = (int)strtol(v, NULL, 10);
-        else return usage_error("unknown option");
+        else if (!strcmp(o, "--victim-noise")) {
+            a.victim_noise = strtod(v, &end);
+            if (*end || !(a.victim_noise >= 0)) return usage_error("--victim-noise: not a number >= 0");
+        } else return usage_error("unknown option");
     }
     if (!a.config || !a.ckpt_dir || !a.records || a.attacker < 0 || a.victim < 0) return usage_error("CONFIG, --checkpoint, --records, --attacker and --victim are required");
     Config *c = mallocCheck(sizeof(Config));
     char err[2048];
     if (config_load(c, a.config, NULL, 0, err, sizeof err)) { fprintf(stderr, "pcmoe: error: %s\n", err); return 2; }
+    // the run's own settings (privacy keys, model) from the checkpoint; the corpora's paths from CONFIG
+    {
+        char path[CONFIG_PATH_LEN + 64], why[1024];
+        size_t text_len = 1 << 16;
+        char *text = mallocCheck(text_len);
+        int step, party;
+        Config *run = mallocCheck(sizeof(Config));
+        snprintf(path, sizeof path, "%s/party_%d.h5", a.ckpt_dir, a.attacker < 0 ? 0 : a.attacker);
+        int bad = ckpt_peek(path, text, text_len, &step, &party, err, sizeof err) || config_load_text(run, text, why, sizeof why);
+        if (!bad) {
+            memcpy(run->data_path, c->data_path, sizeof c->data_path);
+            *c = *run;
+        }
+        free(text);
+        free(run);
+        if (bad) { fprintf(stderr, "pcmoe: error: %s\n", err[0] ? err : why); free(c); return 2; }
+    }
     if (c->mode != MODE_PCMOE || c->n_parties < 2) return usage_error("needs a pcmoe config of at least 2 parties");
     if (a.attacker >= c->n_parties || a.victim >= c->n_parties || a.attacker == a.victim) return usage_error("--attacker and --victim must be two different parties");
+    double noise = a.victim_noise >= 0 ? a.victim_noise : c->noise_multiplier;
+    if (c->target_epsilon > 0 && a.victim_noise < 0)
+        return usage_error("the run chose each party's noise for privacy.target_epsilon: give the victim's with --victim-noise (its summary.json)");
 
     // the attacker's model: a backbone (its own; the victim's when white-box) and every expert
     ModelConfig mc = model_config_from(c);
-    int B = c->batch_size, T = c->seq_len, d = c->d_model, N = B * T;
+    int B = c->batch_size, T = c->seq_len, d = c->d_model;
     Model m;
     model_create(&m, &mc, NULL, 1, B, T);
     if (ckpt_read_weights(&m, a.ckpt_dir, a.white_box ? a.victim : a.attacker, 0, c->n_parties, err, sizeof err)) {
@@ -163,53 +450,99 @@ int attack_main(int argc, char **argv) {
     }
     Dataset ds;
     if (data_load(&ds, c->data_path[a.attacker], c->val_fraction, T, 12345, err, sizeof err)) { fprintf(stderr, "pcmoe: error: %s\n", err); return 2; }
-
-    // the attacker's own (row, byte) pairs at every MoE layer
-    int L = c->n_layers, nf = (FEATURE_ROWS / N) * N;
-    if (nf == 0) nf = N;
-    float *feat = mallocCheck(sizeof(float) * (size_t)L * nf * d);
-    uint8_t *fy = mallocCheck((size_t)nf), *tok = mallocCheck(N), *tgt = mallocCheck(N);
-    for (int b = 0; b * N < nf; b++) {
-        data_train_batch(&ds, tok, tgt, B, T);
-        model_forward(&m, tok, tgt);
-        memcpy(fy + (size_t)b * N, tok, N);
-        for (int l = 0; l < L; l++)
-            if (model_layer_is_moe(&mc, l)) memcpy(feat + ((size_t)l * nf + (size_t)b * N) * d, m.acts[l].ln2, sizeof(float) * N * d);
-    }
-    int counts[256] = {0}, major = 0;
-    for (int i = 0; i < nf; i++) counts[fy[i]]++;
+    OwnPairs own;
+    own_pairs(&own, &m, &ds, &mc, B, T);
+    int nf = own.n, counts[256] = {0}, major = 0, common[256] = {0};
+    for (int i = 0; i < nf; i++) counts[own.bytes[i]]++;
     for (int b = 1; b < 256; b++) if (counts[b] > counts[major]) major = b;
+    for (int r = 0; r < COMMON_BYTES; r++) { // the attacker's most frequent bytes
+        int best = -1;
+        for (int b = 0; b < 256; b++) if (!common[b] && counts[b] && (best < 0 || counts[b] > counts[best])) best = b;
+        if (best >= 0) common[best] = 1;
+    }
+    // the adaptive attacker: its own pairs pass through the victim's defence
+    Rng rng;
+    rng_seed(&rng, 0xA77AC4ULL);
+    int L = c->n_layers;
+    if (c->clip_norm > 0) {
+        privacy_clip_noise(own.rows, L * nf, d, c->clip_norm, (float)noise, &rng);
+        privacy_clip_noise(own.grads, L * nf, d, c->grad_clip_norm, (float)noise, &rng);
+    } else if (c->noise_std > 0) {
+        for (size_t i = 0; i < (size_t)L * nf * d; i++) own.rows[i] += c->noise_std * rng_normal(&rng);
+    }
+    const char *setting = a.white_box ? "white-box" : (c->same_backbone_init ? "same-init" : "black-box");
+    const char *defence = c->clip_norm > 0 ? "dp" : c->noise_std > 0 ? "noise" : "none";
 
-    char rows_path[4200], truth_path[4200];
-    snprintf(rows_path, sizeof rows_path, "%s/received_party_%d.bin", a.records, a.attacker);
-    snprintf(truth_path, sizeof truth_path, "%s/truth_party_%d.bin", a.records, a.victim);
-    float *vr = mallocCheck(sizeof(float) * VICTIM_ROWS * d);
-    uint8_t *vt = mallocCheck(VICTIM_ROWS), *pred = mallocCheck(VICTIM_ROWS);
     char *js_text = NULL; // the --json lines, written whole at the end
     size_t js_size = 0;
     FILE *js = a.json ? open_memstream(&js_text, &js_size) : NULL;
     if (a.json && !js) fail("open_memstream: %s", strerror(errno));
-    const char *setting = a.white_box ? "white-box" : (c->same_backbone_init ? "same-init" : "black-box");
-    printf("| setting | attack | layer | victim rows | accuracy | majority-byte baseline | lift |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+    printf("| setting | channel | attack | layer | scored rows | accuracy | on rare bytes | majority-byte baseline | lift |\n"
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    uint8_t *pred = mallocCheck(PAIRS_MAX + SCORED_ROWS);
     int rc = 0;
     for (int l = 0; l < L && !rc; l++) {
         if (!model_layer_is_moe(&mc, l)) continue;
-        int nv = read_records(rows_path, l, a.victim, d, sizeof(float), vr, VICTIM_ROWS, err, sizeof err);
-        int nt = nv < 0 ? 0 : read_records(truth_path, l, a.attacker, 1, 1, vt, VICTIM_ROWS, err, sizeof err);
-        if (nv < 0 || nt < 0) { fprintf(stderr, "pcmoe: error: %s\n", err); rc = 2; break; }
-        if (nv != nt) { fprintf(stderr, "pcmoe: error: layer %d: %d recorded rows but %d true bytes\n", l, nv, nt); rc = 2; break; }
-        if (nv == 0) continue;
-        int base = 0;
-        for (int i = 0; i < nv; i++) base += vt[i] == major;
-        for (int k = 0; k < 2; k++) {
-            const char *name = k ? "softmax" : "nn";
-            if (k) attack_softmax(feat + (size_t)l * nf * d, fy, nf, vr, nv, d, pred);
-            else attack_nn(feat + (size_t)l * nf * d, fy, nf, vr, nv, d, pred);
-            int hit = 0;
-            for (int i = 0; i < nv; i++) hit += pred[i] == vt[i];
-            double acc = (double)hit / nv, bl = (double)base / nv;
-            printf("| %s | %s | %d | %d | %.3f | %.3f | %+.3f |\n", setting, name, l, nv, acc, bl, acc - bl);
-            if (js) fprintf(js, "{\"setting\":\"%s\",\"attack\":\"%s\",\"layer\":%d,\"rows\":%d,\"accuracy\":%.6f,\"baseline\":%.6f}\n", setting, name, l, nv, acc, bl);
+        for (int ch = 0; ch < 2 && !rc; ch++) {
+            VictimRows v = {0};
+            if (victim_rows(&v, a.records, a.attacker, a.victim, l, d, ch, err, sizeof err)) {
+                fprintf(stderr, "pcmoe: error: %s\n", err);
+                rc = 2;
+                victim_rows_free(&v);
+                break;
+            }
+            int ns = v.n - v.n_pairs; // scored: the rows after the pairs pool
+            const float *F = ch ? own.grads + (size_t)l * nf * d : own.rows + (size_t)l * nf * d;
+            const uint8_t *fy = ch ? own.gbytes + (size_t)l * nf : own.bytes;
+            const float *VS = v.x + (size_t)v.n_pairs * d;
+            const uint8_t *ty = v.y + v.n_pairs;
+            if (ns <= 0) { victim_rows_free(&v); continue; }
+            Inverter inv;
+            inverter_fit(&inv, F, fy, nf, d);
+            const char *names[] = {"nn", "softmax", "pairs-100", "pairs-1000", "align", "expert", "expert-pairs"};
+            for (int at = 0; at < 7; at++) {
+                if (at >= 5 && ch) continue; // (experts: the rows channel)
+                if (at == 6 && v.n_pairs < 1000) continue;
+                if ((at == 2 || at == 3) && v.n_pairs < (at == 2 ? 100 : 1000)) continue;
+                if (at == 0) attack_nn(F, fy, nf, VS, ns, d, pred);
+                else if (at == 1) inverter_apply(&inv, VS, ns, 0, pred);
+                else if (at == 2 || at == 3) {
+                    Inverter pk;
+                    inverter_fit(&pk, v.x, v.y, at == 2 ? 100 : 1000, d);
+                    inverter_apply(&pk, VS, ns, 0, pred);
+                    inverter_free(&pk);
+                } else if (at == 4) attack_align(&inv, F, fy, nf, VS, ns, d, pred);
+                else { // the byte most often sent to each expert: by the attacker's own rows, or by 1000 known pairs
+                    int *tab = callocCheck((size_t)mc.n_experts * 256, sizeof(int));
+                    if (at == 5)
+                        for (int i = 0; i < nf; i++)
+                            for (int j = 0; j < mc.top_k; j++) tab[own.expert[((size_t)l * nf + i) * mc.top_k + j] * 256 + own.bytes[i]]++;
+                    else
+                        for (int i = 0; i < 1000; i++)
+                            if (v.expert[i] >= 0 && v.expert[i] < mc.n_experts) tab[v.expert[i] * 256 + v.y[i]]++;
+                    for (int i = 0; i < ns; i++) {
+                        int e = v.expert[v.n_pairs + i], best = major;
+                        if (e >= 0 && e < mc.n_experts)
+                            for (int b = 0; b < 256; b++) if (tab[e * 256 + b] > tab[e * 256 + best]) best = b;
+                        pred[i] = (uint8_t)best;
+                    }
+                    free(tab);
+                }
+                int hit = 0, base = 0, rare = 0, rare_hit = 0;
+                for (int i = 0; i < ns; i++) {
+                    hit += pred[i] == ty[i];
+                    base += ty[i] == major;
+                    if (!common[ty[i]]) { rare++; rare_hit += pred[i] == ty[i]; }
+                }
+                double acc = (double)hit / ns, bl = (double)base / ns, racc = rare ? (double)rare_hit / rare : 0.0;
+                printf("| %s | %s | %s | %d | %d | %.3f | %.3f | %.3f | %+.3f |\n", setting, ch ? "gradients" : "rows", names[at], l, ns, acc, racc, bl, acc - bl);
+                if (js)
+                    fprintf(js, "{\"setting\":\"%s\",\"defence\":\"%s\",\"channel\":\"%s\",\"attack\":\"%s\",\"layer\":%d,\"rows\":%d,\"accuracy\":%.6f,"
+                            "\"rare_rows\":%d,\"rare_accuracy\":%.6f,\"baseline\":%.6f}\n", setting, defence, ch ? "gradients" : "rows", names[at], l, ns,
+                            acc, rare, racc, bl);
+            }
+            inverter_free(&inv);
+            victim_rows_free(&v);
         }
     }
     if (js) {
@@ -217,7 +550,8 @@ int attack_main(int argc, char **argv) {
         if (!rc && write_file_atomic(a.json, js_text, js_size, err, sizeof err)) { fprintf(stderr, "pcmoe: error: --json %s\n", err); rc = 1; }
         free(js_text);
     }
-    free(feat); free(fy); free(tok); free(tgt); free(vr); free(vt); free(pred); free(c);
+    own_pairs_free(&own);
+    free(pred); free(c);
     data_free(&ds);
     model_free(&m);
     return rc;

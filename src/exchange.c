@@ -62,7 +62,8 @@ void exchange_set_fault(Exchange *ex, const char *kind, int party) {
 }
 
 void exchange_record(Exchange *ex, const char *dir) {
-    static const char *const names[EXCHANGE_RECORDS] = {"received_party", "truth_party", "received_grads_party", "truth_grads_party"};
+    static const char *const names[EXCHANGE_RECORDS] = {"received_party", "truth_party", "received_grads_party", "truth_grads_party",
+                                                         "received_experts_party"};
     if (mkdir_p(dir) != 0) fail("privacy.record_received = %s: cannot create directory: %s", dir, strerror(errno));
     for (int i = 0; i < EXCHANGE_RECORDS; i++) {
         snprintf(ex->rec_path[i], sizeof ex->rec_path[i], "%s/%s_%d.bin", dir, names[i], ex->party);
@@ -82,12 +83,14 @@ static void record_block(Exchange *ex, RecordKind kind, int layer, int peer, int
     }
 }
 
-// The true byte of each row this party sends to each peer, in sending order (forward or backward).
+// The true byte of each row this party sends to each peer, in sending order: its input byte (forward), or
+// its target, the byte after it (backward: a row's output gradient is mostly about what comes next).
 static void record_truth(Exchange *ex, RecordKind kind, int layer, const MoeActs *a) {
+    const uint8_t *truth = kind == RECORD_GRAD_TRUTH ? a->targets : a->tokens;
     for (int p = 0; p < ex->P; p++) {
         if (!ex->send_rows[p]) continue;
         uint8_t *bytes = mallocCheck((size_t)ex->send_rows[p]);
-        for (int i = 0; i < ex->send_rows[p]; i++) bytes[i] = a->tokens[a->row_choice[ex->send_offs[p] + i] / a->k];
+        for (int i = 0; i < ex->send_rows[p]; i++) bytes[i] = truth[a->row_choice[ex->send_offs[p] + i] / a->k];
         record_block(ex, kind, layer, p, ex->send_rows[p], 1, bytes, 1);
         free(bytes);
     }
@@ -97,6 +100,19 @@ static void record_truth(Exchange *ex, RecordKind kind, int layer, const MoeActs
 static void record_received(Exchange *ex, RecordKind kind, int layer) {
     for (int q = 0; q < ex->P; q++)
         if (ex->recv_rows[q]) record_block(ex, kind, layer, q, ex->recv_rows[q], ex->d, ex->work + (size_t)ex->recv_offs[q] * ex->d, sizeof(float));
+}
+
+// The expert each row received from each peer reached (global ids), in the order of the rows.
+static void record_experts(Exchange *ex, const ServeLayer *sl, int layer) {
+    int K = ex->max_local;
+    for (int q = 0; q < ex->P; q++) {
+        if (!ex->recv_rows[q]) continue;
+        int *ids = mallocCheck(sizeof(int) * (size_t)ex->recv_rows[q]), n = 0;
+        for (int j = 0; j < ex->n_local; j++)
+            for (int i = 0; i < sl->from[q * K + j]; i++) ids[n++] = ex->local[j];
+        record_block(ex, RECORD_EXPERTS, layer, q, n, 1, ids, sizeof(int));
+        free(ids);
+    }
 }
 
 int exchange_record_commit(Exchange *ex, char *err, size_t len) {
@@ -377,7 +393,10 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     if (bad >= 0 && ex->fault == 3 && a && ex->send_rows[bad] > 0) a->xe[(size_t)ex->send_offs[bad] * d] = NAN;
     // 2. rows to their owners, which keep them in the serve layout; own rows are copied, never sent
     to_owners(ex, MSG_EXPERT_ROWS, a ? a->xe : NULL);
-    if (ex->rec[0]) record_received(ex, RECORD_ROWS, layer); // study only: what this owner saw
+    if (ex->rec[0]) { // study only: what this owner saw
+        record_received(ex, RECORD_ROWS, layer);
+        record_experts(ex, sl, layer);
+    }
     float *x = layer_inputs(ex, sl);
     serve_copy(ex, sl, 0, sl->rows, x, a ? a->xe : NULL, a, 1);
     // 3. each owned expert runs on all its rows, in passes of at most EXCHANGE_PASS_ROWS rows (with

@@ -52,7 +52,8 @@ typedef enum {
     RECORD_ROWS,        // received_party_R.bin: the rows this owner received (forward)
     RECORD_TRUTH,       // truth_party_R.bin: the true input byte of every row this party sent (forward)
     RECORD_GRADS,       // received_grads_party_R.bin: the output-gradient rows this owner received (backward)
-    RECORD_GRAD_TRUTH,  // truth_grads_party_R.bin: the true input byte of every gradient row this party sent
+    RECORD_GRAD_TRUTH,  // truth_grads_party_R.bin: the true target byte (the next one) of every gradient row this party sent
+    RECORD_EXPERTS,     // received_experts_party_R.bin: the expert (global id, int32) each received row reached
     EXCHANGE_RECORDS
 } RecordKind;
 
@@ -126,10 +127,12 @@ void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *c
 // Study only (privacy.record_received): from now on this owner appends every block of rows it receives
 // to DIR/received_party_R.bin, and this sender the true input byte of every row it sends to
 // DIR/truth_party_R.bin; in the backward, the owner the output-gradient rows it receives to
-// DIR/received_grads_party_R.bin, and the sender the true bytes of their rows to DIR/truth_grads_party_R.bin.
-// All four are sequences of blocks:
-//   int32 layer, int32 peer, int32 rows, int32 width (d_model; 1 for truth), then rows*width
-//   float32 (rows) or uint8 (truth), in the order the rows travelled. Rows are recorded as they crossed,
+// DIR/received_grads_party_R.bin, and the sender the true target bytes (the byte after each row's) to
+// DIR/truth_grads_party_R.bin;
+// and the owner which of its experts each received row reached to DIR/received_experts_party_R.bin.
+// All five are sequences of blocks:
+//   int32 layer, int32 peer, int32 rows, int32 width (d_model; 1 for truth and experts), then rows*width
+//   float32 (rows), uint8 (truth) or int32 (experts), in the order the rows travelled. Rows are recorded as they crossed,
 //   after the sender's defence (clipping, noise).
 // Study only: ends a step of recording. Returns 0 when both record files were written whole; otherwise 1
 // with "FILE: cannot write: why" in err, both files cut back to the end of the last committed step (so

@@ -302,6 +302,7 @@ double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         if (model_layer_is_moe(c, l)) {
             m->be->moe_route(&a->moe, a->ln2, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
             a->moe.tokens = tokens;
+            a->moe.targets = targets;
             a->moe.inp = a->ln2;
             if (m->ex) exchange_forward(m->ex, l, &a->moe, expert_set(w), &m->flops);
             else m->be->moe_experts_forward(&a->moe, expert_set(w), &m->flops);
@@ -515,6 +516,7 @@ void model_forward_cached(Model *m, KvCache *kv, const uint8_t *tokens, int n, f
             a->N = n;
             be->moe_route(a, kv->ln, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
             a->tokens = tokens;
+            a->targets = NULL;
             a->inp = kv->ln;
             if (m->ex) exchange_forward(m->ex, l, a, expert_set(w), &m->flops);
             else be->moe_experts_forward(a, expert_set(w), &m->flops);
