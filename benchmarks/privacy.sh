@@ -82,27 +82,39 @@ for name in names:
         w = max(att, key=lambda a: a["accuracy"] - a["baseline"])
         worst.append(w["accuracy"] - w["baseline"])
         rare.append(max(a["rare_accuracy"] for a in att))
-    rows.append((name, sum(val) / len(val), sum(worst) / len(worst), min(worst), max(worst)))
+    rows.append((name, sum(val) / len(val), sum(worst) / len(worst), min(worst), max(worst), max(eps) if eps else float("nan")))
     print(f"| {name} | {span(val)} | {span(eps, 1) if eps else '-'} | " + " | ".join(f"{span(lifts[f]):s}" for f, _, _ in families) +
           f" | {span(worst)} | {span(rare)} |")
-with open(os.path.join(out, "frontier.dat"), "w") as f: # val, worst lift (mean, min, max), label offset, name
-    for i, (name, v, w, lo, hi) in enumerate(rows):
-        f.write(f"{v:.4f} {w:.4f} {lo:.4f} {hi:.4f} {(0.07, -0.07, 0.14)[i % 3]} \"{name}\"\n")
+with open(os.path.join(out, "frontier.dat"), "w") as f: # val, worst lift (mean, min, max), label offset, name, epsilon
+    for i, (name, v, w, lo, hi, e) in enumerate(rows):
+        f.write(f"{v:.4f} {w:.4f} {lo:.4f} {hi:.4f} {(0.07, -0.07, 0.14)[i % 3]} \"{name}\" {e:.4f}\n")
 PY
 if command -v gnuplot >/dev/null; then
     gnuplot <<EOF
-set terminal pngcairo size 900,560
+set terminal pngcairo size 1300,560
 set output "$out/frontier.png"
-set title "Privacy-utility frontier (demo, party 1 attacks party 0; best attack's lift over the baseline)"
+set multiplot layout 1,2 title "Privacy-utility frontier (demo, party 1 attacks party 0)"
+set title "best attack of the ladder against validation loss"
 set xlabel "mean validation loss (nats/byte)"
 set ylabel "best attack: byte accuracy - majority baseline"
 set grid
+set key top right
 set yrange [-0.1:1]
-set offsets graph 0.02, graph 0.2, 0, 0
-set arrow from graph 0, first 0.1 to graph 1, first 0.1 nohead dt 2 lc rgb "red"
-set label "10 points" at graph 0.02, first 0.13 tc rgb "red"
+set offsets graph 0.02, graph 0.25, 0, 0
+set arrow 1 from graph 0, first 0.1 to graph 1, first 0.1 nohead dt 2 lc rgb "red"
+set label 1 "10 points" at graph 0.02, first 0.13 tc rgb "red"
 plot "$out/frontier.dat" using 1:2:3:4 with yerrorbars pt 7 ps 1.2 title "mean, and range over the seeds", \\
      "" using 1:(\$2 + \$5):6 with labels left offset 0.5,0 font ",9" notitle
+unset arrow 1
+unset label 1
+set title "epsilon against validation loss (the settings with the DP defence)"
+set ylabel "epsilon (delta = 1e-5, largest party)"
+set logscale y
+set yrange [10:1000]
+set offsets graph 0.05, graph 0.3, 0, 0
+plot "$out/frontier.dat" using 1:(\$7 > 0 ? \$7 : 1/0) with points pt 7 ps 1.2 notitle, \\
+     "" using 1:(\$7 > 0 ? \$7 * (1 + 2 * \$5) : 1/0):6 with labels left offset 0.5,0 font ",9" notitle
+unset multiplot
 EOF
     echo "plot: $out/frontier.png" >&2
 else
