@@ -455,7 +455,8 @@ static void attention_cached(float *out, const float *qkv, const float *K, const
                              float *scores, int cap, double *flops) {
     int d = H * hs;
     float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel
+    long work = (long)n * H * hs * (p0 + n); // (one byte of a small model: not worth waking the team)
+#pragma omp parallel if (work > 65536)
     {
         int id = 0;
 #ifdef _OPENMP
