@@ -8,27 +8,14 @@
 #include <string.h>   // strerror, memcpy
 #include <sys/stat.h> // stat
 
-#include "util.h"     // error_set
+#include "util.h"     // error_set, file_append
 
 // Appends the bytes of file `path` to ds->bytes (capacity *cap).
 static int append_file(Dataset *ds, size_t *cap, const char *path, char *err, size_t len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return error_set(err, len, "%s: cannot read corpus: %s", path, strerror(errno));
-    for (;;) {
-        if (ds->n_bytes == *cap) {
-            size_t ncap = *cap ? 2 * *cap : (1 << 20);
-            uint8_t *nb = realloc(ds->bytes, ncap);
-            if (!nb) { fclose(f); return error_set(err, len, "%s: out of memory reading corpus", path); }
-            ds->bytes = nb;
-            *cap = ncap;
-        }
-        size_t got = fread(ds->bytes + ds->n_bytes, 1, *cap - ds->n_bytes, f);
-        ds->n_bytes += got;
-        if (got == 0) break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) return error_set(err, len, "%s: read error", path);
+    int rc = file_append(path, &ds->bytes, &ds->n_bytes, cap);
+    if (rc == FILE_CANNOT_OPEN) return error_set(err, len, "%s: cannot read corpus: %s", path, strerror(errno));
+    if (rc == FILE_NO_MEMORY) return error_set(err, len, "%s: out of memory reading corpus", path);
+    if (rc == FILE_READ_ERROR) return error_set(err, len, "%s: read error", path);
     ds->n_files++;
     return 0;
 }

@@ -425,15 +425,11 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     float *x = layer_inputs(ex, sl);
     layouts(ex, sl, a);
     int P = ex->P;
-    if (s && ex->clip_norm > 0.0f) { // the defence: output-gradient rows are clipped and carry noise too
-        ex->be->sync();
+    if (s && (ex->clip_norm > 0.0f || ex->rec[0])) ex->be->sync(); // the host reads / writes s's rows
+    if (s && ex->clip_norm > 0.0f) // the defence: output-gradient rows are clipped and carry noise too
         for (int p = 0; p < P; p++)
             privacy_clip_noise(s->dye + (size_t)ex->send_offs[p] * d, ex->send_rows[p], d, ex->grad_clip_norm, ex->noise_multiplier, &ex->noise);
-    }
-    if (s && ex->rec[0]) { // study only: the byte each gradient row sent stands for
-        ex->be->sync();
-        record_truth(ex, RECORD_GRAD_TRUTH, layer, a);
-    }
+    if (s && ex->rec[0]) record_truth(ex, RECORD_GRAD_TRUTH, layer, a); // study only: the byte each gradient row sent stands for
     // 1. gradients w.r.t. the outputs go to the owners
     to_owners(ex, MSG_OUTPUT_GRADS, s ? s->dye : NULL);
     if (ex->rec[0]) record_received(ex, RECORD_GRADS, layer); // study only: what this owner saw

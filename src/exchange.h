@@ -43,10 +43,6 @@
 
 struct Backend;     // backend.h (which includes model headers that include this one)
 
-// Owner-side state of one MoE layer, from its forward to its backward. Rows are expert-major: local
-// expert j's rows first, and within them party 0's rows, then party 1's, and so on.
-// Buffers marked [backend] come from the backend's alloc (device memory on cuda), [transit] from alloc
-// when MPI can read them (cpu, or direct), else from alloc_pinned, [host] from malloc.
 // The study's record files (privacy.record_received), one of each per party.
 typedef enum {
     RECORD_ROWS,        // received_party_R.bin: the rows this owner received (forward)
@@ -57,6 +53,10 @@ typedef enum {
     EXCHANGE_RECORDS
 } RecordKind;
 
+// Owner-side state of one MoE layer, from its forward to its backward. Rows are expert-major: local
+// expert j's rows first, and within them party 0's rows, then party 1's, and so on.
+// Buffers marked [backend] come from the backend's alloc (device memory on cuda), [transit] from alloc
+// when MPI can read them (cpu, or direct), else from alloc_pinned, [host] from malloc.
 typedef struct {
     int rows;          // rows served in the last forward
     int *from;         // [host] (P, max_local) rows from party q for local expert j
@@ -134,8 +134,8 @@ void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *c
 //   int32 layer, int32 peer, int32 rows, int32 width (d_model; 1 for truth and experts), then rows*width
 //   float32 (rows), uint8 (truth) or int32 (experts), in the order the rows travelled. Rows are recorded as they crossed,
 //   after the sender's defence (clipping, noise).
-// Study only: ends a step of recording. Returns 0 when both record files were written whole; otherwise 1
-// with "FILE: cannot write: why" in err, both files cut back to the end of the last committed step (so
+// Study only: ends a step of recording. Returns 0 when every record file was written whole; otherwise 1
+// with "FILE: cannot write: why" in err, every file cut back to the end of the last committed step (so
 // the received rows and their true bytes stay aligned block for block).
 int exchange_record_commit(Exchange *ex, char *err, size_t len);
 void exchange_record(Exchange *ex, const char *dir);

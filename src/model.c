@@ -288,30 +288,43 @@ static void attention_block(Model *m, int l, double *flops) {
     m->be->rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ffn_norm, N, d, c->norm_eps);
 }
 
+// Layer l's FFN sub-block on n rows: out (n, d) = ffn(x), where x (n, d) is the FFN norm's output. A MoE
+// layer routes the rows (in the model's routing buffers, for n rows), reaches its experts (through the
+// exchange in pcmoe) and combines their outputs; a dense layer keeps its activations in h, u, act (n, d_ff).
+// tokens, targets (n): the rows' bytes, kept for the attack study's ground truth (targets may be NULL).
+static void ffn_block(Model *m, int l, const float *x, float *out, int n, float *h, float *u, float *act,
+                      const uint8_t *tokens, const uint8_t *targets) {
+    const ModelConfig *c = &m->cfg;
+    const LayerWeights *w = &m->w.layer[l];
+    if (!model_layer_is_moe(c, l)) {
+        m->be->ffn_forward(out, h, u, act, x, w->ffn_gate, w->ffn_up, w->ffn_down, n, c->d, c->d_ff, &m->flops);
+        return;
+    }
+    MoeActs *a = &m->acts[l].moe;
+    a->N = n;
+    m->be->moe_route(a, x, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
+    a->tokens = tokens;
+    a->targets = targets;
+    a->inp = x;
+    if (m->ex) exchange_forward(m->ex, l, a, expert_set(w), &m->flops);
+    else m->be->moe_experts_forward(a, expert_set(w), &m->flops);
+    m->be->moe_combine(out, a);
+}
+
 double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, d = c->d;
     m->be->embedding_forward(m->resid, tokens, m->w.embed, N, d);
     m->aux = m->z = 0.0;
     for (int l = 0; l < c->n_layers; l++) {
-        const LayerWeights *w = &m->w.layer[l];
         LayerActs *a = &m->acts[l];
         float *xo = m->resid + (size_t)(l + 1) * N * d;
         attention_block(m, l, &m->flops);
         // FFN sub-block: xo = x_mid + ffn(ln2)
+        ffn_block(m, l, a->ln2, m->tmp, N, a->ffn_h, a->ffn_u, a->ffn_a, tokens, targets);
         if (model_layer_is_moe(c, l)) {
-            m->be->moe_route(&a->moe, a->ln2, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
-            a->moe.tokens = tokens;
-            a->moe.targets = targets;
-            a->moe.inp = a->ln2;
-            if (m->ex) exchange_forward(m->ex, l, &a->moe, expert_set(w), &m->flops);
-            else m->be->moe_experts_forward(&a->moe, expert_set(w), &m->flops);
-            m->be->moe_combine(m->tmp, &a->moe);
             m->aux += a->moe.aux;
             m->z += a->moe.z;
-        } else {
-            m->be->ffn_forward(m->tmp, a->ffn_h, a->ffn_u, a->ffn_a, a->ln2, w->ffn_gate, w->ffn_up, w->ffn_down,
-                        N, d, c->d_ff, &m->flops);
         }
         m->be->residual_forward(xo, a->x_mid, m->tmp, (size_t)N * d);
     }
@@ -512,20 +525,8 @@ void model_forward_cached(Model *m, KvCache *kv, const uint8_t *tokens, int n, f
         be->residual_forward(kv->xm, kv->x, kv->tmp, nd);
         // FFN sub-block: x = xm + ffn(rmsnorm(xm))
         be->rmsnorm_forward(kv->ln, kv->rstd, kv->xm, w->ffn_norm, n, d, c->norm_eps);
-        if (model_layer_is_moe(c, l)) {
-            MoeActs *a = &m->acts[l].moe; // (the model's routing buffers, for n rows)
-            a->N = n;
-            be->moe_route(a, kv->ln, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
-            a->tokens = tokens;
-            a->targets = NULL;
-            a->inp = kv->ln;
-            if (m->ex) exchange_forward(m->ex, l, a, expert_set(w), &m->flops);
-            else be->moe_experts_forward(a, expert_set(w), &m->flops);
-            be->moe_combine(kv->tmp, a);
-            a->N = m->B * m->T;
-        } else {
-            be->ffn_forward(kv->tmp, kv->h, kv->u, kv->a, kv->ln, w->ffn_gate, w->ffn_up, w->ffn_down, n, d, c->d_ff, &m->flops);
-        }
+        ffn_block(m, l, kv->ln, kv->tmp, n, kv->h, kv->u, kv->a, tokens, NULL);
+        if (model_layer_is_moe(c, l)) m->acts[l].moe.N = m->B * m->T; // (the routing buffers back to the batch's rows)
         be->residual_forward(kv->x, kv->xm, kv->tmp, nd);
     }
     // the last position's logits

@@ -123,6 +123,11 @@ static int turn_of(const Config *c, int step) {
     return perm[step % P];
 }
 
+// pcmoe: whether `party` trains on a batch of its own in `step` (concurrent: always; sequential: on its turn).
+static int party_trains(const Config *c, int step, int party) {
+    return c->schedule == SCHEDULE_CONCURRENT || turn_of(c, step) == party;
+}
+
 double train_step(Model *m, const OptimConfig *oc, const uint8_t *tokens, const uint8_t *targets, int step,
                   int party, float *lr_out) {
     model_zero_grad(m);
@@ -188,7 +193,7 @@ static void step_pcmoe(Run *r, int step) {
     Model *m = &p->model;
     const Config *c = r->c;
     int B = c->batch_size, T = c->seq_len;
-    int trains = c->schedule == SCHEDULE_CONCURRENT || turn_of(c, step) == p->party;
+    int trains = party_trains(c, step, p->party);
     double t0 = now_seconds();
     model_zero_grad(m);
     m->flops = 0.0;
@@ -620,6 +625,16 @@ static int init_weights_from(Run *r, char *err, size_t len) {
     return 0;
 }
 
+// --json OUT: `text` (size bytes, from open_memstream) written whole or not at all; frees it. Returns 0, or 1
+// with "--json OUT: cannot write: why" in err.
+static int json_write(const char *path, char *text, size_t size, char *err, size_t len) {
+    char why[CONFIG_PATH_LEN + 256] = "";
+    int rc = write_file_atomic(path, text, size, why, sizeof why);
+    free(text);
+    if (rc) error_set(err, len, "--json %s", why);
+    return rc ? 1 : 0;
+}
+
 // pcmoe bench: every party of this process scores the task with its model (pcmoe over MPI: the exchange
 // runs, every party making the same passes); rank 0 prints each party's acc and acc_norm and, with
 // --json, writes them, with the log-likelihood of every (item, choice) of the parties in its process.
@@ -653,28 +668,29 @@ static int bench_run(Run *r, const TrainOptions *opt, int step) {
             printf("party %d: acc %.4f acc_norm %.4f (%d items of %s), step %d\n", (int)all[3 * q], all[3 * q + 1], all[3 * q + 2],
                    t.n_items, opt->bench_task, step);
         if (opt->bench_json) {
-            FILE *f = fopen(opt->bench_json, "w");
-            if (!f) rc = error_set(err, sizeof err, "--json %s: cannot write: %s", opt->bench_json, strerror(errno));
-            else {
-                fprintf(f, "{\"task\":\"");
-                for (const char *s = opt->bench_task; *s; s++) fprintf(f, *s == '"' || *s == '\\' ? "\\%c" : "%c", *s);
-                fprintf(f, "\",\"items\":%d,\"step\":%d,\"parties\":[", t.n_items, step);
-                for (int q = 0; q < P; q++)
-                    fprintf(f, "%s{\"party\":%d,\"acc\":%.9g,\"acc_norm\":%.9g}", q ? "," : "", (int)all[3 * q], all[3 * q + 1], all[3 * q + 2]);
-                fprintf(f, "],\"loglik\":{");
-                for (int q = 0; q < r->n; q++) {
-                    fprintf(f, "%s\"%d\":[", q ? "," : "", r->party[q].party);
-                    for (int i = 0; i < t.n_items; i++) {
-                        fprintf(f, "%s[", i ? "," : "");
-                        for (int j = t.first[i]; j < t.first[i + 1]; j++)
-                            fprintf(f, "%s%.9g", j > t.first[i] ? "," : "", ll[(size_t)q * t.n_pairs + j]);
-                        fprintf(f, "]");
-                    }
+            char *js = NULL;
+            size_t js_size = 0;
+            FILE *f = open_memstream(&js, &js_size);
+            if (!f) fail("open_memstream: %s", strerror(errno));
+            fprintf(f, "{\"task\":\"");
+            for (const char *s = opt->bench_task; *s; s++) fprintf(f, *s == '"' || *s == '\\' ? "\\%c" : "%c", *s);
+            fprintf(f, "\",\"items\":%d,\"step\":%d,\"parties\":[", t.n_items, step);
+            for (int q = 0; q < P; q++)
+                fprintf(f, "%s{\"party\":%d,\"acc\":%.9g,\"acc_norm\":%.9g}", q ? "," : "", (int)all[3 * q], all[3 * q + 1], all[3 * q + 2]);
+            fprintf(f, "],\"loglik\":{");
+            for (int q = 0; q < r->n; q++) {
+                fprintf(f, "%s\"%d\":[", q ? "," : "", r->party[q].party);
+                for (int i = 0; i < t.n_items; i++) {
+                    fprintf(f, "%s[", i ? "," : "");
+                    for (int j = t.first[i]; j < t.first[i + 1]; j++)
+                        fprintf(f, "%s%.9g", j > t.first[i] ? "," : "", ll[(size_t)q * t.n_pairs + j]);
                     fprintf(f, "]");
                 }
-                fprintf(f, "}}\n");
-                if (fclose(f) != 0) rc = error_set(err, sizeof err, "--json %s: cannot write: %s", opt->bench_json, strerror(errno));
+                fprintf(f, "]");
             }
+            fprintf(f, "}}\n");
+            fclose(f);
+            rc = json_write(opt->bench_json, js, js_size, err, sizeof err);
         }
     }
     free(ll);
@@ -703,7 +719,7 @@ static int dp_setup(Run *r, int start, char *err, size_t len) {
     long planned = 0;
     p->dp_windows = 0;
     for (int step = 0; step < c->steps; step++)
-        if (c->schedule == SCHEDULE_CONCURRENT || turn_of(c, step) == p->party) {
+        if (party_trains(c, step, p->party)) {
             planned += B;
             if (step < start) p->dp_windows += B;
         }
@@ -736,23 +752,13 @@ static int generate_run(Run *r, const TrainOptions *opt, int step) {
     uint8_t *text = NULL;
     int prompt_len = 0, rc = 0;
     if (mine) {
-        size_t len = o->prompt ? strlen(o->prompt) : 0;
+        size_t len = o->prompt ? strlen(o->prompt) : 0, cap = 0;
         if (o->prompt_file) {
-            FILE *f = fopen(o->prompt_file, "rb");
-            if (!f) rc = error_set(err, sizeof err, "--prompt-file %s: cannot read: %s", o->prompt_file, strerror(errno));
-            else {
-                text = mallocCheck(1);
-                size_t cap = 1, got;
-                char buf[65536];
-                while ((got = fread(buf, 1, sizeof buf, f)) > 0 && len < (1u << 30)) {
-                    if (len + got > cap) { cap = 2 * (len + got); text = realloc(text, cap); if (!text) fail("out of memory reading the prompt"); }
-                    memcpy(text + len, buf, got);
-                    len += got;
-                }
-                if (ferror(f)) rc = error_set(err, sizeof err, "--prompt-file %s: read error", o->prompt_file);
-                else if (len >= (1u << 30)) rc = error_set(err, sizeof err, "--prompt-file %s: over 1 GiB", o->prompt_file);
-                fclose(f);
-            }
+            int frc = file_append(o->prompt_file, &text, &len, &cap);
+            if (frc == FILE_CANNOT_OPEN) rc = error_set(err, sizeof err, "--prompt-file %s: cannot read: %s", o->prompt_file, strerror(errno));
+            else if (frc == FILE_READ_ERROR) rc = error_set(err, sizeof err, "--prompt-file %s: read error", o->prompt_file);
+            else if (frc == FILE_NO_MEMORY) fail("out of memory reading the prompt");
+            else if (len >= (1u << 30)) rc = error_set(err, sizeof err, "--prompt-file %s: over 1 GiB", o->prompt_file);
         }
         if (!rc && len == 0) rc = error_set(err, sizeof err, "%s: empty prompt; give at least one byte", o->prompt_file ? o->prompt_file : "--prompt");
         if (!rc) {
@@ -774,21 +780,22 @@ static int generate_run(Run *r, const TrainOptions *opt, int step) {
                 "through the model (%s)\n", o->party, o->max_new, step, dt, o->max_new / (dt > 0 ? dt : 1e-9), positions,
                 o->no_cache ? "--no-cache: every context whole" : "KV cache");
         if (o->json) {
-            FILE *f = fopen(o->json, "w");
-            if (!f) rc = error_set(err, sizeof err, "--json %s: cannot write: %s", o->json, strerror(errno));
-            else {
-                fprintf(f, "{\"party\":%d,\"step\":%d,\"prompt_bytes\":%d,\"max_new\":%d,\"temperature\":%.9g,\"top_k\":%d,"
-                        "\"seed\":%llu,\"kv_cache\":%s,\"positions\":%.0f,\"seconds\":%.6f,\"bytes\":[",
-                        o->party, step, prompt_len, o->max_new, o->temperature, o->top_k, (unsigned long long)o->seed,
-                        o->no_cache ? "false" : "true", positions, dt);
-                for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%d", j ? "," : "", steps[j].byte);
-                fprintf(f, "],\"logprobs\":[");
-                for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%.9g", j ? "," : "", steps[j].logprob);
-                fprintf(f, "],\"contexts\":[");
-                for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%d", j ? "," : "", steps[j].context);
-                fprintf(f, "]}\n");
-                if (fclose(f) != 0) rc = error_set(err, sizeof err, "--json %s: cannot write: %s", o->json, strerror(errno));
-            }
+            char *js = NULL;
+            size_t js_size = 0;
+            FILE *f = open_memstream(&js, &js_size);
+            if (!f) fail("open_memstream: %s", strerror(errno));
+            fprintf(f, "{\"party\":%d,\"step\":%d,\"prompt_bytes\":%d,\"max_new\":%d,\"temperature\":%.9g,\"top_k\":%d,"
+                    "\"seed\":%llu,\"kv_cache\":%s,\"positions\":%.0f,\"seconds\":%.6f,\"bytes\":[",
+                    o->party, step, prompt_len, o->max_new, o->temperature, o->top_k, (unsigned long long)o->seed,
+                    o->no_cache ? "false" : "true", positions, dt);
+            for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%d", j ? "," : "", steps[j].byte);
+            fprintf(f, "],\"logprobs\":[");
+            for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%.9g", j ? "," : "", steps[j].logprob);
+            fprintf(f, "],\"contexts\":[");
+            for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%d", j ? "," : "", steps[j].context);
+            fprintf(f, "]}\n");
+            fclose(f);
+            rc = json_write(o->json, js, js_size, err, sizeof err);
         }
         free(steps);
     } else if (c->mode == MODE_PCMOE && P > 1) {

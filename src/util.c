@@ -143,3 +143,23 @@ int write_file_atomic(const char *path, const void *buf, size_t size, char *err,
     if (rename(tmp, path) != 0) { error_set(err, len, "%s: cannot write: rename: %s", path, strerror(errno)); unlink(tmp); return 1; }
     return 0;
 }
+
+int file_append(const char *path, unsigned char **buf, size_t *n, size_t *cap) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return FILE_CANNOT_OPEN;
+    for (;;) {
+        if (*n == *cap) {
+            size_t ncap = *cap ? 2 * *cap : (1 << 20);
+            unsigned char *nb = realloc(*buf, ncap);
+            if (!nb) { fclose(f); return FILE_NO_MEMORY; }
+            *buf = nb;
+            *cap = ncap;
+        }
+        size_t got = fread(*buf + *n, 1, *cap - *n, f);
+        *n += got;
+        if (got == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    return bad ? FILE_READ_ERROR : 0;
+}

@@ -52,4 +52,9 @@ int write_all_sync(const char *path, const void *buf, size_t size);
 // in err (and no path.tmp left behind).
 int write_file_atomic(const char *path, const void *buf, size_t size, char *err, size_t len);
 
+// Appends the bytes of file `path` to *buf, of which *n bytes are in use and *cap allocated (grown by
+// doubling, from 1 MiB). Returns 0; FILE_CANNOT_OPEN (errno set by fopen), FILE_READ_ERROR or FILE_NO_MEMORY.
+enum { FILE_CANNOT_OPEN = 1, FILE_READ_ERROR, FILE_NO_MEMORY };
+int file_append(const char *path, unsigned char **buf, size_t *n, size_t *cap);
+
 #endif
