@@ -47,12 +47,14 @@ tiny_config() {
     } > "$2"
 }
 
-# torch_python: a python3 that imports torch and numpy (TORCH_PYTHON when given and able, else the first
-# of /usr/bin/python3 and python3 that can), or empty. Decided now, not at configure time, so a torch
-# installed after configure is used.
+# torch_python [MODULE ...]: a python3 that imports torch, numpy and the MODULEs (TORCH_PYTHON when given
+# and able, else the first of /usr/bin/python3 and python3 that can), or empty. Decided now, not at
+# configure time, so a torch installed after configure is used.
 torch_python() {
+    modules="torch, numpy"
+    for m in "$@"; do modules="$modules, $m"; done
     for py in ${TORCH_PYTHON:-} /usr/bin/python3 python3; do
-        "$py" -c "import torch, numpy" >/dev/null 2>&1 && { echo "$py"; return 0; }
+        "$py" -c "import $modules" >/dev/null 2>&1 && { echo "$py"; return 0; }
     done
     return 1
 }

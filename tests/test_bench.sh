@@ -9,10 +9,7 @@
 # unless PCMOE_REQUIRE_TORCH=1.
 . "$(dirname "$0")/lib.sh"
 
-REF_PY=""
-for py in ${TORCH_PYTHON:-} /usr/bin/python3 python3; do
-    "$py" -c "import torch, numpy, h5py" >/dev/null 2>&1 && { REF_PY=$py; break; }
-done
+REF_PY=$(torch_python h5py) || REF_PY=""
 if [ -z "$REF_PY" ]; then
     if [ "${PCMOE_REQUIRE_TORCH:-0}" = 1 ]; then fail "no python3 with torch, numpy and h5py"; finish; fi
     echo "SKIP: no python3 with torch, numpy and h5py (apt-get install python3-torch python3-numpy python3-h5py)"

@@ -140,10 +140,7 @@ for party in range(3):
 print(f"owners received rows and gradient rows of layers {sorted(layers)} only")
 sys.exit(0 if layers == {1} else 1)
 PY
-REF_PY=""
-for py in ${TORCH_PYTHON:-} /usr/bin/python3 python3; do
-    "$py" -c "import torch, numpy, h5py" >/dev/null 2>&1 && { REF_PY=$py; break; }
-done
+REF_PY=$(torch_python h5py) || REF_PY=""
 if [ -n "$REF_PY" ]; then # the model with a private layer against the PyTorch reference (layer 0 dense, layer 1 MoE)
     "$PCMOE" train input/tiny.ini --set model.moe_every=1 --set model.private_layers=1 --set checkpoint.every=20 --set run.dir="$TMP/pl1" >/dev/null 2>&1 \
         || fail "one-party private_layers run failed"

@@ -13,10 +13,7 @@
 #    numbers, --simulate of a local run) gets one error line and a non-zero exit on every rank.
 . "$(dirname "$0")/lib.sh"
 
-REF_PY=""
-for py in ${TORCH_PYTHON:-} /usr/bin/python3 python3; do
-    "$py" -c "import torch, numpy, h5py" >/dev/null 2>&1 && { REF_PY=$py; break; }
-done
+REF_PY=$(torch_python h5py) || REF_PY=""
 
 # compare A.json B.json TOL: same bytes; log-probabilities within TOL; prints the largest difference
 compare() {
