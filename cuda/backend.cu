@@ -2,8 +2,7 @@
 // calls. Model buffers are CUDA managed memory, so the host-side code that reads a few of them (the
 // MoE's counts, the checkpoint writer, fedavg) works after sync(). The table's state (the cuBLAS handle,
 // copies of the batch's bytes, scratch) belongs to the one device this process opened.
-// (Compiled with OMPI_SKIP_MPICXX / MPICH_SKIP_MPICXX: src/'s headers include mpi.h, whose C++ bindings
-// must stay out of the extern "C" block.)
+// No MPI reaches here (src/backend.h and what it includes are below the exchange): plain nvcc builds it.
 #include "kernels.h"
 
 #include <cstdio>  // snprintf
@@ -105,15 +104,13 @@ void rmsnorm_fwd(float *out, float *rstd, const float *inp, const float *w, int 
 void rmsnorm_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int d) {
     cu_rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, d, 0);
 }
-void matmul_fwd(float *out, const float *inp, const float *w, int N, int n_in, int n_out, double *flops) {
+void matmul_fwd(float *out, const float *inp, const float *w, int N, int n_in, int n_out) {
     if (N == 0) return;
     cu_matmul_forward(S.blas, out, inp, w, N, n_in, n_out);
-    *flops += 2.0 * N * n_in * n_out;
 }
-void matmul_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N, int n_in, int n_out, double *flops) {
+void matmul_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N, int n_in, int n_out) {
     if (N == 0) return;
     cu_matmul_backward(S.blas, dinp, dw, dout, inp, w, N, n_in, n_out);
-    *flops += (dinp ? 4.0 : 2.0) * N * n_in * n_out;
 }
 void rope_fwd(float *qkv, const float *c, const float *s, int B, int T, int H, int hs) { cu_rope_forward(qkv, c, s, B, T, H, hs, 0); }
 void rope_bwd(float *dqkv, const float *c, const float *s, int B, int T, int H, int hs) { cu_rope_backward(dqkv, c, s, B, T, H, hs, 0); }
@@ -123,14 +120,12 @@ float *att_scratch(int B, int T, int H, int hs) {
 }
 size_t att_saved(int B, int T, int H) { return (size_t)B * H * T * T; } // the probabilities
 size_t att_work(int) { return 0; }                                        // (att_scratch instead)
-void attention_fwd(float *out, float *att, float *, size_t, const float *qkv, int B, int T, int H, int hs, double *flops) {
+void attention_fwd(float *out, float *att, float *, size_t, const float *qkv, int B, int T, int H, int hs) {
     cu_attention_forward(S.blas, out, att, qkv, att_scratch(B, T, H, hs), B, T, H, hs, 0);
-    *flops += 2.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0); // the count of the CPU kernel (the causal triangle)
 }
 void attention_bwd(float *dqkv, float *, size_t, const float *dout, const float *qkv, const float *att, const float *,
-                   int B, int T, int H, int hs, double *flops) {
+                   int B, int T, int H, int hs) {
     cu_attention_backward(S.blas, dqkv, dout, qkv, att, att_scratch(B, T, H, hs), B, T, H, hs, 0);
-    *flops += 4.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0);
 }
 double ce_fwd(float *probs, float *losses, const uint8_t *targets, int N, int V) {
     cu_crossentropy_forward(probs, losses, dev_bytes(&S.targets, &S.cap_targets, targets, (size_t)N), N, V, 0);
@@ -143,22 +138,19 @@ void ce_bwd(float *dlogits, const float *probs, const uint8_t *targets, int N, i
     cu_crossentropy_backward(dlogits, probs, dev_bytes(&S.targets, &S.cap_targets, targets, (size_t)N), N, V, scale, 0);
 }
 void ffn_fwd(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu, const float *wd,
-             int N, int d, int f, double *flops) {
+             int N, int d, int f) {
     if (N == 0) return;
     cu_ffn_forward(S.blas, y, h, u, a, x, wg, wu, wd, N, d, f, 0);
-    *flops += 3.0 * 2.0 * N * d * f;
 }
 void ffn_bwd(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da, const float *dy, const float *x,
              const float *h, const float *u, const float *a, const float *wg, const float *wu, const float *wd, int N, int d,
-             int f, double *flops) {
+             int f) {
     if (N == 0) return;
     cu_ffn_backward(S.blas, dx, dwg, dwu, dwd, dh, du, da, dy, x, h, u, a, wg, wu, wd, N, d, f, 0);
-    *flops += 6.0 * 2.0 * N * d * f;
 }
-void moe_route_dev(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops) {
+void moe_route_dev(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle) {
     CuMoeActs c = view(a);
     cu_moe_route(S.blas, &c, inp, router, order, 0);
-    *flops += 2.0 * a->N * a->d * a->m;
     dev_sync(); // counts and offsets: the host draws the shuffle from them (and sizes the expert GEMMs)
     if (shuffle) moe_shuffle_permutation(a->perm, a->counts, a->offsets, a->m, shuffle);
     cu_moe_pack(&c, inp, shuffle ? a->perm : nullptr, a->choice_row, 0);
@@ -167,11 +159,9 @@ void moe_route_dev(MoeActs *a, const float *inp, const float *router, const int 
     a->aux = S.scalars[0];
     a->z = S.scalars[1];
 }
-void moe_experts_fwd(MoeActs *a, ExpertSet w, double *flops) {
+void moe_experts_fwd(MoeActs *a, ExpertSet w) {
     CuMoeActs c = view(a);
     cu_moe_experts_forward(S.blas, &c, w.gate, w.up, w.down, a->counts, a->offsets, 0);
-    for (int e = 0; e < a->m; e++)
-        if (w.gate[e]) *flops += 3.0 * 2.0 * a->counts[e] * a->d * a->f;
 }
 void moe_combine_dev(float *out, const MoeActs *a) {
     CuMoeActs c = view(a);
@@ -181,18 +171,15 @@ void moe_combine_bwd(MoeScratch *s, const float *dout, const MoeActs *a) {
     CuMoeActs c = view(a);
     cu_moe_combine_backward(s->dye, s->dgates, dout, &c, 0);
 }
-void moe_experts_bwd(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw, double *flops) {
+void moe_experts_bwd(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw) {
     CuMoeActs c = view(a);
     cu_moe_experts_backward(S.blas, s->dxe, s->dhe, s->due, s->dae, s->dye, &c, w.gate, w.up, w.down, dw.gate, dw.up,
                             dw.down, a->counts, a->offsets, 0);
-    for (int e = 0; e < a->m; e++)
-        if (w.gate[e]) *flops += 6.0 * 2.0 * a->counts[e] * a->d * a->f;
 }
 void moe_route_bwd(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp, const float *router,
-                   float aux_coef, float z_coef, double *flops) {
+                   float aux_coef, float z_coef) {
     CuMoeActs c = view(a);
     cu_moe_route_backward(S.blas, dinp, drouter, s->dlogits, s->dxe, s->dgates, &c, inp, router, aux_coef, z_coef, 0);
-    *flops += 4.0 * a->N * a->d * a->m;
 }
 double sum_squares_dev(const float *g, size_t n) {
     cu_sum_squares(S.scalars, S.partial, g, (long)n, 0);
@@ -211,11 +198,45 @@ void adamw_dev(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, 
     }
 }
 
+// Every entry by name (C++20 designated initialisers, in the declaration order of backend.h, which the
+// compiler enforces): an op moved or added in the table cannot land in another op's slot.
 const Backend TABLE = {
-    "cuda", 1, dev_alloc, dev_release, dev_resize, pinned_alloc, pinned_release, dev_sync, dev_zero, dev_copy, dev_peak, residual, embedding_fwd, embedding_bwd, rmsnorm_fwd, rmsnorm_bwd,
-    matmul_fwd, matmul_bwd, rope_fwd, rope_bwd, att_saved, att_work, attention_fwd, attention_bwd, ce_fwd, ce_bwd, ffn_fwd, ffn_bwd,
-    moe_route_dev, moe_experts_fwd, moe_combine_dev, moe_combine_bwd, moe_experts_bwd, moe_route_bwd, sum_squares_dev,
-    adamw_dev,
+    .name = "cuda",
+    .device = 1,
+    .alloc = dev_alloc,
+    .release = dev_release,
+    .resize = dev_resize,
+    .alloc_pinned = pinned_alloc,
+    .release_pinned = pinned_release,
+    .sync = dev_sync,
+    .zero = dev_zero,
+    .copy = dev_copy,
+    .peak_bytes = dev_peak,
+    .residual_forward = residual,
+    .embedding_forward = embedding_fwd,
+    .embedding_backward = embedding_bwd,
+    .rmsnorm_forward = rmsnorm_fwd,
+    .rmsnorm_backward = rmsnorm_bwd,
+    .matmul_forward = matmul_fwd,
+    .matmul_backward = matmul_bwd,
+    .rope_forward = rope_fwd,
+    .rope_backward = rope_bwd,
+    .attention_saved_floats = att_saved,
+    .attention_work_floats = att_work,
+    .attention_forward = attention_fwd,
+    .attention_backward = attention_bwd,
+    .crossentropy_forward = ce_fwd,
+    .crossentropy_backward = ce_bwd,
+    .ffn_forward = ffn_fwd,
+    .ffn_backward = ffn_bwd,
+    .moe_route = moe_route_dev,
+    .moe_experts_forward = moe_experts_fwd,
+    .moe_combine = moe_combine_dev,
+    .moe_combine_backward = moe_combine_bwd,
+    .moe_experts_backward = moe_experts_bwd,
+    .moe_route_backward = moe_route_bwd,
+    .sum_squares = sum_squares_dev,
+    .adamw = adamw_dev,
 };
 
 } // namespace

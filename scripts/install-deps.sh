@@ -6,7 +6,7 @@
 #                      cluster for the job scripts), groff (man page), iproute2 (network namespaces);
 #                      scripts/check.sh passes it
 set -eu
-pkgs="build-essential autoconf automake libtool pkg-config libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev"
+pkgs="build-essential autoconf automake libtool pkg-config libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev"
 [ "${1:-}" = "--with-test-tools" ] && pkgs="$pkgs python3 python3-torch python3-numpy python3-h5py clang libclang-rt-14-dev slurmctld slurmd slurm-client munge groff-base iproute2"
 
 missing=""

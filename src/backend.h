@@ -3,6 +3,7 @@
 // layers.h, moe.h or optim.h:
 // - "cpu" (backend_cpu.c): those functions themselves;
 // - "cuda" (cuda/backend.cu): the kernels of cuda/ (cuda/kernels.h).
+// No op counts its FLOPs: model.c and the exchange count them where they call an op (flops.h).
 // Buffers a model keeps (parameters, gradients, AdamW state, activations) come from the table's alloc.
 // On cuda that is CUDA managed memory: kernels use it in place, and host code (the MoE's counts, the
 // checkpoint writer, fedavg's allreduce, the exchange's checks) may read it after sync(). Ops that return
@@ -37,9 +38,9 @@ typedef struct Backend {
     void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps);
     void (*rmsnorm_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd,
                              int N, int d);
-    void (*matmul_forward)(float *out, const float *inp, const float *w, int N, int n_in, int n_out, double *flops);
+    void (*matmul_forward)(float *out, const float *inp, const float *w, int N, int n_in, int n_out);
     void (*matmul_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N, int n_in,
-                            int n_out, double *flops);
+                            int n_out);
     void (*rope_forward)(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
     void (*rope_backward)(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
     // attention: `saved` is what the forward keeps for the backward, attention_saved_floats per layer (cpu:
@@ -48,24 +49,24 @@ typedef struct Backend {
     size_t (*attention_saved_floats)(int B, int T, int H);
     size_t (*attention_work_floats)(int T);
     void (*attention_forward)(float *out, float *saved, float *work, size_t work_floats, const float *qkv, int B, int T,
-                              int H, int hs, double *flops);
+                              int H, int hs);
     void (*attention_backward)(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
-                               const float *saved, const float *out, int B, int T, int H, int hs, double *flops);
+                               const float *saved, const float *out, int B, int T, int H, int hs);
     double (*crossentropy_forward)(float *probs_inout, float *losses, const uint8_t *targets, int N, int V);
     void (*crossentropy_backward)(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale);
     void (*ffn_forward)(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu,
-                        const float *wd, int N, int d, int f, double *flops);
+                        const float *wd, int N, int d, int f);
     void (*ffn_backward)(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da, const float *dy,
                          const float *x, const float *h, const float *u, const float *a, const float *wg, const float *wu,
-                         const float *wd, int N, int d, int f, double *flops);
+                         const float *wd, int N, int d, int f);
     // moe.h (moe_route leaves counts and offsets readable by the host)
-    void (*moe_route)(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops);
-    void (*moe_experts_forward)(MoeActs *a, ExpertSet w, double *flops);
+    void (*moe_route)(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle);
+    void (*moe_experts_forward)(MoeActs *a, ExpertSet w);
     void (*moe_combine)(float *out, const MoeActs *a);
     void (*moe_combine_backward)(MoeScratch *s, const float *dout, const MoeActs *a);
-    void (*moe_experts_backward)(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw, double *flops);
+    void (*moe_experts_backward)(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw);
     void (*moe_route_backward)(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp,
-                               const float *router, float aux_coef, float z_coef, double *flops);
+                               const float *router, float aux_coef, float z_coef);
     // optim.h
     double (*sum_squares)(const float *g, size_t n);
     void (*adamw)(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *active,

@@ -11,7 +11,7 @@
 #include <sys/stat.h> // stat
 #include <unistd.h>   // unlink
 
-#include "exchange.h" // exchange_owner
+#include "pool.h"     // pool_owner
 #include "util.h"     // error_set, mallocCheck, write_all_sync
 
 // All HDF5 calls report through h5ok: the first failure is recorded as a message, later calls are
@@ -410,7 +410,7 @@ int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts
         const ParamTensor *t = &m->tensors[i];
         if (experts_only && t->expert < 0) continue;
         char file[4200], dataset[160];
-        snprintf(file, sizeof file, "%s/party_%d.h5", dir, t->expert < 0 ? backbone_party : exchange_owner(t->expert, expert_parties));
+        snprintf(file, sizeof file, "%s/party_%d.h5", dir, t->expert < 0 ? backbone_party : pool_owner(t->expert, expert_parties));
         snprintf(dataset, sizeof dataset, "/%s/%s", t->expert < 0 ? "backbone" : "experts", t->name);
         if (ckpt_read_tensor(file, dataset, m->params + t->offset, t->rows, t->cols, err, len)) return 2;
     }

@@ -46,7 +46,7 @@ int ckpt_read_tensor(const char *path, const char *dataset, float *out, int rows
 // Reads the weights of every tensor model m holds from checkpoint step directory dir, one dataset at a
 // time into m's own buffers: backbone tensors (unless experts_only) from DIR/party_<backbone_party>.h5,
 // expert e from the file of the party that held it when the pool was sharded over expert_parties parties
-// (exchange_owner; 1: every expert in party_0.h5). Returns 0, or 2 with the file and dataset named in err.
+// (pool_owner; 1: every expert in party_0.h5). Returns 0, or 2 with the file and dataset named in err.
 int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts_only, int expert_parties, char *err,
                       size_t len);
 

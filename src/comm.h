@@ -29,7 +29,7 @@ extern const char *const MSG_KIND_NAMES[]; // "routing_counts", "expert_rows", .
 
 #define COMM_COLLECTIVE CONFIG_MAX_PARTIES // peer index for reductions, whose peers are all parties
 
-typedef struct {
+typedef struct Comm {
     MPI_Comm world;        // every rank of the job
     MPI_Comm expert;       // one rank per party; rank i is party i (MPI_COMM_NULL before comm_setup)
     int rank, size;        // in world

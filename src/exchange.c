@@ -9,16 +9,11 @@
 #include <unistd.h> // ftruncate
 
 #include "backend.h" // Backend
+#include "comm.h"    // Comm, comm_alltoall_ints, comm_alltoallv_rows, MSG_*
+#include "flops.h"   // flops_ffn: the served experts' FLOPs, counted here
+#include "pool.h"    // pool_owner, pool_packing_order
 #include "privacy.h" // privacy_clip_noise, privacy_clip_backward
 #include "util.h"    // mallocCheck, fail
-
-int exchange_owner(int e, int P) { return e % P; }
-
-void exchange_packing_order(int *order, int m, int P) {
-    int i = 0;
-    for (int p = 0; p < P; p++)
-        for (int e = p; e < m; e += P) order[i++] = e;
-}
 
 void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *comm, int m, int d, int f, int n_layers,
                      int max_rows, int check_finite, int recompute) {
@@ -37,7 +32,7 @@ void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *c
     ex->local = mallocCheck(sizeof(int) * ex->max_local);
     for (int e = ex->party; e < m; e += P) ex->local[ex->n_local++] = e;
     ex->order = mallocCheck(sizeof(int) * m);
-    exchange_packing_order(ex->order, m, P);
+    pool_packing_order(ex->order, m, P);
     size_t pm = (size_t)P * ex->max_local;
     ex->send_counts = callocCheck(2 * pm, sizeof(int));
     ex->recv_counts = callocCheck(2 * pm, sizeof(int));
@@ -408,7 +403,8 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
             int rows = n < EXCHANGE_PASS_ROWS ? n : EXCHANGE_PASS_ROWS;
             float *h, *u, *act;
             pass_hidden(ex, sl, r0, &h, &u, &act);
-            ex->be->ffn_forward(ex->yp, h, u, act, x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f, flops);
+            ex->be->ffn_forward(ex->yp, h, u, act, x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f);
+            *flops += flops_ffn(rows, d, f);
             serve_copy(ex, sl, r0, rows, ex->yp, a ? a->ye : NULL, a, 0);
             r0 += rows;
             n -= rows;
@@ -443,15 +439,14 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
             int rows = n < EXCHANGE_PASS_ROWS ? n : EXCHANGE_PASS_ROWS;
             float *h, *u, *act;
             pass_hidden(ex, sl, r0, &h, &u, &act);
-            double recomputed = 0.0;
             if (ex->recompute) // (its outputs, in yp, are not needed)
-                ex->be->ffn_forward(ex->yp, h, u, act, x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f,
-                                    &recomputed);
+                ex->be->ffn_forward(ex->yp, h, u, act, x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f);
             // the pass's output gradients, gathered into yp, are replaced there by its input gradients, which go
             // where the rows came from
             serve_copy(ex, sl, r0, rows, ex->yp, s ? s->dye : NULL, a, 1);
             ex->be->ffn_backward(ex->yp, dw.gate[e], dw.up[e], dw.down[e], ex->dh, ex->du, ex->da, ex->yp,
-                                 x + r0 * d, h, u, act, w.gate[e], w.up[e], w.down[e], rows, d, f, flops);
+                                 x + r0 * d, h, u, act, w.gate[e], w.up[e], w.down[e], rows, d, f);
+            *flops += 2.0 * flops_ffn(rows, d, f);
             serve_copy(ex, sl, r0, rows, ex->yp, s ? s->dxe : NULL, a, 0);
             r0 += rows;
             n -= rows;
@@ -470,6 +465,6 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
 }
 
 int exchange_expert_rows(const Exchange *ex, int layer, int e) {
-    if (exchange_owner(e, ex->P) != ex->party) return 0;
+    if (pool_owner(e, ex->P) != ex->party) return 0;
     return served_rows(ex, &ex->layers[layer], e / ex->P);
 }

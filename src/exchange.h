@@ -1,7 +1,6 @@
 // exchange.h: the PC-MoE expert exchange, the heart of pcmoe.
 //
-// Expert e of every MoE layer lives on party e % P (round-robin; with m % P != 0 the first m % P parties
-// hold one expert more). At each MoE layer every party calls exchange_forward, and later
+// Expert e of every MoE layer lives on party e % P (pool.h). At each MoE layer every party calls exchange_forward, and later
 // exchange_backward, in the same order, whether or not it has a batch of its own:
 //
 //   sender (has tokens)                           owner (holds experts)
@@ -38,10 +37,11 @@
 #include <stddef.h> // size_t
 #include <stdio.h>  // FILE
 
-#include "comm.h"   // Comm
 #include "moe.h"    // MoeActs, MoeScratch, ExpertSet
+#include "rng.h"    // Rng
 
-struct Backend;     // backend.h (which includes model headers that include this one)
+struct Backend;     // backend.h
+struct Comm;        // comm.h: the exchange is the only module below the commands that talks MPI
 
 // The study's record files (privacy.record_received), one of each per party.
 typedef enum {
@@ -63,11 +63,11 @@ typedef struct {
     size_t at;         // its first row in the exchange's inputs (and hidden) arenas
 } ServeLayer;
 
-typedef struct {
+typedef struct Exchange {
     const struct Backend *be; // where the experts run and their buffers live
     int staged;            // rows cross through page-locked host buffers (a device backend, MPI not CUDA-aware)
     int recompute;         // model.recompute_experts: layers keep only x; h, u, a are recomputed in the backward
-    Comm *comm;
+    struct Comm *comm;
     int P, party;          // parties, and this one
     int m, d, f, n_layers;
     int n_local;           // experts this party owns
@@ -115,14 +115,10 @@ typedef struct {
 // stays small however unbalanced the routing (at initialisation one expert may get several times its share).
 #define EXCHANGE_PASS_ROWS 128
 
-// The party that owns expert e when P parties share the pool: e % P.
-int exchange_owner(int e, int P);
-// Fills order (m) with the sender packing order: experts grouped by owner, owner 0 first.
-void exchange_packing_order(int *order, int m, int P);
 // be: the backend of this party's model; direct: hand MPI the backend's buffers even when they are
 // device memory (run.cuda_aware_mpi resolved to on). Ignored on cpu.
 // recompute: model.recompute_experts.
-void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *comm, int m, int d, int f, int n_layers,
+void exchange_create(Exchange *ex, const struct Backend *be, int direct, struct Comm *comm, int m, int d, int f, int n_layers,
                      int max_rows, int check_finite, int recompute);
 // Study only (privacy.record_received): from now on this owner appends every block of rows it receives
 // to DIR/received_party_R.bin, and this sender the true input byte of every row it sends to

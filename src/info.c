@@ -9,7 +9,7 @@
 
 #include "ckpt.h"     // ckpt_peek, ckpt_load, ckpt_latest
 #include "config.h"   // config_load_text
-#include "exchange.h" // exchange_owner
+#include "pool.h"     // pool_owner
 #include "model.h"    // model_create
 #include "util.h"     // mallocCheck
 
@@ -29,7 +29,7 @@ static int info_file(const char *path, int complete) {
     }
     int E = c->n_experts, P = c->n_parties, pcmoe = c->mode == MODE_PCMOE && P > 1;
     int *owned = mallocCheck(sizeof(int) * E);
-    for (int e = 0; e < E; e++) owned[e] = !pcmoe || exchange_owner(e, P) == party;
+    for (int e = 0; e < E; e++) owned[e] = !pcmoe || pool_owner(e, P) == party;
     ModelConfig mc = model_config_from(c);
     Model m;
     model_create(&m, &mc, owned, !pcmoe, 1, c->seq_len);

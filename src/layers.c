@@ -121,22 +121,17 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
     }
 }
 
-void matmul_forward(float *out, const float *inp, const float *w, int N, int n_in, int n_out, double *flops) {
+void matmul_forward(float *out, const float *inp, const float *w, int N, int n_in, int n_out) {
     if (N == 0) return;
     layers_gemm(0, 1, N, n_out, n_in, 1.0f, inp, n_in, w, n_in, 0.0f, out, n_out);
-    *flops += 2.0 * N * n_in * n_out;
 }
 
 void matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
-                     int N, int n_in, int n_out, double *flops) {
+                     int N, int n_in, int n_out) {
     if (N == 0) return;
-    if (dinp) { // (N, n_out) @ (n_out, n_in)
-        layers_gemm(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, 1.0f, dinp, n_in);
-        *flops += 2.0 * N * n_in * n_out;
-    }
+    if (dinp) layers_gemm(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, 1.0f, dinp, n_in); // (N, n_out) @ (n_out, n_in)
     // (n_out, N) @ (N, n_in)
     layers_gemm(1, 0, n_out, n_in, N, 1.0f, dout, n_out, inp, n_in, 1.0f, dw, n_in);
-    *flops += 2.0 * N * n_in * n_out;
 }
 
 void rope_tables(float *cos_t, float *sin_t, int T, int hs, float theta) {
@@ -233,7 +228,7 @@ static int thread_id(void) {
 }
 
 void attention_forward(float *out, float *lse, float *work, size_t work_floats, const float *qkv, int B, int T, int H,
-                       int hs, double *flops) {
+                       int hs) {
     int d = H * hs, team = attention_team(work_floats, T);
     float scale = 1.0f / sqrtf((float)hs);
 #pragma omp parallel for collapse(2) num_threads(team) schedule(static)
@@ -262,11 +257,10 @@ void attention_forward(float *out, float *lse, float *work, size_t work_floats, 
                             out + ((long)b * T + t0) * d + h * hs, d);
             }
         }
-    *flops += 2.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0); // q.k and p.v over the causal triangle
 }
 
 void attention_backward(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
-                        const float *lse, const float *out, int B, int T, int H, int hs, double *flops) {
+                        const float *lse, const float *out, int B, int T, int H, int hs) {
     int d = H * hs, team = attention_team(work_floats, T);
     float scale = 1.0f / sqrtf((float)hs);
     // One (b, h) pair per iteration: it writes only head h's columns of batch b's rows.
@@ -314,7 +308,6 @@ void attention_backward(float *dqkv, float *work, size_t work_floats, const floa
                             1.0f, dK, 3 * d);
             }
         }
-    *flops += 4.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0); // dv, dp, dq, dk
 }
 
 void swiglu_forward(float *a, const float *h, const float *u, long n) {
@@ -366,16 +359,16 @@ void crossentropy_backward(float *dlogits, const float *probs, const uint8_t *ta
 }
 
 void ffn_forward(float *y, float *h, float *u, float *a, const float *x,
-                 const float *wg, const float *wu, const float *wd, int N, int d, int f, double *flops) {
-    matmul_forward(h, x, wg, N, d, f, flops);
-    matmul_forward(u, x, wu, N, d, f, flops);
+                 const float *wg, const float *wu, const float *wd, int N, int d, int f) {
+    matmul_forward(h, x, wg, N, d, f);
+    matmul_forward(u, x, wu, N, d, f);
     swiglu_forward(a, h, u, (long)N * f);
-    matmul_forward(y, a, wd, N, f, d, flops);
+    matmul_forward(y, a, wd, N, f, d);
 }
 
 void ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
                   const float *dy, const float *x, const float *h, const float *u, const float *a,
-                  const float *wg, const float *wu, const float *wd, int N, int d, int f, double *flops) {
+                  const float *wg, const float *wu, const float *wd, int N, int d, int f) {
     if (N == 0) return;
     // da (N, f) = dy wd (overwritten); dwd (d, f) += dy^T a. dy is not read after this, so dx may be dy.
     layers_gemm(0, 0, N, f, d, 1.0f, dy, d, wd, f, 0.0f, da, f);
@@ -386,5 +379,4 @@ void ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, float *dh, floa
     layers_gemm(0, 0, N, d, f, 1.0f, du, f, wu, d, 1.0f, dx, d);
     layers_gemm(1, 0, f, d, N, 1.0f, dh, f, x, d, 1.0f, dwg, d);
     layers_gemm(1, 0, f, d, N, 1.0f, du, f, x, d, 1.0f, dwu, d);
-    *flops += 6.0 * 2.0 * N * d * f;
 }

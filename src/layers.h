@@ -1,7 +1,7 @@
 // layers.h: forward/backward pairs of the dense transformer ops on the CPU (fp32).
 // N = number of token rows (B*T). Weight matrices are (out, in) row-major and applied as x @ W^T,
 // the nn.Linear convention. Every backward ACCUMULATES (+=) into its input and weight gradients.
-// GEMM-backed functions add the floating-point operations they execute to *flops.
+// (FLOPs are counted by the callers, from the shapes: flops.h.)
 #ifndef PCMOE_LAYERS_H
 #define PCMOE_LAYERS_H
 
@@ -23,10 +23,10 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
                       const float *rstd, int N, int d);
 
 // out (N, n_out) = inp (N, n_in) @ w^T, w (n_out, n_in)
-void matmul_forward(float *out, const float *inp, const float *w, int N, int n_in, int n_out, double *flops);
+void matmul_forward(float *out, const float *inp, const float *w, int N, int n_in, int n_out);
 // dinp (N, n_in) += dout @ w (skipped when dinp is NULL); dw (n_out, n_in) += dout^T @ inp
 void matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
-                     int N, int n_in, int n_out, double *flops);
+                     int N, int n_in, int n_out);
 
 // Rotary embedding tables: cos, sin (T, hs/2), angle = t * theta^(-2i/hs).
 void rope_tables(float *cos_t, float *sin_t, int T, int hs, float theta);
@@ -48,11 +48,11 @@ void layers_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, con
 // threads run.
 size_t attention_work_floats(int T, int threads);
 void attention_forward(float *out, float *lse, float *work, size_t work_floats, const float *qkv, int B, int T, int H,
-                       int hs, double *flops);
+                       int hs);
 // dqkv (B*T, 3*d) += ; given dout (B*T, d) and the forward's lse and out (out gives each row's
 // sum_u p_u dp_u as dout . out)
 void attention_backward(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
-                        const float *lse, const float *out, int B, int T, int H, int hs, double *flops);
+                        const float *lse, const float *out, int B, int T, int H, int hs);
 
 // a (n) = silu(h) * u
 void swiglu_forward(float *a, const float *h, const float *u, long n);
@@ -70,11 +70,11 @@ void crossentropy_backward(float *dlogits, const float *probs, const uint8_t *ta
 // SwiGLU feed-forward block, used by dense layers and by every expert:
 // h = x @ wg^T, u = x @ wu^T (N, f); a = silu(h) * u; y (N, d) = a @ wd^T.   wg, wu (f, d); wd (d, f)
 void ffn_forward(float *y, float *h, float *u, float *a, const float *x,
-                 const float *wg, const float *wu, const float *wd, int N, int d, int f, double *flops);
+                 const float *wg, const float *wu, const float *wd, int N, int d, int f);
 // dx (N, d) overwritten (it may be the same buffer as dy, which is read first); dwg, dwu, dwd +=.
 // Scratch dh, du, da (N, f) are overwritten.
 void ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
                   const float *dy, const float *x, const float *h, const float *u, const float *a,
-                  const float *wg, const float *wu, const float *wd, int N, int d, int f, double *flops);
+                  const float *wg, const float *wu, const float *wd, int N, int d, int f);
 
 #endif

@@ -12,6 +12,8 @@
 #include "layers.h" // the dense ops
 #include "rng.h"    // Rng for initialisation
 #include "backend.h" // Backend: where buffers live and ops run
+#include "exchange.h" // exchange_forward, exchange_backward, exchange_expert_rows
+#include "flops.h"    // flops_matmul, flops_attention, flops_ffn: the FLOPs of each call, counted here
 #include "util.h"   // mallocCheck, fail
 
 ModelConfig model_config_from(const Config *c) {
@@ -270,20 +272,30 @@ static ExpertSet expert_set(const LayerWeights *lw) {
     return s;
 }
 
+// The FLOPs of the experts held in w on their routed rows (a->counts, readable after moe_route).
+static double experts_flops(const MoeActs *a, ExpertSet w) {
+    double f = 0.0;
+    for (int e = 0; e < a->m; e++)
+        if (w.gate[e]) f += flops_ffn(a->counts[e], a->d, a->f);
+    return f;
+}
+
 // Layer l's attention sub-block and the FFN's norm, from the layer's input resid[l]:
 //   x_mid = x + wo(attn(rope(wqkv(rmsnorm(x))))),  ln2 = rmsnorm(x_mid)
-// The forward's calls; with recompute_attention the backward makes them again (the same values).
-static void attention_block(Model *m, int l, double *flops) {
+// The forward's calls; with recompute_attention the backward makes them again (the same values, not
+// counted as model FLOPs: count = 0).
+static void attention_block(Model *m, int l, int count) {
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, d = c->d, H = c->n_heads, hs = c->head_dim;
     const LayerWeights *w = &m->w.layer[l];
     LayerActs *a = &m->acts[l];
     const float *x = m->resid + (size_t)l * N * d;
     m->be->rmsnorm_forward(a->ln1, a->rstd1, x, w->attn_norm, N, d, c->norm_eps);
-    m->be->matmul_forward(a->qkv, a->ln1, w->wqkv, N, d, 3 * d, flops);
+    m->be->matmul_forward(a->qkv, a->ln1, w->wqkv, N, d, 3 * d);
     m->be->rope_forward(a->qkv, m->cos_t, m->sin_t, B, T, H, hs);
-    m->be->attention_forward(a->atty, a->att, m->att_work, m->att_work_floats, a->qkv, B, T, H, hs, flops);
-    m->be->matmul_forward(m->tmp, a->atty, w->wo, N, d, d, flops);
+    m->be->attention_forward(a->atty, a->att, m->att_work, m->att_work_floats, a->qkv, B, T, H, hs);
+    m->be->matmul_forward(m->tmp, a->atty, w->wo, N, d, d);
+    if (count) m->flops += flops_matmul(N, d, 3 * d) + flops_attention(B, T, H, hs) + flops_matmul(N, d, d);
     m->be->residual_forward(a->x_mid, x, m->tmp, (size_t)N * d);
     m->be->rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ffn_norm, N, d, c->norm_eps);
 }
@@ -297,17 +309,22 @@ static void ffn_block(Model *m, int l, const float *x, float *out, int n, float 
     const ModelConfig *c = &m->cfg;
     const LayerWeights *w = &m->w.layer[l];
     if (!model_layer_is_moe(c, l)) {
-        m->be->ffn_forward(out, h, u, act, x, w->ffn_gate, w->ffn_up, w->ffn_down, n, c->d, c->d_ff, &m->flops);
+        m->be->ffn_forward(out, h, u, act, x, w->ffn_gate, w->ffn_up, w->ffn_down, n, c->d, c->d_ff);
+        m->flops += flops_ffn(n, c->d, c->d_ff);
         return;
     }
     MoeActs *a = &m->acts[l].moe;
     a->N = n;
-    m->be->moe_route(a, x, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL, &m->flops);
+    m->be->moe_route(a, x, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL);
+    m->flops += flops_matmul(n, c->d, c->n_experts);
     a->tokens = tokens;
     a->targets = targets;
     a->inp = x;
     if (m->ex) exchange_forward(m->ex, l, a, expert_set(w), &m->flops);
-    else m->be->moe_experts_forward(a, expert_set(w), &m->flops);
+    else {
+        m->be->moe_experts_forward(a, expert_set(w));
+        m->flops += experts_flops(a, expert_set(w));
+    }
     m->be->moe_combine(out, a);
 }
 
@@ -319,7 +336,7 @@ double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
     for (int l = 0; l < c->n_layers; l++) {
         LayerActs *a = &m->acts[l];
         float *xo = m->resid + (size_t)(l + 1) * N * d;
-        attention_block(m, l, &m->flops);
+        attention_block(m, l, 1);
         // FFN sub-block: xo = x_mid + ffn(ln2)
         ffn_block(m, l, a->ln2, m->tmp, N, a->ffn_h, a->ffn_u, a->ffn_a, tokens, targets);
         if (model_layer_is_moe(c, l)) {
@@ -329,7 +346,8 @@ double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         m->be->residual_forward(xo, a->x_mid, m->tmp, (size_t)N * d);
     }
     m->be->rmsnorm_forward(m->lnf, m->rstdf, m->resid + (size_t)c->n_layers * N * d, m->w.final_norm, N, d, c->norm_eps);
-    m->be->matmul_forward(m->logits, m->lnf, m->w.lm_head, N, d, c->vocab, &m->flops);
+    m->be->matmul_forward(m->logits, m->lnf, m->w.lm_head, N, d, c->vocab);
+    m->flops += flops_matmul(N, d, c->vocab);
     m->ce = m->be->crossentropy_forward(m->logits, m->losses, targets, N, c->vocab);
     m->loss = m->ce + c->aux_coef * m->aux + c->z_coef * m->z;
     return m->loss;
@@ -349,7 +367,8 @@ void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
     size_t Nd = (size_t)N * d;
     m->be->crossentropy_backward(m->dlogits, m->logits, targets, N, c->vocab, 1.0f / N);
     m->be->zero(m->dln, sizeof(float) * Nd);
-    m->be->matmul_backward(m->dln, m->g.lm_head, m->dlogits, m->lnf, m->w.lm_head, N, d, c->vocab, &m->flops);
+    m->be->matmul_backward(m->dln, m->g.lm_head, m->dlogits, m->lnf, m->w.lm_head, N, d, c->vocab);
+    m->flops += flops_matmul_backward(N, d, c->vocab, 1);
     m->be->zero(m->dresid, sizeof(float) * Nd);
     m->be->rmsnorm_backward(m->dresid, m->g.final_norm, m->dln, m->resid + (size_t)c->n_layers * Nd, m->w.final_norm,
                      m->rstdf, N, d);
@@ -359,10 +378,7 @@ void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         LayerActs *a = &m->acts[l];
         // recompute_attention: this layer's attention activations again (not counted as model FLOPs); the last
         // layer's are still those of the forward
-        if (c->recompute_attention && l < c->n_layers - 1) {
-            double recomputed = 0.0;
-            attention_block(m, l, &recomputed);
-        }
+        if (c->recompute_attention && l < c->n_layers - 1) attention_block(m, l, 0);
         // dresid holds d loss / d xo. FFN sub-block first.
         m->be->zero(m->dln, sizeof(float) * Nd);
         if (model_layer_is_moe(c, l)) {
@@ -370,32 +386,36 @@ void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
             if (!m->ex && m->moe_he && a->moe.he == m->moe_he) {
                 // recompute_experts: this layer's hidden activations again, by the forward's calls on the
                 // forward's inputs (the same values, outputs too; not counted as model FLOPs)
-                double recomputed = 0.0;
-                m->be->moe_experts_forward(&a->moe, expert_set(w), &recomputed);
+                m->be->moe_experts_forward(&a->moe, expert_set(w));
             }
             s->dye = a->moe.ye; // the layer's outputs are not needed again: their gradients replace them
             if (m->ex) s->dxe = a->moe.ye; // (and then, row by row, the inputs' gradients: see moe_acts_alloc)
             m->be->moe_combine_backward(s, m->dresid, &a->moe);
             if (m->ex) exchange_backward(m->ex, l, &a->moe, s, expert_set(w), expert_set(g), &m->flops);
-            else m->be->moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g), &m->flops);
-            m->be->moe_route_backward(m->dln, g->router, s, &a->moe, a->ln2, w->router, c->aux_coef, c->z_coef, &m->flops);
+            else {
+                m->be->moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g));
+                m->flops += 2.0 * experts_flops(&a->moe, expert_set(w));
+            }
+            m->be->moe_route_backward(m->dln, g->router, s, &a->moe, a->ln2, w->router, c->aux_coef, c->z_coef);
+            m->flops += flops_matmul_backward(N, d, c->n_experts, 1);
         } else {
             m->be->ffn_backward(m->dln, g->ffn_gate, g->ffn_up, g->ffn_down, m->dffn_h, m->dffn_u, m->dffn_a, m->dresid,
-                         a->ln2, a->ffn_h, a->ffn_u, a->ffn_a, w->ffn_gate, w->ffn_up, w->ffn_down, N, d, c->d_ff,
-                         &m->flops);
+                         a->ln2, a->ffn_h, a->ffn_u, a->ffn_a, w->ffn_gate, w->ffn_up, w->ffn_down, N, d, c->d_ff);
+            m->flops += 2.0 * flops_ffn(N, d, c->d_ff);
         }
         m->be->rmsnorm_backward(m->dresid, g->ffn_norm, m->dln, a->x_mid, w->ffn_norm, a->rstd2, N, d);
         // dresid now holds d loss / d x_mid. Attention sub-block; d loss / d atty goes in x_mid's buffer, which
         // this layer's backward has finished with.
         float *datty = a->x_mid;
         m->be->zero(datty, sizeof(float) * Nd);
-        m->be->matmul_backward(datty, g->wo, m->dresid, a->atty, w->wo, N, d, d, &m->flops);
+        m->be->matmul_backward(datty, g->wo, m->dresid, a->atty, w->wo, N, d, d);
         m->be->zero(m->dqkv, sizeof(float) * Nd * 3);
-        m->be->attention_backward(m->dqkv, m->att_work, m->att_work_floats, datty, a->qkv, a->att, a->atty, B, T, H, hs,
-                                  &m->flops);
+        m->be->attention_backward(m->dqkv, m->att_work, m->att_work_floats, datty, a->qkv, a->att, a->atty, B, T, H, hs);
         m->be->rope_backward(m->dqkv, m->cos_t, m->sin_t, B, T, H, hs);
         m->be->zero(m->dln, sizeof(float) * Nd);
-        m->be->matmul_backward(m->dln, g->wqkv, m->dqkv, a->ln1, w->wqkv, N, d, 3 * d, &m->flops);
+        m->be->matmul_backward(m->dln, g->wqkv, m->dqkv, a->ln1, w->wqkv, N, d, 3 * d);
+        m->flops += flops_matmul_backward(N, d, d, 1) + 2.0 * flops_attention(B, T, H, hs) +
+                    flops_matmul_backward(N, d, 3 * d, 1);
         m->be->rmsnorm_backward(m->dresid, g->attn_norm, m->dln, m->resid + (size_t)l * Nd, w->attn_norm, a->rstd1, N, d);
     }
     m->be->embedding_backward(m->g.embed, m->dresid, tokens, N, d);
@@ -465,7 +485,7 @@ void model_cache_free(KvCache *kv) {
 // of positions 0 .. p0 + n - 1 (the new rows' own already appended). qkv (n, 3d): the rows' queries in
 // its first d columns. out (n, d). scores: (threads, cap).
 static void attention_cached(float *out, const float *qkv, const float *K, const float *V, int n, int p0, int H, int hs,
-                             float *scores, int cap, double *flops) {
+                             float *scores, int cap) {
     int d = H * hs;
     float scale = 1.0f / sqrtf((float)hs);
     long work = (long)n * H * hs * (p0 + n); // (one byte of a small model: not worth waking the team)
@@ -499,7 +519,6 @@ static void attention_cached(float *out, const float *qkv, const float *K, const
                 }
             }
     }
-    for (int i = 0; i < n; i++) *flops += 2.0 * 2.0 * H * hs * (p0 + i + 1.0);
 }
 
 void model_forward_cached(Model *m, KvCache *kv, const uint8_t *tokens, int n, float *logits) {
@@ -514,14 +533,16 @@ void model_forward_cached(Model *m, KvCache *kv, const uint8_t *tokens, int n, f
         float *K = kv->k + (size_t)l * kv->cap * d, *V = kv->v + (size_t)l * kv->cap * d;
         // attention sub-block: xm = x + wo(attn(rope(wqkv(rmsnorm(x)))))
         be->rmsnorm_forward(kv->ln, kv->rstd, kv->x, w->attn_norm, n, d, c->norm_eps);
-        be->matmul_forward(kv->qkv, kv->ln, w->wqkv, n, d, 3 * d, &m->flops);
+        be->matmul_forward(kv->qkv, kv->ln, w->wqkv, n, d, 3 * d);
         be->rope_forward(kv->qkv, m->cos_t + (size_t)p0 * half, m->sin_t + (size_t)p0 * half, 1, n, H, hs);
         for (int i = 0; i < n; i++) {
             memcpy(K + (size_t)(p0 + i) * d, kv->qkv + (size_t)i * 3 * d + d, sizeof(float) * d);
             memcpy(V + (size_t)(p0 + i) * d, kv->qkv + (size_t)i * 3 * d + 2 * d, sizeof(float) * d);
         }
-        attention_cached(kv->atty, kv->qkv, K, V, n, p0, H, hs, kv->scores, kv->cap, &m->flops);
-        be->matmul_forward(kv->tmp, kv->atty, w->wo, n, d, d, &m->flops);
+        attention_cached(kv->atty, kv->qkv, K, V, n, p0, H, hs, kv->scores, kv->cap);
+        be->matmul_forward(kv->tmp, kv->atty, w->wo, n, d, d);
+        m->flops += flops_matmul(n, d, 3 * d) + flops_matmul(n, d, d);
+        for (int i = 0; i < n; i++) m->flops += flops_attention_row(H, hs, p0 + i + 1);
         be->residual_forward(kv->xm, kv->x, kv->tmp, nd);
         // FFN sub-block: x = xm + ffn(rmsnorm(xm))
         be->rmsnorm_forward(kv->ln, kv->rstd, kv->xm, w->ffn_norm, n, d, c->norm_eps);
@@ -531,7 +552,8 @@ void model_forward_cached(Model *m, KvCache *kv, const uint8_t *tokens, int n, f
     }
     // the last position's logits
     be->rmsnorm_forward(kv->ln, kv->rstd, kv->x + (size_t)(n - 1) * d, m->w.final_norm, 1, d, c->norm_eps);
-    be->matmul_forward(logits, kv->ln, m->w.lm_head, 1, d, c->vocab, &m->flops);
+    be->matmul_forward(logits, kv->ln, m->w.lm_head, 1, d, c->vocab);
+    m->flops += flops_matmul(1, d, c->vocab);
     kv->len += n;
 }
 

@@ -11,7 +11,6 @@
 #include <stdint.h> // uint8_t, uint64_t
 
 #include "config.h"   // Config
-#include "exchange.h" // Exchange
 #include "moe.h"      // MoeActs, MoeScratch
 #include "rng.h"      // Rng
 
@@ -87,7 +86,8 @@ typedef struct {
     size_t buffers; // exchange buffers (pcmoe): peak bytes
 } MemStats;
 
-struct Backend; // backend.h
+struct Backend;  // backend.h
+struct Exchange; // exchange.h
 
 typedef struct {
     ModelConfig cfg;
@@ -109,7 +109,7 @@ typedef struct {
     int *expert_order;        // (m) order of experts in the packed rows (grouped by owner in pcmoe)
     Rng shuffle;              // private RNG shuffling each expert's rows (used when shuffle_on)
     int shuffle_on;
-    Exchange *ex;             // pcmoe: experts are reached through the exchange; NULL: all experts local
+    struct Exchange *ex;      // pcmoe: experts are reached through the exchange; NULL: all experts local
     // forward activations
     float *resid;             // (L+1, N, d) residual stream entering layer l; [L] is the final one
     LayerActs *acts;          // (L)

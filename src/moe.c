@@ -65,9 +65,9 @@ void moe_scratch_free(MoeScratch *s, void (*release)(void *)) {
     free(s->aux_grad);
 }
 
-void moe_route(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops) {
+void moe_route(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle) {
     int N = a->N, d = a->d, m = a->m, k = a->k;
-    matmul_forward(a->logits, inp, router, N, d, m, flops);
+    matmul_forward(a->logits, inp, router, N, d, m);
 #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const float *lg = a->logits + (long)n * m;
@@ -140,14 +140,14 @@ void moe_shuffle_permutation(int *perm, const int *counts, const int *offsets, i
     }
 }
 
-void moe_experts_forward(MoeActs *a, ExpertSet w, double *flops) {
+void moe_experts_forward(MoeActs *a, ExpertSet w) {
     int d = a->d, f = a->f;
     for (int e = 0; e < a->m; e++) {
         long r0 = a->offsets[e];
         int n = a->counts[e];
         if (!w.gate[e] || n == 0) continue;
         ffn_forward(a->ye + r0 * d, a->he + r0 * f, a->ue + r0 * f, a->ae + r0 * f, a->xe + r0 * d,
-                    w.gate[e], w.up[e], w.down[e], n, d, f, flops);
+                    w.gate[e], w.up[e], w.down[e], n, d, f);
     }
 }
 
@@ -182,7 +182,7 @@ void moe_combine_backward(MoeScratch *s, const float *dout, const MoeActs *a) {
     }
 }
 
-void moe_experts_backward(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw, double *flops) {
+void moe_experts_backward(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw) {
     int d = a->d, f = a->f;
     for (int e = 0; e < a->m; e++) {
         long r0 = a->offsets[e];
@@ -190,12 +190,12 @@ void moe_experts_backward(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSe
         if (!w.gate[e] || n == 0) continue;
         ffn_backward(s->dxe + r0 * d, dw.gate[e], dw.up[e], dw.down[e], s->dhe + r0 * f, s->due + r0 * f,
                      s->dae + r0 * f, s->dye + r0 * d, a->xe + r0 * d, a->he + r0 * f, a->ue + r0 * f,
-                     a->ae + r0 * f, w.gate[e], w.up[e], w.down[e], n, d, f, flops);
+                     a->ae + r0 * f, w.gate[e], w.up[e], w.down[e], n, d, f);
     }
 }
 
 void moe_route_backward(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp,
-                        const float *router, float aux_coef, float z_coef, double *flops) {
+                        const float *router, float aux_coef, float z_coef) {
     int N = a->N, d = a->d, m = a->m, k = a->k;
     // d aux / d probs[n, e] = m * frac_e / N, with frac_e = counts_e / (N k) held constant (Switch)
     float *aux_grad = s->aux_grad;
@@ -223,5 +223,5 @@ void moe_route_backward(float *dinp, float *drouter, MoeScratch *s, const MoeAct
         float zc = z_coef * 2.0f * a->lse[n] / N;
         for (int e = 0; e < m; e++) dl[e] = p[e] * (dl[e] - pdot) + zc * p[e];
     }
-    matmul_backward(dinp, drouter, s->dlogits, inp, router, N, d, m, flops);
+    matmul_backward(dinp, drouter, s->dlogits, inp, router, N, d, m);
 }

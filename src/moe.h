@@ -76,14 +76,14 @@ void moe_scratch_free(MoeScratch *s, void (*release)(void *));
 // packed inputs xe. inp (N, d), router (m, d). order (m): the experts in packing order (NULL: 0..m-1).
 // shuffle: when not NULL, each expert's rows are put in a random order drawn from this private RNG
 // (otherwise they keep token order, which would tell an expert's owner where each token sat).
-void moe_route(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle, double *flops);
+void moe_route(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle);
 // The private shuffle of each expert's rows as a permutation: the rows of expert e, packed at
 // [offsets[e], offsets[e] + counts[e]), are reordered so that packed row offsets[e] + i takes the choice
 // that was at offsets[e] + perm[offsets[e] + i]. Draws from `shuffle` (Fisher-Yates, experts in id
 // order), the same draws whichever backend applies it. perm: (N*k).
 void moe_shuffle_permutation(int *perm, const int *counts, const int *offsets, int m, Rng *shuffle);
 // Runs every expert present in `w` on its packed rows: xe -> he, ue, ae, ye.
-void moe_experts_forward(MoeActs *a, ExpertSet w, double *flops);
+void moe_experts_forward(MoeActs *a, ExpertSet w);
 // out (N, d) = sum_j gates[n, j] * ye[choice_row[n*k + j]]   (overwritten)
 void moe_combine(float *out, const MoeActs *a);
 
@@ -91,10 +91,10 @@ void moe_combine(float *out, const MoeActs *a);
 // ye is read before its gradient is written over it).
 void moe_combine_backward(MoeScratch *s, const float *dout, const MoeActs *a);
 // Backward of the experts present in `w`: dxe (N*k, d) = d loss / d xe; expert weight grads +=.
-void moe_experts_backward(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw, double *flops);
+void moe_experts_backward(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw);
 // Backward of moe_route: dinp (N, d) += through the unpacking of dxe and through the router;
 // drouter (m, d) +=. aux_coef and z_coef weight this layer's aux and z terms in the total loss.
 void moe_route_backward(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp,
-                        const float *router, float aux_coef, float z_coef, double *flops);
+                        const float *router, float aux_coef, float z_coef);
 
 #endif

@@ -21,6 +21,7 @@
 #include "bench.h"        // BenchTask, bench_load, bench_score, bench_accuracy
 #include "ckpt.h"         // ckpt_save, ckpt_load, ckpt_latest, ckpt_read_weights
 #include "exchange.h"     // Exchange
+#include "pool.h"         // pool_owner, pool_packing_order
 #include "generate.h"     // GenerateOptions, generate_text, generate_serve
 #include "privacy.h"      // privacy_appearances, privacy_run_epsilon, privacy_noise_for_epsilon
 #include "metrics.h"      // Metrics, StepStats
@@ -163,7 +164,7 @@ static double update_group(Run *r, Model *m, float lr, int experts, int owner, i
     for (int i = 0; i < m->n_tensors; i++) {
         const ParamTensor *t = &m->tensors[i];
         int is_expert = t->expert >= 0;
-        sel[i] = m->active[i] && (experts ? is_expert && (owner < 0 || exchange_owner(t->expert, r->P) == owner) : !is_expert);
+        sel[i] = m->active[i] && (experts ? is_expert && (owner < 0 || pool_owner(t->expert, r->P) == owner) : !is_expert);
     }
     double norm = optim_update_group(m->be, &r->oc, m->tensors, m->n_tensors, sel, m->adam_steps, m->params, m->grads,
                                      m->adam_m, m->adam_v, lr);
@@ -388,13 +389,13 @@ static void build_models(Run *r) {
                     g->exp_up[e] = r->pool.g.layer[l].exp_up[e];
                     g->exp_down[e] = r->pool.g.layer[l].exp_down[e];
                 }
-            exchange_packing_order(m->expert_order, E, P);
+            pool_packing_order(m->expert_order, E, P);
             m->shuffle_on = c->shuffle_rows;
             rng_seed(&m->shuffle, shuffle_seed(c, q));
         }
     } else {
         Party *p = &r->party[0];
-        for (int e = 0; e < E; e++) owned[e] = c->mode != MODE_PCMOE || exchange_owner(e, P) == p->party;
+        for (int e = 0; e < E; e++) owned[e] = c->mode != MODE_PCMOE || pool_owner(e, P) == p->party;
         int exchanged = c->mode == MODE_PCMOE && P > 1; // experts run at their owners
         if (exchanged && c->recompute_attention == RECOMPUTE_AUTO) mc.recompute_attention = 1; // (a pcmoe party: memory first)
         model_create_on(&p->model, r->be, &mc, owned, !exchanged, B, T);

@@ -74,8 +74,7 @@ int main(int argc, char **argv) {
     model_forward(&m, tok, tgt);
     double terms[4] = {m.loss, m.ce, m.aux, m.z};
     float *logits = malloc(sizeof(float) * N * c.vocab);
-    double flops = 0.0;
-    matmul_forward(logits, m.lnf, m.w.lm_head, N, c.d, c.vocab, &flops);
+    matmul_forward(logits, m.lnf, m.w.lm_head, N, c.d, c.vocab);
     model_backward(&m, tok, tgt);
     record(f, "logits", DT_F32, 2, N, c.vocab, logits); count++;
     record(f, "loss_terms", DT_F64, 1, 4, 1, terms); count++;

@@ -148,10 +148,9 @@ static void check_all(cublasHandle_t h) {
         auto qkv = randn((size_t)Na * 3 * d, 1.0f, 22), dout = randn((size_t)Na * d, 1.0f, 23), dq0 = randn((size_t)Na * 3 * d, 0.1f, 24);
         std::vector<float> out((size_t)Na * d), att((size_t)B * H * Ta * Ta), lse((size_t)B * H * Ta), dqkv = dq0;
         std::vector<float> work(attention_work_floats(Ta, 1));
-        double flops = 0.0;
-        attention_forward(out.data(), lse.data(), work.data(), work.size(), qkv.data(), B, Ta, H, hs, &flops);
+        attention_forward(out.data(), lse.data(), work.data(), work.size(), qkv.data(), B, Ta, H, hs);
         attention_backward(dqkv.data(), work.data(), work.size(), dout.data(), qkv.data(), lse.data(), out.data(), B, Ta,
-                           H, hs, &flops);
+                           H, hs);
         float *pq = to_dev(qkv), *pg = to_dev(dout), *pd = to_dev(dq0), *po = nullptr, *pa = nullptr, *ps = nullptr;
         cudaCheck(cudaMalloc(reinterpret_cast<void **>(&po), sizeof(float) * out.size()));
         cudaCheck(cudaMalloc(reinterpret_cast<void **>(&pa), sizeof(float) * att.size()));
@@ -194,18 +193,17 @@ static void check_all(cublasHandle_t h) {
         std::vector<float *> cg(m), cu(m), cd(m), cdg(m), cdu(m), cdd(m);
         std::vector<std::vector<float>> gg(m, std::vector<float>((size_t)fe * d, 0.0f)), gu = gg, gd(m, std::vector<float>((size_t)d * fe, 0.0f));
         for (int e = 0; e < m; e++) { cg[e] = wg[e].data(); cu[e] = wu[e].data(); cd[e] = wd[e].data(); cdg[e] = gg[e].data(); cdu[e] = gu[e].data(); cdd[e] = gd[e].data(); }
-        double flops = 0.0;
         std::vector<float> out((size_t)N * d), dinp((size_t)N * d, 0.0f), drouter((size_t)m * d, 0.0f);
         Rng shuffle_cpu, shuffle_dev; // the private shuffle: the same seed on both sides
         rng_seed(&shuffle_cpu, 77);
         rng_seed(&shuffle_dev, 77);
-        moe_route(&a, x.data(), router.data(), NULL, &shuffle_cpu, &flops);
-        moe_experts_forward(&a, ExpertSet{cg.data(), cu.data(), cd.data()}, &flops);
+        moe_route(&a, x.data(), router.data(), NULL, &shuffle_cpu);
+        moe_experts_forward(&a, ExpertSet{cg.data(), cu.data(), cd.data()});
         moe_combine(out.data(), &a);
         std::vector<float> ye_cpu(a.ye, a.ye + Nk * d); // (the backward overwrites them with their gradients)
         moe_combine_backward(&sc, dout.data(), &a);
-        moe_experts_backward(&sc, &a, ExpertSet{cg.data(), cu.data(), cd.data()}, ExpertSet{cdg.data(), cdu.data(), cdd.data()}, &flops);
-        moe_route_backward(dinp.data(), drouter.data(), &sc, &a, x.data(), router.data(), 0.5f, 0.1f, &flops);
+        moe_experts_backward(&sc, &a, ExpertSet{cg.data(), cu.data(), cd.data()}, ExpertSet{cdg.data(), cdu.data(), cdd.data()});
+        moe_route_backward(dinp.data(), drouter.data(), &sc, &a, x.data(), router.data(), 0.5f, 0.1f);
         // device
         CuMoeActs da;
         da.N = N; da.d = d; da.m = m; da.k = k; da.f = fe;
@@ -338,9 +336,8 @@ static void check_all(cublasHandle_t h) {
         auto x = randn((size_t)N * d, 1.0f, 17), w = randn((size_t)f * d, 0.2f, 18), dout = randn((size_t)N * f, 1.0f, 19);
         auto dx0 = randn((size_t)N * d, 0.1f, 20), dw0 = randn((size_t)f * d, 0.1f, 21);
         std::vector<float> out((size_t)N * f), dx = dx0, dw = dw0;
-        double flops = 0.0;
-        matmul_forward(out.data(), x.data(), w.data(), N, d, f, &flops);
-        matmul_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), N, d, f, &flops);
+        matmul_forward(out.data(), x.data(), w.data(), N, d, f);
+        matmul_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), N, d, f);
         float *px = to_dev(x), *pw = to_dev(w), *pg = to_dev(dout), *pdx = to_dev(dx0), *pdw = to_dev(dw0), *po = nullptr;
         cudaCheck(cudaMalloc(reinterpret_cast<void **>(&po), sizeof(float) * N * f));
         cudaCheck(cudaMemset(po, 0xff, sizeof(float) * N * f));

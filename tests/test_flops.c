@@ -1,4 +1,4 @@
-// test_flops: the step's executed FLOP count (counted inside every GEMM and attention call) equals the
+// test_flops: the step's executed FLOP count (counted where model.c calls each op, flops.h) equals the
 // analytic count of the architecture, and at fixed top_k doubling the number of experts changes it by
 // exactly the router's GEMMs: expert work scales with top_k, not with the number of experts.
 #include <math.h>   // fabs

@@ -14,8 +14,8 @@ if ! command -v "$CLANG" >/dev/null 2>&1 || ! echo 'int LLVMFuzzerTestOneInput(c
     echo "SKIP: no clang with libFuzzer (apt-get install clang libclang-rt-14-dev)"; exit 77
 fi
 flags="-std=c11 -D_POSIX_C_SOURCE=200809L -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-       -Wno-unknown-pragmas -Isrc -I$top_builddir $(mpicc -showme:compile) $(pkg-config --cflags hdf5-openmpi)"
-libs="-lopenblas -lm $(pkg-config --libs hdf5-openmpi) $(mpicc -showme:link)"
+       -Wno-unknown-pragmas -Isrc -I$top_builddir $(mpicc -showme:compile) ${HDF5_CFLAGS-$(pkg-config --cflags hdf5-serial)}"
+libs="-lopenblas -lm ${HDF5_LIBS-$(pkg-config --libs hdf5-serial)} $(mpicc -showme:link)"
 engine="src/config.c src/util.c src/ckpt.c src/model.c src/moe.c src/layers.c src/rng.c src/exchange.c src/comm.c src/backend_cpu.c src/optim.c src/privacy.c"
 for h in config ckpt; do
     # shellcheck disable=SC2086
