@@ -40,6 +40,7 @@
 #include "ckpt.h"     // ckpt_read_weights
 #include "config.h"   // Config, config_load
 #include "data.h"     // Dataset
+#include "json.h"     // Json: --json lines
 #include "model.h"    // Model
 #include "privacy.h"  // privacy_clip_noise (the adaptive attacker)
 #include "rng.h"      // Rng
@@ -423,7 +424,7 @@ int attack_main(int argc, char **argv) {
         char *text = mallocCheck(text_len);
         int step, party;
         Config *run = mallocCheck(sizeof(Config));
-        snprintf(path, sizeof path, "%s/party_%d.h5", a.ckpt_dir, a.attacker < 0 ? 0 : a.attacker);
+        ckpt_party_file(path, sizeof path, a.ckpt_dir, a.attacker < 0 ? 0 : a.attacker);
         int bad = ckpt_peek(path, text, text_len, &step, &party, err, sizeof err) || config_load_text(run, text, why, sizeof why);
         if (!bad) {
             memcpy(run->data_path, c->data_path, sizeof c->data_path);
@@ -473,10 +474,7 @@ int attack_main(int argc, char **argv) {
     const char *setting = a.white_box ? "white-box" : (c->same_backbone_init ? "same-init" : "black-box");
     const char *defence = c->clip_norm > 0 ? "dp" : c->noise_std > 0 ? "noise" : "none";
 
-    char *js_text = NULL; // the --json lines, written whole at the end
-    size_t js_size = 0;
-    FILE *js = a.json ? open_memstream(&js_text, &js_size) : NULL;
-    if (a.json && !js) fail("open_memstream: %s", strerror(errno));
+    Json js = {0}; // the --json lines, written whole at the end
     printf("| setting | channel | attack | layer | scored rows | accuracy | on rare bytes | majority-byte baseline | lift |\n"
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     uint8_t *pred = mallocCheck(PAIRS_MAX + SCORED_ROWS);
@@ -536,20 +534,31 @@ int attack_main(int argc, char **argv) {
                 }
                 double acc = (double)hit / ns, bl = (double)base / ns, racc = rare ? (double)rare_hit / rare : 0.0;
                 printf("| %s | %s | %s | %d | %d | %.3f | %.3f | %.3f | %+.3f |\n", setting, ch ? "gradients" : "rows", names[at], l, ns, acc, racc, bl, acc - bl);
-                if (js)
-                    fprintf(js, "{\"setting\":\"%s\",\"defence\":\"%s\",\"channel\":\"%s\",\"attack\":\"%s\",\"layer\":%d,\"rows\":%d,\"accuracy\":%.6f,"
-                            "\"rare_rows\":%d,\"rare_accuracy\":%.6f,\"baseline\":%.6f}\n", setting, defence, ch ? "gradients" : "rows", names[at], l, ns,
-                            acc, rare, racc, bl);
+                if (a.json) {
+                    json_open_object(&js);
+                    json_member_string(&js, "setting", setting);
+                    json_member_string(&js, "defence", defence);
+                    json_member_string(&js, "channel", ch ? "gradients" : "rows");
+                    json_member_string(&js, "attack", names[at]);
+                    json_member_int(&js, "layer", l);
+                    json_member_int(&js, "rows", ns);
+                    json_member_fixed(&js, "accuracy", acc, 6);
+                    json_member_int(&js, "rare_rows", rare);
+                    json_member_fixed(&js, "rare_accuracy", racc, 6);
+                    json_member_fixed(&js, "baseline", bl, 6);
+                    json_close_object(&js);
+                    json_end_line(&js);
+                }
             }
             inverter_free(&inv);
             victim_rows_free(&v);
         }
     }
-    if (js) {
-        fclose(js);
-        if (!rc && write_file_atomic(a.json, js_text, js_size, err, sizeof err)) { fprintf(stderr, "pcmoe: error: --json %s\n", err); rc = 1; }
-        free(js_text);
+    if (a.json && !rc && json_write(&js, a.json, err, sizeof err)) {
+        fprintf(stderr, "pcmoe: error: --json %s\n", err);
+        rc = 1;
     }
+    json_free(&js);
     own_pairs_free(&own);
     free(pred); free(c);
     data_free(&ds);

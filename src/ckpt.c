@@ -82,16 +82,6 @@ static void attr_str(H5Ctx *x, hid_t obj, const char *name, const char *v) {
     H5Tclose(t);
 }
 
-static char *config_text(const Config *c) {
-    char *buf = NULL;
-    size_t n = 0;
-    FILE *f = open_memstream(&buf, &n);
-    if (!f) fail("open_memstream failed");
-    config_write(f, c);
-    fclose(f);
-    return buf;
-}
-
 // A checkpoint is assembled in memory by HDF5's core driver and written to disk by us. HDF5 1.10 frees a
 // file whose H5Fclose fails (disk full, quota, I/O error) but keeps its id, and its shutdown then crashes
 // on that id (HDFFV-11052), so HDF5 must never do the disk I/O of a file it writes. The image lives in
@@ -133,15 +123,16 @@ int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
     // /meta
     hid_t meta = H5Gcreate2(file, "/meta", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     if (h5ok(&x, meta, "H5Gcreate2", "/meta")) {
-        char *text = config_text(s->c);
+        Text text = {0};
+        config_write(&text, s->c);
         attr_int(&x, meta, "format_version", CKPT_FORMAT_VERSION);
         attr_int(&x, meta, "step", s->step);
         attr_int(&x, meta, "party", s->party);
         attr_int(&x, meta, "n_parties", s->c->n_parties);
         attr_str(&x, meta, "mode", MODE_NAMES[s->c->mode]);
         attr_str(&x, meta, "schedule", SCHEDULE_NAMES[s->c->schedule]);
-        attr_str(&x, meta, "config", text);
-        free(text);
+        attr_str(&x, meta, "config", text.s);
+        text_free(&text);
         H5Gclose(meta);
     }
     // weights and AdamW state
@@ -359,12 +350,21 @@ void ckpt_step_dir(char *out, size_t len, const char *run_dir, int step) {
     snprintf(out, len, "%s/checkpoints/step_%08d", run_dir, step);
 }
 
-static int is_complete(const char *run_dir, int step) {
-    char p[4096], dir[4000];
-    ckpt_step_dir(dir, sizeof dir, run_dir, step);
-    snprintf(p, sizeof p, "%s/%s", dir, CKPT_MARKER);
+void ckpt_party_file(char *out, size_t len, const char *dir, int party) { snprintf(out, len, "%s/party_%d.h5", dir, party); }
+
+void ckpt_marker_file(char *out, size_t len, const char *dir) { snprintf(out, len, "%s/%s", dir, CKPT_MARKER); }
+
+int ckpt_is_complete(const char *dir) {
+    char p[4200];
+    ckpt_marker_file(p, sizeof p, dir);
     struct stat st;
     return stat(p, &st) == 0;
+}
+
+static int is_complete(const char *run_dir, int step) {
+    char dir[4000];
+    ckpt_step_dir(dir, sizeof dir, run_dir, step);
+    return ckpt_is_complete(dir);
 }
 
 static int cmp_int(const void *a, const void *b) { return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b); }
@@ -410,7 +410,7 @@ int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts
         const ParamTensor *t = &m->tensors[i];
         if (experts_only && t->expert < 0) continue;
         char file[4200], dataset[160];
-        snprintf(file, sizeof file, "%s/party_%d.h5", dir, t->expert < 0 ? backbone_party : pool_owner(t->expert, expert_parties));
+        ckpt_party_file(file, sizeof file, dir, t->expert < 0 ? backbone_party : pool_owner(t->expert, expert_parties));
         snprintf(dataset, sizeof dataset, "/%s/%s", t->expert < 0 ? "backbone" : "experts", t->name);
         if (ckpt_read_tensor(file, dataset, m->params + t->offset, t->rows, t->cols, err, len)) return 2;
     }

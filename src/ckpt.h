@@ -50,8 +50,15 @@ int ckpt_read_tensor(const char *path, const char *dataset, float *out, int rows
 int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts_only, int expert_parties, char *err,
                       size_t len);
 
+// The paths of a checkpoint, built here only:
 // RUN/checkpoints/step_NNNNNNNN
 void ckpt_step_dir(char *out, size_t len, const char *run_dir, int step);
+// DIR/party_R.h5: party R's file in step directory DIR
+void ckpt_party_file(char *out, size_t len, const char *dir, int party);
+// DIR/COMPLETE: the marker rank 0 writes once every party's file is in place
+void ckpt_marker_file(char *out, size_t len, const char *dir);
+// 1 when step directory DIR holds its marker (a complete checkpoint)
+int ckpt_is_complete(const char *dir);
 // The newest complete checkpoint step under RUN/checkpoints (-1: none). Newer incomplete directories
 // are listed in `ignored` (comma-separated) when not NULL.
 int ckpt_latest(const char *run_dir, char *ignored, size_t ignored_len);

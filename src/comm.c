@@ -2,12 +2,12 @@
 // call that carries data between parties.
 #include "comm.h"
 
-#include <errno.h>  // errno
 #include <limits.h> // INT_MAX
 #include <stdlib.h> // free
 #include <string.h> // memset, strerror
 
-#include "util.h"   // mpiCheck, mallocCheck, fail, write_file_atomic
+#include "json.h"   // Json: the audit
+#include "util.h"   // mpiCheck, mallocCheck, fail
 
 #if defined(OPEN_MPI) && OPEN_MPI
 #include <mpi-ext.h> // MPIX_CUDA_AWARE_SUPPORT, MPIX_Query_cuda_support
@@ -129,12 +129,53 @@ void comm_gather_doubles(Comm *c, MsgKind kind, const double *send, int n, doubl
         for (int p = 1; p < c->n_parties; p++) comm_account(c, kind, p, 0.0, 8.0 * n);
 }
 
-static void write_kind_table(FILE *f, const double *t, int n_parties) {
+// One message kind's bytes: {"total", "collective", "per_party": [...]}, t (CONFIG_MAX_PARTIES + 1).
+static void json_kind_table(Json *j, const double *t, int n_parties) {
     double sum = 0.0;
     for (int p = 0; p <= CONFIG_MAX_PARTIES; p++) sum += t[p];
-    fprintf(f, "{\"total\":%.0f,\"collective\":%.0f,\"per_party\":[", sum, t[COMM_COLLECTIVE]);
-    for (int p = 0; p < n_parties; p++) fprintf(f, "%s%.0f", p ? "," : "", t[p]);
-    fprintf(f, "]}");
+    json_open_object(j);
+    json_member_fixed(j, "total", sum, 0);
+    json_member_fixed(j, "collective", t[COMM_COLLECTIVE], 0);
+    json_key(j, "per_party");
+    json_open_array(j);
+    for (int p = 0; p < n_parties; p++) json_fixed(j, t[p], 0);
+    json_close_array(j);
+    json_close_object(j);
+}
+
+// The audit of every rank: its routed rows, then its bytes sent and received per kind. all (P, row doubles).
+static void json_audit(Json *j, const double *all, int row, int P) {
+    const int per_kind = CONFIG_MAX_PARTIES + 1;
+    json_open_object(j);
+    json_member_int(j, "n_parties", P);
+    json_member_string(j, "peer_index", "per_party[i] is party i; collective counts reductions over all parties");
+    json_key(j, "ranks");
+    json_open_array(j);
+    for (int r = 0; r < P; r++) {
+        const double *v = all + (size_t)r * row;
+        json_break(j, "\n");
+        json_open_object(j);
+        json_member_int(j, "rank", r);
+        json_member_int(j, "party", r);
+        json_key(j, "rows_routed_to");
+        json_open_array(j);
+        for (int p = 0; p < P; p++) json_fixed(j, v[2 * MSG_KIND_COUNT * per_kind + p], 0);
+        json_close_array(j);
+        for (int dir = 0; dir < 2; dir++) {
+            json_key(j, dir ? "recv" : "sent");
+            json_open_object(j);
+            for (int k = 0; k < MSG_KIND_COUNT; k++) {
+                json_key(j, MSG_KIND_NAMES[k]);
+                json_kind_table(j, v + (dir * MSG_KIND_COUNT + k) * per_kind, P);
+            }
+            json_close_object(j);
+        }
+        json_close_object(j);
+    }
+    json_space(j, "\n");
+    json_close_array(j);
+    json_close_object(j);
+    json_end_line(j);
 }
 
 int comm_write_audit(Comm *c, const char *path, char *err, size_t len) {
@@ -154,31 +195,9 @@ int comm_write_audit(Comm *c, const char *path, char *err, size_t len) {
     else memcpy(all, mine, sizeof(double) * ROW);
     int rc = 0;
     if (c->party == 0) {
-        char *text = NULL;
-        size_t size = 0;
-        FILE *f = open_memstream(&text, &size);
-        if (!f) fail("open_memstream: %s", strerror(errno));
-        fprintf(f, "{\"n_parties\":%d,\"peer_index\":\"per_party[i] is party i; collective counts reductions over all parties\",\"ranks\":[\n", P);
-        for (int r = 0; r < P; r++) {
-            const double *row = all + (size_t)r * ROW;
-            fprintf(f, "%s{\"rank\":%d,\"party\":%d,\"rows_routed_to\":[", r ? ",\n" : "", r, r);
-            for (int p = 0; p < P; p++) fprintf(f, "%s%.0f", p ? "," : "", row[2 * MSG_KIND_COUNT * (CONFIG_MAX_PARTIES + 1) + p]);
-            fprintf(f, "],\"sent\":{");
-            for (int k = 0; k < MSG_KIND_COUNT; k++) {
-                fprintf(f, "%s\"%s\":", k ? "," : "", MSG_KIND_NAMES[k]);
-                write_kind_table(f, row + k * (CONFIG_MAX_PARTIES + 1), P);
-            }
-            fprintf(f, "},\"recv\":{");
-            for (int k = 0; k < MSG_KIND_COUNT; k++) {
-                fprintf(f, "%s\"%s\":", k ? "," : "", MSG_KIND_NAMES[k]);
-                write_kind_table(f, row + (MSG_KIND_COUNT + k) * (CONFIG_MAX_PARTIES + 1), P);
-            }
-            fprintf(f, "}}");
-        }
-        fprintf(f, "\n]}\n");
-        fclose(f);
-        rc = write_file_atomic(path, text, size, err, len);
-        free(text);
+        Json j = {0};
+        json_audit(&j, all, ROW, P);
+        rc = json_write(&j, path, err, len);
     }
     free(mine);
     free(all);

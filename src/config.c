@@ -369,29 +369,29 @@ int config_diff_model(const Config *a, const Config *b, int with_parties, char *
     return 0;
 }
 
-void config_write(FILE *f, const Config *c) {
+void config_write(Text *t, const Config *c) {
     const char *section = "";
     for (int i = 0; i < N_KEYS; i++) {
         const ConfigKey *k = &KEYS[i];
         if (strcmp(section, k->section)) {
-            fprintf(f, "%s[%s]\n", i ? "\n" : "", k->section);
+            text_printf(t, "%s[%s]\n", i ? "\n" : "", k->section);
             section = k->section;
         }
         const char *p = (const char *)c + k->offset;
         switch (k->type) {
-        case KEY_INT: fprintf(f, "%s = %d\n", k->key, *(const int *)p); break;
-        case KEY_INT64: fprintf(f, "%s = %lld\n", k->key, (long long)*(const int64_t *)p); break;
-        case KEY_FLOAT: fprintf(f, "%s = %.9g\n", k->key, *(const float *)p); break;
-        case KEY_BOOL: fprintf(f, "%s = %s\n", k->key, *(const int *)p ? "true" : "false"); break;
-        case KEY_ENUM: fprintf(f, "%s = %s\n", k->key, k->names[*(const int *)p]); break;
+        case KEY_INT: text_printf(t, "%s = %d\n", k->key, *(const int *)p); break;
+        case KEY_INT64: text_printf(t, "%s = %lld\n", k->key, (long long)*(const int64_t *)p); break;
+        case KEY_FLOAT: text_printf(t, "%s = %.9g\n", k->key, *(const float *)p); break;
+        case KEY_BOOL: text_printf(t, "%s = %s\n", k->key, *(const int *)p ? "true" : "false"); break;
+        case KEY_ENUM: text_printf(t, "%s = %s\n", k->key, k->names[*(const int *)p]); break;
         case KEY_STRING:
             if (k->key[0] == '<') {
                 for (int n = 0; n < CONFIG_MAX_PARTIES; n++)
-                    if (c->data_path[n][0]) fprintf(f, "%d = %s\n", n, c->data_path[n]);
+                    if (c->data_path[n][0]) text_printf(t, "%d = %s\n", n, c->data_path[n]);
             } else if (*p) {
-                fprintf(f, "%s = %s\n", k->key, p);
+                text_printf(t, "%s = %s\n", k->key, p);
             } else {
-                fprintf(f, "# %s = (unset)\n", k->key);
+                text_printf(t, "# %s = (unset)\n", k->key);
             }
             break;
         }

@@ -6,6 +6,8 @@
 #include <stdint.h> // int64_t
 #include <stdio.h>  // FILE
 
+#include "util.h"   // Text
+
 #define CONFIG_MAX_PARTIES 64
 #define CONFIG_PATH_LEN 1024
 
@@ -102,8 +104,8 @@ int config_load_text(Config *c, const char *text, char *err, size_t err_len);
 // if equal, else 1 with "model.d_model: checkpoint 64, config 32" in err (a is the checkpoint's).
 int config_diff_model(const Config *a, const Config *b, int with_parties, char *err, size_t err_len);
 
-// Writes the resolved configuration as INI text that config_load reads back to the same values.
-void config_write(FILE *f, const Config *c);
+// Appends the resolved configuration to t as INI text that config_load reads back to the same values.
+void config_write(Text *t, const Config *c);
 
 // Lists every key with its type, range, default and meaning (for --help-config and the docs).
 void config_print_keys(FILE *f);

@@ -1,18 +1,16 @@
 // exchange.c: routed-activation exchange between parties (see exchange.h for the protocol).
 #include "exchange.h"
 
-#include <errno.h>  // errno, EIO
 #include <math.h>   // NAN
-#include <stdio.h>  // fwrite, fflush, ftell
 #include <stdlib.h> // free
-#include <string.h> // memset, strcmp, strerror
-#include <unistd.h> // ftruncate
+#include <string.h> // memset, strcmp
 
 #include "backend.h" // Backend
 #include "comm.h"    // Comm, comm_alltoall_ints, comm_alltoallv_rows, MSG_*
 #include "flops.h"   // flops_ffn: the served experts' FLOPs, counted here
 #include "pool.h"    // pool_owner, pool_packing_order
 #include "privacy.h" // privacy_clip_noise, privacy_clip_backward
+#include "record.h"  // record_tap: the study's one tap
 #include "util.h"    // mallocCheck, fail
 
 void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *comm, int m, int d, int f, int n_layers,
@@ -56,76 +54,7 @@ void exchange_set_fault(Exchange *ex, const char *kind, int party) {
     ex->fault_party = party;
 }
 
-void exchange_record(Exchange *ex, const char *dir) {
-    static const char *const names[EXCHANGE_RECORDS] = {"received_party", "truth_party", "received_grads_party", "truth_grads_party",
-                                                         "received_experts_party"};
-    if (mkdir_p(dir) != 0) fail("privacy.record_received = %s: cannot create directory: %s", dir, strerror(errno));
-    for (int i = 0; i < EXCHANGE_RECORDS; i++) {
-        snprintf(ex->rec_path[i], sizeof ex->rec_path[i], "%s/%s_%d.bin", dir, names[i], ex->party);
-        ex->rec[i] = fopenCheck(ex->rec_path[i], "wb");
-    }
-}
-
-// One record block: header (layer, peer, rows, width), then rows x width elements. A failed write is
-// remembered and reported by exchange_record_commit at the end of the step.
-static void record_block(Exchange *ex, RecordKind kind, int layer, int peer, int rows, int width, const void *data, size_t elem) {
-    int hdr[4] = {layer, peer, rows, width};
-    FILE *f = ex->rec[kind];
-    if (ex->rec_errno) return;
-    if (fwrite(hdr, sizeof hdr, 1, f) != 1 || fwrite(data, elem, (size_t)rows * width, f) != (size_t)rows * width) {
-        ex->rec_errno = errno ? errno : EIO;
-        ex->rec_bad = kind;
-    }
-}
-
-// The true byte of each row this party sends to each peer, in sending order: its input byte (forward), or
-// its target, the byte after it (backward: a row's output gradient is mostly about what comes next).
-static void record_truth(Exchange *ex, RecordKind kind, int layer, const MoeActs *a) {
-    const uint8_t *truth = kind == RECORD_GRAD_TRUTH ? a->targets : a->tokens;
-    for (int p = 0; p < ex->P; p++) {
-        if (!ex->send_rows[p]) continue;
-        uint8_t *bytes = mallocCheck((size_t)ex->send_rows[p]);
-        for (int i = 0; i < ex->send_rows[p]; i++) bytes[i] = truth[a->row_choice[ex->send_offs[p] + i] / a->k];
-        record_block(ex, kind, layer, p, ex->send_rows[p], 1, bytes, 1);
-        free(bytes);
-    }
-}
-
-// The rows this owner received from each peer (in work).
-static void record_received(Exchange *ex, RecordKind kind, int layer) {
-    for (int q = 0; q < ex->P; q++)
-        if (ex->recv_rows[q]) record_block(ex, kind, layer, q, ex->recv_rows[q], ex->d, ex->work + (size_t)ex->recv_offs[q] * ex->d, sizeof(float));
-}
-
-// The expert each row received from each peer reached (global ids), in the order of the rows.
-static void record_experts(Exchange *ex, const ServeLayer *sl, int layer) {
-    int K = ex->max_local;
-    for (int q = 0; q < ex->P; q++) {
-        if (!ex->recv_rows[q]) continue;
-        int *ids = mallocCheck(sizeof(int) * (size_t)ex->recv_rows[q]), n = 0;
-        for (int j = 0; j < ex->n_local; j++)
-            for (int i = 0; i < sl->from[q * K + j]; i++) ids[n++] = ex->local[j];
-        record_block(ex, RECORD_EXPERTS, layer, q, n, 1, ids, sizeof(int));
-        free(ids);
-    }
-}
-
-int exchange_record_commit(Exchange *ex, char *err, size_t len) {
-    if (!ex->rec[0]) return 0;
-    for (int i = 0; i < EXCHANGE_RECORDS; i++)
-        if (!ex->rec_errno && (fflush(ex->rec[i]) != 0 || ferror(ex->rec[i]))) { ex->rec_errno = errno ? errno : EIO; ex->rec_bad = i; }
-    if (!ex->rec_errno) {
-        for (int i = 0; i < EXCHANGE_RECORDS; i++) ex->rec_good[i] = ftell(ex->rec[i]);
-        return 0;
-    }
-    for (int i = 0; i < EXCHANGE_RECORDS; i++) // drop the step's partial blocks from every file (the error below stands)
-        if (ftruncate(fileno(ex->rec[i]), ex->rec_good[i]) != 0) continue;
-    return error_set(err, len, "privacy.record_received: %s: cannot write: %s", ex->rec_path[ex->rec_bad], strerror(ex->rec_errno)) - 1;
-}
-
 void exchange_free(Exchange *ex) {
-    for (int i = 0; i < EXCHANGE_RECORDS; i++)
-        if (ex->rec[i]) fclose(ex->rec[i]);
     void (*release)(void *) = ex->be->release;
     for (int l = 0; l < ex->n_layers; l++) {
         ServeLayer *sl = &ex->layers[l];
@@ -377,21 +306,18 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     }
     ensure_expert(ex, (size_t)(most < EXCHANGE_PASS_ROWS ? most : EXCHANGE_PASS_ROWS));
     int defended = ex->noise_std > 0.0f || ex->clip_norm > 0.0f;
-    if (a && (defended || ex->rec[0] || ex->fault)) ex->be->sync(); // the host reads / writes a's rows
+    if (a && (defended || ex->tap || ex->fault)) ex->be->sync(); // the host reads / writes a's rows
     if (a && defended) // the defence: every row that leaves this party is clipped and carries noise (privacy.h)
         for (int p = 0; p < P; p++) {
             float *x = a->xe + (size_t)ex->send_offs[p] * d;
             if (ex->clip_norm > 0.0f) privacy_clip_noise(x, ex->send_rows[p], d, ex->clip_norm, ex->noise_multiplier, &ex->noise);
             else for (size_t i = 0; i < (size_t)ex->send_rows[p] * d; i++) x[i] += ex->noise_std * rng_normal(&ex->noise);
         }
-    if (a && ex->rec[0]) record_truth(ex, RECORD_TRUTH, layer, a); // study only: the byte each sent row stands for
+    if (ex->tap) record_tap(ex->tap, TAP_ROWS_SENT, ex, layer, a); // study only: the byte each sent row stands for
     if (bad >= 0 && ex->fault == 3 && a && ex->send_rows[bad] > 0) a->xe[(size_t)ex->send_offs[bad] * d] = NAN;
     // 2. rows to their owners, which keep them in the serve layout; own rows are copied, never sent
     to_owners(ex, MSG_EXPERT_ROWS, a ? a->xe : NULL);
-    if (ex->rec[0]) { // study only: what this owner saw
-        record_received(ex, RECORD_ROWS, layer);
-        record_experts(ex, sl, layer);
-    }
+    if (ex->tap) record_tap(ex->tap, TAP_ROWS_RECEIVED, ex, layer, a); // study only: what this owner saw
     float *x = layer_inputs(ex, sl);
     serve_copy(ex, sl, 0, sl->rows, x, a ? a->xe : NULL, a, 1);
     // 3. each owned expert runs on all its rows, in passes of at most EXCHANGE_PASS_ROWS rows (with
@@ -421,14 +347,14 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     float *x = layer_inputs(ex, sl);
     layouts(ex, sl, a);
     int P = ex->P;
-    if (s && (ex->clip_norm > 0.0f || ex->rec[0])) ex->be->sync(); // the host reads / writes s's rows
+    if (s && (ex->clip_norm > 0.0f || ex->tap)) ex->be->sync(); // the host reads / writes s's rows
     if (s && ex->clip_norm > 0.0f) // the defence: output-gradient rows are clipped and carry noise too
         for (int p = 0; p < P; p++)
             privacy_clip_noise(s->dye + (size_t)ex->send_offs[p] * d, ex->send_rows[p], d, ex->grad_clip_norm, ex->noise_multiplier, &ex->noise);
-    if (s && ex->rec[0]) record_truth(ex, RECORD_GRAD_TRUTH, layer, a); // study only: the byte each gradient row sent stands for
+    if (ex->tap) record_tap(ex->tap, TAP_GRADS_SENT, ex, layer, s ? a : NULL); // study only: each gradient row's byte
     // 1. gradients w.r.t. the outputs go to the owners
     to_owners(ex, MSG_OUTPUT_GRADS, s ? s->dye : NULL);
-    if (ex->rec[0]) record_received(ex, RECORD_GRADS, layer); // study only: what this owner saw
+    if (ex->tap) record_tap(ex->tap, TAP_GRADS_RECEIVED, ex, layer, a); // study only: what this owner saw
     // 2. owners accumulate their experts' weight gradients and compute input gradients (with recompute,
     //    each expert's hidden activations first, from the kept inputs: the same calls as the forward's, so
     //    the same values; not counted as model FLOPs)

@@ -30,28 +30,19 @@
 //   staged: the sender copies each peer's block of packed rows into a page-locked host buffer (stage),
 //           MPI moves host memory, and the receiver copies the blocks back into device memory;
 //   direct: MPI is CUDA-aware and is handed the device buffers themselves.
-// Either way the same rows cross in the same order, so --audit and the record files see the same bytes.
+// Either way the same rows cross in the same order, so --audit and the study's recorder (record.h) see the
+// same bytes.
 #ifndef PCMOE_EXCHANGE_H
 #define PCMOE_EXCHANGE_H
 
 #include <stddef.h> // size_t
-#include <stdio.h>  // FILE
 
 #include "moe.h"    // MoeActs, MoeScratch, ExpertSet
 #include "rng.h"    // Rng
 
 struct Backend;     // backend.h
+struct Recorder;    // record.h
 struct Comm;        // comm.h: the exchange is the only module below the commands that talks MPI
-
-// The study's record files (privacy.record_received), one of each per party.
-typedef enum {
-    RECORD_ROWS,        // received_party_R.bin: the rows this owner received (forward)
-    RECORD_TRUTH,       // truth_party_R.bin: the true input byte of every row this party sent (forward)
-    RECORD_GRADS,       // received_grads_party_R.bin: the output-gradient rows this owner received (backward)
-    RECORD_GRAD_TRUTH,  // truth_grads_party_R.bin: the true target byte (the next one) of every gradient row this party sent
-    RECORD_EXPERTS,     // received_experts_party_R.bin: the expert (global id, int32) each received row reached
-    EXCHANGE_RECORDS
-} RecordKind;
 
 // Owner-side state of one MoE layer, from its forward to its backward. Rows are expert-major: local
 // expert j's rows first, and within them party 0's rows, then party 1's, and so on.
@@ -81,11 +72,7 @@ typedef struct Exchange {
     float grad_clip_norm;  // ... output-gradient rows sent to this one ...
     float noise_multiplier; // ... and get Gaussian noise of std noise_multiplier x their clip norm
     Rng noise;             // its private RNG
-    FILE *rec[EXCHANGE_RECORDS]; // study only (privacy.record_received): the record files (see exchange_record), or NULL
-    char rec_path[EXCHANGE_RECORDS][4200]; // their paths
-    long rec_good[EXCHANGE_RECORDS]; // their lengths at the end of the last committed step
-    int rec_errno;         // a failed record write since then (errno), or 0
-    int rec_bad;           // and which file (RecordKind)
+    struct Recorder *tap;  // study only (privacy.record_received): the recorder the exchange taps (record.h), or NULL
     int fault;             // test hook: 0 none, 1 bad counts, 2 foreign expert id, 3 NaN rows
     int fault_party;       // the party that misbehaves
     int *send_counts, *recv_counts; // (P, 2 * max_local) per peer: expert ids, then row counts
@@ -120,22 +107,6 @@ typedef struct Exchange {
 // recompute: model.recompute_experts.
 void exchange_create(Exchange *ex, const struct Backend *be, int direct, struct Comm *comm, int m, int d, int f, int n_layers,
                      int max_rows, int check_finite, int recompute);
-// Study only (privacy.record_received): from now on this owner appends every block of rows it receives
-// to DIR/received_party_R.bin, and this sender the true input byte of every row it sends to
-// DIR/truth_party_R.bin; in the backward, the owner the output-gradient rows it receives to
-// DIR/received_grads_party_R.bin, and the sender the true target bytes (the byte after each row's) to
-// DIR/truth_grads_party_R.bin;
-// and the owner which of its experts each received row reached to DIR/received_experts_party_R.bin.
-// All five are sequences of blocks:
-//   int32 layer, int32 peer, int32 rows, int32 width (d_model; 1 for truth and experts), then rows*width
-//   float32 (rows), uint8 (truth) or int32 (experts), in the order the rows travelled. Rows are recorded as they crossed,
-//   after the sender's defence (clipping, noise).
-// Study only: ends a step of recording. Returns 0 when every record file was written whole; otherwise 1
-// with "FILE: cannot write: why" in err, every file cut back to the end of the last committed step (so
-// the received rows and their true bytes stay aligned block for block).
-int exchange_record_commit(Exchange *ex, char *err, size_t len);
-void exchange_record(Exchange *ex, const char *dir);
-
 // Test hook (--inject-fault): party `party` sends "counts" beyond bounds, a "foreign" expert id, or
 // "nan" rows. Fails on an unknown kind.
 void exchange_set_fault(Exchange *ex, const char *kind, int party);

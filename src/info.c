@@ -79,8 +79,7 @@ int info_run(const char *path) {
         if (step < 0) { fprintf(stderr, "pcmoe: error: %s: no complete checkpoint\n", path); return 2; }
         ckpt_step_dir(dir, sizeof dir, path, step);
     }
-    snprintf(p, sizeof p, "%s/%s", dir, CKPT_MARKER);
-    int complete = stat(p, &st) == 0;
+    int complete = ckpt_is_complete(dir);
     DIR *d = opendir(dir);
     if (!d) { fprintf(stderr, "pcmoe: error: %s: cannot open directory\n", dir); return 2; }
     char *names[4096];

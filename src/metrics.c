@@ -8,7 +8,8 @@
 #include <unistd.h> // isatty, access, ftruncate
 
 #include "autoconfig.h" // PACKAGE_VERSION
-#include "util.h"       // mkdir_p, now_seconds, error_set, write_file_atomic
+#include "json.h"       // Json: metrics lines and summary.json
+#include "util.h"       // mkdir_p, now_seconds, error_set, write_file_atomic, Text
 
 void step_stats_pack(const StepStats *s, double *o) {
     double v[STEP_STATS_DOUBLES] = {s->step, s->party, s->has_train, s->train_loss, s->ce, s->aux, s->z, s->lr,
@@ -76,16 +77,12 @@ int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, in
     }
     mt->jsonl_good = ftell(mt->jsonl);
     if (write_config) {
-        char *text = NULL;
-        size_t n = 0;
-        FILE *f = open_memstream(&text, &n);
-        if (!f) return error_set(err, len, "open_memstream: %s", strerror(errno)) - 1;
-        fprintf(f, "# resolved configuration of this run (pcmoe " PACKAGE_VERSION ")\n");
-        config_write(f, c);
-        fclose(f);
+        Text text = {0};
+        text_printf(&text, "# resolved configuration of this run (pcmoe " PACKAGE_VERSION ")\n");
+        config_write(&text, c);
         snprintf(path, sizeof path, "%s/config.ini", c->run_dir);
-        int rc = write_file_atomic(path, text, n, err, len);
-        free(text);
+        int rc = write_file_atomic(path, text.s, text.len, err, len);
+        text_free(&text);
         if (rc) return 1;
     }
     mt->tty = isatty(2);
@@ -93,44 +90,56 @@ int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, in
     return 0;
 }
 
-static void json_num(FILE *f, const char *key, double v) {
-    if (isfinite(v)) fprintf(f, ",\"%s\":%.9g", key, v);
-    else fprintf(f, ",\"%s\":null", key);
-}
-
 // Memory by category (on cuda, params to acts and the exchange's device buffers are device memory) and
 // the process's peaks: resident host memory, and on cuda the device memory its backend held.
-static void json_mem(FILE *f, const StepStats *s) {
+static void json_mem(Json *j, const StepStats *s) {
     const MemStats *m = &s->mem;
-    fprintf(f, ",\"mem_params\":%zu,\"mem_grads\":%zu,\"mem_optim\":%zu,\"mem_acts\":%zu,\"mem_buffers\":%zu",
-            m->params, m->grads, m->optim, m->acts, m->buffers);
-    json_num(f, "rss_peak", s->rss_peak);
-    if (s->device_peak > 0) json_num(f, "device_peak", s->device_peak);
+    json_member_uint(j, "mem_params", m->params);
+    json_member_uint(j, "mem_grads", m->grads);
+    json_member_uint(j, "mem_optim", m->optim);
+    json_member_uint(j, "mem_acts", m->acts);
+    json_member_uint(j, "mem_buffers", m->buffers);
+    json_member_number(j, "rss_peak", s->rss_peak);
+    if (s->device_peak > 0) json_member_number(j, "device_peak", s->device_peak);
+}
+
+// One party's step as a JSON line.
+static void json_step(Json *j, const StepStats *s) {
+    json_open_object(j);
+    json_member_int(j, "step", s->step);
+    json_member_int(j, "party", s->party);
+    if (s->has_train) {
+        json_member_number(j, "train_loss", s->train_loss);
+        json_member_number(j, "ce", s->ce);
+        json_member_number(j, "aux", s->aux);
+        json_member_number(j, "z", s->z);
+        json_member_number(j, "lr", s->lr);
+        json_member_number(j, "grad_norm", s->grad_norm);
+        json_member_number(j, "tokens_per_s", s->tokens_per_s);
+        json_member_number(j, "flops", s->flops);
+    }
+    if (s->has_val) {
+        json_member_number(j, "val_loss", s->val_loss);
+        json_member_number(j, "val_bpb", s->val_loss / log(2.0));
+    }
+    json_member_number(j, "bytes_sent", s->bytes_sent);
+    json_member_number(j, "bytes_recv", s->bytes_recv);
+    if (s->has_dp) {
+        json_member_number(j, "epsilon", s->epsilon);
+        json_member_number(j, "noise_multiplier", s->noise_multiplier);
+    }
+    json_mem(j, s);
+    json_close_object(j);
+    json_end_line(j);
 }
 
 int metrics_log(Metrics *mt, const StepStats *s, char *err, size_t len) {
     FILE *f = mt->jsonl;
-    fprintf(f, "{\"step\":%d,\"party\":%d", s->step, s->party);
-    if (s->has_train) {
-        json_num(f, "train_loss", s->train_loss);
-        json_num(f, "ce", s->ce);
-        json_num(f, "aux", s->aux);
-        json_num(f, "z", s->z);
-        json_num(f, "lr", s->lr);
-        json_num(f, "grad_norm", s->grad_norm);
-        json_num(f, "tokens_per_s", s->tokens_per_s);
-        json_num(f, "flops", s->flops);
-    }
-    if (s->has_val) {
-        json_num(f, "val_loss", s->val_loss);
-        json_num(f, "val_bpb", s->val_loss / log(2.0));
-    }
-    json_num(f, "bytes_sent", s->bytes_sent);
-    json_num(f, "bytes_recv", s->bytes_recv);
-    if (s->has_dp) { json_num(f, "epsilon", s->epsilon); json_num(f, "noise_multiplier", s->noise_multiplier); }
-    json_mem(f, s);
-    fprintf(f, "}\n");
-    if (fflush(f) == 0 && !ferror(f)) {
+    Json j = {0};
+    json_step(&j, s);
+    size_t n = fwrite(j.out.s, 1, j.out.len, f), want = j.out.len;
+    json_free(&j);
+    if (n == want && fflush(f) == 0 && !ferror(f)) {
         mt->jsonl_good = ftell(f);
         return 0;
     }
@@ -168,39 +177,44 @@ int metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const d
                     double tokens, char *err, size_t len) {
     char path[CONFIG_PATH_LEN + 64];
     snprintf(path, sizeof path, "%s/summary%s.json", mt->run_dir, mt->suffix);
-    char *text = NULL;
-    size_t size = 0;
-    FILE *f = open_memstream(&text, &size);
-    if (!f) return error_set(err, len, "open_memstream: %s", strerror(errno)) - 1;
     double secs = now_seconds() - mt->t_start;
-    fprintf(f, "{\"mode\":\"%s\",\"schedule\":\"%s\",\"device\":\"%s\",\"n_parties\":%d,\"steps\":%d", MODE_NAMES[c->mode],
-            SCHEDULE_NAMES[c->schedule], DEVICE_NAMES[c->device], c->n_parties, steps);
-    json_num(f, "tokens", tokens);
-    json_num(f, "seconds", secs);
-    json_num(f, "tokens_per_s", tokens / secs);
-    fprintf(f, ",\"parties\":[");
+    Json j = {0};
+    json_open_object(&j);
+    json_member_string(&j, "mode", MODE_NAMES[c->mode]);
+    json_member_string(&j, "schedule", SCHEDULE_NAMES[c->schedule]);
+    json_member_string(&j, "device", DEVICE_NAMES[c->device]);
+    json_member_int(&j, "n_parties", c->n_parties);
+    json_member_int(&j, "steps", steps);
+    json_member_number(&j, "tokens", tokens);
+    json_member_number(&j, "seconds", secs);
+    json_member_number(&j, "tokens_per_s", tokens / secs);
+    json_key(&j, "parties");
+    json_open_array(&j);
     for (int i = 0; i < n; i++) {
         const StepStats *s = &last[i];
-        fprintf(f, "%s\n  {\"party\":%d", i ? "," : "", s->party);
-        json_num(f, "final_train_loss", s->has_train ? s->train_loss : NAN);
-        json_num(f, "final_val_loss", s->has_val ? s->val_loss : NAN);
-        json_num(f, "final_val_bpb", s->has_val ? s->val_loss / log(2.0) : NAN);
-        json_num(f, "best_val_loss", best_val[i]);
-        json_num(f, "flops_per_step", s->flops);
-        fprintf(f, ",\"params\":%zu", s->mem.params / sizeof(float));
+        json_break(&j, "\n  ");
+        json_open_object(&j);
+        json_member_int(&j, "party", s->party);
+        json_member_number(&j, "final_train_loss", s->has_train ? s->train_loss : NAN);
+        json_member_number(&j, "final_val_loss", s->has_val ? s->val_loss : NAN);
+        json_member_number(&j, "final_val_bpb", s->has_val ? s->val_loss / log(2.0) : NAN);
+        json_member_number(&j, "best_val_loss", best_val[i]);
+        json_member_number(&j, "flops_per_step", s->flops);
+        json_member_uint(&j, "params", s->mem.params / sizeof(float));
         if (s->has_dp) {
-            json_num(f, "epsilon", s->epsilon);
-            fprintf(f, ",\"delta\":%g", (double)c->dp_delta);
-            json_num(f, "noise_multiplier", s->noise_multiplier);
+            json_member_number(&j, "epsilon", s->epsilon);
+            json_key(&j, "delta");
+            json_number_digits(&j, c->dp_delta, 6);
+            json_member_number(&j, "noise_multiplier", s->noise_multiplier);
         }
-        json_mem(f, s);
-        fprintf(f, "}");
+        json_mem(&j, s);
+        json_close_object(&j);
     }
-    fprintf(f, "\n]}\n");
-    fclose(f);
-    int rc = write_file_atomic(path, text, size, err, len);
-    free(text);
-    return rc;
+    json_space(&j, "\n");
+    json_close_array(&j);
+    json_close_object(&j);
+    json_end_line(&j);
+    return json_write(&j, path, err, len);
 }
 
 int metrics_close(Metrics *mt, char *err, size_t len) {

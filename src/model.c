@@ -14,6 +14,7 @@
 #include "backend.h" // Backend: where buffers live and ops run
 #include "exchange.h" // exchange_forward, exchange_backward, exchange_expert_rows
 #include "flops.h"    // flops_matmul, flops_attention, flops_ffn: the FLOPs of each call, counted here
+#include "record.h"   // record_batch (the study only)
 #include "util.h"   // mallocCheck, fail
 
 ModelConfig model_config_from(const Config *c) {
@@ -303,9 +304,7 @@ static void attention_block(Model *m, int l, int count) {
 // Layer l's FFN sub-block on n rows: out (n, d) = ffn(x), where x (n, d) is the FFN norm's output. A MoE
 // layer routes the rows (in the model's routing buffers, for n rows), reaches its experts (through the
 // exchange in pcmoe) and combines their outputs; a dense layer keeps its activations in h, u, act (n, d_ff).
-// tokens, targets (n): the rows' bytes, kept for the attack study's ground truth (targets may be NULL).
-static void ffn_block(Model *m, int l, const float *x, float *out, int n, float *h, float *u, float *act,
-                      const uint8_t *tokens, const uint8_t *targets) {
+static void ffn_block(Model *m, int l, const float *x, float *out, int n, float *h, float *u, float *act) {
     const ModelConfig *c = &m->cfg;
     const LayerWeights *w = &m->w.layer[l];
     if (!model_layer_is_moe(c, l)) {
@@ -317,8 +316,6 @@ static void ffn_block(Model *m, int l, const float *x, float *out, int n, float 
     a->N = n;
     m->be->moe_route(a, x, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL);
     m->flops += flops_matmul(n, c->d, c->n_experts);
-    a->tokens = tokens;
-    a->targets = targets;
     a->inp = x;
     if (m->ex) exchange_forward(m->ex, l, a, expert_set(w), &m->flops);
     else {
@@ -331,6 +328,7 @@ static void ffn_block(Model *m, int l, const float *x, float *out, int n, float 
 double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, d = c->d;
+    if (m->tap) record_batch(m->tap, tokens, targets); // study only: the truth behind the rows this pass sends
     m->be->embedding_forward(m->resid, tokens, m->w.embed, N, d);
     m->aux = m->z = 0.0;
     for (int l = 0; l < c->n_layers; l++) {
@@ -338,7 +336,7 @@ double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         float *xo = m->resid + (size_t)(l + 1) * N * d;
         attention_block(m, l, 1);
         // FFN sub-block: xo = x_mid + ffn(ln2)
-        ffn_block(m, l, a->ln2, m->tmp, N, a->ffn_h, a->ffn_u, a->ffn_a, tokens, targets);
+        ffn_block(m, l, a->ln2, m->tmp, N, a->ffn_h, a->ffn_u, a->ffn_a);
         if (model_layer_is_moe(c, l)) {
             m->aux += a->moe.aux;
             m->z += a->moe.z;
@@ -546,7 +544,7 @@ void model_forward_cached(Model *m, KvCache *kv, const uint8_t *tokens, int n, f
         be->residual_forward(kv->xm, kv->x, kv->tmp, nd);
         // FFN sub-block: x = xm + ffn(rmsnorm(xm))
         be->rmsnorm_forward(kv->ln, kv->rstd, kv->xm, w->ffn_norm, n, d, c->norm_eps);
-        ffn_block(m, l, kv->ln, kv->tmp, n, kv->h, kv->u, kv->a, tokens, NULL);
+        ffn_block(m, l, kv->ln, kv->tmp, n, kv->h, kv->u, kv->a);
         if (model_layer_is_moe(c, l)) m->acts[l].moe.N = m->B * m->T; // (the routing buffers back to the batch's rows)
         be->residual_forward(kv->x, kv->xm, kv->tmp, nd);
     }

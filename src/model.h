@@ -88,6 +88,7 @@ typedef struct {
 
 struct Backend;  // backend.h
 struct Exchange; // exchange.h
+struct Recorder; // record.h
 
 typedef struct {
     ModelConfig cfg;
@@ -110,6 +111,7 @@ typedef struct {
     Rng shuffle;              // private RNG shuffling each expert's rows (used when shuffle_on)
     int shuffle_on;
     struct Exchange *ex;      // pcmoe: experts are reached through the exchange; NULL: all experts local
+    struct Recorder *tap;     // study only (privacy.record_received): told each forward's batch bytes; else NULL
     // forward activations
     float *resid;             // (L+1, N, d) residual stream entering layer l; [L] is the final one
     LayerActs *acts;          // (L)

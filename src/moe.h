@@ -32,8 +32,6 @@ typedef struct {
     float *he, *ue;    // (N*k, f) expert gate / up projections
     float *ae;         // (N*k, f) silu(he) * ue
     float *ye;         // (N*k, d) packed expert outputs
-    const uint8_t *tokens; // (N) the batch's input bytes (read only by the attack study's ground truth)
-    const uint8_t *targets; // (N) the batch's target bytes (read only by the attack study's ground truth)
     const float *inp;  // (N, d) the rows routed (the FFN norm's output; read by the DP defence's clipping backward)
     double aux;        // Switch load-balancing loss of this layer: m * sum_e frac_e * meanprob_e
     double z;          // router z-loss of this layer: mean_n lse_n^2

@@ -23,6 +23,8 @@
 #include "exchange.h"     // Exchange
 #include "pool.h"         // pool_owner, pool_packing_order
 #include "generate.h"     // GenerateOptions, generate_text, generate_serve
+#include "json.h"         // Json: --json of bench and generate
+#include "record.h"       // record_open, record_commit, record_close (the study only)
 #include "privacy.h"      // privacy_appearances, privacy_run_epsilon, privacy_noise_for_epsilon
 #include "metrics.h"      // Metrics, StepStats
 #include "util.h"         // fail, fail_usage, now_seconds, mallocCheck
@@ -413,7 +415,7 @@ static void build_models(Run *r) {
             if (c->record_dir[0]) {
                 fprintf(stderr, "pcmoe: WARNING: privacy.record_received = %s: party %d records every row it receives from "
                         "other parties (a reconstruction-attack study; never use it with real private data)\n", c->record_dir, p->party);
-                exchange_record(&r->ex, c->record_dir);
+                r->ex.tap = p->model.tap = record_open(c->record_dir, p->party);
             }
             memcpy(p->model.expert_order, r->ex.order, sizeof(int) * E);
             p->model.shuffle_on = c->shuffle_rows;
@@ -437,7 +439,10 @@ static void free_run(Run *r) {
     }
     if (r->c->mode == MODE_CENTRALIZED) { model_free(&r->central); free(r->ctok); free(r->ctgt); }
     if (r->c->mode == MODE_PCMOE && r->simulate) { model_free(&r->pool); free(r->sim_rows); free(r->sim_seconds); }
-    if (r->c->mode == MODE_PCMOE && !r->simulate && r->P > 1) exchange_free(&r->ex);
+    if (r->c->mode == MODE_PCMOE && !r->simulate && r->P > 1) {
+        record_close(r->ex.tap);
+        exchange_free(&r->ex);
+    }
     free(r->party);
     backend_cuda_close(); // (nothing when none was opened)
 }
@@ -524,8 +529,6 @@ static CkptState ckpt_state(Run *r, Rng *rngs) {
     return s;
 }
 
-static void party_file(char *out, size_t len, const char *dir, int party) { snprintf(out, len, "%s/party_%d.h5", dir, party); }
-
 // Writes this step's checkpoint on every rank, then rank 0 marks it complete, then old ones are pruned.
 static void checkpoint_write(Run *r, int step_done) {
     const Config *c = r->c;
@@ -536,7 +539,7 @@ static void checkpoint_write(Run *r, int step_done) {
     CkptState s = ckpt_state(r, rngs);
     s.step = step_done;
     r->be->sync(); // the writer reads the parameters and AdamW state from the host side
-    party_file(path, sizeof path, dir, s.party);
+    ckpt_party_file(path, sizeof path, dir, s.party);
     int rc = mkdir_p(dir) ? error_set(err, sizeof err, "%s: cannot create: %s", dir, strerror(errno)) : ckpt_save(path, &s, err, sizeof err);
     free(rngs);
     if (!comm_agree(comm, rc == 0, NULL, NULL)) { // not every party's file: remove this step's files and directory
@@ -549,7 +552,7 @@ static void checkpoint_write(Run *r, int step_done) {
     }
     if (comm->rank == 0) { // the marker: written last, so a directory without it is never loaded
         char marker[CONFIG_PATH_LEN + 96], text[64];
-        snprintf(marker, sizeof marker, "%s/%s", dir, CKPT_MARKER);
+        ckpt_marker_file(marker, sizeof marker, dir);
         int n = snprintf(text, sizeof text, "step %d, %d parties\n", step_done, c->n_parties);
         rc = write_file_atomic(marker, text, (size_t)n, err, sizeof err);
     }
@@ -562,10 +565,10 @@ static void checkpoint_write(Run *r, int step_done) {
     for (int i = 0; i + c->ckpt_keep < n; i++) {
         ckpt_step_dir(dir, sizeof dir, c->run_dir, steps[i]);
         char marker[CONFIG_PATH_LEN + 96];
-        snprintf(marker, sizeof marker, "%s/%s", dir, CKPT_MARKER);
+        ckpt_marker_file(marker, sizeof marker, dir);
         if (comm->rank == 0) unlink(marker);
         comm_agree(comm, 1, NULL, NULL);
-        party_file(path, sizeof path, dir, r->c->mode == MODE_CENTRALIZED ? 0 : r->party[0].party);
+        ckpt_party_file(path, sizeof path, dir, r->c->mode == MODE_CENTRALIZED ? 0 : r->party[0].party);
         unlink(path);
         comm_agree(comm, 1, NULL, NULL);
         if (comm->rank == 0) rmdir(dir);
@@ -577,7 +580,7 @@ static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t
     Rng *rngs = mallocCheck(sizeof(Rng) * (size_t)r->n);
     CkptState s = ckpt_state(r, rngs);
     char path[CONFIG_PATH_LEN + 96];
-    party_file(path, sizeof path, dir, s.party);
+    ckpt_party_file(path, sizeof path, dir, s.party);
     int rc = ckpt_load(path, &s, err, len);
     if (!rc) {
         for (int q = 0; q < s.n_data; q++) r->party[q].data.rng = rngs[q];
@@ -595,10 +598,9 @@ static int init_weights_from(Run *r, char *err, size_t len) {
     const Config *c = r->c;
     const char *dir = c->init_from;
     char path[CONFIG_PATH_LEN + 96];
-    snprintf(path, sizeof path, "%s/%s", dir, CKPT_MARKER);
-    if (access(path, F_OK) != 0)
+    if (!ckpt_is_complete(dir))
         return error_set(err, len, "train.init_from = %s: not a complete checkpoint directory (no %s marker)", dir, CKPT_MARKER);
-    party_file(path, sizeof path, dir, 0);
+    ckpt_party_file(path, sizeof path, dir, 0);
     size_t text_len = 1 << 16;
     char *text = mallocCheck(text_len), why[1024];
     int step, party, rc = ckpt_peek(path, text, text_len, &step, &party, err, len);
@@ -626,12 +628,11 @@ static int init_weights_from(Run *r, char *err, size_t len) {
     return 0;
 }
 
-// --json OUT: `text` (size bytes, from open_memstream) written whole or not at all; frees it. Returns 0, or 1
-// with "--json OUT: cannot write: why" in err.
-static int json_write(const char *path, char *text, size_t size, char *err, size_t len) {
+// --json OUT: j written whole or not at all; frees it. Returns 0, or 1 with "--json OUT: cannot write: why"
+// in err.
+static int json_write_option(Json *j, const char *path, char *err, size_t len) {
     char why[CONFIG_PATH_LEN + 256] = "";
-    int rc = write_file_atomic(path, text, size, why, sizeof why);
-    free(text);
+    int rc = json_write(j, path, why, sizeof why);
     if (rc) error_set(err, len, "--json %s", why);
     return rc ? 1 : 0;
 }
@@ -669,29 +670,39 @@ static int bench_run(Run *r, const TrainOptions *opt, int step) {
             printf("party %d: acc %.4f acc_norm %.4f (%d items of %s), step %d\n", (int)all[3 * q], all[3 * q + 1], all[3 * q + 2],
                    t.n_items, opt->bench_task, step);
         if (opt->bench_json) {
-            char *js = NULL;
-            size_t js_size = 0;
-            FILE *f = open_memstream(&js, &js_size);
-            if (!f) fail("open_memstream: %s", strerror(errno));
-            fprintf(f, "{\"task\":\"");
-            for (const char *s = opt->bench_task; *s; s++) fprintf(f, *s == '"' || *s == '\\' ? "\\%c" : "%c", *s);
-            fprintf(f, "\",\"items\":%d,\"step\":%d,\"parties\":[", t.n_items, step);
-            for (int q = 0; q < P; q++)
-                fprintf(f, "%s{\"party\":%d,\"acc\":%.9g,\"acc_norm\":%.9g}", q ? "," : "", (int)all[3 * q], all[3 * q + 1], all[3 * q + 2]);
-            fprintf(f, "],\"loglik\":{");
-            for (int q = 0; q < r->n; q++) {
-                fprintf(f, "%s\"%d\":[", q ? "," : "", r->party[q].party);
-                for (int i = 0; i < t.n_items; i++) {
-                    fprintf(f, "%s[", i ? "," : "");
-                    for (int j = t.first[i]; j < t.first[i + 1]; j++)
-                        fprintf(f, "%s%.9g", j > t.first[i] ? "," : "", ll[(size_t)q * t.n_pairs + j]);
-                    fprintf(f, "]");
-                }
-                fprintf(f, "]");
+            Json j = {0};
+            json_open_object(&j);
+            json_member_string(&j, "task", opt->bench_task);
+            json_member_int(&j, "items", t.n_items);
+            json_member_int(&j, "step", step);
+            json_key(&j, "parties");
+            json_open_array(&j);
+            for (int q = 0; q < P; q++) {
+                json_open_object(&j);
+                json_member_int(&j, "party", (int)all[3 * q]);
+                json_member_number(&j, "acc", all[3 * q + 1]);
+                json_member_number(&j, "acc_norm", all[3 * q + 2]);
+                json_close_object(&j);
             }
-            fprintf(f, "}}\n");
-            fclose(f);
-            rc = json_write(opt->bench_json, js, js_size, err, sizeof err);
+            json_close_array(&j);
+            json_key(&j, "loglik");
+            json_open_object(&j);
+            for (int q = 0; q < r->n; q++) {
+                char key[16];
+                snprintf(key, sizeof key, "%d", r->party[q].party);
+                json_key(&j, key);
+                json_open_array(&j);
+                for (int i = 0; i < t.n_items; i++) {
+                    json_open_array(&j);
+                    for (int c = t.first[i]; c < t.first[i + 1]; c++) json_number(&j, ll[(size_t)q * t.n_pairs + c]);
+                    json_close_array(&j);
+                }
+                json_close_array(&j);
+            }
+            json_close_object(&j);
+            json_close_object(&j);
+            json_end_line(&j);
+            rc = json_write_option(&j, opt->bench_json, err, sizeof err);
         }
     }
     free(ll);
@@ -781,22 +792,33 @@ static int generate_run(Run *r, const TrainOptions *opt, int step) {
                 "through the model (%s)\n", o->party, o->max_new, step, dt, o->max_new / (dt > 0 ? dt : 1e-9), positions,
                 o->no_cache ? "--no-cache: every context whole" : "KV cache");
         if (o->json) {
-            char *js = NULL;
-            size_t js_size = 0;
-            FILE *f = open_memstream(&js, &js_size);
-            if (!f) fail("open_memstream: %s", strerror(errno));
-            fprintf(f, "{\"party\":%d,\"step\":%d,\"prompt_bytes\":%d,\"max_new\":%d,\"temperature\":%.9g,\"top_k\":%d,"
-                    "\"seed\":%llu,\"kv_cache\":%s,\"positions\":%.0f,\"seconds\":%.6f,\"bytes\":[",
-                    o->party, step, prompt_len, o->max_new, o->temperature, o->top_k, (unsigned long long)o->seed,
-                    o->no_cache ? "false" : "true", positions, dt);
-            for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%d", j ? "," : "", steps[j].byte);
-            fprintf(f, "],\"logprobs\":[");
-            for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%.9g", j ? "," : "", steps[j].logprob);
-            fprintf(f, "],\"contexts\":[");
-            for (int j = 0; j < o->max_new; j++) fprintf(f, "%s%d", j ? "," : "", steps[j].context);
-            fprintf(f, "]}\n");
-            fclose(f);
-            rc = json_write(o->json, js, js_size, err, sizeof err);
+            Json j = {0};
+            json_open_object(&j);
+            json_member_int(&j, "party", o->party);
+            json_member_int(&j, "step", step);
+            json_member_int(&j, "prompt_bytes", prompt_len);
+            json_member_int(&j, "max_new", o->max_new);
+            json_member_number(&j, "temperature", o->temperature);
+            json_member_int(&j, "top_k", o->top_k);
+            json_member_uint(&j, "seed", o->seed);
+            json_member_bool(&j, "kv_cache", !o->no_cache);
+            json_member_fixed(&j, "positions", positions, 0);
+            json_member_fixed(&j, "seconds", dt, 6);
+            json_key(&j, "bytes");
+            json_open_array(&j);
+            for (int i = 0; i < o->max_new; i++) json_int(&j, steps[i].byte);
+            json_close_array(&j);
+            json_key(&j, "logprobs");
+            json_open_array(&j);
+            for (int i = 0; i < o->max_new; i++) json_number(&j, steps[i].logprob);
+            json_close_array(&j);
+            json_key(&j, "contexts");
+            json_open_array(&j);
+            for (int i = 0; i < o->max_new; i++) json_int(&j, steps[i].context);
+            json_close_array(&j);
+            json_close_object(&j);
+            json_end_line(&j);
+            rc = json_write_option(&j, o->json, err, sizeof err);
         }
         free(steps);
     } else if (c->mode == MODE_PCMOE && P > 1) {
@@ -849,9 +871,7 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
         int rc = 0;
         if (opt->eval_dir) {
             snprintf(dir, sizeof dir, "%s", opt->eval_dir);
-            char marker[CONFIG_PATH_LEN + 96];
-            snprintf(marker, sizeof marker, "%s/%s", dir, CKPT_MARKER);
-            if (access(marker, F_OK) != 0) rc = error_set(err, sizeof err, "%s: not a complete checkpoint directory (no %s marker)", dir, CKPT_MARKER);
+            if (!ckpt_is_complete(dir)) rc = error_set(err, sizeof err, "%s: not a complete checkpoint directory (no %s marker)", dir, CKPT_MARKER);
         } else {
             int latest = ckpt_latest(c->run_dir, ignored, sizeof ignored);
             if (latest < 0) rc = error_set(err, sizeof err, "run.dir = %s: no complete checkpoint to resume from%s%s", c->run_dir, ignored[0] ? "; incomplete: " : "", ignored);
@@ -952,7 +972,7 @@ int train_run(const Config *c, Comm *comm, const TrainOptions *opt) {
 
         // 4. every rank learns whether any failed to write its files (then all stop) or got a stop signal
         int io_rc = lg.io_failed;
-        if (!io_rc && r->ex.rec[0]) io_rc = exchange_record_commit(&r->ex, lg.io_err, sizeof lg.io_err);
+        if (!io_rc && r->ex.tap) io_rc = record_commit(r->ex.tap, lg.io_err, sizeof lg.io_err);
         int status = comm_max_int(comm, io_rc ? 2 : stop_signal != 0);
         if (status == 2) stop_if_any_failed(comm, io_rc, lg.io_err);
         // 5. a checkpoint every checkpoint.every steps and after the last one, or when asked to stop

@@ -1,4 +1,4 @@
-// util.c: the single fatal-error path, checked wrappers, clock, mkdir -p.
+// util.c: the single fatal-error path, checked wrappers, clock, mkdir -p, files written whole, a growable text.
 #include "util.h"
 
 #include <errno.h>    // errno
@@ -162,4 +162,28 @@ int file_append(const char *path, unsigned char **buf, size_t *n, size_t *cap) {
     int bad = ferror(f);
     fclose(f);
     return bad ? FILE_READ_ERROR : 0;
+}
+
+void text_printf(Text *t, const char *fmt, ...) {
+    for (;;) {
+        size_t room = t->cap - t->len;
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->s ? t->s + t->len : NULL, t->s ? room : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) fail("internal: text_printf: bad format");
+        if (t->s && (size_t)n < room) { t->len += (size_t)n; return; }
+        size_t cap = t->cap ? t->cap : 256;
+        while (cap < t->len + (size_t)n + 1) cap *= 2;
+        char *s = realloc(t->s, cap);
+        if (!s) fail("out of memory growing a text to %zu bytes", cap);
+        t->s = s;
+        t->cap = cap;
+    }
+}
+
+void text_free(Text *t) {
+    free(t->s);
+    t->s = NULL;
+    t->len = t->cap = 0;
 }

@@ -57,4 +57,14 @@ int write_file_atomic(const char *path, const void *buf, size_t size, char *err,
 enum { FILE_CANNOT_OPEN = 1, FILE_READ_ERROR, FILE_NO_MEMORY };
 int file_append(const char *path, unsigned char **buf, size_t *n, size_t *cap);
 
+// A growable text: s (len bytes, NUL-terminated; NULL until the first append) in cap bytes. Zero-initialise
+// it ({0}); text_free releases it. What the JSON writer and the config writer build their files in.
+typedef struct {
+    char *s;
+    size_t len, cap;
+} Text;
+// Appends printf-formatted text (grown by doubling; ends the job when out of memory).
+void text_printf(Text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void text_free(Text *t);
+
 #endif
