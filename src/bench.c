@@ -1,4 +1,5 @@
-// bench.c: multiple-choice benchmarks: task files, scoring by log-likelihood, accuracy (see bench.h).
+// bench.c: multiple-choice benchmarks: task files, scoring by log-likelihood, accuracy, and pcmoe bench
+// (see bench.h).
 #include "bench.h"
 
 #include <errno.h>  // errno
@@ -7,6 +8,7 @@
 #include <string.h> // memcpy, memset, strncmp, strerror
 
 #include "backend.h" // Backend (sync before the host reads the losses)
+#include "json.h"    // Json: --json
 #include "util.h"    // mallocCheck, error_set
 
 // A growable byte string.
@@ -57,7 +59,7 @@ static int hex4(const char *p, unsigned *v) {
 }
 
 // A JSON string at *p (after whitespace) into out (UTF-8 bytes); advances *p. Returns 0, or 1.
-static int json_string(const char **p, Bytes *out) {
+static int task_string(const char **p, Bytes *out) {
     const char *s = skip_ws(*p);
     if (*s != '"') return 1;
     for (s++; *s != '"'; s++) {
@@ -90,15 +92,15 @@ static int json_string(const char **p, Bytes *out) {
 }
 
 // Skips a JSON scalar (string, number, true, false, null) or an array of them. Returns 0, or 1.
-static int json_skip(const char **p) {
+static int task_skip(const char **p) {
     const char *s = skip_ws(*p);
     Bytes tmp = {0};
     int bad = 0;
-    if (*s == '"') bad = json_string(&s, &tmp);
+    if (*s == '"') bad = task_string(&s, &tmp);
     else if (*s == '[') {
         s = skip_ws(s + 1);
         while (!bad && *s != ']') {
-            bad = json_skip(&s);
+            bad = task_skip(&s);
             s = skip_ws(s);
             if (*s == ',') s = skip_ws(s + 1);
             else if (*s != ']') bad = 1;
@@ -122,7 +124,7 @@ static int parse_line(const char *line, Bytes *query, Bytes **choices, int *n_ch
     p = skip_ws(p + 1);
     while (*p != '}') {
         Bytes key = {0};
-        if (json_string(&p, &key)) { free(key.b); return error_set(why, len, "expected a key"); }
+        if (task_string(&p, &key)) { free(key.b); return error_set(why, len, "expected a key"); }
         p = skip_ws(p);
         if (*p != ':') { free(key.b); return error_set(why, len, "expected ':' after a key"); }
         p++;
@@ -133,7 +135,7 @@ static int parse_line(const char *line, Bytes *query, Bytes **choices, int *n_ch
         free(key.b);
         if (is == 1) {
             query->n = 0;
-            if (json_string(&p, query)) return error_set(why, len, "\"query\": not a string");
+            if (task_string(&p, query)) return error_set(why, len, "\"query\": not a string");
             have_query = 1;
         } else if (is == 2) {
             p = skip_ws(p);
@@ -144,7 +146,7 @@ static int parse_line(const char *line, Bytes *query, Bytes **choices, int *n_ch
                 if (!*choices) fail("out of memory reading a task file");
                 Bytes *c = &(*choices)[(*n_choices)++];
                 memset(c, 0, sizeof *c);
-                if (json_string(&p, c)) return error_set(why, len, "\"choices\": not an array of strings");
+                if (task_string(&p, c)) return error_set(why, len, "\"choices\": not an array of strings");
                 p = skip_ws(p);
                 if (*p == ',') p = skip_ws(p + 1);
                 else if (*p != ']') return error_set(why, len, "\"choices\": expected ',' or ']'");
@@ -157,7 +159,7 @@ static int parse_line(const char *line, Bytes *query, Bytes **choices, int *n_ch
             if (end == skip_ws(p)) return error_set(why, len, "\"gold\": not an integer");
             p = end;
             have_gold = 1;
-        } else if (json_skip(&p)) {
+        } else if (task_skip(&p)) {
             return error_set(why, len, "a value that is not a string, number or array of them");
         }
         p = skip_ws(p);
@@ -279,4 +281,81 @@ void bench_accuracy(const BenchTask *t, const double *loglik, double *acc, doubl
     }
     *acc = (double)right / t->n_items;
     *acc_norm = (double)right_norm / t->n_items;
+}
+
+// --json OUT: the task, every party's accuracy (all: (P, 3) party, acc, acc_norm) and the log-likelihoods
+// ll (n, n_pairs) of the n parties of this process.
+static int bench_json(const Run *r, const BenchTask *t, const BenchOptions *o, int step, const double *all,
+                      const double *ll, char *err, size_t len) {
+    Json j = {0};
+    json_open_object(&j);
+    json_member_string(&j, "task", o->task);
+    json_member_int(&j, "items", t->n_items);
+    json_member_int(&j, "step", step);
+    json_key(&j, "parties");
+    json_open_array(&j);
+    for (int q = 0; q < r->P; q++) {
+        json_open_object(&j);
+        json_member_int(&j, "party", (int)all[3 * q]);
+        json_member_number(&j, "acc", all[3 * q + 1]);
+        json_member_number(&j, "acc_norm", all[3 * q + 2]);
+        json_close_object(&j);
+    }
+    json_close_array(&j);
+    json_key(&j, "loglik");
+    json_open_object(&j);
+    for (int q = 0; q < r->n; q++) {
+        char key[16];
+        snprintf(key, sizeof key, "%d", r->party[q].party);
+        json_key(&j, key);
+        json_open_array(&j);
+        for (int i = 0; i < t->n_items; i++) {
+            json_open_array(&j);
+            for (int c = t->first[i]; c < t->first[i + 1]; c++) json_number(&j, ll[(size_t)q * t->n_pairs + c]);
+            json_close_array(&j);
+        }
+        json_close_array(&j);
+    }
+    json_close_object(&j);
+    json_close_object(&j);
+    json_end_line(&j);
+    return json_write_option(&j, "--json", o->json, err, len);
+}
+
+int bench_run(const Config *c, Comm *comm, const RunOptions *ro, const BenchOptions *o) {
+    Run run, *r = &run;
+    run_open(r, c, comm, ro, 1);
+    int step = run_load_checkpoint(r, ro->checkpoint), P = r->P;
+    BenchTask t;
+    char err[2048] = "";
+    comm_stop_if_failed(comm, bench_load(&t, o->task, err, sizeof err), err);
+    double *ll = mallocCheck(sizeof(double) * (size_t)t.n_pairs * r->n), *all = mallocCheck(sizeof(double) * 3 * (size_t)P);
+    for (int q = 0; q < r->n; q++) {
+        uint8_t *tok, *tgt;
+        Model *m = run_party_model(r, q, &tok, &tgt);
+        bench_score(m, &t, tok, tgt, ll + (size_t)q * t.n_pairs);
+        run_party_done(r, m);
+        double acc, acc_norm;
+        bench_accuracy(&t, ll + (size_t)q * t.n_pairs, &acc, &acc_norm);
+        double mine[3] = {r->party[q].party, acc, acc_norm};
+        memcpy(all + 3 * (size_t)q, mine, sizeof mine);
+    }
+    if (!r->one_process) {
+        double mine[3];
+        memcpy(mine, all, sizeof mine);
+        comm_gather_doubles(comm, MSG_METRICS, mine, 3, all);
+    }
+    int rc = 0;
+    if (comm->rank == 0) {
+        for (int q = 0; q < P; q++)
+            printf("party %d: acc %.4f acc_norm %.4f (%d items of %s), step %d\n", (int)all[3 * q], all[3 * q + 1],
+                   all[3 * q + 2], t.n_items, o->task, step);
+        if (o->json) rc = bench_json(r, &t, o, step, all, ll, err, sizeof err);
+    }
+    free(ll);
+    free(all);
+    bench_free(&t);
+    if (rc) fprintf(stderr, "pcmoe: error: %s\n", err);
+    run_close(r);
+    return rc ? 1 : 0;
 }

@@ -14,7 +14,10 @@
 #include <stddef.h> // size_t
 #include <stdint.h> // uint8_t
 
+#include "comm.h"   // Comm
+#include "config.h" // Config
 #include "model.h"  // Model
+#include "run.h"    // RunOptions
 
 // A task file: JSON lines {"query": "...", "choices": ["...", ...], "gold": i} (other keys ignored).
 typedef struct {
@@ -34,5 +37,17 @@ void bench_free(BenchTask *t);
 void bench_score(Model *m, const BenchTask *t, uint8_t *tok, uint8_t *tgt, double *loglik);
 // acc and acc_norm (see above) from the pairs' log-likelihoods.
 void bench_accuracy(const BenchTask *t, const double *loglik, double *acc, double *acc_norm);
+
+// pcmoe bench's own options.
+typedef struct {
+    const char *task; // --task FILE.jsonl
+    const char *json; // --json OUT (NULL: none)
+} BenchOptions;
+
+// pcmoe bench CONFIG --checkpoint DIR --task FILE: every party of the job scores the task with its model
+// (pcmoe over MPI: through the exchange, every party making the same passes); rank 0 prints each party's
+// acc and acc_norm and, with --json, writes them with the log-likelihood of every (item, choice) of the
+// parties in its process. Returns the exit status.
+int bench_run(const Config *c, Comm *comm, const RunOptions *ro, const BenchOptions *o);
 
 #endif

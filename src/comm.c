@@ -92,6 +92,14 @@ int comm_max_int(Comm *c, int v) {
     return all;
 }
 
+void comm_stop_if_failed(Comm *c, int rc, const char *err) {
+    int first = -1, n_bad = 0;
+    if (comm_agree(c, rc == 0, &first, &n_bad)) return;
+    int code = comm_max_int(c, rc);
+    int print = rc && (n_bad < c->size || c->rank == first);
+    fail_usage(code, print ? 1 : -1, "%s", rc ? err : "stopping");
+}
+
 void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer) {
     mpiCheck(MPI_Alltoall(send, per_peer, MPI_INT, recv, per_peer, MPI_INT, c->expert));
     for (int p = 0; p < c->n_parties; p++)

@@ -64,6 +64,11 @@ int comm_local_rank(Comm *c);
 int comm_cuda_aware(void);
 // Agreement on world: the largest of every rank's `v` (for example a status: 0 go on, 1 stop, 2 failed).
 int comm_max_int(Comm *c, int v);
+// Ends the job when any rank failed (rc != 0 there: 2 bad input, 1 a file that could not be written),
+// every rank with the worst status. A collective: every rank calls it at the same point, so MPI shuts
+// down cleanly, without a hang. The failing ranks print their message err; when every rank failed (the
+// same cause everywhere), only the lowest does. Returns when no rank failed.
+void comm_stop_if_failed(Comm *c, int rc, const char *err);
 // All-to-all of `per_peer` ints with every other party (the entry for oneself is copied, not sent).
 void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer);
 // All-to-all-v of rows of `width` floats: send_rows[p] rows starting at row send_offs[p] of `send` go

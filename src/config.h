@@ -107,7 +107,12 @@ int config_diff_model(const Config *a, const Config *b, int with_parties, char *
 // Appends the resolved configuration to t as INI text that config_load reads back to the same values.
 void config_write(Text *t, const Config *c);
 
-// Lists every key with its type, range, default and meaning (for --help-config and the docs).
+// Lists every key with its type, range, default and meaning, as text (pcmoe keys), as the Markdown page
+// docs/config.md, or as the man page's key list (the test_docs test holds both to this table).
 void config_print_keys(FILE *f);
+void config_print_keys_markdown(FILE *f);
+void config_print_keys_man(FILE *f);
+// pcmoe keys [--markdown | --man]: one of the three on stdout. Returns the exit status.
+int config_keys_main(int argc, char **argv);
 
 #endif

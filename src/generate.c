@@ -1,11 +1,15 @@
-// generate.c: sampling bytes from a model, with a KV cache or by full forwards (see generate.h).
+// generate.c: sampling bytes from a model, with a KV cache or by full forwards, and pcmoe generate (see
+// generate.h).
 #include "generate.h"
 
+#include <errno.h>  // errno
 #include <math.h>   // expf, logf, isfinite
+#include <stdio.h>  // fwrite, printf
 #include <stdlib.h> // free
-#include <string.h> // memcpy, memset
+#include <string.h> // memcpy, memset, strlen, strerror
 
-#include "util.h"   // mallocCheck, fail
+#include "json.h"   // Json: --json
+#include "util.h"   // mallocCheck, fail, error_set, file_append, now_seconds
 
 int generate_sample(const float *logp, int V, float temperature, int top_k, Rng *rng) {
     int idx[256];
@@ -87,4 +91,106 @@ double generate_text(Model *m, const GenerateOptions *o, uint8_t *text, int prom
 
 void generate_serve(Model *m, const GenerateOptions *o) {
     for (int j = 0; j < o->max_new; j++) model_serve_forward(m);
+}
+
+// The prompt (--prompt or --prompt-file), with room for max_new bytes after it, into *text; *len its bytes.
+// Returns 0, or 2 with err set.
+static int generate_prompt(const GenerateOptions *o, uint8_t **text, int *len, char *err, size_t err_len) {
+    uint8_t *file = NULL;
+    size_t n = o->prompt ? strlen(o->prompt) : 0, cap = 0;
+    int rc = 0;
+    if (o->prompt_file) {
+        int frc = file_append(o->prompt_file, &file, &n, &cap);
+        if (frc == FILE_CANNOT_OPEN) rc = error_set(err, err_len, "--prompt-file %s: cannot read: %s", o->prompt_file, strerror(errno));
+        else if (frc == FILE_READ_ERROR) rc = error_set(err, err_len, "--prompt-file %s: read error", o->prompt_file);
+        else if (frc == FILE_NO_MEMORY) fail("out of memory reading the prompt");
+        else if (n >= (1u << 30)) rc = error_set(err, err_len, "--prompt-file %s: over 1 GiB", o->prompt_file);
+    }
+    if (!rc && n == 0)
+        rc = error_set(err, err_len, "%s: empty prompt; give at least one byte", o->prompt_file ? o->prompt_file : "--prompt");
+    if (!rc) {
+        *text = mallocCheck(n + (size_t)o->max_new);
+        memcpy(*text, o->prompt_file ? file : (const uint8_t *)o->prompt, n);
+        *len = (int)n;
+    }
+    free(file);
+    return rc;
+}
+
+// --json OUT: each byte, its log-probability and context length, and the run's settings.
+static int generate_json(const GenerateOptions *o, int step, int prompt_len, const GenerateStep *steps, double positions,
+                         double seconds, char *err, size_t len) {
+    Json j = {0};
+    json_open_object(&j);
+    json_member_int(&j, "party", o->party);
+    json_member_int(&j, "step", step);
+    json_member_int(&j, "prompt_bytes", prompt_len);
+    json_member_int(&j, "max_new", o->max_new);
+    json_member_number(&j, "temperature", o->temperature);
+    json_member_int(&j, "top_k", o->top_k);
+    json_member_uint(&j, "seed", o->seed);
+    json_member_bool(&j, "kv_cache", !o->no_cache);
+    json_member_fixed(&j, "positions", positions, 0);
+    json_member_fixed(&j, "seconds", seconds, 6);
+    json_key(&j, "bytes");
+    json_open_array(&j);
+    for (int i = 0; i < o->max_new; i++) json_int(&j, steps[i].byte);
+    json_close_array(&j);
+    json_key(&j, "logprobs");
+    json_open_array(&j);
+    for (int i = 0; i < o->max_new; i++) json_number(&j, steps[i].logprob);
+    json_close_array(&j);
+    json_key(&j, "contexts");
+    json_open_array(&j);
+    for (int i = 0; i < o->max_new; i++) json_int(&j, steps[i].context);
+    json_close_array(&j);
+    json_close_object(&j);
+    json_end_line(&j);
+    return json_write_option(&j, "--json", o->json, err, len);
+}
+
+// The prompting party: generates after text's prompt_len bytes, prints prompt and text, and the --json.
+static int generate_prompted(Model *m, const GenerateOptions *o, int step, uint8_t *text, int prompt_len, char *err,
+                             size_t len) {
+    GenerateStep *steps = mallocCheck(sizeof(GenerateStep) * (size_t)o->max_new);
+    double t0 = now_seconds(), positions = generate_text(m, o, text, prompt_len, steps), dt = now_seconds() - t0;
+    fwrite(text, 1, (size_t)prompt_len + o->max_new, stdout);
+    printf("\n");
+    fflush(stdout);
+    fprintf(stderr, "pcmoe: party %d generated %d bytes from the checkpoint of step %d in %.2f s (%.1f bytes/s); "
+            "%.0f positions through the model (%s)\n", o->party, o->max_new, step, dt, o->max_new / (dt > 0 ? dt : 1e-9),
+            positions, o->no_cache ? "--no-cache: every context whole" : "KV cache");
+    int rc = o->json ? generate_json(o, step, prompt_len, steps, positions, dt, err, len) : 0;
+    free(steps);
+    return rc;
+}
+
+int generate_run(Config *c, Comm *comm, const RunOptions *ro, const GenerateOptions *o) {
+    if (c->device != DEVICE_CPU && comm->rank == 0)
+        fprintf(stderr, "pcmoe: note: generate runs on the CPU (run.device = %s ignored)\n", DEVICE_NAMES[c->device]);
+    c->device = DEVICE_CPU;
+    c->batch_size = 1;
+    c->record_dir[0] = '\0';
+    int P = c->n_parties;
+    run_check_ranks(c, comm, ro->simulate);
+    if (o->party >= P) fail_usage(2, 0, "--party %d: parties.count = %d: give a party from 0 to %d", o->party, P, P - 1);
+    if (ro->simulate && c->mode != MODE_PCMOE)
+        fail_usage(2, 0, "--simulate: parties.mode = %s has no expert exchange to simulate; run generate as training ran",
+                   MODE_NAMES[c->mode]);
+    Run run, *r = &run;
+    run_open(r, c, comm, ro, c->clip_norm > 0 && c->target_epsilon > 0); // (no corpus read, unless for the DP noise)
+    int step = run_load_checkpoint(r, ro->checkpoint);
+    int mine = r->one_process || comm->party == o->party;
+    Model *m = c->mode == MODE_CENTRALIZED ? &r->central : &r->party[r->one_process ? o->party : 0].model;
+    char err[2048] = "";
+    uint8_t *text = NULL; // the prompt, read by the prompting party only
+    int prompt_len = 0, rc = mine ? generate_prompt(o, &text, &prompt_len, err, sizeof err) : 0;
+    comm_stop_if_failed(comm, rc, err);
+    if (mine) rc = generate_prompted(m, o, step, text, prompt_len, err, sizeof err);
+    else if (c->mode == MODE_PCMOE && P > 1) generate_serve(m, o); // (local, fedavg: the other models take no part)
+    free(text);
+    comm_stop_if_failed(comm, rc, err);
+    if (ro->audit_path) comm_stop_if_failed(comm, comm_write_audit(comm, ro->audit_path, err, sizeof err), err);
+    run_close(r);
+    return 0;
 }

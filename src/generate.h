@@ -16,8 +16,11 @@
 
 #include <stdint.h> // uint8_t, uint64_t
 
+#include "comm.h"   // Comm
+#include "config.h" // Config
 #include "model.h"  // Model
 #include "rng.h"    // Rng
+#include "run.h"    // RunOptions
 
 typedef struct {
     int party;           // the prompting party (--party)
@@ -49,5 +52,12 @@ double generate_text(Model *m, const GenerateOptions *o, uint8_t *text, int prom
 
 // Every other party of a pcmoe job: serves its experts for the prompting party's passes, in step with it.
 void generate_serve(Model *m, const GenerateOptions *o);
+
+// pcmoe generate CONFIG --checkpoint DIR (--prompt TEXT | --prompt-file F): the prompting party's process
+// samples the text (its backbone and router; in pcmoe over MPI its experts' owners serve them, pass for
+// pass) and prints the prompt and the text on stdout. Generation runs on the CPU, one sequence, recording
+// nothing: c is set so (run.device = cpu, train.batch_size = 1, privacy.record_received off). Returns the
+// exit status.
+int generate_run(Config *c, Comm *comm, const RunOptions *ro, const GenerateOptions *o);
 
 #endif

@@ -116,6 +116,13 @@ int json_write(Json *j, const char *path, char *err, size_t len) {
     return rc;
 }
 
+int json_write_option(Json *j, const char *option, const char *path, char *err, size_t len) {
+    char why[4400] = "";
+    int rc = json_write(j, path, why, sizeof why);
+    if (rc) error_set(err, len, "%s %s", option, why);
+    return rc;
+}
+
 void json_free(Json *j) {
     text_free(&j->out);
     j->depth = 0;

@@ -64,6 +64,8 @@ void json_end_line(Json *j);
 // Writes the text to path whole or not at all (util.h write_file_atomic) and frees it. Returns 0, or 1 with
 // "PATH: cannot write: why" in err.
 int json_write(Json *j, const char *path, char *err, size_t len);
+// The same for a file a command-line option names (--json OUT): the message is then "OPTION PATH: cannot write: why".
+int json_write_option(Json *j, const char *option, const char *path, char *err, size_t len);
 void json_free(Json *j);
 
 #endif

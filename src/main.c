@@ -1,18 +1,22 @@
-// main.c: the pcmoe command line: `pcmoe train CONFIG [--set section.key=value ...] [--force]`, `pcmoe eval`,
-// `pcmoe bench`, `pcmoe generate`, `pcmoe attack`, `pcmoe info`, `pcmoe keys`, `pcmoe --help`, `pcmoe --version`.
+// main.c: the pcmoe command line. Each command has one entry: train (train.h), eval (run.h), bench
+// (bench.h), generate (generate.h), attack (attack.h), info (info.h), keys (config.h); main() parses the
+// arguments, starts MPI, reads the config on every rank and calls it.
 #include <errno.h>  // errno
-#include <mpi.h>    // MPI_Init, MPI_Comm_size
+#include <mpi.h>    // MPI_Init
 #include <stdio.h>  // printf
-#include <stdlib.h> // exit
+#include <stdlib.h> // strtol, strtod, strtoull
 #include <string.h> // strcmp
 
 #include "autoconfig.h" // PACKAGE_VERSION
-#include "config.h"     // Config, config_load, config_print_keys
 #include "attack.h"     // attack_main
+#include "bench.h"      // bench_run, BenchOptions
 #include "comm.h"       // Comm, comm_init, comm_agree
+#include "config.h"     // Config, config_load, config_keys_main
+#include "generate.h"   // generate_run, GenerateOptions
 #include "info.h"       // info_run
+#include "run.h"        // run_eval, RunOptions
 #include "train.h"      // train_run, TrainOptions
-#include "util.h"       // fail_usage, mpiCheck, mallocCheck
+#include "util.h"       // fail_usage, mpiCheck, mallocCheck, finalize
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -75,13 +79,16 @@ static void usage(FILE *f) {
             "signal after writing a checkpoint.\n");
 }
 
+// The command line of train, eval, bench and generate.
 typedef struct {
     const char *config_path;
-    char **sets; // (n_sets) "section.key=value" overrides, pointing into argv
+    char **sets;         // (n_sets) "section.key=value" overrides, pointing into argv
     int n_sets;
-    TrainOptions opt;
-    GenerateOptions gen; // pcmoe generate's options (opt.gen points here)
-} TrainArgs;
+    RunOptions run;      // --simulate, --checkpoint, --audit, --inject-fault
+    TrainOptions train;  // --force, --resume, --stop-after
+    BenchOptions bench;  // --task, --json
+    GenerateOptions gen; // --party, --prompt, ...
+} Args;
 
 // A number option's value: a whole number in [lo, hi] (the option's name in errors). Returns 0, or 2.
 static int parse_long(const char *opt, const char *v, long lo, long hi, long *out) {
@@ -96,143 +103,174 @@ static int parse_long(const char *opt, const char *v, long lo, long hi, long *ou
     return 0;
 }
 
-// Parses the arguments after "train", "eval", "bench" or "generate" (cmd). Returns -1 to go on, or an exit status (0
-// after --help, 2 on error).
-static int parse_train_args(TrainArgs *a, int argc, char **argv, const char *cmd) {
-    int eval = strcmp(cmd, "train") != 0, bench = !strcmp(cmd, "bench"), gen = !strcmp(cmd, "generate");
+// generate's options with a value. Returns 0, or 2 after saying what is wrong.
+static int parse_generate_option(GenerateOptions *g, const char *opt, const char *v) {
+    long n = 0;
+    if (!strcmp(opt, "--prompt")) g->prompt = v;
+    else if (!strcmp(opt, "--prompt-file")) g->prompt_file = v;
+    else if (!strcmp(opt, "--json")) g->json = v;
+    else if (!strcmp(opt, "--party")) { if (parse_long(opt, v, 0, CONFIG_MAX_PARTIES - 1, &n)) return 2; g->party = (int)n; }
+    else if (!strcmp(opt, "--max-new")) { if (parse_long(opt, v, 1, 1000000, &n)) return 2; g->max_new = (int)n; }
+    else if (!strcmp(opt, "--top-k")) { if (parse_long(opt, v, 0, 256, &n)) return 2; g->top_k = (int)n; }
+    else if (!strcmp(opt, "--seed")) {
+        char *end;
+        errno = 0;
+        unsigned long long sd = strtoull(v, &end, 10);
+        if (!*v || *end || errno || v[0] == '-') {
+            fprintf(stderr, "pcmoe: error: --seed %s: not a whole number >= 0\n", v);
+            return 2;
+        }
+        g->seed = sd;
+    } else {
+        char *end;
+        double t = strtod(v, &end);
+        if (!*v || *end || !(t >= 0.0 && t <= 100.0)) {
+            fprintf(stderr, "pcmoe: error: --temperature %s: not a number in [0, 100]\n", v);
+            return 2;
+        }
+        g->temperature = (float)t;
+    }
+    return 0;
+}
+
+static int is_generate_option(const char *o) {
+    static const char *const names[] = {"--party", "--prompt", "--prompt-file", "--max-new", "--temperature",
+                                        "--top-k", "--seed", "--json", NULL};
+    for (int i = 0; names[i]; i++)
+        if (!strcmp(o, names[i])) return 1;
+    return 0;
+}
+
+// The options every one of train, eval, bench and generate takes with a value: --stop-after, --checkpoint,
+// --inject-fault, --audit. Returns 0, or 2 after saying what is wrong.
+static int parse_run_option(Args *a, const char *opt, const char *v) {
+    if (!strcmp(opt, "--checkpoint")) a->run.checkpoint = v;
+    else if (!strcmp(opt, "--inject-fault")) a->run.fault = v;
+    else if (!strcmp(opt, "--audit")) a->run.audit_path = v;
+    else {
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (*end || n < 1 || n > 1000000000) {
+            fprintf(stderr, "pcmoe: error: --stop-after %s: not a step number >= 1\n", v);
+            return 2;
+        }
+        a->train.stop_after = (int)n;
+    }
+    return 0;
+}
+
+// One argument (argv[*i], and its value, which moves *i on) of command cmd. Returns -1 to go on, or an exit
+// status (0 after --help, 2 on error).
+static int parse_arg(Args *a, int argc, char **argv, int *i, const char *cmd) {
+    int bench = !strcmp(cmd, "bench"), gen = !strcmp(cmd, "generate");
+    const char *o = argv[*i];
+    int valued = !strcmp(o, "--set") || !strcmp(o, "--stop-after") || !strcmp(o, "--checkpoint") ||
+                 !strcmp(o, "--inject-fault") || !strcmp(o, "--audit") || (bench && (!strcmp(o, "--task") ||
+                 !strcmp(o, "--json"))) || (gen && is_generate_option(o));
+    if (valued && *i + 1 >= argc) {
+        int file = !strcmp(o, "--audit") || (bench && (!strcmp(o, "--task") || !strcmp(o, "--json")));
+        const char *what = !strcmp(o, "--set") ? "section.key=value" : file ? "a FILE" : "a value";
+        fprintf(stderr, "pcmoe: error: %s needs %s\n", o, what);
+        return 2;
+    }
+    const char *v = valued ? argv[++*i] : NULL;
+    if (!strcmp(o, "--set")) a->sets[a->n_sets++] = (char *)v;
+    else if (!strncmp(o, "--set=", 6)) a->sets[a->n_sets++] = (char *)o + 6;
+    else if (!strcmp(o, "--force")) a->train.force = 1;
+    else if (!strcmp(o, "--simulate")) a->run.simulate = 1;
+    else if (!strcmp(o, "--resume")) a->train.resume = 1;
+    else if (bench && !strcmp(o, "--task")) a->bench.task = v;
+    else if (bench && !strcmp(o, "--json")) a->bench.json = v;
+    else if (gen && !strcmp(o, "--no-cache")) a->gen.no_cache = 1;
+    else if (gen && is_generate_option(o)) return parse_generate_option(&a->gen, o, v) ? 2 : -1;
+    else if (valued) return parse_run_option(a, o, v) ? 2 : -1;
+    else if (!strcmp(o, "--help") || !strcmp(o, "-h")) { usage(stdout); return 0; }
+    else if (o[0] == '-') { fprintf(stderr, "pcmoe: error: unknown option '%s' for %s (try pcmoe --help)\n", o, cmd); return 2; }
+    else if (!a->config_path) a->config_path = o;
+    else { fprintf(stderr, "pcmoe: error: unexpected argument '%s' (one CONFIG.ini only)\n", o); return 2; }
+    return -1;
+}
+
+// Parses the arguments after "train", "eval", "bench" or "generate" (cmd). Returns -1 to go on, or an exit
+// status (0 after --help, 2 on error).
+static int parse_args(Args *a, int argc, char **argv, const char *cmd) {
+    int train = !strcmp(cmd, "train"), bench = !strcmp(cmd, "bench"), gen = !strcmp(cmd, "generate");
     memset(a, 0, sizeof *a);
     a->gen = (GenerateOptions){.party = 0, .max_new = 200, .temperature = 0.8f, .top_k = 0, .seed = 1};
     a->sets = mallocCheck(sizeof(char *) * (size_t)argc);
     for (int i = 2; i < argc; i++) {
-        if (!strcmp(argv[i], "--set")) {
-            if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: --set needs section.key=value\n"); return 2; }
-            a->sets[a->n_sets++] = argv[++i];
-        } else if (!strncmp(argv[i], "--set=", 6)) {
-            a->sets[a->n_sets++] = argv[i] + 6;
-        } else if (!strcmp(argv[i], "--force")) {
-            a->opt.force = 1;
-        } else if (!strcmp(argv[i], "--simulate")) {
-            a->opt.simulate = 1;
-        } else if (!strcmp(argv[i], "--resume")) {
-            a->opt.resume = 1;
-        } else if (!strcmp(argv[i], "--stop-after") || !strcmp(argv[i], "--checkpoint") || !strcmp(argv[i], "--inject-fault")) {
-            if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: %s needs a value\n", argv[i]); return 2; }
-            const char *opt = argv[i], *v = argv[++i];
-            if (!strcmp(opt, "--checkpoint")) a->opt.eval_dir = v;
-            else if (!strcmp(opt, "--inject-fault")) a->opt.fault = v;
-            else {
-                char *end;
-                long n = strtol(v, &end, 10);
-                if (*end || n < 1 || n > 1000000000) { fprintf(stderr, "pcmoe: error: --stop-after %s: not a step number >= 1\n", v); return 2; }
-                a->opt.stop_after = (int)n;
-            }
-        } else if (bench && (!strcmp(argv[i], "--task") || !strcmp(argv[i], "--json"))) {
-            if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: %s needs a FILE\n", argv[i]); return 2; }
-            if (!strcmp(argv[i], "--task")) a->opt.bench_task = argv[i + 1];
-            else a->opt.bench_json = argv[i + 1];
-            i++;
-        } else if (gen && !strcmp(argv[i], "--no-cache")) {
-            a->gen.no_cache = 1;
-        } else if (gen && (!strcmp(argv[i], "--party") || !strcmp(argv[i], "--prompt") || !strcmp(argv[i], "--prompt-file") ||
-                           !strcmp(argv[i], "--max-new") || !strcmp(argv[i], "--temperature") || !strcmp(argv[i], "--top-k") ||
-                           !strcmp(argv[i], "--seed") || !strcmp(argv[i], "--json"))) {
-            if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: %s needs a value\n", argv[i]); return 2; }
-            const char *opt = argv[i], *v = argv[++i];
-            long n = 0;
-            if (!strcmp(opt, "--prompt")) a->gen.prompt = v;
-            else if (!strcmp(opt, "--prompt-file")) a->gen.prompt_file = v;
-            else if (!strcmp(opt, "--json")) a->gen.json = v;
-            else if (!strcmp(opt, "--party")) { if (parse_long(opt, v, 0, CONFIG_MAX_PARTIES - 1, &n)) return 2; a->gen.party = (int)n; }
-            else if (!strcmp(opt, "--max-new")) { if (parse_long(opt, v, 1, 1000000, &n)) return 2; a->gen.max_new = (int)n; }
-            else if (!strcmp(opt, "--top-k")) { if (parse_long(opt, v, 0, 256, &n)) return 2; a->gen.top_k = (int)n; }
-            else if (!strcmp(opt, "--seed")) {
-                char *end;
-                errno = 0;
-                unsigned long long sd = strtoull(v, &end, 10);
-                if (!*v || *end || errno || v[0] == '-') { fprintf(stderr, "pcmoe: error: --seed %s: not a whole number >= 0\n", v); return 2; }
-                a->gen.seed = sd;
-            } else {
-                char *end;
-                double t = strtod(v, &end);
-                if (!*v || *end || !(t >= 0.0 && t <= 100.0)) { fprintf(stderr, "pcmoe: error: --temperature %s: not a number in [0, 100]\n", v); return 2; }
-                a->gen.temperature = (float)t;
-            }
-        } else if (!strcmp(argv[i], "--audit")) {
-            if (i + 1 >= argc) { fprintf(stderr, "pcmoe: error: --audit needs a FILE\n"); return 2; }
-            a->opt.audit_path = argv[++i];
-        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (argv[i][0] == '-') {
-            fprintf(stderr, "pcmoe: error: unknown option '%s' for %s (try pcmoe --help)\n", argv[i], cmd);
-            return 2;
-        } else if (!a->config_path) {
-            a->config_path = argv[i];
-        } else {
-            fprintf(stderr, "pcmoe: error: unexpected argument '%s' (one CONFIG.ini only)\n", argv[i]);
-            return 2;
-        }
+        int rc = parse_arg(a, argc, argv, &i, cmd);
+        if (rc >= 0) return rc;
     }
+    const char *why = NULL;
     if (!a->config_path) { fprintf(stderr, "pcmoe: error: %s needs a CONFIG.ini (try pcmoe --help)\n", cmd); return 2; }
-    if (eval && !a->opt.eval_dir) { fprintf(stderr, "pcmoe: error: %s needs --checkpoint DIR (a checkpoint step directory)\n", cmd); return 2; }
-    if (gen && !a->gen.prompt == !a->gen.prompt_file) {
-        fprintf(stderr, "pcmoe: error: generate needs one of --prompt TEXT or --prompt-file FILE\n");
+    if (!train && !a->run.checkpoint) {
+        fprintf(stderr, "pcmoe: error: %s needs --checkpoint DIR (a checkpoint step directory)\n", cmd);
         return 2;
     }
-    if (gen) a->opt.gen = &a->gen;
-    if (bench && !a->opt.bench_task) { fprintf(stderr, "pcmoe: error: bench needs --task FILE.jsonl (a multiple-choice task)\n"); return 2; }
-    if (!eval && a->opt.eval_dir) { fprintf(stderr, "pcmoe: error: --checkpoint belongs to pcmoe eval; train resumes with --resume\n"); return 2; }
-    if (a->opt.resume && a->opt.force) { fprintf(stderr, "pcmoe: error: --resume and --force exclude each other\n"); return 2; }
+    if (gen && !a->gen.prompt == !a->gen.prompt_file) why = "generate needs one of --prompt TEXT or --prompt-file FILE";
+    else if (bench && !a->bench.task) why = "bench needs --task FILE.jsonl (a multiple-choice task)";
+    else if (train && a->run.checkpoint) why = "--checkpoint belongs to pcmoe eval; train resumes with --resume";
+    else if (a->train.resume && a->train.force) why = "--resume and --force exclude each other";
+    if (why) { fprintf(stderr, "pcmoe: error: %s\n", why); return 2; }
+    return -1;
+}
+
+// Every rank reads the config; the lowest rank that could not says why, and every rank stops.
+static Config *load_config(Comm *comm, const Args *a) {
+    Config *c = mallocCheck(sizeof(Config));
+    char err[2048];
+    int ok = config_load(c, a->config_path, a->sets, a->n_sets, err, sizeof err) == 0, bad = -1;
+    if (!comm_agree(comm, ok, &bad, NULL)) {
+        free(c);
+        free(a->sets);
+        fail_usage(2, bad == comm->rank ? 1 : -1, "%s", err);
+    }
+    return c;
+}
+
+// The commands that need neither MPI nor a config: --help, --version, keys, attack, info. Returns their exit
+// status, or -1 for the others.
+static int run_standalone(int argc, char **argv) {
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) { usage(stdout); return 0; }
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) { printf("pcmoe " PACKAGE_VERSION "\n"); return 0; }
+    if (!strcmp(cmd, "keys")) return config_keys_main(argc, argv);
+    if (!strcmp(cmd, "attack")) return attack_main(argc, argv);
+    if (!strcmp(cmd, "info")) {
+        if (argc != 3) {
+            fprintf(stderr, "pcmoe: error: info needs one PATH (a checkpoint file, step directory or run directory)\n");
+            return 2;
+        }
+        return info_run(argv[2]);
+    }
+    if (strcmp(cmd, "train") && strcmp(cmd, "eval") && strcmp(cmd, "bench") && strcmp(cmd, "generate")) {
+        fprintf(stderr, "pcmoe: error: unknown command '%s' (try pcmoe --help)\n", cmd);
+        return 2;
+    }
     return -1;
 }
 
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "pcmoe: error: no command given (try pcmoe --help)\n"); return 2; }
     const char *cmd = argv[1];
-    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) { usage(stdout); return 0; }
-    if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) { printf("pcmoe " PACKAGE_VERSION "\n"); return 0; }
-    if (!strcmp(cmd, "keys")) {
-        printf("Config keys (INI sections [parties] [fedavg] [privacy] [model] [train] [data] [run]; override with --set section.key=value):\n");
-        config_print_keys(stdout);
-        return 0;
-    }
-    if (!strcmp(cmd, "attack")) return attack_main(argc, argv);
-    if (!strcmp(cmd, "info")) {
-        if (argc != 3) { fprintf(stderr, "pcmoe: error: info needs one PATH (a checkpoint file, step directory or run directory)\n"); return 2; }
-        return info_run(argv[2]);
-    }
-    if (strcmp(cmd, "train") != 0 && strcmp(cmd, "eval") != 0 && strcmp(cmd, "bench") != 0 && strcmp(cmd, "generate") != 0) {
-        fprintf(stderr, "pcmoe: error: unknown command '%s' (try pcmoe --help)\n", cmd);
-        return 2;
-    }
-
-    // pcmoe train CONFIG [--set k=v ...] [--force]
-    TrainArgs args;
-    int rc = parse_train_args(&args, argc, argv, cmd);
-    if (rc >= 0) { free(args.sets); return rc; }
+    int rc = run_standalone(argc, argv);
+    if (rc >= 0) return rc;
+    Args a;
+    rc = parse_args(&a, argc, argv, cmd);
+    if (rc >= 0) { free(a.sets); return rc; }
 
     mpiCheck(MPI_Init(&argc, &argv));
     Comm comm;
     comm_init(&comm);
-    // every rank reads the config; the lowest rank that could not says why, and every rank stops
-    Config *c = mallocCheck(sizeof(Config));
-    char err[2048];
-    int ok = config_load(c, args.config_path, args.sets, args.n_sets, err, sizeof err) == 0, bad = -1;
-    if (!comm_agree(&comm, ok, &bad, NULL)) {
-        free(c);
-        free(args.sets);
-        fail_usage(2, bad == comm.rank ? 1 : -1, "%s", err);
-    }
-    if (args.opt.gen) { // generation: one sequence, on the CPU, recording nothing
-        if (c->device != DEVICE_CPU && comm.rank == 0) fprintf(stderr, "pcmoe: note: generate runs on the CPU (run.device = %s ignored)\n", DEVICE_NAMES[c->device]);
-        c->device = DEVICE_CPU;
-        c->batch_size = 1;
-        c->record_dir[0] = '\0';
-    }
-    rc = train_run(c, &comm, &args.opt);
+    Config *c = load_config(&comm, &a);
+    if (!strcmp(cmd, "train")) rc = train_run(c, &comm, &a.run, &a.train);
+    else if (!strcmp(cmd, "eval")) rc = run_eval(c, &comm, &a.run);
+    else if (!strcmp(cmd, "bench")) rc = bench_run(c, &comm, &a.run, &a.bench);
+    else rc = generate_run(c, &comm, &a.run, &a.gen);
     comm_free(&comm);
     free(c);
-    free(args.sets);
+    free(a.sets);
     finalize();
     return rc;
 }

@@ -1,0 +1,548 @@
+// run.c: the party session (see run.h): building the parties of the configured mode, checkpoints, the DP
+// defence's set-up and accounting, validation, and pcmoe eval.
+#include "run.h"
+
+#include <errno.h>        // errno
+#include <math.h>         // isfinite, log
+#include <stdio.h>        // FILE, printf
+#include <stdlib.h>       // free
+#include <string.h>       // memcpy, strerror
+#include <unistd.h>       // unlink, rmdir
+
+#ifdef _OPENMP
+#include <omp.h>          // omp_set_num_threads
+#endif
+
+#include "autoconfig.h"   // HAVE_OPENBLAS_*
+#include "ckpt.h"         // ckpt_save, ckpt_load, ckpt_latest, ckpt_read_weights, ckpt paths
+#include "pool.h"         // pool_owner, pool_packing_order
+#include "privacy.h"      // privacy_appearances, privacy_run_epsilon, privacy_noise_for_epsilon
+#include "record.h"       // record_open, record_close (the study only)
+#include "util.h"         // fail, fail_usage, mallocCheck, error_set, mkdir_p, write_file_atomic
+
+#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
+void openblas_set_num_threads(int num_threads);
+#endif
+#ifdef HAVE_OPENBLAS_GET_PARALLEL
+int openblas_get_parallel(void); // 0 sequential, 1 pthreads, 2 OpenMP
+#endif
+
+// OpenMP threads for the non-GEMM kernels; BLAS threads for the GEMMs. A pthreads OpenBLAS keeps its own
+// spinning pool that competes with OpenMP's for the same cores (measured 3x slower on 2 cores), so by
+// default it gets one thread; an OpenMP OpenBLAS shares OpenMP's pool and follows run.threads.
+static void threads_setup(const Config *c) {
+#ifdef _OPENMP
+    if (c->threads > 0) omp_set_num_threads(c->threads);
+#endif
+    int blas = c->blas_threads;
+#ifdef HAVE_OPENBLAS_GET_PARALLEL
+    if (blas == 0 && openblas_get_parallel() == 1) blas = 1;
+#endif
+    if (blas == 0) blas = c->threads;
+#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
+    if (blas > 0) openblas_set_num_threads(blas);
+#else
+    (void)blas;
+#endif
+}
+
+static OptimConfig optim_config_from(const Config *c) {
+    OptimConfig o = {
+        .lr = c->lr, .min_lr = c->min_lr, .warmup_steps = c->warmup_steps, .total_steps = c->steps,
+        .beta1 = c->beta1, .beta2 = c->beta2, .eps = c->adam_eps, .weight_decay = c->weight_decay,
+        .grad_clip = c->grad_clip,
+    };
+    return o;
+}
+
+// Backbones: fedavg and centralized start from one model; pcmoe and local parties from their own.
+// Experts: one seed, whoever holds them.
+static uint64_t backbone_seed(const Config *c, int party) {
+    int shared = c->mode == MODE_FEDAVG || c->mode == MODE_CENTRALIZED || c->same_backbone_init;
+    return (uint64_t)c->seed + 7919ULL * (uint64_t)(shared ? 1 : party + 1);
+}
+
+static uint64_t shuffle_seed(const Config *c, int party) {
+    if (c->shuffle_seed != 0) return (uint64_t)c->shuffle_seed + (uint64_t)party;
+    uint64_t s = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&s, sizeof s, 1, f) != 1)
+        fail("cannot read /dev/urandom for the private shuffle seed (set privacy.shuffle_seed)");
+    fclose(f);
+    return s;
+}
+
+int run_turn_of(const Config *c, int step) {
+    int P = c->n_parties, perm[CONFIG_MAX_PARTIES];
+    Rng r;
+    rng_seed(&r, (uint64_t)c->seed * 1000003ULL + (uint64_t)(step / P) + 0x5EC0ULL);
+    for (int i = 0; i < P; i++) perm[i] = i;
+    for (int i = P - 1; i > 0; i--) {
+        int j = (int)rng_below(&r, (uint64_t)i + 1), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    return perm[step % P];
+}
+
+int run_party_trains(const Config *c, int step, int party) {
+    return c->schedule == SCHEDULE_CONCURRENT || run_turn_of(c, step) == party;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Opening and closing
+
+void run_check_ranks(const Config *c, const Comm *comm, int simulate) {
+    int one_process = c->mode == MODE_CENTRALIZED || simulate, want = one_process ? 1 : c->n_parties;
+    if (comm->size != want)
+        fail_usage(2, 0, "parties.count = %d, parties.mode = %s%s: needs %d MPI rank%s, the job has %d", c->n_parties,
+                   MODE_NAMES[c->mode], simulate ? " with --simulate" : "", want, want > 1 ? "s" : "", comm->size);
+}
+
+static int load_data(Run *r, char *err, size_t len) {
+    const Config *c = r->c;
+    for (int q = 0; q < r->n; q++) {
+        Party *p = &r->party[q];
+        char e[1536];
+        if (data_load(&p->data, c->data_path[p->party], c->val_fraction, c->seq_len, (uint64_t)c->seed + 1 + p->party,
+                      e, sizeof e))
+            return error_set(err, len, "party %d: data.%d = %s", p->party, p->party, e);
+    }
+    return 0;
+}
+
+// pcmoe --simulate: the pool holds every expert; each party's model holds its backbone and reaches the
+// pool's experts directly, so their gradients sum over the parties.
+static void build_simulated(Run *r, const ModelConfig *mc) {
+    const Config *c = r->c;
+    int E = c->n_experts;
+    model_create_on(&r->pool, r->be, mc, NULL, 1, 1, c->seq_len); // experts only are used
+    r->sim_rows = callocCheck((size_t)c->n_layers * E, sizeof(int));
+    r->sim_seconds = callocCheck((size_t)r->n, sizeof(double));
+    model_init(&r->pool, 0, (uint64_t)c->seed);
+    int *none = callocCheck((size_t)E, sizeof(int));
+    for (int q = 0; q < r->n; q++) {
+        Model *m = &r->party[q].model;
+        model_create_on(m, r->be, mc, none, 1, c->batch_size, c->seq_len);
+        model_init(m, backbone_seed(c, q), (uint64_t)c->seed);
+        for (int l = 0; l < c->n_layers; l++)
+            for (int e = 0; e < E; e++) {
+                LayerWeights *w = &m->w.layer[l], *g = &m->g.layer[l];
+                const LayerWeights *pw = &r->pool.w.layer[l], *pg = &r->pool.g.layer[l];
+                w->exp_gate[e] = pw->exp_gate[e];
+                w->exp_up[e] = pw->exp_up[e];
+                w->exp_down[e] = pw->exp_down[e];
+                g->exp_gate[e] = pg->exp_gate[e];
+                g->exp_up[e] = pg->exp_up[e];
+                g->exp_down[e] = pg->exp_down[e];
+            }
+        pool_packing_order(m->expert_order, E, r->P);
+        m->shuffle_on = c->shuffle_rows;
+        rng_seed(&m->shuffle, shuffle_seed(c, q));
+    }
+    free(none);
+}
+
+// pcmoe over MPI: the party's experts run at their owners, reached through the exchange.
+static void build_exchange(Run *r, Party *p) {
+    const Config *c = r->c;
+    int E = c->n_experts, direct = c->cuda_aware_mpi == CUDA_AWARE_ON || (c->cuda_aware_mpi == CUDA_AWARE_AUTO && comm_cuda_aware());
+    if (r->be->device && p->party == 0)
+        fprintf(stderr, "pcmoe: run.device = cuda: rows cross parties %s (run.cuda_aware_mpi = %s)\n",
+                direct ? "as device buffers handed to MPI" : "through page-locked host buffers",
+                CUDA_AWARE_NAMES[c->cuda_aware_mpi]);
+    exchange_create(&r->ex, r->be, direct, r->comm, E, c->d_model, c->expert_ff, c->n_layers,
+                    c->batch_size * c->seq_len * c->top_k, c->check_finite,
+                    c->recompute_experts != RECOMPUTE_OFF); // (auto: the owner recomputes)
+    p->model.ex = &r->ex;
+    r->ex.noise_std = c->noise_std;
+    rng_seed(&r->ex.noise, shuffle_seed(c, p->party) ^ 0x9015EULL);
+    if (c->record_dir[0]) {
+        fprintf(stderr, "pcmoe: WARNING: privacy.record_received = %s: party %d records every row it receives from "
+                "other parties (a reconstruction-attack study; never use it with real private data)\n",
+                c->record_dir, p->party);
+        r->ex.tap = p->model.tap = record_open(c->record_dir, p->party);
+    }
+    memcpy(p->model.expert_order, r->ex.order, sizeof(int) * E);
+    p->model.shuffle_on = c->shuffle_rows;
+    rng_seed(&p->model.shuffle, shuffle_seed(c, p->party));
+}
+
+// One party per rank: pcmoe (its backbone and expert shard), local and fedavg (a whole model).
+static void build_party(Run *r, ModelConfig *mc) {
+    const Config *c = r->c;
+    Party *p = &r->party[0];
+    int E = c->n_experts;
+    int *owned = mallocCheck(sizeof(int) * E);
+    for (int e = 0; e < E; e++) owned[e] = c->mode != MODE_PCMOE || pool_owner(e, r->P) == p->party;
+    if (r->exchanged && c->recompute_attention == RECOMPUTE_AUTO) mc->recompute_attention = 1; // (a pcmoe party: memory first)
+    model_create_on(&p->model, r->be, mc, owned, !r->exchanged, c->batch_size, c->seq_len);
+    model_init(&p->model, backbone_seed(c, p->party), (uint64_t)c->seed);
+    if (r->exchanged) build_exchange(r, p); // (one party alone holds every expert: nothing to exchange)
+    free(owned);
+}
+
+static void build_models(Run *r) {
+    const Config *c = r->c;
+    ModelConfig mc = model_config_from(c);
+    int B = c->batch_size, T = c->seq_len, P = r->P;
+    if (c->mode == MODE_CENTRALIZED) {
+        model_create_on(&r->central, r->be, &mc, NULL, 1, P * B, T);
+        model_init(&r->central, backbone_seed(c, 0), (uint64_t)c->seed);
+        r->ctok = mallocCheck((size_t)P * B * T);
+        r->ctgt = mallocCheck((size_t)P * B * T);
+    } else if (c->mode == MODE_PCMOE && r->simulate) {
+        build_simulated(r, &mc);
+    } else {
+        build_party(r, &mc);
+    }
+    for (int q = 0; q < r->n; q++) {
+        r->party[q].tokens = mallocCheck((size_t)B * T);
+        r->party[q].targets = mallocCheck((size_t)B * T);
+    }
+}
+
+void run_open(Run *r, const Config *c, Comm *comm, const RunOptions *o, int read_data) {
+    threads_setup(c);
+    run_check_ranks(c, comm, o->simulate);
+    int P = c->n_parties, one_process = c->mode == MODE_CENTRALIZED || o->simulate;
+    comm_setup(comm, one_process ? 1 : P);
+    *r = (Run){.c = c, .comm = comm, .simulate = o->simulate, .P = P, .n = one_process ? P : 1,
+               .one_process = one_process, .be = &backend_cpu, .nan_grad_step = -1};
+    r->exchanged = c->mode == MODE_PCMOE && !o->simulate && P > 1;
+    char err[2048] = "";
+    if (c->device == DEVICE_CUDA) { // every rank opens its GPU; any failure ends the job on every rank
+        r->be = backend_cuda_open(c->gpu, comm_local_rank(comm), c->tf32, err, sizeof err);
+        comm_stop_if_failed(comm, r->be ? 0 : 2, err);
+    }
+    r->oc = optim_config_from(c);
+    r->party = callocCheck((size_t)r->n, sizeof(Party));
+    for (int q = 0; q < r->n; q++) r->party[q].party = one_process ? q : comm->party;
+    if (read_data) comm_stop_if_failed(comm, load_data(r, err, sizeof err), err); // every rank learns whether all could
+    build_models(r);
+    if (o->fault && !strcmp(o->fault, "nan-grad")) r->nan_grad_step = 5; // during step 6
+    else if (r->exchanged && o->fault) exchange_set_fault(&r->ex, o->fault, P - 1);
+}
+
+void run_close(Run *r) {
+    for (int q = 0; q < r->n; q++) {
+        Party *p = &r->party[q];
+        if (r->c->mode != MODE_CENTRALIZED) model_free(&p->model);
+        data_free(&p->data);
+        free(p->tokens);
+        free(p->targets);
+    }
+    if (r->c->mode == MODE_CENTRALIZED) {
+        model_free(&r->central);
+        free(r->ctok);
+        free(r->ctgt);
+    }
+    if (r->c->mode == MODE_PCMOE && r->simulate) {
+        model_free(&r->pool);
+        free(r->sim_rows);
+        free(r->sim_seconds);
+    }
+    if (r->exchanged) {
+        record_close(r->ex.tap);
+        exchange_free(&r->ex);
+    }
+    free(r->party);
+    backend_cuda_close(); // (nothing when none was opened)
+}
+
+Model *run_party_model(Run *r, int q, uint8_t **tokens, uint8_t **targets) {
+    if (r->c->mode != MODE_CENTRALIZED) {
+        *tokens = r->party[q].tokens;
+        *targets = r->party[q].targets;
+        return &r->party[q].model;
+    }
+    *tokens = r->ctok;
+    *targets = r->ctgt;
+    model_set_batch(&r->central, r->c->batch_size);
+    return &r->central;
+}
+
+void run_party_done(Run *r, Model *m) {
+    if (r->c->mode == MODE_CENTRALIZED) model_set_batch(m, m->B_alloc);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Validation, memory, the DP accountant
+
+// Mean cross-entropy of the model over the party's n_batches validation batches.
+static double validation_loss(Model *m, const Dataset *ds, int n_batches, uint8_t *tokens, uint8_t *targets) {
+    double total = 0.0;
+    for (int i = 0; i < n_batches; i++) {
+        data_val_batch(ds, tokens, targets, m->B, m->T, i, n_batches);
+        model_forward(m, tokens, targets);
+        total += m->ce;
+    }
+    return total / n_batches;
+}
+
+void run_validate(Run *r) {
+    for (int q = 0; q < r->n; q++) {
+        Party *p = &r->party[q];
+        uint8_t *tok, *tgt;
+        Model *m = run_party_model(r, q, &tok, &tgt);
+        p->s.has_val = 1;
+        p->s.val_loss = validation_loss(m, &p->data, r->c->eval_batches, tok, tgt);
+        run_party_done(r, m);
+    }
+}
+
+MemStats run_party_mem(const Run *r, int q) {
+    MemStats mem = r->c->mode == MODE_CENTRALIZED ? r->central.mem : r->party[q].model.mem;
+    if (r->exchanged) mem.buffers = r->ex.peak;
+    return mem;
+}
+
+void run_dp_account(Run *r, int q) {
+    if (!r->dp) return;
+    Party *p = &r->party[q];
+    StepStats *s = &p->s;
+    if (s->has_train) p->dp_windows += r->c->batch_size;
+    double tail = r->c->dp_delta / 2.0;
+    s->has_dp = 1;
+    s->noise_multiplier = p->dp_noise;
+    s->epsilon = privacy_run_epsilon(p->dp_noise, r->dp_releases, privacy_appearances(p->dp_windows, p->dp_p, tail), tail);
+}
+
+// The DP defence (privacy.clip_norm, pcmoe over MPI): this party's noise multiplier (given, or the least
+// that keeps its planned run within privacy.target_epsilon) goes to the exchange, and the accountant's
+// counts start from the windows drawn before `start` (a resumed run). Returns 0, or 2 with err set.
+static int dp_setup(Run *r, int start, char *err, size_t len) {
+    const Config *c = r->c;
+    if (c->clip_norm <= 0 || !r->exchanged) return 0;
+    Party *p = &r->party[0];
+    int moe = 0, B = c->batch_size, T = c->seq_len;
+    for (int l = 0; l < c->n_layers; l++) moe += model_layer_is_moe(&p->model.cfg, l);
+    r->dp = 1;
+    r->dp_releases = 2L * c->top_k * moe;
+    r->ex.clip_norm = c->clip_norm;
+    r->ex.grad_clip_norm = c->grad_clip_norm;
+    p->dp_noise = c->noise_multiplier;
+    if (!p->data.n_train) { r->ex.noise_multiplier = (float)p->dp_noise; return 0; } // (generate: no corpus read)
+    p->dp_p = p->data.n_train > (size_t)T ? (double)T / (double)(p->data.n_train - T) : 1.0;
+    long planned = 0;
+    p->dp_windows = 0;
+    for (int step = 0; step < c->steps; step++)
+        if (run_party_trains(c, step, p->party)) {
+            planned += B;
+            if (step < start) p->dp_windows += B;
+        }
+    double tail = c->dp_delta / 2.0;
+    int appear = privacy_appearances(planned, p->dp_p, tail);
+    if (c->target_epsilon > 0) {
+        p->dp_noise = privacy_noise_for_epsilon(c->target_epsilon, r->dp_releases, appear, tail);
+        if (!isfinite(p->dp_noise))
+            return error_set(err, len, "privacy.target_epsilon = %g: out of reach for party %d (a byte in up to %d "
+                             "windows, %ld rows each)", c->target_epsilon, p->party, appear, r->dp_releases);
+    }
+    r->ex.noise_multiplier = (float)p->dp_noise;
+    fprintf(stderr, "pcmoe: party %d: DP defence: rows clipped to %g, gradient rows to %g, noise multiplier %.4g; "
+            "planned epsilon %.4g at delta %g (a byte in up to %d of its %ld windows, %ld rows sent per window)\n",
+            p->party, c->clip_norm, c->grad_clip_norm, p->dp_noise,
+            privacy_run_epsilon(p->dp_noise, r->dp_releases, appear, tail), c->dp_delta, appear, planned, r->dp_releases);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Checkpoints: one file per rank; what goes in it is this rank's model, AdamW state, samplers and
+// private shuffle (see ckpt.h). rngs: scratch for P sampler states.
+
+static CkptState ckpt_state(Run *r, Rng *rngs) {
+    CkptState s = {.party = r->party[0].party, .c = r->c, .data_rng = rngs};
+    if (r->c->mode == MODE_CENTRALIZED) {
+        s.m = &r->central;
+        s.party = 0;
+        s.first_data = 0;
+        s.n_data = r->n;
+    } else {
+        s.m = &r->party[0].model;
+        s.first_data = r->party[0].party;
+        s.n_data = 1;
+        s.shuffle = s.m->shuffle_on ? &s.m->shuffle : NULL;
+    }
+    for (int q = 0; q < s.n_data; q++) rngs[q] = r->party[q].data.rng;
+    return s;
+}
+
+// Keeps the newest checkpoint.keep complete checkpoints: unmark, then delete the files, then the directory.
+// Every rank lists them before rank 0 removes a marker: a rank listing later would see fewer, skip the
+// agreements below, and the ranks' collectives would no longer match (a hang).
+static void checkpoint_prune(Run *r) {
+    const Config *c = r->c;
+    Comm *comm = r->comm;
+    char dir[CONFIG_PATH_LEN + 64], path[CONFIG_PATH_LEN + 96];
+    int steps[4096], n = ckpt_list(c->run_dir, steps, 4096);
+    comm_agree(comm, 1, NULL, NULL);
+    for (int i = 0; i + c->ckpt_keep < n; i++) {
+        ckpt_step_dir(dir, sizeof dir, c->run_dir, steps[i]);
+        ckpt_marker_file(path, sizeof path, dir);
+        if (comm->rank == 0) unlink(path);
+        comm_agree(comm, 1, NULL, NULL);
+        ckpt_party_file(path, sizeof path, dir, c->mode == MODE_CENTRALIZED ? 0 : r->party[0].party);
+        unlink(path);
+        comm_agree(comm, 1, NULL, NULL);
+        if (comm->rank == 0) rmdir(dir);
+    }
+}
+
+void run_checkpoint_write(Run *r, int step_done) {
+    const Config *c = r->c;
+    Comm *comm = r->comm;
+    char dir[CONFIG_PATH_LEN + 64], path[CONFIG_PATH_LEN + 96], err[2048] = "";
+    ckpt_step_dir(dir, sizeof dir, c->run_dir, step_done);
+    Rng *rngs = mallocCheck(sizeof(Rng) * (size_t)r->n);
+    CkptState s = ckpt_state(r, rngs);
+    s.step = step_done;
+    r->be->sync(); // the writer reads the parameters and AdamW state from the host side
+    ckpt_party_file(path, sizeof path, dir, s.party);
+    int rc = mkdir_p(dir) ? error_set(err, sizeof err, "%s: cannot create: %s", dir, strerror(errno))
+                          : ckpt_save(path, &s, err, sizeof err);
+    free(rngs);
+    if (!comm_agree(comm, rc == 0, NULL, NULL)) { // not every party's file: remove this step's files and directory
+        unlink(path);
+        comm_agree(comm, 1, NULL, NULL);
+        if (comm->rank == 0) rmdir(dir);
+        char why[2200];
+        snprintf(why, sizeof why, "checkpoint of step %d not written: %s (earlier complete checkpoints are intact)",
+                 step_done, err);
+        comm_stop_if_failed(comm, rc ? 1 : 0, why);
+    }
+    if (comm->rank == 0) { // the marker: written last, so a directory without it is never loaded
+        char text[64];
+        ckpt_marker_file(path, sizeof path, dir);
+        int n = snprintf(text, sizeof text, "step %d, %d parties\n", step_done, c->n_parties);
+        rc = write_file_atomic(path, text, (size_t)n, err, sizeof err);
+    }
+    comm_stop_if_failed(comm, rc, err);
+    checkpoint_prune(r);
+}
+
+// Loads this rank's file of checkpoint directory `dir` into the run, and in --simulate the other parties'
+// backbones and every expert. Returns 0, or 2 with err set.
+static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t len) {
+    Rng *rngs = mallocCheck(sizeof(Rng) * (size_t)r->n);
+    CkptState s = ckpt_state(r, rngs);
+    char path[CONFIG_PATH_LEN + 96];
+    ckpt_party_file(path, sizeof path, dir, s.party);
+    int rc = ckpt_load(path, &s, err, len);
+    if (!rc) {
+        for (int q = 0; q < s.n_data; q++) r->party[q].data.rng = rngs[q];
+        *step = s.step;
+    }
+    free(rngs);
+    if (!rc && r->simulate && r->c->mode == MODE_PCMOE) {
+        for (int q = 1; q < r->n && !rc; q++) rc = ckpt_read_weights(&r->party[q].model, dir, q, 0, r->P, err, len);
+        if (!rc) rc = ckpt_read_weights(&r->pool, dir, 0, 1, r->P, err, len);
+    }
+    return rc;
+}
+
+// The run (from train.init_from's checkpoint) whose weights a start takes: its config, checked against
+// ours. *shards: the parties its experts were sharded over (1: all in party_0.h5); *pooled: a pcmoe run of
+// several parties (each party then reads its own backbone). Returns 0, or 2 with err set.
+static int init_source(const Config *c, const char *path, int *step, int *shards, int *pooled, char *err, size_t len) {
+    const char *dir = c->init_from;
+    size_t text_len = 1 << 16;
+    char *text = mallocCheck(text_len), why[1024];
+    int party, rc = ckpt_peek(path, text, text_len, step, &party, err, len);
+    Config *src = mallocCheck(sizeof *src);
+    if (!rc && config_load_text(src, text, why, sizeof why)) rc = error_set(err, len, "train.init_from: %s: %s", path, why);
+    if (!rc && config_diff_model(src, c, 0, why, sizeof why))
+        rc = error_set(err, len, "train.init_from = %s: another model: %s", dir, why);
+    int Ps = src->n_parties;
+    *pooled = src->mode == MODE_PCMOE && Ps > 1;
+    *shards = *pooled ? Ps : 1;
+    if (!rc && !*pooled && src->mode != MODE_CENTRALIZED && Ps > 1)
+        rc = error_set(err, len, "train.init_from = %s: a %s run of %d parties holds one model per party; start "
+                       "from a centralized, single-party or pcmoe checkpoint", dir, MODE_NAMES[src->mode], Ps);
+    if (!rc && *pooled && Ps != c->n_parties)
+        rc = error_set(err, len, "train.init_from = %s: a pcmoe checkpoint of %d parties gives each party its own "
+                       "backbone; this run has parties.count = %d", dir, Ps, c->n_parties);
+    free(text);
+    free(src);
+    return rc;
+}
+
+// train.init_from: this process's models start from the weights of the checkpoint in DIR, whose run had
+// the same model keys: a centralized or single-party run (every party from party 0's file), or a pcmoe run
+// of the same parties (each party from its own backbone; each expert from the party that held it). Only
+// the tensors a model holds are read. AdamW state and the step count stay fresh.
+static int init_weights_from(Run *r, char *err, size_t len) {
+    const Config *c = r->c;
+    const char *dir = c->init_from;
+    char path[CONFIG_PATH_LEN + 96];
+    if (!ckpt_is_complete(dir))
+        return error_set(err, len, "train.init_from = %s: not a complete checkpoint directory (no %s marker)", dir,
+                         CKPT_MARKER);
+    ckpt_party_file(path, sizeof path, dir, 0);
+    int step, shards, pooled;
+    if (init_source(c, path, &step, &shards, &pooled, err, len)) return 2;
+    r->be->sync(); // (the host writes the models' buffers)
+    if (c->mode == MODE_CENTRALIZED) return ckpt_read_weights(&r->central, dir, 0, 0, shards, err, len);
+    if (r->pool.n_tensors && ckpt_read_weights(&r->pool, dir, 0, 1, shards, err, len)) return 2;
+    for (int q = 0; q < r->n; q++)
+        if (ckpt_read_weights(&r->party[q].model, dir, pooled ? r->party[q].party : 0, 0, shards, err, len)) return 2;
+    if (r->comm->rank == 0)
+        fprintf(stderr, "pcmoe: starting from the weights of %s (its step %d); AdamW state fresh\n", dir, step);
+    return 0;
+}
+
+int run_load_checkpoint(Run *r, const char *dir) {
+    char err[2048] = "";
+    int step = 0, rc = 0;
+    if (!ckpt_is_complete(dir))
+        rc = error_set(err, sizeof err, "%s: not a complete checkpoint directory (no %s marker)", dir, CKPT_MARKER);
+    if (!rc) rc = checkpoint_load(r, dir, &step, err, sizeof err);
+    comm_stop_if_failed(r->comm, rc, err);
+    comm_stop_if_failed(r->comm, dp_setup(r, step, err, sizeof err), err);
+    return step;
+}
+
+int run_start(Run *r, int resume) {
+    const Config *c = r->c;
+    char err[2048] = "", dir[CONFIG_PATH_LEN + 64], ignored[1024] = "";
+    int start = 0;
+    if (resume) {
+        int rc = 0, latest = ckpt_latest(c->run_dir, ignored, sizeof ignored);
+        if (latest < 0)
+            rc = error_set(err, sizeof err, "run.dir = %s: no complete checkpoint to resume from%s%s", c->run_dir,
+                           ignored[0] ? "; incomplete: " : "", ignored);
+        ckpt_step_dir(dir, sizeof dir, c->run_dir, latest);
+        if (!rc) rc = checkpoint_load(r, dir, &start, err, sizeof err);
+        comm_stop_if_failed(r->comm, rc, err);
+        if (r->comm->rank == 0 && ignored[0]) fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);
+        if (r->comm->rank == 0) fprintf(stderr, "pcmoe: resuming from %s (step %d of %d)\n", dir, start, c->steps);
+    } else if (c->init_from[0]) {
+        comm_stop_if_failed(r->comm, init_weights_from(r, err, sizeof err), err);
+    }
+    comm_stop_if_failed(r->comm, dp_setup(r, start, err, sizeof err), err);
+    return start;
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+int run_eval(const Config *c, Comm *comm, const RunOptions *o) {
+    Run run, *r = &run;
+    run_open(r, c, comm, o, 1);
+    int step = run_load_checkpoint(r, o->checkpoint), P = r->P;
+    run_validate(r);
+    double mine[2] = {r->party[0].party, r->party[0].s.val_loss};
+    double *all = mallocCheck(sizeof(double) * 2 * (size_t)P);
+    if (r->one_process)
+        for (int q = 0; q < r->n; q++) {
+            all[2 * q] = q;
+            all[2 * q + 1] = r->party[q].s.val_loss;
+        }
+    else comm_gather_doubles(comm, MSG_METRICS, mine, 2, all);
+    if (comm->rank == 0)
+        for (int q = 0; q < (r->one_process ? r->n : P); q++)
+            printf("party %d: val_loss %.6f nats/byte (%.4f bits/byte), step %d\n", (int)all[2 * q], all[2 * q + 1],
+                   all[2 * q + 1] / log(2.0), step);
+    free(all);
+    run_close(r);
+    return 0;
+}
