@@ -394,174 +394,306 @@ static int victim_rows(VictimRows *v, const char *dir, int attacker, int victim,
 
 static void victim_rows_free(VictimRows *v) { free(v->x); free(v->y); free(v->expert); }
 
-int attack_main(int argc, char **argv) {
-    AttackArgs a = {.attacker = -1, .victim = -1, .victim_noise = -1.0};
+// ---------------------------------------------------------------------------------------------------
+// The ladder: a table of attacks. Each sees one channel of one MoE layer; it may fit something (on the
+// attacker's own pairs, or on known pairs of the victim), then predicts the byte of every scored row.
+
+enum { CHANNEL_ROWS = 1, CHANNEL_GRADS = 2 };
+
+// What every attack of one (layer, channel) sees.
+typedef struct {
+    int channel;            // CHANNEL_ROWS or CHANNEL_GRADS
+    int layer, d, k, m;     // the layer, d_model, top_k, n_experts
+    const float *F;         // (nf, d) the attacker's own rows (or gradient rows) at this layer
+    const uint8_t *fy;      // (nf) their bytes
+    int nf;
+    const OwnPairs *own;    // all of the attacker's own pairs (the experts its rows reached)
+    const VictimRows *v;    // the victim's rows: the pairs pool, then the scored ones
+    const float *VS;        // (ns, d) the scored rows
+    int ns;
+    const Inverter *inv;    // the attacker's softmax on its own pairs (softmax, align)
+    int major;              // the attacker's most frequent byte
+} AttackInput;
+
+// What an attack fitted.
+typedef struct {
+    Inverter inv;           // pairs-K: a softmax on K known pairs of the victim
+    int *table;             // expert attacks: (m, 256) how often each byte went to each expert
+} AttackFit;
+
+typedef struct {
+    const char *name;
+    int channels;           // CHANNEL_ROWS | CHANNEL_GRADS: where it applies
+    int pairs;              // known victim pairs it fits on (it runs only when the pool holds them)
+    void (*fit)(AttackFit *f, const AttackInput *x, int pairs); // NULL: nothing to fit
+    void (*predict)(const AttackFit *f, const AttackInput *x, uint8_t *pred);
+    void (*release)(AttackFit *f);                               // NULL: nothing to free
+} Attack;
+
+static void predict_nn(const AttackFit *f, const AttackInput *x, uint8_t *pred) {
+    (void)f;
+    attack_nn(x->F, x->fy, x->nf, x->VS, x->ns, x->d, pred);
+}
+
+static void predict_softmax(const AttackFit *f, const AttackInput *x, uint8_t *pred) {
+    (void)f;
+    inverter_apply(x->inv, x->VS, x->ns, 0, pred);
+}
+
+static void fit_pairs(AttackFit *f, const AttackInput *x, int pairs) { inverter_fit(&f->inv, x->v->x, x->v->y, pairs, x->d); }
+static void predict_pairs(const AttackFit *f, const AttackInput *x, uint8_t *pred) { inverter_apply(&f->inv, x->VS, x->ns, 0, pred); }
+static void release_pairs(AttackFit *f) { inverter_free(&f->inv); }
+
+static void predict_align(const AttackFit *f, const AttackInput *x, uint8_t *pred) {
+    (void)f;
+    attack_align(x->inv, x->F, x->fy, x->nf, x->VS, x->ns, x->d, pred);
+}
+
+// expert: the byte the attacker's own rows most often send to each expert
+static void fit_expert_own(AttackFit *f, const AttackInput *x, int pairs) {
+    (void)pairs;
+    f->table = callocCheck((size_t)x->m * 256, sizeof(int));
+    for (int i = 0; i < x->nf; i++)
+        for (int j = 0; j < x->k; j++) f->table[x->own->expert[((size_t)x->layer * x->nf + i) * x->k + j] * 256 + x->own->bytes[i]]++;
+}
+
+// expert-pairs: the same from known pairs of the victim
+static void fit_expert_pairs(AttackFit *f, const AttackInput *x, int pairs) {
+    f->table = callocCheck((size_t)x->m * 256, sizeof(int));
+    for (int i = 0; i < pairs; i++)
+        if (x->v->expert[i] >= 0 && x->v->expert[i] < x->m) f->table[x->v->expert[i] * 256 + x->v->y[i]]++;
+}
+
+static void predict_expert(const AttackFit *f, const AttackInput *x, uint8_t *pred) {
+    for (int i = 0; i < x->ns; i++) {
+        int e = x->v->expert[x->v->n_pairs + i], best = x->major;
+        if (e >= 0 && e < x->m)
+            for (int b = 0; b < 256; b++)
+                if (f->table[e * 256 + b] > f->table[e * 256 + best]) best = b;
+        pred[i] = (uint8_t)best;
+    }
+}
+
+static void release_expert(AttackFit *f) { free(f->table); }
+
+static const Attack ATTACKS[] = {
+    {"nn", CHANNEL_ROWS | CHANNEL_GRADS, 0, NULL, predict_nn, NULL},
+    {"softmax", CHANNEL_ROWS | CHANNEL_GRADS, 0, NULL, predict_softmax, NULL},
+    {"pairs-100", CHANNEL_ROWS | CHANNEL_GRADS, 100, fit_pairs, predict_pairs, release_pairs},
+    {"pairs-1000", CHANNEL_ROWS | CHANNEL_GRADS, 1000, fit_pairs, predict_pairs, release_pairs},
+    {"align", CHANNEL_ROWS | CHANNEL_GRADS, 0, NULL, predict_align, NULL},
+    {"expert", CHANNEL_ROWS, 0, fit_expert_own, predict_expert, release_expert},
+    {"expert-pairs", CHANNEL_ROWS, 1000, fit_expert_pairs, predict_expert, release_expert},
+};
+#define N_ATTACKS ((int)(sizeof ATTACKS / sizeof ATTACKS[0]))
+
+// ---------------------------------------------------------------------------------------------------
+// The study: the attacker's model and own pairs, the victim's recorded rows, the ladder, the scores.
+
+typedef struct {
+    AttackArgs a;
+    Config *c;              // the run's settings (from its checkpoint), CONFIG's corpus paths
+    ModelConfig mc;
+    Model m;                // the attacker's backbone (the victim's when white-box) and every expert
+    Dataset ds;             // the attacker's corpus
+    OwnPairs own;
+    int major;              // the attacker's most frequent byte (the baseline's guess)
+    int common[256];        // 1 for the attacker's COMMON_BYTES most frequent bytes
+    const char *setting, *defence;
+    Json js;                // the --json lines, written whole at the end
+} Study;
+
+// The command line. Returns -1 to go on, or the exit status.
+static int attack_args(AttackArgs *a, int argc, char **argv) {
+    *a = (AttackArgs){.attacker = -1, .victim = -1, .victim_noise = -1.0};
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i];
-        if (!strcmp(o, "--white-box")) { a.white_box = 1; continue; }
-        if (o[0] != '-') { if (a.config) return usage_error("one CONFIG only"); a.config = o; continue; }
+        if (!strcmp(o, "--white-box")) { a->white_box = 1; continue; }
+        if (o[0] != '-') {
+            if (a->config) return usage_error("one CONFIG only");
+            a->config = o;
+            continue;
+        }
         if (i + 1 >= argc) return usage_error("an option lacks its value");
         const char *v = argv[++i];
         char *end;
-        if (!strcmp(o, "--checkpoint")) a.ckpt_dir = v;
-        else if (!strcmp(o, "--records")) a.records = v;
-        else if (!strcmp(o, "--json")) a.json = v;
-        else if (!strcmp(o, "--attacker")) a.attacker = (int)strtol(v, NULL, 10);
-        else if (!strcmp(o, "--victim")) a.victim = (int)strtol(v, NULL, 10);
+        if (!strcmp(o, "--checkpoint")) a->ckpt_dir = v;
+        else if (!strcmp(o, "--records")) a->records = v;
+        else if (!strcmp(o, "--json")) a->json = v;
+        else if (!strcmp(o, "--attacker")) a->attacker = (int)strtol(v, NULL, 10);
+        else if (!strcmp(o, "--victim")) a->victim = (int)strtol(v, NULL, 10);
         else if (!strcmp(o, "--victim-noise")) {
-            a.victim_noise = strtod(v, &end);
-            if (*end || !(a.victim_noise >= 0)) return usage_error("--victim-noise: not a number >= 0");
+            a->victim_noise = strtod(v, &end);
+            if (*end || !(a->victim_noise >= 0)) return usage_error("--victim-noise: not a number >= 0");
         } else return usage_error("unknown option");
     }
-    if (!a.config || !a.ckpt_dir || !a.records || a.attacker < 0 || a.victim < 0) return usage_error("CONFIG, --checkpoint, --records, --attacker and --victim are required");
-    Config *c = mallocCheck(sizeof(Config));
-    char err[2048];
-    if (config_load(c, a.config, NULL, 0, err, sizeof err)) { fprintf(stderr, "pcmoe: error: %s\n", err); return 2; }
-    // the run's own settings (privacy keys, model) from the checkpoint; the corpora's paths from CONFIG
-    {
-        char path[CONFIG_PATH_LEN + 64], why[1024];
-        size_t text_len = 1 << 16;
-        char *text = mallocCheck(text_len);
-        int step, party;
-        Config *run = mallocCheck(sizeof(Config));
-        ckpt_party_file(path, sizeof path, a.ckpt_dir, a.attacker < 0 ? 0 : a.attacker);
-        int bad = ckpt_peek(path, text, text_len, &step, &party, err, sizeof err) || config_load_text(run, text, why, sizeof why);
-        if (!bad) {
-            memcpy(run->data_path, c->data_path, sizeof c->data_path);
-            *c = *run;
-        }
-        free(text);
-        free(run);
-        if (bad) { fprintf(stderr, "pcmoe: error: %s\n", err[0] ? err : why); free(c); return 2; }
-    }
-    if (c->mode != MODE_PCMOE || c->n_parties < 2) return usage_error("needs a pcmoe config of at least 2 parties");
-    if (a.attacker >= c->n_parties || a.victim >= c->n_parties || a.attacker == a.victim) return usage_error("--attacker and --victim must be two different parties");
-    double noise = a.victim_noise >= 0 ? a.victim_noise : c->noise_multiplier;
-    if (c->target_epsilon > 0 && a.victim_noise < 0)
-        return usage_error("the run chose each party's noise for privacy.target_epsilon: give the victim's with --victim-noise (its summary.json)");
+    if (!a->config || !a->ckpt_dir || !a->records || a->attacker < 0 || a->victim < 0)
+        return usage_error("CONFIG, --checkpoint, --records, --attacker and --victim are required");
+    return -1;
+}
 
-    // the attacker's model: a backbone (its own; the victim's when white-box) and every expert
-    ModelConfig mc = model_config_from(c);
-    int B = c->batch_size, T = c->seq_len, d = c->d_model;
-    Model m;
-    model_create(&m, &mc, NULL, 1, B, T);
-    if (ckpt_read_weights(&m, a.ckpt_dir, a.white_box ? a.victim : a.attacker, 0, c->n_parties, err, sizeof err)) {
+// The run's own settings (privacy keys, model) from the checkpoint; the corpora's paths from CONFIG.
+// Returns -1 to go on, or the exit status.
+static int attack_config(Study *st) {
+    const AttackArgs *a = &st->a;
+    char err[2048] = "", path[CONFIG_PATH_LEN + 64], why[1024] = "";
+    st->c = mallocCheck(sizeof(Config));
+    if (config_load(st->c, a->config, NULL, 0, err, sizeof err)) { fprintf(stderr, "pcmoe: error: %s\n", err); return 2; }
+    size_t text_len = 1 << 16;
+    char *text = mallocCheck(text_len);
+    int step, party;
+    Config *run = mallocCheck(sizeof(Config));
+    ckpt_party_file(path, sizeof path, a->ckpt_dir, a->attacker);
+    int bad = ckpt_peek(path, text, text_len, &step, &party, err, sizeof err) || config_load_text(run, text, why, sizeof why);
+    if (!bad) {
+        memcpy(run->data_path, st->c->data_path, sizeof st->c->data_path);
+        *st->c = *run;
+    }
+    free(text);
+    free(run);
+    if (bad) { fprintf(stderr, "pcmoe: error: %s\n", err[0] ? err : why); return 2; }
+    const Config *c = st->c;
+    if (c->mode != MODE_PCMOE || c->n_parties < 2) return usage_error("needs a pcmoe config of at least 2 parties");
+    if (a->attacker >= c->n_parties || a->victim >= c->n_parties || a->attacker == a->victim)
+        return usage_error("--attacker and --victim must be two different parties");
+    if (c->target_epsilon > 0 && a->victim_noise < 0)
+        return usage_error("the run chose each party's noise for privacy.target_epsilon: give the victim's with "
+                           "--victim-noise (its summary.json)");
+    return -1;
+}
+
+// The attacker's model and own pairs, its byte statistics, and (adaptive) its pairs through the run's
+// defence. Returns -1 to go on, or the exit status.
+static int attack_setup(Study *st) {
+    const Config *c = st->c;
+    const AttackArgs *a = &st->a;
+    char err[2048];
+    st->mc = model_config_from(c);
+    model_create(&st->m, &st->mc, NULL, 1, c->batch_size, c->seq_len);
+    if (ckpt_read_weights(&st->m, a->ckpt_dir, a->white_box ? a->victim : a->attacker, 0, c->n_parties, err, sizeof err) ||
+        data_load(&st->ds, c->data_path[a->attacker], c->val_fraction, c->seq_len, 12345, err, sizeof err)) {
         fprintf(stderr, "pcmoe: error: %s\n", err);
         return 2;
     }
-    Dataset ds;
-    if (data_load(&ds, c->data_path[a.attacker], c->val_fraction, T, 12345, err, sizeof err)) { fprintf(stderr, "pcmoe: error: %s\n", err); return 2; }
-    OwnPairs own;
-    own_pairs(&own, &m, &ds, &mc, B, T);
-    int nf = own.n, counts[256] = {0}, major = 0, common[256] = {0};
-    for (int i = 0; i < nf; i++) counts[own.bytes[i]]++;
-    for (int b = 1; b < 256; b++) if (counts[b] > counts[major]) major = b;
+    own_pairs(&st->own, &st->m, &st->ds, &st->mc, c->batch_size, c->seq_len);
+    int nf = st->own.n, counts[256] = {0}, L = c->n_layers, d = c->d_model;
+    for (int i = 0; i < nf; i++) counts[st->own.bytes[i]]++;
+    for (int b = 1; b < 256; b++) if (counts[b] > counts[st->major]) st->major = b;
     for (int r = 0; r < COMMON_BYTES; r++) { // the attacker's most frequent bytes
         int best = -1;
-        for (int b = 0; b < 256; b++) if (!common[b] && counts[b] && (best < 0 || counts[b] > counts[best])) best = b;
-        if (best >= 0) common[best] = 1;
+        for (int b = 0; b < 256; b++) if (!st->common[b] && counts[b] && (best < 0 || counts[b] > counts[best])) best = b;
+        if (best >= 0) st->common[best] = 1;
     }
     // the adaptive attacker: its own pairs pass through the victim's defence
+    double noise = a->victim_noise >= 0 ? a->victim_noise : c->noise_multiplier;
     Rng rng;
     rng_seed(&rng, 0xA77AC4ULL);
-    int L = c->n_layers;
     if (c->clip_norm > 0) {
-        privacy_clip_noise(own.rows, L * nf, d, c->clip_norm, (float)noise, &rng);
-        privacy_clip_noise(own.grads, L * nf, d, c->grad_clip_norm, (float)noise, &rng);
+        privacy_clip_noise(st->own.rows, L * nf, d, c->clip_norm, (float)noise, &rng);
+        privacy_clip_noise(st->own.grads, L * nf, d, c->grad_clip_norm, (float)noise, &rng);
     } else if (c->noise_std > 0) {
-        for (size_t i = 0; i < (size_t)L * nf * d; i++) own.rows[i] += c->noise_std * rng_normal(&rng);
+        for (size_t i = 0; i < (size_t)L * nf * d; i++) st->own.rows[i] += c->noise_std * rng_normal(&rng);
     }
-    const char *setting = a.white_box ? "white-box" : (c->same_backbone_init ? "same-init" : "black-box");
-    const char *defence = c->clip_norm > 0 ? "dp" : c->noise_std > 0 ? "noise" : "none";
+    st->setting = a->white_box ? "white-box" : (c->same_backbone_init ? "same-init" : "black-box");
+    st->defence = c->clip_norm > 0 ? "dp" : c->noise_std > 0 ? "noise" : "none";
+    return -1;
+}
 
-    Json js = {0}; // the --json lines, written whole at the end
+// One attack's score on the scored rows: a table row on stdout, and a --json line.
+static void attack_score(Study *st, const AttackInput *x, const char *name, const uint8_t *pred) {
+    const uint8_t *ty = x->v->y + x->v->n_pairs;
+    int ns = x->ns, hit = 0, base = 0, rare = 0, rare_hit = 0;
+    for (int i = 0; i < ns; i++) {
+        hit += pred[i] == ty[i];
+        base += ty[i] == st->major;
+        if (!st->common[ty[i]]) { rare++; rare_hit += pred[i] == ty[i]; }
+    }
+    double acc = (double)hit / ns, bl = (double)base / ns, racc = rare ? (double)rare_hit / rare : 0.0;
+    const char *channel = x->channel == CHANNEL_GRADS ? "gradients" : "rows";
+    printf("| %s | %s | %s | %d | %d | %.3f | %.3f | %.3f | %+.3f |\n", st->setting, channel, name, x->layer, ns, acc, racc,
+           bl, acc - bl);
+    if (!st->a.json) return;
+    Json *j = &st->js;
+    json_open_object(j);
+    json_member_string(j, "setting", st->setting);
+    json_member_string(j, "defence", st->defence);
+    json_member_string(j, "channel", channel);
+    json_member_string(j, "attack", name);
+    json_member_int(j, "layer", x->layer);
+    json_member_int(j, "rows", ns);
+    json_member_fixed(j, "accuracy", acc, 6);
+    json_member_int(j, "rare_rows", rare);
+    json_member_fixed(j, "rare_accuracy", racc, 6);
+    json_member_fixed(j, "baseline", bl, 6);
+    json_close_object(j);
+    json_end_line(j);
+}
+
+// Every attack of the table that applies, on one channel of one MoE layer. Returns 0, or 2 when the
+// victim's records cannot be read.
+static int attack_channel(Study *st, int layer, int channel, uint8_t *pred) {
+    const Config *c = st->c;
+    int d = c->d_model, nf = st->own.n, grads = channel == CHANNEL_GRADS;
+    char err[2048];
+    VictimRows v = {0};
+    if (victim_rows(&v, st->a.records, st->a.attacker, st->a.victim, layer, d, grads, err, sizeof err)) {
+        fprintf(stderr, "pcmoe: error: %s\n", err);
+        victim_rows_free(&v);
+        return 2;
+    }
+    AttackInput x = {.channel = channel, .layer = layer, .d = d, .k = st->mc.top_k, .m = st->mc.n_experts,
+                     .F = (grads ? st->own.grads : st->own.rows) + (size_t)layer * nf * d,
+                     .fy = grads ? st->own.gbytes + (size_t)layer * nf : st->own.bytes, .nf = nf, .own = &st->own,
+                     .v = &v, .VS = v.x + (size_t)v.n_pairs * d, .ns = v.n - v.n_pairs, .major = st->major};
+    if (x.ns > 0) { // scored: the rows after the pairs pool
+        Inverter inv;
+        inverter_fit(&inv, x.F, x.fy, nf, d);
+        x.inv = &inv;
+        for (int i = 0; i < N_ATTACKS; i++) {
+            const Attack *at = &ATTACKS[i];
+            if (!(at->channels & channel) || v.n_pairs < at->pairs) continue;
+            AttackFit f = {0};
+            if (at->fit) at->fit(&f, &x, at->pairs);
+            at->predict(&f, &x, pred);
+            if (at->release) at->release(&f);
+            attack_score(st, &x, at->name, pred);
+        }
+        inverter_free(&inv);
+    }
+    victim_rows_free(&v);
+    return 0;
+}
+
+static void attack_free(Study *st) {
+    if (st->own.rows) own_pairs_free(&st->own);
+    if (st->m.tensors) model_free(&st->m);
+    data_free(&st->ds);
+    json_free(&st->js);
+    free(st->c);
+}
+
+int attack_main(int argc, char **argv) {
+    Study st;
+    memset(&st, 0, sizeof st);
+    int rc = attack_args(&st.a, argc, argv);
+    if (rc < 0) rc = attack_config(&st);
+    if (rc < 0) rc = attack_setup(&st);
+    if (rc >= 0) { attack_free(&st); return rc; }
     printf("| setting | channel | attack | layer | scored rows | accuracy | on rare bytes | majority-byte baseline | lift |\n"
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     uint8_t *pred = mallocCheck(PAIRS_MAX + SCORED_ROWS);
-    int rc = 0;
-    for (int l = 0; l < L && !rc; l++) {
-        if (!model_layer_is_moe(&mc, l)) continue;
-        for (int ch = 0; ch < 2 && !rc; ch++) {
-            VictimRows v = {0};
-            if (victim_rows(&v, a.records, a.attacker, a.victim, l, d, ch, err, sizeof err)) {
-                fprintf(stderr, "pcmoe: error: %s\n", err);
-                rc = 2;
-                victim_rows_free(&v);
-                break;
-            }
-            int ns = v.n - v.n_pairs; // scored: the rows after the pairs pool
-            const float *F = ch ? own.grads + (size_t)l * nf * d : own.rows + (size_t)l * nf * d;
-            const uint8_t *fy = ch ? own.gbytes + (size_t)l * nf : own.bytes;
-            const float *VS = v.x + (size_t)v.n_pairs * d;
-            const uint8_t *ty = v.y + v.n_pairs;
-            if (ns <= 0) { victim_rows_free(&v); continue; }
-            Inverter inv;
-            inverter_fit(&inv, F, fy, nf, d);
-            const char *names[] = {"nn", "softmax", "pairs-100", "pairs-1000", "align", "expert", "expert-pairs"};
-            for (int at = 0; at < 7; at++) {
-                if (at >= 5 && ch) continue; // (experts: the rows channel)
-                if (at == 6 && v.n_pairs < 1000) continue;
-                if ((at == 2 || at == 3) && v.n_pairs < (at == 2 ? 100 : 1000)) continue;
-                if (at == 0) attack_nn(F, fy, nf, VS, ns, d, pred);
-                else if (at == 1) inverter_apply(&inv, VS, ns, 0, pred);
-                else if (at == 2 || at == 3) {
-                    Inverter pk;
-                    inverter_fit(&pk, v.x, v.y, at == 2 ? 100 : 1000, d);
-                    inverter_apply(&pk, VS, ns, 0, pred);
-                    inverter_free(&pk);
-                } else if (at == 4) attack_align(&inv, F, fy, nf, VS, ns, d, pred);
-                else { // the byte most often sent to each expert: by the attacker's own rows, or by 1000 known pairs
-                    int *tab = callocCheck((size_t)mc.n_experts * 256, sizeof(int));
-                    if (at == 5)
-                        for (int i = 0; i < nf; i++)
-                            for (int j = 0; j < mc.top_k; j++) tab[own.expert[((size_t)l * nf + i) * mc.top_k + j] * 256 + own.bytes[i]]++;
-                    else
-                        for (int i = 0; i < 1000; i++)
-                            if (v.expert[i] >= 0 && v.expert[i] < mc.n_experts) tab[v.expert[i] * 256 + v.y[i]]++;
-                    for (int i = 0; i < ns; i++) {
-                        int e = v.expert[v.n_pairs + i], best = major;
-                        if (e >= 0 && e < mc.n_experts)
-                            for (int b = 0; b < 256; b++) if (tab[e * 256 + b] > tab[e * 256 + best]) best = b;
-                        pred[i] = (uint8_t)best;
-                    }
-                    free(tab);
-                }
-                int hit = 0, base = 0, rare = 0, rare_hit = 0;
-                for (int i = 0; i < ns; i++) {
-                    hit += pred[i] == ty[i];
-                    base += ty[i] == major;
-                    if (!common[ty[i]]) { rare++; rare_hit += pred[i] == ty[i]; }
-                }
-                double acc = (double)hit / ns, bl = (double)base / ns, racc = rare ? (double)rare_hit / rare : 0.0;
-                printf("| %s | %s | %s | %d | %d | %.3f | %.3f | %.3f | %+.3f |\n", setting, ch ? "gradients" : "rows", names[at], l, ns, acc, racc, bl, acc - bl);
-                if (a.json) {
-                    json_open_object(&js);
-                    json_member_string(&js, "setting", setting);
-                    json_member_string(&js, "defence", defence);
-                    json_member_string(&js, "channel", ch ? "gradients" : "rows");
-                    json_member_string(&js, "attack", names[at]);
-                    json_member_int(&js, "layer", l);
-                    json_member_int(&js, "rows", ns);
-                    json_member_fixed(&js, "accuracy", acc, 6);
-                    json_member_int(&js, "rare_rows", rare);
-                    json_member_fixed(&js, "rare_accuracy", racc, 6);
-                    json_member_fixed(&js, "baseline", bl, 6);
-                    json_close_object(&js);
-                    json_end_line(&js);
-                }
-            }
-            inverter_free(&inv);
-            victim_rows_free(&v);
-        }
+    rc = 0;
+    for (int l = 0; l < st.c->n_layers && !rc; l++) {
+        if (!model_layer_is_moe(&st.mc, l)) continue;
+        rc = attack_channel(&st, l, CHANNEL_ROWS, pred);
+        if (!rc) rc = attack_channel(&st, l, CHANNEL_GRADS, pred);
     }
-    if (a.json && !rc && json_write(&js, a.json, err, sizeof err)) {
+    char err[2048];
+    if (st.a.json && !rc && json_write(&st.js, st.a.json, err, sizeof err)) {
         fprintf(stderr, "pcmoe: error: --json %s\n", err);
         rc = 1;
     }
-    json_free(&js);
-    own_pairs_free(&own);
-    free(pred); free(c);
-    data_free(&ds);
-    model_free(&m);
+    free(pred);
+    attack_free(&st);
     return rc;
 }
