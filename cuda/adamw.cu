@@ -17,6 +17,7 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long 
 void cu_adamw(float *params, const float *grads, float *m, float *v, long n, float lr, float beta1, float beta2,
               float eps, float decay, float bc1, float bc2, float grad_scale, cudaStream_t stream) {
     if (n == 0) return;
-    LAUNCH(adamw_kernel, ceil_div(n, 256), 256, 0, stream, params, grads, m, v, n, lr, beta1, beta2, eps, decay, bc1, bc2, grad_scale);
+    LAUNCH(adamw_kernel, ceil_div(n, 256), 256, 0, stream, params, grads, m, v, n, lr, beta1, beta2, eps, decay, bc1,
+           bc2, grad_scale);
     cudaCheck(cudaGetLastError());
 }

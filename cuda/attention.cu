@@ -8,16 +8,19 @@
 __global__ void attention_gather_kernel(float *x, const float *src, int B, int T, int H, int hs, int stride, int col) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x, n = (long)B * H * T * hs;
     if (i >= n) return;
-    int c = (int)(i % hs), t = (int)((i / hs) % T), h = (int)((i / ((long)hs * T)) % H), b = (int)(i / ((long)hs * T * H));
+    int c = (int)(i % hs), t = (int)((i / hs) % T), h = (int)((i / ((long)hs * T)) % H),
+        b = (int)(i / ((long)hs * T * H));
     x[i] = src[((long)b * T + t) * stride + col + h * hs + c];
 }
 
 // the inverse of the permutation for one (B, H, T, hs) tensor: out (B*T, stride) at column offset
 // col + h*hs gets (accumulate = 0) or adds (accumulate = 1) x
-__global__ void attention_unpermute_kernel(float *out, const float *x, int B, int T, int H, int hs, int stride, int col, int accumulate) {
+__global__ void attention_unpermute_kernel(float *out, const float *x, int B, int T, int H, int hs, int stride, int col,
+                                           int accumulate) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x, n = (long)B * H * T * hs;
     if (i >= n) return;
-    int c = (int)(i % hs), t = (int)((i / hs) % T), h = (int)((i / ((long)hs * T)) % H), b = (int)(i / ((long)hs * T * H));
+    int c = (int)(i % hs), t = (int)((i / hs) % T), h = (int)((i / ((long)hs * T)) % H),
+        b = (int)(i / ((long)hs * T * H));
     float *o = out + ((long)b * T + t) * stride + col + h * hs + c;
     *o = accumulate ? *o + x[i] : x[i];
 }
@@ -59,7 +62,8 @@ long cu_attention_scratch_floats(int B, int T, int H, int hs) {
 }
 
 static void gather(float *x, const float *src, int B, int T, int H, int hs, int stride, int col, cudaStream_t stream) {
-    LAUNCH(attention_gather_kernel, ceil_div((long)B * H * T * hs, 256), 256, 0, stream, x, src, B, T, H, hs, stride, col);
+    LAUNCH(attention_gather_kernel, ceil_div((long)B * H * T * hs, 256), 256, 0, stream, x, src, B, T, H, hs, stride,
+           col);
     cudaCheck(cudaGetLastError());
 }
 
@@ -71,26 +75,28 @@ static void permute(float *q, float *k, float *v, const float *qkv, int B, int T
     gather(v, qkv, B, T, H, hs, 3 * d, 2 * d, stream);
 }
 
-static void unpermute(float *out, const float *x, int B, int T, int H, int hs, int stride, int col, int accumulate, cudaStream_t stream) {
-    LAUNCH(attention_unpermute_kernel, ceil_div((long)B * H * T * hs, 256), 256, 0, stream, out, x, B, T, H, hs, stride, col, accumulate);
+static void unpermute(float *out, const float *x, int B, int T, int H, int hs, int stride, int col, int accumulate,
+                      cudaStream_t stream) {
+    LAUNCH(attention_unpermute_kernel, ceil_div((long)B * H * T * hs, 256), 256, 0, stream, out, x, B, T, H, hs, stride,
+           col, accumulate);
     cudaCheck(cudaGetLastError());
 }
 
-void cu_attention_forward(cublasHandle_t h, float *out, float *att, const float *qkv, float *scratch, int B, int T, int H,
-                          int hs, cudaStream_t stream) {
+void cu_attention_forward(cublasHandle_t h, float *out, float *att, const float *qkv, float *scratch, int B, int T,
+                          int H, int hs, cudaStream_t stream) {
     long n = (long)B * H * T * hs, tt = (long)T * T;
     int BH = B * H, d = H * hs;
     float *q = scratch, *k = q + n, *v = k + n, *y = v + n;
     const float scale = 1.0f / sqrtf((float)hs), zero = 0.0f, one = 1.0f;
     permute(q, k, v, qkv, B, T, H, hs, stream);
     // per head, row-major S (T, T) = scale * Q K^T, i.e. column-major S^T = scale * K Q^T
-    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &scale, k, hs, (long long)T * hs, q, hs,
-                                          (long long)T * hs, &zero, att, T, tt, BH));
+    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &scale, k, hs, (long long)T * hs, q,
+                                          hs, (long long)T * hs, &zero, att, T, tt, BH));
     LAUNCH(causal_softmax_kernel, ceil_div((long)BH * T, 4), 128, 0, stream, att, BH, T);
     cudaCheck(cudaGetLastError());
     // per head, Y (T, hs) = P V, i.e. column-major Y^T = V^T P^T
-    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, v, hs, (long long)T * hs, att, T, tt,
-                                          &zero, y, hs, (long long)T * hs, BH));
+    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, v, hs, (long long)T * hs, att, T,
+                                          tt, &zero, y, hs, (long long)T * hs, BH));
     unpermute(out, y, B, T, H, hs, d, 0, 0, stream);
 }
 
@@ -103,14 +109,18 @@ void cu_attention_backward(cublasHandle_t h, float *dqkv, const float *dout, con
     permute(q, k, v, qkv, B, T, H, hs, stream);
     gather(dy, dout, B, T, H, hs, d, 0, stream);
     // dP (T, T) = dY V^T: column-major dP^T = V dY^T
-    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &one, v, hs, th, dy, hs, th, &zero, dp, T, tt, BH));
+    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &one, v, hs, th, dy, hs, th, &zero, dp,
+                                          T, tt, BH));
     // dV (T, hs) = P^T dY: column-major dV^T = dY^T P
-    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, dy, hs, th, att, T, tt, &zero, dv, hs, th, BH));
+    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, dy, hs, th, att, T, tt, &zero,
+                                          dv, hs, th, BH));
     LAUNCH(causal_softmax_backward_kernel, ceil_div((long)BH * T, 4), 128, 0, stream, dp, att, BH, T, scale);
     cudaCheck(cudaGetLastError());
     // dQ (T, hs) = dS K: column-major dQ^T = K^T dS^T;  dK (T, hs) = dS^T Q: column-major dK^T = Q^T dS
-    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, k, hs, th, dp, T, tt, &zero, dq, hs, th, BH));
-    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, q, hs, th, dp, T, tt, &zero, dk, hs, th, BH));
+    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, k, hs, th, dp, T, tt, &zero, dq,
+                                          hs, th, BH));
+    cublasCheck(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, q, hs, th, dp, T, tt, &zero, dk,
+                                          hs, th, BH));
     unpermute(dqkv, dq, B, T, H, hs, 3 * d, 0, 1, stream);
     unpermute(dqkv, dk, B, T, H, hs, 3 * d, d, 1, stream);
     unpermute(dqkv, dv, B, T, H, hs, 3 * d, 2 * d, 1, stream);

@@ -101,19 +101,25 @@ void embedding_bwd(float *dembed, const float *dout, const uint8_t *tokens, int 
 void rmsnorm_fwd(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps) {
     cu_rmsnorm_forward(out, rstd, inp, w, N, d, eps, 0);
 }
-void rmsnorm_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N, int d) {
+void rmsnorm_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N,
+                 int d) {
     cu_rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, d, 0);
 }
 void matmul_fwd(float *out, const float *inp, const float *w, int N, int n_in, int n_out) {
     if (N == 0) return;
     cu_matmul_forward(S.blas, out, inp, w, N, n_in, n_out);
 }
-void matmul_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N, int n_in, int n_out) {
+void matmul_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N, int n_in,
+                int n_out) {
     if (N == 0) return;
     cu_matmul_backward(S.blas, dinp, dw, dout, inp, w, N, n_in, n_out);
 }
-void rope_fwd(float *qkv, const float *c, const float *s, int B, int T, int H, int hs) { cu_rope_forward(qkv, c, s, B, T, H, hs, 0); }
-void rope_bwd(float *dqkv, const float *c, const float *s, int B, int T, int H, int hs) { cu_rope_backward(dqkv, c, s, B, T, H, hs, 0); }
+void rope_fwd(float *qkv, const float *c, const float *s, int B, int T, int H, int hs) {
+    cu_rope_forward(qkv, c, s, B, T, H, hs, 0);
+}
+void rope_bwd(float *dqkv, const float *c, const float *s, int B, int T, int H, int hs) {
+    cu_rope_backward(dqkv, c, s, B, T, H, hs, 0);
+}
 float *att_scratch(int B, int T, int H, int hs) {
     size_t need = sizeof(float) * (size_t)cu_attention_scratch_floats(B, T, H, hs);
     return static_cast<float *>(dev_grow(&S.att_scratch, &S.cap_att, need));
@@ -142,9 +148,9 @@ void ffn_fwd(float *y, float *h, float *u, float *a, const float *x, const float
     if (N == 0) return;
     cu_ffn_forward(S.blas, y, h, u, a, x, wg, wu, wd, N, d, f, 0);
 }
-void ffn_bwd(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da, const float *dy, const float *x,
-             const float *h, const float *u, const float *a, const float *wg, const float *wu, const float *wd, int N, int d,
-             int f) {
+void ffn_bwd(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da, const float *dy,
+             const float *x, const float *h, const float *u, const float *a, const float *wg, const float *wu,
+             const float *wd, int N, int d, int f) {
     if (N == 0) return;
     cu_ffn_backward(S.blas, dx, dwg, dwu, dwd, dh, du, da, dy, x, h, u, a, wg, wu, wd, N, d, f, 0);
 }
@@ -249,7 +255,8 @@ const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, s
     int count = 0;
     cudaError_t rc = cudaGetDeviceCount(&count);
     if (rc != cudaSuccess || count == 0) {
-        std::snprintf(err, len, "run.device = cuda: no CUDA device on this node (%s)", rc != cudaSuccess ? cudaGetErrorString(rc) : "0 devices");
+        std::snprintf(err, len, "run.device = cuda: no CUDA device on this node (%s)",
+                      rc != cudaSuccess ? cudaGetErrorString(rc) : "0 devices");
         return nullptr;
     }
     int dev = gpu >= 0 ? gpu : local_rank % count;

@@ -14,11 +14,14 @@
 // LAUNCH(kernel, grid, block, dynamic shared bytes, stream, kernel arguments...)
 #define LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
 // DYNAMIC_SMEM(type, name): name points at the launch's dynamic shared memory
-#define DYNAMIC_SMEM(type, name) extern __shared__ __align__(16) unsigned char dynamic_smem_[]; type *name = reinterpret_cast<type *>(dynamic_smem_)
+#define DYNAMIC_SMEM(type, name)                                                                                       \
+    extern __shared__ __align__(16) unsigned char dynamic_smem_[];                                                     \
+    type *name = reinterpret_cast<type *>(dynamic_smem_)
 #else
 #include "emu/cublas_emu.h"
 #include "emu/cuda_emu.h"
-#define LAUNCH(kernel, grid, block, smem, stream, ...) emu_launch((grid), (block), (smem), (stream), [&]() { kernel(__VA_ARGS__); })
+#define LAUNCH(kernel, grid, block, smem, stream, ...)                                                                 \
+    emu_launch((grid), (block), (smem), (stream), [&]() { kernel(__VA_ARGS__); })
 #define DYNAMIC_SMEM(type, name) type *name = static_cast<type *>(emu_dynamic_smem())
 #endif
 
@@ -64,6 +67,8 @@ template <typename Op> __device__ __forceinline__ float block_reduce(float v, fl
 }
 __device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp()); }
 __device__ __forceinline__ float block_sum(float v, float *scratch) { return block_reduce(v, scratch, 0.0f, SumOp()); }
-__device__ __forceinline__ float block_max(float v, float *scratch) { return block_reduce(v, scratch, -INFINITY, MaxOp()); }
+__device__ __forceinline__ float block_max(float v, float *scratch) {
+    return block_reduce(v, scratch, -INFINITY, MaxOp());
+}
 
 #endif

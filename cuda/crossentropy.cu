@@ -20,7 +20,8 @@ __global__ void crossentropy_forward_kernel(float *probs, float *losses, const u
 }
 
 // one thread per element: dlogits = (probs - onehot(target)) * scale
-__global__ void crossentropy_backward_kernel(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale) {
+__global__ void crossentropy_backward_kernel(float *dlogits, const float *probs, const uint8_t *targets, int N, int V,
+                                             float scale) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)N * V) return;
     long n = i / V;
@@ -28,13 +29,15 @@ __global__ void crossentropy_backward_kernel(float *dlogits, const float *probs,
     dlogits[i] = probs[i] * scale - (c == targets[n] ? scale : 0.0f);
 }
 
-void cu_crossentropy_forward(float *probs_inout, float *losses, const uint8_t *targets, int N, int V, cudaStream_t stream) {
+void cu_crossentropy_forward(float *probs_inout, float *losses, const uint8_t *targets, int N, int V,
+                             cudaStream_t stream) {
     LAUNCH(crossentropy_forward_kernel, N, CE_THREADS, 0, stream, probs_inout, losses, targets, V);
     cudaCheck(cudaGetLastError());
 }
 
 void cu_crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale,
                               cudaStream_t stream) {
-    LAUNCH(crossentropy_backward_kernel, ceil_div((long)N * V, 256), 256, 0, stream, dlogits, probs, targets, N, V, scale);
+    LAUNCH(crossentropy_backward_kernel, ceil_div((long)N * V, 256), 256, 0, stream, dlogits, probs, targets, N, V,
+           scale);
     cudaCheck(cudaGetLastError());
 }

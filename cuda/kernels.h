@@ -14,27 +14,32 @@ void cu_embedding_forward(float *out, const uint8_t *tokens, const float *embed,
 void cu_embedding_backward(float *dembed, const float *dout, const uint8_t *tokens, int N, int d, cudaStream_t stream);
 
 // rmsnorm.cu: out (N, d) = inp * rstd * w, rstd (N);  dinp (N, d) +=, dw (d) +=
-void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps, cudaStream_t stream);
+void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps,
+                        cudaStream_t stream);
 void cu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd,
                          int N, int d, cudaStream_t stream);
 
 // rope.cu: rotates q and k of qkv (B*T, 3*d) in place (rotate-half); the backward applies the inverse
-void cu_rope_forward(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs, cudaStream_t stream);
-void cu_rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs, cudaStream_t stream);
+void cu_rope_forward(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs,
+                     cudaStream_t stream);
+void cu_rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs,
+                      cudaStream_t stream);
 
 // swiglu.cu: a (n) = silu(h) * u;  dh, du (n) overwritten from da
 void cu_swiglu_forward(float *a, const float *h, const float *u, long n, cudaStream_t stream);
-void cu_swiglu_backward(float *dh, float *du, const float *da, const float *h, const float *u, long n, cudaStream_t stream);
+void cu_swiglu_backward(float *dh, float *du, const float *da, const float *h, const float *u, long n,
+                        cudaStream_t stream);
 // the SwiGLU FFN: h = x wg^T, u = x wu^T (N, f); a = silu(h) * u; y (N, d) = a wd^T (overwritten). Backward:
 // dx (N, d) overwritten (it may be dy, which is read first), dwg, dwu, dwd +=; scratch dh, du, da (N, f) overwritten
 void cu_ffn_forward(cublasHandle_t blas, float *y, float *h, float *u, float *a, const float *x, const float *wg,
                     const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream);
-void cu_ffn_backward(cublasHandle_t blas, float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
-                     const float *dy, const float *x, const float *h, const float *u, const float *a, const float *wg,
-                     const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream);
+void cu_ffn_backward(cublasHandle_t blas, float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du,
+                     float *da, const float *dy, const float *x, const float *h, const float *u, const float *a,
+                     const float *wg, const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream);
 
 // crossentropy.cu: probs_inout (N, V): logits in, softmax out; losses (N).  dlogits (N, V) overwritten
-void cu_crossentropy_forward(float *probs_inout, float *losses, const uint8_t *targets, int N, int V, cudaStream_t stream);
+void cu_crossentropy_forward(float *probs_inout, float *losses, const uint8_t *targets, int N, int V,
+                             cudaStream_t stream);
 void cu_crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale,
                               cudaStream_t stream);
 
@@ -50,8 +55,8 @@ void cu_sum_squares(double *out, double *partial, const float *g, long n, cudaSt
 // attention.cu: causal attention, qkv (B*T, 3d) -> out (B*T, d), att (B, H, T, T) probabilities (zeros
 // above the diagonal); dqkv (B*T, 3d) +=. scratch: cu_attention_scratch_floats(B, T, H, hs) floats.
 long cu_attention_scratch_floats(int B, int T, int H, int hs);
-void cu_attention_forward(cublasHandle_t h, float *out, float *att, const float *qkv, float *scratch, int B, int T, int H,
-                          int hs, cudaStream_t stream);
+void cu_attention_forward(cublasHandle_t h, float *out, float *att, const float *qkv, float *scratch, int B, int T,
+                          int H, int hs, cudaStream_t stream);
 void cu_attention_backward(cublasHandle_t h, float *dqkv, const float *dout, const float *qkv, const float *att,
                            float *scratch, int B, int T, int H, int hs, cudaStream_t stream);
 
@@ -70,7 +75,8 @@ typedef struct {
 } CuMoeActs;
 // router GEMM, softmax, top-k, gates, counts, offsets (experts in `order`, a device array, or NULL) and
 // the packing order (each expert's rows in choice order)
-void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float *router, const int *order, cudaStream_t stream);
+void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float *router, const int *order,
+                  cudaStream_t stream);
 // the private shuffle (perm (N*k) from moe_shuffle_permutation, uploaded; NULL: none; scratch: N*k
 // ints), the inverse order choice_row, and the packed inputs xe
 void cu_moe_pack(CuMoeActs *a, const float *inp, const int *perm, int *scratch, cudaStream_t stream);
@@ -90,8 +96,8 @@ void cu_moe_experts_backward(cublasHandle_t h, float *dxe, float *dhe, float *du
                              const int *offsets, cudaStream_t stream);
 // dinp (N, d) += unpacked dxe and the router's input gradient; drouter (m, d) +=; dlogits (N, m) scratch
 void cu_moe_route_backward(cublasHandle_t h, float *dinp, float *drouter, float *dlogits, const float *dxe,
-                           const float *dgates, const CuMoeActs *a, const float *inp, const float *router, float aux_coef,
-                           float z_coef, cudaStream_t stream);
+                           const float *dgates, const CuMoeActs *a, const float *inp, const float *router,
+                           float aux_coef, float z_coef, cudaStream_t stream);
 
 // matmul.cu (cuBLAS, fp32): out (N, n_out) = inp (N, n_in) @ w^T, w (n_out, n_in) row-major;
 // dinp += dout @ w (skipped when dinp is NULL), dw += dout^T @ inp

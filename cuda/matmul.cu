@@ -14,7 +14,9 @@ void cu_matmul_backward(cublasHandle_t h, float *dinp, float *dw, const float *d
     const float one = 1.0f;
     if (N == 0) return;
     // dinp^T (n_in, N) += W^T (n_in, n_out) . dout^T (n_out, N)
-    if (dinp) cublasCheck(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, n_in, N, n_out, &one, w, n_in, dout, n_out, &one, dinp, n_in));
+    if (dinp)
+        cublasCheck(
+                cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, n_in, N, n_out, &one, w, n_in, dout, n_out, &one, dinp, n_in));
     // dW^T (n_in, n_out) += inp^T (n_in, N) . dout (N, n_out)
     cublasCheck(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, n_in, n_out, N, &one, inp, n_in, dout, n_out, &one, dw, n_in));
 }

@@ -39,7 +39,8 @@ __global__ void router_forward_kernel(float *probs, float *lse, int *topk, float
 
 // one thread per expert e: counts[e], then (thread 0) offsets in `order`, then every expert writes the
 // choices routed to it, in choice order, to its rows: row_choice (N*k)
-__global__ void dispatch_kernel(int *counts, int *offsets, int *row_choice, const int *topk, const int *order, long Nk, int m) {
+__global__ void dispatch_kernel(int *counts, int *offsets, int *row_choice, const int *topk, const int *order, long Nk,
+                                int m) {
     int e = threadIdx.x; // one block of m threads (m <= 1024)
     int c = 0;
     for (long i = 0; i < Nk; i++) c += topk[i] == e;
@@ -67,7 +68,8 @@ __global__ void shuffle_kernel(int *row_choice, const int *was, const int *perm,
 
 // one thread: this layer's Switch aux loss m * sum_e (counts_e / (N k)) * mean_n probs[n, e] and z-loss
 // mean_n lse_n^2, summed in src/moe.c's order (double): out[0] = aux, out[1] = z
-__global__ void moe_losses_kernel(double *out, const float *probs, const float *lse, const int *counts, int N, int m, int k) {
+__global__ void moe_losses_kernel(double *out, const float *probs, const float *lse, const int *counts, int N, int m,
+                                  int k) {
     double aux = 0.0, z = 0.0;
     for (int e = 0; e < m; e++) {
         double mean_p = 0.0;
@@ -95,7 +97,8 @@ __global__ void pack_kernel(float *xe, const float *inp, const int *row_choice, 
 }
 
 // one thread per element of out (N, d): sum_j gates[n, j] * ye[choice_row[n*k + j]], j in order
-__global__ void combine_kernel(float *out, const float *ye, const float *gates, const int *choice_row, int N, int d, int k) {
+__global__ void combine_kernel(float *out, const float *ye, const float *gates, const int *choice_row, int N, int d,
+                               int k) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)N * d) return;
     long n = i / d;
@@ -106,8 +109,8 @@ __global__ void combine_kernel(float *out, const float *ye, const float *gates, 
 }
 
 // one warp per choice (n, j): dye[row] = g * dout[n], dgates[n, j] = dout[n] . ye[row]
-__global__ void combine_backward_kernel(float *dye, float *dgates, const float *dout, const float *ye, const float *gates,
-                                        const int *choice_row, long Nk, int d, int k) {
+__global__ void combine_backward_kernel(float *dye, float *dgates, const float *dout, const float *ye,
+                                        const float *gates, const int *choice_row, long Nk, int d, int k) {
     long ch = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (ch >= Nk) return;
     int lane = threadIdx.x % 32;
@@ -133,8 +136,8 @@ __global__ void unpack_kernel(float *dinp, const float *dxe, const int *choice_r
 // one thread per token: d loss / d logits (N, m) through the gates' renormalisation, the softmax, the
 // Switch aux loss (fractions held constant) and the z-loss; the formula of src/moe.c
 __global__ void router_backward_kernel(float *dlogits, const float *probs, const float *lse, const int *topk,
-                                       const float *gates, const float *gate_sum, const float *dgates, const int *counts,
-                                       int N, int m, int k, float aux_coef, float z_coef) {
+                                       const float *gates, const float *gate_sum, const float *dgates,
+                                       const int *counts, int N, int m, int k, float aux_coef, float z_coef) {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
     const float *p = probs + (long)n * m, *g = gates + (long)n * k, *dg = dgates + (long)n * k;
@@ -150,7 +153,8 @@ __global__ void router_backward_kernel(float *dlogits, const float *probs, const
     for (int e = 0; e < m; e++) dl[e] = p[e] * (dl[e] - pdot) + zc * p[e];
 }
 
-void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float *router, const int *order, cudaStream_t stream) {
+void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float *router, const int *order,
+                  cudaStream_t stream) {
     long Nk = (long)a->N * a->k;
     if (a->m > 1024) fail("CUDA MoE routing: %d experts, at most 1024 supported", a->m);
     cu_matmul_forward(h, a->logits, inp, router, a->N, a->d, a->m);
@@ -186,19 +190,21 @@ void cu_moe_experts_forward(cublasHandle_t h, CuMoeActs *a, float *const *gate, 
         long r0 = offsets[e];
         int n = counts[e];
         if (!gate[e] || n == 0) continue;
-        cu_ffn_forward(h, a->ye + r0 * d, a->he + r0 * f, a->ue + r0 * f, a->ae + r0 * f, a->xe + r0 * d, gate[e], up[e],
-                       down[e], n, d, f, stream);
+        cu_ffn_forward(h, a->ye + r0 * d, a->he + r0 * f, a->ue + r0 * f, a->ae + r0 * f, a->xe + r0 * d, gate[e],
+                       up[e], down[e], n, d, f, stream);
     }
 }
 
 void cu_moe_combine(float *out, const CuMoeActs *a, cudaStream_t stream) {
-    LAUNCH(combine_kernel, ceil_div((long)a->N * a->d, 256), 256, 0, stream, out, a->ye, a->gates, a->choice_row, a->N, a->d, a->k);
+    LAUNCH(combine_kernel, ceil_div((long)a->N * a->d, 256), 256, 0, stream, out, a->ye, a->gates, a->choice_row, a->N,
+           a->d, a->k);
     cudaCheck(cudaGetLastError());
 }
 
 void cu_moe_combine_backward(float *dye, float *dgates, const float *dout, const CuMoeActs *a, cudaStream_t stream) {
     long Nk = (long)a->N * a->k;
-    LAUNCH(combine_backward_kernel, ceil_div(Nk, 4), 128, 0, stream, dye, dgates, dout, a->ye, a->gates, a->choice_row, Nk, a->d, a->k);
+    LAUNCH(combine_backward_kernel, ceil_div(Nk, 4), 128, 0, stream, dye, dgates, dout, a->ye, a->gates, a->choice_row,
+           Nk, a->d, a->k);
     cudaCheck(cudaGetLastError());
 }
 
@@ -211,15 +217,15 @@ void cu_moe_experts_backward(cublasHandle_t h, float *dxe, float *dhe, float *du
         long r0 = offsets[e];
         int n = counts[e];
         if (!gate[e] || n == 0) continue;
-        cu_ffn_backward(h, dxe + r0 * d, dgate[e], dup[e], ddown[e], dhe + r0 * f, due + r0 * f, dae + r0 * f, dye + r0 * d,
-                        a->xe + r0 * d, a->he + r0 * f, a->ue + r0 * f, a->ae + r0 * f, gate[e], up[e], down[e], n, d, f,
-                        stream);
+        cu_ffn_backward(h, dxe + r0 * d, dgate[e], dup[e], ddown[e], dhe + r0 * f, due + r0 * f, dae + r0 * f,
+                        dye + r0 * d, a->xe + r0 * d, a->he + r0 * f, a->ue + r0 * f, a->ae + r0 * f, gate[e], up[e],
+                        down[e], n, d, f, stream);
     }
 }
 
 void cu_moe_route_backward(cublasHandle_t h, float *dinp, float *drouter, float *dlogits, const float *dxe,
-                           const float *dgates, const CuMoeActs *a, const float *inp, const float *router, float aux_coef,
-                           float z_coef, cudaStream_t stream) {
+                           const float *dgates, const CuMoeActs *a, const float *inp, const float *router,
+                           float aux_coef, float z_coef, cudaStream_t stream) {
     LAUNCH(unpack_kernel, ceil_div((long)a->N * a->d, 256), 256, 0, stream, dinp, dxe, a->choice_row, a->N, a->d, a->k);
     cudaCheck(cudaGetLastError());
     LAUNCH(router_backward_kernel, ceil_div(a->N, 128), 128, 0, stream, dlogits, a->probs, a->lse, a->topk, a->gates,

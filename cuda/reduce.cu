@@ -10,7 +10,8 @@ int cu_sum_squares_scratch_doubles(void) { return SS_BLOCKS; }
 __global__ void sum_squares_partial_kernel(double *partial, const float *g, long n) {
     DYNAMIC_SMEM(double, s);
     double acc = 0.0;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) acc += (double)g[i] * g[i];
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        acc += (double)g[i] * g[i];
     s[threadIdx.x] = acc;
     __syncthreads();
     for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {

@@ -30,7 +30,8 @@ __global__ void rmsnorm_backward_input_kernel(float *dinp, const float *dout, co
 }
 
 // thread c: dw[c] += sum_n dout[n, c] * inp[n, c] * rstd[n], rows in order
-__global__ void rmsnorm_backward_weight_kernel(float *dw, const float *dout, const float *inp, const float *rstd, int N, int d) {
+__global__ void rmsnorm_backward_weight_kernel(float *dw, const float *dout, const float *inp, const float *rstd, int N,
+                                               int d) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= d) return;
     float s = 0.0f;
@@ -38,7 +39,8 @@ __global__ void rmsnorm_backward_weight_kernel(float *dw, const float *dout, con
     dw[c] += s;
 }
 
-void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps, cudaStream_t stream) {
+void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps,
+                        cudaStream_t stream) {
     LAUNCH(rmsnorm_forward_kernel, N, RMS_THREADS, 0, stream, out, rstd, inp, w, d, eps);
     cudaCheck(cudaGetLastError());
 }

@@ -23,7 +23,8 @@ void cu_swiglu_forward(float *a, const float *h, const float *u, long n, cudaStr
     cudaCheck(cudaGetLastError());
 }
 
-void cu_swiglu_backward(float *dh, float *du, const float *da, const float *h, const float *u, long n, cudaStream_t stream) {
+void cu_swiglu_backward(float *dh, float *du, const float *da, const float *h, const float *u, long n,
+                        cudaStream_t stream) {
     if (n == 0) return;
     LAUNCH(swiglu_backward_kernel, ceil_div(n, 256), 256, 0, stream, dh, du, da, h, u, n);
     cudaCheck(cudaGetLastError());
@@ -37,9 +38,9 @@ void cu_ffn_forward(cublasHandle_t blas, float *y, float *h, float *u, float *a,
     cu_matmul_forward(blas, y, a, wd, N, f, d);
 }
 
-void cu_ffn_backward(cublasHandle_t blas, float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
-                     const float *dy, const float *x, const float *h, const float *u, const float *a, const float *wg,
-                     const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream) {
+void cu_ffn_backward(cublasHandle_t blas, float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du,
+                     float *da, const float *dy, const float *x, const float *h, const float *u, const float *a,
+                     const float *wg, const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream) {
     cudaCheck(cudaMemsetAsync(da, 0, sizeof(float) * N * f, stream));
     cu_matmul_backward(blas, da, dwd, dy, a, wd, N, f, d);
     cu_swiglu_backward(dh, du, da, h, u, (long)N * f, stream);

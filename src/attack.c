@@ -58,12 +58,16 @@ typedef struct {
 } AttackArgs;
 
 static int usage_error(const char *msg) {
-    fprintf(stderr, "pcmoe: error: attack: %s\n(usage: pcmoe attack CONFIG --checkpoint DIR --records DIR --attacker A --victim V [--white-box] [--victim-noise S] [--json FILE])\n", msg);
+    fprintf(stderr,
+            "pcmoe: error: attack: %s\n(usage: pcmoe attack CONFIG --checkpoint DIR --records DIR --attacker A "
+            "--victim V [--white-box] [--victim-noise S] [--json FILE])\n",
+            msg);
     return 2;
 }
 
 // Reads the blocks of a record file for (layer, peer); appends up to `max` rows of `width` elements.
-static int read_records(const char *path, int layer, int peer, int width, size_t elem, void *out, int max, char *err, size_t len) {
+static int read_records(const char *path, int layer, int peer, int width, size_t elem, void *out, int max, char *err,
+                        size_t len) {
     FILE *f = fopen(path, "rb");
     if (!f) return -error_set(err, len, "%s: cannot read records (was privacy.record_received set?)", path);
     int hdr[4], n = 0;
@@ -71,7 +75,11 @@ static int read_records(const char *path, int layer, int peer, int width, size_t
         if (hdr[2] < 0 || hdr[3] != width) { fclose(f); return -error_set(err, len, "%s: corrupt record block", path); }
         size_t bytes = (size_t)hdr[2] * width * elem;
         char *buf = mallocCheck(bytes ? bytes : 1);
-        if (fread(buf, 1, bytes, f) != bytes) { free(buf); fclose(f); return -error_set(err, len, "%s: truncated record block", path); }
+        if (fread(buf, 1, bytes, f) != bytes) {
+            free(buf);
+            fclose(f);
+            return -error_set(err, len, "%s: truncated record block", path);
+        }
         if (hdr[0] == layer && hdr[1] == peer && n < max) {
             int take = hdr[2] < max - n ? hdr[2] : max - n;
             memcpy((char *)out + (size_t)n * width * elem, buf, (size_t)take * width * elem);
@@ -103,7 +111,8 @@ static void attack_nn(const float *F, const uint8_t *fy, int nf, const float *V,
     float *sim = mallocCheck(sizeof(float) * CHUNK * nf);
     for (int v0 = 0; v0 < nv; v0 += CHUNK) {
         int n = nv - v0 < CHUNK ? nv - v0 : CHUNK;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nf, d, 1.0f, vn + (size_t)v0 * d, d, fn, d, 0.0f, sim, nf);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nf, d, 1.0f, vn + (size_t)v0 * d, d, fn, d, 0.0f, sim,
+                    nf);
         for (int i = 0; i < n; i++) {
             int best = 0;
             for (int j = 1; j < nf; j++) if (sim[(size_t)i * nf + j] > sim[(size_t)i * nf + best]) best = j;
@@ -117,7 +126,11 @@ static void attack_nn(const float *F, const uint8_t *fy, int nf, const float *V,
 static void moments(const float *x, int n, int d, float *mu, float *sd) {
     for (int j = 0; j < d; j++) { mu[j] = 0.0f; sd[j] = 0.0f; }
     for (int i = 0; i < n; i++) for (int j = 0; j < d; j++) mu[j] += x[(size_t)i * d + j] / n;
-    for (int i = 0; i < n; i++) for (int j = 0; j < d; j++) { float z = x[(size_t)i * d + j] - mu[j]; sd[j] += z * z / n; }
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < d; j++) {
+            float z = x[(size_t)i * d + j] - mu[j];
+            sd[j] += z * z / n;
+        }
     for (int j = 0; j < d; j++) sd[j] = sqrtf(sd[j]) + 1e-12f;
 }
 
@@ -188,7 +201,8 @@ static void jacobi_eigen(double *A, int n, double *w, double *Q) {
             for (int q = p + 1; q < n; q++) {
                 if (fabs(A[p * n + q]) < 1e-300) continue;
                 double theta = (A[q * n + q] - A[p * n + p]) / (2.0 * A[p * n + q]);
-                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0)), c = 1.0 / sqrt(t * t + 1.0), s = t * c;
+                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0)),
+                       c = 1.0 / sqrt(t * t + 1.0), s = t * c;
                 for (int k = 0; k < n; k++) { // A = J^T A J
                     double akp = A[k * n + p], akq = A[k * n + q];
                     A[k * n + p] = c * akp - s * akq;
@@ -211,7 +225,8 @@ static void jacobi_eigen(double *A, int n, double *w, double *Q) {
 
 // The orthogonal R (d, d) minimising sum_i |R a_i - b_i|^2 (Procrustes): R = M (M^T M)^(-1/2), M = sum b_i a_i^T.
 static void procrustes(const double *M, int d, float *R) {
-    double *S = mallocCheck(sizeof(double) * d * d), *Q = mallocCheck(sizeof(double) * d * d), *w = mallocCheck(sizeof(double) * d);
+    double *S = mallocCheck(sizeof(double) * d * d), *Q = mallocCheck(sizeof(double) * d * d),
+           *w = mallocCheck(sizeof(double) * d);
     for (int i = 0; i < d; i++)
         for (int j = 0; j < d; j++) {
             double s = 0.0;
@@ -224,7 +239,8 @@ static void procrustes(const double *M, int d, float *R) {
     for (int i = 0; i < d; i++) // S = Q diag(w^-1/2) Q^T
         for (int j = 0; j < d; j++) {
             double s = 0.0;
-            for (int k = 0; k < d; k++) s += Q[i * d + k] * Q[j * d + k] / sqrt(w[k] > 1e-12 * wmax ? w[k] : 1e-12 * wmax + 1e-300);
+            for (int k = 0; k < d; k++)
+                s += Q[i * d + k] * Q[j * d + k] / sqrt(w[k] > 1e-12 * wmax ? w[k] : 1e-12 * wmax + 1e-300);
             S[i * d + j] = s;
         }
     for (int i = 0; i < d; i++)
@@ -241,9 +257,11 @@ static void procrustes(const double *M, int d, float *R) {
 // matched to the attacker's nearest byte mean; the map refitted on the matches by Procrustes, weighted by
 // cluster size), from two starts; the better fit wins. inv: the attacker's inverter, applied to the
 // mapped rows.
-static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy, int nf, const float *V, int nv, int d, uint8_t *pred) {
+static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy, int nf, const float *V, int nv, int d,
+                         uint8_t *pred) {
     enum { KC = 160, KMEANS_ITERS = 15, ICP_ITERS = 10 };
-    float *x = mallocCheck(sizeof(float) * nv * d), *mu = mallocCheck(sizeof(float) * d), *sd = mallocCheck(sizeof(float) * d);
+    float *x = mallocCheck(sizeof(float) * nv * d), *mu = mallocCheck(sizeof(float) * d),
+          *sd = mallocCheck(sizeof(float) * d);
     moments(V, nv, d, mu, sd);
     for (size_t i = 0; i < (size_t)nv * d; i++) x[i] = (V[i] - mu[i % d]) / sd[i % d];
     // the attacker's byte means, in its inverter's standardized space, and its byte frequencies
@@ -254,8 +272,19 @@ static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy,
         for (int j = 0; j < d; j++) bm[fy[i] * d + j] += (F[(size_t)i * d + j] - inv->mu[j]) / inv->sd[j];
     }
     int byte_rank[256], nb = 0;
-    for (int b = 0; b < 256; b++) if (cnt[b] >= 3) { for (int j = 0; j < d; j++) bm[b * d + j] /= cnt[b]; byte_rank[nb++] = b; }
-    for (int i = 1; i < nb; i++) { int b = byte_rank[i], j = i; while (j > 0 && cnt[byte_rank[j - 1]] < cnt[b]) { byte_rank[j] = byte_rank[j - 1]; j--; } byte_rank[j] = b; }
+    for (int b = 0; b < 256; b++)
+        if (cnt[b] >= 3) {
+            for (int j = 0; j < d; j++) bm[b * d + j] /= cnt[b];
+            byte_rank[nb++] = b;
+        }
+    for (int i = 1; i < nb; i++) {
+        int b = byte_rank[i], j = i;
+        while (j > 0 && cnt[byte_rank[j - 1]] < cnt[b]) {
+            byte_rank[j] = byte_rank[j - 1];
+            j--;
+        }
+        byte_rank[j] = b;
+    }
     // k-means of the victim's rows (seeded by evenly spaced rows)
     int kc = nv < KC ? nv : KC, *asg = mallocCheck(sizeof(int) * nv), size[KC];
     double *cen = mallocCheck(sizeof(double) * KC * d);
@@ -271,14 +300,24 @@ static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy,
         }
         memset(cen, 0, sizeof(double) * kc * d);
         memset(size, 0, sizeof size);
-        for (int i = 0; i < nv; i++) { size[asg[i]]++; for (int j = 0; j < d; j++) cen[asg[i] * d + j] += x[(size_t)i * d + j]; }
+        for (int i = 0; i < nv; i++) {
+            size[asg[i]]++;
+            for (int j = 0; j < d; j++) cen[asg[i] * d + j] += x[(size_t)i * d + j];
+        }
         for (int c = 0; c < kc; c++) if (size[c]) for (int j = 0; j < d; j++) cen[c * d + j] /= size[c];
     }
     // two starts: the identity (backbones from one initialisation share a space), and clusters by size
     // matched to bytes by frequency; the map that fits its matches better wins
     int order[KC], match[KC];
     for (int c = 0; c < kc; c++) order[c] = c;
-    for (int i = 1; i < kc; i++) { int c = order[i], j = i; while (j > 0 && size[order[j - 1]] < size[c]) { order[j] = order[j - 1]; j--; } order[j] = c; }
+    for (int i = 1; i < kc; i++) {
+        int c = order[i], j = i;
+        while (j > 0 && size[order[j - 1]] < size[c]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = c;
+    }
     float *R = mallocCheck(sizeof(float) * d * d), *best_R = mallocCheck(sizeof(float) * d * d);
     double *M = mallocCheck(sizeof(double) * d * d), *mc = mallocCheck(sizeof(double) * d), best_fit = INFINITY;
     for (int start = 0; start < 2 && nb; start++) {
@@ -289,7 +328,8 @@ static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy,
             if (it > 0 || start == 1) { // the map from the matches
                 memset(M, 0, sizeof(double) * d * d);
                 for (int c = 0; c < kc; c++)
-                    for (int i = 0; i < d; i++) for (int j = 0; j < d; j++) M[i * d + j] += size[c] * bm[match[c] * d + i] * cen[c * d + j];
+                    for (int i = 0; i < d; i++)
+                        for (int j = 0; j < d; j++) M[i * d + j] += size[c] * bm[match[c] * d + i] * cen[c * d + j];
                 double fro = 0.0; // a little of the identity, so that directions no match constrains keep a full rank
                 for (int i = 0; i < d * d; i++) fro += M[i] * M[i];
                 for (int i = 0; i < d; i++) M[i * d + i] += 1e-3 * sqrt(fro) + 1e-12;
@@ -297,7 +337,11 @@ static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy,
             }
             fit = 0.0;
             for (int c = 0; c < kc; c++) { // the matches from the map: each mapped centroid to its nearest byte mean
-                for (int i = 0; i < d; i++) { double t = 0.0; for (int j = 0; j < d; j++) t += R[i * d + j] * cen[c * d + j]; mc[i] = t; }
+                for (int i = 0; i < d; i++) {
+                    double t = 0.0;
+                    for (int j = 0; j < d; j++) t += R[i * d + j] * cen[c * d + j];
+                    mc[i] = t;
+                }
                 double best = INFINITY;
                 for (int k = 0; k < nb; k++) {
                     double t = 0.0;
@@ -362,7 +406,13 @@ static void own_pairs(OwnPairs *o, Model *m, Dataset *ds, const ModelConfig *mc,
     free(tgt);
 }
 
-static void own_pairs_free(OwnPairs *o) { free(o->rows); free(o->grads); free(o->bytes); free(o->gbytes); free(o->expert); }
+static void own_pairs_free(OwnPairs *o) {
+    free(o->rows);
+    free(o->grads);
+    free(o->bytes);
+    free(o->gbytes);
+    free(o->expert);
+}
 
 // The victim's rows of one channel at one layer: the first up to PAIRS_MAX (the pairs attacks' pool),
 // then up to SCORED_ROWS scored ones.
@@ -373,7 +423,8 @@ typedef struct {
     int *expert;     // (n) the expert each reached (rows channel), or NULL
 } VictimRows;
 
-static int victim_rows(VictimRows *v, const char *dir, int attacker, int victim, int layer, int d, int grads, char *err, size_t len) {
+static int victim_rows(VictimRows *v, const char *dir, int attacker, int victim, int layer, int d, int grads, char *err,
+                       size_t len) {
     char rows[4200], truth[4200], experts[4200];
     int max = PAIRS_MAX + SCORED_ROWS;
     snprintf(rows, sizeof rows, "%s/%s_%d.bin", dir, grads ? "received_grads_party" : "received_party", attacker);
@@ -384,9 +435,12 @@ static int victim_rows(VictimRows *v, const char *dir, int attacker, int victim,
     v->expert = grads ? NULL : mallocCheck(sizeof(int) * (size_t)max);
     int n = read_records(rows, layer, victim, d, sizeof(float), v->x, max, err, len);
     int nt = n < 0 ? 0 : read_records(truth, layer, attacker, 1, 1, v->y, max, err, len);
-    int ne = n < 0 || nt < 0 || grads ? n : read_records(experts, layer, victim, 1, sizeof(int), v->expert, max, err, len);
+    int ne = n < 0 || nt < 0 || grads ? n
+                                      : read_records(experts, layer, victim, 1, sizeof(int), v->expert, max, err, len);
     if (n < 0 || nt < 0 || ne < 0) return 2;
-    if (n != nt || n != ne) return error_set(err, len, "%s: layer %d: %d recorded rows but %d true bytes and %d expert ids", rows, layer, n, nt, ne);
+    if (n != nt || n != ne)
+        return error_set(err, len, "%s: layer %d: %d recorded rows but %d true bytes and %d expert ids", rows, layer, n,
+                         nt, ne);
     v->n = n;
     v->n_pairs = n > 2 * PAIRS_MAX ? PAIRS_MAX : n / 2;
     return 0;
@@ -440,8 +494,12 @@ static void predict_softmax(const AttackFit *f, const AttackInput *x, uint8_t *p
     inverter_apply(x->inv, x->VS, x->ns, 0, pred);
 }
 
-static void fit_pairs(AttackFit *f, const AttackInput *x, int pairs) { inverter_fit(&f->inv, x->v->x, x->v->y, pairs, x->d); }
-static void predict_pairs(const AttackFit *f, const AttackInput *x, uint8_t *pred) { inverter_apply(&f->inv, x->VS, x->ns, 0, pred); }
+static void fit_pairs(AttackFit *f, const AttackInput *x, int pairs) {
+    inverter_fit(&f->inv, x->v->x, x->v->y, pairs, x->d);
+}
+static void predict_pairs(const AttackFit *f, const AttackInput *x, uint8_t *pred) {
+    inverter_apply(&f->inv, x->VS, x->ns, 0, pred);
+}
 static void release_pairs(AttackFit *f) { inverter_free(&f->inv); }
 
 static void predict_align(const AttackFit *f, const AttackInput *x, uint8_t *pred) {
@@ -454,7 +512,8 @@ static void fit_expert_own(AttackFit *f, const AttackInput *x, int pairs) {
     (void)pairs;
     f->table = callocCheck((size_t)x->m * 256, sizeof(int));
     for (int i = 0; i < x->nf; i++)
-        for (int j = 0; j < x->k; j++) f->table[x->own->expert[((size_t)x->layer * x->nf + i) * x->k + j] * 256 + x->own->bytes[i]]++;
+        for (int j = 0; j < x->k; j++)
+            f->table[x->own->expert[((size_t)x->layer * x->nf + i) * x->k + j] * 256 + x->own->bytes[i]]++;
 }
 
 // expert-pairs: the same from known pairs of the victim
@@ -538,13 +597,17 @@ static int attack_config(Study *st) {
     const AttackArgs *a = &st->a;
     char err[2048] = "", path[CONFIG_PATH_LEN + 64], why[1024] = "";
     st->c = mallocCheck(sizeof(Config));
-    if (config_load(st->c, a->config, NULL, 0, err, sizeof err)) { fprintf(stderr, "pcmoe: error: %s\n", err); return 2; }
+    if (config_load(st->c, a->config, NULL, 0, err, sizeof err)) {
+        fprintf(stderr, "pcmoe: error: %s\n", err);
+        return 2;
+    }
     size_t text_len = 1 << 16;
     char *text = mallocCheck(text_len);
     int step, party;
     Config *run = mallocCheck(sizeof(Config));
     ckpt_party_file(path, sizeof path, a->ckpt_dir, a->attacker);
-    int bad = ckpt_peek(path, text, text_len, &step, &party, err, sizeof err) || config_load_text(run, text, why, sizeof why);
+    int bad = ckpt_peek(path, text, text_len, &step, &party, err, sizeof err) ||
+              config_load_text(run, text, why, sizeof why);
     if (!bad) {
         memcpy(run->data_path, st->c->data_path, sizeof st->c->data_path);
         *st->c = *run;
@@ -570,7 +633,8 @@ static int attack_setup(Study *st) {
     char err[2048];
     st->mc = model_config_from(c);
     model_create(&st->m, &st->mc, NULL, 1, c->batch_size, c->seq_len);
-    if (ckpt_read_weights(&st->m, a->ckpt_dir, a->white_box ? a->victim : a->attacker, 0, c->n_parties, err, sizeof err) ||
+    if (ckpt_read_weights(&st->m, a->ckpt_dir, a->white_box ? a->victim : a->attacker, 0, c->n_parties, err,
+                          sizeof err) ||
         data_load(&st->ds, c->data_path[a->attacker], c->val_fraction, c->seq_len, 12345, err, sizeof err)) {
         fprintf(stderr, "pcmoe: error: %s\n", err);
         return 2;
@@ -581,7 +645,8 @@ static int attack_setup(Study *st) {
     for (int b = 1; b < 256; b++) if (counts[b] > counts[st->major]) st->major = b;
     for (int r = 0; r < COMMON_BYTES; r++) { // the attacker's most frequent bytes
         int best = -1;
-        for (int b = 0; b < 256; b++) if (!st->common[b] && counts[b] && (best < 0 || counts[b] > counts[best])) best = b;
+        for (int b = 0; b < 256; b++)
+            if (!st->common[b] && counts[b] && (best < 0 || counts[b] > counts[best])) best = b;
         if (best >= 0) st->common[best] = 1;
     }
     // the adaptive attacker: its own pairs pass through the victim's defence
@@ -610,8 +675,8 @@ static void attack_score(Study *st, const AttackInput *x, const char *name, cons
     }
     double acc = (double)hit / ns, bl = (double)base / ns, racc = rare ? (double)rare_hit / rare : 0.0;
     const char *channel = x->channel == CHANNEL_GRADS ? "gradients" : "rows";
-    printf("| %s | %s | %s | %d | %d | %.3f | %.3f | %.3f | %+.3f |\n", st->setting, channel, name, x->layer, ns, acc, racc,
-           bl, acc - bl);
+    printf("| %s | %s | %s | %d | %d | %.3f | %.3f | %.3f | %+.3f |\n", st->setting, channel, name, x->layer, ns, acc,
+           racc, bl, acc - bl);
     if (!st->a.json) return;
     Json *j = &st->js;
     json_open_object(j);
@@ -679,7 +744,8 @@ int attack_main(int argc, char **argv) {
     if (rc < 0) rc = attack_config(&st);
     if (rc < 0) rc = attack_setup(&st);
     if (rc >= 0) { attack_free(&st); return rc; }
-    printf("| setting | channel | attack | layer | scored rows | accuracy | on rare bytes | majority-byte baseline | lift |\n"
+    printf("| setting | channel | attack | layer | scored rows | accuracy | on rare bytes | majority-byte baseline | "
+           "lift |\n"
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     uint8_t *pred = mallocCheck(PAIRS_MAX + SCORED_ROWS);
     rc = 0;

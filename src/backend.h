@@ -36,11 +36,11 @@ typedef struct Backend {
     void (*embedding_forward)(float *out, const uint8_t *tokens, const float *embed, int N, int d);
     void (*embedding_backward)(float *dembed, const float *dout, const uint8_t *tokens, int N, int d);
     void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps);
-    void (*rmsnorm_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd,
-                             int N, int d);
+    void (*rmsnorm_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                             const float *rstd, int N, int d);
     void (*matmul_forward)(float *out, const float *inp, const float *w, int N, int n_in, int n_out);
-    void (*matmul_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N, int n_in,
-                            int n_out);
+    void (*matmul_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N,
+                            int n_in, int n_out);
     void (*rope_forward)(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
     void (*rope_backward)(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
     // attention: `saved` is what the forward keeps for the backward, attention_saved_floats per layer (cpu:
@@ -53,12 +53,13 @@ typedef struct Backend {
     void (*attention_backward)(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
                                const float *saved, const float *out, int B, int T, int H, int hs);
     double (*crossentropy_forward)(float *probs_inout, float *losses, const uint8_t *targets, int N, int V);
-    void (*crossentropy_backward)(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale);
+    void (*crossentropy_backward)(float *dlogits, const float *probs, const uint8_t *targets, int N, int V,
+                                  float scale);
     void (*ffn_forward)(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu,
                         const float *wd, int N, int d, int f);
-    void (*ffn_backward)(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da, const float *dy,
-                         const float *x, const float *h, const float *u, const float *a, const float *wg, const float *wu,
-                         const float *wd, int N, int d, int f);
+    void (*ffn_backward)(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
+                         const float *dy, const float *x, const float *h, const float *u, const float *a,
+                         const float *wg, const float *wu, const float *wd, int N, int d, int f);
     // moe.h (moe_route leaves counts and offsets readable by the host)
     void (*moe_route)(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle);
     void (*moe_experts_forward)(MoeActs *a, ExpertSet w);
@@ -75,7 +76,8 @@ typedef struct Backend {
 
 extern const Backend backend_cpu;
 
-// The CUDA backend (src/backend_loader.c: the pcmoe_cuda.so plugin, or the one linked in) on this process's device: run.gpu when >= 0, else local_rank % the device count;
+// The CUDA backend (src/backend_loader.c: the pcmoe_cuda.so plugin, or the one linked in) on this process's
+// device: run.gpu when >= 0, else local_rank % the device count;
 // tf32: cuBLAS may use TF32 tensor cores for the fp32 GEMMs (run.tf32). Returns NULL with the reason in
 // err when there is none (no device, or a build without CUDA).
 const Backend *backend_cuda_open(int gpu, int local_rank, int tf32, char *err, size_t len);

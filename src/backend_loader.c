@@ -46,7 +46,9 @@ static int plugin_path(char *path, size_t size, char *err, size_t len) {
     }
     snprintf(path, size, "%s/pcmoe_cuda.so", PCMOE_PLUGINDIR);
     if (access(path, R_OK) == 0) return 0;
-    return error_set(err, len, "run.device = cuda: the CUDA backend pcmoe_cuda.so is neither beside %s nor in %s (set PCMOE_CUDA_PLUGIN to its path)",
+    return error_set(err, len,
+                     "run.device = cuda: the CUDA backend pcmoe_cuda.so is neither beside %s nor in %s (set "
+                     "PCMOE_CUDA_PLUGIN to its path)",
                      n > 0 ? exe : "the program", PCMOE_PLUGINDIR);
 }
 #endif
@@ -63,12 +65,17 @@ const Backend *backend_cuda_open(int gpu, int local_rank, int tf32, char *err, s
     if (!lib) { error_set(err, len, "run.device = cuda: cannot load %s: %s", path, dlerror()); return NULL; }
     OpenFn open_fn = (OpenFn)dlsym(lib, "cuda_backend_open");
     CloseFn close = (CloseFn)dlsym(lib, "cuda_backend_close");
-    if (!open_fn || !close) { error_set(err, len, "run.device = cuda: %s is not a pcmoe CUDA backend (no cuda_backend_open)", path); return NULL; }
+    if (!open_fn || !close) {
+        error_set(err, len, "run.device = cuda: %s is not a pcmoe CUDA backend (no cuda_backend_open)", path);
+        return NULL;
+    }
     close_fn = close;
     return open_fn(gpu, local_rank, tf32, err, len); // (the library stays loaded until the process ends)
 #else
     (void)gpu; (void)local_rank; (void)tf32;
-    error_set(err, len, "run.device = cuda: this pcmoe was built without CUDA (configure --with-cuda; see README \"CUDA kernels\")");
+    error_set(err, len,
+              "run.device = cuda: this pcmoe was built without CUDA (configure --with-cuda; see README \"CUDA "
+              "kernels\")");
     return NULL;
 #endif
 }

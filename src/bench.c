@@ -51,7 +51,10 @@ static int hex4(const char *p, unsigned *v) {
     *v = 0;
     for (int i = 0; i < 4; i++) {
         char c = p[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
         if (d < 0) return 1;
         *v = *v * 16 + (unsigned)d;
     }
@@ -77,7 +80,8 @@ static int task_string(const char **p, Bytes *out) {
             unsigned cp, lo;
             if (hex4(s + 1, &cp)) return 1;
             s += 4;
-            if (cp >= 0xD800 && cp < 0xDC00 && s[1] == '\\' && s[2] == 'u' && !hex4(s + 3, &lo) && lo >= 0xDC00 && lo < 0xE000) {
+            if (cp >= 0xD800 && cp < 0xDC00 && s[1] == '\\' && s[2] == 'u' && !hex4(s + 3, &lo) && lo >= 0xDC00 &&
+                lo < 0xE000) {
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                 s += 6;
             }
@@ -117,7 +121,8 @@ static int task_skip(const char **p) {
 }
 
 // One task line: the query, the choices (appended to *choices, *n_choices of them) and gold.
-static int parse_line(const char *line, Bytes *query, Bytes **choices, int *n_choices, long *gold, char *why, size_t len) {
+static int parse_line(const char *line, Bytes *query, Bytes **choices, int *n_choices, long *gold, char *why,
+                      size_t len) {
     const char *p = skip_ws(line);
     int have_query = 0, have_choices = 0, have_gold = 0;
     if (*p != '{') return error_set(why, len, "not a JSON object");
@@ -169,7 +174,8 @@ static int parse_line(const char *line, Bytes *query, Bytes **choices, int *n_ch
     if (!have_query || !have_choices || !have_gold)
         return error_set(why, len, "needs \"query\", \"choices\" and \"gold\"");
     if (*n_choices < 2) return error_set(why, len, "\"choices\": %d choice(s); at least 2", *n_choices);
-    if (*gold < 0 || *gold >= *n_choices) return error_set(why, len, "\"gold\" = %ld: not a choice index (0 to %d)", *gold, *n_choices - 1);
+    if (*gold < 0 || *gold >= *n_choices)
+        return error_set(why, len, "\"gold\" = %ld: not a choice index (0 to %d)", *gold, *n_choices - 1);
     return 0;
 }
 
@@ -187,7 +193,8 @@ int bench_load(BenchTask *t, const char *path, char *err, size_t len) {
         Bytes *choices = NULL;
         int n_choices = 0;
         long gold = -1;
-        if (parse_line(line, &query, &choices, &n_choices, &gold, why, sizeof why)) rc = error_set(err, len, "%s:%d: %s", path, lineno, why);
+        if (parse_line(line, &query, &choices, &n_choices, &gold, why, sizeof why))
+            rc = error_set(err, len, "%s:%d: %s", path, lineno, why);
         if (!rc) {
             if (t->n_items + 2 > item_cap) {
                 item_cap = item_cap ? 2 * item_cap : 256;
@@ -329,7 +336,8 @@ int bench_run(const Config *c, Comm *comm, const RunOptions *ro, const BenchOpti
     BenchTask t;
     char err[2048] = "";
     comm_stop_if_failed(comm, bench_load(&t, o->task, err, sizeof err), err);
-    double *ll = mallocCheck(sizeof(double) * (size_t)t.n_pairs * r->n), *all = mallocCheck(sizeof(double) * 3 * (size_t)P);
+    double *ll = mallocCheck(sizeof(double) * (size_t)t.n_pairs * r->n),
+           *all = mallocCheck(sizeof(double) * 3 * (size_t)P);
     for (int q = 0; q < r->n; q++) {
         uint8_t *tok, *tgt;
         Model *m = run_party_model(r, q, &tok, &tgt);

@@ -37,7 +37,8 @@ static void tensor_path(char *out, size_t len, const char *root, const ParamTens
     snprintf(out, len, "%s/%s/%s", root, t->expert >= 0 ? "experts" : "backbone", t->name);
 }
 
-static void write_floats(H5Ctx *x, hid_t file, hid_t lcpl, const char *path, const ParamTensor *t, const float *data, int steps) {
+static void write_floats(H5Ctx *x, hid_t file, hid_t lcpl, const char *path, const ParamTensor *t, const float *data,
+                         int steps) {
     hsize_t dims[2] = {(hsize_t)t->rows, (hsize_t)t->cols};
     hid_t space = H5Screate_simple(t->cols == 1 ? 1 : 2, dims, NULL);
     hid_t d = H5Dcreate2(file, path, H5T_IEEE_F32LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
@@ -58,7 +59,8 @@ static void write_u64(H5Ctx *x, hid_t file, hid_t lcpl, const char *path, const 
     hsize_t dims[1] = {(hsize_t)n};
     hid_t space = H5Screate_simple(1, dims, NULL);
     hid_t d = H5Dcreate2(file, path, H5T_STD_U64LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    if (h5ok(x, d, "H5Dcreate2", path)) h5ok(x, H5Dwrite(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, v), "H5Dwrite", path);
+    if (h5ok(x, d, "H5Dcreate2", path))
+        h5ok(x, H5Dwrite(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, v), "H5Dwrite", path);
     if (d >= 0) H5Dclose(d);
     if (space >= 0) H5Sclose(space);
 }
@@ -92,9 +94,21 @@ typedef struct {
     void *mem; // the image, kept by image_free at file close
 } Image;
 
-static void *image_malloc(size_t size, H5FD_file_image_op_t op, void *udata) { (void)op; (void)udata; return malloc(size ? size : 1); }
-static void *image_memcpy(void *dest, const void *src, size_t size, H5FD_file_image_op_t op, void *udata) { (void)op; (void)udata; return memcpy(dest, src, size); }
-static void *image_realloc(void *ptr, size_t size, H5FD_file_image_op_t op, void *udata) { (void)op; (void)udata; return realloc(ptr, size ? size : 1); }
+static void *image_malloc(size_t size, H5FD_file_image_op_t op, void *udata) {
+    (void)op;
+    (void)udata;
+    return malloc(size ? size : 1);
+}
+static void *image_memcpy(void *dest, const void *src, size_t size, H5FD_file_image_op_t op, void *udata) {
+    (void)op;
+    (void)udata;
+    return memcpy(dest, src, size);
+}
+static void *image_realloc(void *ptr, size_t size, H5FD_file_image_op_t op, void *udata) {
+    (void)op;
+    (void)udata;
+    return realloc(ptr, size ? size : 1);
+}
 static herr_t image_free(void *ptr, H5FD_file_image_op_t op, void *udata) {
     Image *im = udata;
     if (op == H5FD_FILE_IMAGE_OP_FILE_CLOSE && im && !im->mem) im->mem = ptr; // the finished file: ours now
@@ -110,11 +124,15 @@ int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     H5Ctx x = {err, len, tmp, 0};
     Image im = {NULL};
-    H5FD_file_image_callbacks_t cb = {image_malloc, image_memcpy, image_realloc, image_free, image_udata_copy, image_udata_free, &im};
+    H5FD_file_image_callbacks_t cb = { image_malloc,     image_memcpy, image_realloc, image_free, image_udata_copy,
+                                       image_udata_free, &im };
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (!h5ok(&x, fapl, "H5Pcreate", "file access")) return 1;
     if (!h5ok(&x, H5Pset_fapl_core(fapl, (size_t)1 << 20, 0), "H5Pset_fapl_core", "") ||
-        !h5ok(&x, H5Pset_file_image_callbacks(fapl, &cb), "H5Pset_file_image_callbacks", "")) { H5Pclose(fapl); return 1; }
+        !h5ok(&x, H5Pset_file_image_callbacks(fapl, &cb), "H5Pset_file_image_callbacks", "")) {
+        H5Pclose(fapl);
+        return 1;
+    }
     hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
     if (!h5ok(&x, file, "H5Fcreate", "")) return 1;
@@ -163,10 +181,17 @@ int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
     }
     h5ok(&x, H5Fclose(file), "H5Fclose", "");
     if (!x.failed && !im.mem) { error_set(err, len, "%s: HDF5 returned no file image", tmp); x.failed = 1; }
-    if (!x.failed && write_all_sync(tmp, im.mem, size) != 0) { error_set(err, len, "%s: cannot write: %s", tmp, strerror(errno)); x.failed = 1; }
+    if (!x.failed && write_all_sync(tmp, im.mem, size) != 0) {
+        error_set(err, len, "%s: cannot write: %s", tmp, strerror(errno));
+        x.failed = 1;
+    }
     free(im.mem);
     if (x.failed) return 1;
-    if (rename(tmp, path) != 0) { error_set(err, len, "%s: rename to %s: %s", tmp, path, strerror(errno)); unlink(tmp); return 1; }
+    if (rename(tmp, path) != 0) {
+        error_set(err, len, "%s: rename to %s: %s", tmp, path, strerror(errno));
+        unlink(tmp);
+        return 1;
+    }
     return 0;
 }
 
@@ -174,10 +199,17 @@ int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
 
 static int read_attr_int(H5Ctx *x, hid_t obj, const char *name, int *v) {
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    if (a < 0) { if (!x->failed) error_set(x->err, x->len, "%s: missing attribute /meta/%s", x->file, name); x->failed = 1; return 0; }
+    if (a < 0) {
+        if (!x->failed) error_set(x->err, x->len, "%s: missing attribute /meta/%s", x->file, name);
+        x->failed = 1;
+        return 0;
+    }
     hid_t t = H5Aget_type(a);
     int ok = H5Tget_class(t) == H5T_INTEGER && H5Aget_storage_size(a) == 4;
-    if (!ok && !x->failed) { error_set(x->err, x->len, "%s: attribute /meta/%s is not a 32-bit integer", x->file, name); x->failed = 1; }
+    if (!ok && !x->failed) {
+        error_set(x->err, x->len, "%s: attribute /meta/%s is not a 32-bit integer", x->file, name);
+        x->failed = 1;
+    }
     if (ok) h5ok(x, H5Aread(a, H5T_NATIVE_INT, v), "H5Aread", name);
     H5Tclose(t);
     H5Aclose(a);
@@ -187,11 +219,19 @@ static int read_attr_int(H5Ctx *x, hid_t obj, const char *name, int *v) {
 // Reads a fixed-length string attribute into out (NUL-terminated, at most len-1 bytes).
 static int read_attr_str(H5Ctx *x, hid_t obj, const char *name, char *out, size_t len) {
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    if (a < 0) { if (!x->failed) error_set(x->err, x->len, "%s: missing attribute /meta/%s", x->file, name); x->failed = 1; return 0; }
+    if (a < 0) {
+        if (!x->failed) error_set(x->err, x->len, "%s: missing attribute /meta/%s", x->file, name);
+        x->failed = 1;
+        return 0;
+    }
     hid_t t = H5Aget_type(a);
     size_t size = H5Tget_size(t);
     int ok = H5Tget_class(t) == H5T_STRING && !H5Tis_variable_str(t) && size > 0 && size < len;
-    if (!ok && !x->failed) { error_set(x->err, x->len, "%s: attribute /meta/%s is not a string of at most %zu bytes", x->file, name, len - 1); x->failed = 1; }
+    if (!ok && !x->failed) {
+        error_set(x->err, x->len, "%s: attribute /meta/%s is not a string of at most %zu bytes", x->file, name,
+                  len - 1);
+        x->failed = 1;
+    }
     if (ok) {
         hid_t mt = H5Tcopy(H5T_C_S1);
         H5Tset_size(mt, size);
@@ -219,18 +259,31 @@ static int read_data(H5Ctx *x, hid_t file, const char *path, int ndim, const hsi
     for (int i = 0; ok && i < ndim; i++) ok = got[i] == dims[i];
     if (!ok) {
         char shape[64] = "", want[64] = "";
-        for (int i = 0; i < nd && i < 4; i++) snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%llu", i ? "x" : "", (unsigned long long)got[i]);
-        for (int i = 0; i < ndim; i++) snprintf(want + strlen(want), sizeof want - strlen(want), "%s%llu", i ? "x" : "", (unsigned long long)dims[i]);
-        error_set(x->err, x->len, "%s: dataset %s has shape %s (or the wrong type), expected %s", x->file, path, nd >= 0 ? shape : "?", want);
+        for (int i = 0; i < nd && i < 4; i++)
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%llu", i ? "x" : "",
+                     (unsigned long long)got[i]);
+        for (int i = 0; i < ndim; i++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%llu", i ? "x" : "",
+                     (unsigned long long)dims[i]);
+        error_set(x->err, x->len, "%s: dataset %s has shape %s (or the wrong type), expected %s", x->file, path,
+                  nd >= 0 ? shape : "?", want);
         x->failed = 1;
     } else {
         h5ok(x, H5Dread(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), "H5Dread", path);
     }
     if (ok && steps) {
         hid_t a = H5Aopen(d, "steps", H5P_DEFAULT);
-        if (a < 0) { error_set(x->err, x->len, "%s: dataset %s lacks its `steps` attribute", x->file, path); x->failed = 1; }
-        else { h5ok(x, H5Aread(a, H5T_NATIVE_INT, steps), "H5Aread steps", path); H5Aclose(a); }
-        if (!x->failed && *steps < 0) { error_set(x->err, x->len, "%s: %s: negative AdamW step count %d", x->file, path, *steps); x->failed = 1; }
+        if (a < 0) {
+            error_set(x->err, x->len, "%s: dataset %s lacks its `steps` attribute", x->file, path);
+            x->failed = 1;
+        } else {
+            h5ok(x, H5Aread(a, H5T_NATIVE_INT, steps), "H5Aread steps", path);
+            H5Aclose(a);
+        }
+        if (!x->failed && *steps < 0) {
+            error_set(x->err, x->len, "%s: %s: negative AdamW step count %d", x->file, path, *steps);
+            x->failed = 1;
+        }
     }
     if (sp >= 0) H5Sclose(sp);
     if (t >= 0) H5Tclose(t);
@@ -248,10 +301,21 @@ static int finite_all(const float *v, size_t n) {
 static hid_t open_file(H5Ctx *x, const char *path) {
     h5_quiet();
     struct stat st;
-    if (stat(path, &st) != 0) { error_set(x->err, x->len, "%s: cannot read checkpoint: %s", path, strerror(errno)); x->failed = 1; return -1; }
-    if (H5Fis_hdf5(path) <= 0) { error_set(x->err, x->len, "%s: not an HDF5 file (truncated or corrupt checkpoint?)", path); x->failed = 1; return -1; }
+    if (stat(path, &st) != 0) {
+        error_set(x->err, x->len, "%s: cannot read checkpoint: %s", path, strerror(errno));
+        x->failed = 1;
+        return -1;
+    }
+    if (H5Fis_hdf5(path) <= 0) {
+        error_set(x->err, x->len, "%s: not an HDF5 file (truncated or corrupt checkpoint?)", path);
+        x->failed = 1;
+        return -1;
+    }
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (file < 0) { error_set(x->err, x->len, "%s: cannot open as HDF5 (truncated or corrupt checkpoint?)", path); x->failed = 1; }
+    if (file < 0) {
+        error_set(x->err, x->len, "%s: cannot open as HDF5 (truncated or corrupt checkpoint?)", path);
+        x->failed = 1;
+    }
     return file;
 }
 
@@ -264,7 +328,11 @@ int ckpt_peek(const char *path, char *config, size_t text_len, int *step, int *p
     else {
         int version = 0;
         read_attr_int(&x, meta, "format_version", &version);
-        if (!x.failed && version != CKPT_FORMAT_VERSION) { error_set(err, len, "%s: checkpoint format version %d, this pcmoe reads %d", path, version, CKPT_FORMAT_VERSION); x.failed = 1; }
+        if (!x.failed && version != CKPT_FORMAT_VERSION) {
+            error_set(err, len, "%s: checkpoint format version %d, this pcmoe reads %d", path, version,
+                      CKPT_FORMAT_VERSION);
+            x.failed = 1;
+        }
         read_attr_int(&x, meta, "step", step);
         read_attr_int(&x, meta, "party", party);
         read_attr_str(&x, meta, "config", config, text_len);
@@ -285,7 +353,11 @@ int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
     int version = 0, step = 0, party = 0, n_parties = 0;
     char mode[32] = "", schedule[32] = "", *text = mallocCheck(1 << 20);
     read_attr_int(&x, meta, "format_version", &version);
-    if (!x.failed && version != CKPT_FORMAT_VERSION) { error_set(err, len, "%s: checkpoint format version %d, this pcmoe reads %d", path, version, CKPT_FORMAT_VERSION); x.failed = 1; }
+    if (!x.failed && version != CKPT_FORMAT_VERSION) {
+        error_set(err, len, "%s: checkpoint format version %d, this pcmoe reads %d", path, version,
+                  CKPT_FORMAT_VERSION);
+        x.failed = 1;
+    }
     read_attr_int(&x, meta, "step", &step);
     read_attr_int(&x, meta, "party", &party);
     read_attr_int(&x, meta, "n_parties", &n_parties);
@@ -294,14 +366,29 @@ int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
     read_attr_str(&x, meta, "config", text, 1 << 20);
     H5Gclose(meta);
     if (!x.failed && step < 0) { error_set(err, len, "%s: negative step %d", path, step); x.failed = 1; }
-    if (!x.failed && party != s->party) { error_set(err, len, "%s: holds party %d, expected party %d", path, party, s->party); x.failed = 1; }
-    if (!x.failed && n_parties != c->n_parties) { error_set(err, len, "%s: written by a run of %d parties, config has parties.count = %d", path, n_parties, c->n_parties); x.failed = 1; }
-    if (!x.failed && strcmp(mode, MODE_NAMES[c->mode])) { error_set(err, len, "%s: written in parties.mode = %s, config has %s", path, mode, MODE_NAMES[c->mode]); x.failed = 1; }
+    if (!x.failed && party != s->party) {
+        error_set(err, len, "%s: holds party %d, expected party %d", path, party, s->party);
+        x.failed = 1;
+    }
+    if (!x.failed && n_parties != c->n_parties) {
+        error_set(err, len, "%s: written by a run of %d parties, config has parties.count = %d", path, n_parties,
+                  c->n_parties);
+        x.failed = 1;
+    }
+    if (!x.failed && strcmp(mode, MODE_NAMES[c->mode])) {
+        error_set(err, len, "%s: written in parties.mode = %s, config has %s", path, mode, MODE_NAMES[c->mode]);
+        x.failed = 1;
+    }
     if (!x.failed) { // the model keys must match; training keys may change
         Config *stored = mallocCheck(sizeof(Config));
         char why[1024];
-        if (config_load_text(stored, text, why, sizeof why)) { error_set(err, len, "%s: stored config unreadable: %s", path, why); x.failed = 1; }
-        else if (config_diff_model(stored, c, 1, why, sizeof why)) { error_set(err, len, "%s: another model: %s", path, why); x.failed = 1; }
+        if (config_load_text(stored, text, why, sizeof why)) {
+            error_set(err, len, "%s: stored config unreadable: %s", path, why);
+            x.failed = 1;
+        } else if (config_diff_model(stored, c, 1, why, sizeof why)) {
+            error_set(err, len, "%s: another model: %s", path, why);
+            x.failed = 1;
+        }
         free(stored);
     }
     free(text);
@@ -314,7 +401,10 @@ int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
         int nd = t->cols == 1 ? 1 : 2;
         tensor_path(p, sizeof p, "", t);
         read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->params + t->offset, NULL);
-        if (!x.failed && !finite_all(m->params + t->offset, t->numel)) { error_set(err, len, "%s: %s holds NaN or Inf", path, p); x.failed = 1; }
+        if (!x.failed && !finite_all(m->params + t->offset, t->numel)) {
+            error_set(err, len, "%s: %s holds NaN or Inf", path, p);
+            x.failed = 1;
+        }
         tensor_path(p, sizeof p, "/optim/adam_m", t);
         read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->adam_m + t->offset, &m->adam_steps[i]);
         tensor_path(p, sizeof p, "/optim/adam_v", t);
@@ -350,7 +440,9 @@ void ckpt_step_dir(char *out, size_t len, const char *run_dir, int step) {
     snprintf(out, len, "%s/checkpoints/step_%08d", run_dir, step);
 }
 
-void ckpt_party_file(char *out, size_t len, const char *dir, int party) { snprintf(out, len, "%s/party_%d.h5", dir, party); }
+void ckpt_party_file(char *out, size_t len, const char *dir, int party) {
+    snprintf(out, len, "%s/party_%d.h5", dir, party);
+}
 
 void ckpt_marker_file(char *out, size_t len, const char *dir) { snprintf(out, len, "%s/%s", dir, CKPT_MARKER); }
 
@@ -367,7 +459,9 @@ static int is_complete(const char *run_dir, int step) {
     return ckpt_is_complete(dir);
 }
 
-static int cmp_int(const void *a, const void *b) { return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b); }
+static int cmp_int(const void *a, const void *b) {
+    return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b);
+}
 
 // All step directories (complete or not), ascending; returns the count (<= max stored).
 static int scan_steps(const char *run_dir, int *steps, int max) {
@@ -380,7 +474,8 @@ static int scan_steps(const char *run_dir, int *steps, int max) {
     while ((e = readdir(d))) {
         int step;
         char tail;
-        if (sscanf(e->d_name, "step_%d%c", &step, &tail) == 1 && step >= 0 && strlen(e->d_name) == 13 && n < max) steps[n++] = step;
+        if (sscanf(e->d_name, "step_%d%c", &step, &tail) == 1 && step >= 0 && strlen(e->d_name) == 13 && n < max)
+            steps[n++] = step;
     }
     closedir(d);
     qsort(steps, n, sizeof(int), cmp_int);
@@ -399,7 +494,9 @@ int ckpt_latest(const char *run_dir, char *ignored, size_t ignored_len) {
     if (ignored && ignored_len) ignored[0] = '\0';
     for (int i = n - 1; i >= 0; i--) {
         if (is_complete(run_dir, all[i])) return all[i];
-        if (ignored) snprintf(ignored + strlen(ignored), ignored_len - strlen(ignored), "%sstep_%08d", ignored[0] ? ", " : "", all[i]);
+        if (ignored)
+            snprintf(ignored + strlen(ignored), ignored_len - strlen(ignored), "%sstep_%08d", ignored[0] ? ", " : "",
+                     all[i]);
     }
     return -1;
 }

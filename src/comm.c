@@ -111,10 +111,12 @@ void comm_alltoallv_rows(Comm *c, MsgKind kind, const float *send, const int *se
     int P = c->n_parties;
     int *sc = c->counts[0], *sd = c->counts[1], *rc = c->counts[2], *rd = c->counts[3];
     for (int p = 0; p < P; p++) {
-        if (p == c->party && (send_rows[p] || recv_rows[p])) fail("internal: rows addressed to oneself in %s", MSG_KIND_NAMES[kind]);
+        if (p == c->party && (send_rows[p] || recv_rows[p]))
+            fail("internal: rows addressed to oneself in %s", MSG_KIND_NAMES[kind]);
         long s = (long)send_rows[p] * width, so = (long)send_offs[p] * width;
         long r = (long)recv_rows[p] * width, ro = (long)recv_offs[p] * width;
-        if (s > INT_MAX || so > INT_MAX || r > INT_MAX || ro > INT_MAX) fail("exchange of %s larger than 2^31 floats", MSG_KIND_NAMES[kind]);
+        if (s > INT_MAX || so > INT_MAX || r > INT_MAX || ro > INT_MAX)
+            fail("exchange of %s larger than 2^31 floats", MSG_KIND_NAMES[kind]);
         sc[p] = (int)s; sd[p] = (int)so; rc[p] = (int)r; rd[p] = (int)ro;
         comm_account(c, kind, p, 4.0 * s, 4.0 * r);
     }

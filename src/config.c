@@ -31,66 +31,151 @@ typedef struct {
 
 #define F(field) offsetof(Config, field)
 static const ConfigKey KEYS[] = {
-    {"parties", "count", KEY_INT, F(n_parties), 1, CONFIG_MAX_PARTIES, "1", "number of parties; pcmoe, local and fedavg run one MPI rank per party, centralized one rank in all", NULL},
-    {"parties", "mode", KEY_ENUM, F(mode), 0, 0, "pcmoe", "pcmoe (shared expert pool), centralized (one model on all parties' data), local (each party alone), fedavg (full models, weights averaged)", MODE_NAMES},
-    {"parties", "schedule", KEY_ENUM, F(schedule), 0, 0, "concurrent", "pcmoe: concurrent (every party trains each step) or sequential (parties take turns, the paper's schedule)", SCHEDULE_NAMES},
-    {"fedavg", "every", KEY_INT, F(fedavg_every), 1, 1e9, "10", "fedavg: average all weights across parties every this many steps", NULL},
-    {"privacy", "share_metrics", KEY_BOOL, F(share_metrics), 0, 1, "true", "send scalar metrics to rank 0 for one metrics.jsonl (false: each party writes metrics.party_N.jsonl itself)", NULL},
-    {"privacy", "shuffle_rows", KEY_BOOL, F(shuffle_rows), 0, 1, "true", "shuffle the rows bound for each expert with a private RNG before sending, so row order says nothing of token positions", NULL},
-    {"privacy", "shuffle_seed", KEY_INT64, F(shuffle_seed), 0, 9.2e18, "0", "seed of the private row shuffle: 0 = from /dev/urandom (private; runs then differ in the last bits), else shuffle_seed + party (reproducible runs and tests)", NULL},
-    {"privacy", "check_finite", KEY_BOOL, F(check_finite), 0, 1, "true", "check that every row and gradient received from a peer is finite; a peer that sends NaN or Inf stops the job, named", NULL},
-    {"privacy", "noise_std", KEY_FLOAT, F(noise_std), 0, 100, "0", "std of Gaussian noise added to every row sent to another party (a defence against reconstruction; costs accuracy)", NULL},
-    {"privacy", "clip_norm", KEY_FLOAT, F(clip_norm), 0, 1e6, "0", "the DP defence: every expert-input row sent to another party is scaled to at most this L2 norm, then gets noise (noise_multiplier); 0 = off; needs grad_clip_norm", NULL},
-    {"privacy", "grad_clip_norm", KEY_FLOAT, F(grad_clip_norm), 0, 1e6, "0", "the DP defence: every output-gradient row sent back to an owner is scaled to at most this L2 norm, then gets noise; set with clip_norm", NULL},
-    {"privacy", "noise_multiplier", KEY_FLOAT, F(noise_multiplier), 0, 1e4, "0", "the DP defence: Gaussian noise of std noise_multiplier x the clip norm on every coordinate of every clipped row sent; epsilon in summary.json", NULL},
-    {"privacy", "target_epsilon", KEY_FLOAT, F(target_epsilon), 0, 1e6, "0", "> 0: choose each party's noise_multiplier so that its planned run reaches this epsilon (instead of setting noise_multiplier)", NULL},
-    {"privacy", "delta", KEY_FLOAT, F(dp_delta), 1e-12, 0.5, "1e-05", "the delta of the (epsilon, delta) guarantee the accountant reports", NULL},
-    {"privacy", "same_backbone_init", KEY_BOOL, F(same_backbone_init), 0, 1, "false", "start every party's backbone from the same weights, as when all fine-tune one public model (a control of the attack study)", NULL},
-    {"privacy", "record_received", KEY_STRING, F(record_dir), 0, 0, "", "STUDY ONLY, off by default: every owner records the rows it receives (and every sender the true bytes) into this directory, for pcmoe attack", NULL},
-    {"checkpoint", "every", KEY_INT, F(ckpt_every), 0, 1e9, "1000", "write RUN/checkpoints/step_N/party_R.h5 every this many steps and after the last step (0 = never)", NULL},
-    {"checkpoint", "keep", KEY_INT, F(ckpt_keep), 1, 1e6, "3", "complete checkpoints kept on disk; older ones are deleted", NULL},
-    {"model", "vocab_size", KEY_INT, F(vocab_size), 256, 65536, "256", "vocabulary size; tokens are bytes, so 256", NULL},
-    {"model", "d_model", KEY_INT, F(d_model), 4, 65536, "128", "residual stream width d", NULL},
-    {"model", "n_layers", KEY_INT, F(n_layers), 1, 1024, "4", "transformer blocks", NULL},
-    {"model", "n_heads", KEY_INT, F(n_heads), 1, 1024, "4", "attention heads; d_model/n_heads must be even (RoPE)", NULL},
-    {"model", "seq_len", KEY_INT, F(seq_len), 2, 65536, "128", "context length in bytes", NULL},
-    {"model", "d_ff", KEY_INT, F(d_ff), 1, 1 << 20, "512", "hidden width of the dense SwiGLU FFN in non-MoE layers", NULL},
-    {"model", "n_experts", KEY_INT, F(n_experts), 1, 4096, "8", "experts per MoE layer (the shared pool)", NULL},
-    {"model", "top_k", KEY_INT, F(top_k), 1, 4096, "2", "experts chosen per token; <= n_experts", NULL},
-    {"model", "expert_ff", KEY_INT, F(expert_ff), 1, 1 << 20, "256", "hidden width of each SwiGLU expert", NULL},
-    {"model", "private_layers", KEY_INT, F(private_layers), 0, 1024, "0", "the first private_layers layers have dense FFNs (d_ff) of the party's own instead of MoE: their hidden rows never leave the party (a defence: the early layers' rows are the easiest to invert)", NULL},
-    {"model", "moe_every", KEY_INT, F(moe_every), 1, 1024, "1", "layer l (0-based) is MoE when (l+1) % moe_every == 0; <= n_layers", NULL},
-    {"model", "aux_loss_coef", KEY_FLOAT, F(aux_loss_coef), 0, 1000, "0.01", "Switch load-balancing loss coefficient", NULL},
-    {"model", "z_loss_coef", KEY_FLOAT, F(z_loss_coef), 0, 1000, "0.001", "router z-loss coefficient", NULL},
-    {"model", "rope_theta", KEY_FLOAT, F(rope_theta), 1, 1e12, "10000", "RoPE frequency base", NULL},
-    {"model", "norm_eps", KEY_FLOAT, F(norm_eps), 1e-12, 1, "1e-05", "RMSNorm epsilon", NULL},
-    {"model", "recompute_experts", KEY_ENUM, F(recompute_experts), 0, 0, "auto", "keep only the rows' inputs for each expert's backward and recompute its hidden activations there (less memory, 1/3 more expert FLOPs in the backward; bit for bit the same results): true, false, or auto = true for experts served to other parties (pcmoe over MPI), false for local experts; may differ from a checkpoint's", RECOMPUTE_NAMES},
-    {"model", "recompute_attention", KEY_ENUM, F(recompute_attention), 0, 0, "auto", "keep only each layer's input until the backward and recompute its attention sub-block and FFN norm there (less activation memory, one attention sub-block forward more per layer; bit for bit the same results): true, false, or auto = true for a pcmoe party over MPI, false otherwise; may differ from a checkpoint's", RECOMPUTE_NAMES},
-    {"model", "init_std", KEY_FLOAT, F(init_std), 1e-6, 10, "0.02", "std of the normal init of matrices (output projections scaled by 1/sqrt(2*n_layers))", NULL},
-    {"train", "steps", KEY_INT, F(steps), 1, 1e9, "1000", "optimizer steps", NULL},
-    {"train", "batch_size", KEY_INT, F(batch_size), 1, 1 << 20, "16", "sequences per step", NULL},
-    {"train", "lr", KEY_FLOAT, F(lr), 0, 10, "0.002", "peak learning rate", NULL},
-    {"train", "min_lr", KEY_FLOAT, F(min_lr), 0, 10, "0.0002", "learning rate at the end of the cosine decay; <= lr", NULL},
-    {"train", "warmup_steps", KEY_INT, F(warmup_steps), 0, 1e9, "50", "linear warmup steps; <= steps", NULL},
-    {"train", "weight_decay", KEY_FLOAT, F(weight_decay), 0, 10, "0.1", "AdamW decoupled weight decay (matrices only, never norms)", NULL},
-    {"train", "beta1", KEY_FLOAT, F(beta1), 0, 0.999999, "0.9", "AdamW first-moment decay", NULL},
-    {"train", "beta2", KEY_FLOAT, F(beta2), 0, 0.999999, "0.95", "AdamW second-moment decay", NULL},
-    {"train", "adam_eps", KEY_FLOAT, F(adam_eps), 1e-30, 1, "1e-08", "AdamW epsilon", NULL},
-    {"train", "grad_clip", KEY_FLOAT, F(grad_clip), 0, 1e9, "1", "clip the global gradient norm to this (0 = off)", NULL},
-    {"train", "seed", KEY_INT64, F(seed), 0, 9.2e18, "1337", "seed of initialisation and batch sampling", NULL},
-    {"train", "init_from", KEY_STRING, F(init_from), 0, 0, "", "start from the weights of a complete checkpoint directory (RUN/checkpoints/step_N) of a run with the same model keys: a single-party or centralized run, or a pcmoe run with the same parties; each party reads its backbone and only the experts it owns; AdamW state and the step count start fresh (\"\" = random init)", NULL},
-    {"train", "eval_every", KEY_INT, F(eval_every), 0, 1e9, "100", "validate every this many steps (0 = at the end only)", NULL},
-    {"train", "eval_batches", KEY_INT, F(eval_batches), 1, 1e6, "8", "batches of batch_size windows per validation", NULL},
-    {"train", "log_every", KEY_INT, F(log_every), 1, 1e9, "10", "write a metrics.jsonl line every this many steps", NULL},
-    {"data", "val_fraction", KEY_FLOAT, F(val_fraction), 1e-6, 0.5, "0.1", "last fraction of each corpus held out for validation", NULL},
-    {"data", "<N>", KEY_STRING, F(data_path), 0, 0, "", "corpus of party N: a text file or a directory of files (read as bytes); data.0 is required", NULL},
-    {"run", "dir", KEY_STRING, F(run_dir), 0, 0, "runs/default", "output directory (config.ini, metrics.jsonl, summary.json)", NULL},
-    {"run", "threads", KEY_INT, F(threads), 0, 4096, "0", "OpenMP threads (0 = OpenMP's default: OMP_NUM_THREADS or all cores)", NULL},
-    {"run", "blas_threads", KEY_INT, F(blas_threads), 0, 4096, "0", "BLAS threads (0 = auto: 1 with a pthreads OpenBLAS, whose pool fights OpenMP's; else run.threads)", NULL},
-    {"run", "device", KEY_ENUM, F(device), 0, 0, "cpu", "where the model lives and runs: cpu, or cuda (parameters, gradients, AdamW state and activations in GPU memory; every mode)", DEVICE_NAMES},
-    {"run", "gpu", KEY_INT, F(gpu), -1, 1023, "-1", "run.device = cuda: the GPU of this rank (-1 = its node-local rank modulo the number of GPUs)", NULL},
-    {"run", "cuda_aware_mpi", KEY_ENUM, F(cuda_aware_mpi), 0, 0, "auto", "run.device = cuda, pcmoe: hand MPI device buffers (on), or stage rows through page-locked host buffers (off); auto = on when Open MPI reports CUDA support (MPIX_Query_cuda_support)", CUDA_AWARE_NAMES},
-    {"run", "tf32", KEY_BOOL, F(tf32), 0, 1, "false", "run.device = cuda: let cuBLAS run fp32 GEMMs on TF32 tensor cores (faster on sm_80+, ~1e-3 relative error per product; off = exact fp32)", NULL},
+    {"parties", "count", KEY_INT, F(n_parties), 1, CONFIG_MAX_PARTIES, "1",
+     "number of parties; pcmoe, local and fedavg run one MPI rank per party, centralized one rank in all", NULL},
+    {"parties", "mode", KEY_ENUM, F(mode), 0, 0, "pcmoe",
+     "pcmoe (shared expert pool), centralized (one model on all parties' data), local (each party alone), fedavg "
+     "(full models, weights averaged)", MODE_NAMES},
+    {"parties", "schedule", KEY_ENUM, F(schedule), 0, 0, "concurrent",
+     "pcmoe: concurrent (every party trains each step) or sequential (parties take turns, the paper's schedule)",
+     SCHEDULE_NAMES},
+    {"fedavg", "every", KEY_INT, F(fedavg_every), 1, 1e9, "10",
+     "fedavg: average all weights across parties every this many steps", NULL},
+    {"privacy", "share_metrics", KEY_BOOL, F(share_metrics), 0, 1, "true",
+     "send scalar metrics to rank 0 for one metrics.jsonl (false: each party writes metrics.party_N.jsonl itself)",
+     NULL},
+    {"privacy", "shuffle_rows", KEY_BOOL, F(shuffle_rows), 0, 1, "true",
+     "shuffle the rows bound for each expert with a private RNG before sending, so row order says nothing of token "
+     "positions", NULL},
+    {"privacy", "shuffle_seed", KEY_INT64, F(shuffle_seed), 0, 9.2e18, "0",
+     "seed of the private row shuffle: 0 = from /dev/urandom (private; runs then differ in the last bits), else "
+     "shuffle_seed + party (reproducible runs and tests)", NULL},
+    {"privacy", "check_finite", KEY_BOOL, F(check_finite), 0, 1, "true",
+     "check that every row and gradient received from a peer is finite; a peer that sends NaN or Inf stops the "
+     "job, named", NULL},
+    {"privacy", "noise_std", KEY_FLOAT, F(noise_std), 0, 100, "0",
+     "std of Gaussian noise added to every row sent to another party (a defence against reconstruction; costs "
+     "accuracy)", NULL},
+    {"privacy", "clip_norm", KEY_FLOAT, F(clip_norm), 0, 1e6, "0",
+     "the DP defence: every expert-input row sent to another party is scaled to at most this L2 norm, then gets "
+     "noise (noise_multiplier); 0 = off; needs grad_clip_norm", NULL},
+    {"privacy", "grad_clip_norm", KEY_FLOAT, F(grad_clip_norm), 0, 1e6, "0",
+     "the DP defence: every output-gradient row sent back to an owner is scaled to at most this L2 norm, then gets "
+     "noise; set with clip_norm", NULL},
+    {"privacy", "noise_multiplier", KEY_FLOAT, F(noise_multiplier), 0, 1e4, "0",
+     "the DP defence: Gaussian noise of std noise_multiplier x the clip norm on every coordinate of every clipped "
+     "row sent; epsilon in summary.json", NULL},
+    {"privacy", "target_epsilon", KEY_FLOAT, F(target_epsilon), 0, 1e6, "0",
+     "> 0: choose each party's noise_multiplier so that its planned run reaches this epsilon (instead of setting "
+     "noise_multiplier)", NULL},
+    {"privacy", "delta", KEY_FLOAT, F(dp_delta), 1e-12, 0.5, "1e-05",
+     "the delta of the (epsilon, delta) guarantee the accountant reports", NULL},
+    {"privacy", "same_backbone_init", KEY_BOOL, F(same_backbone_init), 0, 1, "false",
+     "start every party's backbone from the same weights, as when all fine-tune one public model (a control of the "
+     "attack study)", NULL},
+    {"privacy", "record_received", KEY_STRING, F(record_dir), 0, 0, "",
+     "STUDY ONLY, off by default: every owner records the rows it receives (and every sender the true bytes) into "
+     "this directory, for pcmoe attack", NULL},
+    {"checkpoint", "every", KEY_INT, F(ckpt_every), 0, 1e9, "1000",
+     "write RUN/checkpoints/step_N/party_R.h5 every this many steps and after the last step (0 = never)", NULL},
+    {"checkpoint", "keep", KEY_INT, F(ckpt_keep), 1, 1e6, "3",
+     "complete checkpoints kept on disk; older ones are deleted", NULL},
+    {"model", "vocab_size", KEY_INT, F(vocab_size), 256, 65536, "256",
+     "vocabulary size; tokens are bytes, so 256", NULL},
+    {"model", "d_model", KEY_INT, F(d_model), 4, 65536, "128",
+     "residual stream width d", NULL},
+    {"model", "n_layers", KEY_INT, F(n_layers), 1, 1024, "4",
+     "transformer blocks", NULL},
+    {"model", "n_heads", KEY_INT, F(n_heads), 1, 1024, "4",
+     "attention heads; d_model/n_heads must be even (RoPE)", NULL},
+    {"model", "seq_len", KEY_INT, F(seq_len), 2, 65536, "128",
+     "context length in bytes", NULL},
+    {"model", "d_ff", KEY_INT, F(d_ff), 1, 1 << 20, "512",
+     "hidden width of the dense SwiGLU FFN in non-MoE layers", NULL},
+    {"model", "n_experts", KEY_INT, F(n_experts), 1, 4096, "8",
+     "experts per MoE layer (the shared pool)", NULL},
+    {"model", "top_k", KEY_INT, F(top_k), 1, 4096, "2",
+     "experts chosen per token; <= n_experts", NULL},
+    {"model", "expert_ff", KEY_INT, F(expert_ff), 1, 1 << 20, "256",
+     "hidden width of each SwiGLU expert", NULL},
+    {"model", "private_layers", KEY_INT, F(private_layers), 0, 1024, "0",
+     "the first private_layers layers have dense FFNs (d_ff) of the party's own instead of MoE: their hidden rows "
+     "never leave the party (a defence: the early layers' rows are the easiest to invert)", NULL},
+    {"model", "moe_every", KEY_INT, F(moe_every), 1, 1024, "1",
+     "layer l (0-based) is MoE when (l+1) % moe_every == 0; <= n_layers", NULL},
+    {"model", "aux_loss_coef", KEY_FLOAT, F(aux_loss_coef), 0, 1000, "0.01",
+     "Switch load-balancing loss coefficient", NULL},
+    {"model", "z_loss_coef", KEY_FLOAT, F(z_loss_coef), 0, 1000, "0.001",
+     "router z-loss coefficient", NULL},
+    {"model", "rope_theta", KEY_FLOAT, F(rope_theta), 1, 1e12, "10000",
+     "RoPE frequency base", NULL},
+    {"model", "norm_eps", KEY_FLOAT, F(norm_eps), 1e-12, 1, "1e-05",
+     "RMSNorm epsilon", NULL},
+    {"model", "recompute_experts", KEY_ENUM, F(recompute_experts), 0, 0, "auto",
+     "keep only the rows' inputs for each expert's backward and recompute its hidden activations there (less "
+     "memory, 1/3 more expert FLOPs in the backward; bit for bit the same results): true, false, or auto = true "
+     "for experts served to other parties (pcmoe over MPI), false for local experts; may differ from a "
+     "checkpoint's", RECOMPUTE_NAMES},
+    {"model", "recompute_attention", KEY_ENUM, F(recompute_attention), 0, 0, "auto",
+     "keep only each layer's input until the backward and recompute its attention sub-block and FFN norm there "
+     "(less activation memory, one attention sub-block forward more per layer; bit for bit the same results): "
+     "true, false, or auto = true for a pcmoe party over MPI, false otherwise; may differ from a checkpoint's",
+     RECOMPUTE_NAMES},
+    {"model", "init_std", KEY_FLOAT, F(init_std), 1e-6, 10, "0.02",
+     "std of the normal init of matrices (output projections scaled by 1/sqrt(2*n_layers))", NULL},
+    {"train", "steps", KEY_INT, F(steps), 1, 1e9, "1000",
+     "optimizer steps", NULL},
+    {"train", "batch_size", KEY_INT, F(batch_size), 1, 1 << 20, "16",
+     "sequences per step", NULL},
+    {"train", "lr", KEY_FLOAT, F(lr), 0, 10, "0.002",
+     "peak learning rate", NULL},
+    {"train", "min_lr", KEY_FLOAT, F(min_lr), 0, 10, "0.0002",
+     "learning rate at the end of the cosine decay; <= lr", NULL},
+    {"train", "warmup_steps", KEY_INT, F(warmup_steps), 0, 1e9, "50",
+     "linear warmup steps; <= steps", NULL},
+    {"train", "weight_decay", KEY_FLOAT, F(weight_decay), 0, 10, "0.1",
+     "AdamW decoupled weight decay (matrices only, never norms)", NULL},
+    {"train", "beta1", KEY_FLOAT, F(beta1), 0, 0.999999, "0.9",
+     "AdamW first-moment decay", NULL},
+    {"train", "beta2", KEY_FLOAT, F(beta2), 0, 0.999999, "0.95",
+     "AdamW second-moment decay", NULL},
+    {"train", "adam_eps", KEY_FLOAT, F(adam_eps), 1e-30, 1, "1e-08",
+     "AdamW epsilon", NULL},
+    {"train", "grad_clip", KEY_FLOAT, F(grad_clip), 0, 1e9, "1",
+     "clip the global gradient norm to this (0 = off)", NULL},
+    {"train", "seed", KEY_INT64, F(seed), 0, 9.2e18, "1337",
+     "seed of initialisation and batch sampling", NULL},
+    {"train", "init_from", KEY_STRING, F(init_from), 0, 0, "",
+     "start from the weights of a complete checkpoint directory (RUN/checkpoints/step_N) of a run with the same "
+     "model keys: a single-party or centralized run, or a pcmoe run with the same parties; each party reads its "
+     "backbone and only the experts it owns; AdamW state and the step count start fresh (\"\" = random init)", NULL},
+    {"train", "eval_every", KEY_INT, F(eval_every), 0, 1e9, "100",
+     "validate every this many steps (0 = at the end only)", NULL},
+    {"train", "eval_batches", KEY_INT, F(eval_batches), 1, 1e6, "8",
+     "batches of batch_size windows per validation", NULL},
+    {"train", "log_every", KEY_INT, F(log_every), 1, 1e9, "10",
+     "write a metrics.jsonl line every this many steps", NULL},
+    {"data", "val_fraction", KEY_FLOAT, F(val_fraction), 1e-6, 0.5, "0.1",
+     "last fraction of each corpus held out for validation", NULL},
+    {"data", "<N>", KEY_STRING, F(data_path), 0, 0, "",
+     "corpus of party N: a text file or a directory of files (read as bytes); data.0 is required", NULL},
+    {"run", "dir", KEY_STRING, F(run_dir), 0, 0, "runs/default",
+     "output directory (config.ini, metrics.jsonl, summary.json)", NULL},
+    {"run", "threads", KEY_INT, F(threads), 0, 4096, "0",
+     "OpenMP threads (0 = OpenMP's default: OMP_NUM_THREADS or all cores)", NULL},
+    {"run", "blas_threads", KEY_INT, F(blas_threads), 0, 4096, "0",
+     "BLAS threads (0 = auto: 1 with a pthreads OpenBLAS, whose pool fights OpenMP's; else run.threads)", NULL},
+    {"run", "device", KEY_ENUM, F(device), 0, 0, "cpu",
+     "where the model lives and runs: cpu, or cuda (parameters, gradients, AdamW state and activations in GPU "
+     "memory; every mode)", DEVICE_NAMES},
+    {"run", "gpu", KEY_INT, F(gpu), -1, 1023, "-1",
+     "run.device = cuda: the GPU of this rank (-1 = its node-local rank modulo the number of GPUs)", NULL},
+    {"run", "cuda_aware_mpi", KEY_ENUM, F(cuda_aware_mpi), 0, 0, "auto",
+     "run.device = cuda, pcmoe: hand MPI device buffers (on), or stage rows through page-locked host buffers "
+     "(off); auto = on when Open MPI reports CUDA support (MPIX_Query_cuda_support)", CUDA_AWARE_NAMES},
+    {"run", "tf32", KEY_BOOL, F(tf32), 0, 1, "false",
+     "run.device = cuda: let cuBLAS run fp32 GEMMs on TF32 tensor cores (faster on sm_80+, ~1e-3 relative error "
+     "per product; off = exact fp32)", NULL},
 };
 #undef F
 #define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
@@ -142,7 +227,8 @@ static int set_value(Config *c, int ki, const char *value, const char *where, ch
         if (end == value || *end != '\0' || errno == ERANGE)
             return error_set(err, len, "%s: %s.%s = '%s': not an integer", where, k->section, k->key, value);
         if ((double)v < k->min || (double)v > k->max)
-            return error_set(err, len, "%s: %s.%s = %s: out of range [%.10g, %.10g]", where, k->section, k->key, value, k->min, k->max);
+            return error_set(err, len, "%s: %s.%s = %s: out of range [%.10g, %.10g]", where, k->section, k->key, value,
+                             k->min, k->max);
         if (k->type == KEY_INT) *(int *)p = (int)v;
         else *(int64_t *)p = (int64_t)v;
         break;
@@ -152,14 +238,19 @@ static int set_value(Config *c, int ki, const char *value, const char *where, ch
         if (end == value || *end != '\0' || errno == ERANGE || !isfinite(v))
             return error_set(err, len, "%s: %s.%s = '%s': not a finite number", where, k->section, k->key, value);
         if (v < k->min || v > k->max)
-            return error_set(err, len, "%s: %s.%s = %s: out of range [%.10g, %.10g]", where, k->section, k->key, value, k->min, k->max);
+            return error_set(err, len, "%s: %s.%s = %s: out of range [%.10g, %.10g]", where, k->section, k->key, value,
+                             k->min, k->max);
         *(float *)p = (float)v;
         break;
     }
     case KEY_BOOL:
-        if (!strcmp(value, "true") || !strcmp(value, "yes") || !strcmp(value, "on") || !strcmp(value, "1")) *(int *)p = 1;
-        else if (!strcmp(value, "false") || !strcmp(value, "no") || !strcmp(value, "off") || !strcmp(value, "0")) *(int *)p = 0;
-        else return error_set(err, len, "%s: %s.%s = '%s': not a boolean (true or false)", where, k->section, k->key, value);
+        if (!strcmp(value, "true") || !strcmp(value, "yes") || !strcmp(value, "on") || !strcmp(value, "1"))
+            *(int *)p = 1;
+        else if (!strcmp(value, "false") || !strcmp(value, "no") || !strcmp(value, "off") || !strcmp(value, "0"))
+            *(int *)p = 0;
+        else
+            return error_set(err, len, "%s: %s.%s = '%s': not a boolean (true or false)", where, k->section, k->key,
+                             value);
         break;
     case KEY_ENUM: {
         char allowed[256] = "";
@@ -172,7 +263,8 @@ static int set_value(Config *c, int ki, const char *value, const char *where, ch
     case KEY_STRING:
         if (!*value) return error_set(err, len, "%s: %s.%s: empty value", where, k->section, k->key);
         if (strlen(value) >= CONFIG_PATH_LEN)
-            return error_set(err, len, "%s: %s.%s: value longer than %d characters", where, k->section, k->key, CONFIG_PATH_LEN - 1);
+            return error_set(err, len, "%s: %s.%s: value longer than %d characters", where, k->section, k->key,
+                             CONFIG_PATH_LEN - 1);
         strcpy(p, value);
         break;
     }
@@ -191,7 +283,8 @@ static int assign(Config *c, Origins *o, const char *section, const char *key, c
                 return error_set(err, len, "%s: data.%s: party index must be < %d", where, key, CONFIG_MAX_PARTIES);
             if (!*value) return error_set(err, len, "%s: data.%s: empty path", where, key);
             if (strlen(value) >= CONFIG_PATH_LEN)
-                return error_set(err, len, "%s: data.%s: path longer than %d characters", where, key, CONFIG_PATH_LEN - 1);
+                return error_set(err, len, "%s: data.%s: path longer than %d characters", where, key,
+                                 CONFIG_PATH_LEN - 1);
             strcpy(c->data_path[n], value);
             snprintf(o->data_where[n], sizeof o->data_where[n], "%s", where);
             return 0;
@@ -222,12 +315,18 @@ static int load_stream(Config *c, Origins *o, FILE *f, const char *path, char *e
                 break;
             }
         if (rc) break;
-        if (!strchr(line, '\n') && !feof(f)) { rc = error_set(err, len, "%s: line longer than %zu characters", where, sizeof line - 2); break; }
+        if (!strchr(line, '\n') && !feof(f)) {
+            rc = error_set(err, len, "%s: line longer than %zu characters", where, sizeof line - 2);
+            break;
+        }
         char *s = trim(line);
         if (!*s || *s == '#' || *s == ';') continue;
         if (*s == '[') {
             char *e = strchr(s, ']');
-            if (!e || trim(e + 1)[0] != '\0') { rc = error_set(err, len, "%s: malformed section header '%s'", where, s); break; }
+            if (!e || trim(e + 1)[0] != '\0') {
+                rc = error_set(err, len, "%s: malformed section header '%s'", where, s);
+                break;
+            }
             *e = '\0';
             char *name = trim(s + 1);
             if (strlen(name) >= sizeof section || !section_known(name)) {
@@ -265,46 +364,68 @@ static const char *where_of(const Origins *o, const char *section, const char *k
 // Checks that involve several keys.
 static int validate(const Config *c, const Origins *o, char *err, size_t len) {
     if (c->d_model % c->n_heads != 0)
-        return error_set(err, len, "%s: model.n_heads = %d: must divide model.d_model = %d", where_of(o, "model", "n_heads"), c->n_heads, c->d_model);
+        return error_set(err, len, "%s: model.n_heads = %d: must divide model.d_model = %d",
+                         where_of(o, "model", "n_heads"), c->n_heads, c->d_model);
     if ((c->d_model / c->n_heads) % 2 != 0)
-        return error_set(err, len, "%s: model.n_heads = %d: head size d_model/n_heads = %d must be even (RoPE)", where_of(o, "model", "n_heads"), c->n_heads, c->d_model / c->n_heads);
+        return error_set(err, len, "%s: model.n_heads = %d: head size d_model/n_heads = %d must be even (RoPE)",
+                         where_of(o, "model", "n_heads"), c->n_heads, c->d_model / c->n_heads);
     if (c->top_k > c->n_experts)
-        return error_set(err, len, "%s: model.top_k = %d: must be <= model.n_experts = %d", where_of(o, "model", "top_k"), c->top_k, c->n_experts);
+        return error_set(err, len, "%s: model.top_k = %d: must be <= model.n_experts = %d",
+                         where_of(o, "model", "top_k"), c->top_k, c->n_experts);
     if (c->moe_every > c->n_layers)
-        return error_set(err, len, "%s: model.moe_every = %d: must be <= model.n_layers = %d (else no layer is MoE)", where_of(o, "model", "moe_every"), c->moe_every, c->n_layers);
+        return error_set(err, len, "%s: model.moe_every = %d: must be <= model.n_layers = %d (else no layer is MoE)",
+                         where_of(o, "model", "moe_every"), c->moe_every, c->n_layers);
     int moe_layers = 0;
     for (int l = c->private_layers; l < c->n_layers; l++) moe_layers += (l + 1) % c->moe_every == 0;
     if (c->moe_every <= c->n_layers && moe_layers == 0)
-        return error_set(err, len, "%s: model.private_layers = %d: leaves no MoE layer (n_layers = %d, moe_every = %d)", where_of(o, "model", "private_layers"),
-                         c->private_layers, c->n_layers, c->moe_every);
+        return error_set(err, len, "%s: model.private_layers = %d: leaves no MoE layer (n_layers = %d, moe_every = %d)",
+                         where_of(o, "model", "private_layers"), c->private_layers, c->n_layers, c->moe_every);
     if (c->min_lr > c->lr)
-        return error_set(err, len, "%s: train.min_lr = %g: must be <= train.lr = %g", where_of(o, "train", "min_lr"), c->min_lr, c->lr);
+        return error_set(err, len, "%s: train.min_lr = %g: must be <= train.lr = %g", where_of(o, "train", "min_lr"),
+                         c->min_lr, c->lr);
     if (c->warmup_steps > c->steps)
-        return error_set(err, len, "%s: train.warmup_steps = %d: must be <= train.steps = %d", where_of(o, "train", "warmup_steps"), c->warmup_steps, c->steps);
+        return error_set(err, len, "%s: train.warmup_steps = %d: must be <= train.steps = %d",
+                         where_of(o, "train", "warmup_steps"), c->warmup_steps, c->steps);
     if (c->mode == MODE_PCMOE && c->n_parties > c->n_experts)
-        return error_set(err, len, "%s: parties.count = %d: must be <= model.n_experts = %d in pcmoe mode (each party owns at least one expert)",
+        return error_set(err, len,
+                         "%s: parties.count = %d: must be <= model.n_experts = %d in pcmoe mode (each party owns at "
+                         "least one expert)",
                          where_of(o, "parties", "count"), c->n_parties, c->n_experts);
     if ((c->clip_norm > 0) != (c->grad_clip_norm > 0))
-        return error_set(err, len, "%s: privacy.%s = 0: privacy.clip_norm and privacy.grad_clip_norm go together (rows and their gradients both cross); set both",
-                         where_of(o, "privacy", c->clip_norm > 0 ? "grad_clip_norm" : "clip_norm"), c->clip_norm > 0 ? "grad_clip_norm" : "clip_norm");
+        return error_set(err, len,
+                         "%s: privacy.%s = 0: privacy.clip_norm and privacy.grad_clip_norm go together (rows and their "
+                         "gradients both cross); set both",
+                         where_of(o, "privacy", c->clip_norm > 0 ? "grad_clip_norm" : "clip_norm"),
+                         c->clip_norm > 0 ? "grad_clip_norm" : "clip_norm");
     if ((c->noise_multiplier > 0 || c->target_epsilon > 0) && c->clip_norm <= 0)
-        return error_set(err, len, "%s: privacy.%s needs privacy.clip_norm and privacy.grad_clip_norm (the noise is relative to the clip norms)",
-                         where_of(o, "privacy", c->noise_multiplier > 0 ? "noise_multiplier" : "target_epsilon"), c->noise_multiplier > 0 ? "noise_multiplier" : "target_epsilon");
+        return error_set(err, len,
+                         "%s: privacy.%s needs privacy.clip_norm and privacy.grad_clip_norm (the noise is relative to "
+                         "the clip norms)",
+                         where_of(o, "privacy", c->noise_multiplier > 0 ? "noise_multiplier" : "target_epsilon"),
+                         c->noise_multiplier > 0 ? "noise_multiplier" : "target_epsilon");
     if (c->noise_multiplier > 0 && c->target_epsilon > 0)
-        return error_set(err, len, "%s: privacy.target_epsilon = %g: give it or privacy.noise_multiplier = %g, not both", where_of(o, "privacy", "target_epsilon"),
-                         c->target_epsilon, c->noise_multiplier);
+        return error_set(err, len,
+                         "%s: privacy.target_epsilon = %g: give it or privacy.noise_multiplier = %g, not both",
+                         where_of(o, "privacy", "target_epsilon"), c->target_epsilon, c->noise_multiplier);
     if (c->clip_norm > 0 && c->noise_std > 0)
-        return error_set(err, len, "%s: privacy.noise_std = %g: the clipped defence (privacy.clip_norm) sets its noise by privacy.noise_multiplier; drop noise_std",
+        return error_set(err, len,
+                         "%s: privacy.noise_std = %g: the clipped defence (privacy.clip_norm) sets its noise by "
+                         "privacy.noise_multiplier; drop noise_std",
                          where_of(o, "privacy", "noise_std"), c->noise_std);
     if (c->clip_norm > 0 && c->mode != MODE_PCMOE)
-        return error_set(err, len, "%s: privacy.clip_norm = %g: the defence acts on pcmoe's expert exchange; parties.mode = %s has none",
-                         where_of(o, "privacy", "clip_norm"), c->clip_norm, MODE_NAMES[c->mode]);
+        return error_set(
+                err, len,
+                "%s: privacy.clip_norm = %g: the defence acts on pcmoe's expert exchange; parties.mode = %s has none",
+                where_of(o, "privacy", "clip_norm"), c->clip_norm, MODE_NAMES[c->mode]);
     for (int n = 0; n < c->n_parties; n++)
         if (!c->data_path[n][0])
-            return error_set(err, len, "data.%d: missing: parties.count = %d needs a corpus for each party ([data] %d = PATH)", n, c->n_parties, n);
+            return error_set(err, len,
+                             "data.%d: missing: parties.count = %d needs a corpus for each party ([data] %d = PATH)", n,
+                             c->n_parties, n);
     for (int n = c->n_parties; n < CONFIG_MAX_PARTIES; n++)
         if (c->data_path[n][0])
-            return error_set(err, len, "%s: data.%d = %s: no such party (parties.count = %d)", o->data_where[n], n, c->data_path[n], c->n_parties);
+            return error_set(err, len, "%s: data.%d = %s: no such party (parties.count = %d)", o->data_where[n], n,
+                             c->data_path[n], c->n_parties);
     return 0;
 }
 
@@ -327,7 +448,10 @@ int config_load(Config *c, const char *path, char *const *set, int n_set, char *
         if (strlen(set[i]) >= sizeof buf) { rc = error_set(err, len, "--set %.40s...: too long", set[i]); break; }
         strcpy(buf, set[i]);
         char *eq = strchr(buf, '='), *dot = strchr(buf, '.');
-        if (!eq || !dot || dot > eq) { rc = error_set(err, len, "--set %s: expected section.key=value", set[i]); break; }
+        if (!eq || !dot || dot > eq) {
+            rc = error_set(err, len, "--set %s: expected section.key=value", set[i]);
+            break;
+        }
         *eq = '\0';
         *dot = '\0';
         char where[16] = "--set";
@@ -353,16 +477,29 @@ int config_load_text(Config *c, const char *text, char *err, size_t len) {
 int config_diff_model(const Config *a, const Config *b, int with_parties, char *err, size_t len) {
     for (int i = 0; i < N_KEYS; i++) {
         const ConfigKey *k = &KEYS[i];
-        int shapes = (!strcmp(k->section, "model") && strcmp(k->key, "recompute_experts") && strcmp(k->key, "recompute_attention")) ||
+        int shapes = (!strcmp(k->section, "model") && strcmp(k->key, "recompute_experts") &&
+                      strcmp(k->key, "recompute_attention")) ||
                      (with_parties && !strcmp(k->section, "parties") && strcmp(k->key, "schedule"));
         if (!shapes) continue;
         const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;
         char va[64], vb[64];
         switch (k->type) {
-        case KEY_FLOAT: snprintf(va, sizeof va, "%.9g", *(const float *)pa); snprintf(vb, sizeof vb, "%.9g", *(const float *)pb); break;
-        case KEY_ENUM: snprintf(va, sizeof va, "%s", k->names[*(const int *)pa]); snprintf(vb, sizeof vb, "%s", k->names[*(const int *)pb]); break;
-        case KEY_INT64: snprintf(va, sizeof va, "%lld", (long long)*(const int64_t *)pa); snprintf(vb, sizeof vb, "%lld", (long long)*(const int64_t *)pb); break;
-        default: snprintf(va, sizeof va, "%d", *(const int *)pa); snprintf(vb, sizeof vb, "%d", *(const int *)pb); break;
+        case KEY_FLOAT:
+            snprintf(va, sizeof va, "%.9g", *(const float *)pa);
+            snprintf(vb, sizeof vb, "%.9g", *(const float *)pb);
+            break;
+        case KEY_ENUM:
+            snprintf(va, sizeof va, "%s", k->names[*(const int *)pa]);
+            snprintf(vb, sizeof vb, "%s", k->names[*(const int *)pb]);
+            break;
+        case KEY_INT64:
+            snprintf(va, sizeof va, "%lld", (long long)*(const int64_t *)pa);
+            snprintf(vb, sizeof vb, "%lld", (long long)*(const int64_t *)pb);
+            break;
+        default:
+            snprintf(va, sizeof va, "%d", *(const int *)pa);
+            snprintf(vb, sizeof vb, "%d", *(const int *)pb);
+            break;
         }
         if (strcmp(va, vb)) return error_set(err, len, "%s.%s: checkpoint %s, config %s", k->section, k->key, va, vb);
     }
@@ -407,7 +544,8 @@ static void key_range(const ConfigKey *k, char *out, size_t len) {
         snprintf(out, len, " [%.10g, %.10g]", k->min, k->max);
     if (k->type == KEY_ENUM) {
         snprintf(out, len, " {");
-        for (int j = 0; k->names[j]; j++) snprintf(out + strlen(out), len - strlen(out), "%s%s", j ? ", " : "", k->names[j]);
+        for (int j = 0; k->names[j]; j++)
+            snprintf(out + strlen(out), len - strlen(out), "%s%s", j ? ", " : "", k->names[j]);
         snprintf(out + strlen(out), len - strlen(out), "}");
     }
 }
@@ -439,18 +577,22 @@ static void put_markdown(FILE *f, const char *s) {
 void config_print_keys_markdown(FILE *f) {
     char sections[256];
     section_list(sections, sizeof sections);
-    fprintf(f, "# Configuration keys\n\n"
-               "<!-- Generated by `pcmoe keys --markdown` from the binary's key table (src/config.c): do not edit by hand;\n"
-               "     `make docs` writes it again, and tests/test_docs.sh fails when it differs. -->\n\n"
-               "A pcmoe config is an INI file with the sections %s. Every key below may also be given on the\n"
-               "command line as `--set section.key=value`, which overrides the file. Unknown sections or keys,\n"
-               "duplicate keys, values of the wrong type, out-of-range or inconsistent values are errors (exit\n"
-               "status 2, one line naming the file, line, key and value). Relative paths are resolved from the\n"
-               "working directory. A run writes its resolved config to `RUN/config.ini`.\n", sections);
+    fprintf(f,
+            "# Configuration keys\n\n"
+            "<!-- Generated by `pcmoe keys --markdown` from the binary's key table (src/config.c): do not edit by "
+            "hand;\n"
+            "     `make docs` writes it again, and tests/test_docs.sh fails when it differs. -->\n\n"
+            "A pcmoe config is an INI file with the sections %s. Every key below may also be given on the\n"
+            "command line as `--set section.key=value`, which overrides the file. Unknown sections or keys,\n"
+            "duplicate keys, values of the wrong type, out-of-range or inconsistent values are errors (exit\n"
+            "status 2, one line naming the file, line, key and value). Relative paths are resolved from the\n"
+            "working directory. A run writes its resolved config to `RUN/config.ini`.\n",
+            sections);
     for (int i = 0; i < N_KEYS; i++) {
         const ConfigKey *k = &KEYS[i];
         if (i == 0 || strcmp(k->section, KEYS[i - 1].section))
-            fprintf(f, "\n## [%s]\n\n| key | type | default | allowed | meaning |\n| --- | --- | --- | --- | --- |\n", k->section);
+            fprintf(f, "\n## [%s]\n\n| key | type | default | allowed | meaning |\n| --- | --- | --- | --- | --- |\n",
+                    k->section);
         char range[64];
         key_range(k, range, sizeof range);
         fprintf(f, "| `%s.%s` | %s | %s%s%s | %s | ", k->section, k->key, TYPE_NAMES[k->type], k->def[0] ? "`" : "",
@@ -485,7 +627,8 @@ void config_print_keys_man(FILE *f) {
 int config_keys_main(int argc, char **argv) {
     const char *form = argc > 2 ? argv[2] : "";
     if (argc > 3 || (argc == 3 && strcmp(form, "--markdown") && strcmp(form, "--man"))) {
-        fprintf(stderr, "pcmoe: error: keys takes nothing, --markdown or --man (got '%s')\n", argc > 3 ? argv[3] : form);
+        fprintf(stderr, "pcmoe: error: keys takes nothing, --markdown or --man (got '%s')\n",
+                argc > 3 ? argv[3] : form);
         return 2;
     }
     if (!strcmp(form, "--markdown")) config_print_keys_markdown(stdout);

@@ -62,7 +62,8 @@ typedef struct {
     float rope_theta;    // RoPE base
     float norm_eps;      // RMSNorm epsilon
     float init_std;      // std of the normal initialisation of matrices
-    int recompute_experts; // Recompute: expert hidden activations recomputed in the backward, not kept (auto: owners only)
+    int recompute_experts; // Recompute: expert hidden activations recomputed in the backward, not kept
+                           // (auto: owners only)
     int recompute_attention; // Recompute: each layer's attention sub-block and FFN norm recomputed in the backward
                              // from its input (auto: pcmoe parties over MPI only)
     // [train]

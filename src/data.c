@@ -69,8 +69,10 @@ int data_load(Dataset *ds, const char *path, double val_fraction, int T, uint64_
         size_t need = (size_t)((T + 1) / (val_fraction < 0.5 ? val_fraction : 0.5)) + 1;
         size_t have = ds->n_bytes;
         data_free(ds);
-        return error_set(err, len, "%s: corpus of %zu bytes is too short for model.seq_len = %d with data.val_fraction = %g "
-                          "(each split needs seq_len+1 bytes; at least %zu bytes)", path, have, T, val_fraction, need);
+        return error_set(err, len,
+                         "%s: corpus of %zu bytes is too short for model.seq_len = %d with data.val_fraction = %g "
+                         "(each split needs seq_len+1 bytes; at least %zu bytes)",
+                         path, have, T, val_fraction, need);
     }
     rng_seed(&ds->rng, seed);
     return 0;

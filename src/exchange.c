@@ -172,8 +172,9 @@ static void serve_copy(Exchange *ex, const ServeLayer *sl, size_t r0, size_t n, 
             size_t len = (size_t)sl->from[q * K + j], lo = seg > r0 ? seg : r0, hi = seg + len;
             if (hi > r0 + n) hi = r0 + n;
             if (lo < hi) {
-                float *home = q == ex->party ? own + ((size_t)a->offsets[ex->local[j]] + lo - seg) * d
-                                             : ex->work + ((size_t)ex->recv_offs[q] + ex->within[q * K + j] + lo - seg) * d;
+                float *home = q == ex->party
+                                      ? own + ((size_t)a->offsets[ex->local[j]] + lo - seg) * d
+                                      : ex->work + ((size_t)ex->recv_offs[q] + ex->within[q * K + j] + lo - seg) * d;
                 float *at = serve + (lo - r0) * d;
                 if (to_serve) ex->be->copy(at, home, sizeof(float) * (hi - lo) * d);
                 else ex->be->copy(home, at, sizeof(float) * (hi - lo) * d);
@@ -199,14 +200,17 @@ static void check_counts(Exchange *ex, ServeLayer *sl) {
         for (int j = 0; j < K; j++) {
             int want = j < ex->n_local ? ex->local[j] : -1;
             if (ids[j] != want)
-                fail("party %d sent rows for expert %d, which is not this party's (party %d expected expert %d in slot %d); aborting",
+                fail("party %d sent rows for expert %d, which is not this party's (party %d expected expert %d in slot "
+                     "%d); aborting",
                      q, ids[j], ex->party, want, j);
             if (n[j] < 0 || n[j] > ex->max_rows || (want < 0 && n[j] != 0))
-                fail("party %d announced %d rows for expert %d (allowed: 0 to %d); aborting", q, n[j], ids[j], want < 0 ? 0 : ex->max_rows);
+                fail("party %d announced %d rows for expert %d (allowed: 0 to %d); aborting", q, n[j], ids[j],
+                     want < 0 ? 0 : ex->max_rows);
             total += n[j];
             sl->from[q * K + j] = n[j];
         }
-        if (total > ex->max_rows) fail("party %d announced %ld rows in all (at most %d); aborting", q, total, ex->max_rows);
+        if (total > ex->max_rows)
+            fail("party %d announced %ld rows in all (at most %d); aborting", q, total, ex->max_rows);
     }
 }
 
@@ -219,7 +223,8 @@ static void check_rows(const Exchange *ex, const float *buf, const int *rows, co
         size_t n = (size_t)rows[q] * ex->d;
         for (size_t i = 0; i < n; i++)
             if (!(v[i] - v[i] == 0.0f))
-                fail("party %d sent a non-finite value (%g) in %s, row %zu; aborting", q, v[i], MSG_KIND_NAMES[kind], i / ex->d);
+                fail("party %d sent a non-finite value (%g) in %s, row %zu; aborting", q, v[i], MSG_KIND_NAMES[kind],
+                     i / ex->d);
     }
 }
 
@@ -249,9 +254,11 @@ static void to_owners(Exchange *ex, MsgKind kind, float *own) {
     if (ex->staged && own) stage_copy(ex, own, 1);
     ex->be->sync(); // MPI reads what the device wrote
     if (ex->staged)
-        comm_alltoallv_rows(ex->comm, kind, ex->stage, ex->send_rows, ex->stage_offs, ex->work, ex->recv_rows, ex->recv_offs, ex->d);
+        comm_alltoallv_rows(ex->comm, kind, ex->stage, ex->send_rows, ex->stage_offs, ex->work, ex->recv_rows,
+                            ex->recv_offs, ex->d);
     else
-        comm_alltoallv_rows(ex->comm, kind, own, ex->send_rows, ex->send_offs, ex->work, ex->recv_rows, ex->recv_offs, ex->d);
+        comm_alltoallv_rows(ex->comm, kind, own, ex->send_rows, ex->send_offs, ex->work, ex->recv_rows, ex->recv_offs,
+                            ex->d);
     check_rows(ex, ex->work, ex->recv_rows, ex->recv_offs, kind);
 }
 
@@ -259,11 +266,13 @@ static void to_owners(Exchange *ex, MsgKind kind, float *own) {
 static void to_senders(Exchange *ex, MsgKind kind, float *own) {
     ex->be->sync();
     if (ex->staged) {
-        comm_alltoallv_rows(ex->comm, kind, ex->work, ex->recv_rows, ex->recv_offs, ex->stage, ex->send_rows, ex->stage_offs, ex->d);
+        comm_alltoallv_rows(ex->comm, kind, ex->work, ex->recv_rows, ex->recv_offs, ex->stage, ex->send_rows,
+                            ex->stage_offs, ex->d);
         check_rows(ex, ex->stage, ex->send_rows, ex->stage_offs, kind);
         if (own) stage_copy(ex, own, 0);
     } else {
-        comm_alltoallv_rows(ex->comm, kind, ex->work, ex->recv_rows, ex->recv_offs, own, ex->send_rows, ex->send_offs, ex->d);
+        comm_alltoallv_rows(ex->comm, kind, ex->work, ex->recv_rows, ex->recv_offs, own, ex->send_rows, ex->send_offs,
+                            ex->d);
         check_rows(ex, own, ex->send_rows, ex->send_offs, kind);
     }
 }
@@ -310,8 +319,11 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     if (a && defended) // the defence: every row that leaves this party is clipped and carries noise (privacy.h)
         for (int p = 0; p < P; p++) {
             float *x = a->xe + (size_t)ex->send_offs[p] * d;
-            if (ex->clip_norm > 0.0f) privacy_clip_noise(x, ex->send_rows[p], d, ex->clip_norm, ex->noise_multiplier, &ex->noise);
-            else for (size_t i = 0; i < (size_t)ex->send_rows[p] * d; i++) x[i] += ex->noise_std * rng_normal(&ex->noise);
+            if (ex->clip_norm > 0.0f)
+                privacy_clip_noise(x, ex->send_rows[p], d, ex->clip_norm, ex->noise_multiplier, &ex->noise);
+            else
+                for (size_t i = 0; i < (size_t)ex->send_rows[p] * d; i++)
+                    x[i] += ex->noise_std * rng_normal(&ex->noise);
         }
     if (ex->tap) record_tap(ex->tap, TAP_ROWS_SENT, ex, layer, a); // study only: the byte each sent row stands for
     if (bad >= 0 && ex->fault == 3 && a && ex->send_rows[bad] > 0) a->xe[(size_t)ex->send_offs[bad] * d] = NAN;
@@ -350,7 +362,8 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     if (s && (ex->clip_norm > 0.0f || ex->tap)) ex->be->sync(); // the host reads / writes s's rows
     if (s && ex->clip_norm > 0.0f) // the defence: output-gradient rows are clipped and carry noise too
         for (int p = 0; p < P; p++)
-            privacy_clip_noise(s->dye + (size_t)ex->send_offs[p] * d, ex->send_rows[p], d, ex->grad_clip_norm, ex->noise_multiplier, &ex->noise);
+            privacy_clip_noise(s->dye + (size_t)ex->send_offs[p] * d, ex->send_rows[p], d, ex->grad_clip_norm,
+                               ex->noise_multiplier, &ex->noise);
     if (ex->tap) record_tap(ex->tap, TAP_GRADS_SENT, ex, layer, s ? a : NULL); // study only: each gradient row's byte
     // 1. gradients w.r.t. the outputs go to the owners
     to_owners(ex, MSG_OUTPUT_GRADS, s ? s->dye : NULL);
@@ -385,7 +398,8 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
         for (int p = 0; p < P; p++)
             for (int i = 0; i < ex->send_rows[p]; i++) {
                 int r = ex->send_offs[p] + i;
-                privacy_clip_backward(s->dxe + (size_t)r * d, a->inp + (size_t)(a->row_choice[r] / a->k) * d, d, ex->clip_norm);
+                privacy_clip_backward(s->dxe + (size_t)r * d, a->inp + (size_t)(a->row_choice[r] / a->k) * d, d,
+                                      ex->clip_norm);
             }
     }
 }

@@ -1,7 +1,7 @@
 // exchange.h: the PC-MoE expert exchange, the heart of pcmoe.
 //
-// Expert e of every MoE layer lives on party e % P (pool.h). At each MoE layer every party calls exchange_forward, and later
-// exchange_backward, in the same order, whether or not it has a batch of its own:
+// Expert e of every MoE layer lives on party e % P (pool.h). At each MoE layer every party calls
+// exchange_forward, and later exchange_backward, in the same order, whether or not it has a batch of its own:
 //
 //   sender (has tokens)                           owner (holds experts)
 //   router, top-k, pack rows by expert, grouped
@@ -105,8 +105,8 @@ typedef struct Exchange {
 // be: the backend of this party's model; direct: hand MPI the backend's buffers even when they are
 // device memory (run.cuda_aware_mpi resolved to on). Ignored on cpu.
 // recompute: model.recompute_experts.
-void exchange_create(Exchange *ex, const struct Backend *be, int direct, struct Comm *comm, int m, int d, int f, int n_layers,
-                     int max_rows, int check_finite, int recompute);
+void exchange_create(Exchange *ex, const struct Backend *be, int direct, struct Comm *comm, int m, int d, int f,
+                     int n_layers, int max_rows, int check_finite, int recompute);
 // Test hook (--inject-fault): party `party` sends "counts" beyond bounds, a "foreign" expert id, or
 // "nan" rows. Fails on an unknown kind.
 void exchange_set_fault(Exchange *ex, const char *kind, int party);

@@ -15,7 +15,9 @@ static inline double flops_matmul_backward(int N, int n_in, int n_out, int with_
 
 // causal attention forward over B sequences of T positions: q.k and p.v over the causal triangle;
 // the backward (dv, dp, dq, dk) is twice this
-static inline double flops_attention(int B, int T, int H, int hs) { return 2.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0); }
+static inline double flops_attention(int B, int T, int H, int hs) {
+    return 2.0 * 2.0 * B * H * hs * (T * (T + 1.0) / 2.0);
+}
 
 // one position attending to `keys` cached positions (generation's KV cache)
 static inline double flops_attention_row(int H, int hs, int keys) { return 2.0 * 2.0 * H * hs * keys; }

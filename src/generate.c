@@ -16,7 +16,8 @@ int generate_sample(const float *logp, int V, float temperature, int top_k, Rng 
     if (V < 1 || V > 256) fail("internal: a vocabulary of %d for byte sampling", V);
     // the bytes by log-probability, most probable first, ties to the lower byte (insertion sort: V <= 256)
     for (int i = 0; i < V; i++) {
-        if (!isfinite(logp[i]) && !(logp[i] < 0)) fail("the model's log-probabilities are not finite (a diverged checkpoint?)");
+        if (!isfinite(logp[i]) && !(logp[i] < 0))
+            fail("the model's log-probabilities are not finite (a diverged checkpoint?)");
         int j = i;
         for (; j > 0 && logp[idx[j - 1]] < logp[i]; j--) idx[j] = idx[j - 1];
         idx[j] = i;
@@ -101,13 +102,15 @@ static int generate_prompt(const GenerateOptions *o, uint8_t **text, int *len, c
     int rc = 0;
     if (o->prompt_file) {
         int frc = file_append(o->prompt_file, &file, &n, &cap);
-        if (frc == FILE_CANNOT_OPEN) rc = error_set(err, err_len, "--prompt-file %s: cannot read: %s", o->prompt_file, strerror(errno));
+        if (frc == FILE_CANNOT_OPEN)
+            rc = error_set(err, err_len, "--prompt-file %s: cannot read: %s", o->prompt_file, strerror(errno));
         else if (frc == FILE_READ_ERROR) rc = error_set(err, err_len, "--prompt-file %s: read error", o->prompt_file);
         else if (frc == FILE_NO_MEMORY) fail("out of memory reading the prompt");
         else if (n >= (1u << 30)) rc = error_set(err, err_len, "--prompt-file %s: over 1 GiB", o->prompt_file);
     }
     if (!rc && n == 0)
-        rc = error_set(err, err_len, "%s: empty prompt; give at least one byte", o->prompt_file ? o->prompt_file : "--prompt");
+        rc = error_set(err, err_len, "%s: empty prompt; give at least one byte",
+                       o->prompt_file ? o->prompt_file : "--prompt");
     if (!rc) {
         *text = mallocCheck(n + (size_t)o->max_new);
         memcpy(*text, o->prompt_file ? file : (const uint8_t *)o->prompt, n);
@@ -118,8 +121,8 @@ static int generate_prompt(const GenerateOptions *o, uint8_t **text, int *len, c
 }
 
 // --json OUT: each byte, its log-probability and context length, and the run's settings.
-static int generate_json(const GenerateOptions *o, int step, int prompt_len, const GenerateStep *steps, double positions,
-                         double seconds, char *err, size_t len) {
+static int generate_json(const GenerateOptions *o, int step, int prompt_len, const GenerateStep *steps,
+                         double positions, double seconds, char *err, size_t len) {
     Json j = {0};
     json_open_object(&j);
     json_member_int(&j, "party", o->party);
@@ -157,9 +160,11 @@ static int generate_prompted(Model *m, const GenerateOptions *o, int step, uint8
     fwrite(text, 1, (size_t)prompt_len + o->max_new, stdout);
     printf("\n");
     fflush(stdout);
-    fprintf(stderr, "pcmoe: party %d generated %d bytes from the checkpoint of step %d in %.2f s (%.1f bytes/s); "
-            "%.0f positions through the model (%s)\n", o->party, o->max_new, step, dt, o->max_new / (dt > 0 ? dt : 1e-9),
-            positions, o->no_cache ? "--no-cache: every context whole" : "KV cache");
+    fprintf(stderr,
+            "pcmoe: party %d generated %d bytes from the checkpoint of step %d in %.2f s (%.1f bytes/s); "
+            "%.0f positions through the model (%s)\n",
+            o->party, o->max_new, step, dt, o->max_new / (dt > 0 ? dt : 1e-9), positions,
+            o->no_cache ? "--no-cache: every context whole" : "KV cache");
     int rc = o->json ? generate_json(o, step, prompt_len, steps, positions, dt, err, len) : 0;
     free(steps);
     return rc;
@@ -173,9 +178,11 @@ int generate_run(Config *c, Comm *comm, const RunOptions *ro, const GenerateOpti
     c->record_dir[0] = '\0';
     int P = c->n_parties;
     run_check_ranks(c, comm, ro->simulate);
-    if (o->party >= P) fail_usage(2, 0, "--party %d: parties.count = %d: give a party from 0 to %d", o->party, P, P - 1);
+    if (o->party >= P)
+        fail_usage(2, 0, "--party %d: parties.count = %d: give a party from 0 to %d", o->party, P, P - 1);
     if (ro->simulate && c->mode != MODE_PCMOE)
-        fail_usage(2, 0, "--simulate: parties.mode = %s has no expert exchange to simulate; run generate as training ran",
+        fail_usage(2, 0,
+                   "--simulate: parties.mode = %s has no expert exchange to simulate; run generate as training ran",
                    MODE_NAMES[c->mode]);
     Run run, *r = &run;
     run_open(r, c, comm, ro, c->clip_norm > 0 && c->target_epsilon > 0); // (no corpus read, unless for the DP noise)

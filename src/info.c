@@ -21,7 +21,8 @@ static int info_file(const char *path, int complete) {
     int step = 0, party = 0, rc = ckpt_peek(path, text, 1 << 20, &step, &party, err, sizeof err);
     Config *c = mallocCheck(sizeof(Config));
     if (!rc && config_load_text(c, text, err, sizeof err)) rc = 2;
-    if (!rc && (party < 0 || party >= c->n_parties)) rc = error_set(err, sizeof err, "%s: party %d of %d parties", path, party, c->n_parties);
+    if (!rc && (party < 0 || party >= c->n_parties))
+        rc = error_set(err, sizeof err, "%s: party %d of %d parties", path, party, c->n_parties);
     if (rc) {
         fprintf(stderr, "pcmoe: error: %s\n", err);
         free(text); free(c);
@@ -55,7 +56,8 @@ static int info_file(const char *path, int complete) {
         for (int e = 0; e < E; e++)
             if (owned[e]) { printf("%s%d", first ? "" : ",", e); first = 0; }
         printf(" of %d per MoE layer)\n", E);
-        printf("  memory: parameters %.2f MiB, gradients %.2f MiB, optimizer %.2f MiB, activations about %.2f MiB at batch_size %d\n",
+        printf("  memory: parameters %.2f MiB, gradients %.2f MiB, optimizer %.2f MiB, activations about %.2f MiB at "
+               "batch_size %d\n",
                MIB(m.mem.params), MIB(m.mem.grads), MIB(m.mem.optim), MIB(m.mem.acts) * c->batch_size, c->batch_size);
     }
     free(rngs); free(owned); free(text); free(c);
@@ -87,7 +89,8 @@ int info_run(const char *path) {
     struct dirent *e;
     while ((e = readdir(d)) && n < 4096) {
         size_t len = strlen(e->d_name);
-        if (!strncmp(e->d_name, "party_", 6) && len > 3 && !strcmp(e->d_name + len - 3, ".h5")) names[n++] = strdup(e->d_name);
+        if (!strncmp(e->d_name, "party_", 6) && len > 3 && !strcmp(e->d_name + len - 3, ".h5"))
+            names[n++] = strdup(e->d_name);
     }
     closedir(d);
     if (n == 0) { fprintf(stderr, "pcmoe: error: %s: no party_*.h5 checkpoint files\n", dir); return 2; }
@@ -98,6 +101,10 @@ int info_run(const char *path) {
         if (info_file(p, complete)) rc = 2;
         free(names[i]);
     }
-    if (!complete) { fprintf(stderr, "pcmoe: error: %s: incomplete checkpoint (no %s marker): it would not be resumed from\n", dir, CKPT_MARKER); rc = 2; }
+    if (!complete) {
+        fprintf(stderr, "pcmoe: error: %s: incomplete checkpoint (no %s marker): it would not be resumed from\n", dir,
+                CKPT_MARKER);
+        rc = 2;
+    }
     return rc;
 }

@@ -93,7 +93,10 @@ void json_member_string(Json *j, const char *key, const char *s) { json_key(j, k
 void json_member_int(Json *j, const char *key, long long v) { json_key(j, key); json_int(j, v); }
 void json_member_uint(Json *j, const char *key, unsigned long long v) { json_key(j, key); json_uint(j, v); }
 void json_member_number(Json *j, const char *key, double v) { json_key(j, key); json_number(j, v); }
-void json_member_fixed(Json *j, const char *key, double v, int decimals) { json_key(j, key); json_fixed(j, v, decimals); }
+void json_member_fixed(Json *j, const char *key, double v, int decimals) {
+    json_key(j, key);
+    json_fixed(j, v, decimals);
+}
 void json_member_bool(Json *j, const char *key, int v) { json_key(j, key); json_bool(j, v); }
 
 void json_break(Json *j, const char *ws) {

@@ -129,7 +129,8 @@ void matmul_forward(float *out, const float *inp, const float *w, int N, int n_i
 void matmul_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                      int N, int n_in, int n_out) {
     if (N == 0) return;
-    if (dinp) layers_gemm(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, 1.0f, dinp, n_in); // (N, n_out) @ (n_out, n_in)
+    if (dinp)
+        layers_gemm(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, 1.0f, dinp, n_in); // (N, n_out) @ (n_out, n_in)
     // (n_out, N) @ (N, n_in)
     layers_gemm(1, 0, n_out, n_in, N, 1.0f, dout, n_out, inp, n_in, 1.0f, dw, n_in);
 }
@@ -205,12 +206,15 @@ static inline float exp_poly(float x) {
 
 static size_t attention_slot_floats(int T) { return 2 * (size_t)ATT_QB * T; }
 
-size_t attention_work_floats(int T, int threads) { return attention_slot_floats(T) * (size_t)(threads > 0 ? threads : 1); }
+size_t attention_work_floats(int T, int threads) {
+    return attention_slot_floats(T) * (size_t)(threads > 0 ? threads : 1);
+}
 
 // The threads that may run: as many as the work has slots (and OpenMP allows).
 static int attention_team(size_t work_floats, int T) {
     int slots = (int)(work_floats / attention_slot_floats(T));
-    if (slots < 1) fail("internal: attention work of %zu floats, at least %zu needed", work_floats, attention_slot_floats(T));
+    if (slots < 1)
+        fail("internal: attention work of %zu floats, at least %zu needed", work_floats, attention_slot_floats(T));
 #ifdef _OPENMP
     int team = omp_get_max_threads();
     return slots < team ? slots : team;
@@ -287,8 +291,8 @@ void attention_backward(float *dqkv, float *work, size_t work_floats, const floa
                     for (int u = t + 1; u < nk; u++) p[u] = 0.0f;
                 }
                 // dV (nk, hs) += P^T dY;  dP (nq, nk) = dY V^T
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hs, nq, 1.0f, P, nk, dY + (long)t0 * d, d, 1.0f,
-                            dV, 3 * d);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hs, nq, 1.0f, P, nk, dY + (long)t0 * d, d,
+                            1.0f, dV, 3 * d);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, 1.0f, dY + (long)t0 * d, d, V, 3 * d,
                             0.0f, dS, nk);
                 // through the softmax and the scale: dS = P (dP - sum_u P dP) / sqrt(hs), where
@@ -304,8 +308,8 @@ void attention_backward(float *dqkv, float *work, size_t work_floats, const floa
                 // dQ (nq, hs) += dS K;  dK (nk, hs) += dS^T Q
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs, nk, 1.0f, dS, nk, K, 3 * d, 1.0f,
                             dQ + (long)t0 * 3 * d, 3 * d);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hs, nq, 1.0f, dS, nk, Q + (long)t0 * 3 * d, 3 * d,
-                            1.0f, dK, 3 * d);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hs, nq, 1.0f, dS, nk, Q + (long)t0 * 3 * d,
+                            3 * d, 1.0f, dK, 3 * d);
             }
         }
 }

@@ -20,7 +20,8 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "pcmoe " PACKAGE_VERSION ": privacy-preserving collaborative training of Mixture-of-Experts language models\n"
+            "pcmoe " PACKAGE_VERSION
+            ": privacy-preserving collaborative training of Mixture-of-Experts language models\n"
             "\n"
             "Usage:\n"
             "  [mpirun -np N] pcmoe train CONFIG.ini [--set section.key=value ...] [--force] [--simulate]\n"
@@ -109,10 +110,16 @@ static int parse_generate_option(GenerateOptions *g, const char *opt, const char
     if (!strcmp(opt, "--prompt")) g->prompt = v;
     else if (!strcmp(opt, "--prompt-file")) g->prompt_file = v;
     else if (!strcmp(opt, "--json")) g->json = v;
-    else if (!strcmp(opt, "--party")) { if (parse_long(opt, v, 0, CONFIG_MAX_PARTIES - 1, &n)) return 2; g->party = (int)n; }
-    else if (!strcmp(opt, "--max-new")) { if (parse_long(opt, v, 1, 1000000, &n)) return 2; g->max_new = (int)n; }
-    else if (!strcmp(opt, "--top-k")) { if (parse_long(opt, v, 0, 256, &n)) return 2; g->top_k = (int)n; }
-    else if (!strcmp(opt, "--seed")) {
+    else if (!strcmp(opt, "--party")) {
+        if (parse_long(opt, v, 0, CONFIG_MAX_PARTIES - 1, &n)) return 2;
+        g->party = (int)n;
+    } else if (!strcmp(opt, "--max-new")) {
+        if (parse_long(opt, v, 1, 1000000, &n)) return 2;
+        g->max_new = (int)n;
+    } else if (!strcmp(opt, "--top-k")) {
+        if (parse_long(opt, v, 0, 256, &n)) return 2;
+        g->top_k = (int)n;
+    } else if (!strcmp(opt, "--seed")) {
         char *end;
         errno = 0;
         unsigned long long sd = strtoull(v, &end, 10);
@@ -184,9 +191,11 @@ static int parse_arg(Args *a, int argc, char **argv, int *i, const char *cmd) {
     else if (gen && !strcmp(o, "--no-cache")) a->gen.no_cache = 1;
     else if (gen && is_generate_option(o)) return parse_generate_option(&a->gen, o, v) ? 2 : -1;
     else if (valued) return parse_run_option(a, o, v) ? 2 : -1;
-    else if (!strcmp(o, "--help") || !strcmp(o, "-h")) { usage(stdout); return 0; }
-    else if (o[0] == '-') { fprintf(stderr, "pcmoe: error: unknown option '%s' for %s (try pcmoe --help)\n", o, cmd); return 2; }
-    else if (!a->config_path) a->config_path = o;
+    else if (!strcmp(o, "--help") || !strcmp(o, "-h")) { usage(stdout); return 0;
+    } else if (o[0] == '-') {
+        fprintf(stderr, "pcmoe: error: unknown option '%s' for %s (try pcmoe --help)\n", o, cmd);
+        return 2;
+    } else if (!a->config_path) a->config_path = o;
     else { fprintf(stderr, "pcmoe: error: unexpected argument '%s' (one CONFIG.ini only)\n", o); return 2; }
     return -1;
 }

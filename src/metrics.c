@@ -62,12 +62,16 @@ int metrics_open(Metrics *mt, const Config *c, const char *suffix, int force, in
     snprintf(mt->suffix, sizeof mt->suffix, "%s", suffix);
     if (mkdir_p(c->run_dir) != 0) {
         int e = errno;
-        return error_set(err, len, "run.dir = %s: cannot create directory: %s", c->run_dir, strerror(e)) - storage_fault(e);
+        return error_set(err, len, "run.dir = %s: cannot create directory: %s", c->run_dir, strerror(e)) -
+               storage_fault(e);
     }
     char path[CONFIG_PATH_LEN + 64];
     snprintf(path, sizeof path, "%s/metrics%s.jsonl", c->run_dir, suffix);
     if (resume_step < 0 && !force && access(path, F_OK) == 0)
-        return error_set(err, len, "run.dir = %s: already holds a run (metrics%s.jsonl); pass --resume to continue it, --force to overwrite it, or choose another run.dir", c->run_dir, suffix);
+        return error_set(err, len,
+                         "run.dir = %s: already holds a run (metrics%s.jsonl); pass --resume to continue it, --force "
+                         "to overwrite it, or choose another run.dir",
+                         c->run_dir, suffix);
     if (resume_step >= 0 && metrics_truncate(path, resume_step, err, len)) return 1;
     snprintf(mt->jsonl_path, sizeof mt->jsonl_path, "%s", path);
     mt->jsonl = fopen(path, resume_step >= 0 ? "a" : "w");
@@ -219,7 +223,8 @@ int metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const d
 
 int metrics_close(Metrics *mt, char *err, size_t len) {
     int rc = 0;
-    if (mt->jsonl && fclose(mt->jsonl) != 0) rc = error_set(err, len, "%s: cannot write: %s", mt->jsonl_path, strerror(errno)) - 1;
+    if (mt->jsonl && fclose(mt->jsonl) != 0)
+        rc = error_set(err, len, "%s: cannot write: %s", mt->jsonl_path, strerror(errno)) - 1;
     mt->jsonl = NULL;
     return rc;
 }

@@ -30,7 +30,9 @@ ModelConfig model_config_from(const Config *c) {
     return m;
 }
 
-int model_layer_is_moe(const ModelConfig *c, int layer) { return layer >= c->private_layers && (layer + 1) % c->moe_every == 0; }
+int model_layer_is_moe(const ModelConfig *c, int layer) {
+    return layer >= c->private_layers && (layer + 1) % c->moe_every == 0;
+}
 
 static void layout_add(Model *m, const char *name, TensorKind kind, int layer, int expert, int rows, int cols) {
     ParamTensor *t = &m->tensors[m->n_tensors++];
@@ -69,9 +71,12 @@ static void layout_build(Model *m) {
         snprintf(name, sizeof name, "layer_%d/router", l); layout_add(m, name, T_ROUTER, l, -1, c->n_experts, d);
         for (int e = 0; e < c->n_experts; e++) {
             if (!m->owned[e]) continue;
-            snprintf(name, sizeof name, "layer_%d/expert_%d/w_gate", l, e); layout_add(m, name, T_EXP_GATE, l, e, c->expert_ff, d);
-            snprintf(name, sizeof name, "layer_%d/expert_%d/w_up", l, e);   layout_add(m, name, T_EXP_UP, l, e, c->expert_ff, d);
-            snprintf(name, sizeof name, "layer_%d/expert_%d/w_down", l, e); layout_add(m, name, T_EXP_DOWN, l, e, d, c->expert_ff);
+            snprintf(name, sizeof name, "layer_%d/expert_%d/w_gate", l, e);
+            layout_add(m, name, T_EXP_GATE, l, e, c->expert_ff, d);
+            snprintf(name, sizeof name, "layer_%d/expert_%d/w_up", l, e);
+            layout_add(m, name, T_EXP_UP, l, e, c->expert_ff, d);
+            snprintf(name, sizeof name, "layer_%d/expert_%d/w_down", l, e);
+            layout_add(m, name, T_EXP_DOWN, l, e, d, c->expert_ff);
         }
     }
     layout_add(m, "final_norm", T_FINAL_NORM, -1, -1, d, 1);
@@ -124,7 +129,8 @@ void model_create(Model *m, const ModelConfig *c, const int *owned, int local_ex
     model_create_on(m, &backend_cpu, c, owned, local_experts, B, T);
 }
 
-void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const int *owned, int local_experts, int B, int T) {
+void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const int *owned, int local_experts, int B,
+                     int T) {
     memset(m, 0, sizeof *m);
     m->be = be;
     m->cfg = *c;
@@ -209,8 +215,8 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     m->tmp = m->dln; // tmp is the forward's scratch (and the recomputation's, which ends before dln is used)
     m->att_work_floats = be->attention_work_floats(T);
     m->att_work = act_alloc(m, m->att_work_floats);
-    moe_scratch_alloc(&m->moe_scratch, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, local_experts, &m->mem.acts,
-                      be->alloc);
+    moe_scratch_alloc(&m->moe_scratch, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, local_experts,
+                      &m->mem.acts, be->alloc);
 }
 
 void model_free(Model *m) {
@@ -222,7 +228,8 @@ void model_free(Model *m) {
         if (l == 0 || !m->cfg.recompute_attention) // (recompute_attention: layer 0's set is every layer's)
             for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
         if (model_layer_is_moe(&m->cfg, l)) {
-            if (m->moe_he && a->moe.he == m->moe_he) a->moe.he = a->moe.ue = a->moe.ae = NULL; // (shared: released below)
+            if (m->moe_he && a->moe.he == m->moe_he)
+                a->moe.he = a->moe.ue = a->moe.ae = NULL; // (shared: released below)
             moe_acts_free(&a->moe, release);
         }
         else { release(a->ffn_h); release(a->ffn_u); release(a->ffn_a); }
@@ -343,7 +350,8 @@ double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         }
         m->be->residual_forward(xo, a->x_mid, m->tmp, (size_t)N * d);
     }
-    m->be->rmsnorm_forward(m->lnf, m->rstdf, m->resid + (size_t)c->n_layers * N * d, m->w.final_norm, N, d, c->norm_eps);
+    m->be->rmsnorm_forward(m->lnf, m->rstdf, m->resid + (size_t)c->n_layers * N * d, m->w.final_norm, N, d,
+                           c->norm_eps);
     m->be->matmul_forward(m->logits, m->lnf, m->w.lm_head, N, d, c->vocab);
     m->flops += flops_matmul(N, d, c->vocab);
     m->ce = m->be->crossentropy_forward(m->logits, m->losses, targets, N, c->vocab);
@@ -408,13 +416,15 @@ void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
         m->be->zero(datty, sizeof(float) * Nd);
         m->be->matmul_backward(datty, g->wo, m->dresid, a->atty, w->wo, N, d, d);
         m->be->zero(m->dqkv, sizeof(float) * Nd * 3);
-        m->be->attention_backward(m->dqkv, m->att_work, m->att_work_floats, datty, a->qkv, a->att, a->atty, B, T, H, hs);
+        m->be->attention_backward(m->dqkv, m->att_work, m->att_work_floats, datty, a->qkv, a->att, a->atty, B, T, H,
+                                  hs);
         m->be->rope_backward(m->dqkv, m->cos_t, m->sin_t, B, T, H, hs);
         m->be->zero(m->dln, sizeof(float) * Nd);
         m->be->matmul_backward(m->dln, g->wqkv, m->dqkv, a->ln1, w->wqkv, N, d, 3 * d);
         m->flops += flops_matmul_backward(N, d, d, 1) + 2.0 * flops_attention(B, T, H, hs) +
                     flops_matmul_backward(N, d, 3 * d, 1);
-        m->be->rmsnorm_backward(m->dresid, g->attn_norm, m->dln, m->resid + (size_t)l * Nd, w->attn_norm, a->rstd1, N, d);
+        m->be->rmsnorm_backward(m->dresid, g->attn_norm, m->dln, m->resid + (size_t)l * Nd, w->attn_norm, a->rstd1, N,
+                                d);
     }
     m->be->embedding_backward(m->g.embed, m->dresid, tokens, N, d);
     model_mark_active(m);
@@ -474,7 +484,8 @@ void model_cache_create(KvCache *kv, const Model *m) {
 }
 
 void model_cache_free(KvCache *kv) {
-    float *bufs[] = {kv->k, kv->v, kv->x, kv->xm, kv->ln, kv->rstd, kv->qkv, kv->atty, kv->tmp, kv->h, kv->u, kv->a, kv->scores};
+    float *bufs[] = { kv->k,    kv->v,   kv->x, kv->xm, kv->ln, kv->rstd,  kv->qkv,
+                      kv->atty, kv->tmp, kv->h, kv->u,  kv->a,  kv->scores };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     memset(kv, 0, sizeof *kv);
 }

@@ -147,7 +147,8 @@ int model_layer_is_moe(const ModelConfig *c, int layer);
 // owner's). Weights are not initialised.
 void model_create(Model *m, const ModelConfig *c, const int *owned, int local_experts, int B, int T);
 // The same on a given backend (model_create: the CPU's).
-void model_create_on(Model *m, const struct Backend *be, const ModelConfig *c, const int *owned, int local_experts, int B, int T);
+void model_create_on(Model *m, const struct Backend *be, const ModelConfig *c, const int *owned, int local_experts,
+                     int B, int T);
 void model_free(Model *m);
 // Initialises every tensor from (seed, tensor name): backbone tensors from backbone_seed, experts from
 // expert_seed, so an expert's values do not depend on which party holds it. Matrices ~ N(0, init_std)

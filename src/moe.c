@@ -9,8 +9,14 @@
 #include "util.h"   // mallocCheck, callocCheck
 
 static void *host_alloc(size_t n) { return callocCheck(n ? n : 1, 1); }
-static float *alloc_f(long n, size_t *bytes, void *(*alloc)(size_t)) { *bytes += sizeof(float) * n; return (alloc ? alloc : host_alloc)(sizeof(float) * n); }
-static int *alloc_i(long n, size_t *bytes, void *(*alloc)(size_t)) { *bytes += sizeof(int) * n; return (alloc ? alloc : host_alloc)(sizeof(int) * n); }
+static float *alloc_f(long n, size_t *bytes, void *(*alloc)(size_t)) {
+    *bytes += sizeof(float) * n;
+    return (alloc ? alloc : host_alloc)(sizeof(float) * n);
+}
+static int *alloc_i(long n, size_t *bytes, void *(*alloc)(size_t)) {
+    *bytes += sizeof(int) * n;
+    return (alloc ? alloc : host_alloc)(sizeof(int) * n);
+}
 
 void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_acts, int xe_in_ye, size_t *bytes,
                     void *(*alloc)(size_t)) {

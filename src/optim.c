@@ -41,8 +41,8 @@ float optim_clip_scale(const OptimConfig *o, double grad_norm) {
 }
 
 double optim_update_group(const Backend *be, const OptimConfig *o, const ParamTensor *tensors, int n_tensors,
-                          const unsigned char *select, int *steps, float *params, const float *grads, float *m, float *v,
-                          float lr) {
+                          const unsigned char *select, int *steps, float *params, const float *grads, float *m,
+                          float *v, float lr) {
     double ss = 0.0;
     for (int i = 0; i < n_tensors; i++)
         if (select[i]) ss += be->sum_squares(grads + tensors[i].offset, tensors[i].numel);

@@ -26,8 +26,8 @@ struct Backend; // backend.h
 // its clipping; returns that norm (before clipping). lr: the learning rate of this step. be: the device
 // the buffers live on (its sum_squares and adamw do the work).
 double optim_update_group(const struct Backend *be, const OptimConfig *o, const ParamTensor *tensors, int n_tensors,
-                          const unsigned char *select, int *steps, float *params, const float *grads, float *m, float *v,
-                          float lr);
+                          const unsigned char *select, int *steps, float *params, const float *grads, float *m,
+                          float *v, float lr);
 
 // One AdamW step over the tensors with active[i] set, gradients multiplied by grad_scale first:
 // p -= lr*wd*p (matrices only), then the Adam update with bias correction by the tensor's own step count

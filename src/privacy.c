@@ -56,15 +56,17 @@ int privacy_appearances(long windows, double p, double tail) {
 }
 
 // The orders the accountant minimises over: near 1 for large epsilon, up to 4096 for large noise.
-static const double ORDERS[] = {1.1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40,
-                                48, 56, 64, 80, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096};
+static const double ORDERS[] = { 1.1, 1.25, 1.5, 1.75, 2,   2.25, 2.5, 3,   3.5,  4,    5,   6,  7,
+                                 8,   10,   12,  14,   16,  20,   24,  28,  32,   40,   48,  56, 64,
+                                 80,  96,   128, 192,  256, 384,  512, 768, 1024, 2048, 4096 };
 #define N_ORDERS (int)(sizeof ORDERS / sizeof ORDERS[0])
 
 double privacy_run_epsilon(double s, long releases, int appearances, double delta_conv) {
     if (appearances == 0 || releases == 0) return 0.0;
     if (s <= 0.0) return INFINITY;
     double rdp[N_ORDERS];
-    for (int i = 0; i < N_ORDERS; i++) rdp[i] = (double)releases * appearances * privacy_rdp_gaussian(ORDERS[i], s / 2.0);
+    for (int i = 0; i < N_ORDERS; i++)
+        rdp[i] = (double)releases * appearances * privacy_rdp_gaussian(ORDERS[i], s / 2.0);
     return privacy_epsilon(ORDERS, rdp, N_ORDERS, delta_conv, NULL);
 }
 

@@ -146,7 +146,8 @@ static void build_simulated(Run *r, const ModelConfig *mc) {
 // pcmoe over MPI: the party's experts run at their owners, reached through the exchange.
 static void build_exchange(Run *r, Party *p) {
     const Config *c = r->c;
-    int E = c->n_experts, direct = c->cuda_aware_mpi == CUDA_AWARE_ON || (c->cuda_aware_mpi == CUDA_AWARE_AUTO && comm_cuda_aware());
+    int E = c->n_experts,
+        direct = c->cuda_aware_mpi == CUDA_AWARE_ON || (c->cuda_aware_mpi == CUDA_AWARE_AUTO && comm_cuda_aware());
     if (r->be->device && p->party == 0)
         fprintf(stderr, "pcmoe: run.device = cuda: rows cross parties %s (run.cuda_aware_mpi = %s)\n",
                 direct ? "as device buffers handed to MPI" : "through page-locked host buffers",
@@ -175,7 +176,8 @@ static void build_party(Run *r, ModelConfig *mc) {
     int E = c->n_experts;
     int *owned = mallocCheck(sizeof(int) * E);
     for (int e = 0; e < E; e++) owned[e] = c->mode != MODE_PCMOE || pool_owner(e, r->P) == p->party;
-    if (r->exchanged && c->recompute_attention == RECOMPUTE_AUTO) mc->recompute_attention = 1; // (a pcmoe party: memory first)
+    if (r->exchanged && c->recompute_attention == RECOMPUTE_AUTO)
+        mc->recompute_attention = 1; // (a pcmoe party: memory first)
     model_create_on(&p->model, r->be, mc, owned, !r->exchanged, c->batch_size, c->seq_len);
     model_init(&p->model, backbone_seed(c, p->party), (uint64_t)c->seed);
     if (r->exchanged) build_exchange(r, p); // (one party alone holds every expert: nothing to exchange)
@@ -305,7 +307,8 @@ void run_dp_account(Run *r, int q) {
     double tail = r->c->dp_delta / 2.0;
     s->has_dp = 1;
     s->noise_multiplier = p->dp_noise;
-    s->epsilon = privacy_run_epsilon(p->dp_noise, r->dp_releases, privacy_appearances(p->dp_windows, p->dp_p, tail), tail);
+    s->epsilon =
+            privacy_run_epsilon(p->dp_noise, r->dp_releases, privacy_appearances(p->dp_windows, p->dp_p, tail), tail);
 }
 
 // The DP defence (privacy.clip_norm, pcmoe over MPI): this party's noise multiplier (given, or the least
@@ -340,10 +343,12 @@ static int dp_setup(Run *r, int start, char *err, size_t len) {
                              "windows, %ld rows each)", c->target_epsilon, p->party, appear, r->dp_releases);
     }
     r->ex.noise_multiplier = (float)p->dp_noise;
-    fprintf(stderr, "pcmoe: party %d: DP defence: rows clipped to %g, gradient rows to %g, noise multiplier %.4g; "
+    fprintf(stderr,
+            "pcmoe: party %d: DP defence: rows clipped to %g, gradient rows to %g, noise multiplier %.4g; "
             "planned epsilon %.4g at delta %g (a byte in up to %d of its %ld windows, %ld rows sent per window)\n",
             p->party, c->clip_norm, c->grad_clip_norm, p->dp_noise,
-            privacy_run_epsilon(p->dp_noise, r->dp_releases, appear, tail), c->dp_delta, appear, planned, r->dp_releases);
+            privacy_run_epsilon(p->dp_noise, r->dp_releases, appear, tail), c->dp_delta, appear, planned,
+            r->dp_releases);
     return 0;
 }
 
@@ -450,7 +455,8 @@ static int init_source(const Config *c, const char *path, int *step, int *shards
     char *text = mallocCheck(text_len), why[1024];
     int party, rc = ckpt_peek(path, text, text_len, step, &party, err, len);
     Config *src = mallocCheck(sizeof *src);
-    if (!rc && config_load_text(src, text, why, sizeof why)) rc = error_set(err, len, "train.init_from: %s: %s", path, why);
+    if (!rc && config_load_text(src, text, why, sizeof why))
+        rc = error_set(err, len, "train.init_from: %s: %s", path, why);
     if (!rc && config_diff_model(src, c, 0, why, sizeof why))
         rc = error_set(err, len, "train.init_from = %s: another model: %s", dir, why);
     int Ps = src->n_parties;
@@ -514,7 +520,8 @@ int run_start(Run *r, int resume) {
         ckpt_step_dir(dir, sizeof dir, c->run_dir, latest);
         if (!rc) rc = checkpoint_load(r, dir, &start, err, sizeof err);
         comm_stop_if_failed(r->comm, rc, err);
-        if (r->comm->rank == 0 && ignored[0]) fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);
+        if (r->comm->rank == 0 && ignored[0])
+            fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);
         if (r->comm->rank == 0) fprintf(stderr, "pcmoe: resuming from %s (step %d of %d)\n", dir, start, c->steps);
     } else if (c->init_from[0]) {
         comm_stop_if_failed(r->comm, init_weights_from(r, err, sizeof err), err);

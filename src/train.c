@@ -275,7 +275,8 @@ static void train_log_step(Run *r, Log *lg, int log_now) {
         step_stats_pack(&r->party[0].s, lg->packed);
         comm_gather_doubles(comm, MSG_METRICS, lg->packed, STEP_STATS_DOUBLES, lg->packed);
         if (comm->rank == 0)
-            for (int q = 0; q < r->P; q++) step_stats_unpack(&lg->shown[q], lg->packed + (size_t)q * STEP_STATS_DOUBLES);
+            for (int q = 0; q < r->P; q++)
+                step_stats_unpack(&lg->shown[q], lg->packed + (size_t)q * STEP_STATS_DOUBLES);
     } else {
         for (int q = 0; q < lg->n_shown; q++) lg->shown[q] = r->party[q].s;
     }
@@ -336,7 +337,8 @@ int train_run(const Config *c, Comm *comm, const RunOptions *ro, const TrainOpti
     run_open(r, c, comm, ro, 1);
     int start = run_start(r, o->resume);
     int checkpoints = c->ckpt_every > 0 && !r->simulate;
-    if (c->ckpt_every > 0 && r->simulate && comm->rank == 0) fprintf(stderr, "pcmoe: note: --simulate writes no checkpoints\n");
+    if (c->ckpt_every > 0 && r->simulate && comm->rank == 0)
+        fprintf(stderr, "pcmoe: note: --simulate writes no checkpoints\n");
     Log lg;
     train_log_open(&lg, r, o, start);
     signals_install();
@@ -344,7 +346,8 @@ int train_run(const Config *c, Comm *comm, const RunOptions *ro, const TrainOpti
     for (int step = start > 0 ? start : -1; step < c->steps; step++) { // step -1: the untrained model's validation
         int stop_here = o->stop_after > 0 && step + 1 == o->stop_after;
         int last_step = step + 1 == c->steps || stop_here;
-        int eval_now = step < 0 ? c->eval_every > 0 : last_step || (c->eval_every > 0 && (step + 1) % c->eval_every == 0);
+        int eval_now =
+                step < 0 ? c->eval_every > 0 : last_step || (c->eval_every > 0 && (step + 1) % c->eval_every == 0);
         if (step < 0 && !eval_now) continue;
         double sent0 = comm_total_sent(comm), recv0 = comm_total_recv(comm);
         for (int q = 0; q < r->n; q++) r->party[q].s = (StepStats){.step = step + 1, .party = r->party[q].party};

@@ -139,8 +139,15 @@ int write_all_sync(const char *path, const void *buf, size_t size) {
 int write_file_atomic(const char *path, const void *buf, size_t size, char *err, size_t len) {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    if (write_all_sync(tmp, buf, size) != 0) { error_set(err, len, "%s: cannot write: %s", path, strerror(errno)); return 1; }
-    if (rename(tmp, path) != 0) { error_set(err, len, "%s: cannot write: rename: %s", path, strerror(errno)); unlink(tmp); return 1; }
+    if (write_all_sync(tmp, buf, size) != 0) {
+        error_set(err, len, "%s: cannot write: %s", path, strerror(errno));
+        return 1;
+    }
+    if (rename(tmp, path) != 0) {
+        error_set(err, len, "%s: cannot write: rename: %s", path, strerror(errno));
+        unlink(tmp);
+        return 1;
+    }
     return 0;
 }
 

@@ -52,9 +52,9 @@ static const float *tf32_copy(std::vector<float> &buf, const float *M, int rows,
     return buf.data();
 }
 
-cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
-                           const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
-                           float *C, int ldc) {
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                           int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
+                           const float *beta, float *C, int ldc) {
     if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
     if ((transa != CUBLAS_OP_N && transa != CUBLAS_OP_T) || (transb != CUBLAS_OP_N && transb != CUBLAS_OP_T) ||
         m < 0 || n < 0 || k < 0 || lda < max1(transa == CUBLAS_OP_N ? m : k) ||
@@ -80,8 +80,8 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                          const float *beta, float *C, int ldc, long long strideC, int batch) {
     if (batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
     for (int b = 0; b < batch; b++) {
-        cublasStatus_t s = cublasSgemm(handle, transa, transb, m, n, k, alpha, A + b * strideA, lda, B + b * strideB, ldb,
-                                       beta, C + b * strideC, ldc);
+        cublasStatus_t s = cublasSgemm(handle, transa, transb, m, n, k, alpha, A + b * strideA, lda, B + b * strideB,
+                                       ldb, beta, C + b * strideC, ldc);
         if (s != CUBLAS_STATUS_SUCCESS) return s;
     }
     return CUBLAS_STATUS_SUCCESS;

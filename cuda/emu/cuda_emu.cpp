@@ -200,11 +200,13 @@ void emu_set_max_dynamic_smem(size_t n) { L.max_dynamic_smem = n; }
 cudaError_t emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const std::function<void()> &body) {
     (void)stream; // one in-order queue: launches run at once
     unsigned long threads = (unsigned long)block.x * block.y * block.z;
-    bool ok = threads >= 1 && threads <= 1024 && block.x <= 1024 && block.y <= 1024 && block.z <= 64 &&
-              grid.x >= 1 && grid.x <= 2147483647u && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 && grid.z <= 65535 &&
+    bool ok = threads >= 1 && threads <= 1024 && block.x <= 1024 && block.y <= 1024 && block.z <= 64 && grid.x >= 1 &&
+              grid.x <= 2147483647u && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 && grid.z <= 65535 &&
               smem <= L.max_dynamic_smem;
     if (!ok) {
-        std::fprintf(stderr, "cuda emulation: launch of grid (%u,%u,%u) block (%u,%u,%u) with %zu bytes of dynamic shared memory breaks a device limit\n",
+        std::fprintf(stderr,
+                     "cuda emulation: launch of grid (%u,%u,%u) block (%u,%u,%u) with %zu bytes of dynamic shared "
+                     "memory breaks a device limit\n",
                      grid.x, grid.y, grid.z, block.x, block.y, block.z, smem);
         L.last_error = cudaErrorInvalidConfiguration;
         return L.last_error;
@@ -243,7 +245,9 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t size, cudaMemcpyKind k
     if (size) std::memmove(dst, src, size);
     return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t size, cudaMemcpyKind kind, cudaStream_t) { return cudaMemcpy(dst, src, size, kind); }
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t size, cudaMemcpyKind kind, cudaStream_t) {
+    return cudaMemcpy(dst, src, size, kind);
+}
 cudaError_t cudaMemset(void *ptr, int value, size_t size) {
     if (size && !ptr) return L.last_error = cudaErrorInvalidValue;
     if (size) std::memset(ptr, value, size);
