@@ -74,8 +74,7 @@ const Backend *backend_cuda_open(int gpu, int local_rank, int tf32, char *err, s
 #else
     (void)gpu; (void)local_rank; (void)tf32;
     error_set(err, len,
-              "run.device = cuda: this pcmoe was built without CUDA (configure --with-cuda; see README \"CUDA "
-              "kernels\")");
+              "run.device = cuda: this pcmoe was built without CUDA (configure --with-cuda; see docs/cuda.md)");
     return NULL;
 #endif
 }

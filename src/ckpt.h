@@ -1,5 +1,5 @@
 // ckpt.h: per-rank HDF5 checkpoints. Each rank writes RUN/checkpoints/step_NNNNNNNN/party_R.h5 with
-// everything it needs to resume and nothing it must not share (see README "Checkpoint schema"):
+// everything it needs to resume and nothing it must not share (docs/checkpoints.md, the schema):
 //   /meta                          attributes: format_version, step, party, n_parties, mode, schedule,
 //                                  config (the resolved config text)
 //   /backbone/<tensor>             this party's backbone, e.g. /backbone/layer_0/attn_wqkv (rows, cols)

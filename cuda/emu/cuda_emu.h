@@ -18,7 +18,7 @@
 // - cudart calls act on host memory (cudaMalloc fills new memory with NaN bytes, so reading unwritten
 //   device memory shows); cuBLAS calls (cublas_emu.h) map to CBLAS with cuBLAS's column-major meaning.
 // What it cannot show: nvcc's code generation, races between blocks, memory fences, the order of real
-// atomics, FMA contraction, timing. See README "CUDA backend".
+// atomics, FMA contraction, timing. See docs/cuda.md.
 #ifndef PCMOE_CUDA_EMU_H
 #define PCMOE_CUDA_EMU_H
 
