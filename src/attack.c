@@ -252,42 +252,37 @@ static void procrustes(const double *M, int d, float *R) {
     free(S); free(Q); free(w);
 }
 
-// No pairs, no weights: both sides standardized; the victim's rows in KC k-means clusters; an orthogonal
-// map from the victim's space to the attacker's by iterative closest point (each mapped cluster centre
-// matched to the attacker's nearest byte mean; the map refitted on the matches by Procrustes, weighted by
-// cluster size), from two starts; the better fit wins. inv: the attacker's inverter, applied to the
-// mapped rows.
-static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy, int nf, const float *V, int nv, int d,
-                         uint8_t *pred) {
-    enum { KC = 160, KMEANS_ITERS = 15, ICP_ITERS = 10 };
-    float *x = mallocCheck(sizeof(float) * nv * d), *mu = mallocCheck(sizeof(float) * d),
-          *sd = mallocCheck(sizeof(float) * d);
-    moments(V, nv, d, mu, sd);
-    for (size_t i = 0; i < (size_t)nv * d; i++) x[i] = (V[i] - mu[i % d]) / sd[i % d];
-    // the attacker's byte means, in its inverter's standardized space, and its byte frequencies
-    double *bm = callocCheck((size_t)256 * d, sizeof(double));
-    int cnt[256] = {0};
+enum { ALIGN_CLUSTERS = 160, KMEANS_ITERS = 15, ICP_ITERS = 10 };
+
+// The attacker's byte means bm (256, d), in its inverter's standardized space, for the bytes it has at
+// least 3 rows of, and those bytes by frequency, most frequent first, in rank. Returns how many.
+static int align_byte_means(const Inverter *inv, const float *F, const uint8_t *fy, int nf, int d, double *bm,
+                            int *rank) {
+    int cnt[256] = {0}, nb = 0;
     for (int i = 0; i < nf; i++) {
         cnt[fy[i]]++;
         for (int j = 0; j < d; j++) bm[fy[i] * d + j] += (F[(size_t)i * d + j] - inv->mu[j]) / inv->sd[j];
     }
-    int byte_rank[256], nb = 0;
     for (int b = 0; b < 256; b++)
         if (cnt[b] >= 3) {
             for (int j = 0; j < d; j++) bm[b * d + j] /= cnt[b];
-            byte_rank[nb++] = b;
+            rank[nb++] = b;
         }
     for (int i = 1; i < nb; i++) {
-        int b = byte_rank[i], j = i;
-        while (j > 0 && cnt[byte_rank[j - 1]] < cnt[b]) {
-            byte_rank[j] = byte_rank[j - 1];
+        int b = rank[i], j = i;
+        while (j > 0 && cnt[rank[j - 1]] < cnt[b]) {
+            rank[j] = rank[j - 1];
             j--;
         }
-        byte_rank[j] = b;
+        rank[j] = b;
     }
-    // k-means of the victim's rows (seeded by evenly spaced rows)
-    int kc = nv < KC ? nv : KC, *asg = mallocCheck(sizeof(int) * nv), size[KC];
-    double *cen = mallocCheck(sizeof(double) * KC * d);
+    return nb;
+}
+
+// k-means of the victim's standardized rows x (nv, d) into kc clusters, seeded by evenly spaced rows:
+// centres cen (kc, d) and sizes size (kc).
+static void align_kmeans(const float *x, int nv, int d, int kc, double *cen, int *size) {
+    int *asg = mallocCheck(sizeof(int) * nv);
     for (int c = 0; c < kc; c++) for (int j = 0; j < d; j++) cen[c * d + j] = x[(size_t)(c * (nv / kc)) * d + j];
     for (int it = 0; it < KMEANS_ITERS; it++) {
         for (int i = 0; i < nv; i++) {
@@ -299,16 +294,23 @@ static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy,
             }
         }
         memset(cen, 0, sizeof(double) * kc * d);
-        memset(size, 0, sizeof size);
+        memset(size, 0, sizeof(int) * kc);
         for (int i = 0; i < nv; i++) {
             size[asg[i]]++;
             for (int j = 0; j < d; j++) cen[asg[i] * d + j] += x[(size_t)i * d + j];
         }
         for (int c = 0; c < kc; c++) if (size[c]) for (int j = 0; j < d; j++) cen[c * d + j] /= size[c];
     }
-    // two starts: the identity (backbones from one initialisation share a space), and clusters by size
-    // matched to bytes by frequency; the map that fits its matches better wins
-    int order[KC], match[KC];
+    free(asg);
+}
+
+// The orthogonal map best_R (d, d) from the victim's cluster centres cen (kc, d) to the attacker's byte means
+// bm, by iterative closest point (each mapped centre matched to the nearest byte mean; the map refitted on
+// the matches by Procrustes, weighted by cluster size) from two starts: the identity (backbones from one
+// initialisation share a space), and clusters by size matched to bytes by frequency. The better fit wins.
+static void align_map(const double *bm, const int *byte_rank, int nb, const double *cen, const int *size, int kc, int d,
+                      float *best_R) {
+    int order[ALIGN_CLUSTERS], match[ALIGN_CLUSTERS];
     for (int c = 0; c < kc; c++) order[c] = c;
     for (int i = 1; i < kc; i++) {
         int c = order[i], j = i;
@@ -318,7 +320,7 @@ static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy,
         }
         order[j] = c;
     }
-    float *R = mallocCheck(sizeof(float) * d * d), *best_R = mallocCheck(sizeof(float) * d * d);
+    float *R = mallocCheck(sizeof(float) * d * d);
     double *M = mallocCheck(sizeof(double) * d * d), *mc = mallocCheck(sizeof(double) * d), best_fit = INFINITY;
     for (int start = 0; start < 2 && nb; start++) {
         for (int i = 0; i < d * d; i++) R[i] = (i / d == i % d);
@@ -353,11 +355,30 @@ static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy,
         }
         if (fit < best_fit) { best_fit = fit; memcpy(best_R, R, sizeof(float) * d * d); }
     }
+    free(R); free(M); free(mc);
+}
+
+// No pairs, no weights: both sides standardized; the victim's rows in ALIGN_CLUSTERS k-means clusters; an
+// orthogonal map from the victim's space to the attacker's (align_map). inv: the attacker's inverter,
+// applied to the mapped rows.
+static void attack_align(const Inverter *inv, const float *F, const uint8_t *fy, int nf, const float *V, int nv, int d,
+                         uint8_t *pred) {
+    float *x = mallocCheck(sizeof(float) * nv * d), *mu = mallocCheck(sizeof(float) * d),
+          *sd = mallocCheck(sizeof(float) * d);
+    moments(V, nv, d, mu, sd);
+    for (size_t i = 0; i < (size_t)nv * d; i++) x[i] = (V[i] - mu[i % d]) / sd[i % d];
+    double *bm = callocCheck((size_t)256 * d, sizeof(double));
+    int byte_rank[256], nb = align_byte_means(inv, F, fy, nf, d, bm, byte_rank);
+    int kc = nv < ALIGN_CLUSTERS ? nv : ALIGN_CLUSTERS, size[ALIGN_CLUSTERS];
+    double *cen = mallocCheck(sizeof(double) * ALIGN_CLUSTERS * d);
+    align_kmeans(x, nv, d, kc, cen, size);
+    float *best_R = mallocCheck(sizeof(float) * d * d);
+    align_map(bm, byte_rank, nb, cen, size, kc, d, best_R);
     float *y = mallocCheck(sizeof(float) * nv * d); // the mapped rows, in the inverter's standardized space
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nv, d, d, 1.0f, x, d, best_R, d, 0.0f, y, d);
     if (nb) inverter_apply(inv, y, nv, 1, pred);
     else memset(pred, 0, (size_t)nv);
-    free(x); free(mu); free(sd); free(bm); free(asg); free(cen); free(R); free(best_R); free(M); free(mc); free(y);
+    free(x); free(mu); free(sd); free(bm); free(cen); free(best_R); free(y);
 }
 
 // The attacker's own rows at every MoE layer, through its model: the rows it would send (ln2) with their

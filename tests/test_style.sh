@@ -7,15 +7,23 @@
 
 # long_lines FILE...: "file:line: N columns" for every line over 120 columns
 long_lines() { awk 'length($0) > 120 { printf "%s:%d: %d columns\n", FILENAME, FNR, length($0) }' "$@"; }
-# long_functions FILE...: "file:line: name: N lines" for every top-level function body over 100 lines (a
-# function starts at a line that opens a brace at column 0 or ends with ") {" outside any brace, and ends
-# at the "}" in column 0 that closes it)
+# long_functions FILE...: "file:line: name: N lines" for every top-level function over 100 lines, from the
+# first line of its signature (a line at file level that starts a name and opens a parenthesis; the
+# signature may go on over several lines) to the "}" in column 0 that closes its body
 long_functions() {
     awk '
-        FNR == 1 { depth = 0; start = 0 }
-        depth == 0 && /^[A-Za-z].*\) *\{ *$/ && !/^(typedef|struct|enum|union|static const|const)/ { start = FNR; name = $0 }
-        { n = gsub(/\{/, "{"); m = gsub(/\}/, "}"); depth += n - m }
-        depth == 0 && start && /^\}/ { if (FNR - start + 1 > 100) printf "%s:%d: %s: %d lines\n", FILENAME, start, name, FNR - start + 1; start = 0 }
+        FNR == 1 { depth = 0; start = 0; sig = 0 }
+        depth == 0 && /^[A-Za-z_].*\(/ && !/^(typedef|struct|enum|union)/ && !sig { sig = FNR; name = $0 }
+        {
+            before = depth
+            n = gsub(/\{/, "{"); m = gsub(/\}/, "}"); depth += n - m
+            if (before == 0 && depth > 0 && sig && !/=/) start = sig
+            if (depth == 0 && (/;[ \t]*$/ || /^[ \t]*$/ || /^#/)) sig = 0
+        }
+        depth == 0 && start && /^\}/ {
+            if (FNR - start + 1 > 100) printf "%s:%d: %s: %d lines\n", FILENAME, start, name, FNR - start + 1
+            start = 0; sig = 0
+        }
     ' "$@"
 }
 
@@ -32,8 +40,9 @@ out=$(grep -ln "open_memstream" src/*.c src/*.h | grep -v "^src/json\.[ch]$")
 [ -z "$out" ] && ok "no open_memstream outside the JSON writer" || fail "open_memstream in: $out"
 
 # the checks themselves catch what they are for
-{ printf 'static int f(void) {\n'; i=0; while [ $i -lt 100 ]; do printf '    x++;\n'; i=$((i + 1)); done; printf '}\n'; } > "$TMP/long.c"
+{ printf 'static int f(int a,\n                 int b) {\n'; i=0; while [ $i -lt 100 ]; do printf '    x++;\n'; i=$((i + 1)); done; printf '}\n'; } > "$TMP/long.c"
 printf 'int g(void) { return 0; } // %0130d\n' 0 >> "$TMP/long.c"
-[ -n "$(long_functions "$TMP/long.c")" ] && ok "a planted 102-line function is found" || fail "the function check missed a 102-line function"
+[ -n "$(long_functions "$TMP/long.c")" ] && ok "a planted 103-line function (its signature on two lines) is found" ||
+    fail "the function check missed a 103-line function"
 [ -n "$(long_lines "$TMP/long.c")" ] && ok "a planted long line is found" || fail "the line check missed a long line"
 finish
