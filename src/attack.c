@@ -254,6 +254,19 @@ static void procrustes(const double *M, int d, float *R) {
 
 enum { ALIGN_CLUSTERS = 160, KMEANS_ITERS = 15, ICP_ITERS = 10 };
 
+// Sorts the indices idx (n) by count[idx], largest first; equal counts keep their order (insertion sort:
+// n is at most 256 here).
+static void sort_by_count(int *idx, int n, const int *count) {
+    for (int i = 1; i < n; i++) {
+        int v = idx[i], j = i;
+        while (j > 0 && count[idx[j - 1]] < count[v]) {
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        idx[j] = v;
+    }
+}
+
 // The attacker's byte means bm (256, d), in its inverter's standardized space, for the bytes it has at
 // least 3 rows of, and those bytes by frequency, most frequent first, in rank. Returns how many.
 static int align_byte_means(const Inverter *inv, const float *F, const uint8_t *fy, int nf, int d, double *bm,
@@ -268,14 +281,7 @@ static int align_byte_means(const Inverter *inv, const float *F, const uint8_t *
             for (int j = 0; j < d; j++) bm[b * d + j] /= cnt[b];
             rank[nb++] = b;
         }
-    for (int i = 1; i < nb; i++) {
-        int b = rank[i], j = i;
-        while (j > 0 && cnt[rank[j - 1]] < cnt[b]) {
-            rank[j] = rank[j - 1];
-            j--;
-        }
-        rank[j] = b;
-    }
+    sort_by_count(rank, nb, cnt);
     return nb;
 }
 
@@ -312,14 +318,7 @@ static void align_map(const double *bm, const int *byte_rank, int nb, const doub
                       float *best_R) {
     int order[ALIGN_CLUSTERS], match[ALIGN_CLUSTERS];
     for (int c = 0; c < kc; c++) order[c] = c;
-    for (int i = 1; i < kc; i++) {
-        int c = order[i], j = i;
-        while (j > 0 && size[order[j - 1]] < size[c]) {
-            order[j] = order[j - 1];
-            j--;
-        }
-        order[j] = c;
-    }
+    sort_by_count(order, kc, size);
     float *R = mallocCheck(sizeof(float) * d * d);
     double *M = mallocCheck(sizeof(double) * d * d), *mc = mallocCheck(sizeof(double) * d), best_fit = INFINITY;
     for (int start = 0; start < 2 && nb; start++) {

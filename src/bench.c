@@ -348,11 +348,7 @@ int bench_run(const Config *c, Comm *comm, const RunOptions *ro, const BenchOpti
         double mine[3] = {r->party[q].party, acc, acc_norm};
         memcpy(all + 3 * (size_t)q, mine, sizeof mine);
     }
-    if (!r->one_process) {
-        double mine[3];
-        memcpy(mine, all, sizeof mine);
-        comm_gather_doubles(comm, MSG_METRICS, mine, 3, all);
-    }
+    run_gather_rows(r, all, 3);
     int rc = 0;
     if (comm->rank == 0) {
         for (int q = 0; q < P; q++)

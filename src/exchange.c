@@ -364,7 +364,7 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
         for (int p = 0; p < P; p++)
             privacy_clip_noise(s->dye + (size_t)ex->send_offs[p] * d, ex->send_rows[p], d, ex->grad_clip_norm,
                                ex->noise_multiplier, &ex->noise);
-    if (ex->tap) record_tap(ex->tap, TAP_GRADS_SENT, ex, layer, s ? a : NULL); // study only: each gradient row's byte
+    if (ex->tap) record_tap(ex->tap, TAP_GRADS_SENT, ex, layer, a); // study only: each gradient row's byte
     // 1. gradients w.r.t. the outputs go to the owners
     to_owners(ex, MSG_OUTPUT_GRADS, s ? s->dye : NULL);
     if (ex->tap) record_tap(ex->tap, TAP_GRADS_RECEIVED, ex, layer, a); // study only: what this owner saw

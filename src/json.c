@@ -101,7 +101,6 @@ void json_member_bool(Json *j, const char *key, int v) { json_key(j, key); json_
 
 void json_break(Json *j, const char *ws) {
     json_value_start(j);
-    j->started[j->depth] = 1;
     text_printf(&j->out, "%s", ws);
     j->bare = 1;
 }

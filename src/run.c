@@ -293,6 +293,14 @@ void run_validate(Run *r) {
     }
 }
 
+void run_gather_rows(Run *r, double *rows, int width) {
+    if (r->one_process) return;
+    double *mine = mallocCheck(sizeof(double) * (size_t)width);
+    memcpy(mine, rows, sizeof(double) * (size_t)width);
+    comm_gather_doubles(r->comm, MSG_METRICS, mine, width, rows);
+    free(mine);
+}
+
 MemStats run_party_mem(const Run *r, int q) {
     MemStats mem = r->c->mode == MODE_CENTRALIZED ? r->central.mem : r->party[q].model.mem;
     if (r->exchanged) mem.buffers = r->ex.peak;
@@ -537,16 +545,14 @@ int run_eval(const Config *c, Comm *comm, const RunOptions *o) {
     run_open(r, c, comm, o, 1);
     int step = run_load_checkpoint(r, o->checkpoint), P = r->P;
     run_validate(r);
-    double mine[2] = {r->party[0].party, r->party[0].s.val_loss};
-    double *all = mallocCheck(sizeof(double) * 2 * (size_t)P);
-    if (r->one_process)
-        for (int q = 0; q < r->n; q++) {
-            all[2 * q] = q;
-            all[2 * q + 1] = r->party[q].s.val_loss;
-        }
-    else comm_gather_doubles(comm, MSG_METRICS, mine, 2, all);
+    double *all = mallocCheck(sizeof(double) * 2 * (size_t)P); // (P, 2) party, val_loss
+    for (int q = 0; q < r->n; q++) {
+        all[2 * q] = r->party[q].party;
+        all[2 * q + 1] = r->party[q].s.val_loss;
+    }
+    run_gather_rows(r, all, 2);
     if (comm->rank == 0)
-        for (int q = 0; q < (r->one_process ? r->n : P); q++)
+        for (int q = 0; q < P; q++)
             printf("party %d: val_loss %.6f nats/byte (%.4f bits/byte), step %d\n", (int)all[2 * q], all[2 * q + 1],
                    all[2 * q + 1] / log(2.0), step);
     free(all);

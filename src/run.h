@@ -94,6 +94,9 @@ void run_validate(Run *r);
 // The DP accountant after a step: party q's epsilon so far into its stats (s.epsilon; nothing when the
 // defence is off).
 void run_dp_account(Run *r, int q);
+// rows (P, width): this process's parties have written theirs at rows 0 .. n-1; with one party per rank, rank 0
+// then gathers every party's (a collective of every rank). After it, rank 0 holds all P rows.
+void run_gather_rows(Run *r, double *rows, int width);
 // Memory of party q as held in this process (bytes by category; exchange buffers at their peak).
 MemStats run_party_mem(const Run *r, int q);
 
