@@ -75,11 +75,11 @@ void *dev_grow(void **buf, size_t *cap, size_t bytes) {
     return *buf;
 }
 
-// a device copy of n host bytes in *buf
-const uint8_t *dev_bytes(void **buf, size_t *cap, const uint8_t *host, size_t n) {
-    void *d = dev_grow(buf, cap, n);
-    cudaCheck(cudaMemcpy(d, host, n, cudaMemcpyHostToDevice));
-    return static_cast<const uint8_t *>(d);
+// a device copy of n host tokens in *buf
+const Token *dev_tokens(void **buf, size_t *cap, const Token *host, size_t n) {
+    void *d = dev_grow(buf, cap, sizeof(Token) * n);
+    cudaCheck(cudaMemcpy(d, host, sizeof(Token) * n, cudaMemcpyHostToDevice));
+    return static_cast<const Token *>(d);
 }
 
 CuMoeActs view(const MoeActs *a) {
@@ -92,11 +92,11 @@ CuMoeActs view(const MoeActs *a) {
 }
 
 void residual(float *out, const float *a, const float *b, size_t n) { cu_residual_forward(out, a, b, (long)n, 0); }
-void embedding_fwd(float *out, const uint8_t *tokens, const float *embed, int N, int d) {
-    cu_embedding_forward(out, dev_bytes(&S.tokens, &S.cap_tokens, tokens, (size_t)N), embed, N, d, 0);
+void embedding_fwd(float *out, const Token *tokens, const float *embed, int N, int d) {
+    cu_embedding_forward(out, dev_tokens(&S.tokens, &S.cap_tokens, tokens, (size_t)N), embed, N, d, 0);
 }
-void embedding_bwd(float *dembed, const float *dout, const uint8_t *tokens, int N, int d) {
-    cu_embedding_backward(dembed, dout, dev_bytes(&S.tokens, &S.cap_tokens, tokens, (size_t)N), N, d, 0);
+void embedding_bwd(float *dembed, const float *dout, const Token *tokens, int N, int d) {
+    cu_embedding_backward(dembed, dout, dev_tokens(&S.tokens, &S.cap_tokens, tokens, (size_t)N), N, d, 0);
 }
 void rmsnorm_fwd(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps) {
     cu_rmsnorm_forward(out, rstd, inp, w, N, d, eps, 0);
@@ -133,15 +133,16 @@ void attention_bwd(float *dqkv, float *, size_t, const float *dout, const float 
                    int B, int T, int H, int hs) {
     cu_attention_backward(S.blas, dqkv, dout, qkv, att, att_scratch(B, T, H, hs), B, T, H, hs, 0);
 }
-double ce_fwd(float *probs, float *losses, const uint8_t *targets, int N, int V) {
-    cu_crossentropy_forward(probs, losses, dev_bytes(&S.targets, &S.cap_targets, targets, (size_t)N), N, V, 0);
+double ce_fwd(float *probs, float *losses, const Token *targets, int N, int V) {
+    cu_crossentropy_forward(probs, losses, dev_tokens(&S.targets, &S.cap_targets, targets, (size_t)N), N, V, 0);
     dev_sync();
     double total = 0.0; // in row order, as the CPU kernel
     for (int n = 0; n < N; n++) total += losses[n];
     return total / N;
 }
-void ce_bwd(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale) {
-    cu_crossentropy_backward(dlogits, probs, dev_bytes(&S.targets, &S.cap_targets, targets, (size_t)N), N, V, scale, 0);
+void ce_bwd(float *dlogits, const float *probs, const Token *targets, int N, int V, float scale) {
+    const Token *dt = dev_tokens(&S.targets, &S.cap_targets, targets, (size_t)N);
+    cu_crossentropy_backward(dlogits, probs, dt, N, V, scale, 0);
 }
 void ffn_fwd(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu, const float *wd,
              int N, int d, int f) {

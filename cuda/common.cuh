@@ -8,6 +8,8 @@
 #include <cstddef> // size_t
 #include <cstdint> // uint8_t
 
+#include "../src/token.h" // Token
+
 #ifdef __CUDACC__
 #include <cublas_v2.h>
 #include <cuda_runtime.h>

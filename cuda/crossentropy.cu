@@ -4,7 +4,7 @@
 static const int CE_THREADS = 256;
 
 // block n: probs[n] = softmax(logits[n]) in place; losses[n] = logsumexp - logit of the target
-__global__ void crossentropy_forward_kernel(float *probs, float *losses, const uint8_t *targets, int V) {
+__global__ void crossentropy_forward_kernel(float *probs, float *losses, const Token *targets, int V) {
     __shared__ float scratch[32];
     float *p = probs + (long)blockIdx.x * V;
     float logit_t = p[targets[blockIdx.x]];
@@ -20,22 +20,22 @@ __global__ void crossentropy_forward_kernel(float *probs, float *losses, const u
 }
 
 // one thread per element: dlogits = (probs - onehot(target)) * scale
-__global__ void crossentropy_backward_kernel(float *dlogits, const float *probs, const uint8_t *targets, int N, int V,
+__global__ void crossentropy_backward_kernel(float *dlogits, const float *probs, const Token *targets, int N, int V,
                                              float scale) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)N * V) return;
     long n = i / V;
     int c = (int)(i % V);
-    dlogits[i] = probs[i] * scale - (c == targets[n] ? scale : 0.0f);
+    dlogits[i] = probs[i] * scale - (c == (int)targets[n] ? scale : 0.0f);
 }
 
-void cu_crossentropy_forward(float *probs_inout, float *losses, const uint8_t *targets, int N, int V,
+void cu_crossentropy_forward(float *probs_inout, float *losses, const Token *targets, int N, int V,
                              cudaStream_t stream) {
     LAUNCH(crossentropy_forward_kernel, N, CE_THREADS, 0, stream, probs_inout, losses, targets, V);
     cudaCheck(cudaGetLastError());
 }
 
-void cu_crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale,
+void cu_crossentropy_backward(float *dlogits, const float *probs, const Token *targets, int N, int V, float scale,
                               cudaStream_t stream) {
     LAUNCH(crossentropy_backward_kernel, ceil_div((long)N * V, 256), 256, 0, stream, dlogits, probs, targets, N, V,
            scale);

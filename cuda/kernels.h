@@ -10,8 +10,8 @@
 void cu_residual_forward(float *out, const float *a, const float *b, long n, cudaStream_t stream);
 
 // embedding.cu: out (N, d) = embed[tokens[n]];  dembed (V, d) += scatter of dout by token
-void cu_embedding_forward(float *out, const uint8_t *tokens, const float *embed, int N, int d, cudaStream_t stream);
-void cu_embedding_backward(float *dembed, const float *dout, const uint8_t *tokens, int N, int d, cudaStream_t stream);
+void cu_embedding_forward(float *out, const Token *tokens, const float *embed, int N, int d, cudaStream_t stream);
+void cu_embedding_backward(float *dembed, const float *dout, const Token *tokens, int N, int d, cudaStream_t stream);
 
 // rmsnorm.cu: out (N, d) = inp * rstd * w, rstd (N);  dinp (N, d) +=, dw (d) +=
 void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps,
@@ -38,9 +38,9 @@ void cu_ffn_backward(cublasHandle_t blas, float *dx, float *dwg, float *dwu, flo
                      const float *wg, const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream);
 
 // crossentropy.cu: probs_inout (N, V): logits in, softmax out; losses (N).  dlogits (N, V) overwritten
-void cu_crossentropy_forward(float *probs_inout, float *losses, const uint8_t *targets, int N, int V,
+void cu_crossentropy_forward(float *probs_inout, float *losses, const Token *targets, int N, int V,
                              cudaStream_t stream);
-void cu_crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale,
+void cu_crossentropy_backward(float *dlogits, const float *probs, const Token *targets, int N, int V, float scale,
                               cudaStream_t stream);
 
 // adamw.cu: one AdamW step of n parameters (src/optim.c's formula); bc1, bc2 the bias corrections,

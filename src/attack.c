@@ -400,7 +400,7 @@ static void own_pairs(OwnPairs *o, Model *m, Dataset *ds, const ModelConfig *mc,
     o->bytes = mallocCheck((size_t)o->n);
     o->gbytes = mallocCheck((size_t)L * o->n);
     o->expert = mallocCheck(sizeof(int) * (size_t)L * o->n * k);
-    uint8_t *tok = mallocCheck(N), *tgt = mallocCheck(N);
+    Token *tok = mallocCheck(sizeof(Token) * N), *tgt = mallocCheck(sizeof(Token) * N);
     for (int b = 0; b * N < o->n; b++) {
         data_train_batch(ds, tok, tgt, B, T);
         model_zero_grad(m);
@@ -410,7 +410,7 @@ static void own_pairs(OwnPairs *o, Model *m, Dataset *ds, const ModelConfig *mc,
             memcpy(o->rows + ((size_t)l * o->n + (size_t)b * N) * d, m->acts[l].ln2, sizeof(float) * N * d);
             memcpy(o->expert + ((size_t)l * o->n + (size_t)b * N) * k, m->acts[l].moe.topk, sizeof(int) * N * k);
         }
-        memcpy(o->bytes + (size_t)b * N, tok, N);
+        for (int i = 0; i < N; i++) o->bytes[(size_t)b * N + i] = (uint8_t)tok[i]; // (byte-level tokens)
         model_backward(m, tok, tgt); // each MoE layer's ye now holds its output gradients (packed rows)
         for (int l = 0; l < L; l++) {
             if (!model_layer_is_moe(mc, l)) continue;
@@ -418,7 +418,7 @@ static void own_pairs(OwnPairs *o, Model *m, Dataset *ds, const ModelConfig *mc,
             for (int i = 0; i < N; i++) { // every k-th of the N*k packed rows (all experts' rows alike)
                 size_t r = (size_t)i * k;
                 memcpy(o->grads + ((size_t)l * o->n + (size_t)b * N + i) * d, a->ye + r * d, sizeof(float) * d);
-                o->gbytes[(size_t)l * o->n + (size_t)b * N + i] = tgt[a->row_choice[r] / k];
+                o->gbytes[(size_t)l * o->n + (size_t)b * N + i] = (uint8_t)tgt[a->row_choice[r] / k];
             }
         }
     }

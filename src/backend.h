@@ -14,6 +14,7 @@
 #include <stddef.h> // size_t
 #include <stdint.h> // uint8_t
 
+#include "token.h"  // Token
 #include "moe.h"    // MoeActs, MoeScratch, ExpertSet
 #include "optim.h"  // OptimConfig, ParamTensor
 
@@ -33,8 +34,8 @@ typedef struct Backend {
     size_t (*peak_bytes)(void);               // the most bytes alloc's buffers (and the backend's own) held at once
     // layers.h
     void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
-    void (*embedding_forward)(float *out, const uint8_t *tokens, const float *embed, int N, int d);
-    void (*embedding_backward)(float *dembed, const float *dout, const uint8_t *tokens, int N, int d);
+    void (*embedding_forward)(float *out, const Token *tokens, const float *embed, int N, int d);
+    void (*embedding_backward)(float *dembed, const float *dout, const Token *tokens, int N, int d);
     void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps);
     void (*rmsnorm_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                              const float *rstd, int N, int d);
@@ -52,8 +53,8 @@ typedef struct Backend {
                               int H, int hs);
     void (*attention_backward)(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
                                const float *saved, const float *out, int B, int T, int H, int hs);
-    double (*crossentropy_forward)(float *probs_inout, float *losses, const uint8_t *targets, int N, int V);
-    void (*crossentropy_backward)(float *dlogits, const float *probs, const uint8_t *targets, int N, int V,
+    double (*crossentropy_forward)(float *probs_inout, float *losses, const Token *targets, int N, int V);
+    void (*crossentropy_backward)(float *dlogits, const float *probs, const Token *targets, int N, int V,
                                   float scale);
     void (*ffn_forward)(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu,
                         const float *wd, int N, int d, int f);

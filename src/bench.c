@@ -244,12 +244,12 @@ void bench_free(BenchTask *t) {
     memset(t, 0, sizeof *t);
 }
 
-void bench_score(Model *m, const BenchTask *t, uint8_t *tok, uint8_t *tgt, double *loglik) {
+void bench_score(Model *m, const BenchTask *t, Token *tok, Token *tgt, double *loglik) {
     int B = m->B, T = m->T;
     int *from = mallocCheck(sizeof(int) * (size_t)B), *to = mallocCheck(sizeof(int) * (size_t)B);
     for (int p0 = 0; p0 < t->n_pairs; p0 += B) {
-        memset(tok, 0, (size_t)B * T);
-        memset(tgt, 0, (size_t)B * T);
+        memset(tok, 0, sizeof(Token) * (size_t)B * T);
+        memset(tgt, 0, sizeof(Token) * (size_t)B * T);
         for (int s = 0; s < B; s++) { // sequence s: pair p0 + s, at the start of its row (later bytes are padding)
             from[s] = to[s] = 0;
             int i = p0 + s;
@@ -257,8 +257,10 @@ void bench_score(Model *m, const BenchTask *t, uint8_t *tok, uint8_t *tgt, doubl
             int L = t->text_len[i], n = L - 1 < T ? L - 1 : T; // inputs w[0 .. n-1], targets w[1 .. n]
             if (n <= 0) continue;
             const uint8_t *w = t->text[i] + (L - 1 - n);
-            memcpy(tok + (size_t)s * T, w, (size_t)n);
-            memcpy(tgt + (size_t)s * T, w + 1, (size_t)n);
+            for (int j = 0; j < n; j++) { // (bytes: a byte-level model's tokens)
+                tok[(size_t)s * T + j] = w[j];
+                tgt[(size_t)s * T + j] = w[j + 1];
+            }
             int scored = t->cont_len[i] < n ? t->cont_len[i] : n; // the last `scored` targets are the continuation's
             from[s] = n - scored;
             to[s] = n;
@@ -339,7 +341,7 @@ int bench_run(const Config *c, Comm *comm, const RunOptions *ro, const BenchOpti
     double *ll = mallocCheck(sizeof(double) * (size_t)t.n_pairs * r->n),
            *all = mallocCheck(sizeof(double) * 3 * (size_t)P);
     for (int q = 0; q < r->n; q++) {
-        uint8_t *tok, *tgt;
+        Token *tok, *tgt;
         Model *m = run_party_model(r, q, &tok, &tgt);
         bench_score(m, &t, tok, tgt, ll + (size_t)q * t.n_pairs);
         run_party_done(r, m);

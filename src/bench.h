@@ -34,7 +34,7 @@ int bench_load(BenchTask *t, const char *path, char *err, size_t len);
 void bench_free(BenchTask *t);
 // loglik (n_pairs) of every pair under model m, m->B sequences per forward pass (a pass for every
 // m->B pairs: parties in pcmoe over MPI run the same number of passes). tok, tgt: (m->B, m->T) scratch.
-void bench_score(Model *m, const BenchTask *t, uint8_t *tok, uint8_t *tgt, double *loglik);
+void bench_score(Model *m, const BenchTask *t, Token *tok, Token *tgt, double *loglik);
 // acc and acc_norm (see above) from the pairs' log-likelihoods.
 void bench_accuracy(const BenchTask *t, const double *loglik, double *acc, double *acc_norm);
 

@@ -83,22 +83,27 @@ void data_free(Dataset *ds) {
     ds->bytes = NULL;
 }
 
-void data_train_batch(Dataset *ds, uint8_t *tokens, uint8_t *targets, int B, int T) {
+// dst (T) = the byte-level tokens of src (T)
+static void window_copy(Token *dst, const uint8_t *src, int T) {
+    for (int i = 0; i < T; i++) dst[i] = src[i];
+}
+
+void data_train_batch(Dataset *ds, Token *tokens, Token *targets, int B, int T) {
     for (int b = 0; b < B; b++) {
         size_t start = (size_t)rng_below(&ds->rng, ds->n_train - (size_t)T);
-        memcpy(tokens + (size_t)b * T, ds->bytes + start, T);
-        memcpy(targets + (size_t)b * T, ds->bytes + start + 1, T);
+        window_copy(tokens + (size_t)b * T, ds->bytes + start, T);
+        window_copy(targets + (size_t)b * T, ds->bytes + start + 1, T);
     }
 }
 
-void data_val_batch(const Dataset *ds, uint8_t *tokens, uint8_t *targets, int B, int T, int i, int n_batches) {
+void data_val_batch(const Dataset *ds, Token *tokens, Token *targets, int B, int T, int i, int n_batches) {
     size_t n_val = ds->n_bytes - ds->n_train;
     size_t span = n_val - (size_t)T - 1; // last valid start offset within the split
     size_t windows = (size_t)B * n_batches;
     for (int b = 0; b < B; b++) {
         size_t w = (size_t)i * B + b;
         size_t start = ds->n_train + (windows > 1 ? (size_t)((double)span * w / (windows - 1)) : 0);
-        memcpy(tokens + (size_t)b * T, ds->bytes + start, T);
-        memcpy(targets + (size_t)b * T, ds->bytes + start + 1, T);
+        window_copy(tokens + (size_t)b * T, ds->bytes + start, T);
+        window_copy(targets + (size_t)b * T, ds->bytes + start + 1, T);
     }
 }

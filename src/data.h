@@ -6,6 +6,7 @@
 #include <stddef.h> // size_t
 #include <stdint.h> // uint8_t
 
+#include "token.h"  // Token
 #include "rng.h"    // Rng
 
 typedef struct {
@@ -21,9 +22,9 @@ typedef struct {
 int data_load(Dataset *ds, const char *path, double val_fraction, int T, uint64_t seed, char *err, size_t err_len);
 void data_free(Dataset *ds);
 // Fills tokens, targets (B, T) with B random training windows: targets are tokens shifted by one.
-void data_train_batch(Dataset *ds, uint8_t *tokens, uint8_t *targets, int B, int T);
+void data_train_batch(Dataset *ds, Token *tokens, Token *targets, int B, int T);
 // Validation batch `i` of `n_batches`: B*n_batches windows spread evenly over the validation split, the
 // same every time.
-void data_val_batch(const Dataset *ds, uint8_t *tokens, uint8_t *targets, int B, int T, int i, int n_batches);
+void data_val_batch(const Dataset *ds, Token *tokens, Token *targets, int B, int T, int i, int n_batches);
 
 #endif

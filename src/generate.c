@@ -45,16 +45,16 @@ static void log_softmax(float *logp, const float *logits, int V) {
     for (int i = 0; i < V; i++) logp[i] = logits[i] - lse;
 }
 
-double generate_text(Model *m, const GenerateOptions *o, uint8_t *text, int prompt_len, GenerateStep *steps) {
+double generate_text(Model *m, const GenerateOptions *o, Token *text, int prompt_len, GenerateStep *steps) {
     int T = m->T, V = m->cfg.vocab, end = prompt_len, start = end > T ? end - T : 0, keep = T / 2 > 0 ? T / 2 : 1;
     float *logits = mallocCheck(sizeof(float) * V), *logp = mallocCheck(sizeof(float) * V);
-    uint8_t *tok = NULL, *tgt = NULL;
+    Token *tok = NULL, *tgt = NULL;
     KvCache kv;
     memset(&kv, 0, sizeof kv);
     if (o->no_cache) {
         model_set_batch(m, 1);
-        tok = mallocCheck((size_t)T);
-        tgt = mallocCheck((size_t)T);
+        tok = mallocCheck(sizeof(Token) * (size_t)T);
+        tgt = mallocCheck(sizeof(Token) * (size_t)T);
     } else {
         model_cache_create(&kv, m);
     }
@@ -68,9 +68,9 @@ double generate_text(Model *m, const GenerateOptions *o, uint8_t *text, int prom
         }
         int context = end - start;
         if (o->no_cache) { // the reference: the whole context through model_forward, padded to seq_len
-            memset(tok, 0, (size_t)T);
-            memset(tgt, 0, (size_t)T);
-            memcpy(tok, text + start, (size_t)context);
+            memset(tok, 0, sizeof(Token) * (size_t)T);
+            memset(tgt, 0, sizeof(Token) * (size_t)T);
+            memcpy(tok, text + start, sizeof(Token) * (size_t)context);
             model_forward(m, tok, tgt); // (the logits' buffer then holds the probabilities)
             const float *probs = m->logits + (size_t)(context - 1) * V;
             for (int i = 0; i < V; i++) logp[i] = logf(probs[i]);
@@ -82,8 +82,8 @@ double generate_text(Model *m, const GenerateOptions *o, uint8_t *text, int prom
             positions += n;
         }
         int b = generate_sample(logp, V, o->temperature, o->top_k, &rng);
-        steps[j] = (GenerateStep){.byte = (uint8_t)b, .logprob = logp[b], .context = context};
-        text[end++] = (uint8_t)b;
+        steps[j] = (GenerateStep){.token = (Token)b, .logprob = logp[b], .context = context};
+        text[end++] = (Token)b;
     }
     if (!o->no_cache) model_cache_free(&kv);
     free(logits); free(logp); free(tok); free(tgt);
@@ -96,7 +96,7 @@ void generate_serve(Model *m, const GenerateOptions *o) {
 
 // The prompt (--prompt or --prompt-file), with room for max_new bytes after it, into *text; *len its bytes.
 // Returns 0, or 2 with err set.
-static int generate_prompt(const GenerateOptions *o, uint8_t **text, int *len, char *err, size_t err_len) {
+static int generate_prompt(const GenerateOptions *o, Token **text, int *len, char *err, size_t err_len) {
     uint8_t *file = NULL;
     size_t n = o->prompt ? strlen(o->prompt) : 0, cap = 0;
     int rc = 0;
@@ -112,8 +112,9 @@ static int generate_prompt(const GenerateOptions *o, uint8_t **text, int *len, c
         rc = error_set(err, err_len, "%s: empty prompt; give at least one byte",
                        o->prompt_file ? o->prompt_file : "--prompt");
     if (!rc) {
-        *text = mallocCheck(n + (size_t)o->max_new);
-        memcpy(*text, o->prompt_file ? file : (const uint8_t *)o->prompt, n);
+        const uint8_t *bytes = o->prompt_file ? file : (const uint8_t *)o->prompt;
+        *text = mallocCheck(sizeof(Token) * (n + (size_t)o->max_new));
+        for (size_t i = 0; i < n; i++) (*text)[i] = bytes[i]; // (a byte-level model: a token per byte)
         *len = (int)n;
     }
     free(file);
@@ -135,9 +136,13 @@ static int generate_json(const GenerateOptions *o, int step, int prompt_len, con
     json_member_bool(&j, "kv_cache", !o->no_cache);
     json_member_fixed(&j, "positions", positions, 0);
     json_member_fixed(&j, "seconds", seconds, 6);
-    json_key(&j, "bytes");
+    json_key(&j, "tokens");
     json_open_array(&j);
-    for (int i = 0; i < o->max_new; i++) json_int(&j, steps[i].byte);
+    for (int i = 0; i < o->max_new; i++) json_int(&j, (int)steps[i].token);
+    json_close_array(&j);
+    json_key(&j, "bytes"); // (a byte-level model: the same ids)
+    json_open_array(&j);
+    for (int i = 0; i < o->max_new; i++) json_int(&j, (int)steps[i].token);
     json_close_array(&j);
     json_key(&j, "logprobs");
     json_open_array(&j);
@@ -153,11 +158,11 @@ static int generate_json(const GenerateOptions *o, int step, int prompt_len, con
 }
 
 // The prompting party: generates after text's prompt_len bytes, prints prompt and text, and the --json.
-static int generate_prompted(Model *m, const GenerateOptions *o, int step, uint8_t *text, int prompt_len, char *err,
+static int generate_prompted(Model *m, const GenerateOptions *o, int step, Token *text, int prompt_len, char *err,
                              size_t len) {
     GenerateStep *steps = mallocCheck(sizeof(GenerateStep) * (size_t)o->max_new);
     double t0 = now_seconds(), positions = generate_text(m, o, text, prompt_len, steps), dt = now_seconds() - t0;
-    fwrite(text, 1, (size_t)prompt_len + o->max_new, stdout);
+    for (int i = 0; i < prompt_len + o->max_new; i++) putchar((int)text[i]); // (bytes)
     printf("\n");
     fflush(stdout);
     fprintf(stderr,
@@ -190,7 +195,7 @@ int generate_run(Config *c, Comm *comm, const RunOptions *ro, const GenerateOpti
     int mine = r->one_process || comm->party == o->party;
     Model *m = c->mode == MODE_CENTRALIZED ? &r->central : &r->party[r->one_process ? o->party : 0].model;
     char err[2048] = "";
-    uint8_t *text = NULL; // the prompt, read by the prompting party only
+    Token *text = NULL; // the prompt, read by the prompting party only
     int prompt_len = 0, rc = mine ? generate_prompt(o, &text, &prompt_len, err, sizeof err) : 0;
     comm_stop_if_failed(comm, rc, err);
     if (mine) rc = generate_prompted(m, o, step, text, prompt_len, err, sizeof err);

@@ -36,7 +36,7 @@ typedef struct {
 
 // What one pass produced.
 typedef struct {
-    uint8_t byte;        // the sampled byte
+    Token token;         // the sampled token (a byte-level model: the byte)
     float logprob;       // its log-probability under the model (before temperature and top-k)
     int context;         // bytes it was predicted from
 } GenerateStep;
@@ -48,7 +48,7 @@ int generate_sample(const float *logp, int V, float temperature, int top_k, Rng 
 // prompt_len + max_new) and fills steps (max_new). m: a model with batch size 1; its experts are local or
 // reached through m->ex. Returns the positions run through the model (the prompt's and one per later
 // byte, plus the window's refills; with no_cache every pass's whole context, padded to seq_len).
-double generate_text(Model *m, const GenerateOptions *o, uint8_t *text, int prompt_len, GenerateStep *steps);
+double generate_text(Model *m, const GenerateOptions *o, Token *text, int prompt_len, GenerateStep *steps);
 
 // Every other party of a pcmoe job: serves its experts for the prompting party's passes, in step with it.
 void generate_serve(Model *m, const GenerateOptions *o);

@@ -66,12 +66,12 @@ void residual_forward(float *out, const float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-void embedding_forward(float *out, const uint8_t *tokens, const float *embed, int N, int d) {
+void embedding_forward(float *out, const Token *tokens, const float *embed, int N, int d) {
 #pragma omp parallel for
     for (int n = 0; n < N; n++) memcpy(out + (long)n * d, embed + (long)tokens[n] * d, sizeof(float) * d);
 }
 
-void embedding_backward(float *dembed, const float *dout, const uint8_t *tokens, int N, int d) {
+void embedding_backward(float *dembed, const float *dout, const Token *tokens, int N, int d) {
     // serial over rows: two rows with the same token add into the same embedding row
     for (int n = 0; n < N; n++) {
         float *dst = dembed + (long)tokens[n] * d;
@@ -332,7 +332,7 @@ void swiglu_backward(float *dh, float *du, const float *da, const float *h, cons
     }
 }
 
-double crossentropy_forward(float *probs, float *losses, const uint8_t *targets, int N, int V) {
+double crossentropy_forward(float *probs, float *losses, const Token *targets, int N, int V) {
 #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         float *p = probs + (long)n * V;
@@ -352,7 +352,7 @@ double crossentropy_forward(float *probs, float *losses, const uint8_t *targets,
     return total / N;
 }
 
-void crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale) {
+void crossentropy_backward(float *dlogits, const float *probs, const Token *targets, int N, int V, float scale) {
 #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const float *p = probs + (long)n * V;

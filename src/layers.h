@@ -8,13 +8,15 @@
 #include <stddef.h> // size_t
 #include <stdint.h> // uint8_t
 
+#include "token.h" // Token
+
 // out (n) = a + b (the residual connection; out may be a or b)
 void residual_forward(float *out, const float *a, const float *b, size_t n);
 
 // out (N, d) = embed[tokens[n]]
-void embedding_forward(float *out, const uint8_t *tokens, const float *embed, int N, int d);
+void embedding_forward(float *out, const Token *tokens, const float *embed, int N, int d);
 // dembed (V, d) += scatter of dout (N, d) by token
-void embedding_backward(float *dembed, const float *dout, const uint8_t *tokens, int N, int d);
+void embedding_backward(float *dembed, const float *dout, const Token *tokens, int N, int d);
 
 // out (N, d) = inp * rstd * w, rstd (N) = 1/sqrt(mean(inp^2) + eps)
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps);
@@ -61,9 +63,9 @@ void swiglu_backward(float *dh, float *du, const float *da, const float *h, cons
 
 // Mean cross-entropy. logits (N, V) are overwritten with softmax probabilities; losses (N) per row.
 // Returns the mean loss over the N rows (accumulated in double).
-double crossentropy_forward(float *probs_inout, float *losses, const uint8_t *targets, int N, int V);
+double crossentropy_forward(float *probs_inout, float *losses, const Token *targets, int N, int V);
 // dlogits (N, V) = (probs - onehot(target)) * scale  (overwritten)
-void crossentropy_backward(float *dlogits, const float *probs, const uint8_t *targets, int N, int V, float scale);
+void crossentropy_backward(float *dlogits, const float *probs, const Token *targets, int N, int V, float scale);
 
 
 

@@ -332,7 +332,7 @@ static void ffn_block(Model *m, int l, const float *x, float *out, int n, float 
     m->be->moe_combine(out, a);
 }
 
-double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
+double model_forward(Model *m, const Token *tokens, const Token *targets) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, d = c->d;
     if (m->tap) record_batch(m->tap, tokens, targets); // study only: the truth behind the rows this pass sends
@@ -367,7 +367,7 @@ void model_set_batch(Model *m, int B) {
 
 void model_zero_grad(Model *m) { m->be->zero(m->grads, sizeof(float) * m->n_params); }
 
-void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets) {
+void model_backward(Model *m, const Token *tokens, const Token *targets) {
     const ModelConfig *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, d = c->d, H = c->n_heads, hs = c->head_dim;
     size_t Nd = (size_t)N * d;
@@ -530,7 +530,7 @@ static void attention_cached(float *out, const float *qkv, const float *K, const
     }
 }
 
-void model_forward_cached(Model *m, KvCache *kv, const uint8_t *tokens, int n, float *logits) {
+void model_forward_cached(Model *m, KvCache *kv, const Token *tokens, int n, float *logits) {
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
     int d = c->d, H = c->n_heads, hs = c->head_dim, half = hs / 2, p0 = kv->len;

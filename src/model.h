@@ -10,6 +10,7 @@
 #include <stddef.h> // size_t
 #include <stdint.h> // uint8_t, uint64_t
 
+#include "token.h"  // Token
 #include "config.h"   // Config
 #include "moe.h"      // MoeActs, MoeScratch
 #include "rng.h"      // Rng
@@ -159,11 +160,11 @@ void model_init(Model *m, uint64_t backbone_seed, uint64_t expert_seed);
 void model_set_batch(Model *m, int B);
 
 // Forward pass on tokens, targets (B, T); returns the total loss and fills loss/ce/aux/z.
-double model_forward(Model *m, const uint8_t *tokens, const uint8_t *targets);
+double model_forward(Model *m, const Token *tokens, const Token *targets);
 // Zeros the gradient buffer.
 void model_zero_grad(Model *m);
 // Backward pass of the last forward: accumulates d loss / d params into grads.
-void model_backward(Model *m, const uint8_t *tokens, const uint8_t *targets);
+void model_backward(Model *m, const Token *tokens, const Token *targets);
 
 // pcmoe: a party without a batch this step still serves its experts, through the same exchange calls
 // as a forward / backward pass (every MoE layer, in the same order).
@@ -194,7 +195,7 @@ void model_cache_free(KvCache *kv);
 // last one. The same layers as model_forward (MoE layers route, and in pcmoe reach their experts through
 // the exchange, every party calling it as model_serve_forward); equal to model_forward's logits at
 // those positions up to fp32 rounding. kv->len + n <= kv->cap.
-void model_forward_cached(Model *m, KvCache *kv, const uint8_t *tokens, int n, float *logits);
+void model_forward_cached(Model *m, KvCache *kv, const Token *tokens, int n, float *logits);
 
 // Finds a tensor by name; NULL if absent.
 const ParamTensor *model_find_tensor(const Model *m, const char *name);

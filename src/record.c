@@ -21,7 +21,7 @@ struct Recorder {
     long good[REC_FILES];              // their lengths at the end of the last committed step
     int errno_seen;                    // a failed write since then (errno), or 0
     int bad;                           // and which file
-    const uint8_t *tokens, *targets;   // (N) the batch being computed (record_batch)
+    const Token *tokens, *targets;   // (N) the batch being computed (record_batch)
 };
 
 Recorder *record_open(const char *dir, int party) {
@@ -34,7 +34,7 @@ Recorder *record_open(const char *dir, int party) {
     return r;
 }
 
-void record_batch(Recorder *r, const uint8_t *tokens, const uint8_t *targets) {
+void record_batch(Recorder *r, const Token *tokens, const Token *targets) {
     r->tokens = tokens;
     r->targets = targets;
 }
@@ -54,12 +54,13 @@ static void record_block(Recorder *r, RecordFile file, int layer, int peer, int 
 // The true byte of each row this party sends to each peer, in sending order: its input byte (forward), or
 // its target, the byte after it (backward: a row's output gradient is mostly about what comes next).
 static void record_truth(Recorder *r, RecordFile file, const Exchange *ex, int layer, const MoeActs *a) {
-    const uint8_t *truth = file == REC_GRAD_TRUTH ? r->targets : r->tokens;
+    const Token *truth = file == REC_GRAD_TRUTH ? r->targets : r->tokens;
     if (!truth) fail("internal: privacy.record_received: a pass without its batch's bytes");
     for (int p = 0; p < ex->P; p++) {
         if (!ex->send_rows[p]) continue;
         uint8_t *bytes = mallocCheck((size_t)ex->send_rows[p]);
-        for (int i = 0; i < ex->send_rows[p]; i++) bytes[i] = truth[a->row_choice[ex->send_offs[p] + i] / a->k];
+        for (int i = 0; i < ex->send_rows[p]; i++) // (the study is of byte-level models: a token is a byte)
+            bytes[i] = (uint8_t)truth[a->row_choice[ex->send_offs[p] + i] / a->k];
         record_block(r, file, layer, p, ex->send_rows[p], 1, bytes, 1);
         free(bytes);
     }

@@ -15,6 +15,7 @@
 #include <stddef.h> // size_t
 #include <stdint.h> // uint8_t
 
+#include "token.h"  // Token
 #include "moe.h"    // MoeActs
 
 struct Exchange; // exchange.h
@@ -33,7 +34,7 @@ typedef struct Recorder Recorder;
 Recorder *record_open(const char *dir, int party);
 // The bytes of the batch the next forward and backward passes compute: tokens, targets (N rows of the
 // model's batch). The truth of the rows sent; the model tells it at the start of each forward.
-void record_batch(Recorder *r, const uint8_t *tokens, const uint8_t *targets);
+void record_batch(Recorder *r, const Token *tokens, const Token *targets);
 // The tap: what crossed at `at` of `layer`'s exchange (ex's layouts and buffers as they are at that point);
 // a: this party's routing of the batch (NULL when it only serves). A failed write is kept for record_commit.
 void record_tap(Recorder *r, TapPoint at, const struct Exchange *ex, int layer, const MoeActs *a);

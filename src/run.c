@@ -191,16 +191,16 @@ static void build_models(Run *r) {
     if (c->mode == MODE_CENTRALIZED) {
         model_create_on(&r->central, r->be, &mc, NULL, 1, P * B, T);
         model_init(&r->central, backbone_seed(c, 0), (uint64_t)c->seed);
-        r->ctok = mallocCheck((size_t)P * B * T);
-        r->ctgt = mallocCheck((size_t)P * B * T);
+        r->ctok = mallocCheck(sizeof(Token) * P * B * T);
+        r->ctgt = mallocCheck(sizeof(Token) * P * B * T);
     } else if (c->mode == MODE_PCMOE && r->simulate) {
         build_simulated(r, &mc);
     } else {
         build_party(r, &mc);
     }
     for (int q = 0; q < r->n; q++) {
-        r->party[q].tokens = mallocCheck((size_t)B * T);
-        r->party[q].targets = mallocCheck((size_t)B * T);
+        r->party[q].tokens = mallocCheck(sizeof(Token) * B * T);
+        r->party[q].targets = mallocCheck(sizeof(Token) * B * T);
     }
 }
 
@@ -252,7 +252,7 @@ void run_close(Run *r) {
     backend_cuda_close(); // (nothing when none was opened)
 }
 
-Model *run_party_model(Run *r, int q, uint8_t **tokens, uint8_t **targets) {
+Model *run_party_model(Run *r, int q, Token **tokens, Token **targets) {
     if (r->c->mode != MODE_CENTRALIZED) {
         *tokens = r->party[q].tokens;
         *targets = r->party[q].targets;
@@ -272,7 +272,7 @@ void run_party_done(Run *r, Model *m) {
 // Validation, memory, the DP accountant
 
 // Mean cross-entropy of the model over the party's n_batches validation batches.
-static double validation_loss(Model *m, const Dataset *ds, int n_batches, uint8_t *tokens, uint8_t *targets) {
+static double validation_loss(Model *m, const Dataset *ds, int n_batches, Token *tokens, Token *targets) {
     double total = 0.0;
     for (int i = 0; i < n_batches; i++) {
         data_val_batch(ds, tokens, targets, m->B, m->T, i, n_batches);
@@ -285,7 +285,7 @@ static double validation_loss(Model *m, const Dataset *ds, int n_batches, uint8_
 void run_validate(Run *r) {
     for (int q = 0; q < r->n; q++) {
         Party *p = &r->party[q];
-        uint8_t *tok, *tgt;
+        Token *tok, *tgt;
         Model *m = run_party_model(r, q, &tok, &tgt);
         p->s.has_val = 1;
         p->s.val_loss = validation_loss(m, &p->data, r->c->eval_batches, tok, tgt);

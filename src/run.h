@@ -12,6 +12,7 @@
 
 #include <stdint.h>   // uint8_t
 
+#include "token.h"  // Token
 #include "backend.h"  // Backend
 #include "comm.h"     // Comm
 #include "config.h"   // Config
@@ -34,7 +35,7 @@ typedef struct {
     int party;
     Dataset data;              // the party's private corpus
     Model model;               // pcmoe: its backbone and expert shard; local, fedavg: a whole model
-    uint8_t *tokens, *targets; // (B, T) the step's batch
+    Token *tokens, *targets; // (B, T) the step's batch
     StepStats s;               // metrics of the current step
     double dp_noise;           // the DP defence (privacy.h): this party's noise multiplier
     double dp_p;               // the chance that a random training window holds a given byte of its corpus
@@ -51,7 +52,7 @@ typedef struct {
     Party *party;              // (n)
     Model pool;                // simulate: every expert, shared by the parties' models
     Model central;             // centralized: the one model, batch P*B
-    uint8_t *ctok, *ctgt;      // centralized: (P*B, T)
+    Token *ctok, *ctgt;      // centralized: (P*B, T)
     Exchange ex;               // pcmoe over MPI
     int exchanged;             // the exchange is in use (pcmoe over MPI, more than one party)
     int *sim_rows;             // simulate: (L, m) rows each expert processed in the step, all parties
@@ -75,7 +76,7 @@ void run_close(Run *r);
 
 // The model party q of this process computes with, ready for passes of batch_size sequences, and its
 // (batch_size, seq_len) batch buffers; centralized: the one model (run_party_done gives back its full batch).
-Model *run_party_model(Run *r, int q, uint8_t **tokens, uint8_t **targets);
+Model *run_party_model(Run *r, int q, Token **tokens, Token **targets);
 void run_party_done(Run *r, Model *m);
 
 // eval, bench, generate: loads the complete checkpoint o->checkpoint and sets the DP defence up. Returns the

@@ -14,7 +14,7 @@
 #include "record.h"       // record_commit (the study only)
 #include "util.h"         // fail, now_seconds, mallocCheck, callocCheck
 
-double train_step(Model *m, const OptimConfig *oc, const uint8_t *tokens, const uint8_t *targets, int step,
+double train_step(Model *m, const OptimConfig *oc, const Token *tokens, const Token *targets, int step,
                   int party, float *lr_out) {
     model_zero_grad(m);
     model_forward(m, tokens, targets);

@@ -5,6 +5,7 @@
 
 #include <stdint.h> // uint8_t
 
+#include "token.h"  // Token
 #include "comm.h"   // Comm
 #include "config.h" // Config
 #include "model.h"  // Model
@@ -28,7 +29,7 @@ int train_run(const Config *c, Comm *comm, const RunOptions *ro, const TrainOpti
 // One optimizer step of a single model on one batch: zero grads, forward, backward, global-norm clip,
 // AdamW at the schedule's learning rate for (0-based) `step`. Returns the gradient norm before
 // clipping; *lr_out gets the learning rate. Fails (naming step and party) on a non-finite loss or gradient.
-double train_step(Model *m, const OptimConfig *oc, const uint8_t *tokens, const uint8_t *targets, int step,
+double train_step(Model *m, const OptimConfig *oc, const Token *tokens, const Token *targets, int step,
                   int party, float *lr_out);
 
 #endif

@@ -64,10 +64,13 @@ int main(int argc, char **argv) {
     record(f, "config", DT_F64, 1, (int)(sizeof cfg / sizeof cfg[0]), 1, cfg); count++;
     params_record(f, &m, m.params, "init", &count);
 
-    uint8_t *tok = malloc(N * steps), *tgt = malloc(N * steps);
+    Token *tok = malloc(sizeof(Token) * N * steps), *tgt = malloc(sizeof(Token) * N * steps);
+    uint8_t *bytes = malloc(2 * N * steps); // the batches as the file keeps them: bytes
     for (int s = 0; s < steps; s++) test_batch(tok + s * N, tgt + s * N, N, 100 + s);
-    record(f, "tokens", DT_U8, 2, steps * B, T, tok); count++;
-    record(f, "targets", DT_U8, 2, steps * B, T, tgt); count++;
+    for (int i = 0; i < N * steps; i++) { bytes[i] = (uint8_t)tok[i]; bytes[N * steps + i] = (uint8_t)tgt[i]; }
+    record(f, "tokens", DT_U8, 2, steps * B, T, bytes); count++;
+    record(f, "targets", DT_U8, 2, steps * B, T, bytes + N * steps); count++;
+    free(bytes);
 
     // step 1 forward and backward, without an update
     model_zero_grad(&m);

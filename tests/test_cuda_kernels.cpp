@@ -80,9 +80,9 @@ static void expect(const char *op, const std::vector<float> &got, const std::vec
 static void check_all(cublasHandle_t h) {
     const int B = 2, T = 16, H = 4, hs = 16, d = H * hs, N = B * T, V = 256, f = 48;
     cudaStream_t s = 0;
-    std::vector<uint8_t> tok(N), tgt(N);
-    for (int i = 0; i < N; i++) { tok[i] = (uint8_t)((i * 37 + 11) % V); tgt[i] = (uint8_t)((i * 53 + 5) % V); }
-    uint8_t *dtok = to_dev(tok), *dtgt = to_dev(tgt);
+    std::vector<Token> tok(N), tgt(N);
+    for (int i = 0; i < N; i++) { tok[i] = (Token)((i * 37 + 11) % V); tgt[i] = (Token)((i * 53 + 5) % V); }
+    Token *dtok = to_dev(tok), *dtgt = to_dev(tgt);
 
     { // embedding
         auto emb = randn((size_t)V * d, 0.5f, 1), dout = randn((size_t)N * d, 1.0f, 2);

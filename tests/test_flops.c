@@ -24,7 +24,7 @@ static double step_flops(const ModelConfig *c, int B, int T) {
     Model m;
     model_create(&m, c, NULL, 1, B, T);
     model_init(&m, 5, 6);
-    uint8_t *tok = malloc(B * T), *tgt = malloc(B * T);
+    Token *tok = malloc(sizeof(Token) * B * T), *tgt = malloc(sizeof(Token) * B * T);
     test_batch(tok, tgt, B * T, 11);
     m.flops = 0.0;
     model_zero_grad(&m);

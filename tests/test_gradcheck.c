@@ -32,7 +32,7 @@ static int routing_equal(const Model *m, int **saved, int save) {
 
 // Loss at params + eps * v on tensor t; reports whether routing stayed as in `base_topk`.
 static double loss_at(Model *m, const ParamTensor *t, const double *v, double eps, const float *orig,
-                      const uint8_t *tok, const uint8_t *tgt, int **base_topk, int *same) {
+                      const Token *tok, const Token *tgt, int **base_topk, int *same) {
     float *p = m->params + t->offset;
     for (size_t i = 0; i < t->numel; i++) p[i] = (float)(orig[i] + eps * v[i]);
     double loss = model_forward(m, tok, tgt);
@@ -50,7 +50,7 @@ static int run(float aux_coef, float z_coef, int recompute) {
     Model m;
     model_create(&m, &c, NULL, 1, B, T);
     model_init(&m, 42, 43);
-    uint8_t *tok = malloc(N), *tgt = malloc(N);
+    Token *tok = malloc(sizeof(Token) * N), *tgt = malloc(sizeof(Token) * N);
     test_batch(tok, tgt, N, 7);
     int *base_topk[8] = {0};
     for (int l = 0; l < c.n_layers; l++) base_topk[l] = malloc(sizeof(int) * N * c.top_k);

@@ -19,10 +19,10 @@ static inline ModelConfig test_config(int n_layers, int moe_every, int n_experts
 }
 
 // Random bytes as tokens and targets (B*T each).
-static inline void test_batch(uint8_t *tokens, uint8_t *targets, int n, uint64_t seed) {
+static inline void test_batch(Token *tokens, Token *targets, int n, uint64_t seed) {
     Rng r;
     rng_seed(&r, seed);
-    for (int i = 0; i < n; i++) { tokens[i] = (uint8_t)rng_below(&r, 256); targets[i] = (uint8_t)rng_below(&r, 256); }
+    for (int i = 0; i < n; i++) { tokens[i] = (Token)rng_below(&r, 256); targets[i] = (Token)rng_below(&r, 256); }
 }
 
 #endif
