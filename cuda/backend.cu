@@ -85,6 +85,7 @@ const Token *dev_tokens(void **buf, size_t *cap, const Token *host, size_t n) {
 CuMoeActs view(const MoeActs *a) {
     CuMoeActs c;
     c.N = a->N; c.d = a->d; c.m = a->m; c.k = a->k; c.f = a->f;
+    c.renorm = a->renorm;
     c.logits = a->logits; c.probs = a->probs; c.lse = a->lse; c.topk = a->topk; c.gates = a->gates;
     c.gate_sum = a->gate_sum; c.counts = a->counts; c.offsets = a->offsets; c.row_choice = a->row_choice;
     c.choice_row = a->choice_row; c.xe = a->xe; c.ye = a->ye; c.he = a->he; c.ue = a->ue; c.ae = a->ae;
@@ -114,11 +115,19 @@ void matmul_bwd(float *dinp, float *dw, const float *dout, const float *inp, con
     if (N == 0) return;
     cu_matmul_backward(S.blas, dinp, dw, dout, inp, w, N, n_in, n_out);
 }
-void rope_fwd(float *qkv, const float *c, const float *s, int B, int T, int H, int hs) {
-    cu_rope_forward(qkv, c, s, B, T, H, hs, 0);
+void rope_fwd(float *qkv, const float *c, const float *s, int B, int T, int H, int Hkv, int hs) {
+    cu_rope_forward(qkv, c, s, B, T, H, Hkv, hs, 0);
 }
-void rope_bwd(float *dqkv, const float *c, const float *s, int B, int T, int H, int hs) {
-    cu_rope_backward(dqkv, c, s, B, T, H, hs, 0);
+void rope_bwd(float *dqkv, const float *c, const float *s, int B, int T, int H, int Hkv, int hs) {
+    cu_rope_backward(dqkv, c, s, B, T, H, Hkv, hs, 0);
+}
+void qknorm_fwd(float *qkv, float *raw, float *rstd, const float *wq, const float *wk, int N, int H, int Hkv, int hs,
+                int per_head, float eps) {
+    cu_qknorm_forward(qkv, raw, rstd, wq, wk, N, H, Hkv, hs, per_head, eps, 0);
+}
+void qknorm_bwd(float *dqkv, float *dwq, float *dwk, const float *raw, const float *wq, const float *wk,
+                const float *rstd, int N, int H, int Hkv, int hs, int per_head) {
+    cu_qknorm_backward(dqkv, dwq, dwk, raw, wq, wk, rstd, N, H, Hkv, hs, per_head, 0);
 }
 float *att_scratch(int B, int T, int H, int hs) {
     size_t need = sizeof(float) * (size_t)cu_attention_scratch_floats(B, T, H, hs);
@@ -126,12 +135,12 @@ float *att_scratch(int B, int T, int H, int hs) {
 }
 size_t att_saved(int B, int T, int H) { return (size_t)B * H * T * T; } // the probabilities
 size_t att_work(int) { return 0; }                                        // (att_scratch instead)
-void attention_fwd(float *out, float *att, float *, size_t, const float *qkv, int B, int T, int H, int hs) {
-    cu_attention_forward(S.blas, out, att, qkv, att_scratch(B, T, H, hs), B, T, H, hs, 0);
+void attention_fwd(float *out, float *att, float *, size_t, const float *qkv, int B, int T, int H, int Hkv, int hs) {
+    cu_attention_forward(S.blas, out, att, qkv, att_scratch(B, T, H, hs), B, T, H, Hkv, hs, 0);
 }
 void attention_bwd(float *dqkv, float *, size_t, const float *dout, const float *qkv, const float *att, const float *,
-                   int B, int T, int H, int hs) {
-    cu_attention_backward(S.blas, dqkv, dout, qkv, att, att_scratch(B, T, H, hs), B, T, H, hs, 0);
+                   int B, int T, int H, int Hkv, int hs) {
+    cu_attention_backward(S.blas, dqkv, dout, qkv, att, att_scratch(B, T, H, hs), B, T, H, Hkv, hs, 0);
 }
 double ce_fwd(float *probs, float *losses, const Token *targets, int N, int V) {
     cu_crossentropy_forward(probs, losses, dev_tokens(&S.targets, &S.cap_targets, targets, (size_t)N), N, V, 0);
@@ -228,6 +237,8 @@ const Backend TABLE = {
     .matmul_backward = matmul_bwd,
     .rope_forward = rope_fwd,
     .rope_backward = rope_bwd,
+    .qknorm_forward = qknorm_fwd,
+    .qknorm_backward = qknorm_bwd,
     .attention_saved_floats = att_saved,
     .attention_work_floats = att_work,
     .attention_forward = attention_fwd,

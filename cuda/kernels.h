@@ -19,11 +19,19 @@ void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *
 void cu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd,
                          int N, int d, cudaStream_t stream);
 
-// rope.cu: rotates q and k of qkv (B*T, 3*d) in place (rotate-half); the backward applies the inverse
-void cu_rope_forward(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs,
+// rope.cu: rotates the Hq query and Hkv key heads of qkv (B*T, (Hq + 2 Hkv) hs) in place (rotate-half); the
+// backward applies the inverse
+void cu_rope_forward(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int Hq, int Hkv, int hs,
                      cudaStream_t stream);
-void cu_rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs,
+void cu_rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int Hq, int Hkv, int hs,
                       cudaStream_t stream);
+
+// qknorm.cu: QK-norm of qkv's query and key parts in place (src/layers.h's qknorm_forward); raw (N, (Hq + Hkv) hs),
+// rstd (N, groups). The backward turns dqkv's query and key parts into the gradients before the norm; dwq, dwk +=
+void cu_qknorm_forward(float *qkv, float *raw, float *rstd, const float *wq, const float *wk, int N, int Hq, int Hkv,
+                       int hs, int per_head, float eps, cudaStream_t stream);
+void cu_qknorm_backward(float *dqkv, float *dwq, float *dwk, const float *raw, const float *wq, const float *wk,
+                        const float *rstd, int N, int Hq, int Hkv, int hs, int per_head, cudaStream_t stream);
 
 // swiglu.cu: a (n) = silu(h) * u;  dh, du (n) overwritten from da
 void cu_swiglu_forward(float *a, const float *h, const float *u, long n, cudaStream_t stream);
@@ -52,17 +60,18 @@ void cu_adamw(float *params, const float *grads, float *m, float *v, long n, flo
 int cu_sum_squares_scratch_doubles(void);
 void cu_sum_squares(double *out, double *partial, const float *g, long n, cudaStream_t stream);
 
-// attention.cu: causal attention, qkv (B*T, 3d) -> out (B*T, d), att (B, H, T, T) probabilities (zeros
-// above the diagonal); dqkv (B*T, 3d) +=. scratch: cu_attention_scratch_floats(B, T, H, hs) floats.
+// attention.cu: causal grouped-query attention, qkv (B*T, (H + 2 Hkv) hs) -> out (B*T, H hs), att (B, H, T, T)
+// probabilities (zeros above the diagonal); dqkv +=. scratch: cu_attention_scratch_floats(B, T, H, hs) floats.
 long cu_attention_scratch_floats(int B, int T, int H, int hs);
 void cu_attention_forward(cublasHandle_t h, float *out, float *att, const float *qkv, float *scratch, int B, int T,
-                          int H, int hs, cudaStream_t stream);
+                          int H, int Hkv, int hs, cudaStream_t stream);
 void cu_attention_backward(cublasHandle_t h, float *dqkv, const float *dout, const float *qkv, const float *att,
-                           float *scratch, int B, int T, int H, int hs, cudaStream_t stream);
+                           float *scratch, int B, int T, int H, int Hkv, int hs, cudaStream_t stream);
 
 // moe.cu: the MoE layer of src/moe.c (shapes and meanings as MoeActs there; all device pointers).
 typedef struct {
     int N, d, m, k, f;
+    int renorm;             // 1: gates = chosen probs / their sum; 0: the chosen probs (gate_sum 1)
     float *logits, *probs;  // (N, m)
     float *lse;             // (N)
     int *topk;              // (N, k)

@@ -9,7 +9,7 @@
 // one thread per token n: probs (N, m) = softmax(logits), lse (N), top-k (most probable first, ties to
 // the lower id), gates = chosen probs / their sum (gate_sum)
 __global__ void router_forward_kernel(float *probs, float *lse, int *topk, float *gates, float *gate_sum,
-                                      const float *logits, int N, int m, int k) {
+                                      const float *logits, int N, int m, int k, int renorm) {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
     const float *lg = logits + (long)n * m;
@@ -33,6 +33,7 @@ __global__ void router_forward_kernel(float *probs, float *lse, int *topk, float
         top[j] = best;
         gsum += p[best];
     }
+    if (!renorm) gsum = 1.0f;
     gate_sum[n] = gsum;
     for (int j = 0; j < k; j++) gates[(long)n * k + j] = p[top[j]] / gsum;
 }
@@ -137,7 +138,8 @@ __global__ void unpack_kernel(float *dinp, const float *dxe, const int *choice_r
 // Switch aux loss (fractions held constant) and the z-loss; the formula of src/moe.c
 __global__ void router_backward_kernel(float *dlogits, const float *probs, const float *lse, const int *topk,
                                        const float *gates, const float *gate_sum, const float *dgates,
-                                       const int *counts, int N, int m, int k, float aux_coef, float z_coef) {
+                                       const int *counts, int N, int m, int k, int renorm, float aux_coef,
+                                       float z_coef) {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
     const float *p = probs + (long)n * m, *g = gates + (long)n * k, *dg = dgates + (long)n * k;
@@ -145,7 +147,7 @@ __global__ void router_backward_kernel(float *dlogits, const float *probs, const
     float *dl = dlogits + (long)n * m;
     for (int e = 0; e < m; e++) dl[e] = (float)(aux_coef * (double)m * counts[e] / ((double)N * k) / N);
     float dot = 0.0f;
-    for (int j = 0; j < k; j++) dot += dg[j] * g[j];
+    for (int j = 0; j < k && renorm; j++) dot += dg[j] * g[j];
     for (int j = 0; j < k; j++) dl[top[j]] += (dg[j] - dot) / gate_sum[n];
     float pdot = 0.0f;
     for (int e = 0; e < m; e++) pdot += p[e] * dl[e];
@@ -159,7 +161,7 @@ void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float 
     if (a->m > 1024) fail("CUDA MoE routing: %d experts, at most 1024 supported", a->m);
     cu_matmul_forward(h, a->logits, inp, router, a->N, a->d, a->m);
     LAUNCH(router_forward_kernel, ceil_div(a->N, 128), 128, 0, stream, a->probs, a->lse, a->topk, a->gates, a->gate_sum,
-           a->logits, a->N, a->m, a->k);
+           a->logits, a->N, a->m, a->k, a->renorm);
     cudaCheck(cudaGetLastError());
     LAUNCH(dispatch_kernel, 1, a->m, 0, stream, a->counts, a->offsets, a->row_choice, a->topk, order, Nk, a->m);
     cudaCheck(cudaGetLastError());
@@ -229,7 +231,7 @@ void cu_moe_route_backward(cublasHandle_t h, float *dinp, float *drouter, float 
     LAUNCH(unpack_kernel, ceil_div((long)a->N * a->d, 256), 256, 0, stream, dinp, dxe, a->choice_row, a->N, a->d, a->k);
     cudaCheck(cudaGetLastError());
     LAUNCH(router_backward_kernel, ceil_div(a->N, 128), 128, 0, stream, dlogits, a->probs, a->lse, a->topk, a->gates,
-           a->gate_sum, dgates, a->counts, a->N, a->m, a->k, aux_coef, z_coef);
+           a->gate_sum, dgates, a->counts, a->N, a->m, a->k, a->renorm, aux_coef, z_coef);
     cudaCheck(cudaGetLastError());
     cu_matmul_backward(h, dinp, drouter, dlogits, inp, router, a->N, a->d, a->m);
 }

@@ -42,17 +42,21 @@ typedef struct Backend {
     void (*matmul_forward)(float *out, const float *inp, const float *w, int N, int n_in, int n_out);
     void (*matmul_backward)(float *dinp, float *dw, const float *dout, const float *inp, const float *w, int N,
                             int n_in, int n_out);
-    void (*rope_forward)(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
-    void (*rope_backward)(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
+    void (*rope_forward)(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int Hq, int Hkv, int hs);
+    void (*rope_backward)(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int Hq, int Hkv, int hs);
+    void (*qknorm_forward)(float *qkv, float *raw, float *rstd, const float *wq, const float *wk, int N, int Hq,
+                           int Hkv, int hs, int per_head, float eps);
+    void (*qknorm_backward)(float *dqkv, float *dwq, float *dwk, const float *raw, const float *wq, const float *wk,
+                            const float *rstd, int N, int Hq, int Hkv, int hs, int per_head);
     // attention: `saved` is what the forward keeps for the backward, attention_saved_floats per layer (cpu:
     // each row's log-sum-exp; cuda: the probabilities); `work` is scratch both share, attention_work_floats
     // per model (cpu: one slot per OpenMP thread; cuda: none, it has its own)
     size_t (*attention_saved_floats)(int B, int T, int H);
     size_t (*attention_work_floats)(int T);
     void (*attention_forward)(float *out, float *saved, float *work, size_t work_floats, const float *qkv, int B, int T,
-                              int H, int hs);
+                              int Hq, int Hkv, int hs);
     void (*attention_backward)(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
-                               const float *saved, const float *out, int B, int T, int H, int hs);
+                               const float *saved, const float *out, int B, int T, int Hq, int Hkv, int hs);
     double (*crossentropy_forward)(float *probs_inout, float *losses, const Token *targets, int N, int V);
     void (*crossentropy_backward)(float *dlogits, const float *probs, const Token *targets, int N, int V,
                                   float scale);

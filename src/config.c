@@ -17,6 +17,7 @@ const char *const SCHEDULE_NAMES[] = {"concurrent", "sequential", NULL};
 const char *const DEVICE_NAMES[] = {"cpu", "cuda", NULL};
 const char *const CUDA_AWARE_NAMES[] = {"auto", "on", "off", NULL};
 const char *const RECOMPUTE_NAMES[] = {"auto", "true", "false", NULL};
+const char *const QK_NORM_NAMES[] = {"none", "full", "head", NULL};
 
 typedef struct {
     const char *section;
@@ -80,14 +81,26 @@ static const ConfigKey KEYS[] = {
      "write RUN/checkpoints/step_N/party_R.h5 every this many steps and after the last step (0 = never)", NULL},
     {"checkpoint", "keep", KEY_INT, F(ckpt_keep), 1, 1e6, "3",
      "complete checkpoints kept on disk; older ones are deleted", NULL},
-    {"model", "vocab_size", KEY_INT, F(vocab_size), 256, 65536, "256",
-     "vocabulary size; tokens are bytes, so 256", NULL},
+    {"model", "vocab_size", KEY_INT, F(vocab_size), 256, 262144, "256",
+     "vocabulary size: token ids 0 .. vocab_size - 1; a byte-level model's tokens are bytes, so 256", NULL},
     {"model", "d_model", KEY_INT, F(d_model), 4, 65536, "128",
      "residual stream width d", NULL},
     {"model", "n_layers", KEY_INT, F(n_layers), 1, 1024, "4",
      "transformer blocks", NULL},
     {"model", "n_heads", KEY_INT, F(n_heads), 1, 1024, "4",
-     "attention heads; d_model/n_heads must be even (RoPE)", NULL},
+     "attention (query) heads", NULL},
+    {"model", "n_kv_heads", KEY_INT, F(n_kv_heads), 0, 1024, "0",
+     "key/value heads (grouped-query attention); must divide n_heads; 0 = n_heads (multi-head attention)", NULL},
+    {"model", "head_dim", KEY_INT, F(head_dim), 0, 4096, "0",
+     "width of each attention head, even (RoPE); 0 = d_model/n_heads (which must then divide evenly)", NULL},
+    {"model", "qk_norm", KEY_ENUM, F(qk_norm), 0, 0, "none",
+     "RMSNorm of the queries and keys before RoPE: none; full = over the whole q and k projections (OLMoE); head = "
+     "per head, one weight vector of head_dim shared by the heads (Qwen3)", QK_NORM_NAMES},
+    {"model", "tie_embeddings", KEY_BOOL, F(tie_embeddings), 0, 1, "false",
+     "the LM head is the embedding matrix (one tensor, embed)", NULL},
+    {"model", "router_renorm", KEY_BOOL, F(router_renorm), 0, 1, "true",
+     "renormalise the chosen experts' router probabilities to sum to 1 (Hugging Face's norm_topk_prob; Mixtral "
+     "true, OLMoE false); false: each expert's output is weighted by its softmax probability over all experts", NULL},
     {"model", "seq_len", KEY_INT, F(seq_len), 2, 65536, "128",
      "context length in bytes", NULL},
     {"model", "d_ff", KEY_INT, F(d_ff), 1, 1 << 20, "512",
@@ -363,12 +376,18 @@ static const char *where_of(const Origins *o, const char *section, const char *k
 
 // Checks that involve several keys.
 static int validate(const Config *c, const Origins *o, char *err, size_t len) {
-    if (c->d_model % c->n_heads != 0)
-        return error_set(err, len, "%s: model.n_heads = %d: must divide model.d_model = %d",
+    if (!c->head_dim && c->d_model % c->n_heads != 0)
+        return error_set(err, len, "%s: model.n_heads = %d: must divide model.d_model = %d (or give model.head_dim)",
                          where_of(o, "model", "n_heads"), c->n_heads, c->d_model);
-    if ((c->d_model / c->n_heads) % 2 != 0)
+    if (!c->head_dim && (c->d_model / c->n_heads) % 2 != 0)
         return error_set(err, len, "%s: model.n_heads = %d: head size d_model/n_heads = %d must be even (RoPE)",
                          where_of(o, "model", "n_heads"), c->n_heads, c->d_model / c->n_heads);
+    if (c->head_dim % 2 != 0)
+        return error_set(err, len, "%s: model.head_dim = %d: must be even (RoPE)", where_of(o, "model", "head_dim"),
+                         c->head_dim);
+    if (c->n_kv_heads && c->n_heads % c->n_kv_heads != 0)
+        return error_set(err, len, "%s: model.n_kv_heads = %d: must divide model.n_heads = %d",
+                         where_of(o, "model", "n_kv_heads"), c->n_kv_heads, c->n_heads);
     if (c->top_k > c->n_experts)
         return error_set(err, len, "%s: model.top_k = %d: must be <= model.n_experts = %d",
                          where_of(o, "model", "top_k"), c->top_k, c->n_experts);
@@ -429,6 +448,12 @@ static int validate(const Config *c, const Origins *o, char *err, size_t len) {
     return 0;
 }
 
+// The keys whose 0 stands for a value derived from others get that value (after validate).
+static void resolve(Config *c) {
+    if (!c->n_kv_heads) c->n_kv_heads = c->n_heads;
+    if (!c->head_dim) c->head_dim = c->d_model / c->n_heads;
+}
+
 // Resets c to the table's defaults.
 static int set_defaults(Config *c, char *err, size_t len) {
     memset(c, 0, sizeof *c);
@@ -458,6 +483,7 @@ int config_load(Config *c, const char *path, char *const *set, int n_set, char *
         rc = assign(c, o, trim(buf), trim(dot + 1), trim(eq + 1), where, NULL, err, len);
     }
     if (!rc) rc = validate(c, o, err, len);
+    if (!rc) resolve(c);
     free(o);
     return rc;
 }
@@ -470,6 +496,7 @@ int config_load_text(Config *c, const char *text, char *err, size_t len) {
     if (!rc && !f) rc = error_set(err, len, "fmemopen failed");
     if (f) { rc = load_stream(c, o, f, "<stored config>", err, len); fclose(f); }
     if (!rc) rc = validate(c, o, err, len);
+    if (!rc) resolve(c);
     free(o);
     return rc;
 }

@@ -16,11 +16,13 @@ typedef enum { SCHEDULE_CONCURRENT, SCHEDULE_SEQUENTIAL } Schedule;
 typedef enum { DEVICE_CPU, DEVICE_CUDA } Device;
 typedef enum { CUDA_AWARE_AUTO, CUDA_AWARE_ON, CUDA_AWARE_OFF } CudaAware;
 typedef enum { RECOMPUTE_AUTO, RECOMPUTE_ON, RECOMPUTE_OFF } Recompute;
+typedef enum { QK_NORM_NONE, QK_NORM_FULL, QK_NORM_HEAD } QkNorm; // none; OLMoE's (whole projection); Qwen3's
 extern const char *const MODE_NAMES[];     // indexed by Mode: "pcmoe", "centralized", "local", "fedavg"
 extern const char *const SCHEDULE_NAMES[]; // indexed by Schedule: "concurrent", "sequential"
 extern const char *const DEVICE_NAMES[];   // indexed by Device: "cpu", "cuda"
 extern const char *const CUDA_AWARE_NAMES[]; // indexed by CudaAware: "auto", "on", "off"
 extern const char *const RECOMPUTE_NAMES[];  // indexed by Recompute: "auto", "true", "false"
+extern const char *const QK_NORM_NAMES[];    // indexed by QkNorm: "none", "full", "head"
 
 typedef struct {
     // [parties]
@@ -46,10 +48,15 @@ typedef struct {
     int ckpt_every;      // write a checkpoint every this many steps and at the end (0 = never)
     int ckpt_keep;       // complete checkpoints kept on disk
     // [model]
-    int vocab_size;      // tokens are bytes: 256
+    int vocab_size;      // token ids 0 .. vocab_size - 1 (byte-level: 256)
     int d_model;         // residual width d
     int n_layers;        // transformer blocks L
-    int n_heads;         // attention heads H (d_model % n_heads == 0, head size even for RoPE)
+    int n_heads;         // attention (query) heads H
+    int n_kv_heads;      // key/value heads (grouped-query attention; divides n_heads); resolved: 0 -> n_heads
+    int head_dim;        // width of a head (even, for RoPE); resolved: 0 -> d_model / n_heads
+    int qk_norm;         // QkNorm: RMSNorm of q and k before RoPE
+    int tie_embeddings;  // 1: the LM head is the embedding matrix
+    int router_renorm;   // 1: the chosen experts' probabilities are renormalised to sum to 1
     int seq_len;         // context length T
     int d_ff;            // hidden width of the dense SwiGLU FFN (non-MoE layers)
     int n_experts;       // experts per MoE layer m

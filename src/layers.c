@@ -146,32 +146,101 @@ void rope_tables(float *cos_t, float *sin_t, int T, int hs, float theta) {
         }
 }
 
-// Rotates the first two of the three q|k|v blocks of every row by +angle (dir = 1) or -angle (dir = -1).
-static void rope_apply(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs, float dir) {
-    int d = H * hs, half = hs / 2;
+// Rotates the Hq query heads and Hkv key heads at the start of every row of qkv (stride (Hq + 2 Hkv) hs)
+// by +angle (dir = 1) or -angle (dir = -1).
+static void rope_apply(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int Hq, int Hkv, int hs,
+                       float dir) {
+    int width = (Hq + 2 * Hkv) * hs, half = hs / 2;
 #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            float *row = qkv + ((long)b * T + t) * 3 * d;
+            float *row = qkv + ((long)b * T + t) * width;
             const float *c = cos_t + t * half, *s = sin_t + t * half;
-            for (int part = 0; part < 2; part++)
-                for (int h = 0; h < H; h++) {
-                    float *x = row + part * d + h * hs;
-                    for (int i = 0; i < half; i++) {
-                        float x1 = x[i], x2 = x[i + half], sn = dir * s[i];
-                        x[i] = x1 * c[i] - x2 * sn;
-                        x[i + half] = x2 * c[i] + x1 * sn;
-                    }
+            for (int h = 0; h < Hq + Hkv; h++) { // (the key heads follow the query heads)
+                float *x = row + h * hs;
+                for (int i = 0; i < half; i++) {
+                    float x1 = x[i], x2 = x[i + half], sn = dir * s[i];
+                    x[i] = x1 * c[i] - x2 * sn;
+                    x[i + half] = x2 * c[i] + x1 * sn;
                 }
+            }
         }
 }
 
-void rope_forward(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs) {
-    rope_apply(qkv, cos_t, sin_t, B, T, H, hs, 1.0f);
+void rope_forward(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int Hq, int Hkv, int hs) {
+    rope_apply(qkv, cos_t, sin_t, B, T, Hq, Hkv, hs, 1.0f);
 }
 
-void rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs) {
-    rope_apply(dqkv, cos_t, sin_t, B, T, H, hs, -1.0f); // a rotation's transpose is its inverse
+void rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int Hq, int Hkv, int hs) {
+    rope_apply(dqkv, cos_t, sin_t, B, T, Hq, Hkv, hs, -1.0f); // a rotation's transpose is its inverse
+}
+
+// The groups QK-norm normalises in one row: the query part then the key part, each one group (per_head =
+// 0: weights over q_dim and kv_dim) or one per head (per_head = 1: every head with the same (hs) weights).
+// Group g of a row starts at column qk_group_col and has qk_group_len columns and weights *w.
+static int qk_groups(int Hq, int Hkv, int per_head) { return per_head ? Hq + Hkv : 2; }
+static int qk_group_len(int g, int Hq, int Hkv, int hs, int per_head) {
+    return per_head ? hs : (g == 0 ? Hq : Hkv) * hs;
+}
+static int qk_group_col(int g, int Hq, int hs, int per_head) { return per_head ? g * hs : (g == 0 ? 0 : Hq * hs); }
+static int qk_group_is_q(int g, int Hq, int per_head) { return per_head ? g < Hq : g == 0; }
+
+void qknorm_forward(float *qkv, float *raw, float *rstd, const float *wq, const float *wk, int N, int Hq, int Hkv,
+                    int hs, int per_head, float eps) {
+    int width = (Hq + 2 * Hkv) * hs, qk = (Hq + Hkv) * hs, G = qk_groups(Hq, Hkv, per_head);
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        float *row = qkv + (long)n * width, *x = raw + (long)n * qk;
+        memcpy(x, row, sizeof(float) * qk);
+        for (int g = 0; g < G; g++) {
+            int len = qk_group_len(g, Hq, Hkv, hs, per_head), col = qk_group_col(g, Hq, hs, per_head);
+            const float *w = qk_group_is_q(g, Hq, per_head) ? wq : wk;
+            double ss = 0.0;
+            for (int i = 0; i < len; i++) ss += (double)x[col + i] * x[col + i];
+            float r = 1.0f / sqrtf((float)(ss / len) + eps);
+            rstd[(long)n * G + g] = r;
+            for (int i = 0; i < len; i++) row[col + i] = x[col + i] * r * w[i];
+        }
+    }
+}
+
+// dw (len) += sum over rows n and the groups g of `is_q` of dy x r, column by column
+static void qknorm_dw(float *dw, int len, int is_q, const float *dqkv, const float *raw, const float *rstd, int N,
+                      int Hq, int Hkv, int hs, int per_head) {
+    int width = (Hq + 2 * Hkv) * hs, qk = (Hq + Hkv) * hs, G = qk_groups(Hq, Hkv, per_head);
+#pragma omp parallel for
+    for (int i = 0; i < len; i++) {
+        double acc = 0.0;
+        for (int n = 0; n < N; n++)
+            for (int g = 0; g < G; g++) {
+                if (qk_group_is_q(g, Hq, per_head) != is_q) continue;
+                int col = qk_group_col(g, Hq, hs, per_head) + i;
+                acc += (double)dqkv[(long)n * width + col] * raw[(long)n * qk + col] * rstd[(long)n * G + g];
+            }
+        dw[i] += (float)acc;
+    }
+}
+
+void qknorm_backward(float *dqkv, float *dwq, float *dwk, const float *raw, const float *wq, const float *wk,
+                     const float *rstd, int N, int Hq, int Hkv, int hs, int per_head) {
+    int width = (Hq + 2 * Hkv) * hs, qk = (Hq + Hkv) * hs, G = qk_groups(Hq, Hkv, per_head);
+    qknorm_dw(dwq, per_head ? hs : Hq * hs, 1, dqkv, raw, rstd, N, Hq, Hkv, hs, per_head);
+    qknorm_dw(dwk, per_head ? hs : Hkv * hs, 0, dqkv, raw, rstd, N, Hq, Hkv, hs, per_head);
+    // dx_i = r (dy_i w_i - x_i r^2 mean_j(dy_j w_j x_j)), over each group, in place of dy
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        float *dy = dqkv + (long)n * width;
+        const float *x = raw + (long)n * qk;
+        for (int g = 0; g < G; g++) {
+            int len = qk_group_len(g, Hq, Hkv, hs, per_head), col = qk_group_col(g, Hq, hs, per_head);
+            const float *w = qk_group_is_q(g, Hq, per_head) ? wq : wk;
+            float r = rstd[(long)n * G + g];
+            double dot = 0.0;
+            for (int i = 0; i < len; i++) dot += (double)dy[col + i] * w[i] * x[col + i];
+            float c = (float)(dot / len) * r * r;
+            for (int i = 0; i < len; i++) dy[col + i] = r * (dy[col + i] * w[i] - x[col + i] * c);
+        }
+    }
 }
 
 // e^x for the softmaxes and SiLU, in a form the compiler vectorises (libm's expf is a call per element):
@@ -231,20 +300,22 @@ static int thread_id(void) {
 #endif
 }
 
-void attention_forward(float *out, float *lse, float *work, size_t work_floats, const float *qkv, int B, int T, int H,
-                       int hs) {
-    int d = H * hs, team = attention_team(work_floats, T);
+void attention_forward(float *out, float *lse, float *work, size_t work_floats, const float *qkv, int B, int T, int Hq,
+                       int Hkv, int hs) {
+    int width = (Hq + 2 * Hkv) * hs, qd = Hq * hs, kvd = Hkv * hs, group = Hq / Hkv,
+        team = attention_team(work_floats, T);
     float scale = 1.0f / sqrtf((float)hs);
 #pragma omp parallel for collapse(2) num_threads(team) schedule(static)
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
+        for (int h = 0; h < Hq; h++) {
             float *S = work + attention_slot_floats(T) * thread_id(); // (nq, nk) scores, then probabilities
-            const float *Q = qkv + (long)b * T * 3 * d + h * hs, *K = Q + d, *V = Q + 2 * d;
-            float *L = lse + ((long)b * H + h) * T;
+            const float *rows = qkv + (long)b * T * width, *Q = rows + h * hs, *K = rows + qd + (h / group) * hs,
+                        *V = K + kvd;
+            float *L = lse + ((long)b * Hq + h) * T;
             for (int t0 = 0; t0 < T; t0 += ATT_QB) {
                 int nq = T - t0 < ATT_QB ? T - t0 : ATT_QB, nk = t0 + nq; // rows t0.., keys 0..nk-1
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, scale, Q + (long)t0 * 3 * d, 3 * d, K,
-                            3 * d, 0.0f, S, nk);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, scale, Q + (long)t0 * width, width, K,
+                            width, 0.0f, S, nk);
                 for (int i = 0; i < nq; i++) {
                     int t = t0 + i;
                     float *p = S + (long)i * nk, maxv = -INFINITY, sum = 0.0f;
@@ -257,60 +328,70 @@ void attention_forward(float *out, float *lse, float *work, size_t work_floats, 
                     for (int u = t + 1; u < nk; u++) p[u] = 0.0f;
                     L[t] = maxv + logf(sum);
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs, nk, 1.0f, S, nk, V, 3 * d, 0.0f,
-                            out + ((long)b * T + t0) * d + h * hs, d);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs, nk, 1.0f, S, nk, V, width, 0.0f,
+                            out + ((long)b * T + t0) * qd + h * hs, qd);
             }
         }
 }
 
-void attention_backward(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
-                        const float *lse, const float *out, int B, int T, int H, int hs) {
-    int d = H * hs, team = attention_team(work_floats, T);
+// The backward of query head h of batch b: dQ (its columns) +=, and the gradients of its key and value
+// head, dK and dV, +=. P and dS: (ATT_QB, T) scratch each.
+static void attention_head_backward(float *dqkv, float *P, float *dS, const float *dout, const float *qkv,
+                                    const float *lse, const float *out, int b, int h, int T, int Hq, int Hkv, int hs) {
+    int width = (Hq + 2 * Hkv) * hs, qd = Hq * hs, kvd = Hkv * hs, group = Hq / Hkv;
     float scale = 1.0f / sqrtf((float)hs);
-    // One (b, h) pair per iteration: it writes only head h's columns of batch b's rows.
+    long row0 = (long)b * T;
+    const float *Q = qkv + row0 * width + h * hs, *K = qkv + row0 * width + qd + (h / group) * hs, *V = K + kvd;
+    float *dQ = dqkv + row0 * width + h * hs, *dK = dqkv + row0 * width + qd + (h / group) * hs, *dV = dK + kvd;
+    const float *dY = dout + row0 * qd + h * hs, *Y = out + row0 * qd + h * hs;
+    const float *L = lse + ((long)b * Hq + h) * T;
+    for (int t0 = 0; t0 < T; t0 += ATT_QB) {
+        int nq = T - t0 < ATT_QB ? T - t0 : ATT_QB, nk = t0 + nq;
+        // the block's probabilities again, from the scores and the kept log-sum-exp
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, scale, Q + (long)t0 * width, width, K, width,
+                    0.0f, P, nk);
+        for (int i = 0; i < nq; i++) {
+            int t = t0 + i;
+            float *p = P + (long)i * nk;
+            float lt = L[t];
+#pragma omp simd
+            for (int u = 0; u <= t; u++) p[u] = exp_poly(p[u] - lt);
+            for (int u = t + 1; u < nk; u++) p[u] = 0.0f;
+        }
+        // dV (nk, hs) += P^T dY;  dP (nq, nk) = dY V^T
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hs, nq, 1.0f, P, nk, dY + (long)t0 * qd, qd, 1.0f, dV,
+                    width);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, 1.0f, dY + (long)t0 * qd, qd, V, width, 0.0f,
+                    dS, nk);
+        // through the softmax and the scale: dS = P (dP - sum_u P dP) / sqrt(hs), where
+        // sum_u P_u dP_u = dy . sum_u P_u v_u = dy . y
+        for (int i = 0; i < nq; i++) {
+            int t = t0 + i;
+            const float *dy = dY + (long)t * qd, *y = Y + (long)t * qd, *p = P + (long)i * nk;
+            float *ds = dS + (long)i * nk, dot = 0.0f;
+            for (int j = 0; j < hs; j++) dot += dy[j] * y[j];
+            for (int u = 0; u <= t; u++) ds[u] = p[u] * (ds[u] - dot) * scale;
+            for (int u = t + 1; u < nk; u++) ds[u] = 0.0f;
+        }
+        // dQ (nq, hs) += dS K;  dK (nk, hs) += dS^T Q
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs, nk, 1.0f, dS, nk, K, width, 1.0f,
+                    dQ + (long)t0 * width, width);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hs, nq, 1.0f, dS, nk, Q + (long)t0 * width, width,
+                    1.0f, dK, width);
+    }
+}
+
+void attention_backward(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
+                        const float *lse, const float *out, int B, int T, int Hq, int Hkv, int hs) {
+    int team = attention_team(work_floats, T), group = Hq / Hkv;
+    // One (b, key head) pair per iteration: it writes only the columns of that key head and of its group of
+    // query heads in batch b's rows (the group's heads in order, each adding into the shared dK, dV).
 #pragma omp parallel for collapse(2) num_threads(team) schedule(static)
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
+        for (int kh = 0; kh < Hkv; kh++) {
             float *P = work + attention_slot_floats(T) * thread_id(), *dS = P + (size_t)ATT_QB * T; // (nq, nk) each
-            long row0 = (long)b * T;
-            const float *Q = qkv + row0 * 3 * d + h * hs, *K = Q + d, *V = Q + 2 * d;
-            float *dQ = dqkv + row0 * 3 * d + h * hs, *dK = dQ + d, *dV = dQ + 2 * d;
-            const float *dY = dout + row0 * d + h * hs, *Y = out + row0 * d + h * hs;
-            const float *L = lse + ((long)b * H + h) * T;
-            for (int t0 = 0; t0 < T; t0 += ATT_QB) {
-                int nq = T - t0 < ATT_QB ? T - t0 : ATT_QB, nk = t0 + nq;
-                // the block's probabilities again, from the scores and the kept log-sum-exp
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, scale, Q + (long)t0 * 3 * d, 3 * d, K,
-                            3 * d, 0.0f, P, nk);
-                for (int i = 0; i < nq; i++) {
-                    int t = t0 + i;
-                    float *p = P + (long)i * nk;
-                    float lt = L[t];
-#pragma omp simd
-                    for (int u = 0; u <= t; u++) p[u] = exp_poly(p[u] - lt);
-                    for (int u = t + 1; u < nk; u++) p[u] = 0.0f;
-                }
-                // dV (nk, hs) += P^T dY;  dP (nq, nk) = dY V^T
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hs, nq, 1.0f, P, nk, dY + (long)t0 * d, d,
-                            1.0f, dV, 3 * d);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hs, 1.0f, dY + (long)t0 * d, d, V, 3 * d,
-                            0.0f, dS, nk);
-                // through the softmax and the scale: dS = P (dP - sum_u P dP) / sqrt(hs), where
-                // sum_u P_u dP_u = dy . sum_u P_u v_u = dy . y
-                for (int i = 0; i < nq; i++) {
-                    int t = t0 + i;
-                    const float *dy = dY + (long)t * d, *y = Y + (long)t * d, *p = P + (long)i * nk;
-                    float *ds = dS + (long)i * nk, dot = 0.0f;
-                    for (int j = 0; j < hs; j++) dot += dy[j] * y[j];
-                    for (int u = 0; u <= t; u++) ds[u] = p[u] * (ds[u] - dot) * scale;
-                    for (int u = t + 1; u < nk; u++) ds[u] = 0.0f;
-                }
-                // dQ (nq, hs) += dS K;  dK (nk, hs) += dS^T Q
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs, nk, 1.0f, dS, nk, K, 3 * d, 1.0f,
-                            dQ + (long)t0 * 3 * d, 3 * d);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hs, nq, 1.0f, dS, nk, Q + (long)t0 * 3 * d,
-                            3 * d, 1.0f, dK, 3 * d);
-            }
+            for (int h = kh * group; h < (kh + 1) * group; h++)
+                attention_head_backward(dqkv, P, dS, dout, qkv, lse, out, b, h, T, Hq, Hkv, hs);
         }
 }
 

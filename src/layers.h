@@ -32,10 +32,22 @@ void matmul_backward(float *dinp, float *dw, const float *dout, const float *inp
 
 // Rotary embedding tables: cos, sin (T, hs/2), angle = t * theta^(-2i/hs).
 void rope_tables(float *cos_t, float *sin_t, int T, int hs, float theta);
-// Rotates q and k of qkv (B*T, 3*d) in place (rotate-half convention: pairs (i, i + hs/2)).
-void rope_forward(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
-// Applies the inverse rotation to the q and k gradients in dqkv (B*T, 3*d) in place.
-void rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int H, int hs);
+// Rows of qkv (B*T, (Hq + 2 Hkv) hs) hold Hq query heads, Hkv key heads, then Hkv value heads, of hs each.
+// Rotates the query and key heads in place (rotate-half convention: pairs (i, i + hs/2)).
+void rope_forward(float *qkv, const float *cos_t, const float *sin_t, int B, int T, int Hq, int Hkv, int hs);
+// Applies the inverse rotation to the query and key gradients in dqkv in place.
+void rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, int T, int Hq, int Hkv, int hs);
+
+// QK-norm: RMSNorm of the query and key parts of each row of qkv (N, (Hq + 2 Hkv) hs), in place. per_head = 0
+// (OLMoE): one norm over the whole query part, weights wq (Hq hs), and one over the key part, wk (Hkv hs);
+// per_head = 1 (Qwen3): one norm per head, every query head with wq (hs), every key head with wk (hs).
+// raw (N, (Hq + Hkv) hs): the parts before the norm; rstd (N, groups): groups = 2, or Hq + Hkv per head.
+void qknorm_forward(float *qkv, float *raw, float *rstd, const float *wq, const float *wk, int N, int Hq, int Hkv,
+                    int hs, int per_head, float eps);
+// The query and key gradients in dqkv become those of the parts before the norm (overwritten in place);
+// dwq, dwk +=.
+void qknorm_backward(float *dqkv, float *dwq, float *dwk, const float *raw, const float *wq, const float *wk,
+                     const float *rstd, int N, int Hq, int Hkv, int hs, int per_head);
 
 // Row-major C (M, N) = alpha op(A) op(B) + beta C, op(A) (M, K), op(B) (K, N), op = transpose when
 // trans_* is 1. With a one-thread BLAS and several OpenMP threads it is cut into blocks of C's longer
@@ -43,18 +55,18 @@ void rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B, i
 void layers_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                  int ldb, float beta, float *C, int ldc);
 
-// Causal softmax attention. qkv (B*T, 3*d) holds q | k | v, head h at columns [h*hs, (h+1)*hs); out
-// (B*T, d). lse (B, H, T) keeps each query row's log-sum-exp of its scaled scores: all the backward
-// needs besides q, k, v and out (it recomputes the probabilities, never stored whole). work: scratch of
-// attention_work_floats(T, threads) floats, shared by forward and backward; at most `threads` OpenMP
-// threads run.
+// Causal softmax attention with grouped-query heads: query head h attends with key and value head
+// h / (Hq / Hkv). qkv (B*T, (Hq + 2 Hkv) hs) as for rope_forward; out (B*T, Hq hs). lse (B, Hq, T) keeps
+// each query row's log-sum-exp of its scaled scores: all the backward needs besides q, k, v and out (it
+// recomputes the probabilities, never stored whole). work: scratch of attention_work_floats(T, threads)
+// floats, shared by forward and backward; at most `threads` OpenMP threads run.
 size_t attention_work_floats(int T, int threads);
-void attention_forward(float *out, float *lse, float *work, size_t work_floats, const float *qkv, int B, int T, int H,
-                       int hs);
-// dqkv (B*T, 3*d) += ; given dout (B*T, d) and the forward's lse and out (out gives each row's
-// sum_u p_u dp_u as dout . out)
+void attention_forward(float *out, float *lse, float *work, size_t work_floats, const float *qkv, int B, int T, int Hq,
+                       int Hkv, int hs);
+// dqkv (B*T, (Hq + 2 Hkv) hs) += ; given dout (B*T, Hq hs) and the forward's lse and out (out gives each
+// row's sum_u p_u dp_u as dout . out)
 void attention_backward(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
-                        const float *lse, const float *out, int B, int T, int H, int hs);
+                        const float *lse, const float *out, int B, int T, int Hq, int Hkv, int hs);
 
 // a (n) = silu(h) * u
 void swiglu_forward(float *a, const float *h, const float *u, long n);

@@ -20,7 +20,9 @@
 ModelConfig model_config_from(const Config *c) {
     ModelConfig m = {
         .vocab = c->vocab_size, .d = c->d_model, .n_layers = c->n_layers, .n_heads = c->n_heads,
-        .head_dim = c->d_model / c->n_heads, .seq_len = c->seq_len, .d_ff = c->d_ff,
+        .head_dim = c->head_dim ? c->head_dim : c->d_model / c->n_heads, .seq_len = c->seq_len, .d_ff = c->d_ff,
+        .n_kv_heads = c->n_kv_heads ? c->n_kv_heads : c->n_heads, .qk_norm = c->qk_norm,
+        .tie_embeddings = c->tie_embeddings, .router_renorm = c->router_renorm,
         .n_experts = c->n_experts, .top_k = c->top_k, .expert_ff = c->expert_ff, .moe_every = c->moe_every,
         .private_layers = c->private_layers,
         .aux_coef = c->aux_loss_coef, .z_coef = c->z_loss_coef, .rope_theta = c->rope_theta,
@@ -33,6 +35,10 @@ ModelConfig model_config_from(const Config *c) {
 int model_layer_is_moe(const ModelConfig *c, int layer) {
     return layer >= c->private_layers && (layer + 1) % c->moe_every == 0;
 }
+
+int model_q_dim(const ModelConfig *c) { return c->n_heads * c->head_dim; }
+int model_kv_dim(const ModelConfig *c) { return c->n_kv_heads * c->head_dim; }
+int model_qkv_dim(const ModelConfig *c) { return model_q_dim(c) + 2 * model_kv_dim(c); }
 
 static void layout_add(Model *m, const char *name, TensorKind kind, int layer, int expert, int rows, int cols) {
     ParamTensor *t = &m->tensors[m->n_tensors++];
@@ -51,16 +57,22 @@ static void layout_add(Model *m, const char *name, TensorKind kind, int layer, i
 // The order of tensors in the flat buffers: the checkpoint schema follows it.
 static void layout_build(Model *m) {
     const ModelConfig *c = &m->cfg;
-    int d = c->d, L = c->n_layers;
-    m->tensors = mallocCheck(sizeof(ParamTensor) * (3 + (size_t)L * (8 + 3 * (size_t)c->n_experts)));
+    int d = c->d, L = c->n_layers, q = model_q_dim(c), kv = model_kv_dim(c), per_head = c->qk_norm == QK_NORM_HEAD;
+    m->tensors = mallocCheck(sizeof(ParamTensor) * (3 + (size_t)L * (10 + 3 * (size_t)c->n_experts)));
     m->n_tensors = 0;
     m->n_params = 0;
     char name[64];
     layout_add(m, "embed", T_EMBED, -1, -1, c->vocab, d);
     for (int l = 0; l < L; l++) {
         snprintf(name, sizeof name, "layer_%d/attn_norm", l); layout_add(m, name, T_ATTN_NORM, l, -1, d, 1);
-        snprintf(name, sizeof name, "layer_%d/attn_wqkv", l); layout_add(m, name, T_WQKV, l, -1, 3 * d, d);
-        snprintf(name, sizeof name, "layer_%d/attn_wo", l);   layout_add(m, name, T_WO, l, -1, d, d);
+        snprintf(name, sizeof name, "layer_%d/attn_wqkv", l); layout_add(m, name, T_WQKV, l, -1, q + 2 * kv, d);
+        if (c->qk_norm != QK_NORM_NONE) {
+            snprintf(name, sizeof name, "layer_%d/attn_q_norm", l);
+            layout_add(m, name, T_Q_NORM, l, -1, per_head ? c->head_dim : q, 1);
+            snprintf(name, sizeof name, "layer_%d/attn_k_norm", l);
+            layout_add(m, name, T_K_NORM, l, -1, per_head ? c->head_dim : kv, 1);
+        }
+        snprintf(name, sizeof name, "layer_%d/attn_wo", l);   layout_add(m, name, T_WO, l, -1, d, q);
         snprintf(name, sizeof name, "layer_%d/ffn_norm", l);  layout_add(m, name, T_FFN_NORM, l, -1, d, 1);
         if (!model_layer_is_moe(c, l)) {
             snprintf(name, sizeof name, "layer_%d/ffn_gate", l); layout_add(m, name, T_FFN_GATE, l, -1, c->d_ff, d);
@@ -80,7 +92,7 @@ static void layout_build(Model *m) {
         }
     }
     layout_add(m, "final_norm", T_FINAL_NORM, -1, -1, d, 1);
-    layout_add(m, "lm_head", T_LM_HEAD, -1, -1, c->vocab, d);
+    if (!c->tie_embeddings) layout_add(m, "lm_head", T_LM_HEAD, -1, -1, c->vocab, d);
 }
 
 // Points the fields of `w` into `base` (params or grads) following the tensor table.
@@ -103,6 +115,8 @@ static void weights_bind(Weights *w, const Model *m, float *base) {
         case T_ATTN_NORM: lw->attn_norm = p; break;
         case T_WQKV: lw->wqkv = p; break;
         case T_WO: lw->wo = p; break;
+        case T_Q_NORM: lw->q_norm = p; break;
+        case T_K_NORM: lw->k_norm = p; break;
         case T_FFN_NORM: lw->ffn_norm = p; break;
         case T_FFN_GATE: lw->ffn_gate = p; break;
         case T_FFN_UP: lw->ffn_up = p; break;
@@ -113,6 +127,7 @@ static void weights_bind(Weights *w, const Model *m, float *base) {
         case T_EXP_DOWN: lw->exp_down[t->expert] = p; break;
         }
     }
+    if (m->cfg.tie_embeddings) w->lm_head = w->embed;
 }
 
 static void weights_unbind(Weights *w, int L) {
@@ -123,6 +138,50 @@ static void weights_unbind(Weights *w, int L) {
 static float *act_alloc(Model *m, size_t n) {
     m->mem.acts += sizeof(float) * n;
     return m->be->alloc(sizeof(float) * n);
+}
+
+// Layer l's activations (m->acts[l]) for batches of m->B_alloc sequences of m->T tokens.
+static void layer_acts_alloc(Model *m, int l, int local_experts) {
+    const ModelConfig *c = &m->cfg;
+    size_t N = (size_t)m->B_alloc * m->T, d = c->d, q = model_q_dim(c), qk = q + model_kv_dim(c);
+    LayerActs *a = &m->acts[l];
+    if (l > 0 && c->recompute_attention) { // one set for all layers
+        *a = m->acts[0];
+        memset(&a->moe, 0, sizeof a->moe);
+        a->ffn_h = a->ffn_u = a->ffn_a = NULL;
+    } else {
+        a->ln1 = act_alloc(m, N * d);
+        a->rstd1 = act_alloc(m, N);
+        a->qkv = act_alloc(m, N * model_qkv_dim(c));
+        if (c->qk_norm != QK_NORM_NONE) {
+            a->qk_raw = act_alloc(m, N * qk);
+            a->qk_rstd = act_alloc(m, N * (c->n_heads + c->n_kv_heads));
+        }
+        a->att = act_alloc(m, m->be->attention_saved_floats(m->B_alloc, m->T, c->n_heads));
+        a->atty = act_alloc(m, N * q);
+        a->x_mid = act_alloc(m, N * d);
+        a->ln2 = act_alloc(m, N * d);
+        a->rstd2 = act_alloc(m, N);
+    }
+    if (!model_layer_is_moe(c, l)) {
+        a->ffn_h = act_alloc(m, N * c->d_ff);
+        a->ffn_u = act_alloc(m, N * c->d_ff);
+        a->ffn_a = act_alloc(m, N * c->d_ff);
+        return;
+    }
+    int shared = local_experts && c->recompute_experts; // one set of hidden activations for all layers
+    if (shared && !m->moe_he) {
+        size_t Nkf = N * c->top_k * c->expert_ff;
+        m->moe_he = act_alloc(m, Nkf);
+        m->moe_ue = act_alloc(m, Nkf);
+        m->moe_ae = act_alloc(m, Nkf);
+    }
+    // a party whose experts run at their owners keeps one row buffer per layer: its packed inputs, its
+    // outputs, their gradients, then its inputs' gradients, each read before the next is written
+    moe_acts_alloc(&a->moe, (int)N, c->d, c->n_experts, c->top_k, c->expert_ff, local_experts && !shared,
+                   !local_experts, &m->mem.acts, m->be->alloc);
+    a->moe.renorm = c->router_renorm;
+    if (shared) { a->moe.he = m->moe_he; a->moe.ue = m->moe_ue; a->moe.ae = m->moe_ae; }
 }
 
 void model_create(Model *m, const ModelConfig *c, const int *owned, int local_experts, int B, int T) {
@@ -155,44 +214,10 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     weights_bind(&m->w, m, m->params);
     weights_bind(&m->g, m, m->grads);
 
-    size_t N = (size_t)B * T, d = c->d, H = c->n_heads, L = c->n_layers;
+    size_t N = (size_t)B * T, d = c->d, L = c->n_layers, q = model_q_dim(c);
     m->resid = act_alloc(m, (L + 1) * N * d);
     m->acts = callocCheck(L, sizeof(LayerActs));
-    for (size_t l = 0; l < L; l++) {
-        LayerActs *a = &m->acts[l];
-        if (l > 0 && c->recompute_attention) { // one set for all layers
-            *a = m->acts[0];
-            memset(&a->moe, 0, sizeof a->moe);
-            a->ffn_h = a->ffn_u = a->ffn_a = NULL;
-        } else {
-            a->ln1 = act_alloc(m, N * d);
-            a->rstd1 = act_alloc(m, N);
-            a->qkv = act_alloc(m, N * 3 * d);
-            a->att = act_alloc(m, be->attention_saved_floats(B, T, (int)H));
-            a->atty = act_alloc(m, N * d);
-            a->x_mid = act_alloc(m, N * d);
-            a->ln2 = act_alloc(m, N * d);
-            a->rstd2 = act_alloc(m, N);
-        }
-        if (model_layer_is_moe(c, (int)l)) {
-            int shared = local_experts && c->recompute_experts; // one set of hidden activations for all layers
-            if (shared && !m->moe_he) {
-                size_t Nkf = N * c->top_k * c->expert_ff;
-                m->moe_he = act_alloc(m, Nkf);
-                m->moe_ue = act_alloc(m, Nkf);
-                m->moe_ae = act_alloc(m, Nkf);
-            }
-            // a party whose experts run at their owners keeps one row buffer per layer: its packed inputs, its
-            // outputs, their gradients, then its inputs' gradients, each read before the next is written
-            moe_acts_alloc(&a->moe, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts && !shared, !local_experts,
-                           &m->mem.acts, be->alloc);
-            if (shared) { a->moe.he = m->moe_he; a->moe.ue = m->moe_ue; a->moe.ae = m->moe_ae; }
-        } else {
-            a->ffn_h = act_alloc(m, N * c->d_ff);
-            a->ffn_u = act_alloc(m, N * c->d_ff);
-            a->ffn_a = act_alloc(m, N * c->d_ff);
-        }
-    }
+    for (int l = 0; l < c->n_layers; l++) layer_acts_alloc(m, l, local_experts);
     m->lnf = NULL; // (below: dresid's buffer)
     m->rstdf = act_alloc(m, N);
     m->logits = act_alloc(m, N * c->vocab);
@@ -203,7 +228,8 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     m->dresid = act_alloc(m, N * d);
     m->lnf = m->dresid; // the final norm's output is last read before the backward first writes dresid
     m->dln = act_alloc(m, N * d);
-    m->dqkv = act_alloc(m, N * 3 * d);
+    m->dqkv = act_alloc(m, N * model_qkv_dim(c));
+    if (q > d) m->datty = act_alloc(m, N * q); // (else each layer's x_mid buffer, see model_backward)
     m->dlogits = m->logits; // the probabilities are read once, element by element, as their gradients are written
     int dense = 0; // the dense FFN's backward scratch, when there is a dense layer
     for (int l = 0; l < c->n_layers; l++) dense |= !model_layer_is_moe(c, l);
@@ -224,7 +250,7 @@ void model_free(Model *m) {
     void (*release)(void *) = m->be->release;
     for (int l = 0; l < L; l++) {
         LayerActs *a = &m->acts[l];
-        float *bufs[] = {a->ln1, a->rstd1, a->qkv, a->att, a->atty, a->x_mid, a->ln2, a->rstd2};
+        float *bufs[] = {a->ln1, a->rstd1, a->qkv, a->qk_raw, a->qk_rstd, a->att, a->atty, a->x_mid, a->ln2, a->rstd2};
         if (l == 0 || !m->cfg.recompute_attention) // (recompute_attention: layer 0's set is every layer's)
             for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
         if (model_layer_is_moe(&m->cfg, l)) {
@@ -235,7 +261,7 @@ void model_free(Model *m) {
         else { release(a->ffn_h); release(a->ffn_u); release(a->ffn_a); }
     }
     free(m->acts);
-    float *bufs[] = {m->resid, m->rstdf, m->logits, m->losses, m->cos_t, m->sin_t, m->dresid, m->dln, m->dqkv,
+    float *bufs[] = {m->resid, m->rstdf, m->logits, m->losses, m->cos_t, m->sin_t, m->dresid, m->dln, m->dqkv, m->datty,
                      m->dffn_h, m->dffn_u, m->dffn_a, m->att_work, m->params, m->grads, m->adam_m, m->adam_v};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
     moe_scratch_free(&m->moe_scratch, release);
@@ -294,16 +320,20 @@ static double experts_flops(const MoeActs *a, ExpertSet w) {
 // counted as model FLOPs: count = 0).
 static void attention_block(Model *m, int l, int count) {
     const ModelConfig *c = &m->cfg;
-    int B = m->B, T = m->T, N = B * T, d = c->d, H = c->n_heads, hs = c->head_dim;
+    int B = m->B, T = m->T, N = B * T, d = c->d, H = c->n_heads, Hkv = c->n_kv_heads, hs = c->head_dim;
+    int q = model_q_dim(c), qkv = model_qkv_dim(c);
     const LayerWeights *w = &m->w.layer[l];
     LayerActs *a = &m->acts[l];
     const float *x = m->resid + (size_t)l * N * d;
     m->be->rmsnorm_forward(a->ln1, a->rstd1, x, w->attn_norm, N, d, c->norm_eps);
-    m->be->matmul_forward(a->qkv, a->ln1, w->wqkv, N, d, 3 * d);
-    m->be->rope_forward(a->qkv, m->cos_t, m->sin_t, B, T, H, hs);
-    m->be->attention_forward(a->atty, a->att, m->att_work, m->att_work_floats, a->qkv, B, T, H, hs);
-    m->be->matmul_forward(m->tmp, a->atty, w->wo, N, d, d);
-    if (count) m->flops += flops_matmul(N, d, 3 * d) + flops_attention(B, T, H, hs) + flops_matmul(N, d, d);
+    m->be->matmul_forward(a->qkv, a->ln1, w->wqkv, N, d, qkv);
+    if (c->qk_norm != QK_NORM_NONE)
+        m->be->qknorm_forward(a->qkv, a->qk_raw, a->qk_rstd, w->q_norm, w->k_norm, N, H, Hkv, hs,
+                              c->qk_norm == QK_NORM_HEAD, c->norm_eps);
+    m->be->rope_forward(a->qkv, m->cos_t, m->sin_t, B, T, H, Hkv, hs);
+    m->be->attention_forward(a->atty, a->att, m->att_work, m->att_work_floats, a->qkv, B, T, H, Hkv, hs);
+    m->be->matmul_forward(m->tmp, a->atty, w->wo, N, q, d);
+    if (count) m->flops += flops_matmul(N, d, qkv) + flops_attention(B, T, H, hs) + flops_matmul(N, q, d);
     m->be->residual_forward(a->x_mid, x, m->tmp, (size_t)N * d);
     m->be->rmsnorm_forward(a->ln2, a->rstd2, a->x_mid, w->ffn_norm, N, d, c->norm_eps);
 }
@@ -367,9 +397,36 @@ void model_set_batch(Model *m, int B) {
 
 void model_zero_grad(Model *m) { m->be->zero(m->grads, sizeof(float) * m->n_params); }
 
+// The backward of layer l's attention sub-block: dresid holds d loss / d x_mid on entry, d loss / d x (the
+// layer's input) on return. d loss / d atty goes in x_mid's buffer, which this layer's backward has finished
+// with (or in datty when the attention is wider than d).
+static void attention_block_backward(Model *m, int l) {
+    const ModelConfig *c = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, d = c->d, H = c->n_heads, Hkv = c->n_kv_heads, hs = c->head_dim;
+    int q = model_q_dim(c), qkv = model_qkv_dim(c);
+    size_t Nd = (size_t)N * d;
+    const LayerWeights *w = &m->w.layer[l], *g = &m->g.layer[l];
+    const LayerActs *a = &m->acts[l];
+    float *datty = m->datty ? m->datty : a->x_mid;
+    m->be->zero(datty, sizeof(float) * N * q);
+    m->be->matmul_backward(datty, g->wo, m->dresid, a->atty, w->wo, N, q, d);
+    m->be->zero(m->dqkv, sizeof(float) * N * qkv);
+    m->be->attention_backward(m->dqkv, m->att_work, m->att_work_floats, datty, a->qkv, a->att, a->atty, B, T, H, Hkv,
+                              hs);
+    m->be->rope_backward(m->dqkv, m->cos_t, m->sin_t, B, T, H, Hkv, hs);
+    if (c->qk_norm != QK_NORM_NONE)
+        m->be->qknorm_backward(m->dqkv, g->q_norm, g->k_norm, a->qk_raw, w->q_norm, w->k_norm, a->qk_rstd, N, H, Hkv,
+                               hs, c->qk_norm == QK_NORM_HEAD);
+    m->be->zero(m->dln, sizeof(float) * Nd);
+    m->be->matmul_backward(m->dln, g->wqkv, m->dqkv, a->ln1, w->wqkv, N, d, qkv);
+    m->flops += flops_matmul_backward(N, q, d, 1) + 2.0 * flops_attention(B, T, H, hs) +
+                flops_matmul_backward(N, d, qkv, 1);
+    m->be->rmsnorm_backward(m->dresid, g->attn_norm, m->dln, m->resid + (size_t)l * Nd, w->attn_norm, a->rstd1, N, d);
+}
+
 void model_backward(Model *m, const Token *tokens, const Token *targets) {
     const ModelConfig *c = &m->cfg;
-    int B = m->B, T = m->T, N = B * T, d = c->d, H = c->n_heads, hs = c->head_dim;
+    int N = m->B * m->T, d = c->d;
     size_t Nd = (size_t)N * d;
     m->be->crossentropy_backward(m->dlogits, m->logits, targets, N, c->vocab, 1.0f / N);
     m->be->zero(m->dln, sizeof(float) * Nd);
@@ -410,21 +467,8 @@ void model_backward(Model *m, const Token *tokens, const Token *targets) {
             m->flops += 2.0 * flops_ffn(N, d, c->d_ff);
         }
         m->be->rmsnorm_backward(m->dresid, g->ffn_norm, m->dln, a->x_mid, w->ffn_norm, a->rstd2, N, d);
-        // dresid now holds d loss / d x_mid. Attention sub-block; d loss / d atty goes in x_mid's buffer, which
-        // this layer's backward has finished with.
-        float *datty = a->x_mid;
-        m->be->zero(datty, sizeof(float) * Nd);
-        m->be->matmul_backward(datty, g->wo, m->dresid, a->atty, w->wo, N, d, d);
-        m->be->zero(m->dqkv, sizeof(float) * Nd * 3);
-        m->be->attention_backward(m->dqkv, m->att_work, m->att_work_floats, datty, a->qkv, a->att, a->atty, B, T, H,
-                                  hs);
-        m->be->rope_backward(m->dqkv, m->cos_t, m->sin_t, B, T, H, hs);
-        m->be->zero(m->dln, sizeof(float) * Nd);
-        m->be->matmul_backward(m->dln, g->wqkv, m->dqkv, a->ln1, w->wqkv, N, d, 3 * d);
-        m->flops += flops_matmul_backward(N, d, d, 1) + 2.0 * flops_attention(B, T, H, hs) +
-                    flops_matmul_backward(N, d, 3 * d, 1);
-        m->be->rmsnorm_backward(m->dresid, g->attn_norm, m->dln, m->resid + (size_t)l * Nd, w->attn_norm, a->rstd1, N,
-                                d);
+        // dresid now holds d loss / d x_mid
+        attention_block_backward(m, l);
     }
     m->be->embedding_backward(m->g.embed, m->dresid, tokens, N, d);
     model_mark_active(m);
@@ -457,21 +501,25 @@ void model_mark_active(Model *m) {
 void model_cache_create(KvCache *kv, const Model *m) {
     const ModelConfig *c = &m->cfg;
     if (m->be->device) fail("internal: generation runs on the CPU backend");
-    size_t T = (size_t)m->T, d = c->d, L = c->n_layers;
+    size_t T = (size_t)m->T, d = c->d, L = c->n_layers, q = model_q_dim(c), kvd = model_kv_dim(c);
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
     memset(kv, 0, sizeof *kv);
     kv->cap = (int)T;
-    kv->k = callocCheck(L * T * d, sizeof(float));
-    kv->v = callocCheck(L * T * d, sizeof(float));
+    kv->k = callocCheck(L * T * kvd, sizeof(float));
+    kv->v = callocCheck(L * T * kvd, sizeof(float));
     kv->x = callocCheck(T * d, sizeof(float));
     kv->xm = callocCheck(T * d, sizeof(float));
     kv->ln = callocCheck(T * d, sizeof(float));
     kv->rstd = callocCheck(T, sizeof(float));
-    kv->qkv = callocCheck(T * 3 * d, sizeof(float));
-    kv->atty = callocCheck(T * d, sizeof(float));
+    kv->qkv = callocCheck(T * model_qkv_dim(c), sizeof(float));
+    if (c->qk_norm != QK_NORM_NONE) {
+        kv->qk_raw = callocCheck(T * (q + kvd), sizeof(float));
+        kv->qk_rstd = callocCheck(T * (size_t)(c->n_heads + c->n_kv_heads), sizeof(float));
+    }
+    kv->atty = callocCheck(T * q, sizeof(float));
     kv->tmp = callocCheck(T * d, sizeof(float));
     int dense = 0;
     for (int l = 0; l < c->n_layers; l++) dense |= !model_layer_is_moe(c, l);
@@ -484,20 +532,20 @@ void model_cache_create(KvCache *kv, const Model *m) {
 }
 
 void model_cache_free(KvCache *kv) {
-    float *bufs[] = { kv->k,    kv->v,   kv->x, kv->xm, kv->ln, kv->rstd,  kv->qkv,
-                      kv->atty, kv->tmp, kv->h, kv->u,  kv->a,  kv->scores };
+    float *bufs[] = {kv->k,   kv->v,    kv->x,      kv->xm,      kv->ln,   kv->rstd, kv->qkv, kv->qk_raw,
+                     kv->qk_rstd, kv->atty, kv->tmp, kv->h,       kv->u,    kv->a,    kv->scores};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     memset(kv, 0, sizeof *kv);
 }
 
-// Causal attention of n new rows at positions p0 .. p0 + n - 1 over the cached keys K and values V (cap, d)
-// of positions 0 .. p0 + n - 1 (the new rows' own already appended). qkv (n, 3d): the rows' queries in
-// its first d columns. out (n, d). scores: (threads, cap).
-static void attention_cached(float *out, const float *qkv, const float *K, const float *V, int n, int p0, int H, int hs,
-                             float *scores, int cap) {
-    int d = H * hs;
+// Causal attention of n new rows at positions p0 .. p0 + n - 1 over the cached keys K and values V (cap, kv)
+// of positions 0 .. p0 + n - 1 (the new rows' own already appended). qkv (n, qkv): the rows' queries in its
+// first H hs columns; query head h reads key/value head h / (H / Hkv). out (n, H hs). scores: (threads, cap).
+static void attention_cached(float *out, const float *qkv, const float *K, const float *V, int n, int p0, int H,
+                             int Hkv, int hs, float *scores, int cap) {
+    int q = H * hs, kvd = Hkv * hs, width = q + 2 * kvd, group = H / Hkv;
     float scale = 1.0f / sqrtf((float)hs);
-    long work = (long)n * H * hs * (p0 + n); // (one byte of a small model: not worth waking the team)
+    long work = (long)n * H * hs * (p0 + n); // (one token of a small model: not worth waking the team)
 #pragma omp parallel if (work > 65536)
     {
         int id = 0;
@@ -508,21 +556,21 @@ static void attention_cached(float *out, const float *qkv, const float *K, const
 #pragma omp for collapse(2) schedule(static)
         for (int i = 0; i < n; i++)
             for (int h = 0; h < H; h++) {
-                int last = p0 + i; // keys 0 .. last
-                const float *q = qkv + (size_t)i * 3 * d + h * hs;
+                int last = p0 + i, kh = h / group; // keys 0 .. last
+                const float *qh = qkv + (size_t)i * width + h * hs;
                 float maxv = -INFINITY, sum = 0.0f;
                 for (int u = 0; u <= last; u++) {
-                    const float *k = K + (size_t)u * d + h * hs;
+                    const float *k = K + (size_t)u * kvd + kh * hs;
                     float s = 0.0f;
-                    for (int j = 0; j < hs; j++) s += q[j] * k[j];
+                    for (int j = 0; j < hs; j++) s += qh[j] * k[j];
                     S[u] = s * scale;
                     maxv = S[u] > maxv ? S[u] : maxv;
                 }
                 for (int u = 0; u <= last; u++) { S[u] = expf(S[u] - maxv); sum += S[u]; }
-                float *y = out + (size_t)i * d + h * hs, inv = 1.0f / sum;
+                float *y = out + (size_t)i * q + h * hs, inv = 1.0f / sum;
                 for (int j = 0; j < hs; j++) y[j] = 0.0f;
                 for (int u = 0; u <= last; u++) {
-                    const float *v = V + (size_t)u * d + h * hs;
+                    const float *v = V + (size_t)u * kvd + kh * hs;
                     float p = S[u] * inv;
                     for (int j = 0; j < hs; j++) y[j] += p * v[j];
                 }
@@ -530,34 +578,44 @@ static void attention_cached(float *out, const float *qkv, const float *K, const
     }
 }
 
+// The attention sub-block of layer l on the n new rows of the cache: kv->xm = x + wo(attn(rope(wqkv(rmsnorm(x))))).
+static void attention_block_cached(Model *m, KvCache *kv, int l, int n) {
+    const ModelConfig *c = &m->cfg;
+    const Backend *be = m->be;
+    const LayerWeights *w = &m->w.layer[l];
+    int d = c->d, H = c->n_heads, Hkv = c->n_kv_heads, hs = c->head_dim, half = hs / 2, p0 = kv->len;
+    int q = model_q_dim(c), kvd = model_kv_dim(c), qkv = model_qkv_dim(c);
+    float *K = kv->k + (size_t)l * kv->cap * kvd, *V = kv->v + (size_t)l * kv->cap * kvd;
+    be->rmsnorm_forward(kv->ln, kv->rstd, kv->x, w->attn_norm, n, d, c->norm_eps);
+    be->matmul_forward(kv->qkv, kv->ln, w->wqkv, n, d, qkv);
+    if (c->qk_norm != QK_NORM_NONE)
+        be->qknorm_forward(kv->qkv, kv->qk_raw, kv->qk_rstd, w->q_norm, w->k_norm, n, H, Hkv, hs,
+                           c->qk_norm == QK_NORM_HEAD, c->norm_eps);
+    be->rope_forward(kv->qkv, m->cos_t + (size_t)p0 * half, m->sin_t + (size_t)p0 * half, 1, n, H, Hkv, hs);
+    for (int i = 0; i < n; i++) {
+        memcpy(K + (size_t)(p0 + i) * kvd, kv->qkv + (size_t)i * qkv + q, sizeof(float) * kvd);
+        memcpy(V + (size_t)(p0 + i) * kvd, kv->qkv + (size_t)i * qkv + q + kvd, sizeof(float) * kvd);
+    }
+    attention_cached(kv->atty, kv->qkv, K, V, n, p0, H, Hkv, hs, kv->scores, kv->cap);
+    be->matmul_forward(kv->tmp, kv->atty, w->wo, n, q, d);
+    m->flops += flops_matmul(n, d, qkv) + flops_matmul(n, q, d);
+    for (int i = 0; i < n; i++) m->flops += flops_attention_row(H, hs, p0 + i + 1);
+    be->residual_forward(kv->xm, kv->x, kv->tmp, (size_t)n * d);
+}
+
 void model_forward_cached(Model *m, KvCache *kv, const Token *tokens, int n, float *logits) {
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
-    int d = c->d, H = c->n_heads, hs = c->head_dim, half = hs / 2, p0 = kv->len;
+    int d = c->d, p0 = kv->len;
     if (n < 1 || p0 + n > kv->cap) fail("internal: %d positions after %d overflow a cache of %d", n, p0, kv->cap);
-    size_t nd = (size_t)n * d;
     be->embedding_forward(kv->x, tokens, m->w.embed, n, d);
     for (int l = 0; l < c->n_layers; l++) {
-        const LayerWeights *w = &m->w.layer[l];
-        float *K = kv->k + (size_t)l * kv->cap * d, *V = kv->v + (size_t)l * kv->cap * d;
-        // attention sub-block: xm = x + wo(attn(rope(wqkv(rmsnorm(x)))))
-        be->rmsnorm_forward(kv->ln, kv->rstd, kv->x, w->attn_norm, n, d, c->norm_eps);
-        be->matmul_forward(kv->qkv, kv->ln, w->wqkv, n, d, 3 * d);
-        be->rope_forward(kv->qkv, m->cos_t + (size_t)p0 * half, m->sin_t + (size_t)p0 * half, 1, n, H, hs);
-        for (int i = 0; i < n; i++) {
-            memcpy(K + (size_t)(p0 + i) * d, kv->qkv + (size_t)i * 3 * d + d, sizeof(float) * d);
-            memcpy(V + (size_t)(p0 + i) * d, kv->qkv + (size_t)i * 3 * d + 2 * d, sizeof(float) * d);
-        }
-        attention_cached(kv->atty, kv->qkv, K, V, n, p0, H, hs, kv->scores, kv->cap);
-        be->matmul_forward(kv->tmp, kv->atty, w->wo, n, d, d);
-        m->flops += flops_matmul(n, d, 3 * d) + flops_matmul(n, d, d);
-        for (int i = 0; i < n; i++) m->flops += flops_attention_row(H, hs, p0 + i + 1);
-        be->residual_forward(kv->xm, kv->x, kv->tmp, nd);
+        attention_block_cached(m, kv, l, n);
         // FFN sub-block: x = xm + ffn(rmsnorm(xm))
-        be->rmsnorm_forward(kv->ln, kv->rstd, kv->xm, w->ffn_norm, n, d, c->norm_eps);
+        be->rmsnorm_forward(kv->ln, kv->rstd, kv->xm, m->w.layer[l].ffn_norm, n, d, c->norm_eps);
         ffn_block(m, l, kv->ln, kv->tmp, n, kv->h, kv->u, kv->a);
         if (model_layer_is_moe(c, l)) m->acts[l].moe.N = m->B * m->T; // (the routing buffers back to the batch's rows)
-        be->residual_forward(kv->x, kv->xm, kv->tmp, nd);
+        be->residual_forward(kv->x, kv->xm, kv->tmp, (size_t)n * d);
     }
     // the last position's logits
     be->rmsnorm_forward(kv->ln, kv->rstd, kv->x + (size_t)(n - 1) * d, m->w.final_norm, 1, d, c->norm_eps);

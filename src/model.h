@@ -1,8 +1,11 @@
-// model.h: the model definition shared by every backend and mode: a decoder-only transformer over bytes
+// model.h: the model definition shared by every backend and mode: a decoder-only transformer over tokens
 // whose FFNs are MoE layers (every moe_every-th layer after the first private_layers) or dense SwiGLU FFNs.
+// The Hugging Face MoE models (Mixtral, OLMoE, Qwen3-MoE) are instances of it.
 //   x = embed[tokens]
-//   per layer: x += Attn(RMSNorm(x)) ; x += FFN(RMSNorm(x))      (causal MHA with RoPE, no biases)
-//   logits = RMSNorm(x) @ lm_head^T
+//   per layer: x += Attn(RMSNorm(x)) ; x += FFN(RMSNorm(x))
+//     Attn: causal grouped-query attention (n_heads query heads, n_kv_heads key/value heads of head_dim), RoPE,
+//           optionally QK-norm (RMSNorm of q and k before RoPE, over the whole projection or per head), no biases
+//   logits = RMSNorm(x) @ lm_head^T                                (lm_head may be embed itself: tied)
 //   loss = CE + aux_loss_coef * sum_moe_layers aux + z_loss_coef * sum_moe_layers z
 #ifndef PCMOE_MODEL_H
 #define PCMOE_MODEL_H
@@ -17,6 +20,10 @@
 
 typedef struct {
     int vocab, d, n_layers, n_heads, head_dim, seq_len, d_ff, n_experts, top_k, expert_ff, moe_every;
+    int n_kv_heads;     // key/value heads (grouped-query attention): divides n_heads
+    int qk_norm;        // QkNorm (config.h)
+    int tie_embeddings; // 1: the LM head is the embedding matrix (one tensor, "embed")
+    int router_renorm;  // 1: the chosen experts' probabilities are renormalised to sum to 1 (norm_topk_prob)
     int private_layers; // the first private_layers layers have dense FFNs (never MoE): their rows never leave the party
     float aux_coef, z_coef, rope_theta, norm_eps, init_std;
     int recompute_experts; // local experts' hidden activations: one buffer for all layers, recomputed in the backward
@@ -27,6 +34,7 @@ typedef struct {
 typedef enum {
     T_EMBED, T_FINAL_NORM, T_LM_HEAD,                           // backbone, model level
     T_ATTN_NORM, T_WQKV, T_WO, T_FFN_NORM,                      // backbone, every layer
+    T_Q_NORM, T_K_NORM,                                         // backbone, every layer with QK-norm
     T_FFN_GATE, T_FFN_UP, T_FFN_DOWN,                           // backbone, dense layers
     T_ROUTER,                                                   // backbone, MoE layers
     T_EXP_GATE, T_EXP_UP, T_EXP_DOWN                            // the shared expert pool
@@ -46,8 +54,10 @@ typedef struct {
 
 typedef struct {
     float *attn_norm; // (d)
-    float *wqkv;      // (3d, d)
-    float *wo;        // (d, d)
+    float *wqkv;      // (qkv, d)    qkv = (n_heads + 2 n_kv_heads) head_dim: rows of q, then k, then v
+    float *wo;        // (d, q)      q = n_heads head_dim
+    float *q_norm;    // (q) or (head_dim) QK-norm only (full or per head)
+    float *k_norm;    // (kv) or (head_dim)   kv = n_kv_heads head_dim
     float *ffn_norm;  // (d)
     float *ffn_gate;  // (d_ff, d)   dense layers only
     float *ffn_up;    // (d_ff, d)
@@ -61,7 +71,7 @@ typedef struct {
 typedef struct {
     float *embed;        // (V, d)
     float *final_norm;   // (d)
-    float *lm_head;      // (V, d)
+    float *lm_head;      // (V, d) (tied: embed)
     LayerWeights *layer; // (L)
 } Weights;
 
@@ -70,9 +80,11 @@ typedef struct {
 typedef struct {
     float *ln1;      // (N, d) RMSNorm before attention
     float *rstd1;    // (N)
-    float *qkv;      // (N, 3d) q and k after RoPE
-    float *att;      // what attention keeps for its backward: be->attention_saved_floats(B, T, H)
-    float *atty;     // (N, d) attention output before wo
+    float *qkv;      // (N, qkv) q and k after RoPE (and QK-norm)
+    float *qk_raw;   // (N, q + kv) QK-norm only: q and k before the norm
+    float *qk_rstd;  // (N, n_heads + n_kv_heads) QK-norm only: the norms' 1/rms
+    float *att;      // what attention keeps for its backward: be->attention_saved_floats(B, T, n_heads)
+    float *atty;     // (N, q) attention output before wo
     float *x_mid;    // (N, d) residual stream after the attention sub-block (in the layer's backward, once read,
                      // its buffer takes d loss / d atty)
     float *ln2;      // (N, d) RMSNorm before the FFN
@@ -123,7 +135,8 @@ typedef struct {
     // backward scratch
     float *dresid;            // (N, d) gradient of the residual stream
     float *dln;               // (N, d) gradient of a RMSNorm output
-    float *dqkv;              // (N, 3d)
+    float *dqkv;              // (N, qkv)
+    float *datty;             // (N, q) d loss / d atty: x_mid's buffer of the layer when q <= d, else its own
     float *dlogits;           // (N, V) the logits' buffer: the probabilities become their gradients
     float *dffn_h, *dffn_u, *dffn_a; // (N, d_ff)
     float *tmp;               // (N, d) a sub-block's output before it is added to the residual: dln's buffer
@@ -141,6 +154,10 @@ typedef struct {
 
 ModelConfig model_config_from(const Config *c);
 int model_layer_is_moe(const ModelConfig *c, int layer);
+// Widths of the attention's projections: q = n_heads head_dim, kv = n_kv_heads head_dim, qkv = q + 2 kv.
+int model_q_dim(const ModelConfig *c);
+int model_kv_dim(const ModelConfig *c);
+int model_qkv_dim(const ModelConfig *c);
 
 // Allocates a model for batches of B sequences of T tokens. owned (m): which experts this party holds
 // (NULL: all of them). local_experts: 1 if this model runs the experts on its own rows itself (0 in
@@ -179,11 +196,13 @@ void model_mark_active(Model *m);
 // runs on the CPU backend. Positions 0 .. len-1 are held, at most cap = seq_len.
 typedef struct {
     int len, cap;
-    float *k, *v;            // (L, cap, d) per layer: row p is position p's key / value (all heads)
+    float *k, *v;            // (L, cap, kv) per layer: row p is position p's key / value (all key/value heads)
     float *x, *xm;           // (cap, d) residual stream of the rows being computed, and after attention
     float *ln, *rstd;        // (cap, d), (cap) a RMSNorm's output
-    float *qkv;              // (cap, 3d)
-    float *atty, *tmp;       // (cap, d) attention output before wo; a sub-block's output
+    float *qkv;              // (cap, qkv)
+    float *qk_raw, *qk_rstd; // (cap, q + kv), (cap, n_heads + n_kv_heads) QK-norm only
+    float *atty;             // (cap, q) attention output before wo
+    float *tmp;              // (cap, d) a sub-block's output
     float *h, *u, *a;        // (cap, d_ff) dense FFN layers only (else NULL)
     float *scores;           // (threads, cap) one row of attention scores per OpenMP thread
 } KvCache;

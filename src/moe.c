@@ -22,6 +22,7 @@ void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_ac
                     void *(*alloc)(size_t)) {
     long Nk = (long)N * k;
     a->N = N; a->d = d; a->m = m; a->k = k; a->f = f;
+    a->renorm = 1;
     a->probs = alloc_f((long)N * m, bytes, alloc);
     a->logits = a->probs; // (the softmax is taken in place)
     a->lse = alloc_f(N, bytes, alloc);
@@ -98,6 +99,7 @@ void moe_route(MoeActs *a, const float *inp, const float *router, const int *ord
             top[j] = best;
             gsum += p[best];
         }
+        if (!a->renorm) gsum = 1.0f;
         a->gate_sum[n] = gsum;
         for (int j = 0; j < k; j++) a->gates[(long)n * k + j] = p[top[j]] / gsum;
     }
@@ -214,14 +216,15 @@ void moe_route_backward(float *dinp, float *drouter, MoeScratch *s, const MoeAct
             const float *src = s->dxe + (long)a->choice_row[(long)n * k + j] * d;
             for (int i = 0; i < d; i++) dx[i] += src[i];
         }
-        // gates g_j = p_j / S over the chosen set: dp_j = (dg_j - sum_i dg_i g_i) / S
+        // gates g_j = p_j / S over the chosen set: dp_j = (dg_j - sum_i dg_i g_i) / S (without renorm: S = 1 and
+        // no sum)
         const float *p = a->probs + (long)n * m;
         const float *g = a->gates + (long)n * k, *dg = s->dgates + (long)n * k;
         const int *top = a->topk + (long)n * k;
         float *dl = s->dlogits + (long)n * m;
         for (int e = 0; e < m; e++) dl[e] = aux_grad[e]; // dl holds d loss / d probs for now
         float dot = 0.0f;
-        for (int j = 0; j < k; j++) dot += dg[j] * g[j];
+        for (int j = 0; j < k && a->renorm; j++) dot += dg[j] * g[j];
         for (int j = 0; j < k; j++) dl[top[j]] += (dg[j] - dot) / a->gate_sum[n];
         // softmax backward, then the z-loss term d(lse^2)/d logits = 2 lse p
         float pdot = 0.0f;

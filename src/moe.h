@@ -20,8 +20,10 @@ typedef struct {
     float *probs;      // (N, m) softmax of the logits
     float *lse;        // (N) logsumexp of the logits (z-loss)
     int *topk;         // (N, k) chosen experts, most probable first
-    float *gates;      // (N, k) probabilities of the chosen experts renormalised to sum to 1
-    float *gate_sum;   // (N) sum of the chosen probabilities (the renormaliser)
+    int renorm;        // 1: the gates are the chosen probabilities renormalised to sum to 1 (HF's norm_topk_prob);
+                       // 0: the chosen probabilities themselves (moe_acts_alloc sets 1)
+    float *gates;      // (N, k) the chosen experts' weights
+    float *gate_sum;   // (N) sum of the chosen probabilities (the renormaliser; 1 without renorm)
     int *counts;       // (m) rows routed to each expert
     int *offsets;      // (m) first packed row of each expert
     int *row_choice;   // (N*k) packed row -> choice

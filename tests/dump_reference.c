@@ -39,7 +39,7 @@ static void params_record(FILE *f, const Model *m, const float *base, const char
 int main(int argc, char **argv) {
     if (argc != 2) { fprintf(stderr, "usage: dump_reference OUT.bin\n"); return 2; }
     ModelConfig c = test_config(4, 2, 4, 2); // layers 1 and 3 MoE, 0 and 2 dense
-    c.d = 32; c.n_heads = 4; c.head_dim = 8; c.seq_len = 16; c.d_ff = 48; c.expert_ff = 24;
+    c.d = 32; c.n_heads = c.n_kv_heads = 4; c.head_dim = 8; c.seq_len = 16; c.d_ff = 48; c.expert_ff = 24;
     c.aux_coef = 0.05f; c.z_coef = 0.01f; c.init_std = 0.05f;
     // adam_eps = 1e-6, not the 1e-8 default: AdamW's update g/(|g|+eps) has derivative 1/eps at g ~ 0, so
     // at 1e-8 the fp32 rounding (~1e-11) of a near-zero gradient element is amplified to ~1e-3 of lr and

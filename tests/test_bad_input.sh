@@ -85,6 +85,9 @@ expect "config: unknown key" "unknown key model.d_modle" "$PCMOE" train "$TMP/un
 expect "config: bad type" "model.d_model = 'x32': not an integer" "$PCMOE" train "$cfg" --set model.d_model=x32
 expect "config: out of range" "train.lr = 50: out of range" "$PCMOE" train "$cfg" --set train.lr=50
 expect "config: inconsistent dims" "model.n_heads = 5: must divide model.d_model = 32" "$PCMOE" train "$cfg" --set model.n_heads=5
+expect "config: kv heads not dividing" "model.n_kv_heads = 3: must divide model.n_heads = 4" "$PCMOE" train "$cfg" --set model.n_heads=4 --set model.n_kv_heads=3
+expect "config: odd head_dim" "model.head_dim = 7: must be even (RoPE)" "$PCMOE" train "$cfg" --set model.head_dim=7
+expect "config: bad qk_norm" "model.qk_norm = 'both': not one of none, full, head" "$PCMOE" train "$cfg" --set model.qk_norm=both
 expect "config: top_k > n_experts" "model.top_k = 7: must be <= model.n_experts = 6" "$PCMOE" train "$cfg" --set model.top_k=7
 expect "config: bad enum" "parties.mode = 'federated': not one of pcmoe, centralized, local, fedavg" "$PCMOE" train "$cfg" --set parties.mode=federated
 expect "config: bad bool" "privacy.check_finite = 'maybe': not a boolean" "$PCMOE" train "$cfg" --set privacy.check_finite=maybe

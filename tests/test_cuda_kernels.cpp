@@ -77,6 +77,89 @@ static void expect(const char *op, const std::vector<float> &got, const std::vec
     else { std::printf("FAIL: %s (%s order): worst error %.3g of tolerance\n", op, order_name, w); failures++; }
 }
 
+static void check_rope(int B, int T, int H, int Hkv, int hs, cudaStream_t s) {
+    const int N = B * T, width = (H + 2 * Hkv) * hs;
+    char name[96];
+    std::vector<float> ct(T * hs / 2), st(T * hs / 2);
+    rope_tables(ct.data(), st.data(), T, hs, 10000.0f);
+    auto qkv = randn((size_t)N * width, 1.0f, 8);
+    std::vector<float> fw = qkv, bw = qkv;
+    rope_forward(fw.data(), ct.data(), st.data(), B, T, H, Hkv, hs);
+    rope_backward(bw.data(), ct.data(), st.data(), B, T, H, Hkv, hs);
+    float *pc = to_dev(ct), *ps = to_dev(st), *pf = to_dev(qkv), *pb = to_dev(qkv);
+    cu_rope_forward(pf, pc, ps, B, T, H, Hkv, hs, s);
+    cu_rope_backward(pb, pc, ps, B, T, H, Hkv, hs, s);
+    std::snprintf(name, sizeof name, "rope forward (%d query, %d key heads)", H, Hkv);
+    expect(name, from_dev(pf, qkv.size()), fw);
+    std::snprintf(name, sizeof name, "rope backward (%d query, %d key heads)", H, Hkv);
+    expect(name, from_dev(pb, qkv.size()), bw);
+    cudaFree(pc); cudaFree(ps); cudaFree(pf); cudaFree(pb);
+}
+
+// attention (T = 100: rows longer than a warp, the products through cuBLAS strided-batched; on the CPU two
+// blocks of query rows, the second one short)
+static void check_attention(cublasHandle_t h, int B, int H, int Hkv, int hs, cudaStream_t s) {
+    const int Ta = 100, Na = B * Ta, qd = H * hs, width = (H + 2 * Hkv) * hs, group = H / Hkv;
+    char name[128];
+    auto qkv = randn((size_t)Na * width, 1.0f, 22), dout = randn((size_t)Na * qd, 1.0f, 23), dq0 = randn((size_t)Na * width, 0.1f, 24);
+    std::vector<float> out((size_t)Na * qd), att((size_t)B * H * Ta * Ta), lse((size_t)B * H * Ta), dqkv = dq0;
+    std::vector<float> work(attention_work_floats(Ta, 1));
+    attention_forward(out.data(), lse.data(), work.data(), work.size(), qkv.data(), B, Ta, H, Hkv, hs);
+    attention_backward(dqkv.data(), work.data(), work.size(), dout.data(), qkv.data(), lse.data(), out.data(), B, Ta, H, Hkv, hs);
+    float *pq = to_dev(qkv), *pg = to_dev(dout), *pd = to_dev(dq0), *po = nullptr, *pa = nullptr, *ps = nullptr;
+    cudaCheck(cudaMalloc(reinterpret_cast<void **>(&po), sizeof(float) * out.size()));
+    cudaCheck(cudaMalloc(reinterpret_cast<void **>(&pa), sizeof(float) * att.size()));
+    cudaCheck(cudaMalloc(reinterpret_cast<void **>(&ps), sizeof(float) * cu_attention_scratch_floats(B, Ta, H, hs)));
+    cu_attention_forward(h, po, pa, pq, ps, B, Ta, H, Hkv, hs, s);
+    cu_attention_backward(h, pd, pg, pq, pa, ps, B, Ta, H, Hkv, hs, s);
+    std::snprintf(name, sizeof name, "attention forward (%d query, %d key heads)", H, Hkv);
+    expect(name, from_dev(po, out.size()), out);
+    // the device keeps the probabilities, the CPU each row's log-sum-exp: exp(score - lse) must be them
+    for (int b = 0; b < B; b++)
+        for (int hh = 0; hh < H; hh++)
+            for (int t = 0; t < Ta; t++)
+                for (int u = 0; u < Ta; u++) {
+                    double sc = 0.0;
+                    for (int i = 0; i < hs; i++)
+                        sc += (double)qkv[((size_t)b * Ta + t) * width + hh * hs + i] * qkv[((size_t)b * Ta + u) * width + qd + (hh / group) * hs + i];
+                    att[(((size_t)b * H + hh) * Ta + t) * Ta + u] =
+                        u <= t ? (float)std::exp(sc / std::sqrt((double)hs) - lse[((size_t)b * H + hh) * Ta + t]) : 0.0f;
+                }
+    std::snprintf(name, sizeof name, "attention probabilities (CPU: from its log-sum-exp; %d query, %d key heads)", H, Hkv);
+    expect(name, from_dev(pa, att.size()), att);
+    std::snprintf(name, sizeof name, "attention backward (%d query, %d key heads)", H, Hkv);
+    expect(name, from_dev(pd, dqkv.size()), dqkv);
+    cudaFree(pq); cudaFree(pg); cudaFree(pd); cudaFree(po); cudaFree(pa); cudaFree(ps);
+}
+
+static void check_qknorm(int N, int H, int Hkv, int hs, int per_head, cudaStream_t s) {
+    const int width = (H + 2 * Hkv) * hs, qk = (H + Hkv) * hs, G = per_head ? H + Hkv : 2;
+    const int lq = per_head ? hs : H * hs, lk = per_head ? hs : Hkv * hs;
+    char name[128];
+    auto qkv = randn((size_t)N * width, 1.0f, 31), wq = randn(lq, 0.5f, 32), wk = randn(lk, 0.5f, 33);
+    auto dy = randn((size_t)N * width, 1.0f, 34), dwq0 = randn(lq, 0.1f, 35), dwk0 = randn(lk, 0.1f, 36);
+    std::vector<float> fw = qkv, raw((size_t)N * qk), rstd((size_t)N * G), dx = dy, dwq = dwq0, dwk = dwk0;
+    qknorm_forward(fw.data(), raw.data(), rstd.data(), wq.data(), wk.data(), N, H, Hkv, hs, per_head, 1e-6f);
+    qknorm_backward(dx.data(), dwq.data(), dwk.data(), raw.data(), wq.data(), wk.data(), rstd.data(), N, H, Hkv, hs, per_head);
+    float *pf = to_dev(qkv), *pwq = to_dev(wq), *pwk = to_dev(wk), *praw = to_dev(std::vector<float>(raw.size())),
+          *pr = to_dev(std::vector<float>(rstd.size())), *pdx = to_dev(dy), *pdwq = to_dev(dwq0), *pdwk = to_dev(dwk0);
+    cu_qknorm_forward(pf, praw, pr, pwq, pwk, N, H, Hkv, hs, per_head, 1e-6f, s);
+    cu_qknorm_backward(pdx, pdwq, pdwk, praw, pwq, pwk, pr, N, H, Hkv, hs, per_head, s);
+    const char *kind = per_head ? "per head" : "full";
+    std::snprintf(name, sizeof name, "qk-norm forward (%s; %d query, %d key heads)", kind, H, Hkv);
+    expect(name, from_dev(pf, fw.size()), fw);
+    std::snprintf(name, sizeof name, "qk-norm 1/rms (%s; %d query, %d key heads)", kind, H, Hkv);
+    expect(name, from_dev(pr, rstd.size()), rstd);
+    std::snprintf(name, sizeof name, "qk-norm backward dx (%s; %d query, %d key heads)", kind, H, Hkv);
+    expect(name, from_dev(pdx, dx.size()), dx);
+    std::snprintf(name, sizeof name, "qk-norm backward dwq, dwk (%s; %d query, %d key heads)", kind, H, Hkv);
+    std::vector<float> gw = from_dev(pdwq, lq), gk = from_dev(pdwk, lk);
+    gw.insert(gw.end(), gk.begin(), gk.end());
+    dwq.insert(dwq.end(), dwk.begin(), dwk.end());
+    expect(name, gw, dwq);
+    cudaFree(pf); cudaFree(pwq); cudaFree(pwk); cudaFree(praw); cudaFree(pr); cudaFree(pdx); cudaFree(pdwq); cudaFree(pdwk);
+}
+
 static void check_all(cublasHandle_t h) {
     const int B = 2, T = 16, H = 4, hs = 16, d = H * hs, N = B * T, V = 256, f = 48;
     cudaStream_t s = 0;
@@ -127,53 +210,13 @@ static void check_all(cublasHandle_t h) {
         }
         cudaFree(px); cudaFree(pw); cudaFree(pg); cudaFree(po); cudaFree(pr); cudaFree(pdx); cudaFree(pdw);
     }
-    { // rope
-        std::vector<float> ct(T * hs / 2), st(T * hs / 2);
-        rope_tables(ct.data(), st.data(), T, hs, 10000.0f);
-        auto qkv = randn((size_t)N * 3 * d, 1.0f, 8);
-        std::vector<float> fw = qkv, bw = qkv;
-        rope_forward(fw.data(), ct.data(), st.data(), B, T, H, hs);
-        rope_backward(bw.data(), ct.data(), st.data(), B, T, H, hs);
-        float *pc = to_dev(ct), *ps = to_dev(st), *pf = to_dev(qkv), *pb = to_dev(qkv);
-        cu_rope_forward(pf, pc, ps, B, T, H, hs, s);
-        cu_rope_backward(pb, pc, ps, B, T, H, hs, s);
-        expect("rope forward", from_dev(pf, qkv.size()), fw);
-        expect("rope backward", from_dev(pb, qkv.size()), bw);
-        cudaFree(pc); cudaFree(ps); cudaFree(pf); cudaFree(pb);
+    for (int Hkv : {H, H / 2, 1}) { // multi-head, grouped-query (2 query heads a key head), multi-query
+        check_rope(B, T, H, Hkv, hs, s);
+        check_attention(h, B, H, Hkv, hs, s);
+        for (int per_head = 0; per_head < 2; per_head++) check_qknorm(N, H, Hkv, hs, per_head, s);
     }
-    { // attention (T = 100: rows longer than a warp, the products through cuBLAS strided-batched; on the CPU
-      // two blocks of query rows, the second one short)
-        const int Ta = 100;
-        const int Na = B * Ta;
-        auto qkv = randn((size_t)Na * 3 * d, 1.0f, 22), dout = randn((size_t)Na * d, 1.0f, 23), dq0 = randn((size_t)Na * 3 * d, 0.1f, 24);
-        std::vector<float> out((size_t)Na * d), att((size_t)B * H * Ta * Ta), lse((size_t)B * H * Ta), dqkv = dq0;
-        std::vector<float> work(attention_work_floats(Ta, 1));
-        attention_forward(out.data(), lse.data(), work.data(), work.size(), qkv.data(), B, Ta, H, hs);
-        attention_backward(dqkv.data(), work.data(), work.size(), dout.data(), qkv.data(), lse.data(), out.data(), B, Ta,
-                           H, hs);
-        float *pq = to_dev(qkv), *pg = to_dev(dout), *pd = to_dev(dq0), *po = nullptr, *pa = nullptr, *ps = nullptr;
-        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&po), sizeof(float) * out.size()));
-        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&pa), sizeof(float) * att.size()));
-        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&ps), sizeof(float) * cu_attention_scratch_floats(B, Ta, H, hs)));
-        cu_attention_forward(h, po, pa, pq, ps, B, Ta, H, hs, s);
-        cu_attention_backward(h, pd, pg, pq, pa, ps, B, Ta, H, hs, s);
-        expect("attention forward", from_dev(po, out.size()), out);
-        // the device keeps the probabilities, the CPU each row's log-sum-exp: exp(score - lse) must be them
-        for (int b = 0; b < B; b++)
-            for (int hh = 0; hh < H; hh++)
-                for (int t = 0; t < Ta; t++)
-                    for (int u = 0; u < Ta; u++) {
-                        double sc = 0.0;
-                        for (int i = 0; i < hs; i++)
-                            sc += (double)qkv[((size_t)b * Ta + t) * 3 * d + hh * hs + i] * qkv[((size_t)b * Ta + u) * 3 * d + d + hh * hs + i];
-                        att[(((size_t)b * H + hh) * Ta + t) * Ta + u] =
-                            u <= t ? (float)std::exp(sc / std::sqrt((double)hs) - lse[((size_t)b * H + hh) * Ta + t]) : 0.0f;
-                    }
-        expect("attention probabilities (CPU: from its log-sum-exp)", from_dev(pa, att.size()), att);
-        expect("attention backward", from_dev(pd, dqkv.size()), dqkv);
-        cudaFree(pq); cudaFree(pg); cudaFree(pd); cudaFree(po); cudaFree(pa); cudaFree(ps);
-    }
-    { // the MoE layer: route, experts, combine and their backward (8 experts, top-2)
+    for (int renorm = 1; renorm >= 0; renorm--) { // the MoE layer: route, experts, combine and their backward (8 experts, top-2;
+        // both gate rules: renormalised over the chosen k, or the softmax probabilities themselves)
         const int m = 8, k = 2, fe = 24;
         const long Nk = (long)N * k;
         auto x = randn((size_t)N * d, 1.0f, 30), router = randn((size_t)m * d, 0.3f, 31), dout = randn((size_t)N * d, 1.0f, 32);
@@ -189,6 +232,7 @@ static void check_all(cublasHandle_t h) {
         size_t bytes = 0;
         moe_acts_alloc(&a, N, d, m, k, fe, 1, 0, &bytes, NULL);
         moe_scratch_alloc(&sc, N, d, m, k, fe, 1, 1, &bytes, NULL);
+        a.renorm = renorm;
         sc.dye = a.ye; // (as model_backward does: the outputs' gradients replace them; the device's go to dye)
         std::vector<float *> cg(m), cu(m), cd(m), cdg(m), cdu(m), cdd(m);
         std::vector<std::vector<float>> gg(m, std::vector<float>((size_t)fe * d, 0.0f)), gu = gg, gd(m, std::vector<float>((size_t)d * fe, 0.0f));
@@ -206,7 +250,7 @@ static void check_all(cublasHandle_t h) {
         moe_route_backward(dinp.data(), drouter.data(), &sc, &a, x.data(), router.data(), 0.5f, 0.1f);
         // device
         CuMoeActs da;
-        da.N = N; da.d = d; da.m = m; da.k = k; da.f = fe;
+        da.N = N; da.d = d; da.m = m; da.k = k; da.f = fe; da.renorm = renorm;
         auto fz = [](size_t n) { return to_dev(std::vector<float>(n, 0.0f)); };
         auto iz = [](size_t n) { return to_dev(std::vector<int>(n, 0)); };
         da.logits = fz((size_t)N * m); da.probs = fz((size_t)N * m); da.lse = fz(N); da.topk = iz(Nk); da.gates = fz(Nk);

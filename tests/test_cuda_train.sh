@@ -51,6 +51,14 @@ SHORT="--set train.steps=10 --set train.warmup_steps=2 --set train.eval_every=10
 for dev in cpu cuda; do run1 "$TMP/one_$dev" input/tiny.ini $SHORT --set run.device=$dev; done
 same "$TMP/one_cpu" "$TMP/one_cuda" "one party, cuda vs cpu"
 
+# 1b. one party, the Hugging Face models' features: 4 query heads of 12 over 2 key/value heads (wider than
+# d_model), each QK-norm, tied embeddings, gates without renormalisation
+HF="--set model.n_heads=4 --set model.n_kv_heads=2 --set model.head_dim=12 --set model.tie_embeddings=true --set model.router_renorm=false"
+for qk in full head; do
+    for dev in cpu cuda; do run1 "$TMP/hf_${qk}_$dev" input/tiny.ini $SHORT $HF --set model.qk_norm=$qk --set run.device=$dev; done
+    same "$TMP/hf_${qk}_cpu" "$TMP/hf_${qk}_cuda" "one party, GQA + qk_norm = $qk + tied + no renorm, cuda vs cpu"
+done
+
 # 2. two parties under mpirun (fedavg)
 tiny_config 2 "$TMP/p2.ini"
 for dev in cpu cuda; do runmpi "$TMP/fed_$dev" "$TMP/p2.ini" $SHORT --set parties.mode=fedavg --set fedavg.every=5 --set run.device=$dev; done

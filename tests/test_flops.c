@@ -10,7 +10,8 @@
 static double analytic_forward(const ModelConfig *c, int B, int T) {
     double N = (double)B * T, d = c->d, f = 0.0;
     for (int l = 0; l < c->n_layers; l++) {
-        f += 2 * N * d * 3 * d + 2 * N * d * d;                           // wqkv, wo
+        double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
+        f += 2 * N * d * (q + 2 * kv) + 2 * N * q * d;                    // wqkv, wo
         f += 2.0 * 2.0 * B * c->n_heads * c->head_dim * (T * (T + 1.0) / 2.0); // causal q.k and p.v
         if (model_layer_is_moe(c, l))
             f += 2 * N * d * c->n_experts + 3 * 2 * (N * c->top_k) * d * c->expert_ff; // router, experts
@@ -55,6 +56,12 @@ int main(void) {
     double expert_k1 = 3.0 * 3 * 2 * (double)B * T * 1 * k1.d * k1.expert_ff * k1.n_layers;
     printf("top_k=1 vs 2 at m=8: %.0f vs %.0f (expert work halves: difference %.0f)\n", fk1, f8, f8 - fk1);
     if (fabs((f8 - fk1) - expert_k1) > 0.5) { printf("FAIL: top_k does not scale expert work linearly\n"); failures++; }
+    // grouped-query attention with heads wider than d / n_heads: smaller k and v projections, a wider wo
+    ModelConfig g = test_config(3, 1, 4, 2);
+    g.n_heads = 4; g.n_kv_heads = 1; g.head_dim = 6;
+    double fg = step_flops(&g, B, T), ag = 3 * analytic_forward(&g, B, T);
+    printf("GQA 4/1 heads of 6: %.0f (analytic %.0f)\n", fg, ag);
+    if (fabs(fg - ag) > 0.5) { printf("FAIL: the GQA count differs from the analytic count\n"); failures++; }
     printf("%s\n", failures ? "FAIL" : "PASS");
     return failures ? 1 : 0;
 }

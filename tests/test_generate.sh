@@ -54,6 +54,16 @@ done
     --json "$TMP/one_nc.json" >/dev/null 2>"$TMP/err" || fail "generate --no-cache failed: $(cat "$TMP/err")"
 r=$(compare "$TMP/one_0.8.json" "$TMP/one_nc.json" 1e-5) && ok "one party: KV cache = --no-cache: $r" || fail "one party: KV cache and --no-cache differ: $r"
 
+# --- the Hugging Face models' attention (GQA, a head width apart, QK-norm per head, tied) in the KV cache ---
+HF="--set model.n_heads=4 --set model.n_kv_heads=2 --set model.head_dim=12 --set model.qk_norm=head --set model.tie_embeddings=true --set model.router_renorm=false"
+"$PCMOE" train input/tiny.ini $HF --set train.steps=10 --set train.warmup_steps=2 --set checkpoint.every=10 --set run.dir="$TMP/hf" >"$TMP/out" 2>&1 \
+    || { cat "$TMP/out"; fail "training the GQA checkpoint failed"; finish; }
+for nc in "" --no-cache; do
+    "$PCMOE" generate input/tiny.ini $HF --checkpoint "$TMP/hf/checkpoints/step_00000010" --prompt-file "$TMP/prompt.txt" --max-new 60 \
+        --top-k 50 --seed 5 $nc --json "$TMP/hf$nc.json" >/dev/null 2>"$TMP/err" || fail "generate (GQA $nc) failed: $(cat "$TMP/err")"
+done
+r=$(compare "$TMP/hf.json" "$TMP/hf--no-cache.json" 1e-5) && ok "GQA + QK-norm: KV cache = --no-cache: $r" || fail "GQA + QK-norm: KV cache and --no-cache differ: $r"
+
 # --- three pcmoe parties over MPI ----------------------------------------------------------------------
 tiny_config 3 "$TMP/p3.ini"
 mpi 3 train "$TMP/p3.ini" --set checkpoint.every=20 --set run.dir="$TMP/pc" >"$TMP/out" 2>&1 || { cat "$TMP/out"; fail "pcmoe training failed"; finish; }

@@ -10,7 +10,9 @@
 // Top-k routing is piecewise constant: a difference whose +-eps points route differently is retried
 // with a smaller eps. Runs three times: without the router losses, and with large aux and z coefficients
 // (so that their gradient terms dominate the router's gradient); and the latter again with model.recompute_experts
-// and model.recompute_attention on (the backward recomputes the experts' and attention's activations).
+// and model.recompute_attention on (the backward recomputes the experts' and attention's activations). Then twice
+// with the Hugging Face models' features: grouped-query and multi-query attention, a head width apart from
+// d / n_heads, both QK-norms, tied embeddings and gates without renormalisation.
 #include <math.h>   // fabs, sqrt
 #include <stdlib.h> // malloc
 #include <string.h> // memcpy, memcmp
@@ -41,11 +43,7 @@ static double loss_at(Model *m, const ParamTensor *t, const double *v, double ep
     return loss;
 }
 
-static int run(float aux_coef, float z_coef, int recompute) {
-    ModelConfig c = test_config(2, 2, 4, 2); // layer 0 dense, layer 1 MoE
-    c.aux_coef = aux_coef;
-    c.z_coef = z_coef;
-    c.recompute_experts = c.recompute_attention = recompute;
+static int run(ModelConfig c, const char *what) {
     int B = 2, T = c.seq_len, N = B * T;
     Model m;
     model_create(&m, &c, NULL, 1, B, T);
@@ -59,7 +57,8 @@ static int run(float aux_coef, float z_coef, int recompute) {
     model_forward(&m, tok, tgt);
     routing_equal(&m, base_topk, 1);
     model_backward(&m, tok, tgt);
-    printf("# aux_coef %g z_coef %g recompute (experts, attention) %d: loss %.6f (ce %.6f aux %.6f z %.6f)\n", aux_coef, z_coef, recompute, m.loss, m.ce, m.aux, m.z);
+    printf("# %s: aux_coef %g z_coef %g recompute (experts, attention) %d: loss %.6f (ce %.6f aux %.6f z %.6f)\n", what,
+           c.aux_coef, c.z_coef, c.recompute_experts, m.loss, m.ce, m.aux, m.z);
 
     int failures = 0;
     Rng r;
@@ -110,8 +109,27 @@ static int run(float aux_coef, float z_coef, int recompute) {
     return failures;
 }
 
+// The base model (layer 0 dense, layer 1 MoE) with the router losses' coefficients and recomputation.
+static ModelConfig base(float aux_coef, float z_coef, int recompute) {
+    ModelConfig c = test_config(2, 2, 4, 2);
+    c.aux_coef = aux_coef;
+    c.z_coef = z_coef;
+    c.recompute_experts = c.recompute_attention = recompute;
+    return c;
+}
+
 int main(void) {
-    int failures = run(0.0f, 0.0f, 0) + run(1.0f, 0.5f, 0) + run(1.0f, 0.5f, 1);
+    int failures = run(base(0.0f, 0.0f, 0), "base") + run(base(1.0f, 0.5f, 0), "base") + run(base(1.0f, 0.5f, 1), "base");
+    // the Hugging Face shapes: grouped-query attention wider than d (4 query heads of 6 on d = 16, so d loss / d atty
+    // has its own buffer), OLMoE's QK-norm, tied embeddings, gates without renormalisation
+    ModelConfig hf = base(1.0f, 0.5f, 0);
+    hf.n_heads = 4; hf.n_kv_heads = 2; hf.head_dim = 6; hf.qk_norm = QK_NORM_FULL; hf.tie_embeddings = 1;
+    hf.router_renorm = 0;
+    failures += run(hf, "GQA 4/2 heads of 6, QK-norm full, tied, no renorm");
+    // Qwen3's per-head QK-norm, multi-query attention, recomputation
+    ModelConfig qw = base(1.0f, 0.5f, 1);
+    qw.n_heads = 4; qw.n_kv_heads = 1; qw.head_dim = 4; qw.qk_norm = QK_NORM_HEAD; qw.router_renorm = 0;
+    failures += run(qw, "MQA 4/1 heads of 4, QK-norm per head, recompute, no renorm");
     printf("%s: %d tensor checks failed (tolerance %.0e)\n", failures ? "FAIL" : "PASS", failures, TOL);
     return failures ? 1 : 0;
 }

@@ -11,7 +11,8 @@
 // A small model with every kind of layer: dense FFN layers and MoE layers.
 static inline ModelConfig test_config(int n_layers, int moe_every, int n_experts, int top_k) {
     ModelConfig c = {
-        .vocab = 256, .d = 16, .n_layers = n_layers, .n_heads = 2, .head_dim = 8, .seq_len = 8,
+        .vocab = 256, .d = 16, .n_layers = n_layers, .n_heads = 2, .n_kv_heads = 2, .head_dim = 8, .seq_len = 8,
+        .router_renorm = 1,
         .d_ff = 24, .n_experts = n_experts, .top_k = top_k, .expert_ff = 12, .moe_every = moe_every,
         .aux_coef = 0.01f, .z_coef = 0.001f, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .init_std = 0.1f,
     };
