@@ -8,6 +8,7 @@
 #include <stdlib.h> // strtol, strtod
 #include <string.h> // strcmp, strchr
 
+#include "hf.h"     // hf_config_read: model.hf
 #include "util.h"   // error_set
 
 typedef enum { KEY_INT, KEY_INT64, KEY_FLOAT, KEY_STRING, KEY_BOOL, KEY_ENUM } KeyType;
@@ -81,6 +82,11 @@ static const ConfigKey KEYS[] = {
      "write RUN/checkpoints/step_N/party_R.h5 every this many steps and after the last step (0 = never)", NULL},
     {"checkpoint", "keep", KEY_INT, F(ckpt_keep), 1, 1e6, "3",
      "complete checkpoints kept on disk; older ones are deleted", NULL},
+    {"model", "hf", KEY_STRING, F(hf), 0, 0, "",
+     "a Hugging Face checkpoint directory (MixtralForCausalLM, OlmoeForCausalLM or Qwen3MoeForCausalLM): its "
+     "config.json sets every other [model] key but seq_len and the recompute keys (a key also given here must agree, "
+     "except aux_loss_coef and z_loss_coef, which a fine-tune may choose); what pcmoe cannot compute is refused "
+     "(docs/huggingface.md). Its weights are read with train.init_from = DIR or --checkpoint DIR", NULL},
     {"model", "vocab_size", KEY_INT, F(vocab_size), 256, 262144, "256",
      "vocabulary size: token ids 0 .. vocab_size - 1; a byte-level model's tokens are bytes, so 256", NULL},
     {"model", "d_model", KEY_INT, F(d_model), 4, 65536, "128",
@@ -448,6 +454,37 @@ static int validate(const Config *c, const Origins *o, char *err, size_t len) {
     return 0;
 }
 
+static size_t key_bytes(const ConfigKey *k) {
+    return k->type == KEY_INT64 ? sizeof(int64_t) : k->type == KEY_FLOAT ? sizeof(float) : sizeof(int);
+}
+
+// model.hf: the [model] keys DIR/config.json gives (hf.h). A key the config or --set also gives must agree,
+// but for the router losses' coefficients, which a fine-tune may choose.
+static int hf_apply(Config *c, Origins *o, char *err, size_t len) {
+    HfConfig h;
+    if (hf_config_read(&h, c->hf, err, len)) return 2;
+    for (int i = 0; i < h.n_keys; i++) {
+        const HfKey *hk = &h.keys[i];
+        int ki = find_key("model", hk->key);
+        if (ki < 0) fail("internal: config.json maps to an unknown key model.%s", hk->key);
+        const ConfigKey *k = &KEYS[ki];
+        char *field = (char *)c + k->offset, mine[8], where[sizeof o->where[0]];
+        int given = o->where[ki][0] != '\0';
+        if (given && (!strcmp(hk->key, "aux_loss_coef") || !strcmp(hk->key, "z_loss_coef"))) continue;
+        memcpy(mine, field, key_bytes(k));
+        snprintf(where, sizeof where, "%s/config.json: %s", c->hf, hk->from);
+        if (set_value(c, ki, hk->value, where, err, len)) return 2;
+        if (given && memcmp(mine, field, key_bytes(k)))
+            return error_set(err, len, "%s: model.%s: %s/config.json gives %s (%s); model.hf sets it: drop the key",
+                             o->where[ki], hk->key, c->hf, hk->value, hk->from);
+        if (!given) snprintf(o->where[ki], sizeof o->where[ki], "%s", where);
+    }
+    if (c->seq_len > h.max_positions)
+        return error_set(err, len, "%s: model.seq_len = %d: %s/config.json allows max_position_embeddings = %d",
+                         where_of(o, "model", "seq_len"), c->seq_len, c->hf, h.max_positions);
+    return 0;
+}
+
 // The keys whose 0 stands for a value derived from others get that value (after validate).
 static void resolve(Config *c) {
     if (!c->n_kv_heads) c->n_kv_heads = c->n_heads;
@@ -482,6 +519,7 @@ int config_load(Config *c, const char *path, char *const *set, int n_set, char *
         char where[16] = "--set";
         rc = assign(c, o, trim(buf), trim(dot + 1), trim(eq + 1), where, NULL, err, len);
     }
+    if (!rc && c->hf[0]) rc = hf_apply(c, o, err, len);
     if (!rc) rc = validate(c, o, err, len);
     if (!rc) resolve(c);
     free(o);
@@ -505,7 +543,7 @@ int config_diff_model(const Config *a, const Config *b, int with_parties, char *
     for (int i = 0; i < N_KEYS; i++) {
         const ConfigKey *k = &KEYS[i];
         int shapes = (!strcmp(k->section, "model") && strcmp(k->key, "recompute_experts") &&
-                      strcmp(k->key, "recompute_attention")) ||
+                      strcmp(k->key, "recompute_attention") && strcmp(k->key, "hf")) ||
                      (with_parties && !strcmp(k->section, "parties") && strcmp(k->key, "schedule"));
         if (!shapes) continue;
         const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;

@@ -48,6 +48,7 @@ typedef struct {
     int ckpt_every;      // write a checkpoint every this many steps and at the end (0 = never)
     int ckpt_keep;       // complete checkpoints kept on disk
     // [model]
+    char hf[CONFIG_PATH_LEN]; // a Hugging Face checkpoint directory whose config.json sets the [model] keys ("")
     int vocab_size;      // token ids 0 .. vocab_size - 1 (byte-level: 256)
     int d_model;         // residual width d
     int n_layers;        // transformer blocks L

@@ -11,28 +11,43 @@
 #include "json.h"   // Json: --json
 #include "util.h"   // mallocCheck, fail, error_set, file_append, now_seconds
 
+// A token and its log-probability, ordered most probable first, ties to the lower id.
+typedef struct {
+    float logp;
+    int id;
+} Ranked;
+
+static int ranked_cmp(const void *a, const void *b) {
+    const Ranked *x = a, *y = b;
+    if (x->logp != y->logp) return x->logp > y->logp ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
 int generate_sample(const float *logp, int V, float temperature, int top_k, Rng *rng) {
-    int idx[256];
-    if (V < 1 || V > 256) fail("internal: a vocabulary of %d for byte sampling", V);
-    // the bytes by log-probability, most probable first, ties to the lower byte (insertion sort: V <= 256)
+    if (V < 1) fail("internal: a vocabulary of %d for sampling", V);
+    int best = 0;
     for (int i = 0; i < V; i++) {
         if (!isfinite(logp[i]) && !(logp[i] < 0))
             fail("the model's log-probabilities are not finite (a diverged checkpoint?)");
-        int j = i;
-        for (; j > 0 && logp[idx[j - 1]] < logp[i]; j--) idx[j] = idx[j - 1];
-        idx[j] = i;
+        if (logp[i] > logp[best]) best = i;
     }
-    if (!isfinite(logp[idx[0]])) fail("the model's log-probabilities are not finite (a diverged checkpoint?)");
-    if (temperature <= 0.0f) return idx[0];
+    if (!isfinite(logp[best])) fail("the model's log-probabilities are not finite (a diverged checkpoint?)");
+    if (temperature <= 0.0f) return best;
+    // the tokens by log-probability, the top k kept, one drawn with weights exp((logp - max) / temperature)
     int k = top_k > 0 && top_k < V ? top_k : V;
-    double w[256], sum = 0.0;
-    for (int i = 0; i < k; i++) { w[i] = exp(((double)logp[idx[i]] - logp[idx[0]]) / temperature); sum += w[i]; }
+    Ranked *r = mallocCheck(sizeof(Ranked) * (size_t)V);
+    for (int i = 0; i < V; i++) r[i] = (Ranked){logp[i], i};
+    qsort(r, (size_t)V, sizeof *r, ranked_cmp);
+    double sum = 0.0;
+    for (int i = 0; i < k; i++) sum += exp(((double)r[i].logp - r[0].logp) / temperature);
     double u = rng_uniform(rng) * sum, acc = 0.0;
+    int pick = r[k - 1].id; // (u within rounding of sum)
     for (int i = 0; i < k; i++) {
-        acc += w[i];
-        if (u < acc) return idx[i];
+        acc += exp(((double)r[i].logp - r[0].logp) / temperature);
+        if (u < acc) { pick = r[i].id; break; }
     }
-    return idx[k - 1]; // (u within rounding of sum)
+    free(r);
+    return pick;
 }
 
 // logp (V) = log softmax of logits (V).
@@ -162,11 +177,14 @@ static int generate_prompted(Model *m, const GenerateOptions *o, int step, Token
                              size_t len) {
     GenerateStep *steps = mallocCheck(sizeof(GenerateStep) * (size_t)o->max_new);
     double t0 = now_seconds(), positions = generate_text(m, o, text, prompt_len, steps), dt = now_seconds() - t0;
-    for (int i = 0; i < prompt_len + o->max_new; i++) putchar((int)text[i]); // (bytes)
+    if (m->cfg.vocab <= 256) // a byte-level model: the text itself
+        for (int i = 0; i < prompt_len + o->max_new; i++) putchar((int)text[i]);
+    else // a larger vocabulary read without its tokenizer: the ids, prompt (its bytes) and continuation
+        for (int i = 0; i < prompt_len + o->max_new; i++) printf("%s%u", i ? " " : "", (unsigned)text[i]);
     printf("\n");
     fflush(stdout);
     fprintf(stderr,
-            "pcmoe: party %d generated %d bytes from the checkpoint of step %d in %.2f s (%.1f bytes/s); "
+            "pcmoe: party %d generated %d tokens from the checkpoint of step %d in %.2f s (%.1f tokens/s); "
             "%.0f positions through the model (%s)\n",
             o->party, o->max_new, step, dt, o->max_new / (dt > 0 ? dt : 1e-9), positions,
             o->no_cache ? "--no-cache: every context whole" : "KV cache");

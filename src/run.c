@@ -15,6 +15,7 @@
 
 #include "autoconfig.h"   // HAVE_OPENBLAS_*
 #include "ckpt.h"         // ckpt_save, ckpt_load, ckpt_latest, ckpt_read_weights, ckpt paths
+#include "hf.h"           // hf_is_checkpoint, hf_read_weights: Hugging Face checkpoints
 #include "pool.h"         // pool_owner, pool_packing_order
 #include "privacy.h"      // privacy_appearances, privacy_run_epsilon, privacy_noise_for_epsilon
 #include "record.h"       // record_open, record_close (the study only)
@@ -481,6 +482,17 @@ static int init_source(const Config *c, const char *path, int *step, int *shards
     return rc;
 }
 
+// A Hugging Face checkpoint in DIR (hf.h): every model of this process reads the tensors it holds (the party's
+// backbone; the experts it owns, or in the simulation's pool all of them). Returns 0, or 2 with err set.
+static int hf_weights_from(Run *r, const char *dir, char *err, size_t len) {
+    r->be->sync(); // (the host writes the models' buffers)
+    if (r->c->mode == MODE_CENTRALIZED) return hf_read_weights(&r->central, dir, err, len);
+    if (r->pool.n_tensors && hf_read_weights(&r->pool, dir, err, len)) return 2;
+    for (int q = 0; q < r->n; q++)
+        if (hf_read_weights(&r->party[q].model, dir, err, len)) return 2;
+    return 0;
+}
+
 // train.init_from: this process's models start from the weights of the checkpoint in DIR, whose run had
 // the same model keys: a centralized or single-party run (every party from party 0's file), or a pcmoe run
 // of the same parties (each party from its own backbone; each expert from the party that held it). Only
@@ -489,6 +501,11 @@ static int init_weights_from(Run *r, char *err, size_t len) {
     const Config *c = r->c;
     const char *dir = c->init_from;
     char path[CONFIG_PATH_LEN + 96];
+    if (hf_is_checkpoint(dir)) {
+        if (hf_weights_from(r, dir, err, len)) return 2;
+        if (r->comm->rank == 0) fprintf(stderr, "pcmoe: starting from the Hugging Face weights of %s\n", dir);
+        return 0;
+    }
     if (!ckpt_is_complete(dir))
         return error_set(err, len, "train.init_from = %s: not a complete checkpoint directory (no %s marker)", dir,
                          CKPT_MARKER);
@@ -508,9 +525,10 @@ static int init_weights_from(Run *r, char *err, size_t len) {
 int run_load_checkpoint(Run *r, const char *dir) {
     char err[2048] = "";
     int step = 0, rc = 0;
-    if (!ckpt_is_complete(dir))
+    if (hf_is_checkpoint(dir)) rc = hf_weights_from(r, dir, err, sizeof err); // (step 0: no training of ours)
+    else if (!ckpt_is_complete(dir))
         rc = error_set(err, sizeof err, "%s: not a complete checkpoint directory (no %s marker)", dir, CKPT_MARKER);
-    if (!rc) rc = checkpoint_load(r, dir, &step, err, sizeof err);
+    else rc = checkpoint_load(r, dir, &step, err, sizeof err);
     comm_stop_if_failed(r->comm, rc, err);
     comm_stop_if_failed(r->comm, dp_setup(r, step, err, sizeof err), err);
     return step;

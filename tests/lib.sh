@@ -59,6 +59,15 @@ torch_python() {
     return 1
 }
 
+# hf_python: the Python of the Hugging Face tests (scripts/install-deps.sh --with-test-tools makes it: pinned
+# transformers and torch), or empty
+hf_python() {
+    for py in ${PCMOE_HF_VENV:+$PCMOE_HF_VENV/bin/python} /opt/pcmoe-venv/bin/python "$HOME/.local/share/pcmoe/venv/bin/python"; do
+        "$py" -c "import torch, transformers, safetensors" >/dev/null 2>&1 && { echo "$py"; return 0; }
+    done
+    return 1
+}
+
 # a python3 with h5py (checkpoint mutation), or empty
 H5PY_PYTHON=""
 for py in ${TORCH_PYTHON:-} /usr/bin/python3 python3; do
@@ -75,4 +84,75 @@ refused() {
     n_err=$(grep -c "pcmoe: error:" "$TMP/out")
     if [ "$rc" -ne 0 ] && [ "$n_err" -eq 1 ] && grep "pcmoe: error:" "$TMP/out" | grep -qF -- "$want"; then ok "$name: $(grep "pcmoe: error:" "$TMP/out" | cut -c1-170)"
     else fail "$name: exit $rc, $n_err error lines, want '$want': $(head -c 600 "$TMP/out")"; fi
+}
+
+# check_audit AUDIT.json MODE D_MODEL N_PARAMS FEDAVG_ROUNDS SHARE_METRICS: what crossed party lines in a run's
+# --audit is only what MODE sends, and the row bytes of each pair of parties match the routing
+check_audit() { # check_audit AUDIT.json MODE D_MODEL N_PARAMS FEDAVG_ROUNDS SHARE_METRICS
+    "$PYTHON" - "$@" <<'PY'
+import json, sys
+audit, mode, d = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3])
+n_params, rounds, share = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
+P = audit["n_parties"]
+ranks = audit["ranks"]
+allowed = {"pcmoe": {"routing_counts", "expert_rows", "expert_outputs", "output_grads", "input_grads", "metrics", "control", "audit"},
+           "fedavg": {"fedavg_weights", "metrics", "control", "audit"}}[mode]
+if not share:
+    allowed -= {"metrics"}
+errors = []
+for r in ranks:
+    for way in ("sent", "recv"):
+        for kind, t in r[way].items():
+            if t["total"] and kind not in allowed:
+                errors.append(f"rank {r['rank']} {way} {t['total']} bytes of {kind}")
+for r in ranks:
+    me = r["party"]
+    for p in range(P):
+        if p == me:
+            if r["sent"]["expert_rows"]["per_party"][p] or r["rows_routed_to"][p]:
+                errors.append(f"party {me} sent rows to itself")
+            continue
+        rows = r["rows_routed_to"][p]
+        sent_rows = r["sent"]["expert_rows"]["per_party"][p]
+        if sent_rows != rows * d * 4:
+            errors.append(f"party {me} -> {p}: {sent_rows} row bytes, routing says {rows} rows x {d} x 4 = {rows * d * 4}")
+        if r["recv"]["expert_outputs"]["per_party"][p] != sent_rows:
+            errors.append(f"party {me} <- {p}: outputs {r['recv']['expert_outputs']['per_party'][p]} != rows {sent_rows}")
+        if ranks[p]["recv"]["expert_rows"]["per_party"][me] != sent_rows:
+            errors.append(f"party {p} received {ranks[p]['recv']['expert_rows']['per_party'][me]} row bytes from {me}, {me} sent {sent_rows}")
+        og, ig = r["sent"]["output_grads"]["per_party"][p], r["recv"]["input_grads"]["per_party"][p]
+        if og != ig or og % (d * 4) or og > sent_rows:
+            errors.append(f"party {me} <-> {p}: output grads {og}, input grads {ig}, rows {sent_rows}")
+    if mode == "pcmoe" and r["sent"]["fedavg_weights"]["total"]:
+        errors.append("pcmoe sent fedavg weights")
+    if mode == "fedavg":
+        fw = r["sent"]["fedavg_weights"]["total"]
+        if fw != rounds * n_params * 4:
+            errors.append(f"fedavg: {fw} weight bytes, want {rounds} rounds x {n_params} params x 4 = {rounds * n_params * 4}")
+    if not share and (r["sent"]["metrics"]["total"] or r["recv"]["metrics"]["total"]):
+        errors.append(f"rank {r['rank']}: metrics traffic with share_metrics = false")
+routed = sum(sum(r["rows_routed_to"]) for r in ranks)
+if mode == "pcmoe" and routed == 0:
+    errors.append("no rows were routed to remote experts at all")
+print(f"{mode}: {P} parties, {routed:.0f} remote rows routed, "
+      f"{sum(r['sent']['expert_rows']['total'] for r in ranks):.0f} row bytes")
+for e in errors:
+    print("  " + e)
+sys.exit(1 if errors else 0)
+PY
+}
+
+# rss_step0 SCRATCH INIT PARTIES BOUND WHAT WHY: two runs' metrics.jsonl: every one of PARTIES parties' step-0 peak RSS
+# in INIT (weights read from somewhere) is within BOUND MiB of SCRATCH's (random weights); prints the largest excess
+rss_step0() {
+    "$PYTHON" - "$@" <<'PY'
+import json, sys
+def rss(path):
+    return {j["party"]: j["rss_peak"] for j in map(json.loads, open(path)) if j.get("step") == 0 and "rss_peak" in j}
+a, b = rss(sys.argv[1]), rss(sys.argv[2])
+n, bound = int(sys.argv[3]), float(sys.argv[4])
+diff = max(b[p] - a[p] for p in a) / 2**20 if a and set(a) == set(b) else float("inf")
+print(f"{sys.argv[5]}: a party's step-0 peak RSS {diff:+.1f} MiB against random init (bound {bound:g} MiB; {sys.argv[6]})")
+sys.exit(0 if len(a) == n and len(b) == n and diff < bound else 1)
+PY
 }

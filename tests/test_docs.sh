@@ -34,8 +34,8 @@ if cmp -s "$TMP/config.c" "$top_srcdir/src/config.c"; then fail "could not chang
 printf 'int config_keys_main(int argc, char **argv);\nint main(int argc, char **argv) { return config_keys_main(argc, argv); }\n' > "$TMP/keys_main.c"
 # shellcheck disable=SC2086
 if "$MPICC" -std=c11 -D_POSIX_C_SOURCE=200809L -I"$top_srcdir/src" -I"$top_builddir" ${HDF5_CFLAGS-$(pkg-config --cflags hdf5-serial)} \
-        -o "$TMP/keys" "$TMP/keys_main.c" "$TMP/config.c" "$top_srcdir/src/util.c" \
-        ${HDF5_LIBS-$(pkg-config --libs hdf5-serial)} -lm 2>"$TMP/build.log"; then
+        -o "$TMP/keys" "$TMP/keys_main.c" "$TMP/config.c" "$top_srcdir/src/util.c" "$top_srcdir/src/hf_config.c" \
+        ${HDF5_LIBS-$(pkg-config --libs hdf5-serial)} $(pkg-config --libs jansson) -lm 2>"$TMP/build.log"; then
     out=$(drift "$TMP/keys")
     # both pages differ, and only in that key's line
     changed=$(diff "$TMP/config.md" "$top_srcdir/docs/config.md" | grep -c '^[<>]')

@@ -79,16 +79,9 @@ agree "pcmoe over MPI from pcmoe" "$TMP/want_p" "$TMP/got"
 if mpi 1 train "$TMP/big.ini" --set parties.mode=centralized --set checkpoint.every=1 --set run.dir="$TMP/bigc" >"$TMP/out" 2>&1 \
     && mpi 4 train "$TMP/big.ini" --set run.dir="$TMP/big_scratch" >"$TMP/out" 2>&1 \
     && mpi 4 train "$TMP/big.ini" --set train.init_from="$TMP/bigc/checkpoints/step_00000001" --set run.dir="$TMP/big_init" >"$TMP/out" 2>&1; then
-    "$PYTHON" - "$TMP/big_scratch/metrics.jsonl" "$TMP/big_init/metrics.jsonl" <<'PY' >"$TMP/rss" 2>&1 && ok "$(cat "$TMP/rss")" || fail "$(cat "$TMP/rss")"
-import json, sys
-def rss(path):
-    return {j["party"]: j["rss_peak"] for j in map(json.loads, open(path)) if j.get("step") == 0 and "rss_peak" in j}
-a, b = rss(sys.argv[1]), rss(sys.argv[2])
-diff = max(b[p] - a[p] for p in a) / 2**20
-print(f"init_from from a file holding all 32 experts per layer: a party's step-0 peak RSS {diff:+.1f} MiB against random "
-      f"init (bound 12 MiB; the other parties' experts are 36 MiB)")
-sys.exit(0 if len(a) == 4 and len(b) == 4 and diff < 12 else 1)
-PY
+    rss_step0 "$TMP/big_scratch/metrics.jsonl" "$TMP/big_init/metrics.jsonl" 4 12 \
+        "init_from from a file holding all 32 experts per layer" "the other parties' experts are 36 MiB" >"$TMP/rss" 2>&1 \
+        && ok "$(cat "$TMP/rss")" || fail "$(cat "$TMP/rss")"
 else
     cat "$TMP/out"
     fail "the expert-heavy runs failed"

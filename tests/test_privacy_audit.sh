@@ -11,59 +11,6 @@
 #  - fedavg shows its full-model traffic.
 . "$(dirname "$0")/lib.sh"
 
-check_audit() { # check_audit AUDIT.json MODE D_MODEL N_PARAMS FEDAVG_ROUNDS SHARE_METRICS
-    "$PYTHON" - "$@" <<'PY'
-import json, sys
-audit, mode, d = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3])
-n_params, rounds, share = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
-P = audit["n_parties"]
-ranks = audit["ranks"]
-allowed = {"pcmoe": {"routing_counts", "expert_rows", "expert_outputs", "output_grads", "input_grads", "metrics", "control", "audit"},
-           "fedavg": {"fedavg_weights", "metrics", "control", "audit"}}[mode]
-if not share:
-    allowed -= {"metrics"}
-errors = []
-for r in ranks:
-    for way in ("sent", "recv"):
-        for kind, t in r[way].items():
-            if t["total"] and kind not in allowed:
-                errors.append(f"rank {r['rank']} {way} {t['total']} bytes of {kind}")
-for r in ranks:
-    me = r["party"]
-    for p in range(P):
-        if p == me:
-            if r["sent"]["expert_rows"]["per_party"][p] or r["rows_routed_to"][p]:
-                errors.append(f"party {me} sent rows to itself")
-            continue
-        rows = r["rows_routed_to"][p]
-        sent_rows = r["sent"]["expert_rows"]["per_party"][p]
-        if sent_rows != rows * d * 4:
-            errors.append(f"party {me} -> {p}: {sent_rows} row bytes, routing says {rows} rows x {d} x 4 = {rows * d * 4}")
-        if r["recv"]["expert_outputs"]["per_party"][p] != sent_rows:
-            errors.append(f"party {me} <- {p}: outputs {r['recv']['expert_outputs']['per_party'][p]} != rows {sent_rows}")
-        if ranks[p]["recv"]["expert_rows"]["per_party"][me] != sent_rows:
-            errors.append(f"party {p} received {ranks[p]['recv']['expert_rows']['per_party'][me]} row bytes from {me}, {me} sent {sent_rows}")
-        og, ig = r["sent"]["output_grads"]["per_party"][p], r["recv"]["input_grads"]["per_party"][p]
-        if og != ig or og % (d * 4) or og > sent_rows:
-            errors.append(f"party {me} <-> {p}: output grads {og}, input grads {ig}, rows {sent_rows}")
-    if mode == "pcmoe" and r["sent"]["fedavg_weights"]["total"]:
-        errors.append("pcmoe sent fedavg weights")
-    if mode == "fedavg":
-        fw = r["sent"]["fedavg_weights"]["total"]
-        if fw != rounds * n_params * 4:
-            errors.append(f"fedavg: {fw} weight bytes, want {rounds} rounds x {n_params} params x 4 = {rounds * n_params * 4}")
-    if not share and (r["sent"]["metrics"]["total"] or r["recv"]["metrics"]["total"]):
-        errors.append(f"rank {r['rank']}: metrics traffic with share_metrics = false")
-routed = sum(sum(r["rows_routed_to"]) for r in ranks)
-if mode == "pcmoe" and routed == 0:
-    errors.append("no rows were routed to remote experts at all")
-print(f"{mode}: {P} parties, {routed:.0f} remote rows routed, "
-      f"{sum(r['sent']['expert_rows']['total'] for r in ranks):.0f} row bytes")
-for e in errors:
-    print("  " + e)
-sys.exit(1 if errors else 0)
-PY
-}
 
 for n in 2 4; do
     for sched in concurrent sequential; do

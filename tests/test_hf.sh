@@ -1,0 +1,95 @@
+#!/bin/sh
+# test_hf: Hugging Face MoE checkpoints against transformers itself. tests/hf/hf_check.py makes three tiny random
+# checkpoints with transformers' own config classes and save_pretrained (nothing is downloaded):
+# MixtralForCausalLM (sharded, F32), OlmoeForCausalLM (F32), Qwen3MoeForCausalLM (BF16, a dense first layer).
+# For each:
+#  - one forward and backward of pcmoe (tests/hf_dump, model.hf = the checkpoint) against transformers in fp32
+#    on the same ids: logits within 1e-4 of the largest |logit|, the loss within 1e-5, every gradient within 1e-4
+#    of its norm;
+#  - pcmoe generate --checkpoint DIR --temperature 0 continues a prompt with exactly transformers' greedy
+#    tokens, their log-probabilities within 1e-4;
+#  - a 3-party pcmoe fine-tune from the checkpoint (train.init_from = DIR) over MPI gives the losses of
+#    --simulate, and its --audit shows only routed expert rows crossing.
+# And: every broken checkpoint (header length, offsets, sizes, overlaps, a missing tensor, a wrong shape, an
+# unreadable dtype, config.json's syntax, architecture and unsupported features) ends in one error line naming
+# the file and the tensor or key; model.hf's keys conflict with a config's own by name.
+. "$(dirname "$0")/lib.sh"
+
+HF_PY=$(hf_python) || HF_PY=""
+if [ -z "$HF_PY" ]; then
+    if [ "${PCMOE_REQUIRE_TORCH:-0}" = 1 ]; then fail "no Python with transformers (scripts/install-deps.sh --with-test-tools)"; finish; fi
+    echo "SKIP: no Python with transformers and torch (scripts/install-deps.sh --with-test-tools installs one)"
+    exit 77
+fi
+DUMP="$top_builddir/tests/hf_dump"
+"$HF_PY" "$top_srcdir/tests/hf/hf_check.py" make "$TMP/hf" >"$TMP/out" 2>&1 && ok "$(tail -n 1 "$TMP/out")" || { cat "$TMP/out"; fail "making the checkpoints"; finish; }
+quiet() { grep -v -e "deprecated" -e "Loading checkpoint" "$1" | tail -n 3; }
+printf 'ROMEO: But soft, what light' > "$TMP/prompt.txt"
+
+for arch in mixtral olmoe qwen3; do
+    d="$TMP/hf/$arch"
+    # (b) logits, loss and gradients
+    if "$DUMP" "$d/pcmoe.ini" "$d/ids.txt" "$d/dump.safetensors" >"$TMP/out" 2>&1; then
+        "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" check "$d" "$d/dump.safetensors" >"$TMP/ref" 2>&1 \
+            && ok "$(quiet "$TMP/ref")" || fail "$arch: $(quiet "$TMP/ref")"
+    else fail "$arch: hf_dump: $(cat "$TMP/out")"; fi
+    # greedy generation
+    # (seq_len 64: the prompt and the new tokens in one window, as transformers sees them)
+    if "$PCMOE" generate "$d/pcmoe.ini" --set model.seq_len=64 --checkpoint "$d" --prompt-file "$TMP/prompt.txt" --temperature 0 --max-new 16 \
+        --json "$d/gen.json" >"$TMP/out" 2>&1; then
+        "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" generate "$d" "$TMP/prompt.txt" "$d/gen.json" >"$TMP/ref" 2>&1 \
+            && ok "$(quiet "$TMP/ref")" || fail "$arch: generate: $(quiet "$TMP/ref")"
+    else fail "$arch: generate: $(tail -n 3 "$TMP/out")"; fi
+    # (d) a 3-party fine-tune from the checkpoint: MPI = --simulate, and only routed rows cross
+    {
+        printf '[parties]\ncount = 3\n[privacy]\nshuffle_seed = 5\n[model]\nhf = %s\nseq_len = 24\n' "$d"
+        printf '[train]\ninit_from = %s\nsteps = 4\nbatch_size = 2\nwarmup_steps = 1\neval_every = 4\neval_batches = 1\nlog_every = 1\n' "$d"
+        printf '[checkpoint]\nevery = 0\n[data]\n0 = input/data/shakespeare.txt\n1 = input/data/austen.txt\n2 = input/data/doyle.txt\n'
+    } > "$TMP/$arch.ini"
+    if mpi 3 train "$TMP/$arch.ini" --set run.dir="$TMP/$arch-mpi" --audit "$TMP/$arch-audit.json" >"$TMP/out" 2>&1 \
+        && "$PCMOE" train "$TMP/$arch.ini" --simulate --set run.dir="$TMP/$arch-sim" >"$TMP/out2" 2>&1; then
+        a=$(grep -o '"train_loss":[^,]*' "$TMP/$arch-mpi/metrics.jsonl" | cut -d: -f2 | tr '\n' ' ')
+        b=$(grep -o '"train_loss":[^,]*' "$TMP/$arch-sim/metrics.jsonl" | cut -d: -f2 | tr '\n' ' ')
+        worst=$(printf '%s\n%s\n' "$a" "$b" | awk 'NR == 1 { n = split($0, x, " ") } NR == 2 { split($0, y, " "); w = 0
+            for (i = 1; i <= n; i++) { e = (x[i] - y[i]) / y[i]; e = e < 0 ? -e : e; if (e > w) w = e }; print (n ? w : "none") }')
+        [ "$worst" != none ] && float_lt "$worst" 1e-6 && ok "$arch: 3-party fine-tune from the checkpoint, MPI = --simulate (12 losses within $worst relative)" \
+            || fail "$arch: MPI losses $a, --simulate $b"
+        dm=$(grep -o '"hidden_size": *[0-9]*' "$d/config.json" | grep -o '[0-9]*$')
+        check_audit "$TMP/$arch-audit.json" pcmoe "$dm" 0 0 1 >"$TMP/ref" 2>&1 && ok "$arch: audit: $(cat "$TMP/ref")" || fail "$arch: audit: $(cat "$TMP/ref")"
+    else fail "$arch: fine-tune: $(grep 'pcmoe: error' "$TMP/out" "$TMP/out2" | head -n 2)"; fi
+done
+
+# each party reads only its backbone and its own experts, a tensor at a time: from an expert-heavy checkpoint
+# (32 experts of 0.75 MiB per layer, 48 MiB of pool; 4 parties own 12 MiB each) a party's peak RSS at step 0
+# is the same within 6 MiB as from random weights: the other parties' 36 MiB of experts are never read
+{
+    printf '[parties]\ncount = 4\n[model]\nhf = %s\nseq_len = 32\n' "$TMP/hf/big"
+    printf '[train]\nsteps = 1\nbatch_size = 2\nwarmup_steps = 0\neval_every = 1\neval_batches = 1\n[checkpoint]\nevery = 0\n[data]\n'
+    printf '0 = input/data/shakespeare.txt\n1 = input/data/austen.txt\n2 = input/data/grimm.txt\n3 = input/data/sqlite3_h.txt\n'
+} > "$TMP/big.ini"
+if mpi 4 train "$TMP/big.ini" --set run.dir="$TMP/big_scratch" >"$TMP/out" 2>&1 \
+    && mpi 4 train "$TMP/big.ini" --set train.init_from="$TMP/hf/big" --set run.dir="$TMP/big_init" >"$TMP/out" 2>&1; then
+    rss_step0 "$TMP/big_scratch/metrics.jsonl" "$TMP/big_init/metrics.jsonl" 4 6 \
+        "init_from a Hugging Face checkpoint of all 32 experts per layer (51 MB file)" "the other parties' experts are 36 MiB" \
+        >"$TMP/rss" 2>&1 && ok "$(cat "$TMP/rss")" || fail "$(cat "$TMP/rss")"
+else
+    fail "the expert-heavy runs failed: $(grep 'pcmoe: error' "$TMP/out" | head -n 1)"
+fi
+
+# broken checkpoints: one error line each, naming the file and what is wrong
+mkdir "$TMP/bad"
+"$HF_PY" "$top_srcdir/tests/hf/hf_check.py" corrupt "$TMP/hf/olmoe" "$TMP/bad" >"$TMP/cases" 2>&1 || { cat "$TMP/cases"; fail "making the broken checkpoints"; }
+while read -r name want; do
+    refused "broken checkpoint ($name)" "$want" "$PCMOE" generate "$TMP/hf/olmoe/pcmoe.ini" --checkpoint "$TMP/bad/$name" --prompt x --max-new 2
+done < "$TMP/cases"
+refused "broken config.json through model.hf" "attention_bias = true" "$PCMOE" train "$TMP/olmoe.ini" --set model.hf="$TMP/bad/bias"
+refused "a key model.hf sets, given otherwise" "model.d_model: $TMP/hf/olmoe/config.json gives 32 (hidden_size)" \
+    "$PCMOE" train "$TMP/olmoe.ini" --set model.d_model=64
+refused "seq_len past max_position_embeddings" "model.seq_len = 512: $TMP/hf/olmoe/config.json allows max_position_embeddings = 128" \
+    "$PCMOE" train "$TMP/olmoe.ini" --set model.seq_len=512
+refused "model.hf without config.json" "config.json: cannot read" "$PCMOE" train "$TMP/olmoe.ini" --set model.hf="$TMP"
+mpi 3 train "$TMP/olmoe.ini" --set train.init_from="$TMP/bad/missing" --set run.dir="$TMP/bad-run" >"$TMP/out" 2>&1
+n=$(grep -c "pcmoe: error:" "$TMP/out")
+[ "$n" -ge 1 ] && grep -q "is missing" "$TMP/out" && ok "over MPI, a missing tensor stops every rank: $(grep -m1 'pcmoe: error' "$TMP/out" | cut -c1-150)" \
+    || fail "over MPI, a missing tensor: $(tail -n 5 "$TMP/out")"
+finish
