@@ -15,6 +15,7 @@
 #include "generate.h"   // generate_run, GenerateOptions
 #include "info.h"       // info_run
 #include "run.h"        // run_eval, RunOptions
+#include "tokenizer.h"  // tokenizer_main
 #include "train.h"      // train_run, TrainOptions
 #include "util.h"       // fail_usage, mpiCheck, mallocCheck, finalize
 
@@ -65,6 +66,10 @@ static void usage(FILE *f) {
             "      when the run set privacy.target_epsilon). Prints accuracy per channel, attack and layer.\n"
             "  pcmoe info PATH   describe a checkpoint (a party_R.h5 file, a step directory, or a run\n"
             "                    directory: its newest complete checkpoint), loading and checking every dataset\n"
+            "  pcmoe tokenize TOKENIZER.json [FILE] [--decode]\n"
+            "                    the token ids of FILE (default: standard input), whitespace-separated, as a\n"
+            "                    Hugging Face tokenizer.json gives them (no special tokens added); --decode: the\n"
+            "                    text of the ids read\n"
             "  pcmoe keys [--markdown | --man]\n"
             "                    list every config key with its type, range, default and meaning (as the Markdown\n"
             "                    page docs/config.md, or as the man page's list)\n"
@@ -240,7 +245,7 @@ static Config *load_config(Comm *comm, const Args *a) {
     return c;
 }
 
-// The commands that need neither MPI nor a config: --help, --version, keys, attack, info. Returns their exit
+// The commands that need neither MPI nor a config: --help, --version, keys, attack, tokenize, info. Returns their exit
 // status, or -1 for the others.
 static int run_standalone(int argc, char **argv) {
     const char *cmd = argv[1];
@@ -248,6 +253,7 @@ static int run_standalone(int argc, char **argv) {
     if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) { printf("pcmoe " PACKAGE_VERSION "\n"); return 0; }
     if (!strcmp(cmd, "keys")) return config_keys_main(argc, argv);
     if (!strcmp(cmd, "attack")) return attack_main(argc, argv);
+    if (!strcmp(cmd, "tokenize")) return tokenizer_main(argc, argv);
     if (!strcmp(cmd, "info")) {
         if (argc != 3) {
             fprintf(stderr, "pcmoe: error: info needs one PATH (a checkpoint file, step directory or run directory)\n");

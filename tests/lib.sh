@@ -68,6 +68,15 @@ hf_python() {
     return 1
 }
 
+# need_hf_python WHAT: sets HF_PY to hf_python's, or ends the test: a skip (77), or under PCMOE_REQUIRE_TORCH=1
+# (scripts/check.sh, which installs it) a failure
+need_hf_python() {
+    HF_PY=$(hf_python) && return 0
+    if [ "${PCMOE_REQUIRE_TORCH:-0}" = 1 ]; then fail "no Python with $1 (scripts/install-deps.sh --with-test-tools)"; finish; fi
+    echo "SKIP: no Python with $1 (scripts/install-deps.sh --with-test-tools installs one)"
+    exit 77
+}
+
 # a python3 with h5py (checkpoint mutation), or empty
 H5PY_PYTHON=""
 for py in ${TORCH_PYTHON:-} /usr/bin/python3 python3; do

@@ -1,9 +1,10 @@
 #!/bin/sh
 # test_fuzz: a short, bounded libFuzzer run of the INI parser (tests/fuzz/fuzz_config.c), the
 # checkpoint loader (tests/fuzz/fuzz_ckpt.c), the safetensors reader (tests/fuzz/fuzz_safetensors.c) and
-# the Hugging Face config.json reader (tests/fuzz/fuzz_hfconfig.c), built with clang under ASan and UBSan,
+# the Hugging Face config.json reader (tests/fuzz/fuzz_hfconfig.c) and the tokenizer.json reader
+# (tests/fuzz/fuzz_tokenizer.c, then encoding and decoding with what it accepts), built with clang under ASan and UBSan,
 # seeded with the shipped configs, a real checkpoint, and a safetensors file and config.json of each
-# supported architecture. Any crash, leak, or sanitizer report fails it. Fixed seeds and
+# supported architecture, and a small byte-level and a SentencePiece-style tokenizer.json. Any crash, leak, or sanitizer report fails it. Fixed seeds and
 # run counts keep it repeatable. Longer runs: FUZZ_RUNS=1000000 sh tests/test_fuzz.sh
 # Skips (77) without clang + libFuzzer, unless PCMOE_REQUIRE_TORCH=1 (scripts/check.sh installs them).
 . "$(dirname "$0")/lib.sh"
@@ -17,10 +18,10 @@ if ! command -v "$CLANG" >/dev/null 2>&1 || ! echo 'int LLVMFuzzerTestOneInput(c
 fi
 flags="-std=c11 -D_POSIX_C_SOURCE=200809L -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -Wno-unknown-pragmas -Isrc -I$top_builddir $(mpicc -showme:compile) ${HDF5_CFLAGS-$(pkg-config --cflags hdf5-serial)}"
-libs="-lopenblas -lm ${HDF5_LIBS-$(pkg-config --libs hdf5-serial)} $(pkg-config --libs jansson) $(mpicc -showme:link)"
+libs="-lopenblas -lm ${HDF5_LIBS-$(pkg-config --libs hdf5-serial)} $(pkg-config --libs jansson libpcre2-8 libutf8proc) $(mpicc -showme:link)"
 engine="src/config.c src/util.c src/ckpt.c src/model.c src/moe.c src/layers.c src/rng.c src/exchange.c src/comm.c src/backend_cpu.c
-        src/optim.c src/privacy.c src/record.c src/json.c src/hf.c src/hf_config.c src/safetensors.c src/safetensors_write.c"
-for h in config ckpt safetensors hfconfig; do
+        src/optim.c src/privacy.c src/record.c src/json.c src/hf.c src/hf_config.c src/safetensors.c src/safetensors_write.c src/tokenizer.c"
+for h in config ckpt safetensors hfconfig tokenizer; do
     # shellcheck disable=SC2086
     "$CLANG" $flags -o "$TMP/fuzz_$h" "tests/fuzz/fuzz_$h.c" $engine $libs 2>"$TMP/build_$h.log" \
         || { cat "$TMP/build_$h.log"; fail "building fuzz_$h"; finish; }
@@ -50,7 +51,13 @@ data = struct.pack("<4H", 0x3f80, 0x4000, 0xc040, 0x0001) + struct.pack("<f", 2.
 open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + data)
 PY
 
-for h in config ckpt safetensors hfconfig; do
+# tokenizer.json seeds: a byte-level one (GPT-2's regex through ByteLevel, NFC, an added token, "a b" merges) and a
+# SentencePiece-style one (Prepend, Replace, byte fallback, [a, b] merges, its decoders)
+mkdir -p "$TMP/seed_tokenizer"
+printf '%s' '{"added_tokens":[{"id":9,"content":"<|endoftext|>","special":true,"normalized":false}],"normalizer":{"type":"NFC"},"pre_tokenizer":{"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":"\\s+|\\p{L}+|\\p{N}"},"behavior":"Isolated","invert":false},{"type":"ByteLevel","add_prefix_space":true,"use_regex":true}]},"decoder":{"type":"ByteLevel"},"model":{"type":"BPE","vocab":{"H":0,"e":1,"l":2,"o":3,"He":4,"ll":5,"Hell":6,"Hello":7,"\u0120":8},"merges":["H e","l l","He ll","Hell o"]}}' > "$TMP/seed_tokenizer/bytelevel.json"
+printf '%s' '{"added_tokens":[{"id":1,"content":"<s>","special":true,"normalized":false}],"normalizer":{"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"\u2581"},{"type":"Replace","pattern":{"String":" "},"content":"\u2581"}]},"pre_tokenizer":null,"decoder":{"type":"Sequence","decoders":[{"type":"Replace","pattern":{"String":"\u2581"},"content":" "},{"type":"ByteFallback"},{"type":"Fuse"},{"type":"Strip","content":" ","start":1,"stop":0}]},"model":{"type":"BPE","unk_token":"<unk>","byte_fallback":true,"fuse_unk":true,"vocab":{"<unk>":0,"<s>":1,"\u2581":2,"H":3,"i":4,"Hi":5,"\u2581Hi":6,"<0xE6>":7,"<0x97>":8,"<0xA5>":9},"merges":[["H","i"],["\u2581","Hi"]]}}' > "$TMP/seed_tokenizer/sentencepiece.json"
+
+for h in config ckpt safetensors hfconfig tokenizer; do
     n=$runs max=16384
     [ "$h" = ckpt ] && n=$((runs / 4)) max=300000 # whole checkpoint files: the seed is ~240 kB
     if (cd "$TMP" && ASAN_OPTIONS=detect_leaks=1 "./fuzz_$h" -seed=1 -runs="$n" -max_len=$max -timeout=20 "seed_$h" >"fuzz_$h.log" 2>&1); then

@@ -15,12 +15,7 @@
 # the file and the tensor or key; model.hf's keys conflict with a config's own by name.
 . "$(dirname "$0")/lib.sh"
 
-HF_PY=$(hf_python) || HF_PY=""
-if [ -z "$HF_PY" ]; then
-    if [ "${PCMOE_REQUIRE_TORCH:-0}" = 1 ]; then fail "no Python with transformers (scripts/install-deps.sh --with-test-tools)"; finish; fi
-    echo "SKIP: no Python with transformers and torch (scripts/install-deps.sh --with-test-tools installs one)"
-    exit 77
-fi
+need_hf_python "transformers and torch"
 DUMP="$top_builddir/tests/hf_dump"
 "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" make "$TMP/hf" >"$TMP/out" 2>&1 && ok "$(tail -n 1 "$TMP/out")" || { cat "$TMP/out"; fail "making the checkpoints"; finish; }
 quiet() { grep -v -e "deprecated" -e "Loading checkpoint" "$1" | tail -n 3; }

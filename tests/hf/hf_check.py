@@ -9,6 +9,11 @@
   hf_check.py corrupt DIR OUT      copies of checkpoint DIR (one F32 file) broken one way each, as OUT/<case>
                                   (header, offsets, sizes, overlaps, a missing tensor, a wrong shape, a dtype,
                                   config.json's features and syntax); prints "<case> <what the error names>"
+  hf_check.py tokenizers OUT       three tokenizers trained by the tokenizers library on shipped corpora:
+                                  OUT/olmoe.json (byte-level BPE, GPT-2's regex), OUT/qwen3.json (Qwen's Split
+                                  regex), OUT/mixtral.json (SentencePiece-style with byte fallback); OUT/stress.txt
+  hf_check.py encode TOK TEXT OUT / decode TOK IDS OUT
+                                  the tokenizers library's ids of TEXT (no special tokens added), or text of IDS
   hf_check.py generate DIR PROMPT JSON
                                   transformers' greedy continuation of PROMPT's bytes (as ids) against pcmoe
                                   generate --temperature 0's JSON: the same tokens, log-probabilities within 1e-4
@@ -134,6 +139,80 @@ def generate(d, prompt, out):
     print(f"{arch}: {n} greedy tokens identical to transformers' generate, log-probabilities within {diff:.1e}")
 
 
+QWEN_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
+              r"""\s+(?!\S)|\s+""")
+STRESS = ("CJK 日本語の文章と中文，한국어 텍스트. Emoji 👍🏽 👩‍👩‍👧 🇯🇵 ❤️; combining: cafe\u0301 nai\u0308ve "
+          "A\u030a; precomposed: café naïve Å.\r\nCRLF line\r\n\ttabs\t\tand   runs of     spaces  \n"
+          "digits 0123456789 3.14159 1,000,000 ２０２６; ligature ﬁ; Greek Ωμέγα; math ∑∫√; quotes “’”; "
+          "<|endoftext|> and <s> and </s> in text; trailing spaces   \n\n\n")
+
+
+def tokenizers_make(out):
+    """Three tokenizers trained with the tokenizers library on shipped corpora, one of each family."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "input", "data")
+    files = [os.path.join(data, f) for f in ("shakespeare.txt", "sqlite3_h.txt", "grimm.txt")]
+
+    def byte_level(split):
+        t = Tokenizer(models.BPE())
+        t.normalizer = normalizers.NFC()
+        if split:  # Qwen: its Split regex, then the byte mapping
+            t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+                                                       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        else:  # GPT-2 / OLMoE: ByteLevel's own regex
+            t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        t.decoder = decoders.ByteLevel()
+        special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if split else ["<|endoftext|>", "<|padding|>"]
+        t.train(files, trainers.BpeTrainer(vocab_size=800, special_tokens=special, show_progress=False,
+                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        return t
+
+    def sentencepiece():  # Llama / Mixtral: "▁" for spaces, byte fallback for what the vocabulary lacks
+        t = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+        t.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        # trained on words that begin at "▁", as SentencePiece's own trainer does, then saved without a
+        # pre-tokenizer, as transformers converts Llama's and Mixtral's tokenizers
+        t.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+        t.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                       decoders.Strip(" ", 1, 0)])
+        t.train(files, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], limit_alphabet=150,
+                                           show_progress=False))
+        j = json.loads(t.to_str())
+        j["pre_tokenizer"] = None
+        v = j["model"]["vocab"]
+        n = max(v.values()) + 1
+        for b in range(256):
+            v[f"<0x{b:02X}>"] = n + b
+        # the merges as ["a", "b"] pairs here, "a b" strings in the byte-level ones: both formats are read
+        j["model"]["merges"] = [m.split(" ", 1) if isinstance(m, str) else m for m in j["model"]["merges"]]
+        return Tokenizer.from_str(json.dumps(j))
+
+    os.makedirs(out, exist_ok=True)
+    for name, t in (("olmoe", byte_level(False)), ("qwen3", byte_level(True)), ("mixtral", sentencepiece())):
+        t.save(os.path.join(out, name + ".json"))
+        j = json.load(open(os.path.join(out, name + ".json")))
+        if name != "mixtral":  # "a b" strings
+            j["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in j["model"]["merges"]]
+            json.dump(j, open(os.path.join(out, name + ".json"), "w"), ensure_ascii=False)
+    open(os.path.join(out, "stress.txt"), "w", encoding="utf-8", newline="").write(STRESS)
+    print(f"trained olmoe, qwen3 and mixtral-style tokenizers under {out} with tokenizers "
+          f"{__import__('tokenizers').__version__}")
+
+
+def encode(tok, text, out):
+    from tokenizers import Tokenizer
+    t = Tokenizer.from_file(tok)
+    ids = t.encode(open(text, encoding="utf-8", newline="").read(), add_special_tokens=False).ids
+    open(out, "w").write(" ".join(map(str, ids)) + "\n")
+
+
+def decode(tok, ids, out):
+    from tokenizers import Tokenizer
+    t = Tokenizer.from_file(tok)
+    open(out, "w", encoding="utf-8", newline="").write(t.decode(list(map(int, open(ids).read().split())),
+                                                               skip_special_tokens=False))
+
+
 def read_st(path):
     raw = open(path, "rb").read()
     n = int.from_bytes(raw[:8], "little")
@@ -193,4 +272,5 @@ def corrupt(d, out):
 
 
 if __name__ == "__main__":
-    {"make": make, "check": check, "generate": generate, "corrupt": corrupt}[sys.argv[1]](*sys.argv[2:])
+    {"make": make, "check": check, "generate": generate, "corrupt": corrupt, "tokenizers": tokenizers_make,
+     "encode": encode, "decode": decode}[sys.argv[1]](*sys.argv[2:])
