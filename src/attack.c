@@ -637,6 +637,9 @@ static int attack_config(Study *st) {
     if (bad) { fprintf(stderr, "pcmoe: error: %s\n", err[0] ? err : why); return 2; }
     const Config *c = st->c;
     if (c->mode != MODE_PCMOE || c->n_parties < 2) return usage_error("needs a pcmoe config of at least 2 parties");
+    if (c->tokenizer[0] || c->vocab_size != 256)
+        return usage_error("the study is of byte-level models (model.vocab_size = 256, no model.tokenizer): its "
+                           "attacks recover bytes");
     if (a->attacker >= c->n_parties || a->victim >= c->n_parties || a->attacker == a->victim)
         return usage_error("--attacker and --victim must be two different parties");
     if (c->target_epsilon > 0 && a->victim_noise < 0)
@@ -655,7 +658,7 @@ static int attack_setup(Study *st) {
     model_create(&st->m, &st->mc, NULL, 1, c->batch_size, c->seq_len);
     if (ckpt_read_weights(&st->m, a->ckpt_dir, a->white_box ? a->victim : a->attacker, 0, c->n_parties, err,
                           sizeof err) ||
-        data_load(&st->ds, c->data_path[a->attacker], c->val_fraction, c->seq_len, 12345, err, sizeof err)) {
+        data_load(&st->ds, c->data_path[a->attacker], c->val_fraction, c->seq_len, 12345, NULL, -1, err, sizeof err)) {
         fprintf(stderr, "pcmoe: error: %s\n", err);
         return 2;
     }

@@ -337,6 +337,9 @@ int bench_run(const Config *c, Comm *comm, const RunOptions *ro, const BenchOpti
     int step = run_load_checkpoint(r, ro->checkpoint), P = r->P;
     BenchTask t;
     char err[2048] = "";
+    if (c->tokenizer[0] || c->vocab_size != 256) // (every rank has the same config: they stop together)
+        comm_stop_if_failed(comm, error_set(err, sizeof err, "bench scores bytes: a model with model.tokenizer or "
+                                            "model.vocab_size = %d is not supported by bench yet", c->vocab_size), err);
     comm_stop_if_failed(comm, bench_load(&t, o->task, err, sizeof err), err);
     double *ll = mallocCheck(sizeof(double) * (size_t)t.n_pairs * r->n),
            *all = mallocCheck(sizeof(double) * 3 * (size_t)P);

@@ -87,6 +87,13 @@ static const ConfigKey KEYS[] = {
      "config.json sets every other [model] key but seq_len and the recompute keys (a key also given here must agree, "
      "except aux_loss_coef and z_loss_coef, which a fine-tune may choose); what pcmoe cannot compute is refused "
      "(docs/huggingface.md). Its weights are read with train.init_from = DIR or --checkpoint DIR", NULL},
+    {"model", "tokenizer", KEY_STRING, F(tokenizer), 0, 0, "",
+     "a Hugging Face tokenizer.json: every corpus is read as its ids (each file a document, joined by "
+     "eos_token_id), and generate's prompt and text go through it; \"\" = bytes. model.hf sets it to "
+     "DIR/tokenizer.json when that exists", NULL},
+    {"model", "eos_token_id", KEY_INT, F(eos_token_id), -1, 262143, "-1",
+     "the token between a corpus's documents with model.tokenizer (-1: none); model.hf sets config.json's "
+     "eos_token_id", NULL},
     {"model", "vocab_size", KEY_INT, F(vocab_size), 256, 262144, "256",
      "vocabulary size: token ids 0 .. vocab_size - 1; a byte-level model's tokens are bytes, so 256", NULL},
     {"model", "d_model", KEY_INT, F(d_model), 4, 65536, "128",
@@ -470,7 +477,10 @@ static int hf_apply(Config *c, Origins *o, char *err, size_t len) {
         const ConfigKey *k = &KEYS[ki];
         char *field = (char *)c + k->offset, mine[8], where[sizeof o->where[0]];
         int given = o->where[ki][0] != '\0';
-        if (given && (!strcmp(hk->key, "aux_loss_coef") || !strcmp(hk->key, "z_loss_coef"))) continue;
+        static const char *const free_keys[] = {"aux_loss_coef", "z_loss_coef", "tokenizer", "eos_token_id"};
+        int choose = 0; // (a fine-tune's choices)
+        for (size_t f = 0; f < sizeof free_keys / sizeof free_keys[0]; f++) choose |= !strcmp(hk->key, free_keys[f]);
+        if (given && choose) continue;
         memcpy(mine, field, key_bytes(k));
         snprintf(where, sizeof where, "%s/config.json: %s", c->hf, hk->from);
         if (set_value(c, ki, hk->value, where, err, len)) return 2;
@@ -543,7 +553,8 @@ int config_diff_model(const Config *a, const Config *b, int with_parties, char *
     for (int i = 0; i < N_KEYS; i++) {
         const ConfigKey *k = &KEYS[i];
         int shapes = (!strcmp(k->section, "model") && strcmp(k->key, "recompute_experts") &&
-                      strcmp(k->key, "recompute_attention") && strcmp(k->key, "hf")) ||
+                      strcmp(k->key, "recompute_attention") && strcmp(k->key, "hf") && strcmp(k->key, "tokenizer") &&
+                      strcmp(k->key, "eos_token_id")) ||
                      (with_parties && !strcmp(k->section, "parties") && strcmp(k->key, "schedule"));
         if (!shapes) continue;
         const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;

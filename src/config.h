@@ -49,6 +49,8 @@ typedef struct {
     int ckpt_keep;       // complete checkpoints kept on disk
     // [model]
     char hf[CONFIG_PATH_LEN]; // a Hugging Face checkpoint directory whose config.json sets the [model] keys ("")
+    char tokenizer[CONFIG_PATH_LEN]; // a tokenizer.json: corpora are read as its ids ("": as bytes)
+    int eos_token_id;    // the id joining a corpus's documents (-1: none)
     int vocab_size;      // token ids 0 .. vocab_size - 1 (byte-level: 256)
     int d_model;         // residual width d
     int n_layers;        // transformer blocks L

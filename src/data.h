@@ -1,25 +1,31 @@
-// data.h: a party's private corpus: bytes of a text file (or of every file in a directory, in name
-// order), split into a training part and the held-out last val_fraction, with a seeded batch sampler.
+// data.h: a party's private corpus: a text file (or every file in a directory, in name order, each a document)
+// as tokens (a byte-level model: its bytes; with a tokenizer: its ids, documents joined by EOS), split into a
+// training part and the held-out last val_fraction, with a seeded batch sampler.
 #ifndef PCMOE_DATA_H
 #define PCMOE_DATA_H
 
 #include <stddef.h> // size_t
-#include <stdint.h> // uint8_t
+#include <stdint.h> // uint64_t
 
-#include "token.h"  // Token
-#include "rng.h"    // Rng
+#include "rng.h"       // Rng
+#include "token.h"     // Token
+#include "tokenizer.h" // Tokenizer
 
 typedef struct {
-    uint8_t *bytes;     // (n_bytes) the whole corpus
-    size_t n_bytes;
-    size_t n_train;     // bytes [0, n_train) train; [n_train, n_bytes) validate
+    Token *tokens;      // (n_tokens) the whole corpus
+    size_t n_tokens;
+    size_t n_train;     // tokens [0, n_train) train; [n_train, n_tokens) validate
+    size_t n_bytes;     // bytes of text
+    double val_bytes_per_token; // bytes of text per token in the validation split (1 for bytes): for bits per byte
     int n_files;
     Rng rng;            // draws training windows
 } Dataset;
 
-// Loads `path`. A window of T+1 bytes must fit in both splits. Returns 0, or 2 with a one-line message
-// naming the path (missing, unreadable, empty, too short) in err.
-int data_load(Dataset *ds, const char *path, double val_fraction, int T, uint64_t seed, char *err, size_t err_len);
+// Loads `path`: with tok NULL as bytes; else tokenized, a document a file, eos (>= 0) between documents. A window
+// of T+1 tokens must fit in both splits. Returns 0, or 2 with a one-line message naming the path (missing,
+// unreadable, empty, binary or not UTF-8, too short) in err.
+int data_load(Dataset *ds, const char *path, double val_fraction, int T, uint64_t seed, Tokenizer *tok, int eos,
+              char *err, size_t err_len);
 void data_free(Dataset *ds);
 // Fills tokens, targets (B, T) with B random training windows: targets are tokens shifted by one.
 void data_train_batch(Dataset *ds, Token *tokens, Token *targets, int B, int T);

@@ -111,7 +111,8 @@ void generate_serve(Model *m, const GenerateOptions *o) {
 
 // The prompt (--prompt or --prompt-file), with room for max_new bytes after it, into *text; *len its bytes.
 // Returns 0, or 2 with err set.
-static int generate_prompt(const GenerateOptions *o, Token **text, int *len, char *err, size_t err_len) {
+static int generate_prompt(const GenerateOptions *o, Tokenizer *tok, Token **text, int *len, char *err,
+                           size_t err_len) {
     uint8_t *file = NULL;
     size_t n = o->prompt ? strlen(o->prompt) : 0, cap = 0;
     int rc = 0;
@@ -128,9 +129,20 @@ static int generate_prompt(const GenerateOptions *o, Token **text, int *len, cha
                        o->prompt_file ? o->prompt_file : "--prompt");
     if (!rc) {
         const uint8_t *bytes = o->prompt_file ? file : (const uint8_t *)o->prompt;
-        *text = mallocCheck(sizeof(Token) * (n + (size_t)o->max_new));
-        for (size_t i = 0; i < n; i++) (*text)[i] = bytes[i]; // (a byte-level model: a token per byte)
-        *len = (int)n;
+        size_t count = 0, cap = n + (size_t)o->max_new;
+        *text = mallocCheck(sizeof(Token) * cap);
+        if (tok) { // its ids, with room for max_new after them
+            char why[256];
+            if (tokenizer_encode(tok, (const char *)bytes, n, text, &count, &cap, why, sizeof why))
+                rc = error_set(err, err_len, "%s: %s", o->prompt_file ? o->prompt_file : "--prompt", why);
+            else if (!count)
+                rc = error_set(err, err_len, "%s: no tokens", o->prompt_file ? o->prompt_file : "--prompt");
+            Token *grown = realloc(*text, sizeof(Token) * (count + (size_t)o->max_new));
+            if (!grown) fail("out of memory");
+            *text = grown;
+        } else
+            for (; count < n; count++) (*text)[count] = bytes[count]; // (a byte-level model: a token per byte)
+        *len = (int)count;
     }
     free(file);
     return rc;
@@ -173,11 +185,17 @@ static int generate_json(const GenerateOptions *o, int step, int prompt_len, con
 }
 
 // The prompting party: generates after text's prompt_len bytes, prints prompt and text, and the --json.
-static int generate_prompted(Model *m, const GenerateOptions *o, int step, Token *text, int prompt_len, char *err,
-                             size_t len) {
+static int generate_prompted(Model *m, const GenerateOptions *o, const Tokenizer *tok, int step, Token *text,
+                             int prompt_len, char *err, size_t len) {
     GenerateStep *steps = mallocCheck(sizeof(GenerateStep) * (size_t)o->max_new);
     double t0 = now_seconds(), positions = generate_text(m, o, text, prompt_len, steps), dt = now_seconds() - t0;
-    if (m->cfg.vocab <= 256) // a byte-level model: the text itself
+    if (tok) { // the text of the prompt's ids and the new ones
+        char *out = NULL;
+        size_t out_n = 0, out_cap = 0;
+        tokenizer_decode(tok, text, (size_t)(prompt_len + o->max_new), &out, &out_n, &out_cap);
+        fwrite(out, 1, out_n, stdout);
+        free(out);
+    } else if (m->cfg.vocab <= 256) // a byte-level model: the text itself
         for (int i = 0; i < prompt_len + o->max_new; i++) putchar((int)text[i]);
     else // a larger vocabulary read without its tokenizer: the ids, prompt (its bytes) and continuation
         for (int i = 0; i < prompt_len + o->max_new; i++) printf("%s%u", i ? " " : "", (unsigned)text[i]);
@@ -214,9 +232,9 @@ int generate_run(Config *c, Comm *comm, const RunOptions *ro, const GenerateOpti
     Model *m = c->mode == MODE_CENTRALIZED ? &r->central : &r->party[r->one_process ? o->party : 0].model;
     char err[2048] = "";
     Token *text = NULL; // the prompt, read by the prompting party only
-    int prompt_len = 0, rc = mine ? generate_prompt(o, &text, &prompt_len, err, sizeof err) : 0;
+    int prompt_len = 0, rc = mine ? generate_prompt(o, r->tok, &text, &prompt_len, err, sizeof err) : 0;
     comm_stop_if_failed(comm, rc, err);
-    if (mine) rc = generate_prompted(m, o, step, text, prompt_len, err, sizeof err);
+    if (mine) rc = generate_prompted(m, o, r->tok, step, text, prompt_len, err, sizeof err);
     else if (c->mode == MODE_PCMOE && P > 1) generate_serve(m, o); // (local, fedavg: the other models take no part)
     free(text);
     comm_stop_if_failed(comm, rc, err);

@@ -21,7 +21,7 @@ extern const char *const HF_ARCH_NAMES[]; // indexed by HfArch: the config.json 
 // One [model] key a config.json sets: model.<key> = value, from the config.json field `from`.
 typedef struct {
     char key[32];
-    char value[64];
+    char value[1300];        // (model.tokenizer: a path)
     char from[48];
 } HfKey;
 

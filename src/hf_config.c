@@ -148,6 +148,10 @@ static int common_read(Reader *r, char *err, size_t len) {
              refuse_set(r, "shared_expert_intermediate_size", "a shared expert", err, len);
     if (rc) return 2;
     fixed_key(r->h, "z_loss_coef", "0", "(transformers adds no z-loss)");
+    json_t *eos = json_object_get(r->root, "eos_token_id");
+    if (json_is_array(eos)) eos = json_array_get(eos, 0);
+    double eos_id = json_is_integer(eos) ? (double)json_integer_value(eos) : -1.0;
+    key_add(r->h, "eos_token_id", "eos_token_id", "%.0f", eos_id);
     json_t *mp = json_object_get(r->root, "max_position_embeddings");
     r->h->max_positions = json_is_integer(mp) ? (int)json_integer_value(mp) : 1 << 30;
     json_t *dt = json_object_get(r->root, "torch_dtype");
@@ -205,6 +209,9 @@ int hf_config_read(HfConfig *h, const char *dir, char *err, size_t len) {
     if (!rc) rc = arch_read(&r, err, len);
     if (!rc) rc = common_read(&r, err, len);
     if (!rc) rc = arch_keys(&r, err, len);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    struct stat st;
+    if (!rc && stat(path, &st) == 0) fixed_key(h, "tokenizer", path, "(tokenizer.json)");
     json_decref(r.root);
     return rc;
 }

@@ -16,7 +16,7 @@ void step_stats_pack(const StepStats *s, double *o) {
                                     s->grad_norm, s->tokens_per_s, s->flops, s->has_val, s->val_loss, s->bytes_sent,
                                     s->bytes_recv, (double)s->mem.params, (double)s->mem.grads, (double)s->mem.optim,
                                     (double)s->mem.acts, (double)s->mem.buffers, s->rss_peak, s->device_peak, s->has_dp,
-                                    s->epsilon, s->noise_multiplier};
+                                    s->epsilon, s->noise_multiplier, s->val_bpb};
     memcpy(o, v, sizeof v);
 }
 
@@ -25,7 +25,7 @@ void step_stats_unpack(StepStats *s, const double *v) {
                      .aux = v[5], .z = v[6], .lr = (float)v[7], .grad_norm = v[8], .tokens_per_s = v[9],
                      .flops = v[10], .has_val = (int)v[11], .val_loss = v[12], .bytes_sent = v[13],
                      .bytes_recv = v[14], .rss_peak = v[20], .device_peak = v[21], .has_dp = (int)v[22],
-                     .epsilon = v[23], .noise_multiplier = v[24]};
+                     .epsilon = v[23], .noise_multiplier = v[24], .val_bpb = v[25]};
     s->mem = (MemStats){(size_t)v[15], (size_t)v[16], (size_t)v[17], (size_t)v[18], (size_t)v[19]};
 }
 
@@ -124,7 +124,7 @@ static void json_step(Json *j, const StepStats *s) {
     }
     if (s->has_val) {
         json_member_number(j, "val_loss", s->val_loss);
-        json_member_number(j, "val_bpb", s->val_loss / log(2.0));
+        json_member_number(j, "val_bpb", s->val_bpb);
     }
     json_member_number(j, "bytes_sent", s->bytes_sent);
     json_member_number(j, "bytes_recv", s->bytes_recv);
@@ -155,18 +155,18 @@ int metrics_log(Metrics *mt, const StepStats *s, char *err, size_t len) {
 
 void metrics_progress(Metrics *mt, const StepStats *s, int n, int total_steps, int print_plain) {
     if (!mt->tty && !print_plain) return;
-    double loss = 0.0, val = 0.0, tps = 0.0;
+    double loss = 0.0, val = 0.0, bpb = 0.0, tps = 0.0;
     int n_loss = 0, n_val = 0, step = s[0].step;
     for (int i = 0; i < n; i++) {
         if (s[i].has_train) { loss += s[i].train_loss; tps += s[i].tokens_per_s; n_loss++; }
-        if (s[i].has_val) { val += s[i].val_loss; n_val++; }
+        if (s[i].has_val) { val += s[i].val_loss; bpb += s[i].val_bpb; n_val++; }
     }
     double elapsed = now_seconds() - mt->t_start;
     double eta = step > 0 ? elapsed / step * (total_steps - step) : 0.0;
     char line[256];
     int k = snprintf(line, sizeof line, "step %d/%d", step, total_steps);
     if (n_loss) k += snprintf(line + k, sizeof line - k, " | loss %.4f | %.1fk tok/s", loss / n_loss, tps / 1000.0);
-    if (n_val) k += snprintf(line + k, sizeof line - k, " | val %.4f (%.3f bpb)", val / n_val, val / n_val / log(2.0));
+    if (n_val) k += snprintf(line + k, sizeof line - k, " | val %.4f (%.3f bpb)", val / n_val, bpb / n_val);
     double eps = -1.0; // the largest epsilon of the parties with the DP defence
     for (int i = 0; i < n; i++) if (s[i].has_dp && s[i].epsilon > eps) eps = s[i].epsilon;
     if (eps >= 0.0) k += snprintf(line + k, sizeof line - k, " | eps %.3g", eps);
@@ -201,7 +201,7 @@ int metrics_summary(Metrics *mt, const Config *c, const StepStats *last, const d
         json_member_int(&j, "party", s->party);
         json_member_number(&j, "final_train_loss", s->has_train ? s->train_loss : NAN);
         json_member_number(&j, "final_val_loss", s->has_val ? s->val_loss : NAN);
-        json_member_number(&j, "final_val_bpb", s->has_val ? s->val_loss / log(2.0) : NAN);
+        json_member_number(&j, "final_val_bpb", s->has_val ? s->val_bpb : NAN);
         json_member_number(&j, "best_val_loss", best_val[i]);
         json_member_number(&j, "flops_per_step", s->flops);
         json_member_uint(&j, "params", s->mem.params / sizeof(float));

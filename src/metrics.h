@@ -19,7 +19,8 @@ typedef struct {
     double tokens_per_s;  // training tokens per second of this step
     double flops;         // FLOPs of this step (GEMMs + attention)
     int has_val;          // val_loss valid
-    double val_loss;      // mean cross-entropy on the validation split (nats per byte)
+    double val_loss;      // mean cross-entropy on the validation split (nats per token; byte-level: per byte)
+    double val_bpb;       // the same in bits per byte of text (val_loss / ln 2 / the split's bytes per token)
     double bytes_sent;    // bytes this party sent to other parties during the step
     double bytes_recv;    // and received
     MemStats mem;         // bytes by category (buffers: peak exchange buffers)
@@ -31,7 +32,7 @@ typedef struct {
 } StepStats;
 
 // StepStats <-> a fixed array of doubles (what a party sends to rank 0 with privacy.share_metrics)
-#define STEP_STATS_DOUBLES 25
+#define STEP_STATS_DOUBLES 26
 void step_stats_pack(const StepStats *s, double *out);
 void step_stats_unpack(StepStats *s, const double *in);
 

@@ -100,13 +100,28 @@ void run_check_ranks(const Config *c, const Comm *comm, int simulate) {
                    MODE_NAMES[c->mode], simulate ? " with --simulate" : "", want, want > 1 ? "s" : "", comm->size);
 }
 
+// model.tokenizer, checked against model.vocab_size: into r->tok. Returns 0, or 2 with err set.
+static int load_tokenizer(Run *r, char *err, size_t len) {
+    const Config *c = r->c;
+    if (!c->tokenizer[0]) return 0;
+    r->tok = tokenizer_load(c->tokenizer, err, len);
+    if (!r->tok) return 2;
+    if (tokenizer_vocab_size(r->tok) > c->vocab_size)
+        return error_set(err, len, "model.tokenizer = %s: %d ids; model.vocab_size = %d is smaller", c->tokenizer,
+                         tokenizer_vocab_size(r->tok), c->vocab_size);
+    if (c->eos_token_id >= tokenizer_vocab_size(r->tok))
+        return error_set(err, len, "model.eos_token_id = %d: past the %d ids of model.tokenizer = %s", c->eos_token_id,
+                         tokenizer_vocab_size(r->tok), c->tokenizer);
+    return 0;
+}
+
 static int load_data(Run *r, char *err, size_t len) {
     const Config *c = r->c;
     for (int q = 0; q < r->n; q++) {
         Party *p = &r->party[q];
         char e[1536];
         if (data_load(&p->data, c->data_path[p->party], c->val_fraction, c->seq_len, (uint64_t)c->seed + 1 + p->party,
-                      e, sizeof e))
+                      r->tok, c->eos_token_id, e, sizeof e))
             return error_set(err, len, "party %d: data.%d = %s", p->party, p->party, e);
     }
     return 0;
@@ -221,6 +236,7 @@ void run_open(Run *r, const Config *c, Comm *comm, const RunOptions *o, int read
     r->oc = optim_config_from(c);
     r->party = callocCheck((size_t)r->n, sizeof(Party));
     for (int q = 0; q < r->n; q++) r->party[q].party = one_process ? q : comm->party;
+    comm_stop_if_failed(comm, load_tokenizer(r, err, sizeof err), err);
     if (read_data) comm_stop_if_failed(comm, load_data(r, err, sizeof err), err); // every rank learns whether all could
     build_models(r);
     if (o->fault && !strcmp(o->fault, "nan-grad")) r->nan_grad_step = 5; // during step 6
@@ -228,6 +244,7 @@ void run_open(Run *r, const Config *c, Comm *comm, const RunOptions *o, int read
 }
 
 void run_close(Run *r) {
+    tokenizer_free(r->tok);
     for (int q = 0; q < r->n; q++) {
         Party *p = &r->party[q];
         if (r->c->mode != MODE_CENTRALIZED) model_free(&p->model);
@@ -290,6 +307,7 @@ void run_validate(Run *r) {
         Model *m = run_party_model(r, q, &tok, &tgt);
         p->s.has_val = 1;
         p->s.val_loss = validation_loss(m, &p->data, r->c->eval_batches, tok, tgt);
+        p->s.val_bpb = p->s.val_loss / log(2.0) / p->data.val_bytes_per_token;
         run_party_done(r, m);
     }
 }

@@ -12,6 +12,7 @@
 
 #include <stdint.h>   // uint8_t
 
+#include "tokenizer.h"  // Tokenizer
 #include "token.h"  // Token
 #include "backend.h"  // Backend
 #include "comm.h"     // Comm
@@ -58,6 +59,7 @@ typedef struct {
     int *sim_rows;             // simulate: (L, m) rows each expert processed in the step, all parties
     double *sim_seconds;       // simulate: (n) each party's step time
     const Backend *be;         // run.device: where the models live and run
+    Tokenizer *tok;            // model.tokenizer (corpora are tokenized when read), or NULL: bytes
     OptimConfig oc;
     int nan_grad_step;         // test hook (--inject-fault nan-grad): the last party's gradient turns NaN here
     int dp;                    // the DP defence is on: rows crossing parties are clipped and noised (privacy.h)

@@ -6,10 +6,12 @@
 #  - one forward and backward of pcmoe (tests/hf_dump, model.hf = the checkpoint) against transformers in fp32
 #    on the same ids: logits within 1e-4 of the largest |logit|, the loss within 1e-5, every gradient within 1e-4
 #    of its norm;
-#  - pcmoe generate --checkpoint DIR --temperature 0 continues a prompt with exactly transformers' greedy
-#    tokens, their log-probabilities within 1e-4;
-#  - a 3-party pcmoe fine-tune from the checkpoint (train.init_from = DIR) over MPI gives the losses of
-#    --simulate, and its --audit shows only routed expert rows crossing.
+#  - pcmoe generate --checkpoint DIR --temperature 0 continues a prompt (through DIR/tokenizer.json, a tokenizer of
+#    the family trained by the tokenizers library) with exactly transformers' greedy tokens, their
+#    log-probabilities within 1e-4;
+#  - a 3-party pcmoe fine-tune from the checkpoint (train.init_from = DIR) on shipped corpora tokenized by
+#    DIR/tokenizer.json over MPI gives the losses of --simulate, and its --audit shows only routed expert rows
+#    crossing.
 # And: every broken checkpoint (header length, offsets, sizes, overlaps, a missing tensor, a wrong shape, an
 # unreadable dtype, config.json's syntax, architecture and unsupported features) ends in one error line naming
 # the file and the tensor or key; model.hf's keys conflict with a config's own by name.
@@ -18,7 +20,7 @@
 need_hf_python "transformers and torch"
 DUMP="$top_builddir/tests/hf_dump"
 "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" make "$TMP/hf" >"$TMP/out" 2>&1 && ok "$(tail -n 1 "$TMP/out")" || { cat "$TMP/out"; fail "making the checkpoints"; finish; }
-quiet() { grep -v -e "deprecated" -e "Loading checkpoint" "$1" | tail -n 3; }
+quiet() { grep -v -e "deprecated" -e "Loading checkpoint" -e "attention mask" "$1" | tail -n 3; }
 printf 'ROMEO: But soft, what light' > "$TMP/prompt.txt"
 
 for arch in mixtral olmoe qwen3; do
@@ -31,7 +33,9 @@ for arch in mixtral olmoe qwen3; do
     # greedy generation
     # (seq_len 64: the prompt and the new tokens in one window, as transformers sees them)
     if "$PCMOE" generate "$d/pcmoe.ini" --set model.seq_len=64 --checkpoint "$d" --prompt-file "$TMP/prompt.txt" --temperature 0 --max-new 16 \
-        --json "$d/gen.json" >"$TMP/out" 2>&1; then
+        --json "$d/gen.json" >"$TMP/gen.txt" 2>"$TMP/out"; then
+        head -c "$(wc -c < "$TMP/prompt.txt")" "$TMP/gen.txt" | cmp -s - "$TMP/prompt.txt" && ok "$arch: generate prints the decoded text, the prompt first" \
+            || fail "$arch: generate's stdout does not start with the prompt: $(head -c 80 "$TMP/gen.txt")"
         "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" generate "$d" "$TMP/prompt.txt" "$d/gen.json" >"$TMP/ref" 2>&1 \
             && ok "$(quiet "$TMP/ref")" || fail "$arch: generate: $(quiet "$TMP/ref")"
     else fail "$arch: generate: $(tail -n 3 "$TMP/out")"; fi
@@ -49,6 +53,13 @@ for arch in mixtral olmoe qwen3; do
             for (i = 1; i <= n; i++) { e = (x[i] - y[i]) / y[i]; e = e < 0 ? -e : e; if (e > w) w = e }; print (n ? w : "none") }')
         [ "$worst" != none ] && float_lt "$worst" 1e-6 && ok "$arch: 3-party fine-tune from the checkpoint, MPI = --simulate (12 losses within $worst relative)" \
             || fail "$arch: MPI losses $a, --simulate $b"
+        "$PYTHON" - "$TMP/$arch-mpi/metrics.jsonl" <<'PY' >"$TMP/ref" 2>&1 && ok "$arch: $(cat "$TMP/ref")" || fail "$arch: $(cat "$TMP/ref")"
+import json, math, sys
+v = [j for j in map(json.loads, open(sys.argv[1])) if "val_bpb" in j]
+r = [j["val_loss"] / math.log(2) / j["val_bpb"] for j in v]
+print(f"the corpora were read as the tokenizer's ids: {min(r):.2f} to {max(r):.2f} bytes of text per token in val_bpb")
+sys.exit(0 if v and min(r) > 1.5 else 1)
+PY
         dm=$(grep -o '"hidden_size": *[0-9]*' "$d/config.json" | grep -o '[0-9]*$')
         check_audit "$TMP/$arch-audit.json" pcmoe "$dm" 0 0 1 >"$TMP/ref" 2>&1 && ok "$arch: audit: $(cat "$TMP/ref")" || fail "$arch: audit: $(cat "$TMP/ref")"
     else fail "$arch: fine-tune: $(grep 'pcmoe: error' "$TMP/out" "$TMP/out2" | head -n 2)"; fi

@@ -62,4 +62,21 @@ printf '12 99999 3' > "$TMP/bad.ids"
 refused "an id past the vocabulary" "'99999 3' at byte 3: not a token id below" "$PCMOE" tokenize "$TMP/tok/olmoe.json" "$TMP/bad.ids" --decode
 refused "a missing tokenizer" "no/such.json: not a JSON file" "$PCMOE" tokenize no/such.json "$TMP/bad.ids"
 refused "no tokenizer" "tokenize needs a TOKENIZER.json" "$PCMOE" tokenize
+# model.tokenizer in a run: its ids must fit model.vocab_size; a corpus must be its text
+refused "a tokenizer larger than model.vocab_size" "model.tokenizer = $TMP/tok/olmoe.json: 800 ids; model.vocab_size = 256 is smaller" \
+    "$PCMOE" train input/tiny.ini --set model.tokenizer="$TMP/tok/olmoe.json" --set run.dir="$TMP/r"
+refused "a corpus that is not UTF-8" "latin1.txt: not UTF-8 at byte 3; a corpus must be UTF-8 text" \
+    "$PCMOE" train input/tiny.ini --set model.tokenizer="$TMP/tok/olmoe.json" --set model.vocab_size=1024 --set data.0="$TMP/latin1.txt" --set run.dir="$TMP/r"
+refused "an eos_token_id past the tokenizer" "model.eos_token_id = 900: past the 800 ids" \
+    "$PCMOE" train input/tiny.ini --set model.tokenizer="$TMP/tok/olmoe.json" --set model.vocab_size=1024 --set model.eos_token_id=900 --set run.dir="$TMP/r"
+# a run on tokens: the corpus is its ids, documents joined by EOS (a directory of two files)
+mkdir "$TMP/docs" && head -c 40000 input/data/austen.txt > "$TMP/docs/a.txt" && head -c 40000 input/data/doyle.txt > "$TMP/docs/b.txt"
+if "$PCMOE" train input/tiny.ini --set model.tokenizer="$TMP/tok/olmoe.json" --set model.vocab_size=1024 --set model.eos_token_id=0 \
+    --set data.0="$TMP/docs" --set train.steps=4 --set train.warmup_steps=1 --set train.eval_every=4 --set run.dir="$TMP/tr" >"$TMP/out" 2>&1; then
+    a=$("$PCMOE" tokenize "$TMP/tok/olmoe.json" "$TMP/docs/a.txt" | wc -w) b=$("$PCMOE" tokenize "$TMP/tok/olmoe.json" "$TMP/docs/b.txt" | wc -w)
+    bpb=$(grep -o '"val_bpb":[^,]*' "$TMP/tr/metrics.jsonl" | tail -n 1 | cut -d: -f2) loss=$(grep -o '"val_loss":[^,]*' "$TMP/tr/metrics.jsonl" | tail -n 1 | cut -d: -f2)
+    awk -v l="$loss" -v b="$bpb" -v na="$a" -v nb="$b" 'BEGIN { r = l / log(2) / b; want = 80000 / (na + nb + 1); e = r / want - 1
+        exit !(e < 1e-4 && e > -1e-4) }' && ok "training on tokens: val_bpb = val_loss / ln 2 / $(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", 80000 / (a + b + 1) }') bytes per token ($a + $b ids and an EOS)" \
+        || fail "training on tokens: val_loss $loss, val_bpb $bpb, documents of $a and $b ids"
+else fail "training on tokens: $(grep 'pcmoe: error' "$TMP/out")"; fi
 finish

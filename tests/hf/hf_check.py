@@ -2,7 +2,8 @@
 
   hf_check.py make OUT            three random checkpoints with transformers' config classes and
                                   save_pretrained: OUT/mixtral (sharded, F32), OUT/olmoe (F32), OUT/qwen3 (BF16),
-                                  each with ids.txt (B lines of T+1 ids) and pcmoe.ini (model.hf = that dir)
+                                  each with the tokenizer of its family (see tokenizers), ids.txt (B lines of
+                                  T+1 ids) and pcmoe.ini (model.hf = that dir); and OUT/big (expert-heavy)
   hf_check.py check DIR DUMP      transformers' fp32 logits, loss and gradients on DIR/ids.txt against hf_dump's
                                   DUMP: logits within 1e-4 of the largest |logit|, the loss within 1e-5, every
                                   gradient within 1e-4 of its norm
@@ -15,7 +16,7 @@
   hf_check.py encode TOK TEXT OUT / decode TOK IDS OUT
                                   the tokenizers library's ids of TEXT (no special tokens added), or text of IDS
   hf_check.py generate DIR PROMPT JSON
-                                  transformers' greedy continuation of PROMPT's bytes (as ids) against pcmoe
+                                  transformers' greedy continuation of PROMPT (DIR/tokenizer.json's ids) against pcmoe
                                   generate --temperature 0's JSON: the same tokens, log-probabilities within 1e-4
 Nothing is downloaded: the models are random and made here.
 """
@@ -31,24 +32,26 @@ SEQ, BATCH = 24, 2
 
 
 def tiny_configs():
-    common = dict(vocab_size=384, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+    common = dict(vocab_size=1024, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=False, num_experts_per_tok=2,
                   attn_implementation="eager")
     return {
         # Mixtral: every layer MoE, softmax then top-2 renormalised; sharded on save
         "mixtral": transformers.MixtralConfig(**common, intermediate_size=40, num_local_experts=4, rope_theta=1e6,
-                                              sliding_window=None),
+                                              sliding_window=None, eos_token_id=2),
         # OLMoE: QK-norm over the whole projections, gates without renormalisation
         "olmoe": transformers.OlmoeConfig(**common, intermediate_size=24, num_experts=6, rope_theta=10000.0,
-                                          norm_topk_prob=False),
+                                          norm_topk_prob=False, eos_token_id=0, pad_token_id=1),
         # Qwen3-MoE: per-head QK-norm, heads of 12 (wider than 32 / 4), layer 0 dense; saved in BF16
         "qwen3": transformers.Qwen3MoeConfig(**common, intermediate_size=48, moe_intermediate_size=20, num_experts=4,
                                              head_dim=12, rope_theta=1e6, norm_topk_prob=True, mlp_only_layers=[0],
-                                             decoder_sparse_step=1),
+                                             decoder_sparse_step=1, eos_token_id=0),
     }
 
 
 def make(out):
+    import shutil
+    tokenizers_make(os.path.join(out, "tok"))
     for name, cfg in tiny_configs().items():
         torch.manual_seed(1000 + len(name))
         model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
@@ -59,7 +62,8 @@ def make(out):
         d = os.path.join(out, name)
         if name == "qwen3":
             model = model.to(torch.bfloat16)
-        model.save_pretrained(d, safe_serialization=True, max_shard_size="40KB" if name == "mixtral" else "5GB")
+        model.save_pretrained(d, safe_serialization=True, max_shard_size="80KB" if name == "mixtral" else "5GB")
+        shutil.copy(os.path.join(out, "tok", name + ".json"), os.path.join(d, "tokenizer.json"))
         g = torch.Generator().manual_seed(7)
         ids = torch.randint(0, cfg.vocab_size, (BATCH, SEQ + 1), generator=g)
         with open(os.path.join(d, "ids.txt"), "w") as f:
@@ -122,13 +126,15 @@ def check(d, dump):
 
 
 def generate(d, prompt, out):
+    from tokenizers import Tokenizer
     model = load(d)
-    ids = torch.tensor([list(open(prompt, "rb").read())])
+    text = open(prompt, encoding="utf-8").read()
+    ids = torch.tensor([Tokenizer.from_file(os.path.join(d, "tokenizer.json")).encode(text, add_special_tokens=False).ids])
     got = json.load(open(out))
     n = got["max_new"]
     with torch.no_grad():
-        res = model.generate(ids, max_new_tokens=n, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                             pad_token_id=0)
+        res = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True, pad_token_id=0)
     want = res.sequences[0, ids.shape[1]:].tolist()
     logp = [torch.log_softmax(s[0].double(), -1)[t].item() for s, t in zip(res.scores, want)]
     diff = max(abs(a - b) for a, b in zip(got["logprobs"], logp))
