@@ -179,7 +179,30 @@ static int parse_line(const char *line, Bytes *query, Bytes **choices, int *n_ch
     return 0;
 }
 
-int bench_load(BenchTask *t, const char *path, char *err, size_t len) {
+// Pair p of t from its bytes s (n; the last cont bytes the continuation): as tokens, through tok when given.
+// Returns 0, or 2 with err set (text that is not UTF-8).
+static int pair_set(BenchTask *t, int p, const uint8_t *s, int n, int cont, Tokenizer *tok, char *err, size_t len) {
+    size_t count = 0, cap = 0;
+    Token *ids = NULL;
+    t->cont_bytes[p] = cont;
+    if (!tok) {
+        ids = mallocCheck(sizeof(Token) * (size_t)n);
+        for (int i = 0; i < n; i++) ids[i] = s[i];
+        count = (size_t)n;
+    } else {
+        if (tokenizer_encode(tok, (const char *)s, (size_t)(n - cont), &ids, &count, &cap, err, len)) return 2;
+        size_t context = count;
+        count = 0;
+        if (tokenizer_encode(tok, (const char *)s, (size_t)n, &ids, &count, &cap, err, len)) { free(ids); return 2; }
+        cont = count > context ? (int)(count - context) : 1;
+    }
+    t->text[p] = ids;
+    t->text_len[p] = (int)count;
+    t->cont_len[p] = cont;
+    return 0;
+}
+
+int bench_load(BenchTask *t, const char *path, Tokenizer *tok, char *err, size_t len) {
     memset(t, 0, sizeof *t);
     FILE *f = fopen(path, "r");
     if (!f) return error_set(err, len, "%s: cannot read task: %s", path, strerror(errno));
@@ -207,20 +230,22 @@ int bench_load(BenchTask *t, const char *path, char *err, size_t len) {
             for (int j = 0; j < n_choices; j++) {
                 if (t->n_pairs == pair_cap) {
                     pair_cap = pair_cap ? 2 * pair_cap : 1024;
-                    t->text = realloc(t->text, sizeof(uint8_t *) * (size_t)pair_cap);
+                    t->text = realloc(t->text, sizeof(Token *) * (size_t)pair_cap);
                     t->text_len = realloc(t->text_len, sizeof(int) * (size_t)pair_cap);
                     t->cont_len = realloc(t->cont_len, sizeof(int) * (size_t)pair_cap);
-                    if (!t->text || !t->text_len || !t->cont_len) fail("out of memory reading a task file");
+                    t->cont_bytes = realloc(t->cont_bytes, sizeof(int) * (size_t)pair_cap);
+                    if (!t->text || !t->text_len || !t->cont_len || !t->cont_bytes)
+                        fail("out of memory reading a task file");
                 }
                 int cont = 1 + choices[j].n, n = query.n + cont;
                 uint8_t *s = mallocCheck((size_t)n);
                 memcpy(s, query.b, (size_t)query.n);
                 s[query.n] = ' ';
                 memcpy(s + query.n + 1, choices[j].b, (size_t)choices[j].n);
-                t->text[t->n_pairs] = s;
-                t->text_len[t->n_pairs] = n;
-                t->cont_len[t->n_pairs] = cont;
-                t->n_pairs++;
+                if (!rc && pair_set(t, t->n_pairs, s, n, cont, tok, why, sizeof why))
+                    rc = error_set(err, len, "%s:%d: %s", path, lineno, why);
+                free(s);
+                if (!rc) t->n_pairs++;
             }
             t->n_items++;
             t->first[t->n_items] = t->n_pairs;
@@ -240,7 +265,7 @@ int bench_load(BenchTask *t, const char *path, char *err, size_t len) {
 
 void bench_free(BenchTask *t) {
     for (int i = 0; i < t->n_pairs; i++) free(t->text[i]);
-    free(t->text); free(t->text_len); free(t->cont_len); free(t->gold); free(t->first);
+    free(t->text); free(t->text_len); free(t->cont_len); free(t->cont_bytes); free(t->gold); free(t->first);
     memset(t, 0, sizeof *t);
 }
 
@@ -256,11 +281,9 @@ void bench_score(Model *m, const BenchTask *t, Token *tok, Token *tgt, double *l
             if (i >= t->n_pairs) continue;
             int L = t->text_len[i], n = L - 1 < T ? L - 1 : T; // inputs w[0 .. n-1], targets w[1 .. n]
             if (n <= 0) continue;
-            const uint8_t *w = t->text[i] + (L - 1 - n);
-            for (int j = 0; j < n; j++) { // (bytes: a byte-level model's tokens)
-                tok[(size_t)s * T + j] = w[j];
-                tgt[(size_t)s * T + j] = w[j + 1];
-            }
+            const Token *w = t->text[i] + (L - 1 - n);
+            memcpy(tok + (size_t)s * T, w, sizeof(Token) * (size_t)n);
+            memcpy(tgt + (size_t)s * T, w + 1, sizeof(Token) * (size_t)n);
             int scored = t->cont_len[i] < n ? t->cont_len[i] : n; // the last `scored` targets are the continuation's
             from[s] = n - scored;
             to[s] = n;
@@ -283,7 +306,8 @@ void bench_accuracy(const BenchTask *t, const double *loglik, double *acc, doubl
         int best = -1, best_norm = -1;
         for (int j = t->first[i]; j < t->first[i + 1]; j++) {
             if (best < 0 || loglik[j] > loglik[best]) best = j;
-            if (best_norm < 0 || loglik[j] / t->cont_len[j] > loglik[best_norm] / t->cont_len[best_norm]) best_norm = j;
+            if (best_norm < 0 || loglik[j] / t->cont_bytes[j] > loglik[best_norm] / t->cont_bytes[best_norm])
+                best_norm = j;
         }
         right += best - t->first[i] == t->gold[i];
         right_norm += best_norm - t->first[i] == t->gold[i];
@@ -337,10 +361,7 @@ int bench_run(const Config *c, Comm *comm, const RunOptions *ro, const BenchOpti
     int step = run_load_checkpoint(r, ro->checkpoint), P = r->P;
     BenchTask t;
     char err[2048] = "";
-    if (c->tokenizer[0] || c->vocab_size != 256) // (every rank has the same config: they stop together)
-        comm_stop_if_failed(comm, error_set(err, sizeof err, "bench scores bytes: a model with model.tokenizer or "
-                                            "model.vocab_size = %d is not supported by bench yet", c->vocab_size), err);
-    comm_stop_if_failed(comm, bench_load(&t, o->task, err, sizeof err), err);
+    comm_stop_if_failed(comm, bench_load(&t, o->task, r->tok, err, sizeof err), err);
     double *ll = mallocCheck(sizeof(double) * (size_t)t.n_pairs * r->n),
            *all = mallocCheck(sizeof(double) * 3 * (size_t)P);
     for (int q = 0; q < r->n; q++) {

@@ -1,10 +1,11 @@
 // bench.h: multiple-choice benchmarks (pcmoe bench). Each choice is scored by the log-likelihood of its
-// bytes given the question, as lm-evaluation-harness scores multiple-choice tasks:
+// tokens (a byte-level model's bytes; model.tokenizer's ids) given the question, as lm-evaluation-harness
+// scores multiple-choice tasks:
 //   context      = query                      (the task's text, e.g. "Question: ...?")
 //   continuation = " " + choice               (one space, then the choice)
-//   loglik       = sum over the continuation's bytes of log p(byte | everything before it)
-// The model sees the last seq_len + 1 bytes of context + continuation (longer texts lose the start of
-// the question; a continuation longer than seq_len is scored on its last seq_len bytes).
+//   loglik       = sum over the continuation's tokens of log p(token | everything before it)
+// The model sees the last seq_len + 1 tokens of context + continuation (longer texts lose the start of
+// the question; a continuation longer than seq_len is scored on its last seq_len tokens).
 //   acc      = share of items whose highest-loglik choice is the gold one
 //   acc_norm = the same with loglik divided by the continuation's length in bytes
 // Ties go to the lower choice index.
@@ -24,13 +25,16 @@ typedef struct {
     int n_items, n_pairs; // questions, and (question, choice) pairs
     int *gold;            // (n_items) index of the right choice
     int *first;           // (n_items + 1) item i's pairs are first[i] .. first[i + 1] - 1
-    uint8_t **text;       // (n_pairs) context + continuation bytes
+    Token **text;         // (n_pairs) context + continuation as tokens (a byte-level model: their bytes)
     int *text_len;        // (n_pairs)
-    int *cont_len;        // (n_pairs) bytes of the continuation (the last cont_len bytes of text)
+    int *cont_len;        // (n_pairs) tokens of the continuation (the last cont_len tokens of text)
+    int *cont_bytes;      // (n_pairs) bytes of the continuation (acc_norm's length)
 } BenchTask;
 
-// Reads a task file. Returns 0, or 2 with "FILE:LINE: what is wrong" in err.
-int bench_load(BenchTask *t, const char *path, char *err, size_t len);
+// Reads a task file; with tok, each pair's tokens as lm-evaluation-harness splits them: the continuation is
+// what encoding context + continuation adds to the context's own ids. Returns 0, or 2 with "FILE:LINE: what is
+// wrong" in err.
+int bench_load(BenchTask *t, const char *path, Tokenizer *tok, char *err, size_t len);
 void bench_free(BenchTask *t);
 // loglik (n_pairs) of every pair under model m, m->B sequences per forward pass (a pass for every
 // m->B pairs: parties in pcmoe over MPI run the same number of passes). tok, tgt: (m->B, m->T) scratch.

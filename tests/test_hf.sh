@@ -9,6 +9,8 @@
 #  - pcmoe generate --checkpoint DIR --temperature 0 continues a prompt (through DIR/tokenizer.json, a tokenizer of
 #    the family trained by the tokenizers library) with exactly transformers' greedy tokens, their
 #    log-probabilities within 1e-4;
+#  - pcmoe bench --checkpoint DIR on 12 ARC-Easy items: every choice's log-likelihood within 1e-3 of transformers'
+#    (the continuation's tokens as lm-evaluation-harness takes them);
 #  - a 3-party pcmoe fine-tune from the checkpoint (train.init_from = DIR) on shipped corpora tokenized by
 #    DIR/tokenizer.json over MPI gives the losses of --simulate, and its --audit shows only routed expert rows
 #    crossing.
@@ -22,6 +24,7 @@ DUMP="$top_builddir/tests/hf_dump"
 "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" make "$TMP/hf" >"$TMP/out" 2>&1 && ok "$(tail -n 1 "$TMP/out")" || { cat "$TMP/out"; fail "making the checkpoints"; finish; }
 quiet() { grep -v -e "deprecated" -e "Loading checkpoint" -e "attention mask" "$1" | tail -n 3; }
 printf 'ROMEO: But soft, what light' > "$TMP/prompt.txt"
+head -n 12 input/eval/arc_easy.jsonl > "$TMP/task.jsonl"
 
 for arch in mixtral olmoe qwen3; do
     d="$TMP/hf/$arch"
@@ -39,6 +42,12 @@ for arch in mixtral olmoe qwen3; do
         "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" generate "$d" "$TMP/prompt.txt" "$d/gen.json" >"$TMP/ref" 2>&1 \
             && ok "$(quiet "$TMP/ref")" || fail "$arch: generate: $(quiet "$TMP/ref")"
     else fail "$arch: generate: $(tail -n 3 "$TMP/out")"; fi
+    # bench in tokens: every choice's log-likelihood against transformers' (lm-evaluation-harness's split)
+    if "$PCMOE" bench "$d/pcmoe.ini" --set model.seq_len=128 --set data.0=input/data/austen.txt --checkpoint "$d" \
+        --task "$TMP/task.jsonl" --json "$d/bench.json" >"$TMP/out" 2>&1; then
+        "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" bench "$d" "$TMP/task.jsonl" "$d/bench.json" >"$TMP/ref" 2>&1 \
+            && ok "$(quiet "$TMP/ref")" || fail "$arch: bench: $(quiet "$TMP/ref")"
+    else fail "$arch: bench: $(tail -n 3 "$TMP/out")"; fi
     # (d) a 3-party fine-tune from the checkpoint: MPI = --simulate, and only routed rows cross
     {
         printf '[parties]\ncount = 3\n[privacy]\nshuffle_seed = 5\n[model]\nhf = %s\nseq_len = 24\n' "$d"

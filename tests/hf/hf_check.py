@@ -15,6 +15,7 @@
                                   regex), OUT/mixtral.json (SentencePiece-style with byte fallback); OUT/stress.txt
   hf_check.py encode TOK TEXT OUT / decode TOK IDS OUT
                                   the tokenizers library's ids of TEXT (no special tokens added), or text of IDS
+  hf_check.py bench DIR TASK JSON  pcmoe bench --json's log-likelihoods against transformers' (within 1e-3)
   hf_check.py generate DIR PROMPT JSON
                                   transformers' greedy continuation of PROMPT (DIR/tokenizer.json's ids) against pcmoe
                                   generate --temperature 0's JSON: the same tokens, log-probabilities within 1e-4
@@ -219,6 +220,27 @@ def decode(tok, ids, out):
                                                                skip_special_tokens=False))
 
 
+def bench(d, task, out):
+    """pcmoe bench's log-likelihoods against transformers': each choice's continuation tokens as
+    lm-evaluation-harness takes them (what encoding query + " " + choice adds to the query's ids)."""
+    from tokenizers import Tokenizer
+    model, tok = load(d), Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    got = json.load(open(out))["loglik"]["0"]
+    worst, n = 0.0, 0
+    for item, row in zip(map(json.loads, open(task)), got):
+        for choice, ll in zip(item["choices"], row):
+            ctx = tok.encode(item["query"], add_special_tokens=False).ids
+            whole = tok.encode(item["query"] + " " + choice, add_special_tokens=False).ids
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([whole[:-1]])).logits[0].double(), -1)
+            want = sum(logp[p - 1, whole[p]].item() for p in range(max(len(ctx), 1), len(whole)))
+            worst, n = max(worst, abs(want - ll)), n + 1
+    arch = model.config.architectures[0]
+    if not worst <= 1e-3:
+        sys.exit(f"FAIL {arch}: bench log-likelihoods differ from transformers' by up to {worst:.2e}")
+    print(f"{arch}: bench's {n} log-likelihoods within {worst:.1e} of transformers' (lm-evaluation-harness's split)")
+
+
 def read_st(path):
     raw = open(path, "rb").read()
     n = int.from_bytes(raw[:8], "little")
@@ -279,4 +301,4 @@ def corrupt(d, out):
 
 if __name__ == "__main__":
     {"make": make, "check": check, "generate": generate, "corrupt": corrupt, "tokenizers": tokenizers_make,
-     "encode": encode, "decode": decode}[sys.argv[1]](*sys.argv[2:])
+     "encode": encode, "decode": decode, "bench": bench}[sys.argv[1]](*sys.argv[2:])
