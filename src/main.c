@@ -12,6 +12,7 @@
 #include "bench.h"      // bench_run, BenchOptions
 #include "comm.h"       // Comm, comm_init, comm_agree
 #include "config.h"     // Config, config_load, config_keys_main
+#include "export.h"     // export_run, ExportOptions
 #include "generate.h"   // generate_run, GenerateOptions
 #include "info.h"       // info_run
 #include "run.h"        // run_eval, RunOptions
@@ -66,6 +67,11 @@ static void usage(FILE *f) {
             "      when the run set privacy.target_epsilon). Prints accuracy per channel, attack and layer.\n"
             "  pcmoe info PATH   describe a checkpoint (a party_R.h5 file, a step directory, or a run\n"
             "                    directory: its newest complete checkpoint), loading and checking every dataset\n"
+            "  pcmoe export CONFIG.ini --checkpoint DIR --out OUT [--party P] [--dtype bf16|f32] [--simulate]\n"
+            "                    [--max-shard-mb N]\n"
+            "      Write party P's model (its backbone, every expert) as a Hugging Face checkpoint directory that\n"
+            "      transformers loads: model.hf's config.json, safetensors (sharded past N MB, default 5000) and\n"
+            "      the tokenizer. One process: a centralized or one-party run, or a pcmoe run under --simulate.\n"
             "  pcmoe tokenize TOKENIZER.json [FILE] [--decode]\n"
             "                    the token ids of FILE (default: standard input), whitespace-separated, as a\n"
             "                    Hugging Face tokenizer.json gives them (no special tokens added); --decode: the\n"
@@ -96,6 +102,7 @@ typedef struct {
     TrainOptions train;  // --force, --resume, --stop-after
     BenchOptions bench;  // --task, --json
     GenerateOptions gen; // --party, --prompt, ...
+    ExportOptions exp;   // --out, --party, --dtype, --max-shard-mb
 } Args;
 
 // A number option's value: a whole number in [lo, hi] (the option's name in errors). Returns 0, or 2.
@@ -147,6 +154,28 @@ static int parse_generate_option(GenerateOptions *g, const char *opt, const char
     return 0;
 }
 
+// export's options with a value. Returns 0, or 2 after saying what is wrong.
+static int parse_export_option(ExportOptions *x, const char *opt, const char *v) {
+    long n = 0;
+    if (!strcmp(opt, "--out")) x->out = v;
+    else if (!strcmp(opt, "--party")) {
+        if (parse_long(opt, v, 0, CONFIG_MAX_PARTIES - 1, &n)) return 2;
+        x->party = (int)n;
+    } else if (!strcmp(opt, "--max-shard-mb")) {
+        if (parse_long(opt, v, 1, 1000000, &n)) return 2;
+        x->max_shard_mb = n;
+    } else if (!strcmp(v, "bf16") || !strcmp(v, "f32")) x->bf16 = !strcmp(v, "bf16");
+    else {
+        fprintf(stderr, "pcmoe: error: --dtype %s: bf16 or f32\n", v);
+        return 2;
+    }
+    return 0;
+}
+
+static int is_export_option(const char *o) {
+    return !strcmp(o, "--out") || !strcmp(o, "--party") || !strcmp(o, "--dtype") || !strcmp(o, "--max-shard-mb");
+}
+
 static int is_generate_option(const char *o) {
     static const char *const names[] = {"--party", "--prompt", "--prompt-file", "--max-new", "--temperature",
                                         "--top-k", "--seed", "--json", NULL};
@@ -176,11 +205,11 @@ static int parse_run_option(Args *a, const char *opt, const char *v) {
 // One argument (argv[*i], and its value, which moves *i on) of command cmd. Returns -1 to go on, or an exit
 // status (0 after --help, 2 on error).
 static int parse_arg(Args *a, int argc, char **argv, int *i, const char *cmd) {
-    int bench = !strcmp(cmd, "bench"), gen = !strcmp(cmd, "generate");
+    int bench = !strcmp(cmd, "bench"), gen = !strcmp(cmd, "generate"), exp = !strcmp(cmd, "export");
     const char *o = argv[*i];
     int valued = !strcmp(o, "--set") || !strcmp(o, "--stop-after") || !strcmp(o, "--checkpoint") ||
                  !strcmp(o, "--inject-fault") || !strcmp(o, "--audit") || (bench && (!strcmp(o, "--task") ||
-                 !strcmp(o, "--json"))) || (gen && is_generate_option(o));
+                 !strcmp(o, "--json"))) || (gen && is_generate_option(o)) || (exp && is_export_option(o));
     if (valued && *i + 1 >= argc) {
         int file = !strcmp(o, "--audit") || (bench && (!strcmp(o, "--task") || !strcmp(o, "--json")));
         const char *what = !strcmp(o, "--set") ? "section.key=value" : file ? "a FILE" : "a value";
@@ -197,6 +226,7 @@ static int parse_arg(Args *a, int argc, char **argv, int *i, const char *cmd) {
     else if (bench && !strcmp(o, "--json")) a->bench.json = v;
     else if (gen && !strcmp(o, "--no-cache")) a->gen.no_cache = 1;
     else if (gen && is_generate_option(o)) return parse_generate_option(&a->gen, o, v) ? 2 : -1;
+    else if (exp && is_export_option(o)) return parse_export_option(&a->exp, o, v) ? 2 : -1;
     else if (valued) return parse_run_option(a, o, v) ? 2 : -1;
     else if (!strcmp(o, "--help") || !strcmp(o, "-h")) { usage(stdout); return 0;
     } else if (o[0] == '-') {
@@ -213,6 +243,7 @@ static int parse_args(Args *a, int argc, char **argv, const char *cmd) {
     int train = !strcmp(cmd, "train"), bench = !strcmp(cmd, "bench"), gen = !strcmp(cmd, "generate");
     memset(a, 0, sizeof *a);
     a->gen = (GenerateOptions){.party = 0, .max_new = 200, .temperature = 0.8f, .top_k = 0, .seed = 1};
+    a->exp = (ExportOptions){.max_shard_mb = 5000};
     a->sets = mallocCheck(sizeof(char *) * (size_t)argc);
     for (int i = 2; i < argc; i++) {
         int rc = parse_arg(a, argc, argv, &i, cmd);
@@ -226,6 +257,7 @@ static int parse_args(Args *a, int argc, char **argv, const char *cmd) {
     }
     if (gen && !a->gen.prompt == !a->gen.prompt_file) why = "generate needs one of --prompt TEXT or --prompt-file FILE";
     else if (bench && !a->bench.task) why = "bench needs --task FILE.jsonl (a multiple-choice task)";
+    else if (!strcmp(cmd, "export") && !a->exp.out) why = "export needs --out DIR (a new directory)";
     else if (train && a->run.checkpoint) why = "--checkpoint belongs to pcmoe eval; train resumes with --resume";
     else if (a->train.resume && a->train.force) why = "--resume and --force exclude each other";
     if (why) { fprintf(stderr, "pcmoe: error: %s\n", why); return 2; }
@@ -261,7 +293,8 @@ static int run_standalone(int argc, char **argv) {
         }
         return info_run(argv[2]);
     }
-    if (strcmp(cmd, "train") && strcmp(cmd, "eval") && strcmp(cmd, "bench") && strcmp(cmd, "generate")) {
+    if (strcmp(cmd, "train") && strcmp(cmd, "eval") && strcmp(cmd, "bench") && strcmp(cmd, "generate") &&
+        strcmp(cmd, "export")) {
         fprintf(stderr, "pcmoe: error: unknown command '%s' (try pcmoe --help)\n", cmd);
         return 2;
     }
@@ -284,6 +317,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "train")) rc = train_run(c, &comm, &a.run, &a.train);
     else if (!strcmp(cmd, "eval")) rc = run_eval(c, &comm, &a.run);
     else if (!strcmp(cmd, "bench")) rc = bench_run(c, &comm, &a.run, &a.bench);
+    else if (!strcmp(cmd, "export")) rc = export_run(c, &comm, &a.run, &a.exp);
     else rc = generate_run(c, &comm, &a.run, &a.gen);
     comm_free(&comm);
     free(c);

@@ -9,6 +9,8 @@
 #  - pcmoe generate --checkpoint DIR --temperature 0 continues a prompt (through DIR/tokenizer.json, a tokenizer of
 #    the family trained by the tokenizers library) with exactly transformers' greedy tokens, their
 #    log-probabilities within 1e-4;
+#  - pcmoe export of the checkpoint: transformers loads it, every tensor bit-identical to the original's, the same
+#    logits (sharded, and in BF16, too); party 1's export of the fine-tune below loads, fine-tuned;
 #  - pcmoe bench --checkpoint DIR on 12 ARC-Easy items: every choice's log-likelihood within 1e-3 of transformers'
 #    (the continuation's tokens as lm-evaluation-harness takes them);
 #  - a 3-party pcmoe fine-tune from the checkpoint (train.init_from = DIR) on shipped corpora tokenized by
@@ -42,6 +44,12 @@ for arch in mixtral olmoe qwen3; do
         "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" generate "$d" "$TMP/prompt.txt" "$d/gen.json" >"$TMP/ref" 2>&1 \
             && ok "$(quiet "$TMP/ref")" || fail "$arch: generate: $(quiet "$TMP/ref")"
     else fail "$arch: generate: $(tail -n 3 "$TMP/out")"; fi
+    # (c) export: HF -> pcmoe -> HF leaves every tensor bit-identical (F32; Qwen3's BF16 as fp32), and
+    # transformers loads the result with the same logits; in BF16, the BF16 checkpoint's values again
+    if "$PCMOE" export "$d/pcmoe.ini" --checkpoint "$d" --out "$TMP/$arch-export" >"$TMP/out" 2>&1; then
+        "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" same "$d" "$TMP/$arch-export" bits >"$TMP/ref" 2>&1 \
+            && ok "$arch: $(quiet "$TMP/ref")" || fail "$arch: export: $(quiet "$TMP/ref")"
+    else fail "$arch: export: $(tail -n 3 "$TMP/out")"; fi
     # bench in tokens: every choice's log-likelihood against transformers' (lm-evaluation-harness's split)
     if "$PCMOE" bench "$d/pcmoe.ini" --set model.seq_len=128 --set data.0=input/data/austen.txt --checkpoint "$d" \
         --task "$TMP/task.jsonl" --json "$d/bench.json" >"$TMP/out" 2>&1; then
@@ -54,7 +62,7 @@ for arch in mixtral olmoe qwen3; do
         printf '[train]\ninit_from = %s\nsteps = 4\nbatch_size = 2\nwarmup_steps = 1\neval_every = 4\neval_batches = 1\nlog_every = 1\n' "$d"
         printf '[checkpoint]\nevery = 0\n[data]\n0 = input/data/shakespeare.txt\n1 = input/data/austen.txt\n2 = input/data/doyle.txt\n'
     } > "$TMP/$arch.ini"
-    if mpi 3 train "$TMP/$arch.ini" --set run.dir="$TMP/$arch-mpi" --audit "$TMP/$arch-audit.json" >"$TMP/out" 2>&1 \
+    if mpi 3 train "$TMP/$arch.ini" --set checkpoint.every=4 --set run.dir="$TMP/$arch-mpi" --audit "$TMP/$arch-audit.json" >"$TMP/out" 2>&1 \
         && "$PCMOE" train "$TMP/$arch.ini" --simulate --set run.dir="$TMP/$arch-sim" >"$TMP/out2" 2>&1; then
         a=$(grep -o '"train_loss":[^,]*' "$TMP/$arch-mpi/metrics.jsonl" | cut -d: -f2 | tr '\n' ' ')
         b=$(grep -o '"train_loss":[^,]*' "$TMP/$arch-sim/metrics.jsonl" | cut -d: -f2 | tr '\n' ' ')
@@ -71,6 +79,13 @@ sys.exit(0 if v and min(r) > 1.5 else 1)
 PY
         dm=$(grep -o '"hidden_size": *[0-9]*' "$d/config.json" | grep -o '[0-9]*$')
         check_audit "$TMP/$arch-audit.json" pcmoe "$dm" 0 0 1 >"$TMP/ref" 2>&1 && ok "$arch: audit: $(cat "$TMP/ref")" || fail "$arch: audit: $(cat "$TMP/ref")"
+        # the fine-tune exported (party 1's backbone, every expert; --simulate reads the three parties' files) loads
+        # in transformers
+        if "$PCMOE" export "$TMP/$arch.ini" --simulate --party 1 --checkpoint "$TMP/$arch-mpi/checkpoints/step_00000004" \
+            --out "$TMP/$arch-ft" >"$TMP/out" 2>&1; then
+            "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" same "$d" "$TMP/$arch-ft" differ >"$TMP/ref" 2>&1 \
+                && ok "$arch: party 1's fine-tune: $(quiet "$TMP/ref")" || fail "$arch: fine-tune export: $(quiet "$TMP/ref")"
+        else fail "$arch: fine-tune export: $(tail -n 3 "$TMP/out")"; fi
     else fail "$arch: fine-tune: $(grep 'pcmoe: error' "$TMP/out" "$TMP/out2" | head -n 2)"; fi
 done
 
@@ -90,6 +105,23 @@ if mpi 4 train "$TMP/big.ini" --set run.dir="$TMP/big_scratch" >"$TMP/out" 2>&1 
 else
     fail "the expert-heavy runs failed: $(grep 'pcmoe: error' "$TMP/out" | head -n 1)"
 fi
+
+# a sharded export (20 MB files of the 51 MB expert-heavy model) loads in transformers, bit-identical; and BF16
+printf '[model]\nhf = %s\nseq_len = 32\n[data]\n0 = input/data/austen.txt\n' "$TMP/hf/big" > "$TMP/bigx.ini"
+if "$PCMOE" export "$TMP/bigx.ini" --checkpoint "$TMP/hf/big" --out "$TMP/big-export" --max-shard-mb 20 >"$TMP/out" 2>&1 \
+    && [ -f "$TMP/big-export/model.safetensors.index.json" ]; then
+    "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" same "$TMP/hf/big" "$TMP/big-export" bits >"$TMP/ref" 2>&1 \
+        && ok "sharded export ($(ls "$TMP/big-export" | grep -c 'model-.*safetensors') files): $(quiet "$TMP/ref")" || fail "sharded export: $(quiet "$TMP/ref")"
+else fail "sharded export: $(tail -n 3 "$TMP/out")"; fi
+if "$PCMOE" export "$TMP/hf/qwen3/pcmoe.ini" --checkpoint "$TMP/hf/qwen3" --out "$TMP/qwen3-bf16" --dtype bf16 >"$TMP/out" 2>&1; then
+    "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" same "$TMP/hf/qwen3" "$TMP/qwen3-bf16" bits >"$TMP/ref" 2>&1 \
+        && ok "BF16 export of a BF16 checkpoint: $(quiet "$TMP/ref")" || fail "BF16 export: $(quiet "$TMP/ref")"
+else fail "BF16 export: $(tail -n 3 "$TMP/out")"; fi
+refused "export into a directory in use" "not empty; an export writes a new directory" \
+    "$PCMOE" export "$TMP/hf/qwen3/pcmoe.ini" --checkpoint "$TMP/hf/qwen3" --out "$TMP/qwen3-bf16"
+refused "export over MPI without --simulate" "run it with --simulate" \
+    "$PCMOE" export "$TMP/olmoe.ini" --checkpoint "$TMP/hf/olmoe" --out "$TMP/none"
+refused "export without model.hf" "the config needs model.hf" "$PCMOE" export input/tiny.ini --checkpoint "$TMP/hf/olmoe" --out "$TMP/none"
 
 # broken checkpoints: one error line each, naming the file and what is wrong
 mkdir "$TMP/bad"

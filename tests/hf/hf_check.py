@@ -15,6 +15,8 @@
                                   regex), OUT/mixtral.json (SentencePiece-style with byte fallback); OUT/stress.txt
   hf_check.py encode TOK TEXT OUT / decode TOK IDS OUT
                                   the tokenizers library's ids of TEXT (no special tokens added), or text of IDS
+  hf_check.py same A B bits|differ transformers loads both: B's tensors are A's bit for bit and give the same
+                                  logits (bits), or B is a fine-tune of A with finite logits (differ)
   hf_check.py bench DIR TASK JSON  pcmoe bench --json's log-likelihoods against transformers' (within 1e-3)
   hf_check.py generate DIR PROMPT JSON
                                   transformers' greedy continuation of PROMPT (DIR/tokenizer.json's ids) against pcmoe
@@ -241,6 +243,28 @@ def bench(d, task, out):
     print(f"{arch}: bench's {n} log-likelihoods within {worst:.1e} of transformers' (lm-evaluation-harness's split)")
 
 
+def same(a, b, mode):
+    """transformers loads both checkpoints; mode "bits": every tensor of b equals a's (as fp32) bit for bit;
+    mode "differ": b's weights differ from a's (a fine-tune) and b's logits are finite."""
+    ma, mb = load(a), load(b)
+    pa, pb = dict(ma.named_parameters()), dict(mb.named_parameters())
+    if set(pa) != set(pb):
+        sys.exit(f"FAIL: tensors differ: {sorted(set(pa) ^ set(pb))[:4]}")
+    equal = sum(torch.equal(pa[k], pb[k]) for k in pa)
+    ids = torch.tensor([list(range(1, 25))])
+    with torch.no_grad():
+        la, lb = ma(input_ids=ids).logits, mb(input_ids=ids).logits
+    diff = (la - lb).abs().max().item()
+    arch = mb.config.architectures[0]
+    if mode == "bits" and (equal != len(pa) or diff != 0.0):
+        sys.exit(f"FAIL {arch}: {len(pa) - equal} of {len(pa)} tensors changed, logits differ by {diff:.2e}")
+    if mode == "differ" and (equal == len(pa) or not torch.isfinite(lb).all()):
+        sys.exit(f"FAIL {arch}: the export's weights are the original's, or its logits are not finite")
+    what = "every tensor bit-identical, the same logits" if mode == "bits" else \
+        f"{len(pa) - equal} of {len(pa)} tensors fine-tuned, finite logits"
+    print(f"{arch}: transformers loads the export ({len(pa)} tensors): {what}")
+
+
 def read_st(path):
     raw = open(path, "rb").read()
     n = int.from_bytes(raw[:8], "little")
@@ -301,4 +325,4 @@ def corrupt(d, out):
 
 if __name__ == "__main__":
     {"make": make, "check": check, "generate": generate, "corrupt": corrupt, "tokenizers": tokenizers_make,
-     "encode": encode, "decode": decode, "bench": bench}[sys.argv[1]](*sys.argv[2:])
+     "encode": encode, "decode": decode, "bench": bench, "same": same}[sys.argv[1]](*sys.argv[2:])
