@@ -617,9 +617,23 @@ static void word_encode(Tokenizer *t, const char *s, size_t n, Out *o) {
 
 static void pre_stage(Tokenizer *t, int stage, const char *s, size_t n, Out *o);
 
-// The pieces of s (n bytes) for pattern re, Isolated: each match and each gap between matches, in order,
-// each through the next stage.
-static void split_isolated(Tokenizer *t, pcre2_code *re, int next, const char *s, size_t n, Out *o) {
+// ByteLevel's mapping of piece s: each byte as its printable character, into the stage's scratch.
+static void byte_level_map(Tokenizer *t, PreTok *p, int next, const char *s, size_t n, Out *o) {
+    grow(&p->scratch, &p->cap, 2 * n + 1);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) m += (size_t)utf8_put(p->scratch + m, t->byte_char[(unsigned char)s[i]]);
+    pre_stage(t, next, p->scratch, m, o);
+}
+
+// One piece that stage `stage` made: byte-mapped first (ByteLevel, map = 1), then through the next stage.
+static void piece_next(Tokenizer *t, int stage, int map, const char *s, size_t n, Out *o) {
+    if (map) byte_level_map(t, &t->pre[stage], stage + 1, s, n, o);
+    else pre_stage(t, stage + 1, s, n, o);
+}
+
+// The pieces of s (n bytes) for stage's pattern re, Isolated: each match and each gap between matches, in
+// order, each through piece_next.
+static void split_isolated(Tokenizer *t, pcre2_code *re, int stage, int map, const char *s, size_t n, Out *o) {
     size_t start = 0, off = 0;
     while (off < n) {
         int rc = pcre2_match(re, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK, t->md, NULL);
@@ -627,19 +641,11 @@ static void split_isolated(Tokenizer *t, pcre2_code *re, int next, const char *s
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
         size_t ms = ov[0], me = ov[1];
         if (me == ms) { off = ms + (size_t)utf8_len((unsigned char)s[ms]); continue; } // (an empty match: none)
-        if (ms > start) pre_stage(t, next, s + start, ms - start, o);
-        pre_stage(t, next, s + ms, me - ms, o);
+        if (ms > start) piece_next(t, stage, map, s + start, ms - start, o);
+        piece_next(t, stage, map, s + ms, me - ms, o);
         start = off = me;
     }
-    if (start < n) pre_stage(t, next, s + start, n - start, o);
-}
-
-// ByteLevel's mapping of piece s: each byte as its printable character, into the stage's scratch.
-static void byte_level_map(Tokenizer *t, PreTok *p, int next, const char *s, size_t n, Out *o) {
-    grow(&p->scratch, &p->cap, 2 * n + 1);
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++) m += (size_t)utf8_put(p->scratch + m, t->byte_char[(unsigned char)s[i]]);
-    pre_stage(t, next, p->scratch, m, o);
+    if (start < n) piece_next(t, stage, map, s + start, n - start, o);
 }
 
 // Pre-tokenizer `stage` on piece s; past the last stage, the piece is a word.
@@ -653,7 +659,7 @@ static void pre_stage(Tokenizer *t, int stage, const char *s, size_t n, Out *o) 
     }
     if (stage == t->n_pre) { word_encode(t, s, n, o); return; }
     PreTok *p = &t->pre[stage];
-    if (p->kind == PRE_SPLIT) { split_isolated(t, p->re, stage + 1, s, n, o); return; }
+    if (p->kind == PRE_SPLIT) { split_isolated(t, p->re, stage, 0, s, n, o); return; }
     // ByteLevel: a leading space (add_prefix_space), GPT-2's split (use_regex), then the byte mapping. The
     // split's pieces are mapped one by one: byte_level_map writes this stage's scratch, which the split's
     // input must not be, so the prefixed piece is built in a buffer of its own.
@@ -665,21 +671,8 @@ static void pre_stage(Tokenizer *t, int stage, const char *s, size_t n, Out *o) 
         s = own;
         n++;
     }
-    if (!p->re) byte_level_map(t, p, stage + 1, s, n, o);
-    else {
-        size_t start = 0, off = 0;
-        while (off < n) {
-            int rc = pcre2_match(p->re, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK, t->md, NULL);
-            if (rc < 0) break;
-            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
-            size_t ms = ov[0], me = ov[1];
-            if (me == ms) { off = ms + (size_t)utf8_len((unsigned char)s[ms]); continue; }
-            if (ms > start) byte_level_map(t, p, stage + 1, s + start, ms - start, o);
-            byte_level_map(t, p, stage + 1, s + ms, me - ms, o);
-            start = off = me;
-        }
-        if (start < n) byte_level_map(t, p, stage + 1, s + start, n - start, o);
-    }
+    if (p->re) split_isolated(t, p->re, stage, 1, s, n, o);
+    else byte_level_map(t, p, stage + 1, s, n, o);
     free(own);
 }
 
@@ -756,39 +749,33 @@ static const Added *added_at(const Tokenizer *t, const char *s, size_t n, int no
     return NULL;
 }
 
-// s split at the added tokens of `normalized`: each token's id; each gap normalized and split again at the
-// normalized added tokens (normalized = 0), or pre-tokenized (1).
+static void added_split(Tokenizer *t, const char *s, size_t n, int normalized, Out *o);
+
+// A gap between added tokens: pre-tokenized (normalized = 1), or normalized, then split at the normalized added
+// tokens (0).
+static void gap_encode(Tokenizer *t, const char *s, size_t n, int normalized, Out *o) {
+    if (normalized) { pre_stage(t, 0, s, n, o); return; }
+    const char *z;
+    size_t zn;
+    normalize(t, s, n, &z, &zn);
+    char *copy = mallocCheck(zn + 1); // (normalize's buffers are reused by the next gap)
+    memcpy(copy, z, zn);
+    added_split(t, copy, zn, 1, o);
+    free(copy);
+}
+
+// s split at the added tokens of `normalized`: each token's id; each gap through gap_encode.
 static void added_split(Tokenizer *t, const char *s, size_t n, int normalized, Out *o) {
     size_t start = 0;
     for (size_t i = 0; i < n;) {
         const Added *a = t->n_added ? added_at(t, s + i, n - i, normalized) : NULL;
         if (!a) { i++; continue; }
-        if (i > start) {
-            if (normalized) pre_stage(t, 0, s + start, i - start, o);
-            else {
-                const char *z;
-                size_t zn;
-                normalize(t, s + start, i - start, &z, &zn);
-                char *copy = mallocCheck(zn + 1); // (normalize's buffers are reused by the next gap)
-                memcpy(copy, z, zn);
-                added_split(t, copy, zn, 1, o);
-                free(copy);
-            }
-        }
+        if (i > start) gap_encode(t, s + start, i - start, normalized, o);
         out_push(o, a->id);
         i += (size_t)a->len;
         start = i;
     }
-    if (start < n) {
-        if (normalized) { pre_stage(t, 0, s + start, n - start, o); return; }
-        const char *z;
-        size_t zn;
-        normalize(t, s + start, n - start, &z, &zn);
-        char *copy = mallocCheck(zn + 1);
-        memcpy(copy, z, zn);
-        added_split(t, copy, zn, 1, o);
-        free(copy);
-    }
+    if (start < n) gap_encode(t, s + start, n - start, normalized, o);
 }
 
 // The offset of the first byte of s that does not begin valid UTF-8, or n.
