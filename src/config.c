@@ -84,7 +84,8 @@ static const ConfigKey KEYS[] = {
      "complete checkpoints kept on disk; older ones are deleted", NULL},
     {"model", "hf", KEY_STRING, F(hf), 0, 0, "",
      "a Hugging Face checkpoint directory (MixtralForCausalLM, OlmoeForCausalLM or Qwen3MoeForCausalLM): its "
-     "config.json sets every other [model] key but seq_len and the recompute keys (a key also given here must agree, "
+     "config.json sets every other [model] key but seq_len, the recompute keys and logits_chunk_mb (a key also given "
+     "here must agree, "
      "except aux_loss_coef and z_loss_coef, which a fine-tune may choose); what pcmoe cannot compute is refused "
      "(docs/huggingface.md). Its weights are read with train.init_from = DIR or --checkpoint DIR", NULL},
     {"model", "tokenizer", KEY_STRING, F(tokenizer), 0, 0, "",
@@ -147,6 +148,11 @@ static const ConfigKey KEYS[] = {
      "(less activation memory, one attention sub-block forward more per layer; bit for bit the same results): "
      "true, false, or auto = true for a pcmoe party over MPI, false otherwise; may differ from a checkpoint's",
      RECOMPUTE_NAMES},
+    {"model", "logits_chunk_mb", KEY_INT, F(logits_chunk_mb), 0, 1 << 20, "64",
+     "the LM head and cross-entropy take rows in chunks of at most this many MiB of fp32 logits, so the (B*T, "
+     "vocab_size) logits are never whole in memory (chunks recompute their logits in the backward); 0 = all rows "
+     "at once. A batch whose logits fit in one chunk computes as before, bit for bit; may differ from a "
+     "checkpoint's", NULL},
     {"model", "init_std", KEY_FLOAT, F(init_std), 1e-6, 10, "0.02",
      "std of the normal init of matrices (output projections scaled by 1/sqrt(2*n_layers))", NULL},
     {"train", "steps", KEY_INT, F(steps), 1, 1e9, "1000",
@@ -388,7 +394,7 @@ static const char *where_of(const Origins *o, const char *section, const char *k
 }
 
 // Checks that involve several keys.
-static int validate(const Config *c, const Origins *o, char *err, size_t len) {
+static int validate(const Config *c, const Origins *o, int need_data, char *err, size_t len) {
     if (!c->head_dim && c->d_model % c->n_heads != 0)
         return error_set(err, len, "%s: model.n_heads = %d: must divide model.d_model = %d (or give model.head_dim)",
                          where_of(o, "model", "n_heads"), c->n_heads, c->d_model);
@@ -449,7 +455,7 @@ static int validate(const Config *c, const Origins *o, char *err, size_t len) {
                 err, len,
                 "%s: privacy.clip_norm = %g: the defence acts on pcmoe's expert exchange; parties.mode = %s has none",
                 where_of(o, "privacy", "clip_norm"), c->clip_norm, MODE_NAMES[c->mode]);
-    for (int n = 0; n < c->n_parties; n++)
+    for (int n = 0; n < c->n_parties && need_data; n++)
         if (!c->data_path[n][0])
             return error_set(err, len,
                              "data.%d: missing: parties.count = %d needs a corpus for each party ([data] %d = PATH)", n,
@@ -510,7 +516,8 @@ static int set_defaults(Config *c, char *err, size_t len) {
     return rc;
 }
 
-int config_load(Config *c, const char *path, char *const *set, int n_set, char *err, size_t len) {
+static int load_config(Config *c, const char *path, char *const *set, int n_set, int need_data, char *err,
+                       size_t len) {
     Origins *o = calloc(1, sizeof *o);
     if (!o) return error_set(err, len, "out of memory");
     int rc = set_defaults(c, err, len);
@@ -530,10 +537,18 @@ int config_load(Config *c, const char *path, char *const *set, int n_set, char *
         rc = assign(c, o, trim(buf), trim(dot + 1), trim(eq + 1), where, NULL, err, len);
     }
     if (!rc && c->hf[0]) rc = hf_apply(c, o, err, len);
-    if (!rc) rc = validate(c, o, err, len);
+    if (!rc) rc = validate(c, o, need_data, err, len);
     if (!rc) resolve(c);
     free(o);
     return rc;
+}
+
+int config_load(Config *c, const char *path, char *const *set, int n_set, char *err, size_t len) {
+    return load_config(c, path, set, n_set, 1, err, len);
+}
+
+int config_load_shapes(Config *c, const char *path, char *const *set, int n_set, char *err, size_t len) {
+    return load_config(c, path, set, n_set, 0, err, len);
 }
 
 int config_load_text(Config *c, const char *text, char *err, size_t len) {
@@ -543,7 +558,7 @@ int config_load_text(Config *c, const char *text, char *err, size_t len) {
     FILE *f = rc ? NULL : fmemopen((void *)text, strlen(text), "r");
     if (!rc && !f) rc = error_set(err, len, "fmemopen failed");
     if (f) { rc = load_stream(c, o, f, "<stored config>", err, len); fclose(f); }
-    if (!rc) rc = validate(c, o, err, len);
+    if (!rc) rc = validate(c, o, 1, err, len);
     if (!rc) resolve(c);
     free(o);
     return rc;
@@ -553,7 +568,8 @@ int config_diff_model(const Config *a, const Config *b, int with_parties, char *
     for (int i = 0; i < N_KEYS; i++) {
         const ConfigKey *k = &KEYS[i];
         int shapes = (!strcmp(k->section, "model") && strcmp(k->key, "recompute_experts") &&
-                      strcmp(k->key, "recompute_attention") && strcmp(k->key, "hf") && strcmp(k->key, "tokenizer") &&
+                      strcmp(k->key, "recompute_attention") && strcmp(k->key, "logits_chunk_mb") &&
+                      strcmp(k->key, "hf") && strcmp(k->key, "tokenizer") &&
                       strcmp(k->key, "eos_token_id")) ||
                      (with_parties && !strcmp(k->section, "parties") && strcmp(k->key, "schedule"));
         if (!shapes) continue;

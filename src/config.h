@@ -75,6 +75,7 @@ typedef struct {
     int recompute_experts; // Recompute: expert hidden activations recomputed in the backward, not kept
                            // (auto: owners only)
     int recompute_attention; // Recompute: each layer's attention sub-block and FFN norm recomputed in the backward
+    int logits_chunk_mb;     // MiB of fp32 logits the LM head computes at a time (0: every row at once)
                              // from its input (auto: pcmoe parties over MPI only)
     // [train]
     int steps;           // optimizer steps
@@ -108,6 +109,8 @@ typedef struct {
 // "section.key=value". Returns 0 on success. On error returns 2 and writes one line naming the file (or
 // --set), the key and the value into err.
 int config_load(Config *c, const char *path, char *const *set, int n_set, char *err, size_t err_len);
+// Like config_load, but a party may have no corpus ([data]): pcmoe plan reads none.
+int config_load_shapes(Config *c, const char *path, char *const *set, int n_set, char *err, size_t err_len);
 
 // Like config_load, from INI text (a checkpoint's stored config); `text` is named "<stored config>".
 int config_load_text(Config *c, const char *text, char *err, size_t err_len);

@@ -46,6 +46,16 @@ void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *c
     ex->peak = ex->bytes;
 }
 
+size_t exchange_plan_bytes(int P, int m, int d, int f, int n_layers, int n_moe, size_t served, size_t in_transit,
+                           size_t going_out, size_t most, int staged, int recompute) {
+    size_t pm = (size_t)P * ((m + P - 1) / P), pass = most < EXCHANGE_PASS_ROWS ? most : EXCHANGE_PASS_ROWS;
+    size_t ints = 5 * pm + 5 * (size_t)P + (size_t)n_layers * pm;          // exchange_create's counts
+    size_t floats = in_transit * d + (staged ? going_out * d : 0)          // ensure_work, ensure_stage
+                    + n_moe * served * (d + (recompute ? 0 : 3 * (size_t)f)) // arena_place, every MoE layer
+                    + pass * (d + 3 * (size_t)f + (recompute ? 3 * (size_t)f : 0)); // ensure_expert
+    return sizeof(int) * ints + sizeof(float) * floats;
+}
+
 void exchange_set_fault(Exchange *ex, const char *kind, int party) {
     if (!strcmp(kind, "counts")) ex->fault = 1;
     else if (!strcmp(kind, "foreign")) ex->fault = 2;

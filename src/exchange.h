@@ -107,6 +107,11 @@ typedef struct Exchange {
 // recompute: model.recompute_experts.
 void exchange_create(Exchange *ex, const struct Backend *be, int direct, struct Comm *comm, int m, int d, int f,
                      int n_layers, int max_rows, int check_finite, int recompute);
+// The bytes an exchange holds (pcmoe plan) when its party owns experts of m among P parties and, in each of
+// its n_moe MoE layers (of n_layers), serves `served` rows (its own among them), receives in_transit from
+// the other parties, sends going_out away, and its busiest expert has `most` rows.
+size_t exchange_plan_bytes(int P, int m, int d, int f, int n_layers, int n_moe, size_t served, size_t in_transit,
+                           size_t going_out, size_t most, int staged, int recompute);
 // Test hook (--inject-fault): party `party` sends "counts" beyond bounds, a "foreign" expert id, or
 // "nan" rows. Fails on an unknown kind.
 void exchange_set_fault(Exchange *ex, const char *kind, int party);

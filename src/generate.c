@@ -86,9 +86,9 @@ double generate_text(Model *m, const GenerateOptions *o, Token *text, int prompt
             memset(tok, 0, sizeof(Token) * (size_t)T);
             memset(tgt, 0, sizeof(Token) * (size_t)T);
             memcpy(tok, text + start, sizeof(Token) * (size_t)context);
-            model_forward(m, tok, tgt); // (the logits' buffer then holds the probabilities)
-            const float *probs = m->logits + (size_t)(context - 1) * V;
-            for (int i = 0; i < V; i++) logp[i] = logf(probs[i]);
+            model_forward(m, tok, tgt);
+            model_head_logits(m, context - 1, logits);
+            log_softmax(logp, logits, V);
             positions += T;
         } else { // the bytes the cache has not seen: the prompt (or the refilled window), then one at a time
             int n = context - kv.len;

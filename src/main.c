@@ -13,6 +13,7 @@
 #include "comm.h"       // Comm, comm_init, comm_agree
 #include "config.h"     // Config, config_load, config_keys_main
 #include "export.h"     // export_run, ExportOptions
+#include "plan.h"       // plan_main
 #include "generate.h"   // generate_run, GenerateOptions
 #include "info.h"       // info_run
 #include "run.h"        // run_eval, RunOptions
@@ -72,6 +73,10 @@ static void usage(FILE *f) {
             "      Write party P's model (its backbone, every expert) as a Hugging Face checkpoint directory that\n"
             "      transformers loads: model.hf's config.json, safetensors (sharded past N MB, default 5000) and\n"
             "      the tokenizer. One process: a centralized or one-party run, or a pcmoe run under --simulate.\n"
+            "  pcmoe plan CONFIG.ini [--set ...] [--json OUT]\n"
+            "      Print the bytes each party's process would allocate (parameters, gradients, AdamW state,\n"
+            "      activations, exchange buffers at balanced and worst routing) without allocating them, and the\n"
+            "      ratio to one whole model. --json OUT also writes them.\n"
             "  pcmoe tokenize TOKENIZER.json [FILE] [--decode]\n"
             "                    the token ids of FILE (default: standard input), whitespace-separated, as a\n"
             "                    Hugging Face tokenizer.json gives them (no special tokens added); --decode: the\n"
@@ -277,7 +282,7 @@ static Config *load_config(Comm *comm, const Args *a) {
     return c;
 }
 
-// The commands that need neither MPI nor a config: --help, --version, keys, attack, tokenize, info. Returns their exit
+// The commands that need no MPI: --help, --version, keys, attack, tokenize, plan, info. Returns their exit
 // status, or -1 for the others.
 static int run_standalone(int argc, char **argv) {
     const char *cmd = argv[1];
@@ -286,6 +291,7 @@ static int run_standalone(int argc, char **argv) {
     if (!strcmp(cmd, "keys")) return config_keys_main(argc, argv);
     if (!strcmp(cmd, "attack")) return attack_main(argc, argv);
     if (!strcmp(cmd, "tokenize")) return tokenizer_main(argc, argv);
+    if (!strcmp(cmd, "plan")) return plan_main(argc, argv);
     if (!strcmp(cmd, "info")) {
         if (argc != 3) {
             fprintf(stderr, "pcmoe: error: info needs one PATH (a checkpoint file, step directory or run directory)\n");

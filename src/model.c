@@ -17,6 +17,13 @@
 #include "record.h"   // record_batch (the study only)
 #include "util.h"   // mallocCheck, fail
 
+// model.logits_chunk_mb as rows of fp32 logits (at least one; 0: every row)
+static int logits_rows(const Config *c) {
+    if (c->logits_chunk_mb == 0) return 0;
+    long rows = ((long)c->logits_chunk_mb << 20) / ((long)sizeof(float) * c->vocab_size);
+    return rows < 1 ? 1 : rows > (1 << 30) ? 1 << 30 : (int)rows;
+}
+
 ModelConfig model_config_from(const Config *c) {
     ModelConfig m = {
         .vocab = c->vocab_size, .d = c->d_model, .n_layers = c->n_layers, .n_heads = c->n_heads,
@@ -27,7 +34,7 @@ ModelConfig model_config_from(const Config *c) {
         .private_layers = c->private_layers,
         .aux_coef = c->aux_loss_coef, .z_coef = c->z_loss_coef, .rope_theta = c->rope_theta,
         .norm_eps = c->norm_eps, .init_std = c->init_std, .recompute_experts = c->recompute_experts == RECOMPUTE_ON,
-        .recompute_attention = c->recompute_attention == RECOMPUTE_ON,
+        .recompute_attention = c->recompute_attention == RECOMPUTE_ON, .logits_rows = logits_rows(c),
     };
     return m;
 }
@@ -220,7 +227,8 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     for (int l = 0; l < c->n_layers; l++) layer_acts_alloc(m, l, local_experts);
     m->lnf = NULL; // (below: dresid's buffer)
     m->rstdf = act_alloc(m, N);
-    m->logits = act_alloc(m, N * c->vocab);
+    m->head_rows = model_head_rows(c, (int)N);
+    m->logits = act_alloc(m, (size_t)m->head_rows * c->vocab);
     m->losses = act_alloc(m, N);
     m->cos_t = act_alloc(m, (size_t)T * c->head_dim / 2);
     m->sin_t = act_alloc(m, (size_t)T * c->head_dim / 2);
@@ -362,6 +370,50 @@ static void ffn_block(Model *m, int l, const float *x, float *out, int n, float 
     m->be->moe_combine(out, a);
 }
 
+int model_head_rows(const ModelConfig *c, int N) {
+    return c->logits_rows > 0 && c->logits_rows < N ? c->logits_rows : N;
+}
+
+// The LM head and cross-entropy over the final norm's N rows, head_rows at a time: losses (N), and their mean
+// returned. With every row in one chunk the logits' buffer keeps the probabilities for the backward.
+static double head_forward(Model *m, const Token *targets) {
+    const ModelConfig *c = &m->cfg;
+    int N = m->B * m->T, d = c->d, V = c->vocab, R = m->head_rows;
+    if (N <= R) {
+        m->be->matmul_forward(m->logits, m->lnf, m->w.lm_head, N, d, V);
+        return m->be->crossentropy_forward(m->logits, m->losses, targets, N, V);
+    }
+    for (int r = 0; r < N; r += R) {
+        int n = N - r < R ? N - r : R;
+        m->be->matmul_forward(m->logits, m->lnf + (size_t)r * d, m->w.lm_head, n, d, V);
+        m->be->crossentropy_forward(m->logits, m->losses + r, targets + r, n, V);
+    }
+    double total = 0.0; // in row order, as crossentropy_forward sums one chunk
+    for (int n = 0; n < N; n++) total += m->losses[n];
+    return total / N;
+}
+
+// d loss / d lnf (N, d) into dln (zeroed), and the LM head's gradient. Chunks recompute their logits (not
+// counted as model FLOPs); the head's gradient is summed chunk after chunk, always in the same order.
+static void head_backward(Model *m, const Token *targets) {
+    const ModelConfig *c = &m->cfg;
+    int N = m->B * m->T, d = c->d, V = c->vocab, R = m->head_rows;
+    for (int r = 0; r < N; r += R) {
+        int n = N - r < R ? N - r : R;
+        const float *ln = m->lnf + (size_t)r * d;
+        if (N > R) {
+            m->be->matmul_forward(m->logits, ln, m->w.lm_head, n, d, V);
+            m->be->crossentropy_forward(m->logits, m->losses + r, targets + r, n, V);
+        }
+        m->be->crossentropy_backward(m->dlogits, m->logits, targets + r, n, V, 1.0f / N);
+        m->be->matmul_backward(m->dln + (size_t)r * d, m->g.lm_head, m->dlogits, ln, m->w.lm_head, n, d, V);
+    }
+}
+
+void model_head_logits(Model *m, int row, float *logits) {
+    m->be->matmul_forward(logits, m->lnf + (size_t)row * m->cfg.d, m->w.lm_head, 1, m->cfg.d, m->cfg.vocab);
+}
+
 double model_forward(Model *m, const Token *tokens, const Token *targets) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, d = c->d;
@@ -382,9 +434,8 @@ double model_forward(Model *m, const Token *tokens, const Token *targets) {
     }
     m->be->rmsnorm_forward(m->lnf, m->rstdf, m->resid + (size_t)c->n_layers * N * d, m->w.final_norm, N, d,
                            c->norm_eps);
-    m->be->matmul_forward(m->logits, m->lnf, m->w.lm_head, N, d, c->vocab);
+    m->ce = head_forward(m, targets);
     m->flops += flops_matmul(N, d, c->vocab);
-    m->ce = m->be->crossentropy_forward(m->logits, m->losses, targets, N, c->vocab);
     m->loss = m->ce + c->aux_coef * m->aux + c->z_coef * m->z;
     return m->loss;
 }
@@ -428,9 +479,8 @@ void model_backward(Model *m, const Token *tokens, const Token *targets) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, d = c->d;
     size_t Nd = (size_t)N * d;
-    m->be->crossentropy_backward(m->dlogits, m->logits, targets, N, c->vocab, 1.0f / N);
     m->be->zero(m->dln, sizeof(float) * Nd);
-    m->be->matmul_backward(m->dln, m->g.lm_head, m->dlogits, m->lnf, m->w.lm_head, N, d, c->vocab);
+    head_backward(m, targets);
     m->flops += flops_matmul_backward(N, d, c->vocab, 1);
     m->be->zero(m->dresid, sizeof(float) * Nd);
     m->be->rmsnorm_backward(m->dresid, m->g.final_norm, m->dln, m->resid + (size_t)c->n_layers * Nd, m->w.final_norm,

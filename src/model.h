@@ -29,6 +29,7 @@ typedef struct {
     int recompute_experts; // local experts' hidden activations: one buffer for all layers, recomputed in the backward
     int recompute_attention; // the attention sub-block's activations and the FFN norm's: one set for all layers,
                              // recomputed in the backward from the layer's input
+    int logits_rows;         // the LM head and cross-entropy take at most this many rows at a time (0: all rows)
 } ModelConfig;
 
 typedef enum {
@@ -129,7 +130,9 @@ typedef struct {
     float *resid;             // (L+1, N, d) residual stream entering layer l; [L] is the final one
     LayerActs *acts;          // (L)
     float *lnf, *rstdf;       // (N, d), (N) final RMSNorm (lnf: dresid's buffer, see model_create)
-    float *logits;            // (N, V) logits; softmax probabilities once the loss is computed
+    int head_rows;            // rows of the LM head and cross-entropy at a time (logits_chunk_mb): N when the
+                              // logits fit in one chunk, which then keeps them for the backward
+    float *logits;            // (head_rows, V) logits; softmax probabilities once the loss is computed
     float *losses;            // (N) per-token cross-entropy
     float *cos_t, *sin_t;     // (T, head_dim/2) RoPE tables
     // backward scratch
@@ -137,7 +140,7 @@ typedef struct {
     float *dln;               // (N, d) gradient of a RMSNorm output
     float *dqkv;              // (N, qkv)
     float *datty;             // (N, q) d loss / d atty: x_mid's buffer of the layer when q <= d, else its own
-    float *dlogits;           // (N, V) the logits' buffer: the probabilities become their gradients
+    float *dlogits;           // (head_rows, V) the logits' buffer: the probabilities become their gradients
     float *dffn_h, *dffn_u, *dffn_a; // (N, d_ff)
     float *tmp;               // (N, d) a sub-block's output before it is added to the residual: dln's buffer
                               // (in the backward, tmp is used only by recompute_attention, before dln)
@@ -158,6 +161,8 @@ int model_layer_is_moe(const ModelConfig *c, int layer);
 int model_q_dim(const ModelConfig *c);
 int model_kv_dim(const ModelConfig *c);
 int model_qkv_dim(const ModelConfig *c);
+// Rows of the LM head computed at a time for a batch of N rows (c->logits_rows; N when they fit).
+int model_head_rows(const ModelConfig *c, int N);
 
 // Allocates a model for batches of B sequences of T tokens. owned (m): which experts this party holds
 // (NULL: all of them). local_experts: 1 if this model runs the experts on its own rows itself (0 in
@@ -178,6 +183,9 @@ void model_set_batch(Model *m, int B);
 
 // Forward pass on tokens, targets (B, T); returns the total loss and fills loss/ce/aux/z.
 double model_forward(Model *m, const Token *tokens, const Token *targets);
+// After a forward (until the backward): the logits (V) of row `row` of the batch. m->logits holds whole
+// probabilities only for the last chunk of head_rows rows.
+void model_head_logits(Model *m, int row, float *logits);
 // Zeros the gradient buffer.
 void model_zero_grad(Model *m);
 // Backward pass of the last forward: accumulates d loss / d params into grads.

@@ -1,10 +1,11 @@
 // hf_dump: one forward and backward pass of the C engine on a Hugging Face checkpoint, for
 // tests/hf/check_hf.py to hold against transformers fed the same checkpoint and ids.
-//   hf_dump CONFIG IDS OUT.safetensors
+//   hf_dump CONFIG IDS OUT.safetensors [ROWS]
 // CONFIG: a pcmoe config whose model.hf names the checkpoint (its weights are read from there). IDS: B lines
 // of T + 1 token ids (T = model.seq_len): each line's first T ids are the inputs, its last T the targets.
 // OUT (F32): "logits" (B*T, V), "loss" (1: the mean cross-entropy), and for every tensor of the model its
-// gradient under the Hugging Face name, "grad.<name>" (attn_wqkv as q_proj, k_proj, v_proj).
+// gradient under the Hugging Face name, "grad.<name>" (attn_wqkv as q_proj, k_proj, v_proj). ROWS: the LM head
+// and cross-entropy take that many rows at a time (default: model.logits_chunk_mb's).
 #include <stdio.h>  // fopen, fscanf
 #include <stdlib.h> // malloc
 #include <string.h> // memcpy
@@ -38,13 +39,14 @@ static int ids_read(const char *path, int T, Token **tok, Token **tgt) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) { fprintf(stderr, "usage: hf_dump CONFIG IDS OUT.safetensors\n"); return 2; }
+    if (argc != 4 && argc != 5) { fprintf(stderr, "usage: hf_dump CONFIG IDS OUT.safetensors [ROWS]\n"); return 2; }
     static Config c;
     char err[2048];
     if (config_load(&c, argv[1], NULL, 0, err, sizeof err)) { fprintf(stderr, "hf_dump: %s\n", err); return 2; }
     HfConfig h;
     if (hf_config_read(&h, c.hf, err, sizeof err)) { fprintf(stderr, "hf_dump: %s\n", err); return 2; }
     ModelConfig mc = model_config_from(&c);
+    if (argc == 5) mc.logits_rows = atoi(argv[4]);
     int T = mc.seq_len, V = mc.vocab;
     Token *tok, *tgt;
     int B = ids_read(argv[2], T, &tok, &tgt), N = B * T;

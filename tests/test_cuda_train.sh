@@ -59,6 +59,13 @@ for qk in full head; do
     same "$TMP/hf_${qk}_cpu" "$TMP/hf_${qk}_cuda" "one party, GQA + qk_norm = $qk + tied + no renorm, cuda vs cpu"
 done
 
+# 1c. the LM head and cross-entropy in chunks: 8192 logits a row, 1 MiB (32 rows) at a time
+CH="--set model.vocab_size=8192 --set model.logits_chunk_mb=1"
+for dev in cpu cuda; do run1 "$TMP/ch_$dev" input/tiny.ini $SHORT $CH --set run.device=$dev; done
+run1 "$TMP/ch_whole" input/tiny.ini $SHORT $CH --set model.logits_chunk_mb=0 --set run.device=cuda
+same "$TMP/ch_cpu" "$TMP/ch_cuda" "one party, LM head 32 rows at a time, cuda vs cpu"
+same "$TMP/ch_whole" "$TMP/ch_cuda" "cuda: LM head 32 rows at a time vs all rows at once"
+
 # 2. two parties under mpirun (fedavg)
 tiny_config 2 "$TMP/p2.ini"
 for dev in cpu cuda; do runmpi "$TMP/fed_$dev" "$TMP/p2.ini" $SHORT --set parties.mode=fedavg --set fedavg.every=5 --set run.device=$dev; done

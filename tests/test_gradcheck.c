@@ -109,6 +109,42 @@ static int run(ModelConfig c, const char *what) {
     return failures;
 }
 
+// The LM head in chunks of `rows` rows against all rows at once: the same loss and per-token losses, and every
+// gradient within fp32 summation order (the LM head's is summed chunk by chunk).
+static int chunks_check(ModelConfig c, int rows) {
+    int B = 2, T = c.seq_len, N = B * T, bad = 0;
+    Model m[2];
+    Token *tok = malloc(sizeof(Token) * N), *tgt = malloc(sizeof(Token) * N);
+    test_batch(tok, tgt, N, 11);
+    for (int i = 0; i < 2; i++) {
+        c.logits_rows = i ? rows : 0;
+        model_create(&m[i], &c, NULL, 1, B, T);
+        model_init(&m[i], 42, 43);
+        model_zero_grad(&m[i]);
+        model_forward(&m[i], tok, tgt);
+        model_backward(&m[i], tok, tgt);
+    }
+    double worst = 0.0;
+    for (int n = 0; n < N; n++) bad += m[0].losses[n] != m[1].losses[n];
+    for (int ti = 0; ti < m[0].n_tensors; ti++) {
+        const ParamTensor *t = &m[0].tensors[ti];
+        double gn = 0.0, dn = 0.0;
+        for (size_t i = 0; i < t->numel; i++) {
+            double a = m[0].grads[t->offset + i], b = m[1].grads[t->offset + i];
+            gn += a * a; dn += (a - b) * (a - b);
+        }
+        double rel = sqrt(dn) / (sqrt(gn) > 1e-12 ? sqrt(gn) : 1e-12);
+        if (rel > worst) worst = rel;
+    }
+    bad += m[0].loss != m[1].loss || !(worst <= 1e-6);
+    printf("%s LM head %d rows at a time (%d chunks) vs all %d: loss %.9g vs %.9g, per-token losses %s, worst "
+           "gradient difference %.2e of its norm\n", bad ? "FAIL" : "ok  ", m[1].head_rows,
+           (N + m[1].head_rows - 1) / m[1].head_rows, N, m[1].loss, m[0].loss, bad ? "differ" : "equal", worst);
+    for (int i = 0; i < 2; i++) model_free(&m[i]);
+    free(tok); free(tgt);
+    return bad;
+}
+
 // The base model (layer 0 dense, layer 1 MoE) with the router losses' coefficients and recomputation.
 static ModelConfig base(float aux_coef, float z_coef, int recompute) {
     ModelConfig c = test_config(2, 2, 4, 2);
@@ -129,7 +165,9 @@ int main(void) {
     // Qwen3's per-head QK-norm, multi-query attention, recomputation
     ModelConfig qw = base(1.0f, 0.5f, 1);
     qw.n_heads = 4; qw.n_kv_heads = 1; qw.head_dim = 4; qw.qk_norm = QK_NORM_HEAD; qw.router_renorm = 0;
-    failures += run(qw, "MQA 4/1 heads of 4, QK-norm per head, recompute, no renorm");
+    qw.logits_rows = 5; // (16 rows: chunks of 5, 5, 5 and 1)
+    failures += run(qw, "MQA 4/1 heads of 4, QK-norm per head, recompute, no renorm, LM head 5 rows at a time");
+    failures += chunks_check(qw, 0) + chunks_check(qw, 1) + chunks_check(base(1.0f, 0.5f, 0), 7);
     printf("%s: %d tensor checks failed (tolerance %.0e)\n", failures ? "FAIL" : "PASS", failures, TOL);
     return failures ? 1 : 0;
 }

@@ -5,7 +5,7 @@
 # For each:
 #  - one forward and backward of pcmoe (tests/hf_dump, model.hf = the checkpoint) against transformers in fp32
 #    on the same ids: logits within 1e-4 of the largest |logit|, the loss within 1e-5, every gradient within 1e-4
-#    of its norm;
+#    of its norm; with the LM head and cross-entropy on all rows at once and 7 rows at a time;
 #  - pcmoe generate --checkpoint DIR --temperature 0 continues a prompt (through DIR/tokenizer.json, a tokenizer of
 #    the family trained by the tokenizers library) with exactly transformers' greedy tokens, their
 #    log-probabilities within 1e-4;
@@ -30,11 +30,14 @@ head -n 12 input/eval/arc_easy.jsonl > "$TMP/task.jsonl"
 
 for arch in mixtral olmoe qwen3; do
     d="$TMP/hf/$arch"
-    # (b) logits, loss and gradients
-    if "$DUMP" "$d/pcmoe.ini" "$d/ids.txt" "$d/dump.safetensors" >"$TMP/out" 2>&1; then
-        "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" check "$d" "$d/dump.safetensors" >"$TMP/ref" 2>&1 \
-            && ok "$(quiet "$TMP/ref")" || fail "$arch: $(quiet "$TMP/ref")"
-    else fail "$arch: hf_dump: $(cat "$TMP/out")"; fi
+    # (b) logits, loss and gradients: the LM head on all 48 rows at once, and 7 rows at a time
+    for rows in 0 7; do
+        if "$DUMP" "$d/pcmoe.ini" "$d/ids.txt" "$d/dump.safetensors" $rows >"$TMP/out" 2>&1; then
+            "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" check "$d" "$d/dump.safetensors" >"$TMP/ref" 2>&1 \
+                && ok "$(quiet "$TMP/ref") (LM head: $([ $rows = 0 ] && echo all rows at once || echo $rows rows at a time))" \
+                || fail "$arch: LM head rows $rows: $(quiet "$TMP/ref")"
+        else fail "$arch: hf_dump: $(cat "$TMP/out")"; fi
+    done
     # greedy generation
     # (seq_len 64: the prompt and the new tokens in one window, as transformers sees them)
     if "$PCMOE" generate "$d/pcmoe.ini" --set model.seq_len=64 --checkpoint "$d" --prompt-file "$TMP/prompt.txt" --temperature 0 --max-new 16 \
