@@ -14,7 +14,8 @@
 #endif
 
 const char *const MSG_KIND_NAMES[] = {"routing_counts", "expert_rows", "expert_outputs", "output_grads",
-                                      "input_grads", "metrics", "fedavg_weights", "control", "audit"};
+                                      "input_grads", "metrics", "fedavg_weights", "control", "audit",
+                                      "export_experts"};
 
 void comm_init(Comm *c) {
     memset(c, 0, sizeof *c);
@@ -130,6 +131,24 @@ void comm_allreduce_floats(Comm *c, MsgKind kind, float *buf, size_t n) {
         done += (size_t)piece;
     }
     comm_account(c, kind, COMM_COLLECTIVE, 4.0 * n, 4.0 * n);
+}
+
+#define COMM_MSG_FLOATS ((size_t)1 << 30) // (MPI counts are ints)
+
+void comm_send_floats(Comm *c, MsgKind kind, int to, const float *buf, size_t n) {
+    for (size_t i = 0; i < n; i += COMM_MSG_FLOATS) {
+        int k = (int)(n - i < COMM_MSG_FLOATS ? n - i : COMM_MSG_FLOATS);
+        mpiCheck(MPI_Send(buf + i, k, MPI_FLOAT, to, (int)kind, c->expert));
+    }
+    comm_account(c, kind, to, 4.0 * (double)n, 0.0);
+}
+
+void comm_recv_floats(Comm *c, MsgKind kind, int from, float *buf, size_t n) {
+    for (size_t i = 0; i < n; i += COMM_MSG_FLOATS) {
+        int k = (int)(n - i < COMM_MSG_FLOATS ? n - i : COMM_MSG_FLOATS);
+        mpiCheck(MPI_Recv(buf + i, k, MPI_FLOAT, from, (int)kind, c->expert, MPI_STATUS_IGNORE));
+    }
+    comm_account(c, kind, from, 0.0, 4.0 * (double)n);
 }
 
 void comm_gather_doubles(Comm *c, MsgKind kind, const double *send, int n, double *recv) {

@@ -23,6 +23,7 @@ typedef enum {
     MSG_FEDAVG_WEIGHTS, // fedavg only: every weight, averaged across parties
     MSG_CONTROL,        // agreements of one or two ints: did every rank start cleanly; did any get a stop signal
     MSG_AUDIT,          // the audit totals themselves, gathered to rank 0 for --audit
+    MSG_EXPORT_EXPERTS, // pcmoe export only: an owner's expert weights, owner -> the exporting party
     MSG_KIND_COUNT
 } MsgKind;
 extern const char *const MSG_KIND_NAMES[]; // "routing_counts", "expert_rows", ...
@@ -78,6 +79,9 @@ void comm_alltoallv_rows(Comm *c, MsgKind kind, const float *send, const int *se
                          float *recv, const int *recv_rows, const int *recv_offs, int width);
 // In-place sum of n floats over all parties (fedavg).
 void comm_allreduce_floats(Comm *c, MsgKind kind, float *buf, size_t n);
+// n floats to party `to` / from party `from` (blocking; a message of at most 2^30 floats at a time).
+void comm_send_floats(Comm *c, MsgKind kind, int to, const float *buf, size_t n);
+void comm_recv_floats(Comm *c, MsgKind kind, int from, float *buf, size_t n);
 // Gathers n doubles from every party to rank 0 (recv: n * n_parties doubles on rank 0, else unused).
 void comm_gather_doubles(Comm *c, MsgKind kind, const double *send, int n, double *recv);
 

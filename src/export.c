@@ -10,6 +10,7 @@
 
 #include "hf.h"          // hf_config_read, hf_pieces
 #include "json.h"        // Json: the shard index
+#include "pool.h"        // pool_owner
 #include "safetensors.h" // st_write
 #include "util.h"        // error_set, mkdir_p, write_file_atomic, file_append
 
@@ -27,22 +28,93 @@ static int copy_file(const char *src, const char *dst, char *err, size_t len) {
     return rc;
 }
 
-// The Hugging Face tensors of the export: party's backbone (m) and every expert (e: m itself, or the pool).
-// Fills w (names into names); returns their count.
-static int export_tensors(int arch, const Model *m, const Model *e, StWrite *w, char (*names)[ST_NAME_LEN]) {
-    int n = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        const Model *src = pass ? e : m;
-        for (int i = 0; i < src->n_tensors; i++) {
-            const ParamTensor *t = &src->tensors[i];
-            if ((t->expert >= 0) != pass) continue;
-            HfPiece p[3];
-            int np = hf_pieces(arch, &src->cfg, t, p);
-            for (int k = 0; k < np; k++, n++) {
-                snprintf(names[n], ST_NAME_LEN, "%.250s", p[k].name);
-                w[n] = (StWrite){.name = names[n], .ndim = t->cols == 1 ? 1 : 2, .shape = {p[k].rows, t->cols},
-                                 .data = src->params + t->offset + (size_t)p[k].row0 * t->cols};
+// The pool's expert tensors as the export writes them, in the order of a model that holds every expert (by
+// layer, expert, then gate, up, down): their descriptions (t) and fp32 values (data).
+typedef struct {
+    int n;
+    ParamTensor *t;     // (n)
+    const float **data; // (n)
+    float *received;    // over MPI, at the exporter: the other owners' values (data points into it)
+} ExpertList;
+
+static void experts_alloc(ExpertList *x, const Config *c) {
+    int cap = 3 * c->n_layers * c->n_experts;
+    x->n = 0;
+    x->t = callocCheck((size_t)cap, sizeof *x->t);
+    x->data = callocCheck((size_t)cap, sizeof *x->data);
+    x->received = NULL;
+}
+
+static void experts_free(ExpertList *x) { free(x->t); free(x->data); free(x->received); }
+
+// Every expert tensor of model e (the pool, or a model that holds every expert).
+static void experts_of(ExpertList *x, const Model *e) {
+    for (int i = 0; i < e->n_tensors; i++)
+        if (e->tensors[i].expert >= 0) {
+            x->t[x->n] = e->tensors[i];
+            x->data[x->n++] = e->params + e->tensors[i].offset;
+        }
+}
+
+// Expert e's tensor of `kind` in MoE layer l, as model.c lays it out: gate and up (expert_ff, d), down (d,
+// expert_ff).
+static ParamTensor expert_tensor(const Config *c, int l, int e, TensorKind kind) {
+    static const char *const w[] = {"w_gate", "w_up", "w_down"};
+    ParamTensor t = {.kind = kind, .layer = l, .expert = e, .decay = 1};
+    snprintf(t.name, sizeof t.name, "layer_%d/expert_%d/%s", l, e, w[kind - T_EXP_GATE]);
+    t.rows = kind == T_EXP_DOWN ? c->d_model : c->expert_ff;
+    t.cols = kind == T_EXP_DOWN ? c->expert_ff : c->d_model;
+    t.numel = (size_t)t.rows * t.cols;
+    return t;
+}
+
+// pcmoe over MPI: every owner sends its experts to the exporter, a tensor at a time in the list's order, and the
+// exporter keeps its own and receives the others' (x is filled at the exporter only). Nothing else moves: no
+// party's backbone leaves it.
+static void experts_gather(ExpertList *x, const Config *c, Comm *comm, const Model *m, int exporter) {
+    int P = c->n_parties, me = comm->party;
+    ModelConfig mc = model_config_from(c);
+    size_t foreign = 0, at = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int e = 0; model_layer_is_moe(&mc, l) && e < c->n_experts; e++)
+            if (pool_owner(e, P) != exporter) foreign += 3 * (size_t)c->d_model * c->expert_ff;
+    if (me == exporter) x->received = mallocCheck(sizeof(float) * (foreign ? foreign : 1));
+    for (int l = 0; l < c->n_layers; l++)
+        for (int e = 0; model_layer_is_moe(&mc, l) && e < c->n_experts; e++)
+            for (TensorKind k = T_EXP_GATE; k <= T_EXP_DOWN; k++) {
+                ParamTensor t = expert_tensor(c, l, e, k);
+                int owner = pool_owner(e, P);
+                const ParamTensor *mine = owner == me ? model_find_tensor(m, t.name) : NULL;
+                if (owner == me && !mine) fail("internal: party %d lacks its expert tensor %s", me, t.name);
+                if (owner == me && me != exporter)
+                    comm_send_floats(comm, MSG_EXPORT_EXPERTS, exporter, m->params + mine->offset, t.numel);
+                if (me != exporter) continue;
+                x->t[x->n] = t;
+                if (owner == me) {
+                    x->data[x->n++] = m->params + mine->offset;
+                    continue;
+                }
+                comm_recv_floats(comm, MSG_EXPORT_EXPERTS, owner, x->received + at, t.numel);
+                x->data[x->n++] = x->received + at;
+                at += t.numel;
             }
+}
+
+// The Hugging Face tensors of the export: the party's backbone (m) and the experts (x). Fills w (names into
+// names); returns their count.
+static int export_tensors(int arch, const Model *m, const ExpertList *x, StWrite *w, char (*names)[ST_NAME_LEN]) {
+    int n = 0;
+    for (int i = 0; i < m->n_tensors + x->n; i++) {
+        int backbone = i < m->n_tensors;
+        const ParamTensor *t = backbone ? &m->tensors[i] : &x->t[i - m->n_tensors];
+        if (backbone && t->expert >= 0) continue;
+        const float *data = backbone ? m->params + t->offset : x->data[i - m->n_tensors];
+        HfPiece p[3];
+        int np = hf_pieces(arch, &m->cfg, t, p);
+        for (int k = 0; k < np; k++, n++) {
+            snprintf(names[n], ST_NAME_LEN, "%.250s", p[k].name);
+            w[n] = (StWrite){.name = names[n], .ndim = t->cols == 1 ? 1 : 2, .shape = {p[k].rows, t->cols},
+                             .data = data + (size_t)p[k].row0 * t->cols};
         }
     }
     return n;
@@ -111,16 +183,15 @@ static int out_dir(const char *dir, char *err, size_t len) {
     return 0;
 }
 
-// The files of the export: the tensors, config.json (model.hf's), the tokenizer. Returns 0, or nonzero with err.
-static int export_write(const Config *c, const Run *r, const ExportOptions *o, int arch, char *err, size_t len) {
-    const Model *m = c->mode == MODE_CENTRALIZED ? &r->central : &r->party[r->one_process ? o->party : 0].model;
-    const Model *e = r->pool.n_tensors ? &r->pool : m;
-    int cap = 3 * (m->n_tensors + e->n_tensors);
+// The files of the export at the exporter: party o->party's backbone (m) and the experts (x), config.json
+// (model.hf's), the tokenizer. Returns 0, or nonzero with err set.
+static int export_write(const Config *c, const Model *m, const ExpertList *x, const ExportOptions *o, int arch,
+                        char *err, size_t len) {
+    int cap = 3 * (m->n_tensors + x->n);
     StWrite *w = callocCheck((size_t)cap, sizeof *w);
     char (*names)[ST_NAME_LEN] = callocCheck((size_t)cap, ST_NAME_LEN);
-    int n = export_tensors(arch, m, e, w, names);
-    int rc = out_dir(o->out, err, len);
-    if (!rc) rc = write_shards(o->out, w, n, o->bf16 ? ST_BF16 : ST_F32, (size_t)o->max_shard_mb * 1000000, err, len);
+    int n = export_tensors(arch, m, x, w, names);
+    int rc = write_shards(o->out, w, n, o->bf16 ? ST_BF16 : ST_F32, (size_t)o->max_shard_mb * 1000000, err, len);
     char src[2048], dst[2048];
     snprintf(src, sizeof src, "%s/config.json", c->hf);
     snprintf(dst, sizeof dst, "%s/config.json", o->out);
@@ -139,33 +210,44 @@ static int export_write(const Config *c, const Run *r, const ExportOptions *o, i
     return rc;
 }
 
+// The command line's checks, on every rank. Returns 0, or 2 with err set.
+static int export_check(const Config *c, const ExportOptions *o, HfConfig *h, char *err, size_t len) {
+    if (!c->hf[0])
+        return error_set(err, len, "export writes a Hugging Face checkpoint: the config needs model.hf (its "
+                         "architecture and config.json)");
+    if (hf_config_read(h, c->hf, err, len)) return 2;
+    if (o->party >= c->n_parties) return error_set(err, len, "--party %d: parties.count = %d", o->party, c->n_parties);
+    return 0;
+}
+
 int export_run(Config *c, Comm *comm, const RunOptions *ro, const ExportOptions *o) {
     char err[2048] = "";
     HfConfig h;
-    int rc = 0;
-    if (!c->hf[0])
-        rc = error_set(err, sizeof err, "export writes a Hugging Face checkpoint: the config needs model.hf (its "
-                       "architecture and config.json)");
-    else if (hf_config_read(&h, c->hf, err, sizeof err)) rc = 2;
-    else if (o->party >= c->n_parties)
-        rc = error_set(err, sizeof err, "--party %d: parties.count = %d", o->party, c->n_parties);
-    else if (c->mode == MODE_PCMOE && c->n_parties > 1 && !ro->simulate)
-        rc = error_set(err, sizeof err, "export of a pcmoe run of %d parties: run it with --simulate (one process "
-                       "reads every party's file); over MPI, each owner sending its experts, is not built yet",
-                       c->n_parties);
-    else if ((c->mode == MODE_LOCAL || c->mode == MODE_FEDAVG) && c->n_parties > 1)
-        rc = error_set(err, sizeof err, "export of a %s run of %d parties: not built yet", MODE_NAMES[c->mode],
-                       c->n_parties);
-    if (rc) fail_usage(2, 0, "%s", err);
+    if (export_check(c, o, &h, err, sizeof err)) fail_usage(2, 0, "%s", err);
     c->device = DEVICE_CPU;
     c->batch_size = 1;
     c->record_dir[0] = '\0';
     run_check_ranks(c, comm, ro->simulate);
+    // over MPI every party runs the export (its consent to send its experts), and all name the same exporter
+    int hi = comm_max_int(comm, o->party), lo = -comm_max_int(comm, -o->party);
+    if (hi != lo)
+        fail_usage(2, 0, "--party differs between the parties' exports (%d and %d): every "
+                   "party runs the same export, naming the one party that writes it", lo, hi);
     Run run, *r = &run;
     run_open(r, c, comm, ro, 0);
+    int writer = r->one_process || comm->party == o->party;
+    int rc = writer ? out_dir(o->out, err, sizeof err) : 0;
+    comm_stop_if_failed(comm, rc, err);
     run_load_checkpoint(r, ro->checkpoint);
-    rc = export_write(c, r, o, h.arch, err, sizeof err);
+    const Model *m = c->mode == MODE_CENTRALIZED ? &r->central : &r->party[r->one_process ? o->party : 0].model;
+    ExpertList x;
+    experts_alloc(&x, c);
+    if (r->exchanged) experts_gather(&x, c, comm, m, o->party);
+    else experts_of(&x, r->pool.n_tensors ? &r->pool : m);
+    if (writer) rc = export_write(c, m, &x, o, h.arch, err, sizeof err);
+    experts_free(&x);
+    comm_stop_if_failed(comm, rc, err);
+    if (ro->audit_path) comm_stop_if_failed(comm, comm_write_audit(comm, ro->audit_path, err, sizeof err), err);
     run_close(r);
-    if (rc) fail_usage(2, 0, "%s", err);
     return 0;
 }

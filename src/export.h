@@ -17,8 +17,9 @@ typedef struct {
 } ExportOptions;
 
 // pcmoe export CONFIG --checkpoint DIR --out OUT [--party P] [--dtype bf16|f32] [--simulate]: in one process
-// (a centralized or single-party run, or a pcmoe run under --simulate, which reads every party's file). Returns
-// the exit status.
+// (a centralized or single-party run, or a pcmoe run under --simulate, which reads every party's file), or over
+// MPI, every party running it (its consent): each loads its own file, the owners send party P their experts, and
+// P writes. Returns the exit status.
 int export_run(Config *c, Comm *comm, const RunOptions *ro, const ExportOptions *o);
 
 #endif

@@ -10,7 +10,9 @@
 #    the family trained by the tokenizers library) with exactly transformers' greedy tokens, their
 #    log-probabilities within 1e-4;
 #  - pcmoe export of the checkpoint: transformers loads it, every tensor bit-identical to the original's, the same
-#    logits (sharded, and in BF16, too); party 1's export of the fine-tune below loads, fine-tuned;
+#    logits (sharded, and in BF16, too); party 1's export of the fine-tune below loads, fine-tuned; over MPI (each
+#    owner sends party 1 its experts, and the audit shows nothing else crossed) it writes the same files, byte for
+#    byte; exports that name different exporters are refused;
 #  - pcmoe bench --checkpoint DIR on 12 ARC-Easy items: every choice's log-likelihood within 1e-3 of transformers'
 #    (the continuation's tokens as lm-evaluation-harness takes them);
 #  - a 3-party pcmoe fine-tune from the checkpoint (train.init_from = DIR) on shipped corpora tokenized by
@@ -89,8 +91,50 @@ PY
             "$HF_PY" "$top_srcdir/tests/hf/hf_check.py" same "$d" "$TMP/$arch-ft" differ >"$TMP/ref" 2>&1 \
                 && ok "$arch: party 1's fine-tune: $(quiet "$TMP/ref")" || fail "$arch: fine-tune export: $(quiet "$TMP/ref")"
         else fail "$arch: fine-tune export: $(tail -n 3 "$TMP/out")"; fi
+        # the same export over MPI: the owners send party 1 their experts (and nothing else), and its files are those
+        # of the --simulate export, byte for byte
+        if mpi 3 export "$TMP/$arch.ini" --party 1 --checkpoint "$TMP/$arch-mpi/checkpoints/step_00000004" \
+            --out "$TMP/$arch-ftmpi" --audit "$TMP/$arch-xaudit.json" >"$TMP/out" 2>&1; then
+            same=1
+            for f in "$TMP/$arch-ft"/*; do cmp -s "$f" "$TMP/$arch-ftmpi/$(basename "$f")" || same=0; done
+            [ "$(ls "$TMP/$arch-ft" | wc -l)" = "$(ls "$TMP/$arch-ftmpi" | wc -l)" ] || same=0
+            [ $same = 1 ] && ok "$arch: export over MPI = export under --simulate, file for file, byte for byte" \
+                || fail "$arch: export over MPI differs from --simulate's: $(ls "$TMP/$arch-ftmpi" | tr '\n' ' ')"
+            "$PYTHON" - "$TMP/$arch-xaudit.json" "$d/config.json" <<'PY' >"$TMP/ref" 2>&1 && ok "$arch: $(cat "$TMP/ref")" || fail "$arch: $(cat "$TMP/ref")"
+import json, sys
+a, c = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+E = c.get("num_local_experts", c.get("num_experts"))
+f = c.get("moe_intermediate_size", c["intermediate_size"])
+moe = [l for l in range(c["num_hidden_layers"]) if l not in c.get("mlp_only_layers", [])]
+errors = []
+for r in a["ranks"]:
+    q = r["party"]
+    for way in ("sent", "recv"):
+        for kind, t in r[way].items():
+            if t["total"] and kind not in ("export_experts", "control", "audit"):
+                errors.append(f"party {q} {way} {t['total']} bytes of {kind}")
+    want = 0 if q == 1 else len(moe) * len([e for e in range(E) if e % 3 == q]) * 3 * c["hidden_size"] * f * 4
+    got = r["sent"]["export_experts"]["per_party"]
+    if got[1] != want or sum(got) != want:
+        errors.append(f"party {q} sent {got} expert bytes, want {want} to party 1")
+if errors:
+    sys.exit("; ".join(errors))
+print(f"export over MPI: only the owners' experts crossed, to party 1 ({len(moe)} MoE layers x {E} experts, none of party 1's sent)")
+PY
+        else fail "$arch: export over MPI: $(grep 'pcmoe: error' "$TMP/out" | head -n 2)"; fi
     else fail "$arch: fine-tune: $(grep 'pcmoe: error' "$TMP/out" "$TMP/out2" | head -n 2)"; fi
 done
+
+# an export over MPI needs every party to name the same exporter: --party 0 on one rank, 1 on the others is refused
+"$MPIRUN" --oversubscribe -np 1 -x OMP_NUM_THREADS=1 "$PCMOE" export "$TMP/mixtral.ini" --party 0 \
+    --checkpoint "$TMP/mixtral-mpi/checkpoints/step_00000004" --out "$TMP/x-mixed" : -np 2 -x OMP_NUM_THREADS=1 "$PCMOE" \
+    export "$TMP/mixtral.ini" --party 1 --checkpoint "$TMP/mixtral-mpi/checkpoints/step_00000004" --out "$TMP/x-mixed" \
+    >"$TMP/out" 2>&1
+rc=$?
+n=$(grep -c 'pcmoe: error' "$TMP/out")
+if [ $rc = 2 ] && [ "$n" = 1 ] && grep -q -- '--party differs' "$TMP/out" && [ ! -e "$TMP/x-mixed" ]; then
+    ok "exports naming different exporters are refused: $(grep 'pcmoe: error' "$TMP/out")"
+else fail "mixed --party export: exit $rc, $n error lines: $(head -c 400 "$TMP/out")"; fi
 
 # each party reads only its backbone and its own experts, a tensor at a time: from an expert-heavy checkpoint
 # (32 experts of 0.75 MiB per layer, 48 MiB of pool; 4 parties own 12 MiB each) a party's peak RSS at step 0
@@ -122,7 +166,7 @@ if "$PCMOE" export "$TMP/hf/qwen3/pcmoe.ini" --checkpoint "$TMP/hf/qwen3" --out 
 else fail "BF16 export: $(tail -n 3 "$TMP/out")"; fi
 refused "export into a directory in use" "not empty; an export writes a new directory" \
     "$PCMOE" export "$TMP/hf/qwen3/pcmoe.ini" --checkpoint "$TMP/hf/qwen3" --out "$TMP/qwen3-bf16"
-refused "export over MPI without --simulate" "run it with --simulate" \
+refused "a 3-party export on one rank without --simulate" "needs 3 MPI ranks, the job has 1" \
     "$PCMOE" export "$TMP/olmoe.ini" --checkpoint "$TMP/hf/olmoe" --out "$TMP/none"
 refused "export without model.hf" "the config needs model.hf" "$PCMOE" export input/tiny.ini --checkpoint "$TMP/hf/olmoe" --out "$TMP/none"
 
