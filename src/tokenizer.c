@@ -97,8 +97,9 @@ static uint64_t pair_key(int a, int b) { return (uint64_t)(a + 1) << 32 | (uint6
 // The tokenizer.
 
 typedef enum { NORM_NFC, NORM_PREPEND, NORM_REPLACE } NormKind;
-typedef enum { PRE_BYTELEVEL, PRE_SPLIT } PreKind;
-typedef enum { DEC_BYTELEVEL, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP } DecKind;
+typedef enum { PRE_BYTELEVEL, PRE_SPLIT, PRE_METASPACE } PreKind;
+typedef enum { DEC_BYTELEVEL, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_METASPACE } DecKind;
+typedef enum { PREPEND_NEVER, PREPEND_FIRST, PREPEND_ALWAYS } PrependScheme; // Metaspace's prepend_scheme
 
 typedef struct {
     int kind;
@@ -109,14 +110,17 @@ typedef struct {
     int kind;
     pcre2_code *re; // Split's pattern, or ByteLevel's GPT-2 pattern (use_regex); NULL: no split
     int add_prefix_space;
-    char *scratch;  // this stage's output (the byte-level mapping), grown
+    char *rep;      // Metaspace: the replacement of ' ' (U+2581 "▁" as the hub ships it)
+    int prepend;    // Metaspace: PrependScheme
+    int split;      // Metaspace: split before each replacement (the piece starts with it)
+    char *scratch;  // this stage's output (the byte-level mapping, Metaspace's replacement), grown
     size_t cap;
 } PreTok;
 
 typedef struct {
     int kind;
-    char *a, *b;    // Replace: a by b; Strip: a is the content
-    int start, stop;
+    char *a, *b;    // Replace: a by b; Strip: a is the content; Metaspace: a is the replacement
+    int start, stop; // Strip; Metaspace: start is the PrependScheme
 } Decoder;
 
 typedef struct {
@@ -136,6 +140,7 @@ struct Tokenizer {
     PairMap merges;           // (left id, right id) -> rank, merged id
     int byte_fallback, fuse_unk, unk, ignore_merges, byte_ids[256];
     int byte_level;           // a ByteLevel pre-tokenizer maps the bytes: its decoder maps them back
+    int at_start;             // encoding: nothing of the text has been emitted yet (Metaspace's "first")
     int split_meta;           // no token holds "▁" past its first character, so no merge crosses the boundary
                               // before a "▁": a word is merged piece by piece (SentencePiece vocabularies)
     Normalizer norm[TOK_MAX_STAGES];
@@ -380,6 +385,24 @@ static int regex_compile(Tokenizer *t, PreTok *p, const char *src, int literal, 
     return 0;
 }
 
+// Metaspace's replacement (one character) and prepend_scheme, or the older add_prefix_space (true: always), of
+// the pre-tokenizer or decoder p (`what`). Returns 0, or 2 with err set.
+static int metaspace_load(Tokenizer *t, json_t *p, char **rep, int *prepend, const char *what, char *err,
+                          size_t len) {
+    const char *r = json_string_value(json_object_get(p, "replacement"));
+    const char *scheme = json_string_value(json_object_get(p, "prepend_scheme"));
+    if (!r || !*r || utf8_len((unsigned char)*r) != (int)strlen(r))
+        return error_set(err, len, "%s: %s Metaspace: replacement = %s: pcmoe computes one character", t->path, what,
+                         r ? r : "(none)");
+    if (scheme && !strcmp(scheme, "always")) *prepend = PREPEND_ALWAYS;
+    else if (scheme && !strcmp(scheme, "first")) *prepend = PREPEND_FIRST;
+    else if (scheme && !strcmp(scheme, "never")) *prepend = PREPEND_NEVER;
+    else if (!scheme) *prepend = json_is_false(json_object_get(p, "add_prefix_space")) ? PREPEND_NEVER : PREPEND_ALWAYS;
+    else return error_set(err, len, "%s: %s Metaspace: prepend_scheme = %s: always, first or never", t->path, what, scheme);
+    *rep = dup_string(r);
+    return 0;
+}
+
 static int pre_load(Tokenizer *t, json_t *p, char *err, size_t len) {
     if (!p || json_is_null(p)) return 0;
     const char *type = json_string_value(json_object_get(p, "type"));
@@ -407,9 +430,13 @@ static int pre_load(Tokenizer *t, json_t *p, char *err, size_t len) {
                              json_is_true(json_object_get(p, "invert")) ? ", invert" : "");
         d->kind = PRE_SPLIT;
         if (regex_compile(t, d, src, literal, err, len)) return 2;
+    } else if (type && !strcmp(type, "Metaspace")) {
+        d->kind = PRE_METASPACE;
+        if (metaspace_load(t, p, &d->rep, &d->prepend, "pre_tokenizer", err, len)) return 2;
+        d->split = !json_is_false(json_object_get(p, "split"));
     } else
-        return error_set(err, len, "%s: pre_tokenizer.type = %s: pcmoe computes ByteLevel, Split and Sequence",
-                         t->path, type ? type : "(none)");
+        return error_set(err, len, "%s: pre_tokenizer.type = %s: pcmoe computes ByteLevel, Split, Metaspace and "
+                         "Sequence", t->path, type ? type : "(none)");
     t->n_pre++;
     return 0;
 }
@@ -440,9 +467,13 @@ static int decoder_load(Tokenizer *t, json_t *p, char *err, size_t len) {
         d->a = dup_string(content);
         d->start = (int)json_integer_value(json_object_get(p, "start"));
         d->stop = (int)json_integer_value(json_object_get(p, "stop"));
+    } else if (type && !strcmp(type, "Metaspace")) {
+        d->kind = DEC_METASPACE;
+        if (metaspace_load(t, p, &d->a, &d->start, "decoder", err, len)) return 2;
     } else
         return error_set(err, len, "%s: decoder.type = %s: pcmoe computes ByteLevel, Replace (of a string), "
-                         "ByteFallback, Fuse, Strip (of one character) and Sequence", t->path, type ? type : "(none)");
+                         "ByteFallback, Fuse, Strip (of one character), Metaspace and Sequence", t->path,
+                         type ? type : "(none)");
     t->n_dec++;
     return 0;
 }
@@ -475,7 +506,7 @@ void tokenizer_free(Tokenizer *t) {
     for (int i = 0; i < t->n_ids; i++) free(t->text[i]);
     for (int i = 0; i < t->n_added; i++) free(t->added[i].text);
     for (int i = 0; i < t->n_norm; i++) { free(t->norm[i].a); free(t->norm[i].b); }
-    for (int i = 0; i < t->n_pre; i++) { pcre2_code_free(t->pre[i].re); free(t->pre[i].scratch); }
+    for (int i = 0; i < t->n_pre; i++) { pcre2_code_free(t->pre[i].re); free(t->pre[i].rep); free(t->pre[i].scratch); }
     for (int i = 0; i < t->n_dec; i++) { free(t->dec[i].a); free(t->dec[i].b); }
     if (t->md) pcre2_match_data_free(t->md);
     free(t->text); free(t->added); free(t->merges.slot); free(t->cache_ids);
@@ -648,6 +679,31 @@ static void split_isolated(Tokenizer *t, pcre2_code *re, int stage, int map, con
     if (start < n) piece_next(t, stage, map, s + start, n - start, o);
 }
 
+// Metaspace on piece s: every ' ' as the replacement, the replacement put first unless the piece starts with it
+// (always; first: only where nothing of the text came before), then with split the pieces that each start at a
+// replacement, through the next stage.
+static void metaspace(Tokenizer *t, PreTok *p, int stage, const char *s, size_t n, Out *o) {
+    size_t r = strlen(p->rep), m = r; // (the first r bytes: room for the prepended replacement)
+    grow(&p->scratch, &p->cap, r * (n + 1) + 1);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ' ') { memcpy(p->scratch + m, p->rep, r); m += r; }
+        else p->scratch[m++] = s[i];
+    }
+    int first = t->at_start;
+    t->at_start = 0;
+    size_t from = r;
+    if ((p->prepend == PREPEND_ALWAYS || (p->prepend == PREPEND_FIRST && first)) &&
+        (m - r < r || memcmp(p->scratch + r, p->rep, r))) {
+        memcpy(p->scratch, p->rep, r);
+        from = 0;
+    }
+    const char *x = p->scratch;
+    size_t start = from;
+    for (size_t i = from + 1; p->split && i + r <= m; i++)
+        if (!memcmp(x + i, p->rep, r)) { pre_stage(t, stage + 1, x + start, i - start, o); start = i; }
+    if (start < m) pre_stage(t, stage + 1, x + start, m - start, o);
+}
+
 // Pre-tokenizer `stage` on piece s; past the last stage, the piece is a word.
 static void pre_stage(Tokenizer *t, int stage, const char *s, size_t n, Out *o) {
     if (stage == t->n_pre && t->split_meta) { // (the same merges, piece by piece: each piece cached)
@@ -660,6 +716,7 @@ static void pre_stage(Tokenizer *t, int stage, const char *s, size_t n, Out *o) 
     if (stage == t->n_pre) { word_encode(t, s, n, o); return; }
     PreTok *p = &t->pre[stage];
     if (p->kind == PRE_SPLIT) { split_isolated(t, p->re, stage, 0, s, n, o); return; }
+    if (p->kind == PRE_METASPACE) { metaspace(t, p, stage, s, n, o); return; }
     // ByteLevel: a leading space (add_prefix_space), GPT-2's split (use_regex), then the byte mapping. The
     // split's pieces are mapped one by one: byte_level_map writes this stage's scratch, which the split's
     // input must not be, so the prefixed piece is built in a buffer of its own.
@@ -772,6 +829,7 @@ static void added_split(Tokenizer *t, const char *s, size_t n, int normalized, O
         if (!a) { i++; continue; }
         if (i > start) gap_encode(t, s + start, i - start, normalized, o);
         out_push(o, a->id);
+        t->at_start = 0;
         i += (size_t)a->len;
         start = i;
     }
@@ -803,6 +861,7 @@ int tokenizer_encode(Tokenizer *t, const char *text, size_t n, Token **ids, size
     size_t bad = utf8_invalid(text, n);
     if (bad < n) return error_set(err, len, "not UTF-8 at byte %zu", bad);
     Out o = {ids, count, cap};
+    t->at_start = 1;
     added_split(t, text, n, 0, &o);
     return 0;
 }
@@ -881,7 +940,7 @@ static int decode_byte_fallback(const Piece *in, int n, Piece *out) {
     return m;
 }
 
-// Replace, Fuse, Strip: token by token (Fuse: all into one).
+// Replace, Fuse, Strip, Metaspace: token by token (Fuse: all into one).
 static int decode_simple(const Decoder *d, const Piece *in, int n, Piece *out) {
     if (d->kind == DEC_FUSE) {
         out[0] = (Piece){0};
@@ -899,8 +958,11 @@ static int decode_simple(const Decoder *d, const Piece *in, int n, Piece *out) {
             piece_add(&out[i], s + from, to - from);
             continue;
         }
-        for (size_t j = 0; j < to;) { // Replace
-            if (j + a <= to && !memcmp(s + j, d->a, a)) { piece_add(&out[i], d->b, b); j += a; }
+        // Replace a by b; Metaspace: the replacement by ' ', dropped in the first token (unless prepend is never)
+        const char *by = d->kind == DEC_REPLACE ? d->b : i == 0 && d->start != PREPEND_NEVER ? "" : " ";
+        size_t bn = d->kind == DEC_REPLACE ? b : strlen(by);
+        for (size_t j = 0; j < to;) {
+            if (j + a <= to && !memcmp(s + j, d->a, a)) { piece_add(&out[i], by, bn); j += a; }
             else piece_add(&out[i], s + j++, 1);
         }
         if (!out[i].s) piece_add(&out[i], "", 0);

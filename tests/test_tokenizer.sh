@@ -1,8 +1,10 @@
 #!/bin/sh
-# test_tokenizer: pcmoe tokenize against the tokenizers library itself. tests/hf/hf_check.py trains three
+# test_tokenizer: pcmoe tokenize against the tokenizers library itself. tests/hf/hf_check.py trains five
 # tokenizers with it on shipped corpora (nothing is downloaded): byte-level BPE with GPT-2's regex and NFC
-# (OLMoE's kind), byte-level BPE with Qwen's Split regex (Qwen3's), and SentencePiece-style BPE with "▁" and
-# byte fallback, merges as ["a", "b"] pairs (Mixtral's). For each, on every shipped corpus and on a Unicode
+# (OLMoE's kind), byte-level BPE with Qwen's Split regex (Qwen3's), SentencePiece-style BPE with "▁" and
+# byte fallback, merges as ["a", "b"] pairs (Mixtral's), and two with Metaspace pre-tokenizers: "first"
+# unsplit (Mistral's as newer transformers convert it) and "always" split, with its decoder. For each, on
+# every shipped corpus and on a Unicode
 # stress text (CJK, emoji with modifiers and joiners, combining marks, CRLF, tabs, runs of spaces, digits,
 # special tokens inside the text): the ids are identical to tokenizers' (no special tokens added); --decode
 # gives tokenizers' decode of them, and on every corpus the text itself. Bad tokenizer files, bad text and
@@ -13,7 +15,7 @@ need_hf_python "the tokenizers library"
 CHECK="$top_srcdir/tests/hf/hf_check.py"
 "$HF_PY" "$CHECK" tokenizers "$TMP/tok" >"$TMP/out" 2>&1 && ok "$(tail -n 1 "$TMP/out")" || { cat "$TMP/out"; fail "training the tokenizers"; finish; }
 
-for kind in olmoe qwen3 mixtral; do
+for kind in olmoe qwen3 mixtral mistral metaspace; do
     tok="$TMP/tok/$kind.json" same=0 texts=0 ids=0 round=0
     for f in input/data/*.txt "$TMP/tok/stress.txt"; do
         name=$(basename "$f")
@@ -43,7 +45,8 @@ def put(name, f):
     k = json.loads(json.dumps(j)); f(k); json.dump(k, open(f"{sys.argv[2]}/{name}.json", "w"))
 put("wordpiece", lambda k: k["model"].update(type="WordPiece"))
 put("merge", lambda k: k["model"]["merges"].insert(0, "zzqq xxyy"))
-put("metaspace", lambda k: k.update(pre_tokenizer={"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}))
+put("whitespace", lambda k: k.update(pre_tokenizer={"type": "WhitespaceSplit"}))
+put("scheme", lambda k: k.update(pre_tokenizer={"type": "Metaspace", "replacement": "▁", "prepend_scheme": "sometimes", "split": True}))
 put("regex", lambda k: k.update(pre_tokenizer={"type": "Split", "pattern": {"Regex": "(?<x"}, "behavior": "Isolated", "invert": False}))
 put("lstrip", lambda k: k["added_tokens"][0].update(lstrip=True))
 put("behavior", lambda k: k.update(pre_tokenizer={"type": "Split", "pattern": {"Regex": "a"}, "behavior": "Removed", "invert": False}))
@@ -52,7 +55,8 @@ head -c 3000 "$TMP/tok/olmoe.json" > "$TMP/truncated.json"
 refused "tokenizer.json not JSON" "truncated.json: not a JSON file" "$PCMOE" tokenize "$TMP/truncated.json" "$TMP/tok/stress.txt"
 refused "a model other than BPE" "model.type = WordPiece: only BPE is supported" "$PCMOE" tokenize "$TMP/wordpiece.json" "$TMP/tok/stress.txt"
 refused "a merge outside the vocabulary" "model.merges[0] = \"zzqq xxyy\": zzqq is not in model.vocab" "$PCMOE" tokenize "$TMP/merge.json" "$TMP/tok/stress.txt"
-refused "an unsupported pre-tokenizer" "pre_tokenizer.type = Metaspace" "$PCMOE" tokenize "$TMP/metaspace.json" "$TMP/tok/stress.txt"
+refused "an unsupported pre-tokenizer" "pre_tokenizer.type = WhitespaceSplit" "$PCMOE" tokenize "$TMP/whitespace.json" "$TMP/tok/stress.txt"
+refused "a Metaspace prepend_scheme" "prepend_scheme = sometimes: always, first or never" "$PCMOE" tokenize "$TMP/scheme.json" "$TMP/tok/stress.txt"
 refused "a regex PCRE2 cannot compile" "pre_tokenizer pattern (?<x" "$PCMOE" tokenize "$TMP/regex.json" "$TMP/tok/stress.txt"
 refused "an added token flag" "lstrip = true is not supported" "$PCMOE" tokenize "$TMP/lstrip.json" "$TMP/tok/stress.txt"
 refused "a Split behaviour" "behavior = Removed" "$PCMOE" tokenize "$TMP/behavior.json" "$TMP/tok/stress.txt"

@@ -10,9 +10,11 @@
   hf_check.py corrupt DIR OUT      copies of checkpoint DIR (one F32 file) broken one way each, as OUT/<case>
                                   (header, offsets, sizes, overlaps, a missing tensor, a wrong shape, a dtype,
                                   config.json's features and syntax); prints "<case> <what the error names>"
-  hf_check.py tokenizers OUT       three tokenizers trained by the tokenizers library on shipped corpora:
+  hf_check.py tokenizers OUT       five tokenizers trained by the tokenizers library on shipped corpora:
                                   OUT/olmoe.json (byte-level BPE, GPT-2's regex), OUT/qwen3.json (Qwen's Split
-                                  regex), OUT/mixtral.json (SentencePiece-style with byte fallback); OUT/stress.txt
+                                  regex), OUT/mixtral.json (SentencePiece-style with byte fallback), OUT/mistral.json
+                                  and OUT/metaspace.json (Metaspace pre-tokenizers, "first" unsplit and "always"
+                                  split); OUT/stress.txt
   hf_check.py encode TOK TEXT OUT / decode TOK IDS OUT
                                   the tokenizers library's ids of TEXT (no special tokens added), or text of IDS
   hf_check.py same A B bits|differ transformers loads both: B's tensors are A's bit for bit and give the same
@@ -157,7 +159,8 @@ STRESS = ("CJK 日本語の文章と中文，한국어 텍스트. Emoji 👍🏽
 
 
 def tokenizers_make(out):
-    """Three tokenizers trained with the tokenizers library on shipped corpora, one of each family."""
+    """Five tokenizers trained with the tokenizers library on shipped corpora: one of each family, and both
+    Metaspace pre-tokenizers."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "input", "data")
     files = [os.path.join(data, f) for f in ("shakespeare.txt", "sqlite3_h.txt", "grimm.txt")]
@@ -196,15 +199,38 @@ def tokenizers_make(out):
         j["model"]["merges"] = [m.split(" ", 1) if isinstance(m, str) else m for m in j["model"]["merges"]]
         return Tokenizer.from_str(json.dumps(j))
 
+    def metaspace(split):
+        # split = False: SentencePiece tokenizers as newer transformers convert them (Mistral, Llama 2): no
+        # normalizer, a Metaspace pre-tokenizer that puts "▁" only at the text's start ("first"), the Replace
+        # decoders. split = True: tokenizers' own Metaspace pair ("always", a piece per "▁", its decoder).
+        scheme = "always" if split else "first"
+        t = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+        t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=True)
+        if split:
+            t.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(prepend_scheme=scheme)])
+        else:
+            t.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+        t.train(files, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], limit_alphabet=150,
+                                           show_progress=False))
+        j = json.loads(t.to_str())
+        j["pre_tokenizer"]["split"] = split
+        v = j["model"]["vocab"]
+        n = max(v.values()) + 1
+        for b in range(256):
+            v[f"<0x{b:02X}>"] = n + b
+        return Tokenizer.from_str(json.dumps(j))
+
     os.makedirs(out, exist_ok=True)
-    for name, t in (("olmoe", byte_level(False)), ("qwen3", byte_level(True)), ("mixtral", sentencepiece())):
+    for name, t in (("olmoe", byte_level(False)), ("qwen3", byte_level(True)), ("mixtral", sentencepiece()),
+                    ("mistral", metaspace(False)), ("metaspace", metaspace(True))):
         t.save(os.path.join(out, name + ".json"))
         j = json.load(open(os.path.join(out, name + ".json")))
-        if name != "mixtral":  # "a b" strings
+        if name in ("olmoe", "qwen3"):  # "a b" strings
             j["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in j["model"]["merges"]]
             json.dump(j, open(os.path.join(out, name + ".json"), "w"), ensure_ascii=False)
     open(os.path.join(out, "stress.txt"), "w", encoding="utf-8", newline="").write(STRESS)
-    print(f"trained olmoe, qwen3 and mixtral-style tokenizers under {out} with tokenizers "
+    print(f"trained olmoe, qwen3, mixtral, mistral and metaspace-style tokenizers under {out} with tokenizers "
           f"{__import__('tokenizers').__version__}")
 
 
