@@ -11,6 +11,7 @@
 #endif
 
 #include "autoconfig.h" // HAVE_OPENBLAS_SET_NUM_THREADS
+#include "blas.h"       // blas_choose_kernels: the kernels pcmoe runs
 #include "layers.h"     // layers_gemm
 #include "util.h"       // mallocCheck, now_seconds
 
@@ -32,6 +33,7 @@ static double rate(int how, int n, const float *a, const float *b, float *c) {
 }
 
 int main(int argc, char **argv) {
+    blas_choose_kernels(argv);
     if (argc < 2 || atoi(argv[1]) < 1) { fprintf(stderr, "usage: sgemm_peak THREADS [N]\n"); return 2; }
     int threads = atoi(argv[1]), n = argc > 2 ? atoi(argv[2]) : 2048;
     if (n < 16) { fprintf(stderr, "sgemm_peak: N = %d: must be >= 16\n", n); return 2; }

@@ -12,6 +12,7 @@
 #include "bench.h"      // bench_run, BenchOptions
 #include "comm.h"       // Comm, comm_init, comm_agree
 #include "config.h"     // Config, config_load, config_keys_main
+#include "blas.h"       // blas_choose_kernels
 #include "export.h"     // export_run, ExportOptions
 #include "plan.h"       // plan_main
 #include "generate.h"   // generate_run, GenerateOptions
@@ -309,6 +310,7 @@ static int run_standalone(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    blas_choose_kernels(argv); // (may run the program again, with OpenBLAS's kernels for this CPU)
     if (argc < 2) { fprintf(stderr, "pcmoe: error: no command given (try pcmoe --help)\n"); return 2; }
     const char *cmd = argv[1];
     int rc = run_standalone(argc, argv);
