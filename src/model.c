@@ -374,47 +374,61 @@ int model_head_rows(const ModelConfig *c, int N) {
     return c->logits_rows > 0 && c->logits_rows < N ? c->logits_rows : N;
 }
 
+// d loss / d lnf for rows [r, r + n) into dln's rows, and the LM head's gradient, from the probabilities of those
+// rows in the logits' buffer (which become their gradients).
+static void head_chunk_backward(Model *m, const Token *targets, int r, int n) {
+    const ModelConfig *c = &m->cfg;
+    int N = m->B * m->T, d = c->d, V = c->vocab;
+    const float *ln = m->lnf + (size_t)r * d;
+    m->be->crossentropy_backward(m->dlogits, m->logits, targets + r, n, V, 1.0f / N);
+    m->be->matmul_backward(m->dln + (size_t)r * d, m->g.lm_head, m->dlogits, ln, m->w.lm_head, n, d, V);
+}
+
+// The LM head and cross-entropy on rows [r, r + n) of the final norm: their losses, their probabilities in
+// the logits' buffer, and with `backward` their gradients (head_chunk_backward).
+static void head_chunk(Model *m, const Token *targets, int r, int n, int backward) {
+    const ModelConfig *c = &m->cfg;
+    m->be->matmul_forward(m->logits, m->lnf + (size_t)r * c->d, m->w.lm_head, n, c->d, c->vocab);
+    m->be->crossentropy_forward(m->logits, m->losses + r, targets + r, n, c->vocab);
+    if (backward) head_chunk_backward(m, targets, r, n);
+}
+
 // The LM head and cross-entropy over the final norm's N rows, head_rows at a time: losses (N), and their mean
-// returned. With every row in one chunk the logits' buffer keeps the probabilities for the backward.
-static double head_forward(Model *m, const Token *targets) {
+// returned. With `backward` (a training step: model_forward_train) the head's backward runs too, chunk by
+// chunk while its logits are at hand (dln zeroed first). Without it, all rows in one chunk leave their
+// probabilities in the logits' buffer for model_backward.
+static double head_forward(Model *m, const Token *targets, int backward) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, d = c->d, V = c->vocab, R = m->head_rows;
+    if (backward) m->be->zero(m->dln, sizeof(float) * (size_t)N * d);
     if (N <= R) {
         m->be->matmul_forward(m->logits, m->lnf, m->w.lm_head, N, d, V);
-        return m->be->crossentropy_forward(m->logits, m->losses, targets, N, V);
+        double ce = m->be->crossentropy_forward(m->logits, m->losses, targets, N, V);
+        if (backward) head_chunk_backward(m, targets, 0, N);
+        return ce;
     }
-    for (int r = 0; r < N; r += R) {
-        int n = N - r < R ? N - r : R;
-        m->be->matmul_forward(m->logits, m->lnf + (size_t)r * d, m->w.lm_head, n, d, V);
-        m->be->crossentropy_forward(m->logits, m->losses + r, targets + r, n, V);
-    }
+    for (int r = 0; r < N; r += R) head_chunk(m, targets, r, N - r < R ? N - r : R, backward);
     double total = 0.0; // in row order, as crossentropy_forward sums one chunk
     for (int n = 0; n < N; n++) total += m->losses[n];
     return total / N;
 }
 
-// d loss / d lnf (N, d) into dln (zeroed), and the LM head's gradient. Chunks recompute their logits (not
-// counted as model FLOPs); the head's gradient is summed chunk after chunk, always in the same order.
+// model_backward's LM head after a plain model_forward: d loss / d lnf into dln (zeroed), and the head's
+// gradient. Chunks recompute their logits (not counted as model FLOPs). The head's gradient is summed chunk
+// after chunk, always in the same order, as in head_forward.
 static void head_backward(Model *m, const Token *targets) {
-    const ModelConfig *c = &m->cfg;
-    int N = m->B * m->T, d = c->d, V = c->vocab, R = m->head_rows;
-    for (int r = 0; r < N; r += R) {
-        int n = N - r < R ? N - r : R;
-        const float *ln = m->lnf + (size_t)r * d;
-        if (N > R) {
-            m->be->matmul_forward(m->logits, ln, m->w.lm_head, n, d, V);
-            m->be->crossentropy_forward(m->logits, m->losses + r, targets + r, n, V);
-        }
-        m->be->crossentropy_backward(m->dlogits, m->logits, targets + r, n, V, 1.0f / N);
-        m->be->matmul_backward(m->dln + (size_t)r * d, m->g.lm_head, m->dlogits, ln, m->w.lm_head, n, d, V);
-    }
+    int N = m->B * m->T, R = m->head_rows;
+    m->be->zero(m->dln, sizeof(float) * (size_t)N * m->cfg.d);
+    if (N <= R) { head_chunk_backward(m, targets, 0, N); return; }
+    for (int r = 0; r < N; r += R) head_chunk(m, targets, r, N - r < R ? N - r : R, 1);
 }
 
 void model_head_logits(Model *m, int row, float *logits) {
     m->be->matmul_forward(logits, m->lnf + (size_t)row * m->cfg.d, m->w.lm_head, 1, m->cfg.d, m->cfg.vocab);
 }
 
-double model_forward(Model *m, const Token *tokens, const Token *targets) {
+// The forward pass; with head_backward_too, the LM head's backward as well (model_forward_train).
+static double forward(Model *m, const Token *tokens, const Token *targets, int head_backward_too) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, d = c->d;
     if (m->tap) record_batch(m->tap, tokens, targets); // study only: the truth behind the rows this pass sends
@@ -434,10 +448,17 @@ double model_forward(Model *m, const Token *tokens, const Token *targets) {
     }
     m->be->rmsnorm_forward(m->lnf, m->rstdf, m->resid + (size_t)c->n_layers * N * d, m->w.final_norm, N, d,
                            c->norm_eps);
-    m->ce = head_forward(m, targets);
-    m->flops += flops_matmul(N, d, c->vocab);
+    m->ce = head_forward(m, targets, head_backward_too);
+    m->flops += flops_matmul(N, d, c->vocab) + (head_backward_too ? flops_matmul_backward(N, d, c->vocab, 1) : 0.0);
+    m->head_done = head_backward_too;
     m->loss = m->ce + c->aux_coef * m->aux + c->z_coef * m->z;
     return m->loss;
+}
+
+double model_forward(Model *m, const Token *tokens, const Token *targets) { return forward(m, tokens, targets, 0); }
+
+double model_forward_train(Model *m, const Token *tokens, const Token *targets) {
+    return forward(m, tokens, targets, 1);
 }
 
 void model_set_batch(Model *m, int B) {
@@ -479,9 +500,11 @@ void model_backward(Model *m, const Token *tokens, const Token *targets) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, d = c->d;
     size_t Nd = (size_t)N * d;
-    m->be->zero(m->dln, sizeof(float) * Nd);
-    head_backward(m, targets);
-    m->flops += flops_matmul_backward(N, d, c->vocab, 1);
+    if (!m->head_done) {
+        head_backward(m, targets);
+        m->flops += flops_matmul_backward(N, d, c->vocab, 1);
+    }
+    m->head_done = 0;
     m->be->zero(m->dresid, sizeof(float) * Nd);
     m->be->rmsnorm_backward(m->dresid, m->g.final_norm, m->dln, m->resid + (size_t)c->n_layers * Nd, m->w.final_norm,
                      m->rstdf, N, d);

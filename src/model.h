@@ -132,6 +132,7 @@ typedef struct {
     float *lnf, *rstdf;       // (N, d), (N) final RMSNorm (lnf: dresid's buffer, see model_create)
     int head_rows;            // rows of the LM head and cross-entropy at a time (logits_chunk_mb): N when the
                               // logits fit in one chunk, which then keeps them for the backward
+    int head_done;            // the last forward was model_forward_train's: the head's backward is done
     float *logits;            // (head_rows, V) logits; softmax probabilities once the loss is computed
     float *losses;            // (N) per-token cross-entropy
     float *cos_t, *sin_t;     // (T, head_dim/2) RoPE tables
@@ -183,6 +184,10 @@ void model_set_batch(Model *m, int B);
 
 // Forward pass on tokens, targets (B, T); returns the total loss and fills loss/ce/aux/z.
 double model_forward(Model *m, const Token *tokens, const Token *targets);
+// The forward pass of a training step (after model_zero_grad, before model_backward): model_forward, with the
+// LM head's backward run chunk by chunk while each chunk's logits are at hand, so that a head in chunks
+// computes its logits once. The model_backward that follows starts below the head.
+double model_forward_train(Model *m, const Token *tokens, const Token *targets);
 // After a forward (until the backward): the logits (V) of row `row` of the batch. m->logits holds whole
 // probabilities only for the last chunk of head_rows rows.
 void model_head_logits(Model *m, int row, float *logits);

@@ -17,7 +17,7 @@
 double train_step(Model *m, const OptimConfig *oc, const Token *tokens, const Token *targets, int step,
                   int party, float *lr_out) {
     model_zero_grad(m);
-    model_forward(m, tokens, targets);
+    model_forward_train(m, tokens, targets);
     model_backward(m, tokens, targets);
     double grad_norm = sqrt(m->be->sum_squares(m->grads, m->n_params));
     if (!isfinite(m->loss) || !isfinite(grad_norm))
@@ -78,7 +78,7 @@ static void step_pcmoe(Run *r, int step) {
     // 1. forward and backward through the shared expert pool
     if (trains) {
         data_train_batch(&p->data, p->tokens, p->targets, B, T);
-        model_forward(m, p->tokens, p->targets);
+        model_forward_train(m, p->tokens, p->targets);
         model_backward(m, p->tokens, p->targets);
     } else {
         model_serve_forward(m);
@@ -112,7 +112,7 @@ static void step_pcmoe_simulate(Run *r, int step) {
         p->model.flops = 0.0;
         model_zero_grad(&p->model);
         data_train_batch(&p->data, p->tokens, p->targets, B, T);
-        model_forward(&p->model, p->tokens, p->targets);
+        model_forward_train(&p->model, p->tokens, p->targets);
         model_backward(&p->model, p->tokens, p->targets);
         for (int l = 0; l < L; l++)
             if (model_layer_is_moe(&p->model.cfg, l))
