@@ -148,7 +148,7 @@ static const ConfigKey KEYS[] = {
      "(less activation memory, one attention sub-block forward more per layer; bit for bit the same results): "
      "true, false, or auto = true for a pcmoe party over MPI, false otherwise; may differ from a checkpoint's",
      RECOMPUTE_NAMES},
-    {"model", "logits_chunk_mb", KEY_INT, F(logits_chunk_mb), 0, 1 << 20, "64",
+    {"model", "logits_chunk_mb", KEY_INT, F(logits_chunk_mb), 0, 1 << 20, "256",
      "the LM head and cross-entropy take rows in chunks of at most this many MiB of fp32 logits, so the (B*T, "
      "vocab_size) logits are never whole in memory (chunks recompute their logits in the backward); 0 = all rows "
      "at once. A batch whose logits fit in one chunk computes as before, bit for bit; may differ from a "

@@ -27,6 +27,8 @@ expect_loud attack "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/atta
 expect_loud demo_table "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/demo_table.sh" 0
 expect_loud finetune "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/finetune.sh" 0
 expect_loud privacy "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/privacy.sh" 0 1
+# large_vocab.sh: sequences of 0 tokens (or, without the test tools' Python, it says what is missing)
+expect_loud large_vocab "pcmoe: error: .*seq_len = 0\|no Python with transformers" sh "$top_srcdir/benchmarks/large_vocab.sh" 1 0 1
 # memory.sh has no arguments: a launcher that fails stands in for a failing run
 expect_loud memory "benchmark: failed (exit" env MPIRUN=false sh "$top_srcdir/benchmarks/memory.sh"
 # plot.sh runs no pcmoe: without runs to plot (or without gnuplot) it says what is missing
