@@ -2,9 +2,10 @@
 #define _DEFAULT_SOURCE // setenv
 #include "blas.h"
 
+#include <limits.h>  // PATH_MAX
 #include <stdlib.h>  // getenv, setenv
 #include <strings.h> // strcasecmp
-#include <unistd.h>  // execv
+#include <unistd.h>  // execv, readlink
 
 #include "autoconfig.h" // HAVE_OPENBLAS_GET_CORENAME
 
@@ -30,8 +31,11 @@ void blas_choose_kernels(char **argv) {
     if (getenv("OPENBLAS_CORETYPE")) return; // the user's choice (and the second run's)
     const char *core = openblas_get_corename(), *want = cpu_kernels();
     if (!core || !want || strcasecmp(core, "Prescott")) return;
-    if (setenv("OPENBLAS_CORETYPE", want, 1) != 0) return;
-    execv("/proc/self/exe", argv); // (returns only when it fails: go on with the kernels loaded)
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1); // (its own path: the process keeps its name)
+    if (n <= 0 || setenv("OPENBLAS_CORETYPE", want, 1) != 0) return;
+    exe[n] = '\0';
+    execv(exe, argv); // (returns only when it fails: go on with the kernels loaded)
 #else
     (void)argv;
 #endif
