@@ -398,7 +398,9 @@ static int metaspace_load(Tokenizer *t, json_t *p, char **rep, int *prepend, con
     else if (scheme && !strcmp(scheme, "first")) *prepend = PREPEND_FIRST;
     else if (scheme && !strcmp(scheme, "never")) *prepend = PREPEND_NEVER;
     else if (!scheme) *prepend = json_is_false(json_object_get(p, "add_prefix_space")) ? PREPEND_NEVER : PREPEND_ALWAYS;
-    else return error_set(err, len, "%s: %s Metaspace: prepend_scheme = %s: always, first or never", t->path, what, scheme);
+    else
+        return error_set(err, len, "%s: %s Metaspace: prepend_scheme = %s: always, first or never", t->path, what,
+                         scheme);
     *rep = dup_string(r);
     return 0;
 }
