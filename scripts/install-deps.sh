@@ -3,13 +3,14 @@
 # missing, and does nothing (no apt-get at all) when everything is present. Needs root or sudo.
 #   --with-test-tools  also install what the tests use: PyTorch, NumPy, h5py (reference and checkpoint
 #                      tests), clang with libFuzzer (fuzz tests), Slurm and munge (a real single-node
-#                      cluster for the job scripts), groff (man page), iproute2 (network namespaces), and
+#                      cluster for the job scripts), groff (man page), iproute2 (network namespaces),
+#                      patchelf and xz (the GPU kit, scripts/gpu-kit.sh), and
 #                      a Python virtual environment with pinned transformers and torch from PyPI (the
 #                      Hugging Face tests; PCMOE_HF_VENV, default /opt/pcmoe-venv as root, else
 #                      ~/.local/share/pcmoe/venv); scripts/check.sh passes it
 set -eu
 pkgs="build-essential autoconf automake libtool pkg-config libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev libjansson-dev libpcre2-dev libutf8proc-dev"
-[ "${1:-}" = "--with-test-tools" ] && pkgs="$pkgs python3 python3-venv python3-torch python3-numpy python3-h5py clang libclang-rt-14-dev slurmctld slurmd slurm-client munge groff-base iproute2"
+[ "${1:-}" = "--with-test-tools" ] && pkgs="$pkgs python3 python3-venv python3-torch python3-numpy python3-h5py clang libclang-rt-14-dev slurmctld slurmd slurm-client munge groff-base iproute2 patchelf xz-utils"
 
 # The Hugging Face tests' Python: transformers and a torch it supports, pinned, in their own environment
 # (Debian's torch 1.13 is older than transformers supports). Installed once; reused while the pins match.
