@@ -19,9 +19,11 @@ struct State {
     cublasHandle_t blas = nullptr;
     void *tokens = nullptr, *targets = nullptr;    // device copies of the batch's bytes
     void *att_scratch = nullptr;                   // attention scratch
-    size_t cap_tokens = 0, cap_targets = 0, cap_att = 0; // their sizes in bytes (each grown to the largest use)
+    void *rms_scratch = nullptr;                   // the RMSNorm weight gradient's partial sums
+    size_t cap_tokens = 0, cap_targets = 0, cap_att = 0, cap_rms = 0; // their sizes in bytes (each grown to the
+                                                                      // largest use)
     double *scalars = nullptr;                     // (2) results read by the host (sum of squares; aux, z)
-    double *partial = nullptr;                     // sum-of-squares scratch
+    double *partial = nullptr;                     // scratch of the sum of squares and of the MoE losses
     size_t bytes = 0, peak = 0;                    // device bytes held through dev_alloc, now and at most
 } S;
 
@@ -104,7 +106,9 @@ void rmsnorm_fwd(float *out, float *rstd, const float *inp, const float *w, int 
 }
 void rmsnorm_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N,
                  int d) {
-    cu_rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, d, 0);
+    size_t need = sizeof(float) * (size_t)cu_rmsnorm_scratch_floats(N, d);
+    cu_rmsnorm_backward(dinp, dw, static_cast<float *>(dev_grow(&S.rms_scratch, &S.cap_rms, need)), dout, inp, w, rstd,
+                        N, d, 0);
 }
 void matmul_fwd(float *out, const float *inp, const float *w, int N, int n_in, int n_out) {
     if (N == 0) return;
@@ -170,7 +174,7 @@ void moe_route_dev(MoeActs *a, const float *inp, const float *router, const int 
     dev_sync(); // counts and offsets: the host draws the shuffle from them (and sizes the expert GEMMs)
     if (shuffle) moe_shuffle_permutation(a->perm, a->counts, a->offsets, a->m, shuffle);
     cu_moe_pack(&c, inp, shuffle ? a->perm : nullptr, a->choice_row, 0);
-    cu_moe_losses(S.scalars, &c, 0);
+    cu_moe_losses(S.scalars, S.partial, &c, 0);
     dev_sync();
     a->aux = S.scalars[0];
     a->z = S.scalars[1];
@@ -281,7 +285,9 @@ const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, s
         cublasCheck(cublasCreate(&S.blas));
         cublasCheck(cublasSetMathMode(S.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
         S.scalars = static_cast<double *>(dev_alloc(2 * sizeof(double)));
-        S.partial = static_cast<double *>(dev_alloc(sizeof(double) * cu_sum_squares_scratch_doubles()));
+        int ss = cu_sum_squares_scratch_doubles(), ml = cu_moe_losses_scratch_doubles(1024); // (m <= 1024)
+        int partial = ss > ml ? ss : ml;
+        S.partial = static_cast<double *>(dev_alloc(sizeof(double) * partial));
         S.open = 1;
     }
     return &TABLE;
@@ -289,7 +295,7 @@ const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, s
 
 void cuda_backend_close(void) {
     if (!S.open) return;
-    void *bufs[] = {S.tokens, S.targets, S.att_scratch, S.scalars, S.partial};
+    void *bufs[] = {S.tokens, S.targets, S.att_scratch, S.rms_scratch, S.scalars, S.partial};
     for (void *b : bufs)
         if (b) dev_release(b);
     cublasCheck(cublasDestroy(S.blas));

@@ -13,11 +13,13 @@ void cu_residual_forward(float *out, const float *a, const float *b, long n, cud
 void cu_embedding_forward(float *out, const Token *tokens, const float *embed, int N, int d, cudaStream_t stream);
 void cu_embedding_backward(float *dembed, const float *dout, const Token *tokens, int N, int d, cudaStream_t stream);
 
-// rmsnorm.cu: out (N, d) = inp * rstd * w, rstd (N);  dinp (N, d) +=, dw (d) +=
+// rmsnorm.cu: out (N, d) = inp * rstd * w, rstd (N);  dinp (N, d) +=, dw (d) +=; scratch: device floats,
+// cu_rmsnorm_scratch_floats(N, d) of them (dw's partial sums)
 void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps,
                         cudaStream_t stream);
-void cu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd,
-                         int N, int d, cudaStream_t stream);
+int cu_rmsnorm_scratch_floats(int N, int d);
+void cu_rmsnorm_backward(float *dinp, float *dw, float *scratch, const float *dout, const float *inp, const float *w,
+                         const float *rstd, int N, int d, cudaStream_t stream);
 
 // rope.cu: rotates the Hq query and Hkv key heads of qkv (B*T, (Hq + 2 Hkv) hs) in place (rotate-half); the
 // backward applies the inverse
@@ -89,8 +91,9 @@ void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float 
 // the private shuffle (perm (N*k) from moe_shuffle_permutation, uploaded; NULL: none; scratch: N*k
 // ints), the inverse order choice_row, and the packed inputs xe
 void cu_moe_pack(CuMoeActs *a, const float *inp, const int *perm, int *scratch, cudaStream_t stream);
-// out (2 doubles, device) = this layer's aux and z losses
-void cu_moe_losses(double *out, const CuMoeActs *a, cudaStream_t stream);
+// out (2 doubles, device) = this layer's aux and z losses; scratch: cu_moe_losses_scratch_doubles(m) device doubles
+int cu_moe_losses_scratch_doubles(int m);
+void cu_moe_losses(double *out, double *scratch, const CuMoeActs *a, cudaStream_t stream);
 // the experts present (gate[e] != NULL; device weights) on their rows; counts and offsets: HOST copies
 void cu_moe_experts_forward(cublasHandle_t h, CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
                             const int *counts, const int *offsets, cudaStream_t stream);

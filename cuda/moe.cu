@@ -69,18 +69,33 @@ __global__ void shuffle_kernel(int *row_choice, const int *was, const int *perm,
 
 // one thread: this layer's Switch aux loss m * sum_e (counts_e / (N k)) * mean_n probs[n, e] and z-loss
 // mean_n lse_n^2, summed in src/moe.c's order (double): out[0] = aux, out[1] = z
-__global__ void moe_losses_kernel(double *out, const float *probs, const float *lse, const int *counts, int N, int m,
-                                  int k) {
-    double aux = 0.0, z = 0.0;
-    for (int e = 0; e < m; e++) {
-        double mean_p = 0.0;
-        for (int n = 0; n < N; n++) mean_p += probs[(long)n * m + e];
-        mean_p /= N;
-        aux += ((double)counts[e] / ((double)N * k)) * mean_p;
+static const int LOSS_THREADS = 256;
+
+int cu_moe_losses_scratch_doubles(int m) { return m + 1; }
+
+// block e < m: sums[e] = sum_n probs[n, e]; block m: sums[m] = sum_n lse[n]^2. In double, each thread over its
+// rows in order, then a fixed tree over the block's threads (the same sums for any launch order).
+__global__ void moe_losses_partial_kernel(double *sums, const float *probs, const float *lse, int N, int m) {
+    DYNAMIC_SMEM(double, s);
+    int e = blockIdx.x;
+    double acc = 0.0;
+    for (int n = threadIdx.x; n < N; n += blockDim.x)
+        acc += e < m ? (double)probs[(long)n * m + e] : (double)lse[n] * lse[n];
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if ((int)threadIdx.x < stride) s[threadIdx.x] += s[threadIdx.x + stride];
+        __syncthreads();
     }
-    for (int n = 0; n < N; n++) z += (double)lse[n] * lse[n];
+    if (threadIdx.x == 0) sums[e] = s[0];
+}
+
+// out[0] = aux = m sum_e frac_e mean_p_e (experts in order), out[1] = z = mean lse^2, from the block sums
+__global__ void moe_losses_kernel(double *out, const double *sums, const int *counts, int N, int m, int k) {
+    double aux = 0.0;
+    for (int e = 0; e < m; e++) aux += ((double)counts[e] / ((double)N * k)) * (sums[e] / N);
     out[0] = aux * m;
-    out[1] = z / N;
+    out[1] = sums[m] / N;
 }
 
 // one thread per packed row: choice_row, the inverse of row_choice
@@ -180,8 +195,11 @@ void cu_moe_pack(CuMoeActs *a, const float *inp, const int *perm, int *scratch, 
     cudaCheck(cudaGetLastError());
 }
 
-void cu_moe_losses(double *out, const CuMoeActs *a, cudaStream_t stream) {
-    LAUNCH(moe_losses_kernel, 1, 1, 0, stream, out, a->probs, a->lse, a->counts, a->N, a->m, a->k);
+void cu_moe_losses(double *out, double *scratch, const CuMoeActs *a, cudaStream_t stream) {
+    LAUNCH(moe_losses_partial_kernel, a->m + 1, LOSS_THREADS, sizeof(double) * LOSS_THREADS, stream, scratch, a->probs,
+           a->lse, a->N, a->m);
+    cudaCheck(cudaGetLastError());
+    LAUNCH(moe_losses_kernel, 1, 1, 0, stream, out, scratch, a->counts, a->N, a->m, a->k);
     cudaCheck(cudaGetLastError());
 }
 

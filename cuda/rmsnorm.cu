@@ -1,8 +1,10 @@
-// rmsnorm.cu: RMSNorm, one block per row; the backward's weight gradient by a second kernel over
-// columns, so no atomics and a fixed summation order.
+// rmsnorm.cu: RMSNorm, one block per row; the backward's weight gradient in two stages (column sums over
+// chunks of rows, then the chunks' sums in order), so no atomics and a fixed summation order.
 #include "kernels.h"
 
-static const int RMS_THREADS = 128;
+static const int RMS_THREADS = 128, RMS_DW_ROWS = 64; // (RMS_DW_ROWS: rows of one partial sum of dw)
+
+int cu_rmsnorm_scratch_floats(int N, int d) { return ceil_div(N, RMS_DW_ROWS) * d; }
 
 // block n: rstd[n] = 1/sqrt(mean(inp[n]^2) + eps), out[n] = inp[n] * rstd[n] * w
 __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp, const float *w, int d, float eps) {
@@ -29,13 +31,24 @@ __global__ void rmsnorm_backward_input_kernel(float *dinp, const float *dout, co
         dinp[row + c] += r * (dout[row + c] * w[c] - inp[row + c] * r * dot);
 }
 
-// thread c: dw[c] += sum_n dout[n, c] * inp[n, c] * rstd[n], rows in order
-__global__ void rmsnorm_backward_weight_kernel(float *dw, const float *dout, const float *inp, const float *rstd, int N,
-                                               int d) {
+// block (x, y), thread c of column block x: partial[y, c] = sum of dout[n, c] * inp[n, c] * rstd[n] over the rows
+// n of chunk y (RMS_DW_ROWS rows), in order
+__global__ void rmsnorm_dw_partial_kernel(float *partial, const float *dout, const float *inp, const float *rstd,
+                                          int N, int d) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= d) return;
+    int n0 = blockIdx.y * RMS_DW_ROWS, n1 = n0 + RMS_DW_ROWS < N ? n0 + RMS_DW_ROWS : N;
+    float s = 0.0f;
+    for (int n = n0; n < n1; n++) s += dout[(long)n * d + c] * inp[(long)n * d + c] * rstd[n];
+    partial[(long)blockIdx.y * d + c] = s;
+}
+
+// thread c: dw[c] += the chunks' partial sums of column c, in chunk order
+__global__ void rmsnorm_dw_sum_kernel(float *dw, const float *partial, int chunks, int d) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= d) return;
     float s = 0.0f;
-    for (int n = 0; n < N; n++) s += dout[(long)n * d + c] * inp[(long)n * d + c] * rstd[n];
+    for (int y = 0; y < chunks; y++) s += partial[(long)y * d + c];
     dw[c] += s;
 }
 
@@ -45,10 +58,14 @@ void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *
     cudaCheck(cudaGetLastError());
 }
 
-void cu_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd,
-                         int N, int d, cudaStream_t stream) {
+void cu_rmsnorm_backward(float *dinp, float *dw, float *scratch, const float *dout, const float *inp, const float *w,
+                         const float *rstd, int N, int d, cudaStream_t stream) {
+    if (N == 0) return;
     LAUNCH(rmsnorm_backward_input_kernel, N, RMS_THREADS, 0, stream, dinp, dout, inp, w, rstd, d);
     cudaCheck(cudaGetLastError());
-    LAUNCH(rmsnorm_backward_weight_kernel, ceil_div(d, 128), 128, 0, stream, dw, dout, inp, rstd, N, d);
+    int chunks = ceil_div(N, RMS_DW_ROWS);
+    LAUNCH(rmsnorm_dw_partial_kernel, dim3(ceil_div(d, 128), chunks), 128, 0, stream, scratch, dout, inp, rstd, N, d);
+    cudaCheck(cudaGetLastError());
+    LAUNCH(rmsnorm_dw_sum_kernel, ceil_div(d, 128), 128, 0, stream, dw, scratch, chunks, d);
     cudaCheck(cudaGetLastError());
 }

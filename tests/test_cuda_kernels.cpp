@@ -179,26 +179,29 @@ static void check_all(cublasHandle_t h) {
         expect("embedding backward", from_dev(de, (size_t)V * d), demb);
         cudaFree(e); cudaFree(o); cudaFree(g); cudaFree(de);
     }
-    { // rmsnorm (d = 200: not a multiple of the block)
+    { // rmsnorm (d = 200: not a multiple of the block; 150 rows: the weight gradient in 3 chunks, the last short)
+        const int Nr = 150;
         const int dd = 200;
-        auto x = randn((size_t)N * dd, 1.0f, 3), w = randn(dd, 1.0f, 4), dout = randn((size_t)N * dd, 1.0f, 5);
-        auto dx0 = randn((size_t)N * dd, 0.1f, 6), dw0 = randn(dd, 0.1f, 7);
-        std::vector<float> out(N * dd), rstd(N), dx = dx0, dw = dw0;
-        rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), N, dd, 1e-5f);
-        rmsnorm_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), N, dd);
-        float *px = to_dev(x), *pw = to_dev(w), *pg = to_dev(dout), *po = to_dev(std::vector<float>(N * dd)), *pr = to_dev(std::vector<float>(N));
+        auto x = randn((size_t)Nr * dd, 1.0f, 3), w = randn(dd, 1.0f, 4), dout = randn((size_t)Nr * dd, 1.0f, 5);
+        auto dx0 = randn((size_t)Nr * dd, 0.1f, 6), dw0 = randn(dd, 0.1f, 7);
+        std::vector<float> out(Nr * dd), rstd(Nr), dx = dx0, dw = dw0;
+        rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), Nr, dd, 1e-5f);
+        rmsnorm_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), Nr, dd);
+        float *px = to_dev(x), *pw = to_dev(w), *pg = to_dev(dout), *po = to_dev(std::vector<float>(Nr * dd)), *pr = to_dev(std::vector<float>(Nr));
         float *pdx = to_dev(dx0), *pdw = to_dev(dw0);
-        cu_rmsnorm_forward(po, pr, px, pw, N, dd, 1e-5f, s);
-        cu_rmsnorm_backward(pdx, pdw, pg, px, pw, pr, N, dd, s);
-        expect("rmsnorm forward", from_dev(po, N * dd), out);
-        expect("rmsnorm rstd", from_dev(pr, N), rstd);
-        expect("rmsnorm backward dinp", from_dev(pdx, (size_t)N * dd), dx);
+        cu_rmsnorm_forward(po, pr, px, pw, Nr, dd, 1e-5f, s);
+        float *prs = nullptr; // (not initialised: the emulation's new device memory reads as NaN)
+        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&prs), sizeof(float) * cu_rmsnorm_scratch_floats(Nr, dd)));
+        cu_rmsnorm_backward(pdx, pdw, prs, pg, px, pw, pr, Nr, dd, s);
+        expect("rmsnorm forward", from_dev(po, Nr * dd), out);
+        expect("rmsnorm rstd", from_dev(pr, Nr), rstd);
+        expect("rmsnorm backward dinp", from_dev(pdx, (size_t)Nr * dd), dx);
         expect("rmsnorm backward dw", from_dev(pdw, dd), dw);
         // the harness catches bugs: each broken copy must fail the same check in this order or the other
         for (int kind = 0; kind < 2; kind++) {
-            float *pb = to_dev(std::vector<float>(N * dd)), *pbr = to_dev(std::vector<float>(N));
-            broken_rmsnorm_forward(kind, pb, pbr, px, pw, N, dd, 1e-5f);
-            double wb = worst(from_dev(pb, (size_t)N * dd).data(), out.data(), out.size());
+            float *pb = to_dev(std::vector<float>(Nr * dd)), *pbr = to_dev(std::vector<float>(Nr));
+            broken_rmsnorm_forward(kind, pb, pbr, px, pw, Nr, dd, 1e-5f);
+            double wb = worst(from_dev(pb, (size_t)Nr * dd).data(), out.data(), out.size());
             std::printf("note: broken rmsnorm (%s), %s order: worst error %.3g of tolerance\n", kind ? "off-by-one" : "missing __syncthreads", order_name, wb);
             static double seen[2] = {0.0, 0.0};
             if (wb > seen[kind]) seen[kind] = wb;
@@ -208,7 +211,7 @@ static void check_all(cublasHandle_t h) {
             }
             cudaFree(pb); cudaFree(pbr);
         }
-        cudaFree(px); cudaFree(pw); cudaFree(pg); cudaFree(po); cudaFree(pr); cudaFree(pdx); cudaFree(pdw);
+        cudaFree(px); cudaFree(pw); cudaFree(pg); cudaFree(po); cudaFree(pr); cudaFree(pdx); cudaFree(pdw); cudaFree(prs);
     }
     for (int Hkv : {H, H / 2, 1}) { // multi-head, grouped-query (2 query heads a key head), multi-query
         check_rope(B, T, H, Hkv, hs, s);
@@ -269,12 +272,13 @@ static void check_all(cublasHandle_t h) {
         moe_shuffle_permutation(perm.data(), counts.data(), offsets.data(), m, &shuffle_dev);
         int *pperm = to_dev(perm), *pscr = iz(Nk);
         cu_moe_pack(&da, px, pperm, pscr, s);
-        double *plosses = nullptr;
+        double *plosses = nullptr, *plscr = nullptr;
         cudaCheck(cudaMalloc(reinterpret_cast<void **>(&plosses), 2 * sizeof(double)));
-        cu_moe_losses(plosses, &da, s);
+        cudaCheck(cudaMalloc(reinterpret_cast<void **>(&plscr), sizeof(double) * cu_moe_losses_scratch_doubles(m)));
+        cu_moe_losses(plosses, plscr, &da, s);
         auto losses = from_dev(plosses, 2);
         expect("moe aux and z losses", std::vector<float>{(float)losses[0], (float)losses[1]}, std::vector<float>{(float)a.aux, (float)a.z});
-        cudaFree(pperm); cudaFree(pscr); cudaFree(plosses);
+        cudaFree(pperm); cudaFree(pscr); cudaFree(plosses); cudaFree(plscr);
         cu_moe_experts_forward(h, &da, pg_.data(), pu_.data(), pd_.data(), counts.data(), offsets.data(), s);
         cu_moe_combine(po, &da, s);
         cu_moe_combine_backward(dye, dgates, pg, &da, s);
