@@ -19,7 +19,7 @@ struct State {
     cublasHandle_t blas = nullptr;
     void *tokens = nullptr, *targets = nullptr;    // device copies of the batch's bytes
     void *att_scratch = nullptr;                   // attention scratch
-    void *rms_scratch = nullptr;                   // the RMSNorm weight gradient's partial sums
+    void *rms_scratch = nullptr;                   // the RMSNorm and QK-norm weight gradients' partial sums
     size_t cap_tokens = 0, cap_targets = 0, cap_att = 0, cap_rms = 0; // their sizes in bytes (each grown to the
                                                                       // largest use)
     double *scalars = nullptr;                     // (2) results read by the host (sum of squares; aux, z)
@@ -131,7 +131,9 @@ void qknorm_fwd(float *qkv, float *raw, float *rstd, const float *wq, const floa
 }
 void qknorm_bwd(float *dqkv, float *dwq, float *dwk, const float *raw, const float *wq, const float *wk,
                 const float *rstd, int N, int H, int Hkv, int hs, int per_head) {
-    cu_qknorm_backward(dqkv, dwq, dwk, raw, wq, wk, rstd, N, H, Hkv, hs, per_head, 0);
+    size_t need = sizeof(float) * (size_t)cu_qknorm_scratch_floats(N, H, Hkv, hs, per_head);
+    float *scratch = static_cast<float *>(dev_grow(&S.rms_scratch, &S.cap_rms, need)); // (shared with RMSNorm's)
+    cu_qknorm_backward(dqkv, dwq, dwk, scratch, raw, wq, wk, rstd, N, H, Hkv, hs, per_head, 0);
 }
 float *att_scratch(int B, int T, int H, int hs) {
     size_t need = sizeof(float) * (size_t)cu_attention_scratch_floats(B, T, H, hs);

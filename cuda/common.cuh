@@ -68,6 +68,16 @@ template <typename Op> __device__ __forceinline__ float block_reduce(float v, fl
     return r;
 }
 __device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp()); }
+
+// The second stage of a column sum over chunks of rows: thread c, out[c] += partial[y, c] over the chunks y in
+// order (partial (chunks, n)). A template, so that each file that launches it has its own copy.
+template <typename T> __global__ void column_chunks_sum_kernel(T *out, const T *partial, int chunks, int n) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= n) return;
+    T s = 0;
+    for (int y = 0; y < chunks; y++) s += partial[(long)y * n + c];
+    out[c] += s;
+}
 __device__ __forceinline__ float block_sum(float v, float *scratch) { return block_reduce(v, scratch, 0.0f, SumOp()); }
 __device__ __forceinline__ float block_max(float v, float *scratch) {
     return block_reduce(v, scratch, -INFINITY, MaxOp());

@@ -32,8 +32,11 @@ void cu_rope_backward(float *dqkv, const float *cos_t, const float *sin_t, int B
 // rstd (N, groups). The backward turns dqkv's query and key parts into the gradients before the norm; dwq, dwk +=
 void cu_qknorm_forward(float *qkv, float *raw, float *rstd, const float *wq, const float *wk, int N, int Hq, int Hkv,
                        int hs, int per_head, float eps, cudaStream_t stream);
-void cu_qknorm_backward(float *dqkv, float *dwq, float *dwk, const float *raw, const float *wq, const float *wk,
-                        const float *rstd, int N, int Hq, int Hkv, int hs, int per_head, cudaStream_t stream);
+// scratch: cu_qknorm_scratch_floats(...) device floats (the weight gradients' partial sums)
+int cu_qknorm_scratch_floats(int N, int Hq, int Hkv, int hs, int per_head);
+void cu_qknorm_backward(float *dqkv, float *dwq, float *dwk, float *scratch, const float *raw, const float *wq,
+                        const float *wk, const float *rstd, int N, int Hq, int Hkv, int hs, int per_head,
+                        cudaStream_t stream);
 
 // swiglu.cu: a (n) = silu(h) * u;  dh, du (n) overwritten from da
 void cu_swiglu_forward(float *a, const float *h, const float *u, long n, cudaStream_t stream);

@@ -1,7 +1,15 @@
 // qknorm.cu: QK-norm, RMSNorm of the query and key parts of each qkv row (src/layers.c's qknorm_forward):
 // per_head = 0, one group for the query part and one for the key part; per_head = 1, one group per head.
-// A warp per (row, group); the weight gradients by a second kernel over weight columns, in a fixed order.
+// A warp per (row, group); the weight gradients in two stages (column sums over chunks of rows, then the chunks
+// in order), so no atomics and a fixed summation order.
 #include "kernels.h"
+
+static const int QK_DW_ROWS = 64; // rows of one partial sum of a weight gradient
+
+int cu_qknorm_scratch_floats(int N, int Hq, int Hkv, int hs, int per_head) {
+    int lq = per_head ? hs : Hq * hs, lk = per_head ? hs : Hkv * hs;
+    return ceil_div(N, QK_DW_ROWS) * (lq > lk ? lq : lk);
+}
 
 // group g of a row: its first column, its length, and whether it is a query group
 __device__ __forceinline__ void qk_group(int g, int Hq, int Hkv, int hs, int per_head, int *col, int *len, int *is_q) {
@@ -46,21 +54,23 @@ __global__ void qknorm_backward_input_kernel(float *dqkv, const float *raw, cons
     for (int i = lane; i < len; i += 32) dy[i] = r * (dy[i] * w[i] - x[i] * dot);
 }
 
-// thread i: dw[i] += sum over rows n and the query (is_q = 1) or key groups g of dy x rstd, in order
-__global__ void qknorm_backward_weight_kernel(float *dw, int len, int want_q, const float *dqkv, const float *raw,
-                                              const float *rstd, int N, int Hq, int Hkv, int hs, int per_head) {
+// block (x, y), thread i of column block x: partial[y, i] = sum over the rows n of chunk y (QK_DW_ROWS rows) and
+// the query (want_q = 1) or key groups g of dy x rstd, in order
+__global__ void qknorm_dw_partial_kernel(float *partial, int len, int want_q, const float *dqkv, const float *raw,
+                                         const float *rstd, int N, int Hq, int Hkv, int hs, int per_head) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= len) return;
     int G = per_head ? Hq + Hkv : 2, width = (Hq + 2 * Hkv) * hs, qk = (Hq + Hkv) * hs;
+    long n0 = (long)blockIdx.y * QK_DW_ROWS, n1 = n0 + QK_DW_ROWS < N ? n0 + QK_DW_ROWS : N;
     float s = 0.0f;
-    for (long n = 0; n < N; n++)
+    for (long n = n0; n < n1; n++)
         for (int g = 0; g < G; g++) {
             int col, glen, is_q;
             qk_group(g, Hq, Hkv, hs, per_head, &col, &glen, &is_q);
             if (is_q != want_q) continue;
             s += dqkv[n * width + col + i] * raw[n * qk + col + i] * rstd[n * G + g];
         }
-    dw[i] += s;
+    partial[(long)blockIdx.y * len + i] = s;
 }
 
 void cu_qknorm_forward(float *qkv, float *raw, float *rstd, const float *wq, const float *wk, int N, int Hq, int Hkv,
@@ -71,16 +81,21 @@ void cu_qknorm_forward(float *qkv, float *raw, float *rstd, const float *wq, con
     cudaCheck(cudaGetLastError());
 }
 
-void cu_qknorm_backward(float *dqkv, float *dwq, float *dwk, const float *raw, const float *wq, const float *wk,
-                        const float *rstd, int N, int Hq, int Hkv, int hs, int per_head, cudaStream_t stream) {
-    int lq = per_head ? hs : Hq * hs, lk = per_head ? hs : Hkv * hs;
+void cu_qknorm_backward(float *dqkv, float *dwq, float *dwk, float *scratch, const float *raw, const float *wq,
+                        const float *wk, const float *rstd, int N, int Hq, int Hkv, int hs, int per_head,
+                        cudaStream_t stream) {
+    if (N == 0) return;
+    int lq = per_head ? hs : Hq * hs, lk = per_head ? hs : Hkv * hs, chunks = ceil_div(N, QK_DW_ROWS);
     // the weight gradients first: they read dy before it is replaced by the input gradient
-    LAUNCH(qknorm_backward_weight_kernel, ceil_div(lq, 128), 128, 0, stream, dwq, lq, 1, dqkv, raw, rstd, N, Hq, Hkv,
-           hs, per_head);
-    cudaCheck(cudaGetLastError());
-    LAUNCH(qknorm_backward_weight_kernel, ceil_div(lk, 128), 128, 0, stream, dwk, lk, 0, dqkv, raw, rstd, N, Hq, Hkv,
-           hs, per_head);
-    cudaCheck(cudaGetLastError());
+    for (int q = 1; q >= 0; q--) {
+        int len = q ? lq : lk;
+        LAUNCH(qknorm_dw_partial_kernel, dim3(ceil_div(len, 128), chunks), 128, 0, stream, scratch, len, q, dqkv, raw,
+               rstd, N, Hq, Hkv, hs, per_head);
+        cudaCheck(cudaGetLastError());
+        LAUNCH(column_chunks_sum_kernel<float>, ceil_div(len, 128), 128, 0, stream, q ? dwq : dwk, scratch, chunks,
+               len);
+        cudaCheck(cudaGetLastError());
+    }
     long items = (long)N * (per_head ? Hq + Hkv : 2);
     LAUNCH(qknorm_backward_input_kernel, ceil_div(items, 4), 128, 0, stream, dqkv, raw, wq, wk, rstd, N, Hq, Hkv, hs,
            per_head);

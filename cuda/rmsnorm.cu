@@ -43,14 +43,6 @@ __global__ void rmsnorm_dw_partial_kernel(float *partial, const float *dout, con
     partial[(long)blockIdx.y * d + c] = s;
 }
 
-// thread c: dw[c] += the chunks' partial sums of column c, in chunk order
-__global__ void rmsnorm_dw_sum_kernel(float *dw, const float *partial, int chunks, int d) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= d) return;
-    float s = 0.0f;
-    for (int y = 0; y < chunks; y++) s += partial[(long)y * d + c];
-    dw[c] += s;
-}
 
 void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps,
                         cudaStream_t stream) {
@@ -66,6 +58,6 @@ void cu_rmsnorm_backward(float *dinp, float *dw, float *scratch, const float *do
     int chunks = ceil_div(N, RMS_DW_ROWS);
     LAUNCH(rmsnorm_dw_partial_kernel, dim3(ceil_div(d, 128), chunks), 128, 0, stream, scratch, dout, inp, rstd, N, d);
     cudaCheck(cudaGetLastError());
-    LAUNCH(rmsnorm_dw_sum_kernel, ceil_div(d, 128), 128, 0, stream, dw, scratch, chunks, d);
+    LAUNCH(column_chunks_sum_kernel<float>, ceil_div(d, 128), 128, 0, stream, dw, scratch, chunks, d);
     cudaCheck(cudaGetLastError());
 }

@@ -144,7 +144,9 @@ static void check_qknorm(int N, int H, int Hkv, int hs, int per_head, cudaStream
     float *pf = to_dev(qkv), *pwq = to_dev(wq), *pwk = to_dev(wk), *praw = to_dev(std::vector<float>(raw.size())),
           *pr = to_dev(std::vector<float>(rstd.size())), *pdx = to_dev(dy), *pdwq = to_dev(dwq0), *pdwk = to_dev(dwk0);
     cu_qknorm_forward(pf, praw, pr, pwq, pwk, N, H, Hkv, hs, per_head, 1e-6f, s);
-    cu_qknorm_backward(pdx, pdwq, pdwk, praw, pwq, pwk, pr, N, H, Hkv, hs, per_head, s);
+    float *pscr = nullptr; // (not initialised: the emulation's new device memory reads as NaN)
+    cudaCheck(cudaMalloc(reinterpret_cast<void **>(&pscr), sizeof(float) * cu_qknorm_scratch_floats(N, H, Hkv, hs, per_head)));
+    cu_qknorm_backward(pdx, pdwq, pdwk, pscr, praw, pwq, pwk, pr, N, H, Hkv, hs, per_head, s);
     const char *kind = per_head ? "per head" : "full";
     std::snprintf(name, sizeof name, "qk-norm forward (%s; %d query, %d key heads)", kind, H, Hkv);
     expect(name, from_dev(pf, fw.size()), fw);
@@ -158,6 +160,7 @@ static void check_qknorm(int N, int H, int Hkv, int hs, int per_head, cudaStream
     dwq.insert(dwq.end(), dwk.begin(), dwk.end());
     expect(name, gw, dwq);
     cudaFree(pf); cudaFree(pwq); cudaFree(pwk); cudaFree(praw); cudaFree(pr); cudaFree(pdx); cudaFree(pdwq); cudaFree(pdwk);
+    cudaFree(pscr);
 }
 
 static void check_all(cublasHandle_t h) {
@@ -216,7 +219,7 @@ static void check_all(cublasHandle_t h) {
     for (int Hkv : {H, H / 2, 1}) { // multi-head, grouped-query (2 query heads a key head), multi-query
         check_rope(B, T, H, Hkv, hs, s);
         check_attention(h, B, H, Hkv, hs, s);
-        for (int per_head = 0; per_head < 2; per_head++) check_qknorm(N, H, Hkv, hs, per_head, s);
+        for (int per_head = 0; per_head < 2; per_head++) check_qknorm(150, H, Hkv, hs, per_head, s); // (3 chunks of rows in dw)
     }
     for (int renorm = 1; renorm >= 0; renorm--) { // the MoE layer: route, experts, combine and their backward (8 experts, top-2;
         // both gate rules: renormalised over the chosen k, or the softmax probabilities themselves)
