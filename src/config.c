@@ -150,9 +150,9 @@ static const ConfigKey KEYS[] = {
      RECOMPUTE_NAMES},
     {"model", "logits_chunk_mb", KEY_INT, F(logits_chunk_mb), 0, 1 << 20, "256",
      "the LM head and cross-entropy take rows in chunks of at most this many MiB of fp32 logits, so the (B*T, "
-     "vocab_size) logits are never whole in memory (chunks recompute their logits in the backward); 0 = all rows "
-     "at once. A batch whose logits fit in one chunk computes as before, bit for bit; may differ from a "
-     "checkpoint's", NULL},
+     "vocab_size) logits are never whole in memory (a training step runs each chunk's backward right after its "
+     "forward); 0 = all rows at once. A batch whose logits fit in one chunk computes as before, bit for bit; may "
+     "differ from a checkpoint's", NULL},
     {"model", "init_std", KEY_FLOAT, F(init_std), 1e-6, 10, "0.02",
      "std of the normal init of matrices (output projections scaled by 1/sqrt(2*n_layers))", NULL},
     {"train", "steps", KEY_INT, F(steps), 1, 1e9, "1000",
