@@ -56,18 +56,6 @@ static void experts_of(ExpertList *x, const Model *e) {
         }
 }
 
-// Expert e's tensor of `kind` in MoE layer l, as model.c lays it out: gate and up (expert_ff, d), down (d,
-// expert_ff).
-static ParamTensor expert_tensor(const Config *c, int l, int e, TensorKind kind) {
-    static const char *const w[] = {"w_gate", "w_up", "w_down"};
-    ParamTensor t = {.kind = kind, .layer = l, .expert = e, .decay = 1};
-    snprintf(t.name, sizeof t.name, "layer_%d/expert_%d/%s", l, e, w[kind - T_EXP_GATE]);
-    t.rows = kind == T_EXP_DOWN ? c->d_model : c->expert_ff;
-    t.cols = kind == T_EXP_DOWN ? c->expert_ff : c->d_model;
-    t.numel = (size_t)t.rows * t.cols;
-    return t;
-}
-
 // pcmoe over MPI: every owner sends its experts to the exporter, a tensor at a time in the list's order, and the
 // exporter keeps its own and receives the others' (x is filled at the exporter only). Nothing else moves: no
 // party's backbone leaves it.
@@ -82,7 +70,7 @@ static void experts_gather(ExpertList *x, const Config *c, Comm *comm, const Mod
     for (int l = 0; l < c->n_layers; l++)
         for (int e = 0; model_layer_is_moe(&mc, l) && e < c->n_experts; e++)
             for (TensorKind k = T_EXP_GATE; k <= T_EXP_DOWN; k++) {
-                ParamTensor t = expert_tensor(c, l, e, k);
+                ParamTensor t = model_expert_tensor(&mc, l, e, k);
                 int owner = pool_owner(e, P);
                 const ParamTensor *mine = owner == me ? model_find_tensor(m, t.name) : NULL;
                 if (owner == me && !mine) fail("internal: party %d lacks its expert tensor %s", me, t.name);

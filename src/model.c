@@ -39,6 +39,12 @@ ModelConfig model_config_from(const Config *c) {
     return m;
 }
 
+ModelConfig model_config_party(const Config *c, int exchanged) {
+    ModelConfig m = model_config_from(c);
+    if (exchanged && c->recompute_attention == RECOMPUTE_AUTO) m.recompute_attention = 1; // (memory first)
+    return m;
+}
+
 int model_layer_is_moe(const ModelConfig *c, int layer) {
     return layer >= c->private_layers && (layer + 1) % c->moe_every == 0;
 }
@@ -47,18 +53,31 @@ int model_q_dim(const ModelConfig *c) { return c->n_heads * c->head_dim; }
 int model_kv_dim(const ModelConfig *c) { return c->n_kv_heads * c->head_dim; }
 int model_qkv_dim(const ModelConfig *c) { return model_q_dim(c) + 2 * model_kv_dim(c); }
 
+// A tensor's description, all but its offset.
+static ParamTensor tensor_of(const char *name, TensorKind kind, int layer, int expert, int rows, int cols) {
+    ParamTensor t = {.kind = kind, .layer = layer, .expert = expert, .rows = rows, .cols = cols,
+                     .numel = (size_t)rows * cols, .decay = cols > 1}; // matrices decay; norm weights do not
+    snprintf(t.name, sizeof t.name, "%s", name);
+    return t;
+}
+
+// t as the next tensor of the flat buffers.
+static void layout_push(Model *m, ParamTensor t) {
+    t.offset = m->n_params;
+    m->tensors[m->n_tensors++] = t;
+    m->n_params += t.numel;
+}
+
 static void layout_add(Model *m, const char *name, TensorKind kind, int layer, int expert, int rows, int cols) {
-    ParamTensor *t = &m->tensors[m->n_tensors++];
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->kind = kind;
-    t->layer = layer;
-    t->expert = expert;
-    t->rows = rows;
-    t->cols = cols;
-    t->numel = (size_t)rows * cols;
-    t->offset = m->n_params;
-    t->decay = cols > 1; // matrices decay; norm weights (vectors) do not
-    m->n_params += t->numel;
+    layout_push(m, tensor_of(name, kind, layer, expert, rows, cols));
+}
+
+ParamTensor model_expert_tensor(const ModelConfig *c, int layer, int expert, TensorKind kind) {
+    static const char *const w[] = {"w_gate", "w_up", "w_down"};
+    char name[64];
+    snprintf(name, sizeof name, "layer_%d/expert_%d/%s", layer, expert, w[kind - T_EXP_GATE]);
+    return kind == T_EXP_DOWN ? tensor_of(name, kind, layer, expert, c->d, c->expert_ff)
+                              : tensor_of(name, kind, layer, expert, c->expert_ff, c->d);
 }
 
 // The order of tensors in the flat buffers: the checkpoint schema follows it.
@@ -88,15 +107,9 @@ static void layout_build(Model *m) {
             continue;
         }
         snprintf(name, sizeof name, "layer_%d/router", l); layout_add(m, name, T_ROUTER, l, -1, c->n_experts, d);
-        for (int e = 0; e < c->n_experts; e++) {
-            if (!m->owned[e]) continue;
-            snprintf(name, sizeof name, "layer_%d/expert_%d/w_gate", l, e);
-            layout_add(m, name, T_EXP_GATE, l, e, c->expert_ff, d);
-            snprintf(name, sizeof name, "layer_%d/expert_%d/w_up", l, e);
-            layout_add(m, name, T_EXP_UP, l, e, c->expert_ff, d);
-            snprintf(name, sizeof name, "layer_%d/expert_%d/w_down", l, e);
-            layout_add(m, name, T_EXP_DOWN, l, e, d, c->expert_ff);
-        }
+        for (int e = 0; e < c->n_experts; e++)
+            for (TensorKind k = T_EXP_GATE; k <= T_EXP_DOWN && m->owned[e]; k++)
+                layout_push(m, model_expert_tensor(c, l, e, k));
     }
     layout_add(m, "final_norm", T_FINAL_NORM, -1, -1, d, 1);
     if (!c->tie_embeddings) layout_add(m, "lm_head", T_LM_HEAD, -1, -1, c->vocab, d);
@@ -398,17 +411,10 @@ static void head_chunk(Model *m, const Token *targets, int r, int n, int backwar
 // chunk while its logits are at hand (dln zeroed first). Without it, all rows in one chunk leave their
 // probabilities in the logits' buffer for model_backward.
 static double head_forward(Model *m, const Token *targets, int backward) {
-    const ModelConfig *c = &m->cfg;
-    int N = m->B * m->T, d = c->d, V = c->vocab, R = m->head_rows;
-    if (backward) m->be->zero(m->dln, sizeof(float) * (size_t)N * d);
-    if (N <= R) {
-        m->be->matmul_forward(m->logits, m->lnf, m->w.lm_head, N, d, V);
-        double ce = m->be->crossentropy_forward(m->logits, m->losses, targets, N, V);
-        if (backward) head_chunk_backward(m, targets, 0, N);
-        return ce;
-    }
+    int N = m->B * m->T, R = m->head_rows;
+    if (backward) m->be->zero(m->dln, sizeof(float) * (size_t)N * m->cfg.d);
     for (int r = 0; r < N; r += R) head_chunk(m, targets, r, N - r < R ? N - r : R, backward);
-    double total = 0.0; // in row order, as crossentropy_forward sums one chunk
+    double total = 0.0; // in row order, as crossentropy_forward sums (the same bits with one chunk)
     for (int n = 0; n < N; n++) total += m->losses[n];
     return total / N;
 }

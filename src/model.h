@@ -157,6 +157,12 @@ typedef struct {
 } Model;
 
 ModelConfig model_config_from(const Config *c);
+// A party's model config as a run builds it: with `exchanged` (a pcmoe party over MPI) recompute_attention = auto
+// becomes on.
+ModelConfig model_config_party(const Config *c, int exchanged);
+// Expert `expert`'s tensor of kind T_EXP_GATE, T_EXP_UP or T_EXP_DOWN in layer `layer`, as the layout names and
+// shapes it (its offset aside): a description of an expert that a party need not hold.
+ParamTensor model_expert_tensor(const ModelConfig *c, int layer, int expert, TensorKind kind);
 int model_layer_is_moe(const ModelConfig *c, int layer);
 // Widths of the attention's projections: q = n_heads head_dim, kv = n_kv_heads head_dim, qkv = q + 2 kv.
 int model_q_dim(const ModelConfig *c);

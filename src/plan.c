@@ -83,8 +83,7 @@ static Plan plan_model(const Config *c, const Backend *be, int p, int P, int B, 
         owned[e] = !exchanged || pool_owner(e, P) == p;
         pl.experts += owned[e];
     }
-    ModelConfig mc = model_config_from(c);
-    if (exchanged && c->recompute_attention == RECOMPUTE_AUTO) mc.recompute_attention = 1; // (as build_party)
+    ModelConfig mc = model_config_party(c, exchanged);
     Model m;
     model_create_on(&m, be, &mc, owned, !exchanged, B, c->seq_len);
     pl.mem = m.mem;

@@ -186,15 +186,14 @@ static void build_exchange(Run *r, Party *p) {
 }
 
 // One party per rank: pcmoe (its backbone and expert shard), local and fedavg (a whole model).
-static void build_party(Run *r, ModelConfig *mc) {
+static void build_party(Run *r) {
     const Config *c = r->c;
     Party *p = &r->party[0];
     int E = c->n_experts;
     int *owned = mallocCheck(sizeof(int) * E);
     for (int e = 0; e < E; e++) owned[e] = c->mode != MODE_PCMOE || pool_owner(e, r->P) == p->party;
-    if (r->exchanged && c->recompute_attention == RECOMPUTE_AUTO)
-        mc->recompute_attention = 1; // (a pcmoe party: memory first)
-    model_create_on(&p->model, r->be, mc, owned, !r->exchanged, c->batch_size, c->seq_len);
+    ModelConfig mc = model_config_party(c, r->exchanged);
+    model_create_on(&p->model, r->be, &mc, owned, !r->exchanged, c->batch_size, c->seq_len);
     model_init(&p->model, backbone_seed(c, p->party), (uint64_t)c->seed);
     if (r->exchanged) build_exchange(r, p); // (one party alone holds every expert: nothing to exchange)
     free(owned);
@@ -212,7 +211,7 @@ static void build_models(Run *r) {
     } else if (c->mode == MODE_PCMOE && r->simulate) {
         build_simulated(r, &mc);
     } else {
-        build_party(r, &mc);
+        build_party(r);
     }
     for (int q = 0; q < r->n; q++) {
         r->party[q].tokens = mallocCheck(sizeof(Token) * B * T);
