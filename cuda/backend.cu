@@ -1,12 +1,17 @@
 // backend.cu: the CUDA backend of src/backend.h: the kernels of cuda/ behind the ops table model.c
-// calls. Model buffers are CUDA managed memory, so the host-side code that reads a few of them (the
-// MoE's counts, the checkpoint writer, fedavg) works after sync(). The table's state (the cuBLAS handle,
-// copies of the batch's bytes, scratch) belongs to the one device this process opened.
+// calls. Every kernel, copy and GEMM is queued on one non-default stream, so the host waits only where it
+// must read a result: once per MoE layer (the routing counts the exchange and the expert GEMMs need) and
+// once per step (the gradient norm, with the losses). Buffers the model keeps come from alloc (CUDA
+// managed memory, which the host reads only after sync(): the checkpoint writer, fedavg, the exchange's
+// staging); this file's own scratch is device memory from cudaMalloc, and what the host reads of it
+// arrives through pinned buffers. The table's state belongs to the one device this process opened.
 // No MPI reaches here (src/backend.h and what it includes are below the exchange): plain nvcc builds it.
 #include "kernels.h"
 
 #include <cstdio>  // snprintf
-#include <cstring> // memset
+#include <cstring> // memcpy
+#include <unordered_map>
+#include <vector>
 
 extern "C" {
 #include "backend.h"
@@ -14,43 +19,88 @@ extern "C" {
 
 namespace {
 
+const int ADAMW_SLOTS = 4; // AdamW calls whose tables may be in flight at once
+
 struct State {
     int open = 0;
     cublasHandle_t blas = nullptr;
-    void *tokens = nullptr, *targets = nullptr;    // device copies of the batch's bytes
+    cudaStream_t stream = nullptr;                 // every op of this backend (cuBLAS too)
+    // the pass's batch (batch()): where the host keeps it, and its device copy, tokens then targets (2 N)
+    const Token *host_tokens = nullptr, *host_targets = nullptr;
+    int batch_n = 0;
+    Token *batch = nullptr;                        // (then the buckets below)
+    size_t cap_batch = 0;
+    Token *loose = nullptr;                        // tokens of a call outside the batch (generation)
+    size_t cap_loose = 0;
+    int n_buckets = 0;                             // the batch tokens' buckets (cu_embedding_buckets) on the device:
+    int *buckets = nullptr;                        // token (N), start (N + 1), rows (N), in batch's buffer
+    std::vector<int> host_buckets;                 // (3 N + 1) built here
+    // pinned staging for uploads (the batch, the private shuffle), reused once `uploaded` has passed
+    void *pin_up = nullptr;
+    size_t cap_pin_up = 0;
+    cudaEvent_t uploaded = nullptr;
+    std::vector<CuAdamwTensor> adamw_tensors;      // AdamW's tables (adamw_dev): built here, staged in a ring of
+    void *pin_adamw[ADAMW_SLOTS] = {};             // pinned slots (a step updates a few groups), on the device
+    size_t cap_pin_adamw[ADAMW_SLOTS] = {};
+    cudaEvent_t adamw_uploaded[ADAMW_SLOTS] = {};
+    int adamw_next = 0;
+    void *adamw_tables = nullptr;
+    size_t cap_adamw_tables = 0;
+    int *perm = nullptr;                           // (N*k) the shuffle's permutation on the device
+    size_t cap_perm = 0;
+    int *dispatch = nullptr;                       // the dispatch's per-chunk counts
+    size_t cap_dispatch = 0;
+    void *pin_route = nullptr;                     // (2 m ints, 2 doubles) a MoE layer's counts, offsets, aux, z
     void *att_scratch = nullptr;                   // attention scratch
     void *rms_scratch = nullptr;                   // the RMSNorm and QK-norm weight gradients' partial sums
-    size_t cap_tokens = 0, cap_targets = 0, cap_att = 0, cap_rms = 0; // their sizes in bytes (each grown to the
-                                                                      // largest use)
-    double *scalars = nullptr;                     // (2) results read by the host (sum of squares; aux, z)
+    size_t cap_att = 0, cap_rms = 0;               // their sizes in bytes (each grown to the largest use)
+    double *scalars = nullptr;                     // (2) results the host reads (sum of squares; aux, z)
     double *partial = nullptr;                     // scratch of the sum of squares and of the MoE losses
-    size_t bytes = 0, peak = 0;                    // device bytes held through dev_alloc, now and at most
+    double *pin_scalar = nullptr;                  // (2) pinned: where scalars arrive
+    std::unordered_map<void *, size_t> sizes;      // bytes of every buffer alloc gave out
+    size_t bytes = 0, peak = 0;                    // device bytes held, now and at most
 } S;
 
-// Every device buffer starts with a header that keeps its size, so release can count it off: the
-// accounting is exact and needs no table. HEADER keeps the caller's pointer 256-byte aligned.
-constexpr size_t HEADER = 256;
+const int MAX_EXPERTS = 1024;   // (cu_moe_route's limit)
+const int MAX_SCALARS = 4096;   // arrays one sum_squares call may take
 
-void *dev_alloc(size_t bytes) {
-    char *p = nullptr;
-    cudaCheck(cudaMallocManaged(reinterpret_cast<void **>(&p), HEADER + bytes));
-    cudaCheck(cudaMemset(p + HEADER, 0, bytes));
-    cudaCheck(cudaDeviceSynchronize());
-    *reinterpret_cast<size_t *>(p) = bytes;
+void count_alloc(void *p, size_t bytes) {
+    S.sizes[p] = bytes;
     S.bytes += bytes;
     if (S.bytes > S.peak) S.peak = S.bytes;
-    return p + HEADER;
 }
-void dev_release(void *q) {
-    if (!q) return;
-    char *p = static_cast<char *>(q) - HEADER;
-    S.bytes -= *reinterpret_cast<size_t *>(p);
+void count_release(void *p) {
+    auto it = S.sizes.find(p);
+    if (it == S.sizes.end()) fail("CUDA backend: release of %p, which alloc did not give", p);
+    S.bytes -= it->second;
+    S.sizes.erase(it);
+}
+
+// A model buffer: managed memory, zero-filled, ready for the host when this returns.
+void *dev_alloc(size_t bytes) {
+    void *p = nullptr;
+    cudaCheck(cudaMallocManaged(&p, bytes ? bytes : 1));
+    cudaCheck(cudaMemsetAsync(p, 0, bytes, S.stream));
+    cudaCheck(cudaStreamSynchronize(S.stream)); // (the host may write it next)
+    count_alloc(p, bytes);
+    return p;
+}
+void dev_release(void *p) {
+    if (!p) return;
+    count_release(p);
     cudaCheck(cudaFree(p));
 }
 void *dev_resize(void *q, size_t old_bytes, size_t bytes) {
     void *p = dev_alloc(bytes);
-    if (old_bytes) cudaCheck(cudaMemcpy(p, q, old_bytes < bytes ? old_bytes : bytes, cudaMemcpyDefault));
-    dev_release(q);
+    if (old_bytes) cudaCheck(cudaMemcpyAsync(p, q, old_bytes < bytes ? old_bytes : bytes, cudaMemcpyDefault, S.stream));
+    dev_release(q); // (cudaFree waits for the copy)
+    return p;
+}
+// This backend's own scratch: device memory, contents undefined.
+void *scratch_alloc(size_t bytes) {
+    void *p = nullptr;
+    cudaCheck(cudaMalloc(&p, bytes ? bytes : 1));
+    count_alloc(p, bytes);
     return p;
 }
 size_t dev_peak(void) { return S.peak; }
@@ -61,27 +111,77 @@ void *pinned_alloc(size_t bytes) {
     return p;
 }
 void pinned_release(void *p) { cudaCheck(cudaFreeHost(p)); }
-void dev_sync(void) { cudaCheck(cudaDeviceSynchronize()); }
-void dev_zero(void *p, size_t bytes) { cudaCheck(cudaMemsetAsync(p, 0, bytes, 0)); }
+void dev_sync(void) { cudaCheck(cudaStreamSynchronize(S.stream)); }
+void dev_zero(void *p, size_t bytes) { cudaCheck(cudaMemsetAsync(p, 0, bytes, S.stream)); }
 void dev_copy(void *dst, const void *src, size_t bytes) {
-    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, 0));
+    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, S.stream));
 }
 
-// *buf, holding at least `bytes` (*cap: its size, grown to the largest request; contents not kept)
+// *buf, device scratch holding at least `bytes` (*cap: its size, grown to the largest request; contents
+// not kept)
 void *dev_grow(void **buf, size_t *cap, size_t bytes) {
-    if (bytes > *cap) {
-        dev_release(*buf);
-        *buf = dev_alloc(bytes);
+    if (bytes > *cap || !*buf) {
+        if (*buf) { count_release(*buf); cudaCheck(cudaFree(*buf)); }
+        *buf = scratch_alloc(bytes);
         *cap = bytes;
     }
     return *buf;
 }
 
-// a device copy of n host tokens in *buf
-const Token *dev_tokens(void **buf, size_t *cap, const Token *host, size_t n) {
-    void *d = dev_grow(buf, cap, sizeof(Token) * n);
-    cudaCheck(cudaMemcpy(d, host, sizeof(Token) * n, cudaMemcpyHostToDevice));
-    return static_cast<const Token *>(d);
+// *buf, pinned host memory of at least `bytes` (*cap: its size; contents not kept)
+void *grow_pinned(void **buf, size_t *cap, size_t bytes) {
+    if (bytes > *cap || !*buf) {
+        if (*buf) cudaCheck(cudaFreeHost(*buf));
+        cudaCheck(cudaMallocHost(buf, bytes ? bytes : 1));
+        *cap = bytes;
+    }
+    return *buf;
+}
+
+// Pinned staging of at least `bytes` for an upload, once the previous upload from it has been read (a
+// wait only when it has not: in a step, the routing's wait has always passed it).
+void *upload_staging(size_t bytes) {
+    if (cudaEventQuery(S.uploaded) == cudaErrorNotReady) cudaCheck(cudaEventSynchronize(S.uploaded));
+    else cudaCheck(cudaGetLastError());
+    return grow_pinned(&S.pin_up, &S.cap_pin_up, bytes);
+}
+// dst (device) = n bytes of host memory src, through the staging
+void upload(void *dst, const void *src, size_t n) {
+    if (!n) return;
+    void *pin = upload_staging(n);
+    std::memcpy(pin, src, n);
+    cudaCheck(cudaMemcpyAsync(dst, pin, n, cudaMemcpyHostToDevice, S.stream));
+    cudaCheck(cudaEventRecord(S.uploaded, S.stream));
+}
+
+// The pass's tokens and targets (N each, either may be NULL), and the tokens' buckets for the embedding's
+// backward: uploaded once (one copy), read by the ops below.
+void batch(const Token *tokens, const Token *targets, int N) {
+    std::vector<int> &hb = S.host_buckets;
+    hb.assign(3 * (size_t)N + 1, 0);
+    S.n_buckets = tokens ? cu_embedding_buckets(tokens, N, hb.data(), hb.data() + N, hb.data() + 2 * N + 1) : 0;
+    size_t tok_bytes = (sizeof(Token) * 2 * N + 15) / 16 * 16, bytes = tok_bytes + sizeof(int) * hb.size();
+    char *d = static_cast<char *>(dev_grow(reinterpret_cast<void **>(&S.batch), &S.cap_batch, bytes));
+    char *pin = static_cast<char *>(upload_staging(bytes));
+    if (tokens) std::memcpy(pin, tokens, sizeof(Token) * N);
+    if (targets) std::memcpy(pin + sizeof(Token) * N, targets, sizeof(Token) * N);
+    std::memcpy(pin + tok_bytes, hb.data(), sizeof(int) * hb.size());
+    cudaCheck(cudaMemcpyAsync(d, pin, bytes, cudaMemcpyHostToDevice, S.stream));
+    cudaCheck(cudaEventRecord(S.uploaded, S.stream));
+    S.host_tokens = tokens;
+    S.host_targets = targets;
+    S.batch_n = N;
+    S.buckets = reinterpret_cast<int *>(d + tok_bytes);
+}
+// The device copy of n host tokens: within the batch, or uploaded now
+const Token *dev_tokens(const Token *host, int n) {
+    const Token *bases[2] = {S.host_tokens, S.host_targets};
+    for (int i = 0; i < 2; i++)
+        if (bases[i] && host >= bases[i] && host + n <= bases[i] + S.batch_n)
+            return S.batch + i * S.batch_n + (host - bases[i]);
+    Token *d = static_cast<Token *>(dev_grow(reinterpret_cast<void **>(&S.loose), &S.cap_loose, sizeof(Token) * n));
+    upload(d, host, sizeof(Token) * n);
+    return d;
 }
 
 CuMoeActs view(const MoeActs *a) {
@@ -89,26 +189,31 @@ CuMoeActs view(const MoeActs *a) {
     c.N = a->N; c.d = a->d; c.m = a->m; c.k = a->k; c.f = a->f;
     c.renorm = a->renorm;
     c.logits = a->logits; c.probs = a->probs; c.lse = a->lse; c.topk = a->topk; c.gates = a->gates;
-    c.gate_sum = a->gate_sum; c.counts = a->counts; c.offsets = a->offsets; c.row_choice = a->row_choice;
+    c.gate_sum = a->gate_sum; c.counts = a->dev_index; c.offsets = a->dev_index + a->m; c.row_choice = a->row_choice;
     c.choice_row = a->choice_row; c.xe = a->xe; c.ye = a->ye; c.he = a->he; c.ue = a->ue; c.ae = a->ae;
     return c;
 }
 
-void residual(float *out, const float *a, const float *b, size_t n) { cu_residual_forward(out, a, b, (long)n, 0); }
-void embedding_fwd(float *out, const Token *tokens, const float *embed, int N, int d) {
-    cu_embedding_forward(out, dev_tokens(&S.tokens, &S.cap_tokens, tokens, (size_t)N), embed, N, d, 0);
+void residual(float *out, const float *a, const float *b, size_t n) {
+    cu_residual_forward(out, a, b, (long)n, S.stream);
 }
+void embedding_fwd(float *out, const Token *tokens, const float *embed, int N, int d) {
+    cu_embedding_forward(out, dev_tokens(tokens, N), embed, N, d, S.stream);
+}
+// (the batch's buckets; tokens outside the batch get theirs built and uploaded here)
 void embedding_bwd(float *dembed, const float *dout, const Token *tokens, int N, int d) {
-    cu_embedding_backward(dembed, dout, dev_tokens(&S.tokens, &S.cap_tokens, tokens, (size_t)N), N, d, 0);
+    if (tokens != S.host_tokens || N != S.batch_n) batch(tokens, nullptr, N);
+    const int *b = S.buckets;
+    cu_embedding_backward(dembed, dout, b, b + N, b + 2 * N + 1, S.n_buckets, d, S.stream);
 }
 void rmsnorm_fwd(float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps) {
-    cu_rmsnorm_forward(out, rstd, inp, w, N, d, eps, 0);
+    cu_rmsnorm_forward(out, rstd, inp, w, N, d, eps, S.stream);
 }
 void rmsnorm_bwd(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd, int N,
                  int d) {
     size_t need = sizeof(float) * (size_t)cu_rmsnorm_scratch_floats(N, d);
     cu_rmsnorm_backward(dinp, dw, static_cast<float *>(dev_grow(&S.rms_scratch, &S.cap_rms, need)), dout, inp, w, rstd,
-                        N, d, 0);
+                        N, d, S.stream);
 }
 void matmul_fwd(float *out, const float *inp, const float *w, int N, int n_in, int n_out) {
     if (N == 0) return;
@@ -120,20 +225,20 @@ void matmul_bwd(float *dinp, float *dw, const float *dout, const float *inp, con
     cu_matmul_backward(S.blas, dinp, dw, dout, inp, w, N, n_in, n_out);
 }
 void rope_fwd(float *qkv, const float *c, const float *s, int B, int T, int H, int Hkv, int hs) {
-    cu_rope_forward(qkv, c, s, B, T, H, Hkv, hs, 0);
+    cu_rope_forward(qkv, c, s, B, T, H, Hkv, hs, S.stream);
 }
 void rope_bwd(float *dqkv, const float *c, const float *s, int B, int T, int H, int Hkv, int hs) {
-    cu_rope_backward(dqkv, c, s, B, T, H, Hkv, hs, 0);
+    cu_rope_backward(dqkv, c, s, B, T, H, Hkv, hs, S.stream);
 }
 void qknorm_fwd(float *qkv, float *raw, float *rstd, const float *wq, const float *wk, int N, int H, int Hkv, int hs,
                 int per_head, float eps) {
-    cu_qknorm_forward(qkv, raw, rstd, wq, wk, N, H, Hkv, hs, per_head, eps, 0);
+    cu_qknorm_forward(qkv, raw, rstd, wq, wk, N, H, Hkv, hs, per_head, eps, S.stream);
 }
 void qknorm_bwd(float *dqkv, float *dwq, float *dwk, const float *raw, const float *wq, const float *wk,
                 const float *rstd, int N, int H, int Hkv, int hs, int per_head) {
     size_t need = sizeof(float) * (size_t)cu_qknorm_scratch_floats(N, H, Hkv, hs, per_head);
     float *scratch = static_cast<float *>(dev_grow(&S.rms_scratch, &S.cap_rms, need)); // (shared with RMSNorm's)
-    cu_qknorm_backward(dqkv, dwq, dwk, scratch, raw, wq, wk, rstd, N, H, Hkv, hs, per_head, 0);
+    cu_qknorm_backward(dqkv, dwq, dwk, scratch, raw, wq, wk, rstd, N, H, Hkv, hs, per_head, S.stream);
 }
 float *att_scratch(int B, int T, int H, int hs) {
     size_t need = sizeof(float) * (size_t)cu_attention_scratch_floats(B, T, H, hs);
@@ -142,82 +247,121 @@ float *att_scratch(int B, int T, int H, int hs) {
 size_t att_saved(int B, int T, int H) { return (size_t)B * H * T * T; } // the probabilities
 size_t att_work(int) { return 0; }                                        // (att_scratch instead)
 void attention_fwd(float *out, float *att, float *, size_t, const float *qkv, int B, int T, int H, int Hkv, int hs) {
-    cu_attention_forward(S.blas, out, att, qkv, att_scratch(B, T, H, hs), B, T, H, Hkv, hs, 0);
+    cu_attention_forward(S.blas, out, att, qkv, att_scratch(B, T, H, hs), B, T, H, Hkv, hs, S.stream);
 }
 void attention_bwd(float *dqkv, float *, size_t, const float *dout, const float *qkv, const float *att, const float *,
                    int B, int T, int H, int Hkv, int hs) {
-    cu_attention_backward(S.blas, dqkv, dout, qkv, att, att_scratch(B, T, H, hs), B, T, H, Hkv, hs, 0);
+    cu_attention_backward(S.blas, dqkv, dout, qkv, att, att_scratch(B, T, H, hs), B, T, H, Hkv, hs, S.stream);
 }
-double ce_fwd(float *probs, float *losses, const Token *targets, int N, int V) {
-    cu_crossentropy_forward(probs, losses, dev_tokens(&S.targets, &S.cap_targets, targets, (size_t)N), N, V, 0);
-    dev_sync();
-    double total = 0.0; // in row order, as the CPU kernel
-    for (int n = 0; n < N; n++) total += losses[n];
-    return total / N;
+void ce_fwd(float *probs, float *losses, const Token *targets, int N, int V) {
+    cu_crossentropy_forward(probs, losses, dev_tokens(targets, N), N, V, S.stream);
 }
 void ce_bwd(float *dlogits, const float *probs, const Token *targets, int N, int V, float scale) {
-    const Token *dt = dev_tokens(&S.targets, &S.cap_targets, targets, (size_t)N);
-    cu_crossentropy_backward(dlogits, probs, dt, N, V, scale, 0);
+    cu_crossentropy_backward(dlogits, probs, dev_tokens(targets, N), N, V, scale, S.stream);
 }
 void ffn_fwd(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu, const float *wd,
              int N, int d, int f) {
     if (N == 0) return;
-    cu_ffn_forward(S.blas, y, h, u, a, x, wg, wu, wd, N, d, f, 0);
+    cu_ffn_forward(S.blas, y, h, u, a, x, wg, wu, wd, N, d, f, S.stream);
 }
 void ffn_bwd(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da, const float *dy,
              const float *x, const float *h, const float *u, const float *a, const float *wg, const float *wu,
              const float *wd, int N, int d, int f) {
     if (N == 0) return;
-    cu_ffn_backward(S.blas, dx, dwg, dwu, dwd, dh, du, da, dy, x, h, u, a, wg, wu, wd, N, d, f, 0);
+    cu_ffn_backward(S.blas, dx, dwg, dwu, dwd, dh, du, da, dy, x, h, u, a, wg, wu, wd, N, d, f, S.stream);
 }
+// The router and dispatch on the device, then the layer's one wait: the host needs the counts and offsets
+// (the exchange, the expert GEMMs' sizes, the shuffle) and takes the aux and z losses with them.
 void moe_route_dev(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle) {
     CuMoeActs c = view(a);
-    cu_moe_route(S.blas, &c, inp, router, order, 0);
-    dev_sync(); // counts and offsets: the host draws the shuffle from them (and sizes the expert GEMMs)
-    if (shuffle) moe_shuffle_permutation(a->perm, a->counts, a->offsets, a->m, shuffle);
-    cu_moe_pack(&c, inp, shuffle ? a->perm : nullptr, a->choice_row, 0);
-    cu_moe_losses(S.scalars, S.partial, &c, 0);
+    int m = a->m;
+    size_t need = sizeof(int) * (size_t)cu_moe_dispatch_scratch_ints((long)a->N * a->k, m);
+    int *scratch = static_cast<int *>(dev_grow(reinterpret_cast<void **>(&S.dispatch), &S.cap_dispatch, need));
+    cu_moe_route(S.blas, &c, inp, router, order, scratch, S.stream);
+    cu_moe_losses(S.scalars, S.partial, &c, S.stream);
+    int *pin = static_cast<int *>(S.pin_route);
+    double *pin_losses = reinterpret_cast<double *>(pin + 2 * MAX_EXPERTS);
+    cudaCheck(cudaMemcpyAsync(pin, a->dev_index, sizeof(int) * 2 * m, cudaMemcpyDeviceToHost, S.stream));
+    cudaCheck(cudaMemcpyAsync(pin_losses, S.scalars, 2 * sizeof(double), cudaMemcpyDeviceToHost, S.stream));
     dev_sync();
-    a->aux = S.scalars[0];
-    a->z = S.scalars[1];
+    std::memcpy(a->counts, pin, sizeof(int) * m);
+    std::memcpy(a->offsets, pin + m, sizeof(int) * m);
+    a->aux = pin_losses[0];
+    a->z = pin_losses[1];
+    int *perm = nullptr;
+    if (shuffle) { // drawn on the host, as the CPU path does, then uploaded
+        size_t bytes = sizeof(int) * (size_t)a->N * a->k;
+        moe_shuffle_permutation(a->perm, a->counts, a->offsets, m, shuffle);
+        perm = static_cast<int *>(dev_grow(reinterpret_cast<void **>(&S.perm), &S.cap_perm, bytes));
+        upload(perm, a->perm, bytes);
+    }
+    cu_moe_pack(&c, inp, perm, a->choice_row, S.stream);
 }
 void moe_experts_fwd(MoeActs *a, ExpertSet w) {
     CuMoeActs c = view(a);
-    cu_moe_experts_forward(S.blas, &c, w.gate, w.up, w.down, a->counts, a->offsets, 0);
+    cu_moe_experts_forward(S.blas, &c, w.gate, w.up, w.down, a->counts, a->offsets, S.stream);
 }
 void moe_combine_dev(float *out, const MoeActs *a) {
     CuMoeActs c = view(a);
-    cu_moe_combine(out, &c, 0);
+    cu_moe_combine(out, &c, S.stream);
 }
 void moe_combine_bwd(MoeScratch *s, const float *dout, const MoeActs *a) {
     CuMoeActs c = view(a);
-    cu_moe_combine_backward(s->dye, s->dgates, dout, &c, 0);
+    cu_moe_combine_backward(s->dye, s->dgates, dout, &c, S.stream);
 }
 void moe_experts_bwd(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw) {
     CuMoeActs c = view(a);
     cu_moe_experts_backward(S.blas, s->dxe, s->dhe, s->due, s->dae, s->dye, &c, w.gate, w.up, w.down, dw.gate, dw.up,
-                            dw.down, a->counts, a->offsets, 0);
+                            dw.down, a->counts, a->offsets, S.stream);
 }
 void moe_route_bwd(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp, const float *router,
                    float aux_coef, float z_coef) {
     CuMoeActs c = view(a);
-    cu_moe_route_backward(S.blas, dinp, drouter, s->dlogits, s->dxe, s->dgates, &c, inp, router, aux_coef, z_coef, 0);
+    cu_moe_route_backward(S.blas, dinp, drouter, s->dlogits, s->dxe, s->dgates, &c, inp, router, aux_coef, z_coef,
+                          S.stream);
 }
-double sum_squares_dev(const float *g, size_t n) {
-    cu_sum_squares(S.scalars, S.partial, g, (long)n, 0);
-    dev_sync();
-    return S.scalars[0];
+// out[i] = the sum of squares of array i, each on the device, then one wait for all of them
+// (MAX_SCALARS at a time: one wait each)
+void sum_squares_dev(double *out, const float *const *arrays, const size_t *lengths, int count) {
+    for (int i0 = 0; i0 < count; i0 += MAX_SCALARS) {
+        int n = count - i0 < MAX_SCALARS ? count - i0 : MAX_SCALARS;
+        for (int i = 0; i < n; i++)
+            cu_sum_squares(S.scalars + i, S.partial, arrays[i0 + i], (long)lengths[i0 + i], S.stream);
+        cudaCheck(cudaMemcpyAsync(S.pin_scalar, S.scalars, sizeof(double) * n, cudaMemcpyDeviceToHost, S.stream));
+        dev_sync();
+        std::memcpy(out + i0, S.pin_scalar, sizeof(double) * n);
+    }
 }
+// AdamW over the active tensors: one launch, its two tables uploaded from a slot of their own pinned ring (the
+// batch's staging may still be in use); a step's few calls never wait for a slot.
 void adamw_dev(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *active, int *steps,
                float *params, const float *grads, float *m, float *v, float lr, float grad_scale) {
+    std::vector<CuAdamwTensor> &t = S.adamw_tensors;
+    t.clear();
     for (int k = 0; k < n_tensors; k++) {
         if (!active[k]) continue;
         const ParamTensor *pt = &tensors[k];
-        float bc1, bc2, decay;
-        optim_adamw_scalars(o, pt, ++steps[k], lr, &bc1, &bc2, &decay);
-        cu_adamw(params + pt->offset, grads + pt->offset, m + pt->offset, v + pt->offset, (long)pt->numel, lr, o->beta1,
-                 o->beta2, o->eps, decay, bc1, bc2, grad_scale, 0);
+        CuAdamwTensor c = {(long)pt->offset, (long)pt->numel, 0.0f, 0.0f, 0.0f};
+        optim_adamw_scalars(o, pt, ++steps[k], lr, &c.bc1, &c.bc2, &c.decay);
+        t.push_back(c);
     }
+    int nb = cu_adamw_plan(t.data(), (int)t.size(), nullptr);
+    if (nb == 0) return;
+    size_t tbytes = (sizeof(CuAdamwTensor) * t.size() + 15) / 16 * 16, bytes = tbytes + sizeof(CuAdamwBlock) * nb;
+    int slot = S.adamw_next;
+    S.adamw_next = (slot + 1) % ADAMW_SLOTS;
+    cudaEvent_t ev = S.adamw_uploaded[slot];
+    if (cudaEventQuery(ev) == cudaErrorNotReady) cudaCheck(cudaEventSynchronize(ev));
+    else cudaCheck(cudaGetLastError());
+    char *pin = static_cast<char *>(grow_pinned(&S.pin_adamw[slot], &S.cap_pin_adamw[slot], bytes));
+    std::memcpy(pin, t.data(), sizeof(CuAdamwTensor) * t.size());
+    cu_adamw_plan(t.data(), (int)t.size(), reinterpret_cast<CuAdamwBlock *>(pin + tbytes));
+    char *d = static_cast<char *>(dev_grow(reinterpret_cast<void **>(&S.adamw_tables), &S.cap_adamw_tables, bytes));
+    cudaCheck(cudaMemcpyAsync(d, pin, bytes, cudaMemcpyHostToDevice, S.stream));
+    cudaCheck(cudaEventRecord(ev, S.stream));
+    cu_adamw_tensors(params, grads, m, v, reinterpret_cast<const CuAdamwTensor *>(d),
+                     reinterpret_cast<const CuAdamwBlock *>(d + tbytes), nb, lr, o->beta1, o->beta2, o->eps, grad_scale,
+                     S.stream);
 }
 
 // Every entry by name (C++20 designated initialisers, in the declaration order of backend.h, which the
@@ -234,6 +378,7 @@ const Backend TABLE = {
     .zero = dev_zero,
     .copy = dev_copy,
     .peak_bytes = dev_peak,
+    .batch = batch,
     .residual_forward = residual,
     .embedding_forward = embedding_fwd,
     .embedding_backward = embedding_bwd,
@@ -284,12 +429,21 @@ const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, s
     }
     if (!S.open) {
         cudaCheck(cudaSetDevice(dev));
+        cudaCheck(cudaStreamCreateWithFlags(&S.stream, cudaStreamNonBlocking));
+        cudaCheck(cudaEventCreateWithFlags(&S.uploaded, cudaEventDisableTiming));
+        cudaCheck(cudaEventRecord(S.uploaded, S.stream));
+        for (cudaEvent_t &ev : S.adamw_uploaded) {
+            cudaCheck(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+            cudaCheck(cudaEventRecord(ev, S.stream));
+        }
         cublasCheck(cublasCreate(&S.blas));
+        cublasCheck(cublasSetStream(S.blas, S.stream));
         cublasCheck(cublasSetMathMode(S.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
-        S.scalars = static_cast<double *>(dev_alloc(2 * sizeof(double)));
-        int ss = cu_sum_squares_scratch_doubles(), ml = cu_moe_losses_scratch_doubles(1024); // (m <= 1024)
-        int partial = ss > ml ? ss : ml;
-        S.partial = static_cast<double *>(dev_alloc(sizeof(double) * partial));
+        S.scalars = static_cast<double *>(scratch_alloc(MAX_SCALARS * sizeof(double)));
+        int ss = cu_sum_squares_scratch_doubles(), ml = cu_moe_losses_scratch_doubles(MAX_EXPERTS);
+        S.partial = static_cast<double *>(scratch_alloc(sizeof(double) * (ss > ml ? ss : ml)));
+        cudaCheck(cudaMallocHost(reinterpret_cast<void **>(&S.pin_scalar), MAX_SCALARS * sizeof(double)));
+        cudaCheck(cudaMallocHost(&S.pin_route, 2 * MAX_EXPERTS * sizeof(int) + 2 * sizeof(double)));
         S.open = 1;
     }
     return &TABLE;
@@ -297,9 +451,18 @@ const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, s
 
 void cuda_backend_close(void) {
     if (!S.open) return;
-    void *bufs[] = {S.tokens, S.targets, S.att_scratch, S.rms_scratch, S.scalars, S.partial};
+    void *bufs[] = {S.batch,       S.loose,       S.perm,        S.dispatch, S.adamw_tables,
+                    S.att_scratch, S.rms_scratch, S.scalars,     S.partial};
     for (void *b : bufs)
-        if (b) dev_release(b);
+        if (b) { count_release(b); cudaCheck(cudaFree(b)); }
+    void *pins[] = {S.pin_up, S.pin_route, S.pin_scalar, S.pin_adamw[0], S.pin_adamw[1], S.pin_adamw[2],
+                    S.pin_adamw[3]};
+    static_assert(ADAMW_SLOTS == 4, "pins[] lists every slot");
+    for (void *p : pins)
+        if (p) cudaCheck(cudaFreeHost(p));
     cublasCheck(cublasDestroy(S.blas));
+    cudaCheck(cudaEventDestroy(S.uploaded));
+    for (cudaEvent_t ev : S.adamw_uploaded) cudaCheck(cudaEventDestroy(ev));
+    cudaCheck(cudaStreamDestroy(S.stream));
     S = State();
 }

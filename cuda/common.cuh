@@ -23,7 +23,7 @@
 #include "emu/cublas_emu.h"
 #include "emu/cuda_emu.h"
 #define LAUNCH(kernel, grid, block, smem, stream, ...)                                                                 \
-    emu_launch((grid), (block), (smem), (stream), [&]() { kernel(__VA_ARGS__); })
+    emu_launch((grid), (block), (smem), (stream), emu_bind(kernel, __VA_ARGS__))
 #define DYNAMIC_SMEM(type, name) type *name = static_cast<type *>(emu_dynamic_smem())
 #endif
 

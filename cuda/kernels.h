@@ -9,9 +9,13 @@
 // residual.cu: out (n) = a + b
 void cu_residual_forward(float *out, const float *a, const float *b, long n, cudaStream_t stream);
 
-// embedding.cu: out (N, d) = embed[tokens[n]];  dembed (V, d) += scatter of dout by token
+// embedding.cu: out (N, d) = embed[tokens[n]];  dembed (V, d) += scatter of dout by token, from the tokens'
+// buckets: cu_embedding_buckets (host code, host arrays) returns the number nb of distinct tokens and fills
+// token (nb), start (nb + 1) and rows (N): bucket b's rows, rows[start[b], start[b+1]) in row order
+int cu_embedding_buckets(const Token *tokens, int N, int *token, int *start, int *rows);
 void cu_embedding_forward(float *out, const Token *tokens, const float *embed, int N, int d, cudaStream_t stream);
-void cu_embedding_backward(float *dembed, const float *dout, const Token *tokens, int N, int d, cudaStream_t stream);
+void cu_embedding_backward(float *dembed, const float *dout, const int *bucket_token, const int *bucket_start,
+                           const int *bucket_rows, int n_buckets, int d, cudaStream_t stream);
 
 // rmsnorm.cu: out (N, d) = inp * rstd * w, rstd (N);  dinp (N, d) +=, dw (d) +=; scratch: device floats,
 // cu_rmsnorm_scratch_floats(N, d) of them (dw's partial sums)
@@ -60,6 +64,21 @@ void cu_crossentropy_backward(float *dlogits, const float *probs, const Token *t
 // decay = lr * weight_decay (0 for tensors without decay), grads scaled by grad_scale (clipping)
 void cu_adamw(float *params, const float *grads, float *m, float *v, long n, float lr, float beta1, float beta2,
               float eps, float decay, float bc1, float bc2, float grad_scale, cudaStream_t stream);
+// The same over many tensors of the buffers in one launch. tensors (n_tensors) and blocks (n_blocks) are device
+// copies of tables built on the host: cu_adamw_plan (host code) fills blocks from the tensors and returns
+// their number (blocks NULL: only counts).
+typedef struct CuAdamwTensor {
+    long offset, numel;     // where the tensor starts in the buffers, and its length
+    float bc1, bc2, decay;  // its step's bias corrections and decay (optim_adamw_scalars)
+} CuAdamwTensor;
+typedef struct CuAdamwBlock {
+    int tensor;             // index into the tensor table
+    long start;             // its first element
+} CuAdamwBlock;
+int cu_adamw_plan(const CuAdamwTensor *tensors, int n_tensors, CuAdamwBlock *blocks);
+void cu_adamw_tensors(float *params, const float *grads, float *m, float *v, const CuAdamwTensor *tensors,
+                      const CuAdamwBlock *blocks, int n_blocks, float lr, float beta1, float beta2, float eps,
+                      float grad_scale, cudaStream_t stream);
 // reduce.cu: *out (one double, device) = sum of g[i]^2, in a fixed order (deterministic); partial:
 // device scratch of cu_sum_squares_scratch_doubles() doubles (allocated once, outside the step)
 int cu_sum_squares_scratch_doubles(void);
@@ -88,9 +107,13 @@ typedef struct {
     float *he, *ue, *ae;    // (N*k, f)
 } CuMoeActs;
 // router GEMM, softmax, top-k, gates, counts, offsets (experts in `order`, a device array, or NULL) and
-// the packing order (each expert's rows in choice order)
+// the packing order (each expert's rows in choice order); scratch: cu_moe_dispatch_scratch_ints(N*k, m) ints
 void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float *router, const int *order,
-                  cudaStream_t stream);
+                  int *scratch, cudaStream_t stream);
+// the dispatch alone: counts, offsets (m) and row_choice (Nk) from topk (Nk), as src/moe.c's counting sort
+int cu_moe_dispatch_scratch_ints(long Nk, int m);
+void cu_moe_dispatch(int *counts, int *offsets, int *row_choice, const int *topk, const int *order, long Nk, int m,
+                     int *scratch, cudaStream_t stream);
 // the private shuffle (perm (N*k) from moe_shuffle_permutation, uploaded; NULL: none; scratch: N*k
 // ints), the inverse order choice_row, and the packed inputs xe
 void cu_moe_pack(CuMoeActs *a, const float *inp, const int *perm, int *scratch, cudaStream_t stream);

@@ -38,16 +38,39 @@ __global__ void router_forward_kernel(float *probs, float *lse, int *topk, float
     for (int j = 0; j < k; j++) gates[(long)n * k + j] = p[top[j]] / gsum;
 }
 
-// one thread per expert e: counts[e], then (thread 0) offsets in `order`, then every expert writes the
-// choices routed to it, in choice order, to its rows: row_choice (N*k)
-__global__ void dispatch_kernel(int *counts, int *offsets, int *row_choice, const int *topk, const int *order, long Nk,
-                                int m) {
-    int e = threadIdx.x; // one block of m threads (m <= 1024)
-    int c = 0;
-    for (long i = 0; i < Nk; i++) c += topk[i] == e;
-    counts[e] = c;
+// Dispatch, a stable counting sort of the N*k choices by expert in three launches, each deterministic:
+// the choices are cut into chunks of DISPATCH_CHUNK; per chunk, how many go to each expert; per expert, its
+// count and each chunk's first place among its rows; then every choice takes its row.
+static const int DISPATCH_CHUNK = 128;
+
+int cu_moe_dispatch_scratch_ints(long Nk, int m) { return (int)(ceil_div(Nk, DISPATCH_CHUNK) * (long)m); }
+
+// block b, one thread per choice of chunk b: chunk_counts (chunks, m) [b, e] = its choices routed to e
+__global__ void dispatch_count_kernel(int *chunk_counts, const int *topk, long Nk, int m) {
+    DYNAMIC_SMEM(int, c); // (m)
+    for (int e = threadIdx.x; e < m; e += blockDim.x) c[e] = 0;
     __syncthreads();
-    if (e == 0) {
+    long i = (long)blockIdx.x * DISPATCH_CHUNK + threadIdx.x;
+    if (i < Nk) atomicAdd(&c[topk[i]], 1); // (integer counts: the same for any order)
+    __syncthreads();
+    for (int e = threadIdx.x; e < m; e += blockDim.x) chunk_counts[(long)blockIdx.x * m + e] = c[e];
+}
+
+// one block, thread e per expert: counts[e]; chunk_counts [b, e] becomes the rows of e in the chunks before b;
+// then thread 0 lays the experts out in `order` (NULL: 0..m-1): offsets
+__global__ void dispatch_scan_kernel(int *counts, int *offsets, int *chunk_counts, const int *order, int chunks,
+                                     int m) {
+    for (int e = threadIdx.x; e < m; e += blockDim.x) {
+        int run = 0;
+        for (int b = 0; b < chunks; b++) {
+            int n = chunk_counts[(long)b * m + e];
+            chunk_counts[(long)b * m + e] = run;
+            run += n;
+        }
+        counts[e] = run;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
         int next = 0;
         for (int i = 0; i < m; i++) {
             int x = order ? order[i] : i;
@@ -55,10 +78,37 @@ __global__ void dispatch_kernel(int *counts, int *offsets, int *row_choice, cons
             next += counts[x];
         }
     }
+}
+
+// block b, thread t for choice i = b * DISPATCH_CHUNK + t: its row is its expert's offset, plus the expert's rows
+// in earlier chunks, plus the choices before it in this chunk that chose the same expert (stable: choice order)
+__global__ void dispatch_place_kernel(int *row_choice, const int *offsets, const int *chunk_base, const int *topk,
+                                      long Nk, int m) {
+    __shared__ int ex[DISPATCH_CHUNK];
+    long i = (long)blockIdx.x * DISPATCH_CHUNK + threadIdx.x;
+    ex[threadIdx.x] = i < Nk ? topk[i] : -1;
     __syncthreads();
-    int row = offsets[e];
-    for (long i = 0; i < Nk; i++)
-        if (topk[i] == e) row_choice[row++] = (int)i;
+    if (i >= Nk) return;
+    int e = ex[threadIdx.x], before = 0;
+    for (int t = 0; t < (int)threadIdx.x; t++) before += ex[t] == e;
+    row_choice[offsets[e] + chunk_base[(long)blockIdx.x * m + e] + before] = (int)i;
+}
+
+void cu_moe_dispatch(int *counts, int *offsets, int *row_choice, const int *topk, const int *order, long Nk, int m,
+                     int *scratch, cudaStream_t stream) {
+    int chunks = ceil_div(Nk, DISPATCH_CHUNK);
+    if (chunks == 0) { // no rows: every count and offset 0
+        cudaCheck(cudaMemsetAsync(counts, 0, sizeof(int) * m, stream));
+        cudaCheck(cudaMemsetAsync(offsets, 0, sizeof(int) * m, stream));
+        return;
+    }
+    LAUNCH(dispatch_count_kernel, chunks, DISPATCH_CHUNK, sizeof(int) * m, stream, scratch, topk, Nk, m);
+    cudaCheck(cudaGetLastError());
+    LAUNCH(dispatch_scan_kernel, 1, m < 1024 ? ceil_div(m, 32) * 32 : 1024, 0, stream, counts, offsets, scratch, order,
+           chunks, m);
+    cudaCheck(cudaGetLastError());
+    LAUNCH(dispatch_place_kernel, chunks, DISPATCH_CHUNK, 0, stream, row_choice, offsets, scratch, topk, Nk, m);
+    cudaCheck(cudaGetLastError());
 }
 
 // one thread per packed row: row_choice[r] = was[perm[r]] (the private shuffle)
@@ -170,16 +220,27 @@ __global__ void router_backward_kernel(float *dlogits, const float *probs, const
     for (int e = 0; e < m; e++) dl[e] = p[e] * (dl[e] - pdot) + zc * p[e];
 }
 
+// The router's GEMMs run in exact fp32 whatever the handle's mode (run.tf32), so that the top-k choices, which
+// a rounding can flip, match the CPU's.
+static cublasMath_t router_math_begin(cublasHandle_t h) {
+    cublasMath_t mode;
+    cublasCheck(cublasGetMathMode(h, &mode));
+    cublasCheck(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+    return mode;
+}
+static void router_math_end(cublasHandle_t h, cublasMath_t mode) { cublasCheck(cublasSetMathMode(h, mode)); }
+
 void cu_moe_route(cublasHandle_t h, CuMoeActs *a, const float *inp, const float *router, const int *order,
-                  cudaStream_t stream) {
+                  int *scratch, cudaStream_t stream) {
     long Nk = (long)a->N * a->k;
     if (a->m > 1024) fail("CUDA MoE routing: %d experts, at most 1024 supported", a->m);
+    cublasMath_t mode = router_math_begin(h);
     cu_matmul_forward(h, a->logits, inp, router, a->N, a->d, a->m);
+    router_math_end(h, mode);
     LAUNCH(router_forward_kernel, ceil_div(a->N, 128), 128, 0, stream, a->probs, a->lse, a->topk, a->gates, a->gate_sum,
            a->logits, a->N, a->m, a->k, a->renorm);
     cudaCheck(cudaGetLastError());
-    LAUNCH(dispatch_kernel, 1, a->m, 0, stream, a->counts, a->offsets, a->row_choice, a->topk, order, Nk, a->m);
-    cudaCheck(cudaGetLastError());
+    cu_moe_dispatch(a->counts, a->offsets, a->row_choice, a->topk, order, Nk, a->m, scratch, stream);
 }
 
 void cu_moe_pack(CuMoeActs *a, const float *inp, const int *perm, int *scratch, cudaStream_t stream) {
@@ -251,5 +312,7 @@ void cu_moe_route_backward(cublasHandle_t h, float *dinp, float *drouter, float 
     LAUNCH(router_backward_kernel, ceil_div(a->N, 128), 128, 0, stream, dlogits, a->probs, a->lse, a->topk, a->gates,
            a->gate_sum, dgates, a->counts, a->N, a->m, a->k, a->renorm, aux_coef, z_coef);
     cudaCheck(cudaGetLastError());
+    cublasMath_t mode = router_math_begin(h);
     cu_matmul_backward(h, dinp, drouter, dlogits, inp, router, a->N, a->d, a->m);
+    router_math_end(h, mode);
 }

@@ -5,9 +5,9 @@
 // - "cuda" (cuda/backend.cu): the kernels of cuda/ (cuda/kernels.h).
 // No op counts its FLOPs: model.c and the exchange count them where they call an op (flops.h).
 // Buffers a model keeps (parameters, gradients, AdamW state, activations) come from the table's alloc.
-// On cuda that is CUDA managed memory: kernels use it in place, and host code (the MoE's counts, the
-// checkpoint writer, fedavg's allreduce, the exchange's checks) may read it after sync(). Ops that return
-// a host value (the cross-entropy, the gradient's sum of squares) synchronise themselves.
+// On cuda that is CUDA managed memory: kernels use it in place, and host code (the checkpoint writer,
+// fedavg's allreduce, the exchange's checks, the losses) may read it only after sync(). Ops queue their
+// work; those that return host values (moe_route's counts, sum_squares) wait for it themselves.
 #ifndef PCMOE_BACKEND_H
 #define PCMOE_BACKEND_H
 
@@ -32,6 +32,9 @@ typedef struct Backend {
     void (*zero)(void *p, size_t bytes);
     void (*copy)(void *dst, const void *src, size_t bytes); // queued like an op; either side may be host memory
     size_t (*peak_bytes)(void);               // the most bytes alloc's buffers (and the backend's own) held at once
+    // the pass's tokens and targets (N each, host memory; either may be NULL): cuda uploads them once, and the
+    // ops below that take token pointers into these arrays read that copy (cpu: nothing to do)
+    void (*batch)(const Token *tokens, const Token *targets, int N);
     // layers.h
     void (*residual_forward)(float *out, const float *a, const float *b, size_t n);
     void (*embedding_forward)(float *out, const Token *tokens, const float *embed, int N, int d);
@@ -57,7 +60,7 @@ typedef struct Backend {
                               int Hq, int Hkv, int hs);
     void (*attention_backward)(float *dqkv, float *work, size_t work_floats, const float *dout, const float *qkv,
                                const float *saved, const float *out, int B, int T, int Hq, int Hkv, int hs);
-    double (*crossentropy_forward)(float *probs_inout, float *losses, const Token *targets, int N, int V);
+    void (*crossentropy_forward)(float *probs_inout, float *losses, const Token *targets, int N, int V);
     void (*crossentropy_backward)(float *dlogits, const float *probs, const Token *targets, int N, int V,
                                   float scale);
     void (*ffn_forward)(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu,
@@ -65,7 +68,7 @@ typedef struct Backend {
     void (*ffn_backward)(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
                          const float *dy, const float *x, const float *h, const float *u, const float *a,
                          const float *wg, const float *wu, const float *wd, int N, int d, int f);
-    // moe.h (moe_route leaves counts and offsets readable by the host)
+    // moe.h (moe_route leaves counts, offsets, aux and z in the host's MoeActs fields)
     void (*moe_route)(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle);
     void (*moe_experts_forward)(MoeActs *a, ExpertSet w);
     void (*moe_combine)(float *out, const MoeActs *a);
@@ -74,7 +77,8 @@ typedef struct Backend {
     void (*moe_route_backward)(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp,
                                const float *router, float aux_coef, float z_coef);
     // optim.h
-    double (*sum_squares)(const float *g, size_t n);
+    // out[i] = optim_sum_squares(arrays[i], lengths[i]) for i < count (one wait on cuda)
+    void (*sum_squares)(double *out, const float *const *arrays, const size_t *lengths, int count);
     void (*adamw)(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *active,
                   int *steps, float *params, const float *grads, float *m, float *v, float lr, float grad_scale);
 } Backend;

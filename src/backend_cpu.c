@@ -22,6 +22,13 @@ static void cpu_sync(void) {}
 static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 static size_t cpu_peak(void) { return 0; } // host memory: the process's peak RSS says it
+static void cpu_batch(const Token *tokens, const Token *targets, int N) { (void)tokens; (void)targets; (void)N; }
+static void cpu_crossentropy(float *probs, float *losses, const Token *targets, int N, int V) {
+    crossentropy_forward(probs, losses, targets, N, V);
+}
+static void cpu_sum_squares(double *out, const float *const *arrays, const size_t *lengths, int count) {
+    for (int i = 0; i < count; i++) out[i] = optim_sum_squares(arrays[i], lengths[i]);
+}
 static size_t cpu_att_saved(int B, int T, int H) { return (size_t)B * H * T; }
 static size_t cpu_att_work(int T) {
 #ifdef _OPENMP
@@ -43,6 +50,7 @@ const Backend backend_cpu = {
     .zero = cpu_zero,
     .copy = cpu_copy,
     .peak_bytes = cpu_peak,
+    .batch = cpu_batch,
     .residual_forward = residual_forward,
     .embedding_forward = embedding_forward,
     .embedding_backward = embedding_backward,
@@ -58,7 +66,7 @@ const Backend backend_cpu = {
     .attention_work_floats = cpu_att_work,
     .attention_forward = attention_forward,
     .attention_backward = attention_backward,
-    .crossentropy_forward = crossentropy_forward,
+    .crossentropy_forward = cpu_crossentropy,
     .crossentropy_backward = crossentropy_backward,
     .ffn_forward = ffn_forward,
     .ffn_backward = ffn_backward,
@@ -68,6 +76,6 @@ const Backend backend_cpu = {
     .moe_combine_backward = moe_combine_backward,
     .moe_experts_backward = moe_experts_backward,
     .moe_route_backward = moe_route_backward,
-    .sum_squares = optim_sum_squares,
+    .sum_squares = cpu_sum_squares,
     .adamw = optim_adamw,
 };

@@ -288,11 +288,10 @@ void bench_score(Model *m, const BenchTask *t, Token *tok, Token *tgt, double *l
             from[s] = n - scored;
             to[s] = n;
         }
-        model_forward(m, tok, tgt);
-        m->be->sync(); // (the host reads the per-position losses)
+        model_forward(m, tok, tgt); // (row_losses: the per-position losses, on the host)
         for (int s = 0; s < B && p0 + s < t->n_pairs; s++) {
             double ll = 0.0;
-            for (int pos = from[s]; pos < to[s]; pos++) ll -= m->losses[(size_t)s * T + pos];
+            for (int pos = from[s]; pos < to[s]; pos++) ll -= m->row_losses[(size_t)s * T + pos];
             loglik[p0 + s] = ll;
         }
     }

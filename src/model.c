@@ -7,7 +7,7 @@
 #endif
 #include <stdio.h>  // snprintf
 #include <stdlib.h> // free
-#include <string.h> // memset, strcmp
+#include <string.h> // memset, memcpy, strcmp
 
 #include "layers.h" // the dense ops
 #include "rng.h"    // Rng for initialisation
@@ -243,6 +243,7 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     m->head_rows = model_head_rows(c, (int)N);
     m->logits = act_alloc(m, (size_t)m->head_rows * c->vocab);
     m->losses = act_alloc(m, N);
+    m->row_losses = callocCheck(N ? N : 1, sizeof(float));
     m->cos_t = act_alloc(m, (size_t)T * c->head_dim / 2);
     m->sin_t = act_alloc(m, (size_t)T * c->head_dim / 2);
     rope_tables(m->cos_t, m->sin_t, T, c->head_dim, c->rope_theta);
@@ -285,6 +286,7 @@ void model_free(Model *m) {
     float *bufs[] = {m->resid, m->rstdf, m->logits, m->losses, m->cos_t, m->sin_t, m->dresid, m->dln, m->dqkv, m->datty,
                      m->dffn_h, m->dffn_u, m->dffn_a, m->att_work, m->params, m->grads, m->adam_m, m->adam_v};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
+    free(m->row_losses);
     moe_scratch_free(&m->moe_scratch, release);
     if (m->moe_he) { release(m->moe_he); release(m->moe_ue); release(m->moe_ae); }
     weights_unbind(&m->w, L);
@@ -406,17 +408,26 @@ static void head_chunk(Model *m, const Token *targets, int r, int n, int backwar
     if (backward) head_chunk_backward(m, targets, r, n);
 }
 
-// The LM head and cross-entropy over the final norm's N rows, head_rows at a time: losses (N), and their mean
-// returned. With `backward` (a training step: model_forward_train) the head's backward runs too, chunk by
-// chunk while its logits are at hand (dln zeroed first). Without it, all rows in one chunk leave their
-// probabilities in the logits' buffer for model_backward.
-static double head_forward(Model *m, const Token *targets, int backward) {
+// The LM head and cross-entropy over the final norm's N rows, head_rows at a time: losses (N), queued.
+// With `backward` (a training step: model_forward_train) the head's backward runs too, chunk by chunk while
+// its logits are at hand (dln zeroed first). Without it, all rows in one chunk leave their probabilities in
+// the logits' buffer for model_backward.
+static void head_forward(Model *m, const Token *targets, int backward) {
     int N = m->B * m->T, R = m->head_rows;
     if (backward) m->be->zero(m->dln, sizeof(float) * (size_t)N * m->cfg.d);
     for (int r = 0; r < N; r += R) head_chunk(m, targets, r, N - r < R ? N - r : R, backward);
+}
+
+void model_finish_loss(Model *m) {
+    if (!m->loss_pending) return;
+    int N = m->B * m->T;
+    m->be->sync(); // (free after a wait that passed the head, as the gradient norm's)
+    memcpy(m->row_losses, m->losses, sizeof(float) * (size_t)N); // (the device may run on once this returns)
     double total = 0.0; // in row order, as crossentropy_forward sums (the same bits with one chunk)
-    for (int n = 0; n < N; n++) total += m->losses[n];
-    return total / N;
+    for (int n = 0; n < N; n++) total += m->row_losses[n];
+    m->ce = total / N;
+    m->loss = m->ce + m->cfg.aux_coef * m->aux + m->cfg.z_coef * m->z;
+    m->loss_pending = 0;
 }
 
 // model_backward's LM head after a plain model_forward: d loss / d lnf into dln (zeroed), and the head's
@@ -434,10 +445,11 @@ void model_head_logits(Model *m, int row, float *logits) {
 }
 
 // The forward pass; with head_backward_too, the LM head's backward as well (model_forward_train).
-static double forward(Model *m, const Token *tokens, const Token *targets, int head_backward_too) {
+static void forward(Model *m, const Token *tokens, const Token *targets, int head_backward_too) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, d = c->d;
     if (m->tap) record_batch(m->tap, tokens, targets); // study only: the truth behind the rows this pass sends
+    m->be->batch(tokens, targets, N);
     m->be->embedding_forward(m->resid, tokens, m->w.embed, N, d);
     m->aux = m->z = 0.0;
     for (int l = 0; l < c->n_layers; l++) {
@@ -454,18 +466,20 @@ static double forward(Model *m, const Token *tokens, const Token *targets, int h
     }
     m->be->rmsnorm_forward(m->lnf, m->rstdf, m->resid + (size_t)c->n_layers * N * d, m->w.final_norm, N, d,
                            c->norm_eps);
-    m->ce = head_forward(m, targets, head_backward_too);
+    head_forward(m, targets, head_backward_too);
     m->flops += flops_matmul(N, d, c->vocab) + (head_backward_too ? flops_matmul_backward(N, d, c->vocab, 1) : 0.0);
     m->head_done = head_backward_too;
-    m->loss = m->ce + c->aux_coef * m->aux + c->z_coef * m->z;
+    m->ce = m->loss = NAN;
+    m->loss_pending = 1;
+}
+
+double model_forward(Model *m, const Token *tokens, const Token *targets) {
+    forward(m, tokens, targets, 0);
+    model_finish_loss(m);
     return m->loss;
 }
 
-double model_forward(Model *m, const Token *tokens, const Token *targets) { return forward(m, tokens, targets, 0); }
-
-double model_forward_train(Model *m, const Token *tokens, const Token *targets) {
-    return forward(m, tokens, targets, 1);
-}
+void model_forward_train(Model *m, const Token *tokens, const Token *targets) { forward(m, tokens, targets, 1); }
 
 void model_set_batch(Model *m, int B) {
     if (B < 1 || B > m->B_alloc) fail("internal: batch %d outside [1, %d]", B, m->B_alloc);

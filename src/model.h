@@ -133,8 +133,10 @@ typedef struct {
     int head_rows;            // rows of the LM head and cross-entropy at a time (logits_chunk_mb): N when the
                               // logits fit in one chunk, which then keeps them for the backward
     int head_done;            // the last forward was model_forward_train's: the head's backward is done
+    int loss_pending;         // loss and ce wait for model_finish_loss
     float *logits;            // (head_rows, V) logits; softmax probabilities once the loss is computed
-    float *losses;            // (N) per-token cross-entropy
+    float *losses;            // (N) per-token cross-entropy (the backend's memory)
+    float *row_losses;        // (N) the same in host memory, from model_finish_loss (for the host to read)
     float *cos_t, *sin_t;     // (T, head_dim/2) RoPE tables
     // backward scratch
     float *dresid;            // (N, d) gradient of the residual stream
@@ -192,8 +194,13 @@ void model_set_batch(Model *m, int B);
 double model_forward(Model *m, const Token *tokens, const Token *targets);
 // The forward pass of a training step (after model_zero_grad, before model_backward): model_forward, with the
 // LM head's backward run chunk by chunk while each chunk's logits are at hand, so that a head in chunks
-// computes its logits once. The model_backward that follows starts below the head.
-double model_forward_train(Model *m, const Token *tokens, const Token *targets);
+// computes its logits once. The model_backward that follows starts below the head. The losses stay on the
+// device (loss and ce are NaN) until model_finish_loss, which a training step calls after the wait for its
+// gradient norm, so that a step waits once.
+void model_forward_train(Model *m, const Token *tokens, const Token *targets);
+// loss and ce from the forward's per-row losses (waits for the device if the step has not yet); nothing
+// when they are already there.
+void model_finish_loss(Model *m);
 // After a forward (until the backward): the logits (V) of row `row` of the batch. m->logits holds whole
 // probabilities only for the last chunk of head_rows rows.
 void model_head_logits(Model *m, int row, float *logits);

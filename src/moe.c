@@ -29,11 +29,12 @@ void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_ac
     a->topk = alloc_i(Nk, bytes, alloc);
     a->gates = alloc_f(Nk, bytes, alloc);
     a->gate_sum = alloc_f(N, bytes, alloc);
-    a->counts = alloc_i(m, bytes, alloc);
-    a->offsets = alloc_i(m, bytes, alloc);
+    a->counts = alloc_i(m, bytes, NULL);
+    a->offsets = alloc_i(m, bytes, NULL);
+    a->dev_index = alloc_i(2 * m, bytes, alloc);
     a->row_choice = alloc_i(Nk, bytes, alloc);
     a->choice_row = alloc_i(Nk, bytes, alloc);
-    a->perm = alloc_i(Nk, bytes, alloc);
+    a->perm = alloc_i(Nk, bytes, NULL);
     a->fill = alloc_i(m, bytes, NULL);
     a->ye = alloc_f(Nk * d, bytes, alloc);
     a->xe = xe_in_ye ? a->ye : alloc_f(Nk * d, bytes, alloc);
@@ -44,10 +45,13 @@ void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_ac
 }
 
 void moe_acts_free(MoeActs *a, void (*release)(void *)) {
-    void *bufs[] = {a->probs, a->lse, a->topk, a->gates, a->gate_sum, a->counts, a->offsets, a->row_choice,
-                    a->choice_row, a->perm, a->xe != a->ye ? a->xe : NULL, a->he, a->ue, a->ae, a->ye};
+    void *bufs[] = {a->probs, a->lse, a->topk, a->gates, a->gate_sum, a->dev_index, a->row_choice, a->choice_row,
+                    a->xe != a->ye ? a->xe : NULL, a->he, a->ue, a->ae, a->ye};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) (release ? release : free)(bufs[i]);
+    free(a->counts);
+    free(a->offsets);
+    free(a->perm);
     free(a->fill);
 }
 

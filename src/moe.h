@@ -24,11 +24,12 @@ typedef struct {
                        // 0: the chosen probabilities themselves (moe_acts_alloc sets 1)
     float *gates;      // (N, k) the chosen experts' weights
     float *gate_sum;   // (N) sum of the chosen probabilities (the renormaliser; 1 without renorm)
-    int *counts;       // (m) rows routed to each expert
-    int *offsets;      // (m) first packed row of each expert
+    int *counts;       // (m) rows routed to each expert (host memory)
+    int *offsets;      // (m) first packed row of each expert (host memory)
+    int *dev_index;    // (2m) counts then offsets in alloc's memory: the device's own (the cuda backend's)
     int *row_choice;   // (N*k) packed row -> choice
     int *choice_row;   // (N*k) choice -> packed row
-    int *perm;         // (N*k) the private shuffle's permutation (scratch of moe_route)
+    int *perm;         // (N*k) the private shuffle's permutation (scratch of moe_route; host memory)
     int *fill;         // (m) scratch of moe_route's counting sort (host memory)
     float *xe;         // (N*k, d) packed expert inputs (a pcmoe party: ye's buffer, see moe_acts_alloc)
     float *he, *ue;    // (N*k, f) expert gate / up projections

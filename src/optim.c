@@ -1,9 +1,11 @@
 // optim.c: AdamW, learning-rate schedule, gradient clipping.
 #include "optim.h"
 
-#include <math.h> // cos, sqrt, sqrtf, pow
+#include <math.h>   // cos, sqrt, sqrtf, pow
+#include <stdlib.h> // free
 
 #include "backend.h" // Backend
+#include "util.h"    // mallocCheck
 
 float optim_lr(const OptimConfig *o, int step) {
     if (step < o->warmup_steps) return o->lr * (float)(step + 1) / (float)o->warmup_steps;
@@ -40,13 +42,32 @@ float optim_clip_scale(const OptimConfig *o, double grad_norm) {
     return 1.0f;
 }
 
+void optim_group_norms(const Backend *be, const ParamTensor *tensors, int n_tensors, const unsigned char *group,
+                       int n_groups, const float *grads, double *norms) {
+    int n = n_tensors ? n_tensors : 1, count = 0;
+    const float **arrays = mallocCheck(sizeof(float *) * n);
+    size_t *lengths = mallocCheck(sizeof(size_t) * n);
+    double *sums = mallocCheck(sizeof(double) * n);
+    for (int i = 0; i < n_tensors; i++)
+        if (group[i]) {
+            arrays[count] = grads + tensors[i].offset;
+            lengths[count++] = tensors[i].numel;
+        }
+    be->sum_squares(sums, arrays, lengths, count); // (one wait on a device for every group)
+    for (int g = 0; g < n_groups; g++) norms[g] = 0.0;
+    for (int i = 0, j = 0; i < n_tensors; i++) // each group's sum tensor after tensor, a fixed order
+        if (group[i]) norms[group[i] - 1] += sums[j++];
+    for (int g = 0; g < n_groups; g++) norms[g] = sqrt(norms[g]);
+    free(arrays);
+    free(lengths);
+    free(sums);
+}
+
 double optim_update_group(const Backend *be, const OptimConfig *o, const ParamTensor *tensors, int n_tensors,
                           const unsigned char *select, int *steps, float *params, const float *grads, float *m,
                           float *v, float lr) {
-    double ss = 0.0;
-    for (int i = 0; i < n_tensors; i++)
-        if (select[i]) ss += be->sum_squares(grads + tensors[i].offset, tensors[i].numel);
-    double norm = sqrt(ss);
+    double norm;
+    optim_group_norms(be, tensors, n_tensors, select, 1, grads, &norm);
     be->adamw(o, tensors, n_tensors, select, steps, params, grads, m, v, lr, optim_clip_scale(o, norm));
     return norm;
 }

@@ -25,6 +25,10 @@ struct Backend; // backend.h
 // Clips and updates one group of tensors: those with select[i] set. The group's gradient norm decides
 // its clipping; returns that norm (before clipping). lr: the learning rate of this step. be: the device
 // the buffers live on (its sum_squares and adamw do the work).
+// norms[g] = the gradient norm of group g < n_groups: the tensors with group[i] == g + 1 (0: in none), summed
+// tensor after tensor. One sum_squares call, so a device waits once for all of them.
+void optim_group_norms(const struct Backend *be, const ParamTensor *tensors, int n_tensors, const unsigned char *group,
+                       int n_groups, const float *grads, double *norms);
 double optim_update_group(const struct Backend *be, const OptimConfig *o, const ParamTensor *tensors, int n_tensors,
                           const unsigned char *select, int *steps, float *params, const float *grads, float *m,
                           float *v, float lr);

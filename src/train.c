@@ -19,7 +19,11 @@ double train_step(Model *m, const OptimConfig *oc, const Token *tokens, const To
     model_zero_grad(m);
     model_forward_train(m, tokens, targets);
     model_backward(m, tokens, targets);
-    double grad_norm = sqrt(m->be->sum_squares(m->grads, m->n_params));
+    const float *g = m->grads;
+    double ss;
+    m->be->sum_squares(&ss, &g, &m->n_params, 1);
+    double grad_norm = sqrt(ss);
+    model_finish_loss(m); // (its losses are at hand after the wait for the norm)
     if (!isfinite(m->loss) || !isfinite(grad_norm))
         fail("step %d, party %d: non-finite %s (loss %g, gradient norm %g); stopping", step + 1, party,
              isfinite(m->loss) ? "gradient" : "loss", m->loss, grad_norm);
@@ -49,7 +53,31 @@ static double update_group(Run *r, Model *m, float lr, int experts, int owner, i
     return norm;
 }
 
-static void stats_train(StepStats *s, const Model *m, float lr, double grad_norm, double tokens, double dt) {
+// A pcmoe party's update: its backbone if it trained (backbone = 1), and the experts it holds that any
+// party's rows reached, each group clipped by its own norm (as update_group). Both norms come from one wait,
+// which also brings the step's losses. Returns the backbone's norm (0 without it).
+static double update_party(Run *r, Model *m, float lr, int backbone, int step, int party) {
+    unsigned char *group = m->selected;
+    for (int i = 0; i < m->n_tensors; i++) // 1: backbone, 2: experts, 0: neither
+        group[i] = !m->active[i] ? 0 : m->tensors[i].expert >= 0 ? 2 : backbone ? 1 : 0;
+    double norms[2];
+    optim_group_norms(m->be, m->tensors, m->n_tensors, group, 2, m->grads, norms);
+    model_finish_loss(m);
+    for (int g = 0; g < 2; g++)
+        if (!isfinite(norms[g]))
+            fail("step %d, party %d: non-finite %s gradient; stopping", step + 1, party, g ? "expert" : "backbone");
+    unsigned char *sel = mallocCheck((size_t)(m->n_tensors ? m->n_tensors : 1));
+    for (int g = 1; g <= 2; g++) {
+        for (int i = 0; i < m->n_tensors; i++) sel[i] = group[i] == g;
+        m->be->adamw(&r->oc, m->tensors, m->n_tensors, sel, m->adam_steps, m->params, m->grads, m->adam_m, m->adam_v,
+                     lr, optim_clip_scale(&r->oc, norms[g - 1]));
+    }
+    free(sel);
+    return backbone ? norms[0] : 0.0;
+}
+
+static void stats_train(StepStats *s, Model *m, float lr, double grad_norm, double tokens, double dt) {
+    model_finish_loss(m);
     s->has_train = 1;
     s->train_loss = m->loss;
     s->ce = m->ce;
@@ -88,8 +116,7 @@ static void step_pcmoe(Run *r, int step) {
     if (trains && step == r->nan_grad_step && p->party == r->P - 1) m->grads[0] = NAN; // test hook
     // 2. the party updates its backbone if it trained; as an owner, the experts that any party's rows reached
     float lr = optim_lr(&r->oc, step);
-    double norm = trains ? update_group(r, m, lr, 0, -1, step, p->party) : 0.0;
-    update_group(r, m, lr, 1, -1, step, p->party);
+    double norm = update_party(r, m, lr, trains, step, p->party);
     if (trains) stats_train(&p->s, m, lr, norm, (double)B * T, now_seconds() - t0);
 }
 
@@ -168,7 +195,7 @@ static void step_centralized(Run *r, int step) {
     double dt = now_seconds() - t0;
     for (int q = 0; q < r->n; q++) { // each party's share of the loss: the CE of its own windows
         double ce = 0.0;
-        for (size_t i = q * BT; i < (q + 1) * BT; i++) ce += m->losses[i];
+        for (size_t i = q * BT; i < (q + 1) * BT; i++) ce += m->row_losses[i];
         stats_train(&r->party[q].s, m, lr, norm, (double)r->n * BT, dt);
         r->party[q].s.ce = ce / (double)BT;
         r->party[q].s.train_loss = m->loss - m->ce + r->party[q].s.ce;

@@ -57,3 +57,31 @@ void broken_divergent_barrier(float *x) {
     LAUNCH(divergent_barrier_kernel, 1, 64, 0, (cudaStream_t)0, x);
     cudaCheck(cudaGetLastError());
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Misuses that the emulation must expose (tests/test_cuda_emu.sh runs them through test_cuda_kernels_emu's
+// "misuse" modes); an emulator without the check gives the right answer by luck.
+
+// A block sum that assumes __shared__ starts at zero: its accumulator is never set (a GPU gives garbage).
+__global__ void shared_assumed_zero_kernel(float *out, const float *x, int n) {
+    __shared__ float acc;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) atomicAdd(&acc, x[i]); // BUG: acc was never set to 0
+    __syncthreads();
+    if (threadIdx.x == 0) out[blockIdx.x] = acc;
+}
+
+void broken_shared_assumed_zero(float *out, const float *x, int n) {
+    LAUNCH(shared_assumed_zero_kernel, 1, 64, 0, (cudaStream_t)0, out, x, n);
+    cudaCheck(cudaGetLastError());
+}
+
+// out[0, n) = v
+__global__ void fill_kernel(float *out, float v, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = v;
+}
+
+void misuse_fill(float *out, float v, int n, cudaStream_t stream) {
+    LAUNCH(fill_kernel, ceil_div(n, 64), 64, 0, stream, out, v, n);
+    cudaCheck(cudaGetLastError());
+}

@@ -3,7 +3,8 @@
 # kernels of src/ (tests/test_cuda_kernels.cpp: every op forward and backward, threads of each block in
 # forward then reverse order, broken kernel copies that must fail, device limits, cuBLAS argument
 # checks), and the emulator's barrier rule: a kernel whose threads do not all reach __syncthreads()
-# must abort, not finish.
+# must abort, not finish. Then the misuses a GPU punishes and a plain CPU run hides (test_cuda_kernels.cpp's
+# misuse()): each must show as NaN or stop the program with the emulator's message.
 . "$(dirname "$0")/lib.sh"
 emu="$top_builddir/tests/test_cuda_kernels_emu"
 [ -x "$emu" ] || { fail "$emu not built (configure --enable-cuda-emulation)"; finish; }
@@ -15,4 +16,20 @@ grep -E '^(ok|FAIL|note)' "$TMP/out"
 rc=$?
 if [ "$rc" -ne 0 ] && grep -q "__syncthreads() reached by only some threads" "$TMP/div"; then ok "a divergent __syncthreads() aborts the emulation (exit $rc)"
 else fail "divergent __syncthreads(): exit $rc: $(cat "$TMP/div")"; fi
+
+# misuse KIND EXPECT WHAT: the misuse's output (or the emulator's message) matches the extended regex EXPECT
+misuse() {
+    "$emu" misuse "$1" >"$TMP/$1" 2>&1
+    rc=$?
+    if grep -Eq "$2" "$TMP/$1"; then ok "$3 (exit $rc)"
+    else fail "$3: exit $rc: $(head -n 3 "$TMP/$1")"; fi
+}
+misuse shared-zero "sum -?nan" "__shared__ assumed to start at zero reads NaN"
+misuse pinned-early "before the wait -?nan, after it 7" "a pinned copy read before its wait reads NaN"
+misuse event-early "after the event -?nan" "an event recorded before the work does not wait for it"
+misuse host-device "the host touched device memory .*cudaMalloc memory is for the device only" \
+    "host access to cudaMalloc memory stops the program"
+misuse managed-early "after a wait 7.*" "managed memory reads fine after a wait"
+misuse managed-early "the host touched managed memory .* a synchronisation is missing" \
+    "host access to managed memory before a wait stops the program"
 finish

@@ -9,8 +9,8 @@
 // dimensions, atomics), so a GPU run also checks that the emulation models the device.
 // - device (tests/test_cuda_kernels_gpu, built when nvcc is found): the same checks on a real GPU; with
 //   no GPU it skips (exit 77) with a message.
-// Usage: test_cuda_kernels [divergent]   ("divergent": run a kernel with a divergent __syncthreads();
-// the emulation must abort, which tests/test_cuda_emu.sh checks).
+// Usage: test_cuda_kernels [divergent | misuse KIND]   ("divergent": run a kernel with a divergent
+// __syncthreads(); the emulation must abort, which tests/test_cuda_emu.sh checks; "misuse": see misuse()).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +27,8 @@ extern "C" {
 
 void broken_rmsnorm_forward(int kind, float *out, float *rstd, const float *inp, const float *w, int N, int d, float eps);
 void broken_divergent_barrier(float *x);
+void broken_shared_assumed_zero(float *out, const float *x, int n);
+void misuse_fill(float *out, float v, int n, cudaStream_t stream);
 int cuda_semantics_check(void); // tests/cuda_semantics.cu
 
 static const float ATOL = 1e-5f, RTOL = 1e-4f;
@@ -163,6 +165,37 @@ static void check_qknorm(int N, int H, int Hkv, int hs, int per_head, cudaStream
     cudaFree(pscr);
 }
 
+// The dispatch alone on many chunks: Nk choices of m experts (random, skewed so that some experts get none),
+// packed in `order` or 0..m-1, against the counting sort of src/moe.c (reproduced here: counts, offsets in
+// order, rows in choice order).
+static void check_dispatch(long Nk, int m, bool ordered, cudaStream_t s) {
+    Rng r;
+    rng_seed(&r, 40 + Nk);
+    std::vector<int> topk(Nk), order(m), counts(m, 0), offsets(m), rows(Nk);
+    for (auto &e : topk) { float u = rng_uniform(&r); e = (int)(u * u * m); }
+    for (int i = 0; i < m; i++) order[i] = ordered ? (i * 5 + 1) % m : i; // (a permutation: 5 is prime to m)
+    for (long i = 0; i < Nk; i++) counts[topk[i]]++;
+    for (int i = 0, next = 0; i < m; i++) { offsets[order[i]] = next; next += counts[order[i]]; }
+    std::vector<int> fill = offsets;
+    for (long i = 0; i < Nk; i++) rows[fill[topk[i]]++] = (int)i;
+    int *dt = to_dev(topk), *dorder = to_dev(order), *dc = to_dev(std::vector<int>(m, -1));
+    int *doff = to_dev(std::vector<int>(m, -1)), *drows = to_dev(std::vector<int>(Nk, -1));
+    int *dscr = to_dev(std::vector<int>(cu_moe_dispatch_scratch_ints(Nk, m), -1));
+    cu_moe_dispatch(dc, doff, drows, dt, ordered ? dorder : nullptr, Nk, m, dscr, s);
+    char what[96];
+    std::snprintf(what, sizeof what, "dispatch of %ld choices to %d experts%s", Nk, m, ordered ? " (ordered)" : "");
+    std::vector<int> got = from_dev(dc, m);
+    std::vector<int> all(got);
+    std::vector<int> o = from_dev(doff, m), rw = from_dev(drows, Nk);
+    all.insert(all.end(), o.begin(), o.end());
+    all.insert(all.end(), rw.begin(), rw.end());
+    std::vector<int> ref(counts);
+    ref.insert(ref.end(), offsets.begin(), offsets.end());
+    ref.insert(ref.end(), rows.begin(), rows.end());
+    expect_ints(what, all, ref.data());
+    cudaFree(dt); cudaFree(dorder); cudaFree(dc); cudaFree(doff); cudaFree(drows); cudaFree(dscr);
+}
+
 static void check_all(cublasHandle_t h) {
     const int B = 2, T = 16, H = 4, hs = 16, d = H * hs, N = B * T, V = 256, f = 48;
     cudaStream_t s = 0;
@@ -172,15 +205,21 @@ static void check_all(cublasHandle_t h) {
 
     { // embedding
         auto emb = randn((size_t)V * d, 0.5f, 1), dout = randn((size_t)N * d, 1.0f, 2);
-        std::vector<float> out(N * d), demb((size_t)V * d, 0.0f);
+        std::vector<float> out(N * d), demb = randn((size_t)V * d, 0.1f, 3); // (the backward adds to it)
+        std::vector<Token> rep(N); // the backward's tokens: 7 distinct, each on several rows
+        for (int i = 0; i < N; i++) rep[i] = (Token)((i * 3) % 7 * 13);
         embedding_forward(out.data(), tok.data(), emb.data(), N, d);
-        embedding_backward(demb.data(), dout.data(), tok.data(), N, d);
-        float *e = to_dev(emb), *o = to_dev(std::vector<float>(N * d)), *g = to_dev(dout), *de = to_dev(std::vector<float>((size_t)V * d, 0.0f));
+        float *e = to_dev(emb), *o = to_dev(std::vector<float>(N * d)), *g = to_dev(dout), *de = to_dev(demb);
+        embedding_backward(demb.data(), dout.data(), rep.data(), N, d);
+        std::vector<int> bt(N), bs(N + 1), br(N);
+        int nb = cu_embedding_buckets(rep.data(), N, bt.data(), bs.data(), br.data());
+        int *dbt = to_dev(bt), *dbs = to_dev(bs), *dbr = to_dev(br);
         cu_embedding_forward(o, dtok, e, N, d, s);
-        cu_embedding_backward(de, g, dtok, N, d, s);
+        cu_embedding_backward(de, g, dbt, dbs, dbr, nb, d, s);
         expect("embedding forward", from_dev(o, N * d), out);
-        expect("embedding backward", from_dev(de, (size_t)V * d), demb);
-        cudaFree(e); cudaFree(o); cudaFree(g); cudaFree(de);
+        expect("embedding backward (7 tokens in buckets)", from_dev(de, (size_t)V * d), demb);
+        if (nb != 7) { std::printf("FAIL: %d embedding buckets, want 7\n", nb); failures++; }
+        cudaFree(e); cudaFree(o); cudaFree(g); cudaFree(de); cudaFree(dbt); cudaFree(dbs); cudaFree(dbr);
     }
     { // rmsnorm (d = 200: not a multiple of the block; 150 rows: the weight gradient in 3 chunks, the last short)
         const int Nr = 150;
@@ -221,6 +260,9 @@ static void check_all(cublasHandle_t h) {
         check_attention(h, B, H, Hkv, hs, s);
         for (int per_head = 0; per_head < 2; per_head++) check_qknorm(150, H, Hkv, hs, per_head, s); // (3 chunks of rows in dw)
     }
+    check_dispatch(1000, 7, false, s); // (8 chunks, the last partial)
+    check_dispatch(1000, 64, true, s);
+    check_dispatch(5, 3, true, s);
     for (int renorm = 1; renorm >= 0; renorm--) { // the MoE layer: route, experts, combine and their backward (8 experts, top-2;
         // both gate rules: renormalised over the chosen k, or the softmax probabilities themselves)
         const int m = 8, k = 2, fe = 24;
@@ -269,7 +311,8 @@ static void check_all(cublasHandle_t h) {
             pg_[e] = to_dev(wg[e]); pu_[e] = to_dev(wu[e]); pd_[e] = to_dev(wd[e]);
             pdg[e] = fz((size_t)fe * d); pdu[e] = fz((size_t)fe * d); pdd[e] = fz((size_t)d * fe);
         }
-        cu_moe_route(h, &da, px, pr, nullptr, s);
+        int *pdisp = iz((size_t)cu_moe_dispatch_scratch_ints(Nk, m));
+        cu_moe_route(h, &da, px, pr, nullptr, pdisp, s);
         auto counts = from_dev(da.counts, m), offsets = from_dev(da.offsets, m); // the host needs them (and the exchange)
         std::vector<int> perm(Nk);
         moe_shuffle_permutation(perm.data(), counts.data(), offsets.data(), m, &shuffle_dev);
@@ -281,7 +324,7 @@ static void check_all(cublasHandle_t h) {
         cu_moe_losses(plosses, plscr, &da, s);
         auto losses = from_dev(plosses, 2);
         expect("moe aux and z losses", std::vector<float>{(float)losses[0], (float)losses[1]}, std::vector<float>{(float)a.aux, (float)a.z});
-        cudaFree(pperm); cudaFree(pscr); cudaFree(plosses); cudaFree(plscr);
+        cudaFree(pperm); cudaFree(pscr); cudaFree(plosses); cudaFree(plscr); cudaFree(pdisp);
         cu_moe_experts_forward(h, &da, pg_.data(), pu_.data(), pd_.data(), counts.data(), offsets.data(), s);
         cu_moe_combine(po, &da, s);
         cu_moe_combine_backward(dye, dgates, pg, &da, s);
@@ -369,6 +412,41 @@ static void check_all(cublasHandle_t h) {
         expect("adamw second moment", from_dev(pv, n), v);
         cudaFree(pp); cudaFree(pm); cudaFree(pv);
     }
+    { // AdamW over tensors in one launch: 3 tensors (decay, none, inactive; their own step counts) of one buffer,
+      // 5000 elements, so the first takes two blocks and a part, against optim_adamw with the active mask
+        const long n = 5000;
+        auto p = randn(n, 1.0f, 16), m = randn(n, 0.01f, 17), v = randn(n, 0.0f, 18), g = randn(n, 1.0f, 19);
+        for (auto &x : v) x = 1e-4f;
+        OptimConfig oc = {};
+        oc.beta1 = 0.9f; oc.beta2 = 0.95f; oc.eps = 1e-8f; oc.weight_decay = 0.1f;
+        ParamTensor t[3] = {};
+        const long sizes[3] = {4500, 300, 200};
+        for (int k = 0, at = 0; k < 3; at += (int)sizes[k], k++) {
+            t[k].offset = (size_t)at; t[k].numel = (size_t)sizes[k]; t[k].rows = (int)sizes[k]; t[k].cols = 1; t[k].decay = k == 0;
+        }
+        int steps_cpu[3] = {0, 4, 2}, steps_dev[3] = {0, 4, 2};
+        const unsigned char active[3] = {1, 1, 0};
+        const float lr = 1e-3f, scale = 0.7f;
+        float *pp = to_dev(p), *pm = to_dev(m), *pv = to_dev(v), *pg = to_dev(g);
+        optim_adamw(&oc, t, 3, active, steps_cpu, p.data(), g.data(), m.data(), v.data(), lr, scale);
+        std::vector<CuAdamwTensor> tab;
+        for (int k = 0; k < 3; k++) {
+            if (!active[k]) continue;
+            CuAdamwTensor c = {(long)t[k].offset, (long)t[k].numel, 0.0f, 0.0f, 0.0f};
+            optim_adamw_scalars(&oc, &t[k], ++steps_dev[k], lr, &c.bc1, &c.bc2, &c.decay);
+            tab.push_back(c);
+        }
+        int nb = cu_adamw_plan(tab.data(), (int)tab.size(), nullptr);
+        std::vector<CuAdamwBlock> blocks(nb);
+        cu_adamw_plan(tab.data(), (int)tab.size(), blocks.data());
+        CuAdamwTensor *dtab = to_dev(tab);
+        CuAdamwBlock *dblocks = to_dev(blocks);
+        cu_adamw_tensors(pp, pg, pm, pv, dtab, dblocks, nb, lr, oc.beta1, oc.beta2, oc.eps, scale, s);
+        expect("adamw over tensors, one launch: parameters", from_dev(pp, n), p);
+        expect("adamw over tensors, one launch: moments", from_dev(pv, n), v);
+        if (nb != 4) { std::printf("FAIL: adamw over tensors: %d blocks, want 4\n", nb); failures++; }
+        cudaFree(pp); cudaFree(pm); cudaFree(pv); cudaFree(pg); cudaFree(dtab); cudaFree(dblocks);
+    }
     { // sum of squares (gradient norm)
         const long n = 100003;
         auto g = randn(n, 1.0f, 16);
@@ -406,6 +484,60 @@ static void check_all(cublasHandle_t h) {
     cudaFree(dtok); cudaFree(dtgt);
 }
 
+#ifndef __CUDACC__
+// The emulation's view of a misuse (tests/test_cuda_emu.sh checks each outcome): prints what the host read,
+// or the emulator stops the program.
+//   shared-zero:   a kernel assumes __shared__ starts at zero: the sum reads NaN;
+//   pinned-early:  the host reads an async copy's pinned destination before waiting: NaN, then 7 after it;
+//   event-early:   the host waits on an event recorded before the work: NaN;
+//   host-device:   the host reads cudaMalloc memory: the emulator stops it;
+//   managed-early: the host reads managed memory a queued kernel writes, before waiting: stopped too.
+static int misuse(const char *kind) {
+    cudaStream_t s;
+    cudaCheck(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    float *d = nullptr, *pin = nullptr, *man = nullptr;
+    cudaCheck(cudaMalloc(reinterpret_cast<void **>(&d), 64 * sizeof(float)));
+    cudaCheck(cudaMallocHost(reinterpret_cast<void **>(&pin), 64 * sizeof(float)));
+    cudaCheck(cudaMallocManaged(reinterpret_cast<void **>(&man), 64 * sizeof(float)));
+    if (!std::strcmp(kind, "shared-zero")) {
+        misuse_fill(d, 1.0f, 64, 0);
+        float *out = d + 63; // (the sum lands on the last element, after every thread has read it)
+        broken_shared_assumed_zero(out, d, 63);
+        cudaCheck(cudaMemcpy(pin, out, sizeof(float), cudaMemcpyDeviceToHost));
+        std::printf("shared-zero: sum %g (63 with a zeroed accumulator)\n", pin[0]);
+    } else if (!std::strcmp(kind, "pinned-early")) {
+        misuse_fill(d, 7.0f, 64, s);
+        cudaCheck(cudaMemcpyAsync(pin, d, 64 * sizeof(float), cudaMemcpyDeviceToHost, s));
+        float early = pin[0]; // BUG: no wait
+        cudaCheck(cudaStreamSynchronize(s));
+        std::printf("pinned-early: before the wait %g, after it %g\n", early, pin[0]);
+    } else if (!std::strcmp(kind, "event-early")) {
+        cudaEvent_t ev;
+        cudaCheck(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+        cudaCheck(cudaEventRecord(ev, s)); // BUG: recorded before the work it is meant to follow
+        misuse_fill(d, 7.0f, 64, s);
+        cudaCheck(cudaMemcpyAsync(pin, d, 64 * sizeof(float), cudaMemcpyDeviceToHost, s));
+        cudaCheck(cudaEventSynchronize(ev));
+        std::printf("event-early: after the event %g\n", pin[0]);
+    } else if (!std::strcmp(kind, "host-device")) {
+        misuse_fill(d, 7.0f, 64, s);
+        cudaCheck(cudaStreamSynchronize(s));
+        std::printf("host-device: %g\n", d[0]); // BUG: device memory read on the host
+    } else if (!std::strcmp(kind, "managed-early")) {
+        misuse_fill(man, 7.0f, 64, s);
+        cudaCheck(cudaStreamSynchronize(s));
+        std::printf("managed-early: after a wait %g\n", man[0]); // fine
+        std::fflush(stdout);
+        misuse_fill(man, 8.0f, 64, s);
+        std::printf("managed-early: before a wait %g\n", man[0]); // BUG: the kernel is still queued
+    } else {
+        std::printf("unknown misuse %s\n", kind);
+        return 2;
+    }
+    return 0;
+}
+#endif
+
 int main(int argc, char **argv) {
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -420,6 +552,9 @@ int main(int argc, char **argv) {
         std::printf("divergent barrier ran to completion\n");
         return 0;
     }
+#ifndef __CUDACC__
+    if (argc > 2 && !std::strcmp(argv[1], "misuse")) return misuse(argv[2]);
+#endif
     cublasHandle_t h;
     cublasCheck(cublasCreate(&h));
 #ifndef __CUDACC__

@@ -11,7 +11,10 @@
 #     round), the run ends as the single-device run does.
 #  5. pcmoe over MPI, 3 parties, 20 steps, both ways rows reach MPI (staged, direct), with the same
 #     audited traffic; device memory by category against the backend allocator's peak;
-#  6. run.tf32 = true changes the GEMMs (a little).
+#  6. run.tf32 = true (the default; the parity runs above set false) changes the GEMMs (a little);
+#  7. the emulator's counts (PCMOE_EMU_COUNTS): host waits per training step at most 1 + 1 per MoE layer,
+#     and kernel launches and GEMMs within this size's budget; the fedavg baseline, whose averaging waits
+#     once more, must break the wait budget (the check can fail).
 . "$(dirname "$0")/lib.sh"
 EMU=${CUDA_PCMOE:-$top_builddir/tests/pcmoe_emu} # (test_cuda_train_gpu.sh: the device build)
 [ -x "$EMU" ] || { fail "$EMU not built (configure --enable-cuda-emulation)"; finish; }
@@ -45,7 +48,7 @@ runmpi() { # runmpi DIR ARGS...: NP ranks (2)
     shift
     timeout 600 "$MPIRUN" --oversubscribe -np "${NP:-2}" -x OMP_NUM_THREADS=1 "$EMU" train "$@" --set run.dir="$d" >"$d.out" 2>&1 || { fail "run $d: $(grep 'pcmoe: error' "$d.out" || tail -n 3 "$d.out")"; return 1; }
 }
-SHORT="--set train.steps=10 --set train.warmup_steps=2 --set train.eval_every=10 --set train.log_every=1 --set checkpoint.every=0"
+SHORT="--set train.steps=10 --set train.warmup_steps=2 --set train.eval_every=10 --set train.log_every=1 --set checkpoint.every=0 --set run.tf32=false"
 
 # 1. one party
 for dev in cpu cuda; do run1 "$TMP/one_$dev" input/tiny.ini $SHORT --set run.device=$dev; done
@@ -76,7 +79,7 @@ for dev in cpu cuda; do run1 "$TMP/sim_$dev" "$TMP/p2.ini" $SHORT --simulate --s
 same "$TMP/sim_cpu" "$TMP/sim_cuda" "pcmoe --simulate, 2 parties, cuda vs cpu"
 
 # 4. checkpoints across devices: step 5 written on one device, the run finished on the other
-CK="--set train.steps=10 --set train.warmup_steps=2 --set train.eval_every=10 --set train.log_every=1 --set checkpoint.every=5"
+CK="--set train.steps=10 --set train.warmup_steps=2 --set train.eval_every=10 --set train.log_every=1 --set checkpoint.every=5 --set run.tf32=false"
 for pair in "cuda cpu" "cpu cuda"; do
     set -- $pair
     d="$TMP/ck_$1_$2"
@@ -90,7 +93,7 @@ done
 #    buffers (run.cuda_aware_mpi = off) and as device buffers handed to MPI (on). The audit counts the
 #    same expert traffic, message by message and peer by peer, as on the CPU.
 tiny_config 3 "$TMP/p3.ini"
-LONG="--set train.steps=20 --set train.warmup_steps=5 --set train.eval_every=20 --set train.log_every=1 --set checkpoint.every=0"
+LONG="--set train.steps=20 --set train.warmup_steps=5 --set train.eval_every=20 --set train.log_every=1 --set checkpoint.every=0 --set run.tf32=false"
 NP=3 runmpi "$TMP/x_cpu" "$TMP/p3.ini" $LONG --set run.device=cpu --audit "$TMP/audit_cpu.json"
 for aw in off on; do
     NP=3 runmpi "$TMP/x_$aw" "$TMP/p3.ini" $LONG --set run.device=cuda --set run.cuda_aware_mpi=$aw --audit "$TMP/audit_$aw.json" || continue
@@ -135,4 +138,39 @@ run1 "$TMP/tf32" input/tiny.ini $SHORT --set run.device=cuda --set run.tf32=true
 worst=$(worst_diff "$TMP/one_cuda" "$TMP/tf32")
 if awk -v w="$worst" 'BEGIN { exit !(w > 1e-6 && w < 1e-3) }'; then ok "run.tf32 = true: losses differ from fp32 by at most $worst relative (> 1e-6, < 1e-3)"
 else fail "run.tf32 = true: worst relative difference $worst from fp32 (want > 1e-6 and < 1e-3)"; fi
+
+# 7. budgets per training step, from the emulator's totals of two run lengths (so start-up, validation and
+# the last step's wrap-up cancel out). per_step DIR NP STEPS1 STEPS2 ARGS...: "syncs launches gemms" of one
+# step (the largest over the ranks) into DIR.step.
+per_step() {
+    ps_dir=$1 ps_np=$2 ps_s1=$3 ps_s2=$4 # (runmpi sets d)
+    shift 4
+    for ps_s in "$ps_s1" "$ps_s2"; do
+        rm -f "$ps_dir.$ps_s.counts"
+        PCMOE_EMU_COUNTS="$ps_dir.$ps_s.counts" NP=$ps_np runmpi "$ps_dir.$ps_s" "$@" --set train.steps="$ps_s" \
+            --set train.warmup_steps=1 --set train.eval_every=1000 --set checkpoint.every=0 --set train.log_every=1 ||
+            return 1
+    done
+    awk -v n=$((ps_s2 - ps_s1)) 'FNR == 1 { f++ } { for (i = 3; i < NF; i += 2) v[f, $i] = ($(i + 1) > v[f, $i] ? $(i + 1) : v[f, $i]) }
+        END { printf "%d %d %d\n", (v[2, "syncs"] - v[1, "syncs"]) / n, (v[2, "launches"] - v[1, "launches"]) / n,
+              (v[2, "gemms"] - v[1, "gemms"]) / n }' "$ps_dir.$ps_s1.counts" "$ps_dir.$ps_s2.counts" >"$ps_dir.step" ||
+        { fail "$ps_dir: no emulator counts ($(cat "$ps_dir.$ps_s1.counts" 2>&1 | head -n 1))"; return 1; }
+}
+# budget WHAT MOE_LAYERS LAUNCHES "syncs launches gemms": fails past 1 + MOE_LAYERS waits or LAUNCHES launches
+budget() {
+    set -- "$1" "$2" "$3" $4
+    if [ "$4" -le $((1 + $2)) ] && [ "$5" -le "$3" ]; then ok "$1: $4 waits (budget $((1 + $2))), $5 launches (budget $3), $6 GEMMs a step"
+    else fail "$1: $4 waits (budget $((1 + $2))), $5 launches (budget $3), $6 GEMMs a step"; fi
+}
+per_step "$TMP/b1" 1 4 6 input/tiny.ini --set run.device=cuda && budget "1 party, 1 MoE layer of 2" 1 180 "$(cat "$TMP/b1.step")"
+per_step "$TMP/b2" 1 4 6 input/tiny.ini --set run.device=cuda --set model.moe_every=1 &&
+    budget "1 party, 2 MoE layers of 2" 2 230 "$(cat "$TMP/b2.step")"
+per_step "$TMP/bc" 1 4 6 "$TMP/p2.ini" --set run.device=cuda --set parties.mode=centralized &&
+    budget "centralized, 2 parties on 1 rank, 2 MoE layers of 2" 2 230 "$(cat "$TMP/bc.step")"
+# the planted extra wait: fedavg averaging every step waits for the weights before MPI reads them
+if per_step "$TMP/bf" 2 4 6 "$TMP/p2.ini" --set run.device=cuda --set parties.mode=fedavg --set fedavg.every=1; then
+    set -- $(cat "$TMP/bf.step")
+    [ "$1" -gt 2 ] && ok "the wait budget catches fedavg's extra wait per step ($1 waits > 2)" \
+        || fail "fedavg every step: $1 waits a step, the budget check would not have caught its extra wait"
+fi
 finish

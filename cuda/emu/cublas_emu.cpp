@@ -34,6 +34,12 @@ cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
     return CUBLAS_STATUS_SUCCESS;
 }
 
+cublasStatus_t cublasGetMathMode(cublasHandle_t handle, cublasMath_t *mode) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    *mode = handle->math;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 static int max1(int a) { return a > 1 ? a : 1; }
 
 // fp32 -> TF32 (1 sign, 8 exponent, 10 mantissa bits), round to nearest; NaN and Inf unchanged
@@ -52,25 +58,40 @@ static const float *tf32_copy(std::vector<float> &buf, const float *M, int rows,
     return buf.data();
 }
 
-cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
-                           int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
-                           const float *beta, float *C, int ldc) {
+// C = alpha op(A) op(B) + beta C, now (from the queue); the arguments were checked when it was queued
+static void sgemm_run(cublasMath_t math, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+                      float alpha, const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (beta == 0.0f) // C is output only: overwrite, never read
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) C[(size_t)j * ldc + i] = 0.0f;
+    std::vector<float> a32, b32;
+    if (math == CUBLAS_TF32_TENSOR_OP_MATH && k > 0) {
+        A = tf32_copy(a32, A, transa == CUBLAS_OP_N ? m : k, lda, transa == CUBLAS_OP_N ? k : m);
+        B = tf32_copy(b32, B, transb == CUBLAS_OP_N ? k : n, ldb, transb == CUBLAS_OP_N ? n : k);
+    }
+    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static cublasStatus_t sgemm_check(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m,
+                                  int n, int k, const float *alpha, int lda, int ldb, const float *beta, int ldc) {
     if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
     if ((transa != CUBLAS_OP_N && transa != CUBLAS_OP_T) || (transb != CUBLAS_OP_N && transb != CUBLAS_OP_T) ||
         m < 0 || n < 0 || k < 0 || lda < max1(transa == CUBLAS_OP_N ? m : k) ||
         ldb < max1(transb == CUBLAS_OP_N ? k : n) || ldc < max1(m) || !alpha || !beta)
         return CUBLAS_STATUS_INVALID_VALUE;
-    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    if (*beta == 0.0f) // C is output only: overwrite, never read
-        for (int j = 0; j < n; j++)
-            for (int i = 0; i < m; i++) C[(size_t)j * ldc + i] = 0.0f;
-    std::vector<float> a32, b32;
-    if (handle->math == CUBLAS_TF32_TENSOR_OP_MATH && k > 0) {
-        A = tf32_copy(a32, A, transa == CUBLAS_OP_N ? m : k, lda, transa == CUBLAS_OP_N ? k : m);
-        B = tf32_copy(b32, B, transb == CUBLAS_OP_N ? k : n, ldb, transb == CUBLAS_OP_N ? n : k);
-    }
-    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
-                transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+// Checked now, queued on the handle's stream (alpha and beta are read now: host pointer mode).
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                           int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
+                           const float *beta, float *C, int ldc) {
+    cublasStatus_t st = sgemm_check(handle, transa, transb, m, n, k, alpha, lda, ldb, beta, ldc);
+    if (st != CUBLAS_STATUS_SUCCESS || m == 0 || n == 0) return st;
+    cublasMath_t math = handle->math;
+    float al = *alpha, be = *beta;
+    emu_enqueue(handle->stream, [=]() { sgemm_run(math, transa, transb, m, n, k, al, A, lda, B, ldb, be, C, ldc); }, 1);
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -78,11 +99,15 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                          int m, int n, int k, const float *alpha, const float *A, int lda,
                                          long long strideA, const float *B, int ldb, long long strideB,
                                          const float *beta, float *C, int ldc, long long strideC, int batch) {
-    if (batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
-    for (int b = 0; b < batch; b++) {
-        cublasStatus_t s = cublasSgemm(handle, transa, transb, m, n, k, alpha, A + b * strideA, lda, B + b * strideB,
-                                       ldb, beta, C + b * strideC, ldc);
-        if (s != CUBLAS_STATUS_SUCCESS) return s;
-    }
+    cublasStatus_t st = sgemm_check(handle, transa, transb, m, n, k, alpha, lda, ldb, beta, ldc);
+    if (st == CUBLAS_STATUS_SUCCESS && batch < 0) st = CUBLAS_STATUS_INVALID_VALUE;
+    if (st != CUBLAS_STATUS_SUCCESS || m == 0 || n == 0 || batch == 0) return st;
+    cublasMath_t math = handle->math;
+    float al = *alpha, be = *beta;
+    emu_enqueue(handle->stream, [=]() {
+        for (int b = 0; b < batch; b++)
+            sgemm_run(math, transa, transb, m, n, k, al, A + b * strideA, lda, B + b * strideB, ldb, be,
+                      C + b * strideC, ldc);
+    }, 1);
     return CUBLAS_STATUS_SUCCESS;
 }

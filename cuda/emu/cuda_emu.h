@@ -9,16 +9,27 @@
 //   some threads have returned while others wait (a barrier not reached by all: a bug on a GPU too).
 // - Warp shuffles write the lane's value to a per-warp slot, meet the warp at a barrier, read the
 //   partner's slot, and meet again. The mask must name every lane of the warp (full warps only).
-// - __shared__ variables are static: one copy, shared by the block's threads (blocks never overlap).
-// - Dynamic shared memory (DYNAMIC_SMEM in common.cuh) is a per-launch buffer of the launch's size.
+// - __shared__ variables are statics in one linker section, which is filled with NaN bytes before every
+//   block: a read before the block wrote it shows, as does a value left by the previous block.
+// - Dynamic shared memory (DYNAMIC_SMEM in common.cuh) is a per-launch buffer of NaN bytes.
 // - Device limits are checked at every launch: 1024 threads per block, block (1024, 1024, 64), grid
 //   (2^31-1, 65535, 65535), dynamic shared memory <= 48 KiB unless raised by cudaFuncSetAttribute.
 // - Threads run in forward or reverse order (emu_set_reverse), so code that relies on an order that no
 //   barrier enforces gives different answers between the two runs.
-// - cudart calls act on host memory (cudaMalloc fills new memory with NaN bytes, so reading unwritten
-//   device memory shows); cuBLAS calls (cublas_emu.h) map to CBLAS with cuBLAS's column-major meaning.
+// - Streams: launches, GEMMs, async copies and memsets are queued, and run only when the host waits
+//   (cudaDeviceSynchronize, cudaStreamSynchronize, cudaEventSynchronize, a blocking cudaMemcpy,
+//   cudaFree). A result read without the wait is not there yet. An async copy into pinned host memory
+//   fills its destination with NaN bytes when it is queued.
+// - Memory: cudaMalloc memory is mapped PROT_NONE except while queued work runs, managed memory is
+//   PROT_NONE while work is queued, so host code that touches device memory (ever) or managed memory
+//   (before a synchronisation) stops with a message naming the allocation. New device, managed and
+//   pinned memory is NaN bytes, so reading what nothing wrote shows.
+// - It counts kernel launches, GEMMs and synchronisations; with PCMOE_EMU_COUNTS=FILE the totals are
+//   appended to FILE at exit, one line per process (tests take per-step budgets from two run lengths).
+// - cudart calls act on host memory; cuBLAS calls (cublas_emu.h) map to CBLAS with cuBLAS's column-major
+//   meaning.
 // What it cannot show: nvcc's code generation, races between blocks, memory fences, the order of real
-// atomics, FMA contraction, timing. See docs/cuda.md.
+// atomics, FMA contraction, overlap between streams, timing. See docs/cuda.md.
 #ifndef PCMOE_CUDA_EMU_H
 #define PCMOE_CUDA_EMU_H
 
@@ -30,7 +41,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static
+#define __shared__ static __attribute__((section("emu_shared")))
 #define __restrict__ __restrict
 
 struct dim3 {
@@ -50,6 +61,8 @@ typedef enum {
     cudaErrorInvalidConfiguration = 9,
     cudaErrorNoDevice = 100,
     cudaErrorInvalidDevice = 101,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorNotReady = 600,
 } cudaError_t;
 typedef enum {
     cudaMemcpyHostToHost = 0,
@@ -59,7 +72,9 @@ typedef enum {
     cudaMemcpyDefault = 4
 } cudaMemcpyKind;
 typedef enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 } cudaFuncAttribute;
-typedef struct EmuStream *cudaStream_t;
+typedef struct EmuStream *cudaStream_t; // nullptr: the legacy default stream
+typedef struct EmuEvent *cudaEvent_t;
+static const unsigned cudaStreamNonBlocking = 1, cudaEventDisableTiming = 2;
 
 cudaError_t cudaMalloc(void **ptr, size_t size);
 cudaError_t cudaMallocManaged(void **ptr, size_t size, unsigned flags = 1);
@@ -72,6 +87,14 @@ cudaError_t cudaMemset(void *ptr, int value, size_t size);
 cudaError_t cudaMemsetAsync(void *ptr, int value, size_t size, cudaStream_t stream);
 cudaError_t cudaDeviceSynchronize(void);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags = 0);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags);
+cudaError_t cudaEventDestroy(cudaEvent_t event);
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
+cudaError_t cudaEventQuery(cudaEvent_t event);
+cudaError_t cudaEventSynchronize(cudaEvent_t event);
 cudaError_t cudaGetDeviceCount(int *count);
 cudaError_t cudaSetDevice(int device);
 cudaError_t cudaGetLastError(void);
@@ -80,12 +103,23 @@ const char *cudaGetErrorString(cudaError_t err);
 template <typename F> cudaError_t cudaFuncSetAttribute(F *func, cudaFuncAttribute attr, int value);
 
 // ------------------------------------------------------------------------------------- the launcher
-// Runs body on every thread of every block of (grid, block), with smem bytes of dynamic shared memory.
-// Returns cudaErrorInvalidConfiguration (also kept for cudaGetLastError) when a device limit is broken.
-cudaError_t emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const std::function<void()> &body);
+// Queues body on stream, to run on every thread of every block of (grid, block) with smem bytes of dynamic
+// shared memory. Returns cudaErrorInvalidConfiguration (also kept for cudaGetLastError) when a device limit
+// is broken; nothing is queued then.
+cudaError_t emu_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, std::function<void()> body);
+// The kernel call LAUNCH queues: the arguments are evaluated and copied now, as a launch does.
+template <typename K, typename... A> std::function<void()> emu_bind(K kernel, A... args) {
+    return [=]() { kernel(args...); };
+}
+// Queues fn on stream as device work (the cuBLAS emulation's GEMMs); counted as a GEMM when gemm is set.
+void emu_enqueue(cudaStream_t stream, std::function<void()> fn, int gemm);
 void *emu_dynamic_smem(void);            // the running launch's dynamic shared memory
-void emu_set_reverse(int reverse);       // 1: a block's threads start in reverse order
+void emu_set_reverse(int reverse);       // 1: a block's threads start in reverse order (from the next launch)
 void emu_set_max_dynamic_smem(size_t n); // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
+typedef struct {
+    long long launches, gemms, syncs; // kernel launches and GEMMs queued; host waits for queued work
+} EmuCounters;
+EmuCounters emu_counters(void);
 
 // -------------------------------------------------------------------------------- device functions
 void __syncthreads(void);
