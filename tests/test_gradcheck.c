@@ -125,6 +125,7 @@ static int chunks_check(ModelConfig c, int rows, int train) {
         if (i && train) model_forward_train(&m[i], tok, tgt);
         else model_forward(&m[i], tok, tgt);
         model_backward(&m[i], tok, tgt);
+        model_finish_loss(&m[i]); // (model_forward_train leaves the loss for the step to read)
     }
     double worst = 0.0;
     for (int n = 0; n < N; n++) bad += m[0].losses[n] != m[1].losses[n];

@@ -88,6 +88,11 @@ def load(d):
     model = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32,
                                                               attn_implementation="eager")
     model.eval()
+    # Each tensor into memory of torch's own allocator: tensors mapped from a file sit at the file's offsets,
+    # and an unaligned tensor can take another vector path (logits 1e-7 apart for bit-identical weights).
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
     return model
 
 
