@@ -57,10 +57,11 @@ mkdir -p "$TMP/seed_tokenizer"
 printf '%s' '{"added_tokens":[{"id":9,"content":"<|endoftext|>","special":true,"normalized":false}],"normalizer":{"type":"NFC"},"pre_tokenizer":{"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":"\\s+|\\p{L}+|\\p{N}"},"behavior":"Isolated","invert":false},{"type":"ByteLevel","add_prefix_space":true,"use_regex":true}]},"decoder":{"type":"ByteLevel"},"model":{"type":"BPE","vocab":{"H":0,"e":1,"l":2,"o":3,"He":4,"ll":5,"Hell":6,"Hello":7,"\u0120":8},"merges":["H e","l l","He ll","Hell o"]}}' > "$TMP/seed_tokenizer/bytelevel.json"
 printf '%s' '{"added_tokens":[{"id":1,"content":"<s>","special":true,"normalized":false}],"normalizer":{"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"\u2581"},{"type":"Replace","pattern":{"String":" "},"content":"\u2581"}]},"pre_tokenizer":null,"decoder":{"type":"Sequence","decoders":[{"type":"Replace","pattern":{"String":"\u2581"},"content":" "},{"type":"ByteFallback"},{"type":"Fuse"},{"type":"Strip","content":" ","start":1,"stop":0}]},"model":{"type":"BPE","unk_token":"<unk>","byte_fallback":true,"fuse_unk":true,"vocab":{"<unk>":0,"<s>":1,"\u2581":2,"H":3,"i":4,"Hi":5,"\u2581Hi":6,"<0xE6>":7,"<0x97>":8,"<0xA5>":9},"merges":[["H","i"],["\u2581","Hi"]]}}' > "$TMP/seed_tokenizer/sentencepiece.json"
 
+supp=$(cd "$top_srcdir" && pwd)/tests/asan.supp # (HDF5's own reads past a damaged header: see the file)
 for h in config ckpt safetensors hfconfig tokenizer; do
     n=$runs max=16384
     [ "$h" = ckpt ] && n=$((runs / 4)) max=300000 # whole checkpoint files: the seed is ~240 kB
-    if (cd "$TMP" && ASAN_OPTIONS=detect_leaks=1 "./fuzz_$h" -seed=1 -runs="$n" -max_len=$max -timeout=20 "seed_$h" >"fuzz_$h.log" 2>&1); then
+    if (cd "$TMP" && ASAN_OPTIONS=detect_leaks=1:suppressions="$supp" "./fuzz_$h" -seed=1 -runs="$n" -max_len=$max -timeout=20 "seed_$h" >"fuzz_$h.log" 2>&1); then
         ok "fuzz_$h: $n runs, $(grep -o 'cov: [0-9]*' "$TMP/fuzz_$h.log" | tail -n 1), no crash"
     else
         tail -n 30 "$TMP/fuzz_$h.log"
