@@ -54,9 +54,9 @@ struct State {
     void *att_scratch = nullptr;                   // attention scratch
     void *rms_scratch = nullptr;                   // the RMSNorm and QK-norm weight gradients' partial sums
     size_t cap_att = 0, cap_rms = 0;               // their sizes in bytes (each grown to the largest use)
-    double *scalars = nullptr;                     // (2) results the host reads (sum of squares; aux, z)
+    double *scalars = nullptr;                     // (MAX_SCALARS) results the host reads (sums of squares; aux, z)
     double *partial = nullptr;                     // scratch of the sum of squares and of the MoE losses
-    double *pin_scalar = nullptr;                  // (2) pinned: where scalars arrive
+    double *pin_scalar = nullptr;                  // (MAX_SCALARS) pinned: where the sums of squares arrive
     std::unordered_map<void *, size_t> sizes;      // bytes of every buffer alloc gave out
     size_t bytes = 0, peak = 0;                    // device bytes held, now and at most
 } S;
