@@ -19,7 +19,12 @@ extern "C" {
 
 namespace {
 
-const int ADAMW_SLOTS = 4; // AdamW calls whose tables may be in flight at once
+// Pinned host memory an upload goes through, reusable once its copy has run (`sent` has passed).
+struct Staging {
+    void *pin = nullptr;
+    size_t cap = 0;
+    cudaEvent_t sent = nullptr;
+};
 
 struct State {
     int open = 0;
@@ -35,17 +40,14 @@ struct State {
     int n_buckets = 0;                             // the batch tokens' buckets (cu_embedding_buckets) on the device:
     int *buckets = nullptr;                        // token (N), start (N + 1), rows (N), in batch's buffer
     std::vector<int> host_buckets;                 // (3 N + 1) built here
-    // pinned staging for uploads (the batch, the private shuffle), reused once `uploaded` has passed
-    void *pin_up = nullptr;
-    size_t cap_pin_up = 0;
-    cudaEvent_t uploaded = nullptr;
-    std::vector<CuAdamwTensor> adamw_tensors;      // AdamW's tables (adamw_dev): built here, staged in a ring of
-    void *pin_adamw[ADAMW_SLOTS] = {};             // pinned slots (a step updates a few groups), on the device
-    size_t cap_pin_adamw[ADAMW_SLOTS] = {};
-    cudaEvent_t adamw_uploaded[ADAMW_SLOTS] = {};
-    int adamw_next = 0;
-    void *adamw_tables = nullptr;
+    // every upload's pinned staging (the batch, the shuffle, AdamW's and the experts' tables): one not in flight
+    // is reused, else a new one joins, so an upload never waits (the pool grows to the uploads between two waits)
+    std::vector<Staging> staging;
+    std::vector<CuAdamwTensor> adamw_tensors;      // AdamW's tables (adamw_dev), built here
+    void *adamw_tables = nullptr;                  // their device copy
     size_t cap_adamw_tables = 0;
+    void *ffn_table = nullptr;                     // the experts' grouped GEMMs' table (cu_ffn_table_bytes)
+    size_t cap_ffn_table = 0;
     int *perm = nullptr;                           // (N*k) the shuffle's permutation on the device
     size_t cap_perm = 0;
     int *dispatch = nullptr;                       // the dispatch's per-chunk counts
@@ -57,6 +59,10 @@ struct State {
     double *scalars = nullptr;                     // (MAX_SCALARS) results the host reads (sums of squares; aux, z)
     double *partial = nullptr;                     // scratch of the sum of squares and of the MoE losses
     double *pin_scalar = nullptr;                  // (MAX_SCALARS) pinned: where the sums of squares arrive
+    void *finite = nullptr;                        // first_nonfinite's blocks (2 count ints), then its results:
+    size_t cap_finite = 0;                         // first (count unsigned long long), value (count floats)
+    void *pin_finite = nullptr;                    // pinned: where the results arrive
+    size_t cap_pin_finite = 0;
     std::unordered_map<void *, size_t> sizes;      // bytes of every buffer alloc gave out
     size_t bytes = 0, peak = 0;                    // device bytes held, now and at most
 } S;
@@ -82,6 +88,14 @@ void *dev_alloc(size_t bytes) {
     cudaCheck(cudaMallocManaged(&p, bytes ? bytes : 1));
     cudaCheck(cudaMemsetAsync(p, 0, bytes, S.stream));
     cudaCheck(cudaStreamSynchronize(S.stream)); // (the host may write it next)
+    count_alloc(p, bytes);
+    return p;
+}
+// A buffer only ops touch: device memory, zero-filled on the stream.
+void *dev_alloc_device(size_t bytes) {
+    void *p = nullptr;
+    cudaCheck(cudaMalloc(&p, bytes ? bytes : 1));
+    cudaCheck(cudaMemsetAsync(p, 0, bytes, S.stream));
     count_alloc(p, bytes);
     return p;
 }
@@ -138,20 +152,32 @@ void *grow_pinned(void **buf, size_t *cap, size_t bytes) {
     return *buf;
 }
 
-// Pinned staging of at least `bytes` for an upload, once the previous upload from it has been read (a
-// wait only when it has not: in a step, the routing's wait has always passed it).
-void *upload_staging(size_t bytes) {
-    if (cudaEventQuery(S.uploaded) == cudaErrorNotReady) cudaCheck(cudaEventSynchronize(S.uploaded));
-    else cudaCheck(cudaGetLastError());
-    return grow_pinned(&S.pin_up, &S.cap_pin_up, bytes);
+// A staging of at least `bytes` with no copy from it in flight (its index; never a wait). Once the caller has
+// queued its copies from it, staging_sent.
+int staging_take(size_t bytes) {
+    size_t i = 0;
+    for (; i < S.staging.size(); i++) {
+        cudaError_t rc = cudaEventQuery(S.staging[i].sent);
+        if (rc == cudaSuccess) break;
+        if (rc != cudaErrorNotReady) cudaCheck(rc);
+        else cudaCheck(cudaGetLastError());
+    }
+    if (i == S.staging.size()) {
+        S.staging.emplace_back();
+        cudaCheck(cudaEventCreateWithFlags(&S.staging[i].sent, cudaEventDisableTiming));
+    }
+    grow_pinned(&S.staging[i].pin, &S.staging[i].cap, bytes);
+    return (int)i;
 }
-// dst (device) = n bytes of host memory src, through the staging
+void staging_sent(int i) { cudaCheck(cudaEventRecord(S.staging[i].sent, S.stream)); }
+
+// dst (device) = n bytes of host memory src, through a staging
 void upload(void *dst, const void *src, size_t n) {
     if (!n) return;
-    void *pin = upload_staging(n);
-    std::memcpy(pin, src, n);
-    cudaCheck(cudaMemcpyAsync(dst, pin, n, cudaMemcpyHostToDevice, S.stream));
-    cudaCheck(cudaEventRecord(S.uploaded, S.stream));
+    int i = staging_take(n);
+    std::memcpy(S.staging[i].pin, src, n);
+    cudaCheck(cudaMemcpyAsync(dst, S.staging[i].pin, n, cudaMemcpyHostToDevice, S.stream));
+    staging_sent(i);
 }
 
 // The pass's tokens and targets (N each, either may be NULL), and the tokens' buckets for the embedding's
@@ -162,12 +188,13 @@ void batch(const Token *tokens, const Token *targets, int N) {
     S.n_buckets = tokens ? cu_embedding_buckets(tokens, N, hb.data(), hb.data() + N, hb.data() + 2 * N + 1) : 0;
     size_t tok_bytes = (sizeof(Token) * 2 * N + 15) / 16 * 16, bytes = tok_bytes + sizeof(int) * hb.size();
     char *d = static_cast<char *>(dev_grow(reinterpret_cast<void **>(&S.batch), &S.cap_batch, bytes));
-    char *pin = static_cast<char *>(upload_staging(bytes));
+    int slot = staging_take(bytes);
+    char *pin = static_cast<char *>(S.staging[slot].pin);
     if (tokens) std::memcpy(pin, tokens, sizeof(Token) * N);
     if (targets) std::memcpy(pin + sizeof(Token) * N, targets, sizeof(Token) * N);
     std::memcpy(pin + tok_bytes, hb.data(), sizeof(int) * hb.size());
     cudaCheck(cudaMemcpyAsync(d, pin, bytes, cudaMemcpyHostToDevice, S.stream));
-    cudaCheck(cudaEventRecord(S.uploaded, S.stream));
+    staging_sent(slot);
     S.host_tokens = tokens;
     S.host_targets = targets;
     S.batch_n = N;
@@ -259,6 +286,9 @@ void ce_fwd(float *probs, float *losses, const Token *targets, int N, int V) {
 void ce_bwd(float *dlogits, const float *probs, const Token *targets, int N, int V, float scale) {
     cu_crossentropy_backward(dlogits, probs, dev_tokens(targets, N), N, V, scale, S.stream);
 }
+void ce_fused(float *logits, float *losses, const Token *targets, int N, int V, float scale) {
+    cu_crossentropy_fused(logits, losses, dev_tokens(targets, N), N, V, scale, S.stream);
+}
 void ffn_fwd(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu, const float *wd,
              int N, int d, int f) {
     if (N == 0) return;
@@ -297,9 +327,18 @@ void moe_route_dev(MoeActs *a, const float *inp, const float *router, const int 
     }
     cu_moe_pack(&c, inp, perm, a->choice_row, S.stream);
 }
+// the experts' grouped GEMMs' table for m experts: a staging (its index in *slot) and the device copy
+CuTable ffn_table(int m, int *slot) {
+    size_t bytes = cu_ffn_table_bytes(m);
+    *slot = staging_take(bytes);
+    return CuTable{S.staging[*slot].pin, dev_grow(&S.ffn_table, &S.cap_ffn_table, bytes)};
+}
 void moe_experts_fwd(MoeActs *a, ExpertSet w) {
     CuMoeActs c = view(a);
-    cu_moe_experts_forward(S.blas, &c, w.gate, w.up, w.down, a->counts, a->offsets, S.stream);
+    int slot;
+    CuTable t = ffn_table(a->m, &slot);
+    cu_moe_experts_forward(S.blas, &c, w.gate, w.up, w.down, a->counts, a->offsets, t, S.stream);
+    staging_sent(slot);
 }
 void moe_combine_dev(float *out, const MoeActs *a) {
     CuMoeActs c = view(a);
@@ -311,8 +350,11 @@ void moe_combine_bwd(MoeScratch *s, const float *dout, const MoeActs *a) {
 }
 void moe_experts_bwd(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw) {
     CuMoeActs c = view(a);
+    int slot;
+    CuTable t = ffn_table(a->m, &slot);
     cu_moe_experts_backward(S.blas, s->dxe, s->dhe, s->due, s->dae, s->dye, &c, w.gate, w.up, w.down, dw.gate, dw.up,
-                            dw.down, a->counts, a->offsets, S.stream);
+                            dw.down, a->counts, a->offsets, t, S.stream);
+    staging_sent(slot);
 }
 void moe_route_bwd(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp, const float *router,
                    float aux_coef, float z_coef) {
@@ -332,8 +374,35 @@ void sum_squares_dev(double *out, const float *const *arrays, const size_t *leng
         std::memcpy(out + i0, S.pin_scalar, sizeof(double) * n);
     }
 }
-// AdamW over the active tensors: one launch, its two tables uploaded from a slot of their own pinned ring (the
-// batch's staging may still be in use); a step's few calls never wait for a slot.
+// The first NaN or Inf of each block of received rows (privacy_first_nonfinite), scanned on the device, one wait
+void first_nonfinite_dev(long *first, float *value, const float *buf, const int *rows, const int *offs, int count,
+                         int d) {
+    if (count == 0) return;
+    size_t ints = (sizeof(int) * 2 * count + 15) / 16 * 16;
+    size_t results = (sizeof(unsigned long long) + sizeof(float)) * count;
+    std::vector<int> ro(2 * (size_t)count);
+    int most = 0;
+    for (int q = 0; q < count; q++) {
+        ro[q] = rows[q];
+        ro[count + q] = offs[q];
+        most = rows[q] > most ? rows[q] : most;
+    }
+    char *dev = static_cast<char *>(dev_grow(&S.finite, &S.cap_finite, ints + results));
+    upload(dev, ro.data(), sizeof(int) * ro.size());
+    auto *dfirst = reinterpret_cast<unsigned long long *>(dev + ints);
+    auto *dvalue = reinterpret_cast<float *>(dfirst + count);
+    cu_first_nonfinite(dfirst, dvalue, buf, reinterpret_cast<const int *>(dev), most, count, d, S.stream);
+    char *pin = static_cast<char *>(grow_pinned(&S.pin_finite, &S.cap_pin_finite, results));
+    cudaCheck(cudaMemcpyAsync(pin, dfirst, results, cudaMemcpyDeviceToHost, S.stream));
+    dev_sync();
+    const auto *hfirst = reinterpret_cast<const unsigned long long *>(pin);
+    const auto *hvalue = reinterpret_cast<const float *>(hfirst + count);
+    for (int q = 0; q < count; q++) {
+        first[q] = hfirst[q] == ~0ull ? -1 : (long)hfirst[q];
+        value[q] = hvalue[q];
+    }
+}
+// AdamW over the active tensors: one launch, its two tables uploaded in one copy from a staging.
 void adamw_dev(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, const unsigned char *active, int *steps,
                float *params, const float *grads, float *m, float *v, float lr, float grad_scale) {
     std::vector<CuAdamwTensor> &t = S.adamw_tensors;
@@ -348,17 +417,13 @@ void adamw_dev(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, 
     int nb = cu_adamw_plan(t.data(), (int)t.size(), nullptr);
     if (nb == 0) return;
     size_t tbytes = (sizeof(CuAdamwTensor) * t.size() + 15) / 16 * 16, bytes = tbytes + sizeof(CuAdamwBlock) * nb;
-    int slot = S.adamw_next;
-    S.adamw_next = (slot + 1) % ADAMW_SLOTS;
-    cudaEvent_t ev = S.adamw_uploaded[slot];
-    if (cudaEventQuery(ev) == cudaErrorNotReady) cudaCheck(cudaEventSynchronize(ev));
-    else cudaCheck(cudaGetLastError());
-    char *pin = static_cast<char *>(grow_pinned(&S.pin_adamw[slot], &S.cap_pin_adamw[slot], bytes));
+    int slot = staging_take(bytes);
+    char *pin = static_cast<char *>(S.staging[slot].pin);
     std::memcpy(pin, t.data(), sizeof(CuAdamwTensor) * t.size());
     cu_adamw_plan(t.data(), (int)t.size(), reinterpret_cast<CuAdamwBlock *>(pin + tbytes));
     char *d = static_cast<char *>(dev_grow(reinterpret_cast<void **>(&S.adamw_tables), &S.cap_adamw_tables, bytes));
     cudaCheck(cudaMemcpyAsync(d, pin, bytes, cudaMemcpyHostToDevice, S.stream));
-    cudaCheck(cudaEventRecord(ev, S.stream));
+    staging_sent(slot);
     cu_adamw_tensors(params, grads, m, v, reinterpret_cast<const CuAdamwTensor *>(d),
                      reinterpret_cast<const CuAdamwBlock *>(d + tbytes), nb, lr, o->beta1, o->beta2, o->eps, grad_scale,
                      S.stream);
@@ -371,6 +436,7 @@ const Backend TABLE = {
     .device = 1,
     .alloc = dev_alloc,
     .release = dev_release,
+    .alloc_device = dev_alloc_device,
     .resize = dev_resize,
     .alloc_pinned = pinned_alloc,
     .release_pinned = pinned_release,
@@ -396,6 +462,7 @@ const Backend TABLE = {
     .attention_backward = attention_bwd,
     .crossentropy_forward = ce_fwd,
     .crossentropy_backward = ce_bwd,
+    .crossentropy_fused = ce_fused,
     .ffn_forward = ffn_fwd,
     .ffn_backward = ffn_bwd,
     .moe_route = moe_route_dev,
@@ -404,6 +471,7 @@ const Backend TABLE = {
     .moe_combine_backward = moe_combine_bwd,
     .moe_experts_backward = moe_experts_bwd,
     .moe_route_backward = moe_route_bwd,
+    .first_nonfinite = first_nonfinite_dev,
     .sum_squares = sum_squares_dev,
     .adamw = adamw_dev,
 };
@@ -430,12 +498,6 @@ const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, s
     if (!S.open) {
         cudaCheck(cudaSetDevice(dev));
         cudaCheck(cudaStreamCreateWithFlags(&S.stream, cudaStreamNonBlocking));
-        cudaCheck(cudaEventCreateWithFlags(&S.uploaded, cudaEventDisableTiming));
-        cudaCheck(cudaEventRecord(S.uploaded, S.stream));
-        for (cudaEvent_t &ev : S.adamw_uploaded) {
-            cudaCheck(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-            cudaCheck(cudaEventRecord(ev, S.stream));
-        }
         cublasCheck(cublasCreate(&S.blas));
         cublasCheck(cublasSetStream(S.blas, S.stream));
         cublasCheck(cublasSetMathMode(S.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
@@ -451,18 +513,17 @@ const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, s
 
 void cuda_backend_close(void) {
     if (!S.open) return;
-    void *bufs[] = {S.batch,       S.loose,       S.perm,        S.dispatch, S.adamw_tables,
-                    S.att_scratch, S.rms_scratch, S.scalars,     S.partial};
+    void *bufs[] = {S.batch,       S.loose,       S.perm,    S.dispatch, S.adamw_tables, S.ffn_table,
+                    S.att_scratch, S.rms_scratch, S.scalars, S.partial, S.finite};
     for (void *b : bufs)
         if (b) { count_release(b); cudaCheck(cudaFree(b)); }
-    void *pins[] = {S.pin_up, S.pin_route, S.pin_scalar, S.pin_adamw[0], S.pin_adamw[1], S.pin_adamw[2],
-                    S.pin_adamw[3]};
-    static_assert(ADAMW_SLOTS == 4, "pins[] lists every slot");
-    for (void *p : pins)
+    for (void *p : {S.pin_route, static_cast<void *>(S.pin_scalar), S.pin_finite})
         if (p) cudaCheck(cudaFreeHost(p));
+    for (Staging &st : S.staging) {
+        if (st.pin) cudaCheck(cudaFreeHost(st.pin));
+        cudaCheck(cudaEventDestroy(st.sent));
+    }
     cublasCheck(cublasDestroy(S.blas));
-    cudaCheck(cudaEventDestroy(S.uploaded));
-    for (cudaEvent_t ev : S.adamw_uploaded) cudaCheck(cudaEventDestroy(ev));
     cudaCheck(cudaStreamDestroy(S.stream));
     S = State();
 }

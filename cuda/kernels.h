@@ -53,12 +53,37 @@ void cu_ffn_forward(cublasHandle_t blas, float *y, float *h, float *u, float *a,
 void cu_ffn_backward(cublasHandle_t blas, float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du,
                      float *da, const float *dy, const float *x, const float *h, const float *u, const float *a,
                      const float *wg, const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream);
+// Many SwiGLU FFNs at once (a MoE layer's experts), group i on its own rows with its own weights, shapes as
+// above: every product is one grouped cuBLAS call for all groups (gate and up in one), the gate one launch.
+// groups is host memory; the calls read pointer tables on the device, which they queue from t.host (pinned,
+// cu_ffn_table_bytes(n) bytes, no copy from it in flight) to t.dev (as many bytes).
+typedef struct {
+    void *host, *dev;
+} CuTable;
+typedef struct CuFfnGroup {
+    int rows;                    // > 0
+    const float *wg, *wu, *wd;   // (f, d), (f, d), (d, f)
+    const float *x;              // (rows, d)
+    float *y, *h, *u, *a;        // y (rows, d) overwritten; h, u, a (rows, f)
+    const float *dy;             // backward only (else NULL): dy (rows, d)
+    float *dx;                   // (rows, d) overwritten; may be dy
+    float *dwg, *dwu, *dwd;      // +=
+    float *dh, *du, *da;         // (rows, f) scratch
+} CuFfnGroup;
+size_t cu_ffn_table_bytes(int n);
+void cu_ffn_groups_forward(cublasHandle_t blas, const CuFfnGroup *groups, int n, CuTable t, int d, int f,
+                           cudaStream_t stream);
+void cu_ffn_groups_backward(cublasHandle_t blas, const CuFfnGroup *groups, int n, CuTable t, int d, int f,
+                            cudaStream_t stream);
 
 // crossentropy.cu: probs_inout (N, V): logits in, softmax out; losses (N).  dlogits (N, V) overwritten
 void cu_crossentropy_forward(float *probs_inout, float *losses, const Token *targets, int N, int V,
                              cudaStream_t stream);
 void cu_crossentropy_backward(float *dlogits, const float *probs, const Token *targets, int N, int V, float scale,
                               cudaStream_t stream);
+// both in one pass: logits_inout (N, V) in, (softmax - onehot(target)) * scale out; losses (N)
+void cu_crossentropy_fused(float *logits_inout, float *losses, const Token *targets, int N, int V, float scale,
+                           cudaStream_t stream);
 
 // adamw.cu: one AdamW step of n parameters (src/optim.c's formula); bc1, bc2 the bias corrections,
 // decay = lr * weight_decay (0 for tensors without decay), grads scaled by grad_scale (clipping)
@@ -83,6 +108,11 @@ void cu_adamw_tensors(float *params, const float *grads, float *m, float *v, con
 // device scratch of cu_sum_squares_scratch_doubles() doubles (allocated once, outside the step)
 int cu_sum_squares_scratch_doubles(void);
 void cu_sum_squares(double *out, double *partial, const float *g, long n, cudaStream_t stream);
+// first (count) = per block q of buf (rows_offs[q] rows of d at row rows_offs[count + q]; rows_offs a device
+// array of 2 count; most_rows: the largest rows_offs[q]), the index of its first NaN or Inf (~0: none); value
+// (count) = that element (device arrays)
+void cu_first_nonfinite(unsigned long long *first, float *value, const float *buf, const int *rows_offs,
+                        int most_rows, int count, int d, cudaStream_t stream);
 
 // attention.cu: causal grouped-query attention, qkv (B*T, (H + 2 Hkv) hs) -> out (B*T, H hs), att (B, H, T, T)
 // probabilities (zeros above the diagonal); dqkv +=. scratch: cu_attention_scratch_floats(B, T, H, hs) floats.
@@ -120,9 +150,10 @@ void cu_moe_pack(CuMoeActs *a, const float *inp, const int *perm, int *scratch, 
 // out (2 doubles, device) = this layer's aux and z losses; scratch: cu_moe_losses_scratch_doubles(m) device doubles
 int cu_moe_losses_scratch_doubles(int m);
 void cu_moe_losses(double *out, double *scratch, const CuMoeActs *a, cudaStream_t stream);
-// the experts present (gate[e] != NULL; device weights) on their rows; counts and offsets: HOST copies
+// the experts present (gate[e] != NULL; device weights) on their rows, in grouped GEMMs (cu_ffn_groups_*);
+// counts and offsets: HOST copies; t: a table of cu_ffn_table_bytes(m) bytes
 void cu_moe_experts_forward(cublasHandle_t h, CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
-                            const int *counts, const int *offsets, cudaStream_t stream);
+                            const int *counts, const int *offsets, CuTable t, cudaStream_t stream);
 // out (N, d) = sum_j gates * ye (overwritten)
 void cu_moe_combine(float *out, const CuMoeActs *a, cudaStream_t stream);
 // dye (N*k, d) and dgates (N, k) from dout (N, d)
@@ -131,7 +162,7 @@ void cu_moe_combine_backward(float *dye, float *dgates, const float *dout, const
 void cu_moe_experts_backward(cublasHandle_t h, float *dxe, float *dhe, float *due, float *dae, const float *dye,
                              const CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
                              float *const *dgate, float *const *dup, float *const *ddown, const int *counts,
-                             const int *offsets, cudaStream_t stream);
+                             const int *offsets, CuTable t, cudaStream_t stream);
 // dinp (N, d) += unpacked dxe and the router's input gradient; drouter (m, d) +=; dlogits (N, m) scratch
 void cu_moe_route_backward(cublasHandle_t h, float *dinp, float *drouter, float *dlogits, const float *dxe,
                            const float *dgates, const CuMoeActs *a, const float *inp, const float *router,

@@ -1,10 +1,12 @@
 // moe.cu: the MoE layer of src/moe.c on the device: router softmax, top-k and renormalised gates,
-// packing token rows by expert, the experts (SwiGLU FFNs through cuBLAS, one call chain per expert for
-// now), the weighted combine, and the backward of all of it. The choices and the row order are those
+// packing token rows by expert, the experts (SwiGLU FFNs in cuBLAS grouped GEMMs: one call per product for
+// all experts), the weighted combine, and the backward of all of it. The choices and the row order are those
 // of src/moe.c bit for bit (same loops, same tie rule), so the exchange sees the same rows.
 // The private shuffle of each expert's rows is drawn on the host (moe_shuffle_permutation, the same
 // draws as the CPU path, from the counts the host needs anyway for the exchange) and applied here.
 #include "kernels.h"
+
+#include <vector>
 
 // one thread per token n: probs (N, m) = softmax(logits), lse (N), top-k (most probable first, ties to
 // the lower id), gates = chosen probs / their sum (gate_sum)
@@ -264,16 +266,31 @@ void cu_moe_losses(double *out, double *scratch, const CuMoeActs *a, cudaStream_
     cudaCheck(cudaGetLastError());
 }
 
-void cu_moe_experts_forward(cublasHandle_t h, CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
-                            const int *counts, const int *offsets, cudaStream_t stream) {
-    int d = a->d, f = a->f;
+// the experts present with rows, as FFN groups (at most m) with their forward's pointers into a's buffers, and
+// each group's expert in ids
+static int expert_groups(CuFfnGroup *g, int *ids, const CuMoeActs *a, float *const *gate, float *const *up,
+                         float *const *down, const int *counts, const int *offsets) {
+    int d = a->d, f = a->f, n = 0;
     for (int e = 0; e < a->m; e++) {
         long r0 = offsets[e];
-        int n = counts[e];
-        if (!gate[e] || n == 0) continue;
-        cu_ffn_forward(h, a->ye + r0 * d, a->he + r0 * f, a->ue + r0 * f, a->ae + r0 * f, a->xe + r0 * d, gate[e],
-                       up[e], down[e], n, d, f, stream);
+        if (!gate[e] || counts[e] == 0) continue;
+        CuFfnGroup x = {};
+        x.rows = counts[e];
+        x.wg = gate[e]; x.wu = up[e]; x.wd = down[e];
+        x.x = a->xe + r0 * d; x.y = a->ye + r0 * d;
+        x.h = a->he + r0 * f; x.u = a->ue + r0 * f; x.a = a->ae + r0 * f;
+        ids[n] = e;
+        g[n++] = x;
     }
+    return n;
+}
+
+void cu_moe_experts_forward(cublasHandle_t h, CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
+                            const int *counts, const int *offsets, CuTable t, cudaStream_t stream) {
+    std::vector<CuFfnGroup> g(a->m);
+    std::vector<int> ids(a->m);
+    int n = expert_groups(g.data(), ids.data(), a, gate, up, down, counts, offsets);
+    cu_ffn_groups_forward(h, g.data(), n, t, a->d, a->f, stream);
 }
 
 void cu_moe_combine(float *out, const CuMoeActs *a, cudaStream_t stream) {
@@ -292,16 +309,19 @@ void cu_moe_combine_backward(float *dye, float *dgates, const float *dout, const
 void cu_moe_experts_backward(cublasHandle_t h, float *dxe, float *dhe, float *due, float *dae, const float *dye,
                              const CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
                              float *const *dgate, float *const *dup, float *const *ddown, const int *counts,
-                             const int *offsets, cudaStream_t stream) {
+                             const int *offsets, CuTable t, cudaStream_t stream) {
     int d = a->d, f = a->f;
-    for (int e = 0; e < a->m; e++) {
+    std::vector<CuFfnGroup> g(a->m);
+    std::vector<int> ids(a->m);
+    int n = expert_groups(g.data(), ids.data(), a, gate, up, down, counts, offsets);
+    for (int i = 0; i < n; i++) {
+        int e = ids[i];
         long r0 = offsets[e];
-        int n = counts[e];
-        if (!gate[e] || n == 0) continue;
-        cu_ffn_backward(h, dxe + r0 * d, dgate[e], dup[e], ddown[e], dhe + r0 * f, due + r0 * f, dae + r0 * f,
-                        dye + r0 * d, a->xe + r0 * d, a->he + r0 * f, a->ue + r0 * f, a->ae + r0 * f, gate[e], up[e],
-                        down[e], n, d, f, stream);
+        g[i].dy = dye + r0 * d; g[i].dx = dxe + r0 * d;
+        g[i].dwg = dgate[e]; g[i].dwu = dup[e]; g[i].dwd = ddown[e];
+        g[i].dh = dhe + r0 * f; g[i].du = due + r0 * f; g[i].da = dae + r0 * f;
     }
+    cu_ffn_groups_backward(h, g.data(), n, t, d, f, stream);
 }
 
 void cu_moe_route_backward(cublasHandle_t h, float *dinp, float *drouter, float *dlogits, const float *dxe,

@@ -4,10 +4,12 @@
 // - "cpu" (backend_cpu.c): those functions themselves;
 // - "cuda" (cuda/backend.cu): the kernels of cuda/ (cuda/kernels.h).
 // No op counts its FLOPs: model.c and the exchange count them where they call an op (flops.h).
-// Buffers a model keeps (parameters, gradients, AdamW state, activations) come from the table's alloc.
-// On cuda that is CUDA managed memory: kernels use it in place, and host code (the checkpoint writer,
-// fedavg's allreduce, the exchange's checks, the losses) may read it only after sync(). Ops queue their
-// work; those that return host values (moe_route's counts, sum_squares) wait for it themselves.
+// Buffers a model keeps come from the table's alloc when the host reads or writes them between steps
+// (parameters and AdamW state: the checkpoint writer, fedavg's allreduce, initialisation; the MoE rows the
+// exchange's study features touch): on cuda CUDA managed memory, which kernels use in place and the host
+// reads only after sync(). What only ops touch (gradients, activations) comes from alloc_device, device
+// memory on cuda. Ops queue their work; those that return host values (moe_route's counts, sum_squares,
+// first_nonfinite) wait for it themselves.
 #ifndef PCMOE_BACKEND_H
 #define PCMOE_BACKEND_H
 
@@ -22,7 +24,10 @@ typedef struct Backend {
     const char *name;                         // "cpu" or "cuda"
     int device;                               // 1: alloc gives device memory (MPI needs staging or CUDA-awareness)
     void *(*alloc)(size_t bytes);             // zero-filled; ends the job when out of memory
-    void (*release)(void *p);
+    void (*release)(void *p);                 // (alloc's and alloc_device's)
+    // a buffer only ops and copy() touch, never the host (activations, gradients): cuda: cudaMalloc memory;
+    // zero-filled (queued); cpu: alloc
+    void *(*alloc_device)(size_t bytes);
     // a buffer of `bytes` that starts with the first old_bytes of alloc's p (which it replaces; the rest is
     // not zeroed). cpu: realloc, whose large buffers the kernel remaps rather than copies
     void *(*resize)(void *p, size_t old_bytes, size_t bytes);
@@ -63,6 +68,7 @@ typedef struct Backend {
     void (*crossentropy_forward)(float *probs_inout, float *losses, const Token *targets, int N, int V);
     void (*crossentropy_backward)(float *dlogits, const float *probs, const Token *targets, int N, int V,
                                   float scale);
+    void (*crossentropy_fused)(float *logits_inout, float *losses, const Token *targets, int N, int V, float scale);
     void (*ffn_forward)(float *y, float *h, float *u, float *a, const float *x, const float *wg, const float *wu,
                         const float *wd, int N, int d, int f);
     void (*ffn_backward)(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
@@ -76,6 +82,9 @@ typedef struct Backend {
     void (*moe_experts_backward)(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw);
     void (*moe_route_backward)(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp,
                                const float *router, float aux_coef, float z_coef);
+    // privacy.h's privacy_first_nonfinite on the backend's memory (one wait on cuda, buf on the device)
+    void (*first_nonfinite)(long *first, float *value, const float *buf, const int *rows, const int *offs, int count,
+                            int d);
     // optim.h
     // out[i] = optim_sum_squares(arrays[i], lengths[i]) for i < count (one wait on cuda)
     void (*sum_squares)(double *out, const float *const *arrays, const size_t *lengths, int count);

@@ -9,6 +9,7 @@
 #endif
 
 #include "layers.h" // the dense ops
+#include "privacy.h" // privacy_first_nonfinite
 #include "util.h"   // callocCheck, fail
 
 static void *cpu_alloc(size_t bytes) { return callocCheck(bytes ? bytes : 1, 1); }
@@ -43,6 +44,7 @@ const Backend backend_cpu = {
     .device = 0,
     .alloc = cpu_alloc,
     .release = free,
+    .alloc_device = cpu_alloc,
     .resize = cpu_resize,
     .alloc_pinned = cpu_alloc,
     .release_pinned = free,
@@ -68,6 +70,7 @@ const Backend backend_cpu = {
     .attention_backward = attention_backward,
     .crossentropy_forward = cpu_crossentropy,
     .crossentropy_backward = crossentropy_backward,
+    .crossentropy_fused = crossentropy_fused,
     .ffn_forward = ffn_forward,
     .ffn_backward = ffn_backward,
     .moe_route = moe_route,
@@ -76,6 +79,7 @@ const Backend backend_cpu = {
     .moe_combine_backward = moe_combine_backward,
     .moe_experts_backward = moe_experts_backward,
     .moe_route_backward = moe_route_backward,
+    .first_nonfinite = privacy_first_nonfinite,
     .sum_squares = cpu_sum_squares,
     .adamw = optim_adamw,
 };

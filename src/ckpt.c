@@ -159,11 +159,11 @@ int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
     for (int i = 0; i < m->n_tensors && !x.failed; i++) {
         const ParamTensor *t = &m->tensors[i];
         tensor_path(p, sizeof p, "", t);
-        write_floats(&x, file, lcpl, p, t, m->params + t->offset, -1);
+        write_floats(&x, file, lcpl, p, t, m->host_params + t->offset, -1);
         tensor_path(p, sizeof p, "/optim/adam_m", t);
-        write_floats(&x, file, lcpl, p, t, m->adam_m + t->offset, m->adam_steps[i]);
+        write_floats(&x, file, lcpl, p, t, m->host_adam_m + t->offset, m->adam_steps[i]);
         tensor_path(p, sizeof p, "/optim/adam_v", t);
-        write_floats(&x, file, lcpl, p, t, m->adam_v + t->offset, -1);
+        write_floats(&x, file, lcpl, p, t, m->host_adam_v + t->offset, -1);
     }
     // samplers and the private shuffle
     for (int i = 0; i < s->n_data && !x.failed; i++) {
@@ -400,15 +400,15 @@ int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
         hsize_t dims[2] = {(hsize_t)t->rows, (hsize_t)t->cols};
         int nd = t->cols == 1 ? 1 : 2;
         tensor_path(p, sizeof p, "", t);
-        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->params + t->offset, NULL);
-        if (!x.failed && !finite_all(m->params + t->offset, t->numel)) {
+        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->host_params + t->offset, NULL);
+        if (!x.failed && !finite_all(m->host_params + t->offset, t->numel)) {
             error_set(err, len, "%s: %s holds NaN or Inf", path, p);
             x.failed = 1;
         }
         tensor_path(p, sizeof p, "/optim/adam_m", t);
-        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->adam_m + t->offset, &m->adam_steps[i]);
+        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->host_adam_m + t->offset, &m->adam_steps[i]);
         tensor_path(p, sizeof p, "/optim/adam_v", t);
-        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->adam_v + t->offset, NULL);
+        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->host_adam_v + t->offset, NULL);
     }
     for (int i = 0; i < s->n_data && !x.failed; i++) {
         hsize_t four[1] = {4};
@@ -509,7 +509,7 @@ int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts
         char file[4200], dataset[160];
         ckpt_party_file(file, sizeof file, dir, t->expert < 0 ? backbone_party : pool_owner(t->expert, expert_parties));
         snprintf(dataset, sizeof dataset, "/%s/%s", t->expert < 0 ? "backbone" : "experts", t->name);
-        if (ckpt_read_tensor(file, dataset, m->params + t->offset, t->rows, t->cols, err, len)) return 2;
+        if (ckpt_read_tensor(file, dataset, m->host_params + t->offset, t->rows, t->cols, err, len)) return 2;
     }
     return 0;
 }

@@ -9,7 +9,7 @@
 #include "comm.h"    // Comm, comm_alltoall_ints, comm_alltoallv_rows, MSG_*
 #include "flops.h"   // flops_ffn: the served experts' FLOPs, counted here
 #include "pool.h"    // pool_owner, pool_packing_order
-#include "privacy.h" // privacy_clip_noise, privacy_clip_backward
+#include "privacy.h" // privacy_clip_noise, privacy_clip_backward, privacy_first_nonfinite
 #include "record.h"  // record_tap: the study's one tap
 #include "util.h"    // mallocCheck, fail
 
@@ -225,17 +225,20 @@ static void check_counts(Exchange *ex, ServeLayer *sl) {
 }
 
 // With privacy.check_finite: the rows received from each peer (rows[q] at row offs[q] of buf) are finite.
+// Staged, buf is host memory that MPI wrote, scanned here; else it is the backend's (device memory on cuda,
+// scanned there: one wait).
 static void check_rows(const Exchange *ex, const float *buf, const int *rows, const int *offs, MsgKind kind) {
     if (!ex->check_finite || !buf) return;
-    ex->be->sync(); // (direct: buf is device memory MPI wrote)
-    for (int q = 0; q < ex->P; q++) {
-        const float *v = buf + (size_t)offs[q] * ex->d;
-        size_t n = (size_t)rows[q] * ex->d;
-        for (size_t i = 0; i < n; i++)
-            if (!(v[i] - v[i] == 0.0f))
-                fail("party %d sent a non-finite value (%g) in %s, row %zu; aborting", q, v[i], MSG_KIND_NAMES[kind],
-                     i / ex->d);
-    }
+    long *first = mallocCheck(sizeof(long) * ex->P);
+    float *value = mallocCheck(sizeof(float) * ex->P);
+    if (ex->staged) privacy_first_nonfinite(first, value, buf, rows, offs, ex->P, ex->d);
+    else ex->be->first_nonfinite(first, value, buf, rows, offs, ex->P, ex->d);
+    for (int q = 0; q < ex->P; q++)
+        if (first[q] >= 0)
+            fail("party %d sent a non-finite value (%g) in %s, row %ld; aborting", q, value[q], MSG_KIND_NAMES[kind],
+                 first[q] / ex->d);
+    free(first);
+    free(value);
 }
 
 // Where the pass of an expert's rows that starts at serve row r0 keeps its hidden activations (f wide):

@@ -52,7 +52,7 @@ static void experts_of(ExpertList *x, const Model *e) {
     for (int i = 0; i < e->n_tensors; i++)
         if (e->tensors[i].expert >= 0) {
             x->t[x->n] = e->tensors[i];
-            x->data[x->n++] = e->params + e->tensors[i].offset;
+            x->data[x->n++] = e->host_params + e->tensors[i].offset;
         }
 }
 
@@ -75,11 +75,11 @@ static void experts_gather(ExpertList *x, const Config *c, Comm *comm, const Mod
                 const ParamTensor *mine = owner == me ? model_find_tensor(m, t.name) : NULL;
                 if (owner == me && !mine) fail("internal: party %d lacks its expert tensor %s", me, t.name);
                 if (owner == me && me != exporter)
-                    comm_send_floats(comm, MSG_EXPORT_EXPERTS, exporter, m->params + mine->offset, t.numel);
+                    comm_send_floats(comm, MSG_EXPORT_EXPERTS, exporter, m->host_params + mine->offset, t.numel);
                 if (me != exporter) continue;
                 x->t[x->n] = t;
                 if (owner == me) {
-                    x->data[x->n++] = m->params + mine->offset;
+                    x->data[x->n++] = m->host_params + mine->offset;
                     continue;
                 }
                 comm_recv_floats(comm, MSG_EXPORT_EXPERTS, owner, x->received + at, t.numel);
@@ -96,7 +96,7 @@ static int export_tensors(int arch, const Model *m, const ExpertList *x, StWrite
         int backbone = i < m->n_tensors;
         const ParamTensor *t = backbone ? &m->tensors[i] : &x->t[i - m->n_tensors];
         if (backbone && t->expert >= 0) continue;
-        const float *data = backbone ? m->params + t->offset : x->data[i - m->n_tensors];
+        const float *data = backbone ? m->host_params + t->offset : x->data[i - m->n_tensors];
         HfPiece p[3];
         int np = hf_pieces(arch, &m->cfg, t, p);
         for (int k = 0; k < np; k++, n++) {

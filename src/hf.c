@@ -80,7 +80,7 @@ int hf_read_weights(Model *m, const char *dir, char *err, size_t len) {
         HfPiece pieces[3];
         int n = hf_pieces(h.arch, &m->cfg, t, pieces);
         for (int k = 0; k < n && !rc; k++)
-            rc = piece_read(&s, t, &pieces[k], m->params + t->offset + (size_t)pieces[k].row0 * t->cols, err, len);
+            rc = piece_read(&s, t, &pieces[k], m->host_params + t->offset + (size_t)pieces[k].row0 * t->cols, err, len);
     }
     st_close(&s);
     return rc;

@@ -413,21 +413,24 @@ void swiglu_backward(float *dh, float *du, const float *da, const float *h, cons
     }
 }
 
+// One row: p (V) logits in, softmax out; returns the row's loss, logsumexp - logit of the target (no log(0)
+// when p underflows).
+static float crossentropy_row(float *p, int V, Token target) {
+    float logit_t = p[target];
+    float maxv = p[0];
+    for (int i = 1; i < V; i++) if (p[i] > maxv) maxv = p[i];
+    double sum = 0.0;
+#pragma omp simd
+    for (int i = 0; i < V; i++) p[i] = exp_poly(p[i] - maxv);
+    for (int i = 0; i < V; i++) sum += p[i];
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < V; i++) p[i] *= inv;
+    return (float)(log(sum) + maxv - logit_t);
+}
+
 double crossentropy_forward(float *probs, float *losses, const Token *targets, int N, int V) {
 #pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        float *p = probs + (long)n * V;
-        float logit_t = p[targets[n]];
-        float maxv = p[0];
-        for (int i = 1; i < V; i++) if (p[i] > maxv) maxv = p[i];
-        double sum = 0.0;
-#pragma omp simd
-        for (int i = 0; i < V; i++) p[i] = exp_poly(p[i] - maxv);
-        for (int i = 0; i < V; i++) sum += p[i];
-        float inv = (float)(1.0 / sum);
-        for (int i = 0; i < V; i++) p[i] *= inv;
-        losses[n] = (float)(log(sum) + maxv - logit_t); // logsumexp - logit: no log(0) when p underflows
-    }
+    for (int n = 0; n < N; n++) losses[n] = crossentropy_row(probs + (long)n * V, V, targets[n]);
     double total = 0.0; // serial sum: the same bits for any thread count
     for (int n = 0; n < N; n++) total += losses[n];
     return total / N;
@@ -440,6 +443,16 @@ void crossentropy_backward(float *dlogits, const float *probs, const Token *targ
         float *g = dlogits + (long)n * V;
         for (int i = 0; i < V; i++) g[i] = p[i] * scale;
         g[targets[n]] -= scale;
+    }
+}
+
+void crossentropy_fused(float *logits_inout, float *losses, const Token *targets, int N, int V, float scale) {
+#pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        float *p = logits_inout + (long)n * V;
+        losses[n] = crossentropy_row(p, V, targets[n]);
+        for (int i = 0; i < V; i++) p[i] *= scale;
+        p[targets[n]] -= scale;
     }
 }
 

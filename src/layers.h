@@ -78,6 +78,9 @@ void swiglu_backward(float *dh, float *du, const float *da, const float *h, cons
 double crossentropy_forward(float *probs_inout, float *losses, const Token *targets, int N, int V);
 // dlogits (N, V) = (probs - onehot(target)) * scale  (overwritten)
 void crossentropy_backward(float *dlogits, const float *probs, const Token *targets, int N, int V, float scale);
+// Both in one pass over each row: logits (N, V) in, their gradients (probs - onehot(target)) * scale out;
+// losses (N). The same bits as crossentropy_forward then crossentropy_backward in place.
+void crossentropy_fused(float *logits_inout, float *losses, const Token *targets, int N, int V, float scale);
 
 
 

@@ -155,9 +155,10 @@ static void weights_unbind(Weights *w, int L) {
     free(w->layer);
 }
 
+// An activation (or the backward's scratch): only ops touch it
 static float *act_alloc(Model *m, size_t n) {
     m->mem.acts += sizeof(float) * n;
-    return m->be->alloc(sizeof(float) * n);
+    return m->be->alloc_device(sizeof(float) * n);
 }
 
 // Layer l's activations (m->acts[l]) for batches of m->B_alloc sequences of m->T tokens.
@@ -220,12 +221,21 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     for (int e = 0; e < E; e++) m->owned[e] = owned ? owned[e] : 1;
     m->expert_order = be->alloc(sizeof(int) * E); // (read by the device's dispatch)
     for (int e = 0; e < E; e++) m->expert_order[e] = e;
+    be->sync(); // (the device may read it from now on)
 
     layout_build(m);
-    m->params = be->alloc(sizeof(float) * m->n_params);
-    m->grads = be->alloc(sizeof(float) * m->n_params);
-    m->adam_m = be->alloc(sizeof(float) * m->n_params);
-    m->adam_v = be->alloc(sizeof(float) * m->n_params);
+    size_t bytes = sizeof(float) * m->n_params;
+    m->params = be->alloc_device(bytes); // (only ops touch these; the host its copies, below)
+    m->grads = be->alloc_device(bytes);
+    m->adam_m = be->alloc_device(bytes);
+    m->adam_v = be->alloc_device(bytes);
+    if (be->device) {
+        m->host_params = be->alloc_pinned(3 * bytes);
+        m->host_adam_m = m->host_params + m->n_params;
+        m->host_adam_v = m->host_adam_m + m->n_params;
+    } else {
+        m->host_params = m->params; m->host_adam_m = m->adam_m; m->host_adam_v = m->adam_v;
+    }
     m->mem.params = m->mem.grads = sizeof(float) * m->n_params;
     m->adam_steps = callocCheck(m->n_tensors, sizeof(int));
     m->active = callocCheck(m->n_tensors, 1);
@@ -243,10 +253,16 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     m->head_rows = model_head_rows(c, (int)N);
     m->logits = act_alloc(m, (size_t)m->head_rows * c->vocab);
     m->losses = act_alloc(m, N);
-    m->row_losses = callocCheck(N ? N : 1, sizeof(float));
-    m->cos_t = act_alloc(m, (size_t)T * c->head_dim / 2);
-    m->sin_t = act_alloc(m, (size_t)T * c->head_dim / 2);
-    rope_tables(m->cos_t, m->sin_t, T, c->head_dim, c->rope_theta);
+    m->row_losses = be->alloc_pinned(sizeof(float) * (N ? N : 1));
+    size_t half = (size_t)T * c->head_dim / 2;
+    m->cos_t = act_alloc(m, half);
+    m->sin_t = act_alloc(m, half);
+    float *tables = mallocCheck(sizeof(float) * 2 * (half ? half : 1)); // (built on the host, then copied)
+    rope_tables(tables, tables + half, T, c->head_dim, c->rope_theta);
+    be->copy(m->cos_t, tables, sizeof(float) * half);
+    be->copy(m->sin_t, tables + half, sizeof(float) * half);
+    be->sync();
+    free(tables);
     m->dresid = act_alloc(m, N * d);
     m->lnf = m->dresid; // the final norm's output is last read before the backward first writes dresid
     m->dln = act_alloc(m, N * d);
@@ -286,16 +302,29 @@ void model_free(Model *m) {
     float *bufs[] = {m->resid, m->rstdf, m->logits, m->losses, m->cos_t, m->sin_t, m->dresid, m->dln, m->dqkv, m->datty,
                      m->dffn_h, m->dffn_u, m->dffn_a, m->att_work, m->params, m->grads, m->adam_m, m->adam_v};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) release(bufs[i]);
-    free(m->row_losses);
+    m->be->release_pinned(m->row_losses);
     moe_scratch_free(&m->moe_scratch, release);
     if (m->moe_he) { release(m->moe_he); release(m->moe_ue); release(m->moe_ae); }
     weights_unbind(&m->w, L);
     weights_unbind(&m->g, L);
     release(m->expert_order);
+    if (m->host_params != m->params) m->be->release_pinned(m->host_params);
     free(m->adam_steps); free(m->active); free(m->selected);
     free(m->tensors); free(m->owned);
     memset(m, 0, sizeof *m);
 }
+
+// params (and with optim adam_m, adam_v) between the device's buffers and the host's copies, then the wait
+static void state_copy(Model *m, int optim, int to_host) {
+    if (m->host_params == m->params) return;
+    size_t bytes = sizeof(float) * m->n_params;
+    float *dev[3] = {m->params, m->adam_m, m->adam_v}, *host[3] = {m->host_params, m->host_adam_m, m->host_adam_v};
+    for (int i = 0; i < (optim ? 3 : 1); i++)
+        m->be->copy(to_host ? host[i] : dev[i], to_host ? dev[i] : host[i], bytes);
+    m->be->sync();
+}
+void model_state_to_host(Model *m, int optim) { state_copy(m, optim, 1); }
+void model_state_to_device(Model *m, int optim) { state_copy(m, optim, 0); }
 
 static uint64_t name_hash(const char *s) { // FNV-1a
     uint64_t h = 1469598103934665603ULL;
@@ -308,7 +337,7 @@ void model_init(Model *m, uint64_t backbone_seed, uint64_t expert_seed) {
     float out_std = c->init_std / sqrtf(2.0f * c->n_layers);
     for (int i = 0; i < m->n_tensors; i++) {
         const ParamTensor *t = &m->tensors[i];
-        float *p = m->params + t->offset;
+        float *p = m->host_params + t->offset;
         if (t->cols == 1) { // norm weights
             for (size_t j = 0; j < t->numel; j++) p[j] = 1.0f;
             continue;
@@ -319,8 +348,9 @@ void model_init(Model *m, uint64_t backbone_seed, uint64_t expert_seed) {
         rng_seed(&r, (t->expert >= 0 ? expert_seed : backbone_seed) ^ name_hash(t->name));
         for (size_t j = 0; j < t->numel; j++) p[j] = std * rng_normal(&r);
     }
-    memset(m->adam_m, 0, sizeof(float) * m->n_params);
-    memset(m->adam_v, 0, sizeof(float) * m->n_params);
+    memset(m->host_adam_m, 0, sizeof(float) * m->n_params);
+    memset(m->host_adam_v, 0, sizeof(float) * m->n_params);
+    model_state_to_device(m, 1);
     memset(m->adam_steps, 0, sizeof(int) * m->n_tensors);
 }
 
@@ -400,12 +430,18 @@ static void head_chunk_backward(Model *m, const Token *targets, int r, int n) {
 }
 
 // The LM head and cross-entropy on rows [r, r + n) of the final norm: their losses, their probabilities in
-// the logits' buffer, and with `backward` their gradients (head_chunk_backward).
+// the logits' buffer, or with `backward` their gradients in it (from one fused pass) and the head's backward.
 static void head_chunk(Model *m, const Token *targets, int r, int n, int backward) {
     const ModelConfig *c = &m->cfg;
-    m->be->matmul_forward(m->logits, m->lnf + (size_t)r * c->d, m->w.lm_head, n, c->d, c->vocab);
-    m->be->crossentropy_forward(m->logits, m->losses + r, targets + r, n, c->vocab);
-    if (backward) head_chunk_backward(m, targets, r, n);
+    int N = m->B * m->T, d = c->d, V = c->vocab;
+    const float *ln = m->lnf + (size_t)r * d;
+    m->be->matmul_forward(m->logits, ln, m->w.lm_head, n, d, V);
+    if (!backward) {
+        m->be->crossentropy_forward(m->logits, m->losses + r, targets + r, n, V);
+        return;
+    }
+    m->be->crossentropy_fused(m->dlogits, m->losses + r, targets + r, n, V, 1.0f / N); // (dlogits is logits)
+    m->be->matmul_backward(m->dln + (size_t)r * d, m->g.lm_head, m->dlogits, ln, m->w.lm_head, n, d, V);
 }
 
 // The LM head and cross-entropy over the final norm's N rows, head_rows at a time: losses (N), queued.
@@ -416,13 +452,13 @@ static void head_forward(Model *m, const Token *targets, int backward) {
     int N = m->B * m->T, R = m->head_rows;
     if (backward) m->be->zero(m->dln, sizeof(float) * (size_t)N * m->cfg.d);
     for (int r = 0; r < N; r += R) head_chunk(m, targets, r, N - r < R ? N - r : R, backward);
+    m->be->copy(m->row_losses, m->losses, sizeof(float) * (size_t)N); // (queued: model_finish_loss reads them)
 }
 
 void model_finish_loss(Model *m) {
     if (!m->loss_pending) return;
     int N = m->B * m->T;
     m->be->sync(); // (free after a wait that passed the head, as the gradient norm's)
-    memcpy(m->row_losses, m->losses, sizeof(float) * (size_t)N); // (the device may run on once this returns)
     double total = 0.0; // in row order, as crossentropy_forward sums (the same bits with one chunk)
     for (int n = 0; n < N; n++) total += m->row_losses[n];
     m->ce = total / N;

@@ -115,6 +115,10 @@ typedef struct {
     float *params;            // (n_params)
     float *grads;             // (n_params)
     float *adam_m, *adam_v;   // (n_params)
+    // What the host reads and writes of params, adam_m, adam_v (initialisation, checkpoints, Hugging Face
+    // import, fedavg): on a device backend, whose buffers the host never touches, a pinned copy that
+    // model_state_to_host fills and model_state_to_device sends back; on cpu the buffers themselves.
+    float *host_params, *host_adam_m, *host_adam_v; // (n_params each)
     int *adam_steps;          // (n_tensors) AdamW steps each tensor has taken (its bias-correction count)
     unsigned char *active;    // (n_tensors) 1 if the tensor received gradient in the last backward: always
                               // for the backbone; for an expert, only if tokens were routed to it
@@ -136,7 +140,8 @@ typedef struct {
     int loss_pending;         // loss and ce wait for model_finish_loss
     float *logits;            // (head_rows, V) logits; softmax probabilities once the loss is computed
     float *losses;            // (N) per-token cross-entropy (the backend's memory)
-    float *row_losses;        // (N) the same in host memory, from model_finish_loss (for the host to read)
+    float *row_losses;        // (N) the same in pinned host memory, copied after the head; the host reads them
+                              // after model_finish_loss
     float *cos_t, *sin_t;     // (T, head_dim/2) RoPE tables
     // backward scratch
     float *dresid;            // (N, d) gradient of the residual stream
@@ -206,6 +211,11 @@ void model_finish_loss(Model *m);
 void model_head_logits(Model *m, int row, float *logits);
 // Zeros the gradient buffer.
 void model_zero_grad(Model *m);
+// The host's copies of the parameters (and with optim the AdamW moments): filled from the device (a wait), or
+// sent to it (waits until they are there, so the host may write them again). Nothing to do on cpu.
+void model_state_to_host(Model *m, int optim);
+void model_state_to_device(Model *m, int optim);
+
 // Backward pass of the last forward: accumulates d loss / d params into grads.
 void model_backward(Model *m, const Token *tokens, const Token *targets);
 

@@ -80,3 +80,15 @@ double privacy_noise_for_epsilon(double target, long releases, int appearances, 
     }
     return hi;
 }
+
+void privacy_first_nonfinite(long *first, float *value, const float *buf, const int *rows, const int *offs,
+                             int count, int d) {
+    for (int q = 0; q < count; q++) {
+        const float *v = buf + (size_t)offs[q] * d;
+        long n = (long)rows[q] * d;
+        first[q] = -1;
+        value[q] = 0.0f;
+        for (long i = 0; i < n; i++)
+            if (!(v[i] - v[i] == 0.0f)) { first[q] = i; value[q] = v[i]; break; }
+    }
+}

@@ -35,6 +35,10 @@ void privacy_clip_noise(float *x, int n, int d, float C, float noise_multiplier,
 // Backward of the clipping y = x * min(1, C / |x|), one row: g (d) holds d loss / d y on entry and
 // d loss / d x on return; x (d) is the row before clipping.
 void privacy_clip_backward(float *g, const float *x, int d, float C);
+// privacy.check_finite's scan of rows received from peers: block q is rows[q] rows of d at row offs[q] of buf
+// (host memory); first[q] = the index in block q of its first NaN or Inf (-1: none), value[q] that value.
+void privacy_first_nonfinite(long *first, float *value, const float *buf, const int *rows, const int *offs,
+                             int count, int d);
 
 // Renyi DP at order alpha > 1 of the Gaussian mechanism with noise std / L2 sensitivity = z: alpha / (2 z^2).
 double privacy_rdp_gaussian(double alpha, double z);

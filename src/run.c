@@ -420,6 +420,15 @@ static void checkpoint_prune(Run *r) {
     }
 }
 
+// Every model this process holds (the centralized one; else each party's, and the simulation's pool): its
+// parameters and AdamW state to the host's copies (to_host) or from them (model.h).
+static void models_state(Run *r, int to_host) {
+    void (*move)(Model *, int) = to_host ? model_state_to_host : model_state_to_device;
+    if (r->c->mode == MODE_CENTRALIZED) { move(&r->central, 1); return; }
+    for (int q = 0; q < r->n; q++) move(&r->party[q].model, 1);
+    if (r->c->mode == MODE_PCMOE && r->simulate) move(&r->pool, 1);
+}
+
 void run_checkpoint_write(Run *r, int step_done) {
     const Config *c = r->c;
     Comm *comm = r->comm;
@@ -428,7 +437,7 @@ void run_checkpoint_write(Run *r, int step_done) {
     Rng *rngs = mallocCheck(sizeof(Rng) * (size_t)r->n);
     CkptState s = ckpt_state(r, rngs);
     s.step = step_done;
-    r->be->sync(); // the writer reads the parameters and AdamW state from the host side
+    models_state(r, 1); // the writer reads the host's copies of the parameters and AdamW state
     ckpt_party_file(path, sizeof path, dir, s.party);
     int rc = mkdir_p(dir) ? error_set(err, sizeof err, "%s: cannot create: %s", dir, strerror(errno))
                           : ckpt_save(path, &s, err, sizeof err);
@@ -459,6 +468,7 @@ static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t
     CkptState s = ckpt_state(r, rngs);
     char path[CONFIG_PATH_LEN + 96];
     ckpt_party_file(path, sizeof path, dir, s.party);
+    models_state(r, 1); // (the host's copies are written, in part)
     int rc = ckpt_load(path, &s, err, len);
     if (!rc) {
         for (int q = 0; q < s.n_data; q++) r->party[q].data.rng = rngs[q];
@@ -469,6 +479,7 @@ static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t
         for (int q = 1; q < r->n && !rc; q++) rc = ckpt_read_weights(&r->party[q].model, dir, q, 0, r->P, err, len);
         if (!rc) rc = ckpt_read_weights(&r->pool, dir, 0, 1, r->P, err, len);
     }
+    if (!rc) models_state(r, 0);
     return rc;
 }
 
@@ -502,12 +513,15 @@ static int init_source(const Config *c, const char *path, int *step, int *shards
 // A Hugging Face checkpoint in DIR (hf.h): every model of this process reads the tensors it holds (the party's
 // backbone; the experts it owns, or in the simulation's pool all of them). Returns 0, or 2 with err set.
 static int hf_weights_from(Run *r, const char *dir, char *err, size_t len) {
-    r->be->sync(); // (the host writes the models' buffers)
-    if (r->c->mode == MODE_CENTRALIZED) return hf_read_weights(&r->central, dir, err, len);
-    if (r->pool.n_tensors && hf_read_weights(&r->pool, dir, err, len)) return 2;
-    for (int q = 0; q < r->n; q++)
-        if (hf_read_weights(&r->party[q].model, dir, err, len)) return 2;
-    return 0;
+    models_state(r, 1); // (the host writes its copies, in part)
+    int rc = 0;
+    if (r->c->mode == MODE_CENTRALIZED) rc = hf_read_weights(&r->central, dir, err, len);
+    else {
+        if (r->pool.n_tensors) rc = hf_read_weights(&r->pool, dir, err, len);
+        for (int q = 0; q < r->n && !rc; q++) rc = hf_read_weights(&r->party[q].model, dir, err, len);
+    }
+    if (!rc) models_state(r, 0);
+    return rc;
 }
 
 // train.init_from: this process's models start from the weights of the checkpoint in DIR, whose run had
@@ -529,11 +543,16 @@ static int init_weights_from(Run *r, char *err, size_t len) {
     ckpt_party_file(path, sizeof path, dir, 0);
     int step, shards, pooled;
     if (init_source(c, path, &step, &shards, &pooled, err, len)) return 2;
-    r->be->sync(); // (the host writes the models' buffers)
-    if (c->mode == MODE_CENTRALIZED) return ckpt_read_weights(&r->central, dir, 0, 0, shards, err, len);
-    if (r->pool.n_tensors && ckpt_read_weights(&r->pool, dir, 0, 1, shards, err, len)) return 2;
-    for (int q = 0; q < r->n; q++)
-        if (ckpt_read_weights(&r->party[q].model, dir, pooled ? r->party[q].party : 0, 0, shards, err, len)) return 2;
+    models_state(r, 1); // (the host writes its copies, in part)
+    int rc = 0;
+    if (c->mode == MODE_CENTRALIZED) rc = ckpt_read_weights(&r->central, dir, 0, 0, shards, err, len);
+    else {
+        if (r->pool.n_tensors) rc = ckpt_read_weights(&r->pool, dir, 0, 1, shards, err, len);
+        for (int q = 0; q < r->n && !rc; q++)
+            rc = ckpt_read_weights(&r->party[q].model, dir, pooled ? r->party[q].party : 0, 0, shards, err, len);
+    }
+    if (rc) return 2;
+    models_state(r, 0);
     if (r->comm->rank == 0)
         fprintf(stderr, "pcmoe: starting from the weights of %s (its step %d); AdamW state fresh\n", dir, step);
     return 0;

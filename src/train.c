@@ -113,7 +113,10 @@ static void step_pcmoe(Run *r, int step) {
         model_serve_backward(m);
         model_mark_active(m);
     }
-    if (trains && step == r->nan_grad_step && p->party == r->P - 1) m->grads[0] = NAN; // test hook
+    if (trains && step == r->nan_grad_step && p->party == r->P - 1) { // test hook (the gradients are device memory)
+        static const float nan_value = NAN;
+        m->be->copy(m->grads, &nan_value, sizeof nan_value);
+    }
     // 2. the party updates its backbone if it trained; as an owner, the experts that any party's rows reached
     float lr = optim_lr(&r->oc, step);
     double norm = update_party(r, m, lr, trains, step, p->party);
@@ -172,10 +175,11 @@ static void step_local(Run *r, int step) {
     float lr;
     double norm = train_step(m, &r->oc, p->tokens, p->targets, step, p->party, &lr);
     if (r->c->mode == MODE_FEDAVG && (step + 1) % r->c->fedavg_every == 0 && r->P > 1) {
-        m->be->sync(); // (MPI reads the parameters from the host side)
-        comm_allreduce_floats(r->comm, MSG_FEDAVG_WEIGHTS, m->params, m->n_params);
+        model_state_to_host(m, 0); // (MPI reads the host's copy)
+        comm_allreduce_floats(r->comm, MSG_FEDAVG_WEIGHTS, m->host_params, m->n_params);
         float inv = 1.0f / (float)r->P;
-        for (size_t i = 0; i < m->n_params; i++) m->params[i] *= inv;
+        for (size_t i = 0; i < m->n_params; i++) m->host_params[i] *= inv;
+        model_state_to_device(m, 0);
     }
     stats_train(&p->s, m, lr, norm, (double)B * T, now_seconds() - t0);
 }

@@ -4,7 +4,7 @@
 # forward then reverse order, broken kernel copies that must fail, device limits, cuBLAS argument
 # checks), and the emulator's barrier rule: a kernel whose threads do not all reach __syncthreads()
 # must abort, not finish. Then the misuses a GPU punishes and a plain CPU run hides (test_cuda_kernels.cpp's
-# misuse()): each must show as NaN or stop the program with the emulator's message.
+# misuse()): each must show as NaN, stop the program with the emulator's message, or be refused.
 . "$(dirname "$0")/lib.sh"
 emu="$top_builddir/tests/test_cuda_kernels_emu"
 [ -x "$emu" ] || { fail "$emu not built (configure --enable-cuda-emulation)"; finish; }
@@ -32,4 +32,6 @@ misuse host-device "the host touched device memory .*cudaMalloc memory is for th
 misuse managed-early "after a wait 7.*" "managed memory reads fine after a wait"
 misuse managed-early "the host touched managed memory .* a synchronisation is missing" \
     "host access to managed memory before a wait stops the program"
+misuse grouped-host "host arrays: status 7; device arrays: C\[0\] = 4" \
+    "a grouped GEMM's pointer arrays in host memory are refused (in device memory: C = 4)"
 finish

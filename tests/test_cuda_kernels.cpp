@@ -325,11 +325,16 @@ static void check_all(cublasHandle_t h) {
         auto losses = from_dev(plosses, 2);
         expect("moe aux and z losses", std::vector<float>{(float)losses[0], (float)losses[1]}, std::vector<float>{(float)a.aux, (float)a.z});
         cudaFree(pperm); cudaFree(pscr); cudaFree(plosses); cudaFree(plscr); cudaFree(pdisp);
-        cu_moe_experts_forward(h, &da, pg_.data(), pu_.data(), pd_.data(), counts.data(), offsets.data(), s);
+        CuTable tf, tb; // the grouped GEMMs' tables: one each, as the forward's copy may not have run yet
+        for (CuTable *t : {&tf, &tb}) {
+            cudaCheck(cudaMallocHost(&t->host, cu_ffn_table_bytes(m)));
+            cudaCheck(cudaMalloc(&t->dev, cu_ffn_table_bytes(m)));
+        }
+        cu_moe_experts_forward(h, &da, pg_.data(), pu_.data(), pd_.data(), counts.data(), offsets.data(), tf, s);
         cu_moe_combine(po, &da, s);
         cu_moe_combine_backward(dye, dgates, pg, &da, s);
         cu_moe_experts_backward(h, dxe, dhe, due, dae, dye, &da, pg_.data(), pu_.data(), pd_.data(), pdg.data(), pdu.data(), pdd.data(),
-                                counts.data(), offsets.data(), s);
+                                counts.data(), offsets.data(), tb, s);
         cu_moe_route_backward(h, pdi, pdr, dlog, dxe, dgates, &da, px, pr, 0.5f, 0.1f, s);
         expect("moe router probabilities", from_dev(da.probs, (size_t)N * m), std::vector<float>(a.probs, a.probs + (size_t)N * m));
         expect_ints("moe top-k choices", from_dev(da.topk, Nk), a.topk);
@@ -356,6 +361,7 @@ static void check_all(cublasHandle_t h) {
         void *bufs[] = {da.logits, da.probs, da.lse, da.topk, da.gates, da.gate_sum, da.counts, da.offsets, da.row_choice, da.choice_row,
                         da.xe, da.ye, da.he, da.ue, da.ae, px, pr, pg, po, pdi, pdr, dye, dxe, dhe, due, dae, dgates, dlog};
         for (void *b : bufs) cudaFree(b);
+        for (CuTable *t : {&tf, &tb}) { cudaFreeHost(t->host); cudaFree(t->dev); }
         moe_acts_free(&a, NULL);
         moe_scratch_free(&sc, NULL);
     }
@@ -384,7 +390,19 @@ static void check_all(cublasHandle_t h) {
         expect("cross-entropy probabilities", from_dev(pp, (size_t)N * V), probs);
         expect("cross-entropy losses", from_dev(pl, N), losses);
         expect("cross-entropy backward", from_dev(pd, (size_t)N * V), dl);
-        cudaFree(pp); cudaFree(pl); cudaFree(pd);
+        // fused: the CPU's one pass gives the two passes' bits; the device's fused kernel matches both
+        std::vector<float> fused = logits, fl(N);
+        crossentropy_fused(fused.data(), fl.data(), tgt.data(), N, V, 1.0f / N);
+        int same = std::memcmp(fused.data(), dl.data(), sizeof(float) * dl.size()) == 0 &&
+                   std::memcmp(fl.data(), losses.data(), sizeof(float) * N) == 0;
+        std::printf("%s: cross-entropy fused on the CPU: %s\n", same ? "ok" : "FAIL",
+                    same ? "the bits of forward then backward" : "differs from forward then backward");
+        failures += !same;
+        float *pf = to_dev(logits);
+        cu_crossentropy_fused(pf, pl, dtgt, N, V, 1.0f / N, s);
+        expect("cross-entropy fused gradients", from_dev(pf, (size_t)N * V), dl);
+        expect("cross-entropy fused losses", from_dev(pl, N), losses);
+        cudaFree(pp); cudaFree(pl); cudaFree(pd); cudaFree(pf);
     }
     { // AdamW: three steps against src/optim.c's optim_adamw on one tensor
         const long n = 1000;
@@ -491,7 +509,9 @@ static void check_all(cublasHandle_t h) {
 //   pinned-early:  the host reads an async copy's pinned destination before waiting: NaN, then 7 after it;
 //   event-early:   the host waits on an event recorded before the work: NaN;
 //   host-device:   the host reads cudaMalloc memory: the emulator stops it;
-//   managed-early: the host reads managed memory a queued kernel writes, before waiting: stopped too.
+//   managed-early: the host reads managed memory a queued kernel writes, before waiting: stopped too;
+//   grouped-host:  a grouped GEMM given its pointer arrays in host memory (a GPU would fault): refused, and a
+//                  device copy of the same arrays works.
 static int misuse(const char *kind) {
     cudaStream_t s;
     cudaCheck(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
@@ -530,6 +550,31 @@ static int misuse(const char *kind) {
         std::fflush(stdout);
         misuse_fill(man, 8.0f, 64, s);
         std::printf("managed-early: before a wait %g\n", man[0]); // BUG: the kernel is still queued
+    } else if (!std::strcmp(kind, "grouped-host")) {
+        misuse_fill(d, 1.0f, 64, s); // A (4, 4) and B (4, 4) all ones: C = 4 everywhere
+        const float *a[1] = {d}, *b[1] = {d + 16};
+        float *c[1] = {d + 32};
+        cublasHandle_t h;
+        cublasCheck(cublasCreate(&h));
+        cublasCheck(cublasSetStream(h, s));
+        cublasOperation_t op = CUBLAS_OP_N;
+        int four = 4, one = 1;
+        float alpha = 1.0f, beta = 0.0f;
+        cublasStatus_t st = cublasSgemmGroupedBatched(h, &op, &op, &four, &four, &four, &alpha, a, &four, b, &four,
+                                                      &beta, c, &four, 1, &one); // BUG: host arrays
+        void *tables = nullptr;
+        cudaCheck(cudaMalloc(&tables, 3 * sizeof(float *)));
+        const void *host[3] = {a[0], b[0], c[0]};
+        cudaCheck(cudaMemcpyAsync(tables, host, sizeof host, cudaMemcpyHostToDevice, s));
+        const float *const *ta = static_cast<const float *const *>(tables);
+        float *const *tc = static_cast<float *const *>(tables) + 2;
+        cublasCheck(cublasSgemmGroupedBatched(h, &op, &op, &four, &four, &four, &alpha, ta, &four, ta + 1, &four, &beta,
+                                              tc, &four, 1, &one));
+        cudaCheck(cudaMemcpyAsync(pin, d + 32, sizeof(float), cudaMemcpyDeviceToHost, s));
+        cudaCheck(cudaStreamSynchronize(s));
+        std::printf("grouped-host: host arrays: status %d; device arrays: C[0] = %g\n", (int)st, pin[0]);
+        cudaFree(tables);
+        cublasCheck(cublasDestroy(h));
     } else {
         std::printf("unknown misuse %s\n", kind);
         return 2;

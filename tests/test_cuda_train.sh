@@ -10,7 +10,8 @@
 #  4. checkpoints are device-independent: written on cuda at step 5, resumed on cpu (and the other way
 #     round), the run ends as the single-device run does.
 #  5. pcmoe over MPI, 3 parties, 20 steps, both ways rows reach MPI (staged, direct), with the same
-#     audited traffic; device memory by category against the backend allocator's peak;
+#     audited traffic, and NaN rows from a peer refused on both; device memory by category against the
+#     backend allocator's peak;
 #  6. run.tf32 = true (the default; the parity runs above set false) changes the GEMMs (a little);
 #  7. the emulator's counts (PCMOE_EMU_COUNTS): host waits per training step at most 1 + 1 per MoE layer,
 #     and kernel launches and GEMMs within this size's budget; the fedavg baseline, whose averaging waits
@@ -117,6 +118,15 @@ if len(a["ranks"]) != 3 or total == 0:
 print("%d expert bytes sent and received, identical" % total)
 PY
     ); then ok "audit, cuda_aware_mpi = $aw vs cpu: $out"; else fail "audit, cuda_aware_mpi = $aw vs cpu: $out"; fi
+    # privacy.check_finite on this path (staged: the host scans the page-locked rows; direct: the device scans
+    # its own): the last party's NaN rows stop every rank, named
+    d="$TMP/nan_$aw"
+    if timeout 300 "$MPIRUN" --oversubscribe -np 3 -x OMP_NUM_THREADS=1 "$EMU" train "$TMP/p3.ini" $SHORT \
+        --set run.device=cuda --set run.cuda_aware_mpi=$aw --inject-fault nan --set run.dir="$d" >"$d.out" 2>&1; then
+        fail "cuda_aware_mpi = $aw: party 2's NaN rows were accepted"
+    elif grep -q "party 2 sent a non-finite value (nan) in expert_rows" "$d.out"; then
+        ok "cuda_aware_mpi = $aw: $(grep -m1 -o 'party 2 sent a non-finite value.*' "$d.out")"
+    else fail "cuda_aware_mpi = $aw, NaN rows: $(grep -m1 'error' "$d.out" || tail -n 2 "$d.out")"; fi
 done
 # device memory from the backend's allocator: its peak holds the model's categories, and beyond them
 # only the backend's own scratch (attention, the batch's bytes), under 1 MiB at this size

@@ -17,7 +17,8 @@
 #    (the continuation's tokens as lm-evaluation-harness takes them);
 #  - a 3-party pcmoe fine-tune from the checkpoint (train.init_from = DIR) on shipped corpora tokenized by
 #    DIR/tokenizer.json over MPI gives the losses of --simulate, and its --audit shows only routed expert rows
-#    crossing.
+#    crossing; for Mixtral, --simulate on the emulated CUDA backend gives the CPU's losses (the import through
+#    the host's copies of the device's parameters).
 # And: every broken checkpoint (header length, offsets, sizes, overlaps, a missing tensor, a wrong shape, an
 # unreadable dtype, config.json's syntax, architecture and unsupported features) ends in one error line naming
 # the file and the tensor or key; model.hf's keys conflict with a config's own by name.
@@ -122,6 +123,20 @@ if errors:
 print(f"export over MPI: only the owners' experts crossed, to party 1 ({len(moe)} MoE layers x {E} experts, none of party 1's sent)")
 PY
         else fail "$arch: export over MPI: $(grep 'pcmoe: error' "$TMP/out" | head -n 2)"; fi
+        # on the emulated CUDA backend (Mixtral only): the import reaches the device's buffers through the host's
+        # copies, and the fine-tune's losses are the CPU's (to 1e-5; fp32 GEMMs)
+        EMU="$top_builddir/tests/pcmoe_emu"
+        if [ "$arch" = mixtral ] && [ -x "$EMU" ]; then
+            if OMP_NUM_THREADS=1 timeout 600 "$EMU" train "$TMP/$arch.ini" --simulate --set run.device=cuda \
+                --set run.tf32=false --set run.dir="$TMP/$arch-cuda" >"$TMP/out" 2>&1; then
+                c=$(grep -o '"train_loss":[^,]*' "$TMP/$arch-cuda/metrics.jsonl" | cut -d: -f2 | tr '\n' ' ')
+                worst=$(printf '%s\n%s\n' "$b" "$c" | awk 'NR == 1 { n = split($0, x, " ") } NR == 2 { split($0, y, " "); w = 0
+                    for (i = 1; i <= n; i++) { e = (x[i] - y[i]) / y[i]; e = e < 0 ? -e : e; if (e > w) w = e }; print (n ? w : "none") }')
+                [ "$worst" != none ] && float_lt "$worst" 1e-5 \
+                    && ok "$arch: the fine-tune from the checkpoint on the emulated cuda backend = cpu (within $worst relative)" \
+                    || fail "$arch: cuda losses $c, cpu $b"
+            else fail "$arch: cuda fine-tune: $(grep 'pcmoe: error' "$TMP/out" | head -n 2)"; fi
+        fi
     else fail "$arch: fine-tune: $(grep 'pcmoe: error' "$TMP/out" "$TMP/out2" | head -n 2)"; fi
 done
 

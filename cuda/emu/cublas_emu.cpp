@@ -111,3 +111,47 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
     }, 1);
     return CUBLAS_STATUS_SUCCESS;
 }
+
+namespace {
+struct GemmGroup { // one group's shape, copied at the call
+    cublasOperation_t ta, tb;
+    int m, n, k, lda, ldb, ldc, size;
+    float alpha, beta;
+};
+} // namespace
+
+cublasStatus_t cublasSgemmGroupedBatched(cublasHandle_t handle, const cublasOperation_t transa_array[],
+                                         const cublasOperation_t transb_array[], const int m_array[],
+                                         const int n_array[], const int k_array[], const float alpha_array[],
+                                         const float *const Aarray[], const int lda_array[],
+                                         const float *const Barray[], const int ldb_array[],
+                                         const float beta_array[], float *const Carray[], const int ldc_array[],
+                                         int group_count, const int group_size[]) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (group_count < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    std::vector<GemmGroup> groups((size_t)group_count);
+    size_t problems = 0;
+    for (int i = 0; i < group_count; i++) {
+        GemmGroup g = {transa_array[i], transb_array[i], m_array[i], n_array[i], k_array[i], lda_array[i],
+                       ldb_array[i], ldc_array[i], group_size[i], alpha_array[i], beta_array[i]};
+        cublasStatus_t st = sgemm_check(handle, g.ta, g.tb, g.m, g.n, g.k, &alpha_array[i], g.lda, g.ldb,
+                                        &beta_array[i], g.ldc);
+        if (st != CUBLAS_STATUS_SUCCESS || g.size < 0) return CUBLAS_STATUS_INVALID_VALUE;
+        groups[i] = g;
+        problems += (size_t)g.size;
+    }
+    if (problems == 0) return CUBLAS_STATUS_SUCCESS;
+    size_t bytes = sizeof(float *) * problems;
+    if (!emu_is_device(Aarray, bytes) || !emu_is_device(Barray, bytes) || !emu_is_device(Carray, bytes))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    cublasMath_t math = handle->math;
+    emu_enqueue(handle->stream, [=]() {
+        size_t p = 0;
+        for (const GemmGroup &g : groups)
+            for (int j = 0; j < g.size; j++, p++)
+                if (g.m > 0 && g.n > 0)
+                    sgemm_run(math, g.ta, g.tb, g.m, g.n, g.k, g.alpha, Aarray[p], g.lda, Barray[p], g.ldb, g.beta,
+                              Carray[p], g.ldc);
+    }, 1);
+    return CUBLAS_STATUS_SUCCESS;
+}

@@ -30,5 +30,15 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                          int m, int n, int k, const float *alpha, const float *A, int lda,
                                          long long strideA, const float *B, int ldb, long long strideB,
                                          const float *beta, float *C, int ldc, long long strideC, int batch);
+// Group i: group_size[i] problems with its own transa, m, n, k, alpha, lda, ldb, beta, ldc (host arrays of
+// group_count, read now); the problems' matrices from Aarray, Barray, Carray, DEVICE arrays of pointers (one per
+// problem, groups one after the other), read when the work runs: a host array is refused (INVALID_VALUE).
+cublasStatus_t cublasSgemmGroupedBatched(cublasHandle_t handle, const cublasOperation_t transa_array[],
+                                         const cublasOperation_t transb_array[], const int m_array[],
+                                         const int n_array[], const int k_array[], const float alpha_array[],
+                                         const float *const Aarray[], const int lda_array[],
+                                         const float *const Barray[], const int ldb_array[],
+                                         const float beta_array[], float *const Carray[], const int ldc_array[],
+                                         int group_count, const int group_size[]);
 
 #endif

@@ -481,6 +481,11 @@ static int is_kind(const void *p, Kind k) {
     return a && a->kind == k;
 }
 static int is_host(const void *p) { return !find_alloc(reinterpret_cast<uintptr_t>(p), nullptr) || is_kind(p, PINNED); }
+int emu_is_device(const void *p, size_t bytes) {
+    uintptr_t start = 0, a = reinterpret_cast<uintptr_t>(p);
+    const Alloc *al = find_alloc(a, &start);
+    return al && al->kind != PINNED && a + bytes <= start + al->size;
+}
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t size, cudaMemcpyKind kind, cudaStream_t stream) {
     if ((int)kind < 0 || (int)kind > 4 || (size && (!dst || !src))) return L.last_error = cudaErrorInvalidValue;

@@ -114,6 +114,8 @@ template <typename K, typename... A> std::function<void()> emu_bind(K kernel, A.
 // Queues fn on stream as device work (the cuBLAS emulation's GEMMs); counted as a GEMM when gemm is set.
 void emu_enqueue(cudaStream_t stream, std::function<void()> fn, int gemm);
 void *emu_dynamic_smem(void);            // the running launch's dynamic shared memory
+// 1 when [p, p + bytes) lies in one cudaMalloc or managed allocation (what device-side tables must be in)
+int emu_is_device(const void *p, size_t bytes);
 void emu_set_reverse(int reverse);       // 1: a block's threads start in reverse order (from the next launch)
 void emu_set_max_dynamic_smem(size_t n); // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
 typedef struct {
@@ -148,6 +150,11 @@ template <typename T> T __shfl_sync(unsigned mask, T v, int src_lane, int width 
 // Fibers never pre-empt each other: a read-modify-write is atomic.
 inline float atomicAdd(float *p, float v) { float old = *p; *p = old + v; return old; }
 inline int atomicAdd(int *p, int v) { int old = *p; *p = old + v; return old; }
+inline unsigned long long atomicMin(unsigned long long *p, unsigned long long v) {
+    unsigned long long old = *p;
+    *p = v < old ? v : old;
+    return old;
+}
 
 template <typename F> cudaError_t cudaFuncSetAttribute(F *func, cudaFuncAttribute attr, int value) {
     (void)func;
