@@ -63,15 +63,6 @@ void optim_group_norms(const Backend *be, const ParamTensor *tensors, int n_tens
     free(sums);
 }
 
-double optim_update_group(const Backend *be, const OptimConfig *o, const ParamTensor *tensors, int n_tensors,
-                          const unsigned char *select, int *steps, float *params, const float *grads, float *m,
-                          float *v, float lr) {
-    double norm;
-    optim_group_norms(be, tensors, n_tensors, select, 1, grads, &norm);
-    be->adamw(o, tensors, n_tensors, select, steps, params, grads, m, v, lr, optim_clip_scale(o, norm));
-    return norm;
-}
-
 void optim_adamw_scalars(const OptimConfig *o, const ParamTensor *t, int step, float lr, float *bc1, float *bc2,
                          float *decay) {
     *bc1 = 1.0f - (float)pow(o->beta1, step);

@@ -22,16 +22,11 @@ double optim_sum_squares(const float *g, size_t n);
 // Scales grads so that their global norm is at most grad_clip; returns the scale applied (1 = none).
 float optim_clip_scale(const OptimConfig *o, double grad_norm);
 struct Backend; // backend.h
-// Clips and updates one group of tensors: those with select[i] set. The group's gradient norm decides
-// its clipping; returns that norm (before clipping). lr: the learning rate of this step. be: the device
-// the buffers live on (its sum_squares and adamw do the work).
+// be: the device the buffers live on (its sum_squares does the work).
 // norms[g] = the gradient norm of group g < n_groups: the tensors with group[i] == g + 1 (0: in none), summed
 // tensor after tensor. One sum_squares call, so a device waits once for all of them.
 void optim_group_norms(const struct Backend *be, const ParamTensor *tensors, int n_tensors, const unsigned char *group,
                        int n_groups, const float *grads, double *norms);
-double optim_update_group(const struct Backend *be, const OptimConfig *o, const ParamTensor *tensors, int n_tensors,
-                          const unsigned char *select, int *steps, float *params, const float *grads, float *m,
-                          float *v, float lr);
 
 // One AdamW step over the tensors with active[i] set, gradients multiplied by grad_scale first:
 // p -= lr*wd*p (matrices only), then the Adam update with bias correction by the tensor's own step count

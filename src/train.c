@@ -34,45 +34,36 @@ double train_step(Model *m, const OptimConfig *oc, const Token *tokens, const To
     return grad_norm;
 }
 
-// Clips and updates one group of m's tensors that received gradient: its backbone (experts = 0), or the
-// experts it holds of owner `owner` (experts = 1; owner < 0: all it holds). Each group is clipped by its
-// own gradient norm: a party's backbone gradient is private, and an owner clips the gradients of its
-// experts, summed over all parties, without learning anyone's backbone norm. Returns the group's norm.
-static double update_group(Run *r, Model *m, float lr, int experts, int owner, int step, int party) {
-    unsigned char *sel = m->selected;
-    for (int i = 0; i < m->n_tensors; i++) {
-        const ParamTensor *t = &m->tensors[i];
-        int is_expert = t->expert >= 0;
-        int mine = experts ? is_expert && (owner < 0 || pool_owner(t->expert, r->P) == owner) : !is_expert;
-        sel[i] = m->active[i] && mine;
-    }
-    double norm = optim_update_group(m->be, &r->oc, m->tensors, m->n_tensors, sel, m->adam_steps, m->params,
-                                     m->grads, m->adam_m, m->adam_v, lr);
-    if (!isfinite(norm))
-        fail("step %d, party %d: non-finite %s gradient; stopping", step + 1, party, experts ? "expert" : "backbone");
-    return norm;
-}
-
-// A pcmoe party's update: its backbone if it trained (backbone = 1), and the experts it holds that any
-// party's rows reached, each group clipped by its own norm (as update_group). Both norms come from one wait,
-// which also brings the step's losses. Returns the backbone's norm (0 without it).
-static double update_party(Run *r, Model *m, float lr, int backbone, int step, int party) {
-    unsigned char *group = m->selected;
-    for (int i = 0; i < m->n_tensors; i++) // 1: backbone, 2: experts, 0: neither
-        group[i] = !m->active[i] ? 0 : m->tensors[i].expert >= 0 ? 2 : backbone ? 1 : 0;
-    double norms[2];
-    optim_group_norms(m->be, m->tensors, m->n_tensors, group, 2, m->grads, norms);
+// Clips and updates groups of m's tensors: tensor i in group group[i] (1 .. n_groups; 0: not updated), each
+// group clipped by its own gradient norm: a party's backbone gradient is private, and an owner clips the
+// gradients of its experts, summed over all parties, without learning anyone's backbone norm. Every norm
+// comes from one wait, which also brings the step's losses. A non-finite norm stops the job, naming the
+// group: what[g] ("backbone", "expert") of party who[g]. norms (n_groups): the groups' norms.
+static void update_groups(Run *r, Model *m, const unsigned char *group, int n_groups, const char *const *what,
+                          const int *who, float lr, int step, double *norms) {
+    optim_group_norms(m->be, m->tensors, m->n_tensors, group, n_groups, m->grads, norms);
     model_finish_loss(m);
-    for (int g = 0; g < 2; g++)
-        if (!isfinite(norms[g]))
-            fail("step %d, party %d: non-finite %s gradient; stopping", step + 1, party, g ? "expert" : "backbone");
+    for (int g = 0; g < n_groups; g++)
+        if (!isfinite(norms[g])) fail("step %d, party %d: non-finite %s gradient; stopping", step + 1, who[g], what[g]);
     unsigned char *sel = mallocCheck((size_t)(m->n_tensors ? m->n_tensors : 1));
-    for (int g = 1; g <= 2; g++) {
+    for (int g = 1; g <= n_groups; g++) {
         for (int i = 0; i < m->n_tensors; i++) sel[i] = group[i] == g;
         m->be->adamw(&r->oc, m->tensors, m->n_tensors, sel, m->adam_steps, m->params, m->grads, m->adam_m, m->adam_v,
                      lr, optim_clip_scale(&r->oc, norms[g - 1]));
     }
     free(sel);
+}
+
+// A pcmoe party's update (update_groups): its backbone if it trained (backbone = 1), and the experts it holds
+// that any party's rows reached. Returns the backbone's norm (0 without it).
+static double update_party(Run *r, Model *m, float lr, int backbone, int step, int party) {
+    unsigned char *group = m->selected;
+    for (int i = 0; i < m->n_tensors; i++) // 1: backbone, 2: experts, 0: neither
+        group[i] = !m->active[i] ? 0 : m->tensors[i].expert >= 0 ? 2 : backbone ? 1 : 0;
+    const char *what[2] = {"backbone", "expert"};
+    int who[2] = {party, party};
+    double norms[2];
+    update_groups(r, m, group, 2, what, who, lr, step, norms);
     return backbone ? norms[0] : 0.0;
 }
 
@@ -157,10 +148,19 @@ static void step_pcmoe_simulate(Run *r, int step) {
     for (int q = 0; q < r->n; q++) {
         Party *p = &r->party[q];
         if (turn >= 0 && q != turn) continue;
-        double norm = update_group(r, &p->model, lr, 0, -1, step, q);
+        double norm = update_party(r, &p->model, lr, 1, step, q); // (its model holds no experts)
         stats_train(&p->s, &p->model, lr, norm, (double)B * T, dt[q]);
     }
-    for (int owner = 0; owner < r->P; owner++) update_group(r, &r->pool, lr, 1, owner, step, owner);
+    // the pool: each owner's experts a group of their own (owner o's in group o + 1)
+    unsigned char *group = r->pool.selected;
+    for (int i = 0; i < r->pool.n_tensors; i++)
+        group[i] = r->pool.active[i] ? (unsigned char)(pool_owner(r->pool.tensors[i].expert, r->P) + 1) : 0;
+    const char **what = mallocCheck(sizeof(char *) * r->P);
+    int *who = mallocCheck(sizeof(int) * r->P);
+    double *norms = mallocCheck(sizeof(double) * r->P);
+    for (int o = 0; o < r->P; o++) { what[o] = "expert"; who[o] = o; }
+    update_groups(r, &r->pool, group, r->P, what, who, lr, step, norms);
+    free(what); free(who); free(norms);
 }
 
 // local and fedavg: each party trains a whole model on its own data; fedavg averages every weight
