@@ -333,6 +333,20 @@ CuTable ffn_table(int m, int *slot) {
     *slot = staging_take(bytes);
     return CuTable{S.staging[*slot].pin, dev_grow(&S.ffn_table, &S.cap_ffn_table, bytes)};
 }
+void ffn_groups_fwd(const FfnGroup *g, int n, int d, int f) {
+    if (n == 0) return;
+    int slot;
+    CuTable t = ffn_table(n, &slot);
+    cu_ffn_groups_forward(S.blas, g, n, t, d, f, S.stream);
+    staging_sent(slot);
+}
+void ffn_groups_bwd(const FfnGroup *g, int n, int d, int f) {
+    if (n == 0) return;
+    int slot;
+    CuTable t = ffn_table(n, &slot);
+    cu_ffn_groups_backward(S.blas, g, n, t, d, f, S.stream);
+    staging_sent(slot);
+}
 void moe_experts_fwd(MoeActs *a, ExpertSet w) {
     CuMoeActs c = view(a);
     int slot;
@@ -465,6 +479,8 @@ const Backend TABLE = {
     .crossentropy_fused = ce_fused,
     .ffn_forward = ffn_fwd,
     .ffn_backward = ffn_bwd,
+    .ffn_forward_groups = ffn_groups_fwd,
+    .ffn_backward_groups = ffn_groups_bwd,
     .moe_route = moe_route_dev,
     .moe_experts_forward = moe_experts_fwd,
     .moe_combine = moe_combine_dev,

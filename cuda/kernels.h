@@ -6,6 +6,10 @@
 
 #include "common.cuh"
 
+extern "C" {
+#include "../src/layers.h" // FfnGroup
+}
+
 // residual.cu: out (n) = a + b
 void cu_residual_forward(float *out, const float *a, const float *b, long n, cudaStream_t stream);
 
@@ -53,27 +57,17 @@ void cu_ffn_forward(cublasHandle_t blas, float *y, float *h, float *u, float *a,
 void cu_ffn_backward(cublasHandle_t blas, float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du,
                      float *da, const float *dy, const float *x, const float *h, const float *u, const float *a,
                      const float *wg, const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream);
-// Many SwiGLU FFNs at once (a MoE layer's experts), group i on its own rows with its own weights, shapes as
-// above: every product is one grouped cuBLAS call for all groups (gate and up in one), the gate one launch.
-// groups is host memory; the calls read pointer tables on the device, which they queue from t.host (pinned,
-// cu_ffn_table_bytes(n) bytes, no copy from it in flight) to t.dev (as many bytes).
+// Many SwiGLU FFNs at once (FfnGroup, src/layers.h: a MoE layer's experts, an owner's served experts), group i
+// on its own rows with its own weights: every product is one grouped cuBLAS call for all groups (gate and up
+// in one), the gate one launch. groups is host memory; the calls read pointer tables on the device, which they
+// queue from t.host (pinned, cu_ffn_table_bytes(n) bytes, no copy from it in flight) to t.dev (as many bytes).
 typedef struct {
     void *host, *dev;
 } CuTable;
-typedef struct CuFfnGroup {
-    int rows;                    // > 0
-    const float *wg, *wu, *wd;   // (f, d), (f, d), (d, f)
-    const float *x;              // (rows, d)
-    float *y, *h, *u, *a;        // y (rows, d) overwritten; h, u, a (rows, f)
-    const float *dy;             // backward only (else NULL): dy (rows, d)
-    float *dx;                   // (rows, d) overwritten; may be dy
-    float *dwg, *dwu, *dwd;      // +=
-    float *dh, *du, *da;         // (rows, f) scratch
-} CuFfnGroup;
 size_t cu_ffn_table_bytes(int n);
-void cu_ffn_groups_forward(cublasHandle_t blas, const CuFfnGroup *groups, int n, CuTable t, int d, int f,
+void cu_ffn_groups_forward(cublasHandle_t blas, const FfnGroup *groups, int n, CuTable t, int d, int f,
                            cudaStream_t stream);
-void cu_ffn_groups_backward(cublasHandle_t blas, const CuFfnGroup *groups, int n, CuTable t, int d, int f,
+void cu_ffn_groups_backward(cublasHandle_t blas, const FfnGroup *groups, int n, CuTable t, int d, int f,
                             cudaStream_t stream);
 
 // crossentropy.cu: probs_inout (N, V): logits in, softmax out; losses (N).  dlogits (N, V) overwritten

@@ -268,13 +268,13 @@ void cu_moe_losses(double *out, double *scratch, const CuMoeActs *a, cudaStream_
 
 // the experts present with rows, as FFN groups (at most m) with their forward's pointers into a's buffers, and
 // each group's expert in ids
-static int expert_groups(CuFfnGroup *g, int *ids, const CuMoeActs *a, float *const *gate, float *const *up,
+static int expert_groups(FfnGroup *g, int *ids, const CuMoeActs *a, float *const *gate, float *const *up,
                          float *const *down, const int *counts, const int *offsets) {
     int d = a->d, f = a->f, n = 0;
     for (int e = 0; e < a->m; e++) {
         long r0 = offsets[e];
         if (!gate[e] || counts[e] == 0) continue;
-        CuFfnGroup x = {};
+        FfnGroup x = {};
         x.rows = counts[e];
         x.wg = gate[e]; x.wu = up[e]; x.wd = down[e];
         x.x = a->xe + r0 * d; x.y = a->ye + r0 * d;
@@ -287,7 +287,7 @@ static int expert_groups(CuFfnGroup *g, int *ids, const CuMoeActs *a, float *con
 
 void cu_moe_experts_forward(cublasHandle_t h, CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
                             const int *counts, const int *offsets, CuTable t, cudaStream_t stream) {
-    std::vector<CuFfnGroup> g(a->m);
+    std::vector<FfnGroup> g(a->m);
     std::vector<int> ids(a->m);
     int n = expert_groups(g.data(), ids.data(), a, gate, up, down, counts, offsets);
     cu_ffn_groups_forward(h, g.data(), n, t, a->d, a->f, stream);
@@ -311,7 +311,7 @@ void cu_moe_experts_backward(cublasHandle_t h, float *dxe, float *dhe, float *du
                              float *const *dgate, float *const *dup, float *const *ddown, const int *counts,
                              const int *offsets, CuTable t, cudaStream_t stream) {
     int d = a->d, f = a->f;
-    std::vector<CuFfnGroup> g(a->m);
+    std::vector<FfnGroup> g(a->m);
     std::vector<int> ids(a->m);
     int n = expert_groups(g.data(), ids.data(), a, gate, up, down, counts, offsets);
     for (int i = 0; i < n; i++) {

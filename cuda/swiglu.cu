@@ -54,8 +54,9 @@ void cu_ffn_backward(cublasHandle_t blas, float *dx, float *dwg, float *dwu, flo
                      float *da, const float *dy, const float *x, const float *h, const float *u, const float *a,
                      const float *wg, const float *wu, const float *wd, int N, int d, int f, cudaStream_t stream) {
     const float one = 1.0f, zero = 0.0f;
-    cublasCheck(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, f, N, d, &one, wd, f, dy, d, &zero, da, f));
+    // (dWd first: da may be a)
     cublasCheck(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, f, d, N, &one, a, f, dy, d, &one, dwd, f));
+    cublasCheck(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, f, N, d, &one, wd, f, dy, d, &zero, da, f));
     cu_swiglu_backward(dh, du, da, h, u, (long)N * f, stream);
     // (dy is no longer read: dx may be dy)
     cublasCheck(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, d, N, f, &one, wg, d, dh, f, &zero, dx, d));
@@ -75,7 +76,7 @@ enum {
 size_t cu_ffn_table_bytes(int n) { return sizeof(float *) * FFN_SECTIONS * n + sizeof(int) * n; }
 
 // host: the table of groups g (n) into t.host, then queued to t.dev
-static void ffn_table_send(CuTable t, const CuFfnGroup *g, int n, cudaStream_t stream) {
+static void ffn_table_send(CuTable t, const FfnGroup *g, int n, cudaStream_t stream) {
     float **p = static_cast<float **>(t.host);
     for (int i = 0; i < n; i++) {
         float *v[FFN_SECTIONS] = {
@@ -97,7 +98,7 @@ static float *const *section(CuTable t, int s, int n) { return static_cast<float
 // group i's rows as the n dimension (rows_in_k = 0) or as the k dimension (1), the other two fixed (m, other).
 // The row counts go in host arrays, the matrices in the device table's sections A, B, C.
 static void grouped(cublasHandle_t blas, cublasOperation_t ta, cublasOperation_t tb, int m, int other, int rows_in_k,
-                    const CuFfnGroup *g, int n, int copies, CuTable t, int A, int lda, int B, int ldb, float beta,
+                    const FfnGroup *g, int n, int copies, CuTable t, int A, int lda, int B, int ldb, float beta,
                     int C, int ldc) {
     int count = copies * n;
     std::vector<cublasOperation_t> tas(count, ta), tbs(count, tb);
@@ -115,7 +116,7 @@ static void grouped(cublasHandle_t blas, cublasOperation_t ta, cublasOperation_t
                                           sizes.data()));
 }
 
-static int most_rows(const CuFfnGroup *g, int n) {
+static int most_rows(const FfnGroup *g, int n) {
     int most = 0;
     for (int i = 0; i < n; i++) most = g[i].rows > most ? g[i].rows : most;
     return most;
@@ -139,13 +140,13 @@ __global__ void swiglu_groups_backward_kernel(float *const *table, int n, int f)
         swiglu_grads(&dh[j], &du[j], da[j], h[j], u[j]);
 }
 
-static dim3 groups_grid(const CuFfnGroup *g, int n, int f) {
+static dim3 groups_grid(const FfnGroup *g, int n, int f) {
     long most = (long)most_rows(g, n) * f;
     int x = ceil_div(most, 256);
     return dim3(x < 1024 ? x : 1024, n);
 }
 
-void cu_ffn_groups_forward(cublasHandle_t blas, const CuFfnGroup *g, int n, CuTable t, int d, int f,
+void cu_ffn_groups_forward(cublasHandle_t blas, const FfnGroup *g, int n, CuTable t, int d, int f,
                            cudaStream_t stream) {
     if (n == 0) return;
     if (n > 65535) fail("CUDA grouped FFN: %d groups, at most 65535", n);
@@ -157,13 +158,14 @@ void cu_ffn_groups_forward(cublasHandle_t blas, const CuFfnGroup *g, int n, CuTa
     grouped(blas, CUBLAS_OP_T, CUBLAS_OP_N, d, f, 0, g, n, 1, t, FFN_WD, f, FFN_A, f, 0.0f, FFN_Y, d);
 }
 
-void cu_ffn_groups_backward(cublasHandle_t blas, const CuFfnGroup *g, int n, CuTable t, int d, int f,
+void cu_ffn_groups_backward(cublasHandle_t blas, const FfnGroup *g, int n, CuTable t, int d, int f,
                             cudaStream_t stream) {
     if (n == 0) return;
     if (n > 65535) fail("CUDA grouped FFN: %d groups, at most 65535", n);
     ffn_table_send(t, g, n, stream);
-    grouped(blas, CUBLAS_OP_N, CUBLAS_OP_N, f, d, 0, g, n, 1, t, FFN_WD, f, FFN_DY, d, 0.0f, FFN_DA, f);
+    // (dWd first: da may be a)
     grouped(blas, CUBLAS_OP_N, CUBLAS_OP_T, f, d, 1, g, n, 1, t, FFN_A, f, FFN_DY, d, 1.0f, FFN_DWD, f);
+    grouped(blas, CUBLAS_OP_N, CUBLAS_OP_N, f, d, 0, g, n, 1, t, FFN_WD, f, FFN_DY, d, 0.0f, FFN_DA, f);
     LAUNCH(swiglu_groups_backward_kernel, groups_grid(g, n, f), 256, 0, stream, section(t, 0, n), n, f);
     cudaCheck(cudaGetLastError());
     // (dy is no longer read: dx may be dy)

@@ -17,6 +17,7 @@
 #include <stdint.h> // uint8_t
 
 #include "token.h"  // Token
+#include "layers.h" // FfnGroup
 #include "moe.h"    // MoeActs, MoeScratch, ExpertSet
 #include "optim.h"  // OptimConfig, ParamTensor
 
@@ -74,6 +75,8 @@ typedef struct Backend {
     void (*ffn_backward)(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
                          const float *dy, const float *x, const float *h, const float *u, const float *a,
                          const float *wg, const float *wu, const float *wd, int N, int d, int f);
+    void (*ffn_forward_groups)(const FfnGroup *groups, int n, int d, int f);
+    void (*ffn_backward_groups)(const FfnGroup *groups, int n, int d, int f);
     // moe.h (moe_route leaves counts, offsets, aux and z in the host's MoeActs fields)
     void (*moe_route)(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle);
     void (*moe_experts_forward)(MoeActs *a, ExpertSet w);

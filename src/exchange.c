@@ -52,7 +52,7 @@ size_t exchange_plan_bytes(int P, int m, int d, int f, int n_layers, int n_moe, 
     size_t ints = 5 * pm + 5 * (size_t)P + (size_t)n_layers * pm;          // exchange_create's counts
     size_t floats = in_transit * d + (staged ? going_out * d : 0)          // ensure_work, ensure_stage
                     + n_moe * served * (d + (recompute ? 0 : 3 * (size_t)f)) // arena_place, every MoE layer
-                    + pass * (d + 3 * (size_t)f + (recompute ? 3 * (size_t)f : 0)); // ensure_expert
+                    + (recompute ? pass * (d + 6 * (size_t)f) : served * d); // ensure_expert, ensure_outputs
     return sizeof(int) * ints + sizeof(float) * floats;
 }
 
@@ -79,6 +79,7 @@ void exchange_free(Exchange *ex) {
     if (ex->stage) ex->be->release_pinned(ex->stage);
     if (ex->h) { release(ex->h); release(ex->u); release(ex->a); }
     release(ex->yp); release(ex->dh); release(ex->du); release(ex->da);
+    release(ex->outputs);
     memset(ex, 0, sizeof *ex);
 }
 
@@ -132,21 +133,27 @@ static void arena_place(Exchange *ex, int layer) {
 // Layer sl's inputs in the arena.
 static float *layer_inputs(const Exchange *ex, const ServeLayer *sl) { return ex->inputs + sl->at * ex->d; }
 
-// One pass's buffers (an expert's rows, at most EXCHANGE_PASS_ROWS at a time): its outputs or their
-// gradients, the backward's hidden-width gradients, and with recompute the hidden activations.
+// With recompute, one pass's buffers (an expert's rows, at most EXCHANGE_PASS_ROWS at a time): its hidden
+// activations, its outputs or their gradients, the backward's hidden-width gradients.
 static void ensure_expert(Exchange *ex, size_t rows) {
     if (rows <= ex->expert_cap) return;
-    if (ex->recompute) {
-        grow(ex, &ex->h, ex->expert_cap, rows, ex->f, BUF_BACKEND);
-        grow(ex, &ex->u, ex->expert_cap, rows, ex->f, BUF_BACKEND);
-        grow(ex, &ex->a, ex->expert_cap, rows, ex->f, BUF_BACKEND);
-    }
+    grow(ex, &ex->h, ex->expert_cap, rows, ex->f, BUF_BACKEND);
+    grow(ex, &ex->u, ex->expert_cap, rows, ex->f, BUF_BACKEND);
+    grow(ex, &ex->a, ex->expert_cap, rows, ex->f, BUF_BACKEND);
     grow(ex, &ex->yp, ex->expert_cap, rows, ex->d, BUF_BACKEND);
     grow(ex, &ex->dh, ex->expert_cap, rows, ex->f, BUF_BACKEND);
     grow(ex, &ex->du, ex->expert_cap, rows, ex->f, BUF_BACKEND);
     grow(ex, &ex->da, ex->expert_cap, rows, ex->f, BUF_BACKEND);
     ex->expert_cap = rows;
 }
+
+// Without recompute, a layer's outputs (or gradients) in the serve layout: rows of them
+static void ensure_outputs(Exchange *ex, size_t rows) {
+    if (rows <= ex->outputs_cap) return;
+    grow(ex, &ex->outputs, ex->outputs_cap, rows, ex->d, BUF_BACKEND);
+    ex->outputs_cap = rows;
+}
+
 
 // Sender layout from this party's routing (a), and owner layout from the counts in sl->from: how many
 // rows go to / come from each party and where their blocks start (in the packed rows, in work, and in
@@ -198,6 +205,48 @@ static int served_rows(const Exchange *ex, const ServeLayer *sl, int j) {
     int n = 0;
     for (int q = 0; q < ex->P; q++) n += sl->from[q * ex->max_local + j];
     return n;
+}
+
+// Without recompute: pass k of every owned expert with rows in layer sl, as groups (at most n_local; returns
+// their number): expert j's served rows [k P, (k + 1) P) (P = EXCHANGE_PASS_ROWS), in the layout of sl's inputs
+// x, of ex->outputs and of the hidden arenas. The passes are those of recompute's, so the sums (the weight
+// gradients, pass after pass) are the same; one group per expert in a call, so no two write one gradient.
+// With dw, the backward's: the outputs' gradients in ex->outputs, replaced by the inputs', and the hidden
+// gradients over the activations.
+static int served_groups(const Exchange *ex, const ServeLayer *sl, int k, const float *x, ExpertSet w,
+                         const ExpertSet *dw, FfnGroup *g) {
+    int n = 0;
+    size_t d = (size_t)ex->d, f = (size_t)ex->f, r0 = 0;
+    for (int j = 0; j < ex->n_local; j++) {
+        int e = ex->local[j], rows = served_rows(ex, sl, j) - k * EXCHANGE_PASS_ROWS;
+        size_t first = r0 + (size_t)k * EXCHANGE_PASS_ROWS, at = (sl->at + first) * f;
+        r0 += (size_t)served_rows(ex, sl, j);
+        if (rows <= 0) continue;
+        FfnGroup q = {.rows = rows < EXCHANGE_PASS_ROWS ? rows : EXCHANGE_PASS_ROWS, .wg = w.gate[e], .wu = w.up[e],
+                      .wd = w.down[e], .x = x + first * d, .y = ex->outputs + first * d, .h = ex->hidden[0] + at,
+                      .u = ex->hidden[1] + at, .a = ex->hidden[2] + at};
+        if (dw) {
+            q.dy = q.dx = q.y;
+            q.dwg = dw->gate[e]; q.dwu = dw->up[e]; q.dwd = dw->down[e];
+            q.dh = q.h; q.du = q.u; q.da = q.a;
+        }
+        g[n++] = q;
+    }
+    return n;
+}
+
+// Without recompute: every owned expert on all its served rows, forward (dw NULL) or backward, pass k of
+// every expert in one call (ffn_*_groups). Returns the FLOPs.
+static double serve_grouped(Exchange *ex, const ServeLayer *sl, const float *x, ExpertSet w, const ExpertSet *dw) {
+    FfnGroup *g = mallocCheck(sizeof(FfnGroup) * (size_t)(ex->n_local ? ex->n_local : 1));
+    double flops = 0.0;
+    for (int k = 0, n; (n = served_groups(ex, sl, k, x, w, dw, g)) > 0; k++) {
+        if (dw) ex->be->ffn_backward_groups(g, n, ex->d, ex->f);
+        else ex->be->ffn_forward_groups(g, n, ex->d, ex->f);
+        for (int i = 0; i < n; i++) flops += (dw ? 2.0 : 1.0) * flops_ffn(g[i].rows, ex->d, ex->f);
+    }
+    free(g);
+    return flops;
 }
 
 // Everything read from a peer is checked before use; a violation names the peer and stops the job.
@@ -290,8 +339,39 @@ static void to_senders(Exchange *ex, MsgKind kind, float *own) {
     }
 }
 
+// With recompute: each owned expert on its served rows in passes of at most EXCHANGE_PASS_ROWS rows, a pass's
+// hidden activations scratch. Forward (dw NULL): each pass's outputs go from yp to `to` (the rows' homes).
+// Backward: each pass's hidden activations again (the forward's calls on the kept inputs, so the same values;
+// not counted as FLOPs), its outputs' gradients gathered from `from` into yp, replaced there by the inputs',
+// which go to `to`. Returns the FLOPs.
+static double serve_passes(Exchange *ex, const ServeLayer *sl, const float *x, ExpertSet w, const ExpertSet *dw,
+                           const MoeActs *a, float *from, float *to) {
+    int d = ex->d, f = ex->f;
+    size_t r0 = 0;
+    double flops = 0.0;
+    for (int j = 0; j < ex->n_local; j++) {
+        int e = ex->local[j];
+        for (int n = served_rows(ex, sl, j); n > 0;) {
+            int rows = n < EXCHANGE_PASS_ROWS ? n : EXCHANGE_PASS_ROWS;
+            float *h, *u, *act;
+            pass_hidden(ex, sl, r0, &h, &u, &act);
+            ex->be->ffn_forward(ex->yp, h, u, act, x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f);
+            if (dw) {
+                serve_copy(ex, sl, r0, rows, ex->yp, from, a, 1);
+                ex->be->ffn_backward(ex->yp, dw->gate[e], dw->up[e], dw->down[e], ex->dh, ex->du, ex->da, ex->yp,
+                                     x + r0 * d, h, u, act, w.gate[e], w.up[e], w.down[e], rows, d, f);
+            }
+            flops += (dw ? 2.0 : 1.0) * flops_ffn(rows, d, f);
+            serve_copy(ex, sl, r0, rows, ex->yp, to, a, 0);
+            r0 += rows;
+            n -= rows;
+        }
+    }
+    return flops;
+}
+
 void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *flops) {
-    int P = ex->P, K = ex->max_local, d = ex->d, f = ex->f;
+    int P = ex->P, K = ex->max_local, d = ex->d;
     ServeLayer *sl = &ex->layers[layer];
     // 1. routing counts: each owner learns how many rows of each of its experts will come from each party,
     //    as (expert id, count) pairs it checks against the experts it owns
@@ -326,7 +406,8 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
         int n = served_rows(ex, sl, j);
         most = n > most ? n : most;
     }
-    ensure_expert(ex, (size_t)(most < EXCHANGE_PASS_ROWS ? most : EXCHANGE_PASS_ROWS));
+    if (ex->recompute) ensure_expert(ex, (size_t)(most < EXCHANGE_PASS_ROWS ? most : EXCHANGE_PASS_ROWS));
+    else ensure_outputs(ex, (size_t)sl->rows);
     int defended = ex->noise_std > 0.0f || ex->clip_norm > 0.0f;
     if (a && (defended || ex->tap || ex->fault)) ex->be->sync(); // the host reads / writes a's rows
     if (a && defended) // the defence: every row that leaves this party is clipped and carries noise (privacy.h)
@@ -345,21 +426,13 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     if (ex->tap) record_tap(ex->tap, TAP_ROWS_RECEIVED, ex, layer, a); // study only: what this owner saw
     float *x = layer_inputs(ex, sl);
     serve_copy(ex, sl, 0, sl->rows, x, a ? a->xe : NULL, a, 1);
-    // 3. each owned expert runs on all its rows, in passes of at most EXCHANGE_PASS_ROWS rows (with
-    //    recompute, a pass's hidden activations are scratch); each pass's outputs go where their rows came from
-    size_t r0 = 0;
-    for (int j = 0; j < ex->n_local; j++) {
-        int e = ex->local[j];
-        for (int n = served_rows(ex, sl, j); n > 0;) {
-            int rows = n < EXCHANGE_PASS_ROWS ? n : EXCHANGE_PASS_ROWS;
-            float *h, *u, *act;
-            pass_hidden(ex, sl, r0, &h, &u, &act);
-            ex->be->ffn_forward(ex->yp, h, u, act, x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f);
-            *flops += flops_ffn(rows, d, f);
-            serve_copy(ex, sl, r0, rows, ex->yp, a ? a->ye : NULL, a, 0);
-            r0 += rows;
-            n -= rows;
-        }
+    // 3. each owned expert runs on all its rows, its outputs going where their rows came from: all experts at
+    //    once (one grouped call), or with recompute in passes of at most EXCHANGE_PASS_ROWS rows (a pass's
+    //    hidden activations are scratch)
+    if (ex->recompute) *flops += serve_passes(ex, sl, x, w, NULL, a, NULL, a ? a->ye : NULL);
+    else {
+        *flops += serve_grouped(ex, sl, x, w, NULL);
+        serve_copy(ex, sl, 0, (size_t)sl->rows, ex->outputs, a ? a->ye : NULL, a, 0);
     }
     // 4. outputs back to the senders
     to_senders(ex, MSG_EXPERT_OUTPUTS, a ? a->ye : NULL);
@@ -367,7 +440,7 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
 
 void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
                        double *flops) {
-    int d = ex->d, f = ex->f;
+    int d = ex->d;
     ServeLayer *sl = &ex->layers[layer];
     float *x = layer_inputs(ex, sl);
     layouts(ex, sl, a);
@@ -381,28 +454,15 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     // 1. gradients w.r.t. the outputs go to the owners
     to_owners(ex, MSG_OUTPUT_GRADS, s ? s->dye : NULL);
     if (ex->tap) record_tap(ex->tap, TAP_GRADS_RECEIVED, ex, layer, a); // study only: what this owner saw
-    // 2. owners accumulate their experts' weight gradients and compute input gradients (with recompute,
-    //    each expert's hidden activations first, from the kept inputs: the same calls as the forward's, so
-    //    the same values; not counted as model FLOPs)
-    size_t r0 = 0;
-    for (int j = 0; j < ex->n_local; j++) {
-        int e = ex->local[j];
-        for (int n = served_rows(ex, sl, j); n > 0;) { // the forward's passes
-            int rows = n < EXCHANGE_PASS_ROWS ? n : EXCHANGE_PASS_ROWS;
-            float *h, *u, *act;
-            pass_hidden(ex, sl, r0, &h, &u, &act);
-            if (ex->recompute) // (its outputs, in yp, are not needed)
-                ex->be->ffn_forward(ex->yp, h, u, act, x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f);
-            // the pass's output gradients, gathered into yp, are replaced there by its input gradients, which go
-            // where the rows came from
-            serve_copy(ex, sl, r0, rows, ex->yp, s ? s->dye : NULL, a, 1);
-            ex->be->ffn_backward(ex->yp, dw.gate[e], dw.up[e], dw.down[e], ex->dh, ex->du, ex->da, ex->yp,
-                                 x + r0 * d, h, u, act, w.gate[e], w.up[e], w.down[e], rows, d, f);
-            *flops += 2.0 * flops_ffn(rows, d, f);
-            serve_copy(ex, sl, r0, rows, ex->yp, s ? s->dxe : NULL, a, 0);
-            r0 += rows;
-            n -= rows;
-        }
+    // 2. owners accumulate their experts' weight gradients and compute input gradients, pass by pass as in the
+    //    forward: all experts' outputs' gradients gathered into the serve layout, replaced there by the inputs',
+    //    then back where the rows came from; or with recompute each pass alone, its hidden activations first
+    //    (from the kept inputs: the same calls as the forward's, so the same values; not counted as FLOPs)
+    if (ex->recompute) *flops += serve_passes(ex, sl, x, w, &dw, a, s ? s->dye : NULL, s ? s->dxe : NULL);
+    else {
+        serve_copy(ex, sl, 0, (size_t)sl->rows, ex->outputs, s ? s->dye : NULL, a, 1);
+        *flops += serve_grouped(ex, sl, x, w, &dw);
+        serve_copy(ex, sl, 0, (size_t)sl->rows, ex->outputs, s ? s->dxe : NULL, a, 0);
     }
     // 3. input gradients back to the senders
     to_senders(ex, MSG_INPUT_GRADS, s ? s->dxe : NULL);

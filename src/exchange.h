@@ -89,11 +89,17 @@ typedef struct Exchange {
                            // for its backward: layer after layer, layer l's from row layers[l].at
     float *hidden[3];      // [backend] (arena_cap, f) without recompute: their expert activations h, u, a
     size_t arena_cap;      // rows the arenas hold: the most one step has needed so far
-    float *h, *u, *a;      // [backend] (expert_cap, f) with recompute: the hidden activations of one pass
+    // With recompute, experts run pass by pass (an expert's rows, at most EXCHANGE_PASS_ROWS at a time):
+    float *h, *u, *a;      // [backend] (expert_cap, f) the hidden activations of one pass
     float *yp;             // [backend] (expert_cap, d) one pass's outputs (forward), or their gradients replaced by
                            // the inputs' (backward), on their way to / from where the rows came from
     float *dh, *du, *da;   // [backend] (expert_cap, f) backward scratch of one pass
-    size_t expert_cap;     // rows of the largest pass: an expert's rows, at most EXCHANGE_PASS_ROWS at a time
+    size_t expert_cap;     // rows of the largest pass
+    // Without, every owned expert runs on all its rows at once (one grouped call: ffn_forward_groups), its
+    // backward's hidden gradients in place of its activations in the arenas:
+    float *outputs;        // [backend] (outputs_cap, d) a layer's outputs in the serve layout (forward), or their
+                           // gradients replaced by the inputs' (backward)
+    size_t outputs_cap;
     ServeLayer *layers;    // (n_layers); unused for dense layers
     size_t bytes, peak;    // exchange buffer bytes now, and the most ever held (device and host)
 } Exchange;

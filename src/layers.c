@@ -406,10 +406,11 @@ void swiglu_forward(float *a, const float *h, const float *u, long n) {
 void swiglu_backward(float *dh, float *du, const float *da, const float *h, const float *u, long n) {
 #pragma omp parallel for simd
     for (long i = 0; i < n; i++) {
-        float sig = 1.0f / (1.0f + exp_poly(-h[i]));
-        float silu = h[i] * sig;
-        du[i] = da[i] * silu;
-        dh[i] = da[i] * u[i] * sig * (1.0f + h[i] * (1.0f - sig));
+        float hi = h[i], ui = u[i], dai = da[i]; // (read first: dh, du, da may be h, u, a)
+        float sig = 1.0f / (1.0f + exp_poly(-hi));
+        float silu = hi * sig;
+        du[i] = dai * silu;
+        dh[i] = dai * ui * sig * (1.0f + hi * (1.0f - sig));
     }
 }
 
@@ -468,13 +469,25 @@ void ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, float *dh, floa
                   const float *dy, const float *x, const float *h, const float *u, const float *a,
                   const float *wg, const float *wu, const float *wd, int N, int d, int f) {
     if (N == 0) return;
-    // da (N, f) = dy wd (overwritten); dwd (d, f) += dy^T a. dy is not read after this, so dx may be dy.
-    layers_gemm(0, 0, N, f, d, 1.0f, dy, d, wd, f, 0.0f, da, f);
+    // dwd (d, f) += dy^T a; da (N, f) = dy wd (overwritten, after a is read: da may be a). dy is not read after
+    // this, so dx may be dy.
     layers_gemm(1, 0, d, f, N, 1.0f, dy, d, a, f, 1.0f, dwd, f);
+    layers_gemm(0, 0, N, f, d, 1.0f, dy, d, wd, f, 0.0f, da, f);
     swiglu_backward(dh, du, da, h, u, (long)N * f);
     // dx (N, d) = dh wg + du wu (overwritten); dwg, dwu (f, d) += dh^T x, du^T x
     layers_gemm(0, 0, N, d, f, 1.0f, dh, f, wg, d, 0.0f, dx, d);
     layers_gemm(0, 0, N, d, f, 1.0f, du, f, wu, d, 1.0f, dx, d);
     layers_gemm(1, 0, f, d, N, 1.0f, dh, f, x, d, 1.0f, dwg, d);
     layers_gemm(1, 0, f, d, N, 1.0f, du, f, x, d, 1.0f, dwu, d);
+}
+
+void ffn_forward_groups(const FfnGroup *g, int n, int d, int f) {
+    for (int i = 0; i < n; i++)
+        ffn_forward(g[i].y, g[i].h, g[i].u, g[i].a, g[i].x, g[i].wg, g[i].wu, g[i].wd, g[i].rows, d, f);
+}
+
+void ffn_backward_groups(const FfnGroup *g, int n, int d, int f) {
+    for (int i = 0; i < n; i++)
+        ffn_backward(g[i].dx, g[i].dwg, g[i].dwu, g[i].dwd, g[i].dh, g[i].du, g[i].da, g[i].dy, g[i].x, g[i].h,
+                     g[i].u, g[i].a, g[i].wg, g[i].wu, g[i].wd, g[i].rows, d, f);
 }

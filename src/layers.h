@@ -89,9 +89,25 @@ void crossentropy_fused(float *logits_inout, float *losses, const Token *targets
 void ffn_forward(float *y, float *h, float *u, float *a, const float *x,
                  const float *wg, const float *wu, const float *wd, int N, int d, int f);
 // dx (N, d) overwritten (it may be the same buffer as dy, which is read first); dwg, dwu, dwd +=.
-// Scratch dh, du, da (N, f) are overwritten.
+// Scratch dh, du, da (N, f) are overwritten; they may be h, u, a themselves (read first).
 void ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du, float *da,
                   const float *dy, const float *x, const float *h, const float *u, const float *a,
                   const float *wg, const float *wu, const float *wd, int N, int d, int f);
+
+// Many SwiGLU FFNs run together (the experts an owner serves): group i is ffn_forward / ffn_backward on its
+// own rows with its own weights and buffers (the fields below, shapes as there with N = rows). The CUDA
+// backend runs each product as one grouped GEMM for all groups.
+typedef struct FfnGroup {
+    int rows;                    // > 0
+    const float *wg, *wu, *wd;   // (f, d), (f, d), (d, f)
+    const float *x;              // (rows, d)
+    float *y, *h, *u, *a;        // y (rows, d) overwritten; h, u, a (rows, f)
+    const float *dy;             // backward only (else NULL): dy (rows, d)
+    float *dx;                   // (rows, d) overwritten; may be dy
+    float *dwg, *dwu, *dwd;      // +=
+    float *dh, *du, *da;         // (rows, f) overwritten; may be h, u, a
+} FfnGroup;
+void ffn_forward_groups(const FfnGroup *groups, int n, int d, int f);
+void ffn_backward_groups(const FfnGroup *groups, int n, int d, int f);
 
 #endif

@@ -499,6 +499,61 @@ static void check_all(cublasHandle_t h) {
         else { std::printf("FAIL: cublasSgemm accepted lda < k: status %d\n", (int)st); failures++; }
         cudaFree(px); cudaFree(pw); cudaFree(pg); cudaFree(pdx); cudaFree(pdw); cudaFree(po);
     }
+    { // grouped FFNs (an owner's served experts): 2 groups of 7 and 20 rows with their own weights, the backward in
+      // place (dh, du, da over h, u, a; dx over dy), against the CPU's ffn_forward / ffn_backward with scratch
+        const int rows[2] = {7, 20};
+        std::vector<float> cy, cdx, cdw, dys[2];
+        FfnGroup g[2] = {};
+        std::vector<void *> bufs;
+        auto dev = [&bufs](const std::vector<float> &v) { float *p = to_dev(v); bufs.push_back(p); return p; };
+        for (int i = 0; i < 2; i++) {
+            int n = rows[i];
+            size_t nd = (size_t)n * d, nf = (size_t)n * f, fd = (size_t)f * d;
+            auto x = randn(nd, 1.0f, 30 + i), wg = randn(fd, 0.2f, 40 + i), wu = randn(fd, 0.2f, 50 + i);
+            auto wd = randn(fd, 0.2f, 60 + i);
+            dys[i] = randn(nd, 1.0f, 70 + i);
+            std::vector<float> y(nd), hh(nf), u(nf), a(nf), dx(nd), dwg(fd, 0.0f), dwu(fd, 0.0f), dwd(fd, 0.0f);
+            std::vector<float> dh(nf), du(nf), da(nf);
+            ffn_forward(y.data(), hh.data(), u.data(), a.data(), x.data(), wg.data(), wu.data(), wd.data(), n, d, f);
+            ffn_backward(dx.data(), dwg.data(), dwu.data(), dwd.data(), dh.data(), du.data(), da.data(), dys[i].data(),
+                         x.data(), hh.data(), u.data(), a.data(), wg.data(), wu.data(), wd.data(), n, d, f);
+            cy.insert(cy.end(), y.begin(), y.end());
+            cdx.insert(cdx.end(), dx.begin(), dx.end());
+            for (auto *w : {&dwg, &dwu, &dwd}) cdw.insert(cdw.end(), w->begin(), w->end());
+            std::vector<float> zd(nd, 0.0f), zf(nf, 0.0f), zw(fd, 0.0f);
+            g[i].rows = n; g[i].wg = dev(wg); g[i].wu = dev(wu); g[i].wd = dev(wd); g[i].x = dev(x);
+            g[i].y = dev(zd); g[i].h = dev(zf); g[i].u = dev(zf); g[i].a = dev(zf);
+            g[i].dwg = dev(zw); g[i].dwu = dev(zw); g[i].dwd = dev(zw);
+        }
+        CuTable t[2];
+        for (CuTable &x : t) {
+            cudaCheck(cudaMallocHost(&x.host, cu_ffn_table_bytes(2)));
+            cudaCheck(cudaMalloc(&x.dev, cu_ffn_table_bytes(2)));
+        }
+        cu_ffn_groups_forward(h, g, 2, t[0], d, f, s);
+        std::vector<float> gy, gdx, gdw;
+        for (int i = 0; i < 2; i++) {
+            auto y = from_dev(g[i].y, (size_t)rows[i] * d);
+            gy.insert(gy.end(), y.begin(), y.end());
+            cudaCheck(cudaMemcpy(g[i].y, dys[i].data(), sizeof(float) * dys[i].size(), cudaMemcpyHostToDevice));
+            g[i].dy = g[i].dx = g[i].y;
+            g[i].dh = g[i].h; g[i].du = g[i].u; g[i].da = g[i].a;
+        }
+        cu_ffn_groups_backward(h, g, 2, t[1], d, f, s);
+        for (int i = 0; i < 2; i++) {
+            auto dx = from_dev(g[i].dx, (size_t)rows[i] * d);
+            gdx.insert(gdx.end(), dx.begin(), dx.end());
+            for (float *w : {g[i].dwg, g[i].dwu, g[i].dwd}) {
+                auto v = from_dev(w, (size_t)f * d);
+                gdw.insert(gdw.end(), v.begin(), v.end());
+            }
+        }
+        expect("grouped FFN forward (2 groups)", gy, cy);
+        expect("grouped FFN backward in place: input gradients", gdx, cdx);
+        expect("grouped FFN backward in place: weight gradients", gdw, cdw);
+        for (void *b : bufs) cudaFree(b);
+        for (CuTable &x : t) { cudaFreeHost(x.host); cudaFree(x.dev); }
+    }
     cudaFree(dtok); cudaFree(dtgt);
 }
 

@@ -10,8 +10,8 @@
 #  4. checkpoints are device-independent: written on cuda at step 5, resumed on cpu (and the other way
 #     round), the run ends as the single-device run does.
 #  5. pcmoe over MPI, 3 parties, 20 steps, both ways rows reach MPI (staged, direct), with the same
-#     audited traffic, and NaN rows from a peer refused on both; device memory by category against the
-#     backend allocator's peak;
+#     audited traffic, the served experts in grouped calls (without recompute) too, and NaN rows from a
+#     peer refused on both; device memory by category against the backend allocator's peak;
 #  6. run.tf32 = true (the default; the parity runs above set false) changes the GEMMs (a little);
 #  7. the emulator's counts (PCMOE_EMU_COUNTS): host waits per training step at most 1 + 1 per MoE layer,
 #     and kernel launches and GEMMs within this size's budget; the fedavg baseline, whose averaging waits
@@ -118,6 +118,11 @@ if len(a["ranks"]) != 3 or total == 0:
 print("%d expert bytes sent and received, identical" % total)
 PY
     ); then ok "audit, cuda_aware_mpi = $aw vs cpu: $out"; else fail "audit, cuda_aware_mpi = $aw vs cpu: $out"; fi
+    # the served experts in grouped calls (model.recompute_experts = false; the default recomputes them pass by
+    # pass): the same losses
+    NP=3 runmpi "$TMP/xg_$aw" "$TMP/p3.ini" $LONG --set run.device=cuda --set run.cuda_aware_mpi=$aw \
+        --set model.recompute_experts=false &&
+        same "$TMP/x_cpu" "$TMP/xg_$aw" "pcmoe over MPI, grouped served experts (cuda_aware_mpi = $aw) vs cpu"
     # privacy.check_finite on this path (staged: the host scans the page-locked rows; direct: the device scans
     # its own): the last party's NaN rows stop every rank, named
     d="$TMP/nan_$aw"
