@@ -438,6 +438,28 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     to_senders(ex, MSG_EXPERT_OUTPUTS, a ? a->ye : NULL);
 }
 
+// The defence's backward: through the clipping of the rows this party sent, to its rows before it (s->dxe, on
+// the host side). The layer's inputs a->inp are an activation (device memory on a device): read through a copy.
+static void clip_backward(Exchange *ex, const MoeActs *a, MoeScratch *s) {
+    int d = ex->d;
+    size_t bytes = sizeof(float) * (size_t)a->N * d;
+    const float *inp = a->inp;
+    float *copy = NULL;
+    if (ex->be->device) {
+        copy = mallocCheck(bytes ? bytes : 1);
+        ex->be->copy(copy, a->inp, bytes);
+        inp = copy;
+    }
+    ex->be->sync();
+    for (int p = 0; p < ex->P; p++)
+        for (int i = 0; i < ex->send_rows[p]; i++) {
+            int r = ex->send_offs[p] + i;
+            privacy_clip_backward(s->dxe + (size_t)r * d, inp + (size_t)(a->row_choice[r] / a->k) * d, d,
+                                  ex->clip_norm);
+        }
+    free(copy);
+}
+
 void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
                        double *flops) {
     int d = ex->d;
@@ -466,15 +488,7 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
     }
     // 3. input gradients back to the senders
     to_senders(ex, MSG_INPUT_GRADS, s ? s->dxe : NULL);
-    if (s && ex->clip_norm > 0.0f) { // through the clipping of the rows this party sent, to its rows before it
-        ex->be->sync();
-        for (int p = 0; p < P; p++)
-            for (int i = 0; i < ex->send_rows[p]; i++) {
-                int r = ex->send_offs[p] + i;
-                privacy_clip_backward(s->dxe + (size_t)r * d, a->inp + (size_t)(a->row_choice[r] / a->k) * d, d,
-                                      ex->clip_norm);
-            }
-    }
+    if (s && ex->clip_norm > 0.0f) clip_backward(ex, a, s);
 }
 
 int exchange_expert_rows(const Exchange *ex, int layer, int e) {

@@ -11,7 +11,8 @@
 #     round), the run ends as the single-device run does.
 #  5. pcmoe over MPI, 3 parties, 20 steps, both ways rows reach MPI (staged, direct), with the same
 #     audited traffic, the served experts in grouped calls (without recompute) too, and NaN rows from a
-#     peer refused on both; device memory by category against the backend allocator's peak;
+#     peer refused on both; device memory by category against the backend allocator's peak; the DP
+#     defence (privacy.clip_norm, noise) on cuda gives the CPU's losses;
 #  6. run.tf32 = true (the default; the parity runs above set false) changes the GEMMs (a little);
 #  7. the emulator's counts (PCMOE_EMU_COUNTS): host waits per training step at most 1 + 1 per MoE layer,
 #     and kernel launches and GEMMs within this size's budget; the fedavg baseline, whose averaging waits
@@ -147,6 +148,12 @@ for p in s["parties"]:
     print("party %d: device_peak %d = categories %d + %d" % (p["party"], p["device_peak"], cats, extra))
 PY
 ); then ok "device memory: $(echo $out)"; else fail "device memory: $out"; fi
+
+# 5b. the DP defence on cuda (clipping and noise drawn on the host; the clipping's backward reads the layer's
+#     inputs, device memory, through a copy): the CPU's losses
+DP="--set privacy.clip_norm=1 --set privacy.grad_clip_norm=0.1 --set privacy.noise_multiplier=0.5"
+for dev in cpu cuda; do runmpi "$TMP/dp_$dev" "$TMP/p2.ini" $SHORT $DP --set run.device=$dev; done
+same "$TMP/dp_cpu" "$TMP/dp_cuda" "pcmoe over MPI with the DP defence, 2 parties, cuda vs cpu"
 
 # 6. run.tf32 = true reaches cuBLAS (the emulation rounds GEMM inputs to TF32): losses move, a little
 run1 "$TMP/tf32" input/tiny.ini $SHORT --set run.device=cuda --set run.tf32=true
