@@ -267,7 +267,7 @@ void cu_moe_losses(double *out, double *scratch, const CuMoeActs *a, cudaStream_
 }
 
 // the experts present with rows, as FFN groups (at most m) with their forward's pointers into a's buffers, and
-// each group's expert in ids
+// (ids non-NULL) each group's expert in ids
 static int expert_groups(FfnGroup *g, int *ids, const CuMoeActs *a, float *const *gate, float *const *up,
                          float *const *down, const int *counts, const int *offsets) {
     int d = a->d, f = a->f, n = 0;
@@ -279,7 +279,7 @@ static int expert_groups(FfnGroup *g, int *ids, const CuMoeActs *a, float *const
         x.wg = gate[e]; x.wu = up[e]; x.wd = down[e];
         x.x = a->xe + r0 * d; x.y = a->ye + r0 * d;
         x.h = a->he + r0 * f; x.u = a->ue + r0 * f; x.a = a->ae + r0 * f;
-        ids[n] = e;
+        if (ids) ids[n] = e;
         g[n++] = x;
     }
     return n;
@@ -288,8 +288,7 @@ static int expert_groups(FfnGroup *g, int *ids, const CuMoeActs *a, float *const
 void cu_moe_experts_forward(cublasHandle_t h, CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
                             const int *counts, const int *offsets, CuTable t, cudaStream_t stream) {
     std::vector<FfnGroup> g(a->m);
-    std::vector<int> ids(a->m);
-    int n = expert_groups(g.data(), ids.data(), a, gate, up, down, counts, offsets);
+    int n = expert_groups(g.data(), nullptr, a, gate, up, down, counts, offsets);
     cu_ffn_groups_forward(h, g.data(), n, t, a->d, a->f, stream);
 }
 

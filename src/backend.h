@@ -4,12 +4,12 @@
 // - "cpu" (backend_cpu.c): those functions themselves;
 // - "cuda" (cuda/backend.cu): the kernels of cuda/ (cuda/kernels.h).
 // No op counts its FLOPs: model.c and the exchange count them where they call an op (flops.h).
-// Buffers a model keeps come from the table's alloc when the host reads or writes them between steps
-// (parameters and AdamW state: the checkpoint writer, fedavg's allreduce, initialisation; the MoE rows the
-// exchange's study features touch): on cuda CUDA managed memory, which kernels use in place and the host
-// reads only after sync(). What only ops touch (gradients, activations) comes from alloc_device, device
-// memory on cuda. Ops queue their work; those that return host values (moe_route's counts, sum_squares,
-// first_nonfinite) wait for it themselves.
+// Buffers a model keeps come from the table's alloc_device when only ops and copy() touch them (parameters,
+// gradients, AdamW state, activations: device memory on cuda; the host reaches the state through copies,
+// model.h's host_params), and from alloc when the host reads or writes them (the MoE rows the exchange's study
+// features touch, the expert order): on cuda CUDA managed memory, which kernels use in place and the host
+// reads only after sync(). Ops queue their work; those that return host values (moe_route's counts,
+// sum_squares, first_nonfinite) wait for it themselves.
 #ifndef PCMOE_BACKEND_H
 #define PCMOE_BACKEND_H
 

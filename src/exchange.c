@@ -154,7 +154,6 @@ static void ensure_outputs(Exchange *ex, size_t rows) {
     ex->outputs_cap = rows;
 }
 
-
 // Sender layout from this party's routing (a), and owner layout from the counts in sl->from: how many
 // rows go to / come from each party and where their blocks start (in the packed rows, in work, and in
 // stage, where the blocks bound for other parties sit back to back).

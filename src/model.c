@@ -221,7 +221,6 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     for (int e = 0; e < E; e++) m->owned[e] = owned ? owned[e] : 1;
     m->expert_order = be->alloc(sizeof(int) * E); // (read by the device's dispatch)
     for (int e = 0; e < E; e++) m->expert_order[e] = e;
-    be->sync(); // (the device may read it from now on)
 
     layout_build(m);
     size_t bytes = sizeof(float) * m->n_params;

@@ -117,7 +117,8 @@ typedef struct {
     float *adam_m, *adam_v;   // (n_params)
     // What the host reads and writes of params, adam_m, adam_v (initialisation, checkpoints, Hugging Face
     // import, fedavg): on a device backend, whose buffers the host never touches, a pinned copy that
-    // model_state_to_host fills and model_state_to_device sends back; on cpu the buffers themselves.
+    // model_state_to_host fills and model_state_to_device sends back; on cpu the buffers themselves. Current
+    // after model_init (which writes it first) until a step changes the device's state.
     float *host_params, *host_adam_m, *host_adam_v; // (n_params each)
     int *adam_steps;          // (n_tensors) AdamW steps each tensor has taken (its bias-correction count)
     unsigned char *active;    // (n_tensors) 1 if the tensor received gradient in the last backward: always

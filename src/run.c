@@ -426,7 +426,7 @@ static void models_state(Run *r, int to_host) {
     void (*move)(Model *, int) = to_host ? model_state_to_host : model_state_to_device;
     if (r->c->mode == MODE_CENTRALIZED) { move(&r->central, 1); return; }
     for (int q = 0; q < r->n; q++) move(&r->party[q].model, 1);
-    if (r->c->mode == MODE_PCMOE && r->simulate) move(&r->pool, 1);
+    if (r->pool.n_tensors) move(&r->pool, 1);
 }
 
 void run_checkpoint_write(Run *r, int step_done) {
@@ -468,8 +468,7 @@ static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t
     CkptState s = ckpt_state(r, rngs);
     char path[CONFIG_PATH_LEN + 96];
     ckpt_party_file(path, sizeof path, dir, s.party);
-    models_state(r, 1); // (the host's copies are written, in part)
-    int rc = ckpt_load(path, &s, err, len);
+    int rc = ckpt_load(path, &s, err, len); // (into the host's copies, current since model_init)
     if (!rc) {
         for (int q = 0; q < s.n_data; q++) r->party[q].data.rng = rngs[q];
         *step = s.step;
@@ -513,8 +512,7 @@ static int init_source(const Config *c, const char *path, int *step, int *shards
 // A Hugging Face checkpoint in DIR (hf.h): every model of this process reads the tensors it holds (the party's
 // backbone; the experts it owns, or in the simulation's pool all of them). Returns 0, or 2 with err set.
 static int hf_weights_from(Run *r, const char *dir, char *err, size_t len) {
-    models_state(r, 1); // (the host writes its copies, in part)
-    int rc = 0;
+    int rc = 0; // (the reads go into the host's copies, current since model_init)
     if (r->c->mode == MODE_CENTRALIZED) rc = hf_read_weights(&r->central, dir, err, len);
     else {
         if (r->pool.n_tensors) rc = hf_read_weights(&r->pool, dir, err, len);
@@ -543,8 +541,7 @@ static int init_weights_from(Run *r, char *err, size_t len) {
     ckpt_party_file(path, sizeof path, dir, 0);
     int step, shards, pooled;
     if (init_source(c, path, &step, &shards, &pooled, err, len)) return 2;
-    models_state(r, 1); // (the host writes its copies, in part)
-    int rc = 0;
+    int rc = 0; // (the reads go into the host's copies, current since model_init)
     if (c->mode == MODE_CENTRALIZED) rc = ckpt_read_weights(&r->central, dir, 0, 0, shards, err, len);
     else {
         if (r->pool.n_tensors) rc = ckpt_read_weights(&r->pool, dir, 0, 1, shards, err, len);
