@@ -1,10 +1,10 @@
 // backend.cu: the CUDA backend of src/backend.h: the kernels of cuda/ behind the ops table model.c
 // calls. Every kernel, copy and GEMM is queued on one non-default stream, so the host waits only where it
 // must read a result: once per MoE layer (the routing counts the exchange and the expert GEMMs need) and
-// once per step (the gradient norm, with the losses). Buffers the model keeps come from alloc (CUDA
-// managed memory, which the host reads only after sync(): the checkpoint writer, fedavg, the exchange's
-// staging); this file's own scratch is device memory from cudaMalloc, and what the host reads of it
-// arrives through pinned buffers. The table's state belongs to the one device this process opened.
+// once per step (the gradient norm, with the losses). Buffers the model keeps come from alloc_device and this
+// file's own scratch from cudaMalloc: device memory, which the host reaches only through copies (what it
+// reads arrives in pinned buffers) and a CUDA-aware MPI directly (mpi_access). The table's state belongs to
+// the one device this process opened.
 // No MPI reaches here (src/backend.h and what it includes are below the exchange): plain nvcc builds it.
 #include "kernels.h"
 
@@ -49,6 +49,8 @@ struct State {
     void *ffn_table = nullptr;                     // the experts' grouped GEMMs' table (cu_ffn_table_bytes)
     size_t cap_ffn_table = 0;
     int *perm = nullptr;                           // (N*k) the shuffle's permutation on the device
+    int *order = nullptr;                          // (MAX_EXPERTS) the experts' packing order on the device,
+    std::vector<int> host_order;                   // and what it holds (uploaded when the host's differs)
     size_t cap_perm = 0;
     int *dispatch = nullptr;                       // the dispatch's per-chunk counts
     size_t cap_dispatch = 0;
@@ -82,16 +84,7 @@ void count_release(void *p) {
     S.sizes.erase(it);
 }
 
-// A model buffer: managed memory, zero-filled, ready for the host when this returns.
-void *dev_alloc(size_t bytes) {
-    void *p = nullptr;
-    cudaCheck(cudaMallocManaged(&p, bytes ? bytes : 1));
-    cudaCheck(cudaMemsetAsync(p, 0, bytes, S.stream));
-    cudaCheck(cudaStreamSynchronize(S.stream)); // (the host may write it next)
-    count_alloc(p, bytes);
-    return p;
-}
-// A buffer only ops touch: device memory, zero-filled on the stream.
+// A model buffer: device memory, zero-filled on the stream.
 void *dev_alloc_device(size_t bytes) {
     void *p = nullptr;
     cudaCheck(cudaMalloc(&p, bytes ? bytes : 1));
@@ -105,7 +98,7 @@ void dev_release(void *p) {
     cudaCheck(cudaFree(p));
 }
 void *dev_resize(void *q, size_t old_bytes, size_t bytes) {
-    void *p = dev_alloc(bytes);
+    void *p = dev_alloc_device(bytes);
     if (old_bytes) cudaCheck(cudaMemcpyAsync(p, q, old_bytes < bytes ? old_bytes : bytes, cudaMemcpyDefault, S.stream));
     dev_release(q); // (cudaFree waits for the copy)
     return p;
@@ -126,6 +119,13 @@ void *pinned_alloc(size_t bytes) {
 }
 void pinned_release(void *p) { cudaCheck(cudaFreeHost(p)); }
 void dev_sync(void) { cudaCheck(cudaStreamSynchronize(S.stream)); }
+void mpi_access(int open) {
+#ifdef __CUDACC__
+    (void)open; // (a CUDA-aware MPI reads device memory itself)
+#else
+    emu_mpi_access(open);
+#endif
+}
 void dev_zero(void *p, size_t bytes) { cudaCheck(cudaMemsetAsync(p, 0, bytes, S.stream)); }
 void dev_copy(void *dst, const void *src, size_t bytes) {
     if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, S.stream));
@@ -300,6 +300,18 @@ void ffn_bwd(float *dx, float *dwg, float *dwu, float *dwd, float *dh, float *du
     if (N == 0) return;
     cu_ffn_backward(S.blas, dx, dwg, dwu, dwd, dh, du, da, dy, x, h, u, a, wg, wu, wd, N, d, f, S.stream);
 }
+// The device copy of the experts' packing order (m host ints; NULL: none), uploaded when it changed
+const int *dev_order(const int *order, int m) {
+    if (!order) return nullptr;
+    if (S.host_order.size() == (size_t)m && std::memcmp(S.host_order.data(), order, sizeof(int) * m) == 0)
+        return S.order;
+    if (!S.order) S.order = static_cast<int *>(scratch_alloc(sizeof(int) * MAX_EXPERTS));
+    if (m > MAX_EXPERTS) fail("CUDA MoE routing: %d experts, at most %d supported", m, MAX_EXPERTS);
+    S.host_order.assign(order, order + m);
+    upload(S.order, order, sizeof(int) * m);
+    return S.order;
+}
+
 // The router and dispatch on the device, then the layer's one wait: the host needs the counts and offsets
 // (the exchange, the expert GEMMs' sizes, the shuffle) and takes the aux and z losses with them.
 void moe_route_dev(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle) {
@@ -307,7 +319,7 @@ void moe_route_dev(MoeActs *a, const float *inp, const float *router, const int 
     int m = a->m;
     size_t need = sizeof(int) * (size_t)cu_moe_dispatch_scratch_ints((long)a->N * a->k, m);
     int *scratch = static_cast<int *>(dev_grow(reinterpret_cast<void **>(&S.dispatch), &S.cap_dispatch, need));
-    cu_moe_route(S.blas, &c, inp, router, order, scratch, S.stream);
+    cu_moe_route(S.blas, &c, inp, router, dev_order(order, m), scratch, S.stream);
     cu_moe_losses(S.scalars, S.partial, &c, S.stream);
     int *pin = static_cast<int *>(S.pin_route);
     double *pin_losses = reinterpret_cast<double *>(pin + 2 * MAX_EXPERTS);
@@ -448,13 +460,13 @@ void adamw_dev(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, 
 const Backend TABLE = {
     .name = "cuda",
     .device = 1,
-    .alloc = dev_alloc,
     .release = dev_release,
     .alloc_device = dev_alloc_device,
     .resize = dev_resize,
     .alloc_pinned = pinned_alloc,
     .release_pinned = pinned_release,
     .sync = dev_sync,
+    .mpi_access = mpi_access,
     .zero = dev_zero,
     .copy = dev_copy,
     .peak_bytes = dev_peak,
@@ -529,8 +541,8 @@ const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, s
 
 void cuda_backend_close(void) {
     if (!S.open) return;
-    void *bufs[] = {S.batch,       S.loose,       S.perm,    S.dispatch, S.adamw_tables, S.ffn_table,
-                    S.att_scratch, S.rms_scratch, S.scalars, S.partial, S.finite};
+    void *bufs[] = {S.batch,       S.loose,       S.perm,    S.order,   S.dispatch, S.adamw_tables,
+                    S.ffn_table,   S.att_scratch, S.rms_scratch, S.scalars, S.partial, S.finite};
     for (void *b : bufs)
         if (b) { count_release(b); cudaCheck(cudaFree(b)); }
     for (void *p : {S.pin_route, static_cast<void *>(S.pin_scalar), S.pin_finite})

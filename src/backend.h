@@ -4,12 +4,11 @@
 // - "cpu" (backend_cpu.c): those functions themselves;
 // - "cuda" (cuda/backend.cu): the kernels of cuda/ (cuda/kernels.h).
 // No op counts its FLOPs: model.c and the exchange count them where they call an op (flops.h).
-// Buffers a model keeps come from the table's alloc_device when only ops and copy() touch them (parameters,
-// gradients, AdamW state, activations: device memory on cuda; the host reaches the state through copies,
-// model.h's host_params), and from alloc when the host reads or writes them (the MoE rows the exchange's study
-// features touch, the expert order): on cuda CUDA managed memory, which kernels use in place and the host
-// reads only after sync(). Ops queue their work; those that return host values (moe_route's counts,
-// sum_squares, first_nonfinite) wait for it themselves.
+// Buffers a model keeps come from the table's alloc_device (parameters, gradients, AdamW state, activations,
+// the MoE rows and the exchange's buffers: device memory on cuda). Only ops, copy() and a CUDA-aware MPI (see
+// mpi_access) touch them; the host reaches the state through copies (model.h's host_params) and the study
+// features (the DP defence, the recorder) the rows through copies (exchange.c). Ops queue their work; those
+// that return host values (moe_route's counts, sum_squares, first_nonfinite) wait for it themselves.
 #ifndef PCMOE_BACKEND_H
 #define PCMOE_BACKEND_H
 
@@ -23,21 +22,23 @@
 
 typedef struct Backend {
     const char *name;                         // "cpu" or "cuda"
-    int device;                               // 1: alloc gives device memory (MPI needs staging or CUDA-awareness)
-    void *(*alloc)(size_t bytes);             // zero-filled; ends the job when out of memory
-    void (*release)(void *p);                 // (alloc's and alloc_device's)
-    // a buffer only ops and copy() touch, never the host (activations, gradients): cuda: cudaMalloc memory;
-    // zero-filled (queued); cpu: alloc
+    int device;                               // 1: alloc_device gives device memory (MPI: staged, or CUDA-aware)
+    void (*release)(void *p);                 // (alloc_device's and resize's)
+    // a model buffer, zero-filled (queued): cuda: cudaMalloc memory; cpu: host memory
     void *(*alloc_device)(size_t bytes);
-    // a buffer of `bytes` that starts with the first old_bytes of alloc's p (which it replaces; the rest is
-    // not zeroed). cpu: realloc, whose large buffers the kernel remaps rather than copies
+    // a buffer of `bytes` that starts with the first old_bytes of p (alloc_device's or resize's, which it
+    // replaces; the rest is not zeroed). cpu: realloc, whose large buffers the kernel remaps rather than copies
     void *(*resize)(void *p, size_t old_bytes, size_t bytes);
     void *(*alloc_pinned)(size_t bytes);      // host memory for MPI transfers (page-locked on cuda), zero-filled
     void (*release_pinned)(void *p);
     void (*sync)(void);                       // queued ops are done: the host may read their results
+    // A CUDA-aware MPI reads and writes alloc_device memory between mpi_access(1) (after a sync) and
+    // mpi_access(0): nothing to do on a GPU or the CPU; the emulation opens its device memory to the host's
+    // MPI then (and stops when work is still queued: a sync is missing)
+    void (*mpi_access)(int open);
     void (*zero)(void *p, size_t bytes);
     void (*copy)(void *dst, const void *src, size_t bytes); // queued like an op; either side may be host memory
-    size_t (*peak_bytes)(void);               // the most bytes alloc's buffers (and the backend's own) held at once
+    size_t (*peak_bytes)(void);               // the most bytes alloc_device's buffers (and the backend's own) held
     // the pass's tokens and targets (N each, host memory; either may be NULL): cuda uploads them once, and the
     // ops below that take token pointers into these arrays read that copy (cpu: nothing to do)
     void (*batch)(const Token *tokens, const Token *targets, int N);

@@ -20,6 +20,7 @@ static void *cpu_resize(void *p, size_t old_bytes, size_t bytes) {
     return q;
 }
 static void cpu_sync(void) {}
+static void cpu_mpi_access(int open) { (void)open; }
 static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 static size_t cpu_peak(void) { return 0; } // host memory: the process's peak RSS says it
@@ -42,13 +43,13 @@ static size_t cpu_att_work(int T) {
 const Backend backend_cpu = {
     .name = "cpu",
     .device = 0,
-    .alloc = cpu_alloc,
     .release = free,
     .alloc_device = cpu_alloc,
     .resize = cpu_resize,
     .alloc_pinned = cpu_alloc,
     .release_pinned = free,
     .sync = cpu_sync,
+    .mpi_access = cpu_mpi_access,
     .zero = cpu_zero,
     .copy = cpu_copy,
     .peak_bytes = cpu_peak,

@@ -91,7 +91,7 @@ typedef enum { BUF_BACKEND, BUF_TRANSIT, BUF_PINNED } BufKind;
 static void grow(Exchange *ex, float **p, size_t old_rows, size_t rows, int width, BufKind kind) {
     int pinned = kind == BUF_PINNED || (kind == BUF_TRANSIT && ex->staged);
     if (*p) (pinned ? ex->be->release_pinned : ex->be->release)(*p);
-    *p = (pinned ? ex->be->alloc_pinned : ex->be->alloc)(sizeof(float) * rows * width);
+    *p = (pinned ? ex->be->alloc_pinned : ex->be->alloc_device)(sizeof(float) * rows * width);
     ex->bytes += sizeof(float) * (rows - old_rows) * width;
     if (ex->bytes > ex->peak) ex->peak = ex->bytes;
 }
@@ -317,9 +317,12 @@ static void to_owners(Exchange *ex, MsgKind kind, float *own) {
     if (ex->staged)
         comm_alltoallv_rows(ex->comm, kind, ex->stage, ex->send_rows, ex->stage_offs, ex->work, ex->recv_rows,
                             ex->recv_offs, ex->d);
-    else
+    else {
+        ex->be->mpi_access(1);
         comm_alltoallv_rows(ex->comm, kind, own, ex->send_rows, ex->send_offs, ex->work, ex->recv_rows, ex->recv_offs,
                             ex->d);
+        ex->be->mpi_access(0);
+    }
     check_rows(ex, ex->work, ex->recv_rows, ex->recv_offs, kind);
 }
 
@@ -332,8 +335,10 @@ static void to_senders(Exchange *ex, MsgKind kind, float *own) {
         check_rows(ex, ex->stage, ex->send_rows, ex->stage_offs, kind);
         if (own) stage_copy(ex, own, 0);
     } else {
+        ex->be->mpi_access(1);
         comm_alltoallv_rows(ex->comm, kind, ex->work, ex->recv_rows, ex->recv_offs, own, ex->send_rows, ex->send_offs,
                             ex->d);
+        ex->be->mpi_access(0);
         check_rows(ex, own, ex->send_rows, ex->send_offs, kind);
     }
 }
@@ -369,8 +374,82 @@ static double serve_passes(Exchange *ex, const ServeLayer *sl, const float *x, E
     return flops;
 }
 
+// The study features (the DP defence, the recorder, the fault hook) read and write rows on the host. view_get:
+// `bytes` of p as host memory, once the work queued before has run: p itself, or when dev (p is device memory)
+// a copy. view_put, after: a copy goes back to p (bytes of it; 0: it was only read) and is freed.
+static void *view_get(const Exchange *ex, void *p, size_t bytes, int dev) {
+    ex->be->sync();
+    if (!dev || !p) return p;
+    void *h = mallocCheck(bytes ? bytes : 1);
+    ex->be->copy(h, p, bytes);
+    ex->be->sync();
+    return h;
+}
+
+static void view_put(const Exchange *ex, void *p, void *h, size_t bytes, int dev) {
+    if (!dev || !p) return;
+    if (bytes) {
+        ex->be->copy(p, h, bytes);
+        ex->be->sync();
+    }
+    free(h);
+}
+
+// Before this party's rows leave (forward): the DP defence clips them and adds noise (privacy.h), the recorder
+// takes the byte each row stands for, and the fault hook (nan_to: a party, or -1) spoils the first row for it.
+static void study_rows_out(Exchange *ex, int layer, MoeActs *a, int nan_to) {
+    int defended = ex->noise_std > 0.0f || ex->clip_norm > 0.0f, d = ex->d, dev = ex->be->device;
+    int spoil = nan_to >= 0 && ex->send_rows[nan_to] > 0, write = defended || spoil;
+    if (!a || !(write || ex->tap)) return;
+    size_t Nk = (size_t)a->N * a->k, bytes = sizeof(float) * Nk * d;
+    float *xe = write ? view_get(ex, a->xe, bytes, dev) : NULL;
+    for (int p = 0; defended && p < ex->P; p++) {
+        float *x = xe + (size_t)ex->send_offs[p] * d;
+        if (ex->clip_norm > 0.0f)
+            privacy_clip_noise(x, ex->send_rows[p], d, ex->clip_norm, ex->noise_multiplier, &ex->noise);
+        else
+            for (size_t i = 0; i < (size_t)ex->send_rows[p] * d; i++) x[i] += ex->noise_std * rng_normal(&ex->noise);
+    }
+    if (spoil) xe[(size_t)ex->send_offs[nan_to] * d] = NAN;
+    if (write) view_put(ex, a->xe, xe, bytes, dev);
+    if (!ex->tap) return;
+    int *row_choice = view_get(ex, a->row_choice, sizeof(int) * Nk, dev);
+    record_tap(ex->tap, TAP_ROWS_SENT, ex, layer, row_choice, a->k, NULL);
+    view_put(ex, a->row_choice, row_choice, 0, dev);
+}
+
+// Before the output-gradient rows leave (backward): the defence clips them and adds noise, the recorder takes
+// each row's target byte.
+static void study_grads_out(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s) {
+    int d = ex->d, dev = ex->be->device;
+    if (!s || !(ex->clip_norm > 0.0f || ex->tap)) return;
+    size_t Nk = (size_t)a->N * a->k, bytes = sizeof(float) * Nk * d;
+    if (ex->clip_norm > 0.0f) {
+        float *dye = view_get(ex, s->dye, bytes, dev);
+        for (int p = 0; p < ex->P; p++)
+            privacy_clip_noise(dye + (size_t)ex->send_offs[p] * d, ex->send_rows[p], d, ex->grad_clip_norm,
+                               ex->noise_multiplier, &ex->noise);
+        view_put(ex, s->dye, dye, bytes, dev);
+    }
+    if (!ex->tap) return;
+    int *row_choice = view_get(ex, a->row_choice, sizeof(int) * Nk, dev);
+    record_tap(ex->tap, TAP_GRADS_SENT, ex, layer, row_choice, a->k, NULL);
+    view_put(ex, a->row_choice, row_choice, 0, dev);
+}
+
+// The recorder at an owner: the rows that arrived in ex->work (host memory when staged).
+static void study_rows_in(Exchange *ex, TapPoint at, int layer) {
+    if (!ex->tap) return;
+    int dev = ex->be->device && !ex->staged;
+    size_t rows = 0;
+    for (int q = 0; q < ex->P; q++) rows += (size_t)ex->recv_rows[q];
+    float *work = view_get(ex, ex->work, sizeof(float) * rows * ex->d, dev);
+    record_tap(ex->tap, at, ex, layer, NULL, 0, work);
+    view_put(ex, ex->work, work, 0, dev);
+}
+
 void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *flops) {
-    int P = ex->P, K = ex->max_local, d = ex->d;
+    int P = ex->P, K = ex->max_local;
     ServeLayer *sl = &ex->layers[layer];
     // 1. routing counts: each owner learns how many rows of each of its experts will come from each party,
     //    as (expert id, count) pairs it checks against the experts it owns
@@ -407,22 +486,10 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     }
     if (ex->recompute) ensure_expert(ex, (size_t)(most < EXCHANGE_PASS_ROWS ? most : EXCHANGE_PASS_ROWS));
     else ensure_outputs(ex, (size_t)sl->rows);
-    int defended = ex->noise_std > 0.0f || ex->clip_norm > 0.0f;
-    if (a && (defended || ex->tap || ex->fault)) ex->be->sync(); // the host reads / writes a's rows
-    if (a && defended) // the defence: every row that leaves this party is clipped and carries noise (privacy.h)
-        for (int p = 0; p < P; p++) {
-            float *x = a->xe + (size_t)ex->send_offs[p] * d;
-            if (ex->clip_norm > 0.0f)
-                privacy_clip_noise(x, ex->send_rows[p], d, ex->clip_norm, ex->noise_multiplier, &ex->noise);
-            else
-                for (size_t i = 0; i < (size_t)ex->send_rows[p] * d; i++)
-                    x[i] += ex->noise_std * rng_normal(&ex->noise);
-        }
-    if (ex->tap) record_tap(ex->tap, TAP_ROWS_SENT, ex, layer, a); // study only: the byte each sent row stands for
-    if (bad >= 0 && ex->fault == 3 && a && ex->send_rows[bad] > 0) a->xe[(size_t)ex->send_offs[bad] * d] = NAN;
+    study_rows_out(ex, layer, a, ex->fault == 3 ? bad : -1);
     // 2. rows to their owners, which keep them in the serve layout; own rows are copied, never sent
     to_owners(ex, MSG_EXPERT_ROWS, a ? a->xe : NULL);
-    if (ex->tap) record_tap(ex->tap, TAP_ROWS_RECEIVED, ex, layer, a); // study only: what this owner saw
+    study_rows_in(ex, TAP_ROWS_RECEIVED, layer);
     float *x = layer_inputs(ex, sl);
     serve_copy(ex, sl, 0, sl->rows, x, a ? a->xe : NULL, a, 1);
     // 3. each owned expert runs on all its rows, its outputs going where their rows came from: all experts at
@@ -437,44 +504,32 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     to_senders(ex, MSG_EXPERT_OUTPUTS, a ? a->ye : NULL);
 }
 
-// The defence's backward: through the clipping of the rows this party sent, to its rows before it (s->dxe, on
-// the host side). The layer's inputs a->inp are an activation (device memory on a device): read through a copy.
+// The defence's backward: through the clipping of the rows this party sent, to its rows before it (s->dxe).
 static void clip_backward(Exchange *ex, const MoeActs *a, MoeScratch *s) {
-    int d = ex->d;
-    size_t bytes = sizeof(float) * (size_t)a->N * d;
-    const float *inp = a->inp;
-    float *copy = NULL;
-    if (ex->be->device) {
-        copy = mallocCheck(bytes ? bytes : 1);
-        ex->be->copy(copy, a->inp, bytes);
-        inp = copy;
-    }
-    ex->be->sync();
+    int d = ex->d, dev = ex->be->device;
+    size_t Nk = (size_t)a->N * a->k;
+    float *dxe = view_get(ex, s->dxe, sizeof(float) * Nk * d, dev);
+    const float *inp = view_get(ex, (float *)a->inp, sizeof(float) * (size_t)a->N * d, dev);
+    const int *row_choice = view_get(ex, a->row_choice, sizeof(int) * Nk, dev);
     for (int p = 0; p < ex->P; p++)
         for (int i = 0; i < ex->send_rows[p]; i++) {
             int r = ex->send_offs[p] + i;
-            privacy_clip_backward(s->dxe + (size_t)r * d, inp + (size_t)(a->row_choice[r] / a->k) * d, d,
-                                  ex->clip_norm);
+            privacy_clip_backward(dxe + (size_t)r * d, inp + (size_t)(row_choice[r] / a->k) * d, d, ex->clip_norm);
         }
-    free(copy);
+    view_put(ex, s->dxe, dxe, sizeof(float) * Nk * d, dev);
+    view_put(ex, (float *)a->inp, (float *)inp, 0, dev);
+    view_put(ex, a->row_choice, (int *)row_choice, 0, dev);
 }
 
 void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
                        double *flops) {
-    int d = ex->d;
     ServeLayer *sl = &ex->layers[layer];
     float *x = layer_inputs(ex, sl);
     layouts(ex, sl, a);
-    int P = ex->P;
-    if (s && (ex->clip_norm > 0.0f || ex->tap)) ex->be->sync(); // the host reads / writes s's rows
-    if (s && ex->clip_norm > 0.0f) // the defence: output-gradient rows are clipped and carry noise too
-        for (int p = 0; p < P; p++)
-            privacy_clip_noise(s->dye + (size_t)ex->send_offs[p] * d, ex->send_rows[p], d, ex->grad_clip_norm,
-                               ex->noise_multiplier, &ex->noise);
-    if (ex->tap) record_tap(ex->tap, TAP_GRADS_SENT, ex, layer, a); // study only: each gradient row's byte
+    study_grads_out(ex, layer, a, s);
     // 1. gradients w.r.t. the outputs go to the owners
     to_owners(ex, MSG_OUTPUT_GRADS, s ? s->dye : NULL);
-    if (ex->tap) record_tap(ex->tap, TAP_GRADS_RECEIVED, ex, layer, a); // study only: what this owner saw
+    study_rows_in(ex, TAP_GRADS_RECEIVED, layer);
     // 2. owners accumulate their experts' weight gradients and compute input gradients, pass by pass as in the
     //    forward: all experts' outputs' gradients gathered into the serve layout, replaced there by the inputs',
     //    then back where the rows came from; or with recompute each pass alone, its hidden activations first

@@ -46,8 +46,8 @@ struct Comm;        // comm.h: the exchange is the only module below the command
 
 // Owner-side state of one MoE layer, from its forward to its backward. Rows are expert-major: local
 // expert j's rows first, and within them party 0's rows, then party 1's, and so on.
-// Buffers marked [backend] come from the backend's alloc (device memory on cuda), [transit] from alloc
-// when MPI can read them (cpu, or direct), else from alloc_pinned, [host] from malloc.
+// Buffers marked [backend] come from the backend's alloc_device (device memory on cuda), [transit] from
+// alloc_device when MPI can read them (cpu, or direct), else from alloc_pinned, [host] from malloc.
 typedef struct {
     int rows;          // rows served in the last forward
     int *from;         // [host] (P, max_local) rows from party q for local expert j

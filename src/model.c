@@ -200,7 +200,7 @@ static void layer_acts_alloc(Model *m, int l, int local_experts) {
     // a party whose experts run at their owners keeps one row buffer per layer: its packed inputs, its
     // outputs, their gradients, then its inputs' gradients, each read before the next is written
     moe_acts_alloc(&a->moe, (int)N, c->d, c->n_experts, c->top_k, c->expert_ff, local_experts && !shared,
-                   !local_experts, &m->mem.acts, m->be->alloc);
+                   !local_experts, &m->mem.acts, m->be->alloc_device);
     a->moe.renorm = c->router_renorm;
     if (shared) { a->moe.he = m->moe_he; a->moe.ue = m->moe_ue; a->moe.ae = m->moe_ae; }
 }
@@ -219,7 +219,7 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     int E = c->n_experts;
     m->owned = mallocCheck(sizeof(int) * E);
     for (int e = 0; e < E; e++) m->owned[e] = owned ? owned[e] : 1;
-    m->expert_order = be->alloc(sizeof(int) * E); // (read by the device's dispatch)
+    m->expert_order = mallocCheck(sizeof(int) * E); // (host memory: moe_route takes it from there)
     for (int e = 0; e < E; e++) m->expert_order[e] = e;
 
     layout_build(m);
@@ -279,7 +279,7 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     m->att_work_floats = be->attention_work_floats(T);
     m->att_work = act_alloc(m, m->att_work_floats);
     moe_scratch_alloc(&m->moe_scratch, (int)N, c->d, E, c->top_k, c->expert_ff, local_experts, local_experts,
-                      &m->mem.acts, be->alloc);
+                      &m->mem.acts, be->alloc_device);
 }
 
 void model_free(Model *m) {
@@ -306,7 +306,7 @@ void model_free(Model *m) {
     if (m->moe_he) { release(m->moe_he); release(m->moe_ue); release(m->moe_ae); }
     weights_unbind(&m->w, L);
     weights_unbind(&m->g, L);
-    release(m->expert_order);
+    free(m->expert_order);
     if (m->host_params != m->params) m->be->release_pinned(m->host_params);
     free(m->adam_steps); free(m->active); free(m->selected);
     free(m->tensors); free(m->owned);

@@ -26,7 +26,7 @@ typedef struct {
     float *gate_sum;   // (N) sum of the chosen probabilities (the renormaliser; 1 without renorm)
     int *counts;       // (m) rows routed to each expert (host memory)
     int *offsets;      // (m) first packed row of each expert (host memory)
-    int *dev_index;    // (2m) counts then offsets in alloc's memory: the device's own (the cuda backend's)
+    int *dev_index;    // (2m) counts then offsets in the backend's memory: the device's own (cuda's)
     int *row_choice;   // (N*k) packed row -> choice
     int *choice_row;   // (N*k) choice -> packed row
     int *perm;         // (N*k) the private shuffle's permutation (scratch of moe_route; host memory)
@@ -74,7 +74,8 @@ void moe_scratch_alloc(MoeScratch *s, int N, int d, int m, int k, int f, int exp
 void moe_scratch_free(MoeScratch *s, void (*release)(void *));
 
 // Router forward and dispatch: logits, probs, top-k, gates, aux and z losses, per-expert counts, and the
-// packed inputs xe. inp (N, d), router (m, d). order (m): the experts in packing order (NULL: 0..m-1).
+// packed inputs xe. inp (N, d), router (m, d). order (m, host memory): the experts in packing order
+// (NULL: 0..m-1).
 // shuffle: when not NULL, each expert's rows are put in a random order drawn from this private RNG
 // (otherwise they keep token order, which would tell an expert's owner where each token sat).
 void moe_route(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle);

@@ -137,7 +137,7 @@ static int plan_config(const Config *c, const char *path, const char *json_path)
     if (c->threads > 0) omp_set_num_threads(c->threads); // (as a run does; else OMP_NUM_THREADS decides)
 #endif
     Backend be = backend_cpu;
-    be.alloc = be.alloc_device = be.alloc_pinned = reserve;
+    be.alloc_device = be.alloc_pinned = reserve;
     be.release = be.release_pinned = unreserve;
     be.resize = re_reserve;
     if (c->device == DEVICE_CUDA) {

@@ -53,24 +53,24 @@ static void record_block(Recorder *r, RecordFile file, int layer, int peer, int 
 
 // The true byte of each row this party sends to each peer, in sending order: its input byte (forward), or
 // its target, the byte after it (backward: a row's output gradient is mostly about what comes next).
-static void record_truth(Recorder *r, RecordFile file, const Exchange *ex, int layer, const MoeActs *a) {
+static void record_truth(Recorder *r, RecordFile file, const Exchange *ex, int layer, const int *row_choice, int k) {
     const Token *truth = file == REC_GRAD_TRUTH ? r->targets : r->tokens;
     if (!truth) fail("internal: privacy.record_received: a pass without its batch's bytes");
     for (int p = 0; p < ex->P; p++) {
         if (!ex->send_rows[p]) continue;
         uint8_t *bytes = mallocCheck((size_t)ex->send_rows[p]);
         for (int i = 0; i < ex->send_rows[p]; i++) // (the study is of byte-level models: a token is a byte)
-            bytes[i] = (uint8_t)truth[a->row_choice[ex->send_offs[p] + i] / a->k];
+            bytes[i] = (uint8_t)truth[row_choice[ex->send_offs[p] + i] / k];
         record_block(r, file, layer, p, ex->send_rows[p], 1, bytes, 1);
         free(bytes);
     }
 }
 
-// The rows this owner received from each peer (in the exchange's work buffer).
-static void record_received(Recorder *r, RecordFile file, const Exchange *ex, int layer) {
+// The rows this owner received from each peer (`work`: the exchange's work buffer on the host).
+static void record_received(Recorder *r, RecordFile file, const Exchange *ex, int layer, const float *work) {
     for (int q = 0; q < ex->P; q++)
         if (ex->recv_rows[q])
-            record_block(r, file, layer, q, ex->recv_rows[q], ex->d, ex->work + (size_t)ex->recv_offs[q] * ex->d,
+            record_block(r, file, layer, q, ex->recv_rows[q], ex->d, work + (size_t)ex->recv_offs[q] * ex->d,
                          sizeof(float));
 }
 
@@ -88,20 +88,21 @@ static void record_experts(Recorder *r, const Exchange *ex, int layer) {
     }
 }
 
-void record_tap(Recorder *r, TapPoint at, const Exchange *ex, int layer, const MoeActs *a) {
+void record_tap(Recorder *r, TapPoint at, const Exchange *ex, int layer, const int *row_choice, int k,
+                const float *received) {
     switch (at) {
     case TAP_ROWS_SENT:
-        if (a) record_truth(r, REC_TRUTH, ex, layer, a);
+        if (row_choice) record_truth(r, REC_TRUTH, ex, layer, row_choice, k);
         break;
     case TAP_ROWS_RECEIVED:
-        record_received(r, REC_ROWS, ex, layer);
+        record_received(r, REC_ROWS, ex, layer, received);
         record_experts(r, ex, layer);
         break;
     case TAP_GRADS_SENT:
-        if (a) record_truth(r, REC_GRAD_TRUTH, ex, layer, a);
+        if (row_choice) record_truth(r, REC_GRAD_TRUTH, ex, layer, row_choice, k);
         break;
     case TAP_GRADS_RECEIVED:
-        record_received(r, REC_GRADS, ex, layer);
+        record_received(r, REC_GRADS, ex, layer, received);
         break;
     }
 }

@@ -13,10 +13,8 @@
 #define PCMOE_RECORD_H
 
 #include <stddef.h> // size_t
-#include <stdint.h> // uint8_t
 
 #include "token.h"  // Token
-#include "moe.h"    // MoeActs
 
 struct Exchange; // exchange.h
 
@@ -35,9 +33,12 @@ Recorder *record_open(const char *dir, int party);
 // The bytes of the batch the next forward and backward passes compute: tokens, targets (N rows of the
 // model's batch). The truth of the rows sent; the model tells it at the start of each forward.
 void record_batch(Recorder *r, const Token *tokens, const Token *targets);
-// The tap: what crossed at `at` of `layer`'s exchange (ex's layouts and buffers as they are at that point);
-// a: this party's routing of the batch (NULL when it only serves). A failed write is kept for record_commit.
-void record_tap(Recorder *r, TapPoint at, const struct Exchange *ex, int layer, const MoeActs *a);
+// The tap: what crossed at `at` of `layer`'s exchange (ex's layouts as they are at that point), in host
+// memory: row_choice (N*k), this party's packed row -> choice of the batch (NULL when it only serves), with
+// its k; received, the rows in ex's work buffer (the *_RECEIVED points). A failed write is kept for
+// record_commit.
+void record_tap(Recorder *r, TapPoint at, const struct Exchange *ex, int layer, const int *row_choice, int k,
+                const float *received);
 // Ends a step of recording. Returns 0 when every record file was written whole; otherwise 1 with
 // "privacy.record_received: FILE: cannot write: why" in err, every file cut back to the end of the last
 // committed step (so the received rows and their true bytes stay aligned block for block).

@@ -32,6 +32,9 @@ misuse host-device "the host touched device memory .*cudaMalloc memory is for th
 misuse managed-early "after a wait 7.*" "managed memory reads fine after a wait"
 misuse managed-early "the host touched managed memory .* a synchronisation is missing" \
     "host access to managed memory before a wait stops the program"
+misuse mpi-direct "after a wait MPI reads 7" "device memory handed to MPI after a wait is read"
+misuse mpi-direct "device memory handed to MPI with device work still queued: a synchronisation is missing" \
+    "device memory handed to MPI with work queued stops the program"
 misuse grouped-host "host arrays: status 7; device arrays: C\[0\] = 4" \
     "a grouped GEMM's pointer arrays in host memory are refused (in device memory: C = 4)"
 finish

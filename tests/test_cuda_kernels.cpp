@@ -565,6 +565,8 @@ static void check_all(cublasHandle_t h) {
 //   event-early:   the host waits on an event recorded before the work: NaN;
 //   host-device:   the host reads cudaMalloc memory: the emulator stops it;
 //   managed-early: the host reads managed memory a queued kernel writes, before waiting: stopped too;
+//   mpi-direct:    device memory handed to MPI (the host's, standing in for a CUDA-aware one) after a wait is
+//                  read; handed with a kernel still queued, the emulator stops it;
 //   grouped-host:  a grouped GEMM given its pointer arrays in host memory (a GPU would fault): refused, and a
 //                  device copy of the same arrays works.
 static int misuse(const char *kind) {
@@ -605,6 +607,16 @@ static int misuse(const char *kind) {
         std::fflush(stdout);
         misuse_fill(man, 8.0f, 64, s);
         std::printf("managed-early: before a wait %g\n", man[0]); // BUG: the kernel is still queued
+    } else if (!std::strcmp(kind, "mpi-direct")) {
+        misuse_fill(d, 7.0f, 64, s);
+        cudaCheck(cudaStreamSynchronize(s));
+        emu_mpi_access(1);
+        std::printf("mpi-direct: after a wait MPI reads %g\n", d[0]); // fine: what MPI_Send would read
+        emu_mpi_access(0);
+        std::fflush(stdout);
+        misuse_fill(d, 8.0f, 64, s);
+        emu_mpi_access(1); // BUG: the kernel is still queued
+        std::printf("mpi-direct: before a wait MPI reads %g\n", d[0]);
     } else if (!std::strcmp(kind, "grouped-host")) {
         misuse_fill(d, 1.0f, 64, s); // A (4, 4) and B (4, 4) all ones: C = 4 everywhere
         const float *a[1] = {d}, *b[1] = {d + 16};

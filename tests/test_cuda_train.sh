@@ -12,7 +12,8 @@
 #  5. pcmoe over MPI, 3 parties, 20 steps, both ways rows reach MPI (staged, direct), with the same
 #     audited traffic, the served experts in grouped calls (without recompute) too, and NaN rows from a
 #     peer refused on both; device memory by category against the backend allocator's peak; the DP
-#     defence (privacy.clip_norm, noise) on cuda gives the CPU's losses;
+#     defence (privacy.clip_norm, noise) on cuda gives the CPU's losses; the study's recorder on cuda
+#     records the CPU's rows;
 #  6. run.tf32 = true (the default; the parity runs above set false) changes the GEMMs (a little);
 #  7. the emulator's counts (PCMOE_EMU_COUNTS): host waits per training step at most 1 + 1 per MoE layer,
 #     and kernel launches and GEMMs within this size's budget; the fedavg baseline, whose averaging waits
@@ -154,6 +155,48 @@ PY
 DP="--set privacy.clip_norm=1 --set privacy.grad_clip_norm=0.1 --set privacy.noise_multiplier=0.5"
 for dev in cpu cuda; do runmpi "$TMP/dp_$dev" "$TMP/p2.ini" $SHORT $DP --set run.device=$dev; done
 same "$TMP/dp_cpu" "$TMP/dp_cuda" "pcmoe over MPI with the DP defence, 2 parties, cuda vs cpu"
+
+# 5c. the study's recorder on cuda (privacy.record_received: it reads the rows and their truth through host
+#     copies of device memory): the truth and the experts reached are the CPU's byte for byte, the rows
+#     received the CPU's within 1e-5 of each block's largest, and staged and direct record the same bytes
+for w in cpu staged direct; do
+    dev=cuda aw=off
+    [ "$w" = cpu ] && dev=cpu
+    [ "$w" = direct ] && aw=on
+    runmpi "$TMP/rec_$w" "$TMP/p2.ini" $SHORT --set run.device=$dev --set run.cuda_aware_mpi=$aw \
+        --set privacy.record_received="$TMP/rec_$w/record"
+done
+rec_same=1
+for p in 0 1; do
+    for f in truth truth_grads received_experts; do
+        cmp -s "$TMP/rec_cpu/record/${f}_party_$p.bin" "$TMP/rec_staged/record/${f}_party_$p.bin" || rec_same=0
+    done
+    for f in truth truth_grads received_experts received received_grads; do
+        cmp -s "$TMP/rec_staged/record/${f}_party_$p.bin" "$TMP/rec_direct/record/${f}_party_$p.bin" || rec_same=0
+    done
+done
+if [ $rec_same = 1 ]; then ok "recorder on cuda: truth and experts as on cpu, staged and direct records identical"
+else fail "recorder on cuda: the records differ (cmp $TMP/rec_*/record/*.bin)"; fi
+if out=$("$PYTHON" - "$TMP/rec_cpu/record" "$TMP/rec_staged/record" <<'PY'
+import struct, sys
+def blocks(path):  # (header, floats) of every block: header (layer, peer, rows, width), then rows x width floats
+    b, at, out = open(path, "rb").read(), 0, []
+    while at < len(b):
+        h = struct.unpack_from("4i", b, at); n = h[2] * h[3]; at += 16
+        out.append((h, struct.unpack_from("%df" % n, b, at))); at += 4 * n
+    return out
+worst, rows = 0.0, 0
+for f in ("received_party_0", "received_party_1", "received_grads_party_0", "received_grads_party_1"):
+    a, c = blocks("%s/%s.bin" % (sys.argv[1], f)), blocks("%s/%s.bin" % (sys.argv[2], f))
+    assert [h for h, _ in a] == [h for h, _ in c], f + ": the blocks differ"
+    for (h, x), (_, y) in zip(a, c):  # relative to the block's largest element (gradient rows are tiny)
+        rows += h[2]
+        scale = max(abs(u) for u in x) or 1.0
+        worst = max([worst] + [abs(u - v) / scale for u, v in zip(x, y)])
+assert rows > 0 and worst <= 1e-5, "%d rows, worst %.2e" % (rows, worst)
+print("%d rows received, worst relative difference %.2e" % (rows, worst))
+PY
+); then ok "recorder on cuda vs cpu: $out"; else fail "recorder on cuda vs cpu: $out"; fi
 
 # 6. run.tf32 = true reaches cuBLAS (the emulation rounds GEMM inputs to TF32): losses move, a little
 run1 "$TMP/tf32" input/tiny.ini $SHORT --set run.device=cuda --set run.tf32=true

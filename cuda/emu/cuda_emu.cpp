@@ -243,6 +243,7 @@ struct Device {
     std::map<cudaStream_t, unsigned long long> last; // seq of each stream's last work
     std::vector<Poison> poisoned;       // pinned destinations of queued copies, NaN for the host meanwhile
     int draining = 0;
+    int mpi_open = 0;                   // emu_mpi_access: the host's MPI may touch device memory
     int reverse = 0;                    // emu_set_reverse: for the launches queued from now
     EmuCounters count = {0, 0, 0};
     int handler = 0;
@@ -273,12 +274,13 @@ const Alloc *find_alloc(uintptr_t a, uintptr_t *start) {
     return &it->second;
 }
 
-// Device memory is open only while queued work runs; managed memory also whenever nothing is queued.
+// Device memory is open only while queued work runs (or MPI reads it); managed memory also whenever nothing
+// is queued.
 void set_access(int running) {
     for (auto &kv : D.allocs) {
         Alloc &a = kv.second;
         if (a.kind == PINNED) continue;
-        int open = running || (a.kind == MANAGED && D.queue.empty());
+        int open = running || D.mpi_open || (a.kind == MANAGED && D.queue.empty());
         if (open == a.open) continue;
         if (mprotect(reinterpret_cast<void *>(kv.first), a.mapped, open ? PROT_READ | PROT_WRITE : PROT_NONE))
             emu_abort("mprotect failed");
@@ -481,6 +483,13 @@ static int is_kind(const void *p, Kind k) {
     return a && a->kind == k;
 }
 static int is_host(const void *p) { return !find_alloc(reinterpret_cast<uintptr_t>(p), nullptr) || is_kind(p, PINNED); }
+void emu_mpi_access(int open) {
+    if (open && !D.queue.empty())
+        emu_abort("device memory handed to MPI with device work still queued: a synchronisation is missing");
+    D.mpi_open = open;
+    set_access(0);
+}
+
 int emu_is_device(const void *p, size_t bytes) {
     uintptr_t start = 0, a = reinterpret_cast<uintptr_t>(p);
     const Alloc *al = find_alloc(a, &start);

@@ -116,6 +116,9 @@ void emu_enqueue(cudaStream_t stream, std::function<void()> fn, int gemm);
 void *emu_dynamic_smem(void);            // the running launch's dynamic shared memory
 // 1 when [p, p + bytes) lies in one cudaMalloc or managed allocation (what device-side tables must be in)
 int emu_is_device(const void *p, size_t bytes);
+// The host's MPI stands in for a CUDA-aware one: between emu_mpi_access(1) and (0) device memory is open to
+// the host. Opening with work queued stops the program (MPI would read what the device has not written yet).
+void emu_mpi_access(int open);
 void emu_set_reverse(int reverse);       // 1: a block's threads start in reverse order (from the next launch)
 void emu_set_max_dynamic_smem(size_t n); // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
 typedef struct {
