@@ -54,7 +54,9 @@ struct State {
     size_t cap_perm = 0;
     int *dispatch = nullptr;                       // the dispatch's per-chunk counts
     size_t cap_dispatch = 0;
-    void *pin_route = nullptr;                     // (2 m ints, 2 doubles) a MoE layer's counts, offsets, aux, z
+    void *pin_route = nullptr;                     // (2 m ints, 2 + m doubles) a MoE layer's counts, offsets, aux, z,
+                                                   // probability sums
+    int *aux_counts = nullptr;                     // (MAX_EXPERTS) a party's counts for its aux loss's gradient
     void *att_scratch = nullptr;                   // attention scratch
     void *rms_scratch = nullptr;                   // the RMSNorm and QK-norm weight gradients' partial sums
     size_t cap_att = 0, cap_rms = 0;               // their sizes in bytes (each grown to the largest use)
@@ -325,11 +327,13 @@ void moe_route_dev(MoeActs *a, const float *inp, const float *router, const int 
     double *pin_losses = reinterpret_cast<double *>(pin + 2 * MAX_EXPERTS);
     cudaCheck(cudaMemcpyAsync(pin, a->dev_index, sizeof(int) * 2 * m, cudaMemcpyDeviceToHost, S.stream));
     cudaCheck(cudaMemcpyAsync(pin_losses, S.scalars, 2 * sizeof(double), cudaMemcpyDeviceToHost, S.stream));
+    cudaCheck(cudaMemcpyAsync(pin_losses + 2, S.partial, sizeof(double) * m, cudaMemcpyDeviceToHost, S.stream));
     dev_sync();
     std::memcpy(a->counts, pin, sizeof(int) * m);
     std::memcpy(a->offsets, pin + m, sizeof(int) * m);
     a->aux = pin_losses[0];
     a->z = pin_losses[1];
+    std::memcpy(a->psum, pin_losses + 2, sizeof(double) * m); // (moe_losses_partial_kernel's sums)
     int *perm = nullptr;
     if (shuffle) { // drawn on the host, as the CPU path does, then uploaded
         size_t bytes = sizeof(int) * (size_t)a->N * a->k;
@@ -385,8 +389,12 @@ void moe_experts_bwd(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw)
 void moe_route_bwd(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp, const float *router,
                    float aux_coef, float z_coef) {
     CuMoeActs c = view(a);
+    if (a->party_rows) {
+        if (!S.aux_counts) S.aux_counts = static_cast<int *>(scratch_alloc(sizeof(int) * MAX_EXPERTS));
+        upload(S.aux_counts, a->party_counts, sizeof(int) * a->m);
+    }
     cu_moe_route_backward(S.blas, dinp, drouter, s->dlogits, s->dxe, s->dgates, &c, inp, router, aux_coef, z_coef,
-                          S.stream);
+                          a->party_rows ? S.aux_counts : nullptr, a->party_rows, S.stream);
 }
 // out[i] = the sum of squares of array i, each on the device, then one wait for all of them
 // (MAX_SCALARS at a time: one wait each)
@@ -533,7 +541,7 @@ const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, s
         int ss = cu_sum_squares_scratch_doubles(), ml = cu_moe_losses_scratch_doubles(MAX_EXPERTS);
         S.partial = static_cast<double *>(scratch_alloc(sizeof(double) * (ss > ml ? ss : ml)));
         cudaCheck(cudaMallocHost(reinterpret_cast<void **>(&S.pin_scalar), MAX_SCALARS * sizeof(double)));
-        cudaCheck(cudaMallocHost(&S.pin_route, 2 * MAX_EXPERTS * sizeof(int) + 2 * sizeof(double)));
+        cudaCheck(cudaMallocHost(&S.pin_route, 2 * MAX_EXPERTS * sizeof(int) + (2 + MAX_EXPERTS) * sizeof(double)));
         S.open = 1;
     }
     return &TABLE;
@@ -542,7 +550,7 @@ const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, s
 void cuda_backend_close(void) {
     if (!S.open) return;
     void *bufs[] = {S.batch,       S.loose,       S.perm,    S.order,   S.dispatch, S.adamw_tables,
-                    S.ffn_table,   S.att_scratch, S.rms_scratch, S.scalars, S.partial, S.finite};
+                    S.ffn_table,   S.att_scratch, S.rms_scratch, S.scalars, S.partial, S.finite, S.aux_counts};
     for (void *b : bufs)
         if (b) { count_release(b); cudaCheck(cudaFree(b)); }
     for (void *p : {S.pin_route, static_cast<void *>(S.pin_scalar), S.pin_finite})

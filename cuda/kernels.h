@@ -157,10 +157,12 @@ void cu_moe_experts_backward(cublasHandle_t h, float *dxe, float *dhe, float *du
                              const CuMoeActs *a, float *const *gate, float *const *up, float *const *down,
                              float *const *dgate, float *const *dup, float *const *ddown, const int *counts,
                              const int *offsets, CuTable t, cudaStream_t stream);
-// dinp (N, d) += unpacked dxe and the router's input gradient; drouter (m, d) +=; dlogits (N, m) scratch
+// dinp (N, d) += unpacked dxe and the router's input gradient; drouter (m, d) +=; dlogits (N, m) scratch.
+// aux_counts (m, device) over aux_rows rows: the aux loss's fractions (a party of several ranks: its ranks'
+// counts); NULL: a->counts over N.
 void cu_moe_route_backward(cublasHandle_t h, float *dinp, float *drouter, float *dlogits, const float *dxe,
                            const float *dgates, const CuMoeActs *a, const float *inp, const float *router,
-                           float aux_coef, float z_coef, cudaStream_t stream);
+                           float aux_coef, float z_coef, const int *aux_counts, int aux_rows, cudaStream_t stream);
 
 // matmul.cu (cuBLAS, fp32): out (N, n_out) = inp (N, n_in) @ w^T, w (n_out, n_in) row-major;
 // dinp += dout @ w (skipped when dinp is NULL), dw += dout^T @ inp

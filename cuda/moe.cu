@@ -205,14 +205,14 @@ __global__ void unpack_kernel(float *dinp, const float *dxe, const int *choice_r
 // Switch aux loss (fractions held constant) and the z-loss; the formula of src/moe.c
 __global__ void router_backward_kernel(float *dlogits, const float *probs, const float *lse, const int *topk,
                                        const float *gates, const float *gate_sum, const float *dgates,
-                                       const int *counts, int N, int m, int k, int renorm, float aux_coef,
-                                       float z_coef) {
+                                       const int *counts, int aux_rows, int N, int m, int k, int renorm,
+                                       float aux_coef, float z_coef) {
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
     const float *p = probs + (long)n * m, *g = gates + (long)n * k, *dg = dgates + (long)n * k;
     const int *top = topk + (long)n * k;
     float *dl = dlogits + (long)n * m;
-    for (int e = 0; e < m; e++) dl[e] = (float)(aux_coef * (double)m * counts[e] / ((double)N * k) / N);
+    for (int e = 0; e < m; e++) dl[e] = (float)(aux_coef * (double)m * counts[e] / ((double)aux_rows * k) / aux_rows);
     float dot = 0.0f;
     for (int j = 0; j < k && renorm; j++) dot += dg[j] * g[j];
     for (int j = 0; j < k; j++) dl[top[j]] += (dg[j] - dot) / gate_sum[n];
@@ -325,11 +325,12 @@ void cu_moe_experts_backward(cublasHandle_t h, float *dxe, float *dhe, float *du
 
 void cu_moe_route_backward(cublasHandle_t h, float *dinp, float *drouter, float *dlogits, const float *dxe,
                            const float *dgates, const CuMoeActs *a, const float *inp, const float *router,
-                           float aux_coef, float z_coef, cudaStream_t stream) {
+                           float aux_coef, float z_coef, const int *aux_counts, int aux_rows, cudaStream_t stream) {
     LAUNCH(unpack_kernel, ceil_div((long)a->N * a->d, 256), 256, 0, stream, dinp, dxe, a->choice_row, a->N, a->d, a->k);
     cudaCheck(cudaGetLastError());
     LAUNCH(router_backward_kernel, ceil_div(a->N, 128), 128, 0, stream, dlogits, a->probs, a->lse, a->topk, a->gates,
-           a->gate_sum, dgates, a->counts, a->N, a->m, a->k, a->renorm, aux_coef, z_coef);
+           a->gate_sum, dgates, aux_counts ? aux_counts : a->counts, aux_counts ? aux_rows : a->N, a->N, a->m, a->k,
+           a->renorm, aux_coef, z_coef);
     cudaCheck(cudaGetLastError());
     cublasMath_t mode = router_math_begin(h);
     cu_matmul_backward(h, dinp, drouter, dlogits, inp, router, a->N, a->d, a->m);

@@ -626,7 +626,7 @@ static int attack_config(Study *st) {
     int step, party;
     Config *run = mallocCheck(sizeof(Config));
     ckpt_party_file(path, sizeof path, a->ckpt_dir, a->attacker);
-    int bad = ckpt_peek(path, text, text_len, &step, &party, err, sizeof err) ||
+    int local = 0, bad = ckpt_peek(path, text, text_len, &step, &party, &local, err, sizeof err) ||
               config_load_text(run, text, why, sizeof why);
     if (!bad) {
         memcpy(run->data_path, st->c->data_path, sizeof st->c->data_path);
@@ -656,8 +656,8 @@ static int attack_setup(Study *st) {
     char err[2048];
     st->mc = model_config_from(c);
     model_create(&st->m, &st->mc, NULL, 1, c->batch_size, c->seq_len);
-    if (ckpt_read_weights(&st->m, a->ckpt_dir, a->white_box ? a->victim : a->attacker, 0, c->n_parties, err,
-                          sizeof err) ||
+    if (ckpt_read_weights(&st->m, a->ckpt_dir, a->white_box ? a->victim : a->attacker, 0, c->n_parties,
+                          c->ranks_per_party, err, sizeof err) ||
         data_load(&st->ds, c->data_path[a->attacker], c->val_fraction, c->seq_len, 12345, NULL, -1, err, sizeof err)) {
         fprintf(stderr, "pcmoe: error: %s\n", err);
         return 2;

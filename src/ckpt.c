@@ -11,7 +11,7 @@
 #include <sys/stat.h> // stat
 #include <unistd.h>   // unlink
 
-#include "pool.h"     // pool_owner
+#include "pool.h"     // pool_owner_rank
 #include "util.h"     // error_set, mallocCheck, write_all_sync
 
 // All HDF5 calls report through h5ok: the first failure is recorded as a message, later calls are
@@ -147,6 +147,7 @@ int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
         attr_int(&x, meta, "step", s->step);
         attr_int(&x, meta, "party", s->party);
         attr_int(&x, meta, "n_parties", s->c->n_parties);
+        attr_int(&x, meta, "local_rank", s->local);
         attr_str(&x, meta, "mode", MODE_NAMES[s->c->mode]);
         attr_str(&x, meta, "schedule", SCHEDULE_NAMES[s->c->schedule]);
         attr_str(&x, meta, "config", text.s);
@@ -158,6 +159,7 @@ int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
     char p[256];
     for (int i = 0; i < m->n_tensors && !x.failed; i++) {
         const ParamTensor *t = &m->tensors[i];
+        if (s->local > 0 && t->expert < 0) continue; // (the party's rank 0 writes its backbone)
         tensor_path(p, sizeof p, "", t);
         write_floats(&x, file, lcpl, p, t, m->host_params + t->offset, -1);
         tensor_path(p, sizeof p, "/optim/adam_m", t);
@@ -166,7 +168,7 @@ int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
         write_floats(&x, file, lcpl, p, t, m->host_adam_v + t->offset, -1);
     }
     // samplers and the private shuffle
-    for (int i = 0; i < s->n_data && !x.failed; i++) {
+    for (int i = 0; s->local == 0 && i < s->n_data && !x.failed; i++) {
         snprintf(p, sizeof p, "/data/rng_party_%d", s->first_data + i);
         write_u64(&x, file, lcpl, p, s->data_rng[i].s, 4);
     }
@@ -319,7 +321,16 @@ static hid_t open_file(H5Ctx *x, const char *path) {
     return file;
 }
 
-int ckpt_peek(const char *path, char *config, size_t text_len, int *step, int *party, char *err, size_t len) {
+// An integer attribute that files before it lack: def when absent.
+static int read_attr_int_or(H5Ctx *x, hid_t obj, const char *name, int *v, int def) {
+    if (x->failed) return 0;
+    *v = def;
+    htri_t has = H5Aexists(obj, name);
+    return has > 0 ? read_attr_int(x, obj, name, v) : h5ok(x, has, "H5Aexists", name);
+}
+
+int ckpt_peek(const char *path, char *config, size_t text_len, int *step, int *party, int *local, char *err,
+              size_t len) {
     H5Ctx x = {err, len, path, 0};
     hid_t file = open_file(&x, path);
     if (file < 0) return 2;
@@ -335,6 +346,7 @@ int ckpt_peek(const char *path, char *config, size_t text_len, int *step, int *p
         }
         read_attr_int(&x, meta, "step", step);
         read_attr_int(&x, meta, "party", party);
+        read_attr_int_or(&x, meta, "local_rank", local, 0);
         read_attr_str(&x, meta, "config", config, text_len);
         H5Gclose(meta);
     }
@@ -342,85 +354,156 @@ int ckpt_peek(const char *path, char *config, size_t text_len, int *step, int *p
     return x.failed ? 2 : 0;
 }
 
-int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
-    H5Ctx x = {err, len, path, 0};
+// Checks /meta of an open file against s: format, party, party count, mode and the model keys of the stored
+// config (parties.ranks_per_party may differ). Gives the file's step, its rank in its party (local_rank; 0 in
+// files written before parties had several ranks) and its run's ranks per party.
+static int check_meta(H5Ctx *x, hid_t file, const CkptState *s, int *step, int *local, int *ranks) {
     const Config *c = s->c;
-    hid_t file = open_file(&x, path);
-    if (file < 0) return 2;
-    // meta: what run this file belongs to
+    const char *path = x->file;
     hid_t meta = H5Gopen2(file, "/meta", H5P_DEFAULT);
-    if (meta < 0) { error_set(err, len, "%s: missing group /meta", path); H5Fclose(file); return 2; }
-    int version = 0, step = 0, party = 0, n_parties = 0;
+    if (meta < 0) { error_set(x->err, x->len, "%s: missing group /meta", path); x->failed = 1; return 0; }
+    int version = 0, party = 0, n_parties = 0;
     char mode[32] = "", schedule[32] = "", *text = mallocCheck(1 << 20);
-    read_attr_int(&x, meta, "format_version", &version);
-    if (!x.failed && version != CKPT_FORMAT_VERSION) {
-        error_set(err, len, "%s: checkpoint format version %d, this pcmoe reads %d", path, version,
+    read_attr_int(x, meta, "format_version", &version);
+    if (!x->failed && version != CKPT_FORMAT_VERSION) {
+        error_set(x->err, x->len, "%s: checkpoint format version %d, this pcmoe reads %d", path, version,
                   CKPT_FORMAT_VERSION);
-        x.failed = 1;
+        x->failed = 1;
     }
-    read_attr_int(&x, meta, "step", &step);
-    read_attr_int(&x, meta, "party", &party);
-    read_attr_int(&x, meta, "n_parties", &n_parties);
-    read_attr_str(&x, meta, "mode", mode, sizeof mode);
-    read_attr_str(&x, meta, "schedule", schedule, sizeof schedule);
-    read_attr_str(&x, meta, "config", text, 1 << 20);
+    read_attr_int(x, meta, "step", step);
+    read_attr_int(x, meta, "party", &party);
+    read_attr_int(x, meta, "n_parties", &n_parties);
+    read_attr_int_or(x, meta, "local_rank", local, 0);
+    read_attr_str(x, meta, "mode", mode, sizeof mode);
+    read_attr_str(x, meta, "schedule", schedule, sizeof schedule);
+    read_attr_str(x, meta, "config", text, 1 << 20);
     H5Gclose(meta);
-    if (!x.failed && step < 0) { error_set(err, len, "%s: negative step %d", path, step); x.failed = 1; }
-    if (!x.failed && party != s->party) {
-        error_set(err, len, "%s: holds party %d, expected party %d", path, party, s->party);
-        x.failed = 1;
+    if (!x->failed && *step < 0) { error_set(x->err, x->len, "%s: negative step %d", path, *step); x->failed = 1; }
+    if (!x->failed && party != s->party) {
+        error_set(x->err, x->len, "%s: holds party %d, expected party %d", path, party, s->party);
+        x->failed = 1;
     }
-    if (!x.failed && n_parties != c->n_parties) {
-        error_set(err, len, "%s: written by a run of %d parties, config has parties.count = %d", path, n_parties,
-                  c->n_parties);
-        x.failed = 1;
+    if (!x->failed && n_parties != c->n_parties) {
+        error_set(x->err, x->len, "%s: written by a run of %d parties, config has parties.count = %d", path,
+                  n_parties, c->n_parties);
+        x->failed = 1;
     }
-    if (!x.failed && strcmp(mode, MODE_NAMES[c->mode])) {
-        error_set(err, len, "%s: written in parties.mode = %s, config has %s", path, mode, MODE_NAMES[c->mode]);
-        x.failed = 1;
+    if (!x->failed && strcmp(mode, MODE_NAMES[c->mode])) {
+        error_set(x->err, x->len, "%s: written in parties.mode = %s, config has %s", path, mode, MODE_NAMES[c->mode]);
+        x->failed = 1;
     }
-    if (!x.failed) { // the model keys must match; training keys may change
+    if (!x->failed) { // the model keys must match; training keys (and the ranks per party) may change
         Config *stored = mallocCheck(sizeof(Config));
         char why[1024];
         if (config_load_text(stored, text, why, sizeof why)) {
-            error_set(err, len, "%s: stored config unreadable: %s", path, why);
-            x.failed = 1;
+            error_set(x->err, x->len, "%s: stored config unreadable: %s", path, why);
+            x->failed = 1;
         } else if (config_diff_model(stored, c, 1, why, sizeof why)) {
-            error_set(err, len, "%s: another model: %s", path, why);
-            x.failed = 1;
+            error_set(x->err, x->len, "%s: another model: %s", path, why);
+            x->failed = 1;
+        } else if (*local < 0 || *local >= stored->ranks_per_party) {
+            error_set(x->err, x->len, "%s: local rank %d of a party of %d ranks", path, *local,
+                      stored->ranks_per_party);
+            x->failed = 1;
         }
+        *ranks = stored->ranks_per_party;
         free(stored);
     }
     free(text);
-    // weights and AdamW state, each checked for presence, type and shape
-    Model *m = s->m;
+    return !x->failed;
+}
+
+// Tensor i of m from an open file: its weights (checked finite) and AdamW moments and step count, each checked
+// for presence, type and shape.
+static void read_tensor_state(H5Ctx *x, hid_t file, Model *m, int i) {
+    const ParamTensor *t = &m->tensors[i];
+    hsize_t dims[2] = {(hsize_t)t->rows, (hsize_t)t->cols};
+    int nd = t->cols == 1 ? 1 : 2;
     char p[256];
-    for (int i = 0; i < m->n_tensors && !x.failed; i++) {
-        const ParamTensor *t = &m->tensors[i];
-        hsize_t dims[2] = {(hsize_t)t->rows, (hsize_t)t->cols};
-        int nd = t->cols == 1 ? 1 : 2;
-        tensor_path(p, sizeof p, "", t);
-        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->host_params + t->offset, NULL);
-        if (!x.failed && !finite_all(m->host_params + t->offset, t->numel)) {
-            error_set(err, len, "%s: %s holds NaN or Inf", path, p);
-            x.failed = 1;
-        }
-        tensor_path(p, sizeof p, "/optim/adam_m", t);
-        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->host_adam_m + t->offset, &m->adam_steps[i]);
-        tensor_path(p, sizeof p, "/optim/adam_v", t);
-        read_data(&x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->host_adam_v + t->offset, NULL);
+    tensor_path(p, sizeof p, "", t);
+    read_data(x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->host_params + t->offset, NULL);
+    if (!x->failed && !finite_all(m->host_params + t->offset, t->numel)) {
+        error_set(x->err, x->len, "%s: %s holds NaN or Inf", x->file, p);
+        x->failed = 1;
     }
-    for (int i = 0; i < s->n_data && !x.failed; i++) {
-        hsize_t four[1] = {4};
+    tensor_path(p, sizeof p, "/optim/adam_m", t);
+    read_data(x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->host_adam_m + t->offset, &m->adam_steps[i]);
+    tensor_path(p, sizeof p, "/optim/adam_v", t);
+    read_data(x, file, p, nd, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, m->host_adam_v + t->offset, NULL);
+}
+
+// The samplers (data: s's n_data of them) and the private shuffle (shuffle, when s has one) from an open file.
+static void read_rngs(H5Ctx *x, hid_t file, CkptState *s, int data, int shuffle) {
+    hsize_t four[1] = {4};
+    char p[64];
+    for (int i = 0; data && i < s->n_data && !x->failed; i++) {
         snprintf(p, sizeof p, "/data/rng_party_%d", s->first_data + i);
-        read_data(&x, file, p, 1, four, H5T_NATIVE_UINT64, H5T_INTEGER, 8, s->data_rng[i].s, NULL);
+        read_data(x, file, p, 1, four, H5T_NATIVE_UINT64, H5T_INTEGER, 8, s->data_rng[i].s, NULL);
     }
-    if (s->shuffle && !x.failed) {
-        hsize_t four[1] = {4};
-        read_data(&x, file, "/data/shuffle_rng", 1, four, H5T_NATIVE_UINT64, H5T_INTEGER, 8, s->shuffle->s, NULL);
-    }
+    if (shuffle && s->shuffle && !x->failed)
+        read_data(x, file, "/data/shuffle_rng", 1, four, H5T_NATIVE_UINT64, H5T_INTEGER, 8, s->shuffle->s, NULL);
+}
+
+int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
+    H5Ctx x = {err, len, path, 0};
+    hid_t file = open_file(&x, path);
+    if (file < 0) return 2;
+    int step = 0, local = 0, ranks = 1;
+    check_meta(&x, file, s, &step, &local, &ranks);
+    for (int i = 0; i < s->m->n_tensors && !x.failed; i++) // (a party's rank > 0 holds no backbone)
+        if (local == 0 || s->m->tensors[i].expert >= 0) read_tensor_state(&x, file, s->m, i);
+    read_rngs(&x, file, s, local == 0, 1);
     H5Fclose(file);
     s->step = step;
+    s->stored_ranks = ranks;
+    return x.failed ? 2 : 0;
+}
+
+// ckpt_load_party: one of the checkpoint's files of party s->party, opened once and its meta checked (the same
+// step as the party's rank-0 file). files (ranks): the open files, -1 until opened.
+static hid_t party_file(H5Ctx *x, const char *dir, const CkptState *s, hid_t *files, int local, int ranks,
+                        int step0, char *path, size_t path_len) {
+    ckpt_rank_file(path, path_len, dir, s->party, local);
+    x->file = path;
+    if (files[local] >= 0 || x->failed) return files[local];
+    files[local] = open_file(x, path);
+    int step = 0, got = 0, r = 0;
+    if (files[local] >= 0 && check_meta(x, files[local], s, &step, &got, &r) && (step != step0 || got != local ||
+                                                                                  r != ranks)) {
+        error_set(x->err, x->len, "%s: step %d, rank %d of %d: does not belong with its party's rank-0 file (step %d, "
+                  "%d ranks)", path, step, got, r, step0, ranks);
+        x->failed = 1;
+    }
+    return files[local];
+}
+
+int ckpt_load_party(const char *dir, CkptState *s, char *err, size_t len) {
+    char path0[4200], path[4200];
+    ckpt_rank_file(path0, sizeof path0, dir, s->party, 0);
+    H5Ctx x = {err, len, path0, 0};
+    hid_t file0 = open_file(&x, path0);
+    if (file0 < 0) return 2;
+    int step = 0, local = 0, R = 1, N = s->c->n_parties;
+    check_meta(&x, file0, s, &step, &local, &R);
+    hid_t *files = mallocCheck(sizeof(hid_t) * (size_t)R);
+    for (int i = 0; i < R; i++) files[i] = i == 0 ? file0 : -1;
+    Model *m = s->m;
+    for (int i = 0; i < m->n_tensors && !x.failed; i++) { // each tensor from the rank that held it
+        int e = m->tensors[i].expert, at = e < 0 ? 0 : pool_owner_rank(e, N, R) % R;
+        hid_t f = party_file(&x, dir, s, files, at, R, step, path, sizeof path);
+        if (!x.failed) read_tensor_state(&x, f, m, i);
+    }
+    x.file = path0;
+    read_rngs(&x, file0, s, 1, 0);
+    if (s->local < R) { // the private shuffle: this rank's own, when the checkpoint had a rank of its index
+        hid_t f = party_file(&x, dir, s, files, s->local, R, step, path, sizeof path);
+        read_rngs(&x, f, s, 0, 1);
+    }
+    for (int i = 0; i < R; i++)
+        if (files[i] >= 0) H5Fclose(files[i]);
+    free(files);
+    s->step = step;
+    s->stored_ranks = R;
     return x.failed ? 2 : 0;
 }
 
@@ -442,6 +525,28 @@ void ckpt_step_dir(char *out, size_t len, const char *run_dir, int step) {
 
 void ckpt_party_file(char *out, size_t len, const char *dir, int party) {
     snprintf(out, len, "%s/party_%d.h5", dir, party);
+}
+
+void ckpt_rank_file(char *out, size_t len, const char *dir, int party, int local) {
+    if (local == 0) ckpt_party_file(out, len, dir, party);
+    else snprintf(out, len, "%s/party_%d.rank_%d.h5", dir, party, local);
+}
+
+void ckpt_remove_party(const char *dir, int party) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char path[4200];
+    while ((e = readdir(d))) {
+        int p = -1, local = -1, n = -1;
+        if ((sscanf(e->d_name, "party_%d.h5%n", &p, &n) == 1 && n == (int)strlen(e->d_name)) ||
+            (sscanf(e->d_name, "party_%d.rank_%d.h5%n", &p, &local, &n) == 2 && n == (int)strlen(e->d_name)))
+            if (p == party) {
+                snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+                unlink(path);
+            }
+    }
+    closedir(d);
 }
 
 void ckpt_marker_file(char *out, size_t len, const char *dir) { snprintf(out, len, "%s/%s", dir, CKPT_MARKER); }
@@ -501,13 +606,15 @@ int ckpt_latest(const char *run_dir, char *ignored, size_t ignored_len) {
     return -1;
 }
 
-int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts_only, int expert_parties, char *err,
-                      size_t len) {
+int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts_only, int expert_parties,
+                      int expert_ranks, char *err, size_t len) {
     for (int i = 0; i < m->n_tensors; i++) {
         const ParamTensor *t = &m->tensors[i];
         if (experts_only && t->expert < 0) continue;
         char file[4200], dataset[160];
-        ckpt_party_file(file, sizeof file, dir, t->expert < 0 ? backbone_party : pool_owner(t->expert, expert_parties));
+        int owner = t->expert < 0 ? backbone_party * expert_ranks
+                                  : pool_owner_rank(t->expert, expert_parties, expert_ranks);
+        ckpt_rank_file(file, sizeof file, dir, owner / expert_ranks, owner % expert_ranks);
         snprintf(dataset, sizeof dataset, "/%s/%s", t->expert < 0 ? "backbone" : "experts", t->name);
         if (ckpt_read_tensor(file, dataset, m->host_params + t->offset, t->rows, t->cols, err, len)) return 2;
     }

@@ -1,13 +1,14 @@
-// ckpt.h: per-rank HDF5 checkpoints. Each rank writes RUN/checkpoints/step_NNNNNNNN/party_R.h5 with
-// everything it needs to resume and nothing it must not share (docs/checkpoints.md, the schema):
-//   /meta                          attributes: format_version, step, party, n_parties, mode, schedule,
-//                                  config (the resolved config text)
-//   /backbone/<tensor>             this party's backbone, e.g. /backbone/layer_0/attn_wqkv (rows, cols)
-//   /experts/layer_L/expert_E/w_*  the experts this party owns (global ids)
+// ckpt.h: per-rank HDF5 checkpoints. Each rank writes one file of RUN/checkpoints/step_NNNNNNNN with
+// everything it needs to resume and nothing it must not share (docs/checkpoints.md, the schema): party P's
+// rank 0 writes party_P.h5, its rank L > 0 (parties.ranks_per_party > 1) party_P.rank_L.h5:
+//   /meta                          attributes: format_version, step, party, n_parties, local_rank, mode,
+//                                  schedule, config (the resolved config text)
+//   /backbone/<tensor>             rank 0: the party's backbone, e.g. /backbone/layer_0/attn_wqkv (rows, cols)
+//   /experts/layer_L/expert_E/w_*  the experts this rank holds (global ids)
 //   /optim/adam_m/..., /optim/adam_v/...   AdamW moments, same paths as the weights; attribute `steps`
 //                                  (int) on each adam_m dataset: that tensor's AdamW step count
-//   /data/rng_party_N              (4) uint64 state of party N's batch sampler
-//   /data/shuffle_rng              (4) uint64 state of the private row shuffle (pcmoe)
+//   /data/rng_party_N              rank 0: (4) uint64 state of party N's batch sampler
+//   /data/shuffle_rng              (4) uint64 state of this rank's private row shuffle (pcmoe)
 // A file is written under a temporary name and renamed; a step directory is complete only when its
 // COMPLETE marker exists, written by rank 0 after every rank's file is in place.
 #ifndef PCMOE_CKPT_H
@@ -25,6 +26,9 @@
 typedef struct {
     int step;              // optimizer steps taken
     int party;             // whose file this is
+    int local;             // the writing rank's index in its party (0: it writes the backbone and samplers too);
+                           // ckpt_load_party: the reading rank's, whose private shuffle it takes
+    int stored_ranks;      // set by the loads: parties.ranks_per_party of the run that wrote the checkpoint
     const Config *c;       // the run's resolved config (written as text)
     Model *m;              // weights, AdamW state
     Rng *data_rng;         // (n_data) batch samplers of parties first_data .. first_data + n_data - 1
@@ -34,27 +38,40 @@ typedef struct {
 
 // Writes `path` (through path.tmp and a rename). Returns 0, or 1 with a message in err.
 int ckpt_save(const char *path, const CkptState *s, char *err, size_t len);
-// Reads `path` into s (the model must have the layout the config gives). Everything read is validated:
-// format, party, party count, mode, the model keys of the stored config against s->c, every dataset's
-// presence, type and shape. Returns 0, or 2 with a one-line message naming the file and what is wrong.
+// Reads the one file `path` into s: what it holds of s's model (the model must have its layout: the party's
+// backbone only in a rank-0 file) and its samplers. Everything read is validated: format, party, party count,
+// mode, the model keys of the stored config against s->c, every dataset's presence, type and shape. Returns 0,
+// or 2 with a one-line message naming the file and what is wrong.
 int ckpt_load(const char *path, CkptState *s, char *err, size_t len);
-// Reads only the stored config text and step of a checkpoint file (for `pcmoe info`). Returns 0 or 2.
-int ckpt_peek(const char *path, char *config_text, size_t text_len, int *step, int *party, char *err, size_t len);
+// Reads party s->party's state from step directory dir, whatever ranks per party wrote it (re-sharding inside
+// the party): the backbone and samplers from party_P.h5, each expert the model holds from the file of the rank
+// that held it, the private shuffle from the file of rank s->local when there is one (else s's is kept). Every
+// file it opens is validated as ckpt_load does, and must hold the same step. Returns 0 or 2, as ckpt_load.
+int ckpt_load_party(const char *dir, CkptState *s, char *err, size_t len);
+// Reads only the stored config text, step, party and local rank of a checkpoint file (for `pcmoe info`).
+// Returns 0 or 2.
+int ckpt_peek(const char *path, char *config_text, size_t text_len, int *step, int *party, int *local, char *err,
+              size_t len);
 
 // Reads one float32 dataset (rows x cols; cols 1 = a vector) of a checkpoint file, checked like a load.
 int ckpt_read_tensor(const char *path, const char *dataset, float *out, int rows, int cols, char *err, size_t len);
 // Reads the weights of every tensor model m holds from checkpoint step directory dir, one dataset at a
 // time into m's own buffers: backbone tensors (unless experts_only) from DIR/party_<backbone_party>.h5,
-// expert e from the file of the party that held it when the pool was sharded over expert_parties parties
-// (pool_owner; 1: every expert in party_0.h5). Returns 0, or 2 with the file and dataset named in err.
-int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts_only, int expert_parties, char *err,
-                      size_t len);
+// expert e from the file of the rank that held it when the pool was sharded over expert_parties parties of
+// expert_ranks ranks (pool_owner_rank; 1, 1: every expert in party_0.h5). Returns 0, or 2 with the file and
+// dataset named in err.
+int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts_only, int expert_parties,
+                      int expert_ranks, char *err, size_t len);
 
 // The paths of a checkpoint, built here only:
 // RUN/checkpoints/step_NNNNNNNN
 void ckpt_step_dir(char *out, size_t len, const char *run_dir, int step);
-// DIR/party_R.h5: party R's file in step directory DIR
+// DIR/party_R.h5: party R's file in step directory DIR (its rank 0's)
 void ckpt_party_file(char *out, size_t len, const char *dir, int party);
+// DIR/party_P.h5 (local 0) or DIR/party_P.rank_L.h5: the file of party P's rank L
+void ckpt_rank_file(char *out, size_t len, const char *dir, int party, int local);
+// Removes every file of party P in DIR (party_P.h5, party_P.rank_*.h5: of any ranks per party).
+void ckpt_remove_party(const char *dir, int party);
 // DIR/COMPLETE: the marker rank 0 writes once every party's file is in place
 void ckpt_marker_file(char *out, size_t len, const char *dir);
 // 1 when step directory DIR holds its marker (a complete checkpoint)

@@ -15,29 +15,39 @@
 
 const char *const MSG_KIND_NAMES[] = {"routing_counts", "expert_rows", "expert_outputs", "output_grads",
                                       "input_grads", "metrics", "fedavg_weights", "control", "audit",
-                                      "export_experts"};
+                                      "export_experts", "backbone_grads", "party_stats"};
 
 void comm_init(Comm *c) {
     memset(c, 0, sizeof *c);
     c->world = MPI_COMM_WORLD;
-    c->expert = MPI_COMM_NULL;
+    c->expert = c->leaders = c->party_comm = MPI_COMM_NULL;
     mpiCheck(MPI_Comm_rank(c->world, &c->rank));
     mpiCheck(MPI_Comm_size(c->world, &c->size));
     c->ranks_per_party = 1;
-    c->party = c->rank / c->ranks_per_party;
+    c->party = c->rank;
     c->n_parties = 1;
 }
 
-void comm_setup(Comm *c, int n_parties) {
+void comm_setup(Comm *c, int n_parties, int ranks_per_party) {
+    int R = ranks_per_party;
     c->n_parties = n_parties;
-    c->party = c->rank / c->ranks_per_party;
-    // one rank per party joins the expert communicator, ordered by party
-    int leader = c->rank % c->ranks_per_party == 0;
-    mpiCheck(MPI_Comm_split(c->world, leader ? 0 : MPI_UNDEFINED, c->party, &c->expert));
+    c->ranks_per_party = R;
+    c->party = c->rank / R;
+    c->local = c->rank % R;
+    // the pool: the first n_parties x R ranks (a one-process run: rank 0 alone), in rank order
+    int in_pool = c->rank < n_parties * R;
+    mpiCheck(MPI_Comm_split(c->world, in_pool ? 0 : MPI_UNDEFINED, c->rank, &c->expert));
+    mpiCheck(MPI_Comm_split(c->world, in_pool && c->local == 0 ? 0 : MPI_UNDEFINED, c->party, &c->leaders));
+    mpiCheck(MPI_Comm_split(c->world, in_pool ? c->party : MPI_UNDEFINED, c->local, &c->party_comm));
+    c->counts = mallocCheck(sizeof(int) * 4 * (size_t)n_parties * R);
 }
 
 void comm_free(Comm *c) {
-    if (c->expert != MPI_COMM_NULL) mpiCheck(MPI_Comm_free(&c->expert));
+    MPI_Comm *all[3] = {&c->expert, &c->leaders, &c->party_comm};
+    for (int i = 0; i < 3; i++)
+        if (*all[i] != MPI_COMM_NULL) mpiCheck(MPI_Comm_free(all[i]));
+    free(c->counts);
+    c->counts = NULL;
 }
 
 void comm_account(Comm *c, MsgKind kind, int peer, double sent, double recv) {
@@ -45,14 +55,23 @@ void comm_account(Comm *c, MsgKind kind, int peer, double sent, double recv) {
     c->recv[kind][peer] += recv;
 }
 
-static double total(const double t[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1]) {
+void comm_account_rank(Comm *c, MsgKind kind, int s, double sent, double recv) {
+    int party = s / c->ranks_per_party;
+    if (party != c->party) { comm_account(c, kind, party, sent, recv); return; }
+    c->intra_sent[kind] += sent;
+    c->intra_recv[kind] += recv;
+}
+
+static double total(const double t[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1], const double *intra) {
     double s = 0.0;
-    for (int k = 0; k < MSG_KIND_COUNT; k++)
+    for (int k = 0; k < MSG_KIND_COUNT; k++) {
+        s += intra[k];
         for (int p = 0; p <= CONFIG_MAX_PARTIES; p++) s += t[k][p];
+    }
     return s;
 }
-double comm_total_sent(const Comm *c) { return total(c->sent); }
-double comm_total_recv(const Comm *c) { return total(c->recv); }
+double comm_total_sent(const Comm *c) { return total(c->sent, c->intra_sent); }
+double comm_total_recv(const Comm *c) { return total(c->recv, c->intra_recv); }
 
 int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad) {
     int mine[2] = {ok ? INT_MAX : c->rank, ok ? 0 : -1}, all[2]; // min of (rank, -count)
@@ -103,23 +122,24 @@ void comm_stop_if_failed(Comm *c, int rc, const char *err) {
 
 void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer) {
     mpiCheck(MPI_Alltoall(send, per_peer, MPI_INT, recv, per_peer, MPI_INT, c->expert));
-    for (int p = 0; p < c->n_parties; p++)
-        if (p != c->party) comm_account(c, kind, p, (double)per_peer * sizeof(int), (double)per_peer * sizeof(int));
+    double bytes = (double)per_peer * sizeof(int);
+    for (int s = 0; s < c->n_parties * c->ranks_per_party; s++)
+        if (s != c->rank) comm_account_rank(c, kind, s, bytes, bytes);
 }
 
 void comm_alltoallv_rows(Comm *c, MsgKind kind, const float *send, const int *send_rows, const int *send_offs,
                          float *recv, const int *recv_rows, const int *recv_offs, int width) {
-    int P = c->n_parties;
-    int *sc = c->counts[0], *sd = c->counts[1], *rc = c->counts[2], *rd = c->counts[3];
+    int P = c->n_parties * c->ranks_per_party;
+    int *sc = c->counts, *sd = sc + P, *rc = sd + P, *rd = rc + P;
     for (int p = 0; p < P; p++) {
-        if (p == c->party && (send_rows[p] || recv_rows[p]))
+        if (p == c->rank && (send_rows[p] || recv_rows[p]))
             fail("internal: rows addressed to oneself in %s", MSG_KIND_NAMES[kind]);
         long s = (long)send_rows[p] * width, so = (long)send_offs[p] * width;
         long r = (long)recv_rows[p] * width, ro = (long)recv_offs[p] * width;
         if (s > INT_MAX || so > INT_MAX || r > INT_MAX || ro > INT_MAX)
             fail("exchange of %s larger than 2^31 floats", MSG_KIND_NAMES[kind]);
         sc[p] = (int)s; sd[p] = (int)so; rc[p] = (int)r; rd[p] = (int)ro;
-        comm_account(c, kind, p, 4.0 * s, 4.0 * r);
+        if (p != c->rank) comm_account_rank(c, kind, p, 4.0 * s, 4.0 * r);
     }
     mpiCheck(MPI_Alltoallv(send, sc, sd, MPI_FLOAT, recv, rc, rd, MPI_FLOAT, c->expert));
 }
@@ -127,10 +147,63 @@ void comm_alltoallv_rows(Comm *c, MsgKind kind, const float *send, const int *se
 void comm_allreduce_floats(Comm *c, MsgKind kind, float *buf, size_t n) {
     for (size_t done = 0; done < n;) { // in pieces of at most 2^30 floats (MPI counts are int)
         int piece = n - done > (1u << 30) ? (1 << 30) : (int)(n - done);
-        mpiCheck(MPI_Allreduce(MPI_IN_PLACE, buf + done, piece, MPI_FLOAT, MPI_SUM, c->expert));
+        mpiCheck(MPI_Allreduce(MPI_IN_PLACE, buf + done, piece, MPI_FLOAT, MPI_SUM, c->leaders));
         done += (size_t)piece;
     }
     comm_account(c, kind, COMM_COLLECTIVE, 4.0 * n, 4.0 * n);
+}
+
+// Local rank i's slice of n floats shared by R ranks: [lo, hi).
+static void party_slice(size_t n, int R, int i, size_t *lo, size_t *hi) {
+    *lo = n * (size_t)i / (size_t)R;
+    *hi = n * (size_t)(i + 1) / (size_t)R;
+}
+
+void comm_party_sum_floats(Comm *c, MsgKind kind, float *buf, size_t n, float *scratch) {
+    int R = c->ranks_per_party, me = c->local;
+    if (R == 1) return;
+    if (n / R + 1 > (size_t)INT_MAX) fail("party sum of %zu floats: more than 2^31 per rank", n);
+    int *cnt = mallocCheck(sizeof(int) * 2 * R), *off = cnt + R;
+    size_t lo, hi, mlo, mhi;
+    for (int i = 0; i < R; i++) {
+        party_slice(n, R, i, &lo, &hi);
+        cnt[i] = (int)(hi - lo);
+        off[i] = (int)lo;
+    }
+    party_slice(n, R, me, &mlo, &mhi);
+    int mine = (int)(mhi - mlo);
+    // 1. rank i gets every rank's copy of slice i (scratch: R copies of it, local rank order) ...
+    int *rcnt = mallocCheck(sizeof(int) * 2 * R), *roff = rcnt + R;
+    for (int i = 0; i < R; i++) { rcnt[i] = mine; roff[i] = i * mine; }
+    mpiCheck(MPI_Alltoallv(buf, cnt, off, MPI_FLOAT, scratch, rcnt, roff, MPI_FLOAT, c->party_comm));
+    // 2. ... sums them in that order ...
+    for (int j = 0; j < mine; j++) {
+        float s = scratch[j];
+        for (int i = 1; i < R; i++) s += scratch[(size_t)i * mine + j];
+        buf[mlo + j] = s;
+    }
+    // 3. ... and every rank gathers the sums
+    mpiCheck(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, buf, cnt, off, MPI_FLOAT, c->party_comm));
+    double out = 4.0 * (double)(n - (size_t)mine);
+    c->intra_sent[kind] += out + 4.0 * (double)mine * (R - 1);
+    c->intra_recv[kind] += 4.0 * (double)mine * (R - 1) + out;
+    free(cnt);
+    free(rcnt);
+}
+
+void comm_party_sum_doubles(Comm *c, MsgKind kind, double *buf, int n) {
+    int R = c->ranks_per_party;
+    if (R == 1) return;
+    double *all = mallocCheck(sizeof(double) * (size_t)n * R);
+    mpiCheck(MPI_Allgather(buf, n, MPI_DOUBLE, all, n, MPI_DOUBLE, c->party_comm));
+    for (int j = 0; j < n; j++) {
+        double s = all[j];
+        for (int i = 1; i < R; i++) s += all[(size_t)i * n + j];
+        buf[j] = s;
+    }
+    c->intra_sent[kind] += 8.0 * n * (R - 1);
+    c->intra_recv[kind] += 8.0 * n * (R - 1);
+    free(all);
 }
 
 #define COMM_MSG_FLOATS ((size_t)1 << 30) // (MPI counts are ints)
@@ -138,7 +211,7 @@ void comm_allreduce_floats(Comm *c, MsgKind kind, float *buf, size_t n) {
 void comm_send_floats(Comm *c, MsgKind kind, int to, const float *buf, size_t n) {
     for (size_t i = 0; i < n; i += COMM_MSG_FLOATS) {
         int k = (int)(n - i < COMM_MSG_FLOATS ? n - i : COMM_MSG_FLOATS);
-        mpiCheck(MPI_Send(buf + i, k, MPI_FLOAT, to, (int)kind, c->expert));
+        mpiCheck(MPI_Send(buf + i, k, MPI_FLOAT, to, (int)kind, c->leaders));
     }
     comm_account(c, kind, to, 4.0 * (double)n, 0.0);
 }
@@ -146,13 +219,13 @@ void comm_send_floats(Comm *c, MsgKind kind, int to, const float *buf, size_t n)
 void comm_recv_floats(Comm *c, MsgKind kind, int from, float *buf, size_t n) {
     for (size_t i = 0; i < n; i += COMM_MSG_FLOATS) {
         int k = (int)(n - i < COMM_MSG_FLOATS ? n - i : COMM_MSG_FLOATS);
-        mpiCheck(MPI_Recv(buf + i, k, MPI_FLOAT, from, (int)kind, c->expert, MPI_STATUS_IGNORE));
+        mpiCheck(MPI_Recv(buf + i, k, MPI_FLOAT, from, (int)kind, c->leaders, MPI_STATUS_IGNORE));
     }
     comm_account(c, kind, from, 0.0, 4.0 * (double)n);
 }
 
 void comm_gather_doubles(Comm *c, MsgKind kind, const double *send, int n, double *recv) {
-    mpiCheck(MPI_Gather(send, n, MPI_DOUBLE, recv, n, MPI_DOUBLE, 0, c->expert));
+    mpiCheck(MPI_Gather(send, n, MPI_DOUBLE, recv, n, MPI_DOUBLE, 0, c->leaders));
     if (c->party != 0) comm_account(c, kind, 0, 8.0 * n, 0.0);
     else
         for (int p = 1; p < c->n_parties; p++) comm_account(c, kind, p, 0.0, 8.0 * n);
@@ -172,33 +245,55 @@ static void json_kind_table(Json *j, const double *t, int n_parties) {
     json_close_object(j);
 }
 
-// The audit of every rank: its routed rows, then its bytes sent and received per kind. all (P, row doubles).
-static void json_audit(Json *j, const double *all, int row, int P) {
-    const int per_kind = CONFIG_MAX_PARTIES + 1;
+// One audit row (doubles): sent and received per (kind, peer party), rows routed per party, then the bytes
+// sent and received inside the party per kind.
+enum { AUDIT_TABLE = MSG_KIND_COUNT * (CONFIG_MAX_PARTIES + 1),
+       AUDIT_ROW = 2 * AUDIT_TABLE + CONFIG_MAX_PARTIES + 2 * MSG_KIND_COUNT };
+
+// {kind: bytes, ...} of one direction of a rank's traffic inside its party.
+static void json_intra(Json *j, const double *t) {
+    json_open_object(j);
+    for (int k = 0; k < MSG_KIND_COUNT; k++) json_member_fixed(j, MSG_KIND_NAMES[k], t[k], 0);
+    json_close_object(j);
+}
+
+// The audit of every rank: its routed rows, then its bytes sent and received per kind across party lines,
+// then inside its party. all (n_ranks, AUDIT_ROW doubles).
+static void json_audit(Json *j, const double *all, int P, int R) {
     json_open_object(j);
     json_member_int(j, "n_parties", P);
-    json_member_string(j, "peer_index", "per_party[i] is party i; collective counts reductions over all parties");
+    json_member_int(j, "ranks_per_party", R);
+    json_member_string(j, "peer_index", "per_party[i] is party i; collective counts reductions over all parties; "
+                       "intra_party counts traffic between the ranks of the rank's own party");
     json_key(j, "ranks");
     json_open_array(j);
-    for (int r = 0; r < P; r++) {
-        const double *v = all + (size_t)r * row;
+    for (int r = 0; r < P * R; r++) {
+        const double *v = all + (size_t)r * AUDIT_ROW;
         json_break(j, "\n");
         json_open_object(j);
         json_member_int(j, "rank", r);
-        json_member_int(j, "party", r);
+        json_member_int(j, "party", r / R);
+        json_member_int(j, "local_rank", r % R);
         json_key(j, "rows_routed_to");
         json_open_array(j);
-        for (int p = 0; p < P; p++) json_fixed(j, v[2 * MSG_KIND_COUNT * per_kind + p], 0);
+        for (int p = 0; p < P; p++) json_fixed(j, v[2 * AUDIT_TABLE + p], 0);
         json_close_array(j);
         for (int dir = 0; dir < 2; dir++) {
             json_key(j, dir ? "recv" : "sent");
             json_open_object(j);
             for (int k = 0; k < MSG_KIND_COUNT; k++) {
                 json_key(j, MSG_KIND_NAMES[k]);
-                json_kind_table(j, v + (dir * MSG_KIND_COUNT + k) * per_kind, P);
+                json_kind_table(j, v + dir * AUDIT_TABLE + k * (CONFIG_MAX_PARTIES + 1), P);
             }
             json_close_object(j);
         }
+        json_key(j, "intra_party");
+        json_open_object(j);
+        json_key(j, "sent");
+        json_intra(j, v + 2 * AUDIT_TABLE + CONFIG_MAX_PARTIES);
+        json_key(j, "recv");
+        json_intra(j, v + 2 * AUDIT_TABLE + CONFIG_MAX_PARTIES + MSG_KIND_COUNT);
+        json_close_object(j);
         json_close_object(j);
     }
     json_space(j, "\n");
@@ -208,24 +303,23 @@ static void json_audit(Json *j, const double *all, int row, int P) {
 }
 
 int comm_write_audit(Comm *c, const char *path, char *err, size_t len) {
-    enum { ROW = 2 * MSG_KIND_COUNT * (CONFIG_MAX_PARTIES + 1) + CONFIG_MAX_PARTIES };
-    int P = c->n_parties;
+    int n = c->n_parties * c->ranks_per_party;
     // the audit's own gather is counted before the totals are taken
-    if (P > 1) {
-        if (c->party != 0) comm_account(c, MSG_AUDIT, 0, 8.0 * ROW, 0.0);
-        else for (int p = 1; p < P; p++) comm_account(c, MSG_AUDIT, p, 0.0, 8.0 * ROW);
-    }
-    double *mine = mallocCheck(sizeof(double) * ROW);
-    memcpy(mine, c->sent, sizeof c->sent);
-    memcpy(mine + MSG_KIND_COUNT * (CONFIG_MAX_PARTIES + 1), c->recv, sizeof c->recv);
-    memcpy(mine + 2 * MSG_KIND_COUNT * (CONFIG_MAX_PARTIES + 1), c->rows_routed, sizeof c->rows_routed);
-    double *all = mallocCheck(sizeof(double) * ROW * P);
-    if (P > 1) mpiCheck(MPI_Gather(mine, ROW, MPI_DOUBLE, all, ROW, MPI_DOUBLE, 0, c->expert));
-    else memcpy(all, mine, sizeof(double) * ROW);
+    if (c->rank != 0) comm_account_rank(c, MSG_AUDIT, 0, 8.0 * AUDIT_ROW, 0.0);
+    else for (int s = 1; s < n; s++) comm_account_rank(c, MSG_AUDIT, s, 0.0, 8.0 * AUDIT_ROW);
+    double *mine = mallocCheck(sizeof(double) * AUDIT_ROW), *at = mine;
+    memcpy(at, c->sent, sizeof c->sent);
+    memcpy(at += AUDIT_TABLE, c->recv, sizeof c->recv);
+    memcpy(at += AUDIT_TABLE, c->rows_routed, sizeof c->rows_routed);
+    memcpy(at += CONFIG_MAX_PARTIES, c->intra_sent, sizeof c->intra_sent);
+    memcpy(at += MSG_KIND_COUNT, c->intra_recv, sizeof c->intra_recv);
+    double *all = mallocCheck(sizeof(double) * AUDIT_ROW * n);
+    if (n > 1) mpiCheck(MPI_Gather(mine, AUDIT_ROW, MPI_DOUBLE, all, AUDIT_ROW, MPI_DOUBLE, 0, c->expert));
+    else memcpy(all, mine, sizeof(double) * AUDIT_ROW);
     int rc = 0;
-    if (c->party == 0) {
+    if (c->rank == 0) {
         Json j = {0};
-        json_audit(&j, all, ROW, P);
+        json_audit(&j, all, c->n_parties, c->ranks_per_party);
         rc = json_write(&j, path, err, len);
     }
     free(mine);

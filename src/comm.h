@@ -1,10 +1,12 @@
 // comm.h: who talks to whom, and the audit of everything that crosses a party boundary.
 //
-// Ranks map to parties as party = rank / ranks_per_party (ranks_per_party is 1 in this version; a later
-// one can give a party several ranks for data parallelism without changing this interface). Expert
-// traffic runs on `expert`, a communicator holding one rank per party, where rank i is party i.
-// Every inter-party message goes through the functions below, and each of them records its bytes per
-// (kind, peer) in one place, comm_account(); --audit writes those totals.
+// Ranks map to parties as party = rank / R, R = parties.ranks_per_party: party p is ranks [p R, (p + 1) R), and a
+// rank's index in its party is its local rank. Expert traffic runs on `expert`, every rank of the pool, where
+// rank s is party s / R's local rank s % R (with R = 1, rank i is party i). `leaders` holds each party's local
+// rank 0 (rank i is party i): metrics, fedavg and export go there. `party_comm` is the party's own ranks, for
+// its data-parallel backbone. Every message goes through the functions below, and each of them records its
+// bytes in one place, comm_account(): per (kind, peer party) when it crosses a party line, per kind when it
+// stays inside the party. --audit writes those totals.
 #ifndef PCMOE_COMM_H
 #define PCMOE_COMM_H
 
@@ -24,6 +26,8 @@ typedef enum {
     MSG_CONTROL,        // agreements of one or two ints: did every rank start cleanly; did any get a stop signal
     MSG_AUDIT,          // the audit totals themselves, gathered to rank 0 for --audit
     MSG_EXPORT_EXPERTS, // pcmoe export only: an owner's expert weights, owner -> the exporting party
+    MSG_BACKBONE_GRADS, // inside a party only: its ranks' backbone gradients, summed (ranks_per_party > 1)
+    MSG_PARTY_STATS,    // inside a party only: its ranks' routing counts, losses and expert gradient norms, summed
     MSG_KIND_COUNT
 } MsgKind;
 extern const char *const MSG_KIND_NAMES[]; // "routing_counts", "expert_rows", ...
@@ -32,25 +36,33 @@ extern const char *const MSG_KIND_NAMES[]; // "routing_counts", "expert_rows", .
 
 typedef struct Comm {
     MPI_Comm world;        // every rank of the job
-    MPI_Comm expert;       // one rank per party; rank i is party i (MPI_COMM_NULL before comm_setup)
+    MPI_Comm expert;       // every rank of the pool; rank s is party s / R, local rank s % R (MPI_COMM_NULL before
+                           // comm_setup)
+    MPI_Comm leaders;      // local rank 0 of every party; rank i is party i (MPI_COMM_NULL on the other ranks)
+    MPI_Comm party_comm;   // the ranks of this rank's party; rank i is local rank i
     int rank, size;        // in world
     int party, n_parties;  // this rank's party and the number of parties (1 in a one-process run)
-    int ranks_per_party;
-    double sent[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1]; // bytes sent per (kind, peer party)
+    int ranks_per_party;   // R
+    int local;             // this rank's index in its party
+    double sent[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1]; // bytes sent per (kind, peer party) across party lines
     double recv[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1]; // bytes received per (kind, peer party)
-    double rows_routed[CONFIG_MAX_PARTIES];              // rows this party's routers sent to each owner
-    int counts[4][CONFIG_MAX_PARTIES];                   // scratch of comm_alltoallv_rows: element counts, offsets
+    double intra_sent[MSG_KIND_COUNT], intra_recv[MSG_KIND_COUNT]; // bytes to / from the party's own ranks
+    double rows_routed[CONFIG_MAX_PARTIES];              // rows this rank's routers sent to each other party
+    int *counts;           // (4, n_peers) scratch of comm_alltoallv_rows: element counts, offsets
 } Comm;
 
 // Attaches to MPI_COMM_WORLD (after MPI_Init). Accounting starts at zero.
 void comm_init(Comm *c);
-// Creates the expert communicator for n_parties parties, one rank each. The caller has checked that the
-// job has n_parties ranks.
-void comm_setup(Comm *c, int n_parties);
+// Creates the communicators for n_parties parties of ranks_per_party ranks each. The caller has checked
+// that the job has n_parties x ranks_per_party ranks.
+void comm_setup(Comm *c, int n_parties, int ranks_per_party);
 void comm_free(Comm *c);
 
-// Records bytes sent to / received from `peer` under `kind`. The only place traffic is counted.
+// Records bytes sent to / received from party `peer` (or COMM_COLLECTIVE) under `kind`. The only place
+// traffic is counted.
 void comm_account(Comm *c, MsgKind kind, int peer, double sent, double recv);
+// The same for a peer named by its rank s in `expert`: to its party, or inside this party.
+void comm_account_rank(Comm *c, MsgKind kind, int s, double sent, double recv);
 // Total bytes sent and received so far, all kinds.
 double comm_total_sent(const Comm *c);
 double comm_total_recv(const Comm *c);
@@ -70,19 +82,27 @@ int comm_max_int(Comm *c, int v);
 // down cleanly, without a hang. The failing ranks print their message err; when every rank failed (the
 // same cause everywhere), only the lowest does. Returns when no rank failed.
 void comm_stop_if_failed(Comm *c, int rc, const char *err);
-// All-to-all of `per_peer` ints with every other party (the entry for oneself is copied, not sent).
+// All-to-all of `per_peer` ints with every other rank of `expert` (the entry for oneself is copied, not sent).
 void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer);
-// All-to-all-v of rows of `width` floats: send_rows[p] rows starting at row send_offs[p] of `send` go
-// to party p, recv_rows[p] rows from party p land at row recv_offs[p] of `recv`. Entries for oneself
-// must be 0: a party's rows for its own experts never touch MPI.
+// All-to-all-v of rows of `width` floats on `expert`: send_rows[s] rows starting at row send_offs[s] of `send`
+// go to rank s, recv_rows[s] rows from rank s land at row recv_offs[s] of `recv`. Entries for oneself
+// must be 0: a rank's rows for its own experts never touch MPI.
 void comm_alltoallv_rows(Comm *c, MsgKind kind, const float *send, const int *send_rows, const int *send_offs,
                          float *recv, const int *recv_rows, const int *recv_offs, int width);
-// In-place sum of n floats over all parties (fedavg).
+// In-place sum of n floats over all parties, on `leaders` (fedavg).
 void comm_allreduce_floats(Comm *c, MsgKind kind, float *buf, size_t n);
-// n floats to party `to` / from party `from` (blocking; a message of at most 2^30 floats at a time).
+// In-place sum of n floats over the ranks of this party, the same bits on each of them and in every run with
+// the same R: every rank sums one slice of buf, its ranks' parts in local-rank order, and the slices are then
+// gathered. scratch: n floats.
+void comm_party_sum_floats(Comm *c, MsgKind kind, float *buf, size_t n, float *scratch);
+// In-place sum of n doubles over the ranks of this party, in local-rank order (the same bits everywhere).
+void comm_party_sum_doubles(Comm *c, MsgKind kind, double *buf, int n);
+// n floats to party `to` / from party `from` on `leaders` (blocking; a message of at most 2^30 floats at a
+// time).
 void comm_send_floats(Comm *c, MsgKind kind, int to, const float *buf, size_t n);
 void comm_recv_floats(Comm *c, MsgKind kind, int from, float *buf, size_t n);
-// Gathers n doubles from every party to rank 0 (recv: n * n_parties doubles on rank 0, else unused).
+// Gathers n doubles from every party's leader to rank 0 (recv: n * n_parties doubles on rank 0, else unused).
+// The leaders call it; other ranks must not.
 void comm_gather_doubles(Comm *c, MsgKind kind, const double *send, int n, double *recv);
 
 // Writes every rank's totals to `path` as JSON (gathered to rank 0, which writes the file whole or not at

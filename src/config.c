@@ -34,7 +34,12 @@ typedef struct {
 #define F(field) offsetof(Config, field)
 static const ConfigKey KEYS[] = {
     {"parties", "count", KEY_INT, F(n_parties), 1, CONFIG_MAX_PARTIES, "1",
-     "number of parties; pcmoe, local and fedavg run one MPI rank per party, centralized one rank in all", NULL},
+     "number of parties; pcmoe runs parties.ranks_per_party MPI ranks per party, local and fedavg one, centralized "
+     "one rank in all", NULL},
+    {"parties", "ranks_per_party", KEY_INT, F(ranks_per_party), 1, 1024, "1",
+     "pcmoe: MPI ranks (GPUs) per party, run as mpirun -np count x ranks_per_party; party p is ranks [p R, (p + 1) "
+     "R): its experts are split across them and its backbone is data-parallel, each rank with batch_size windows",
+     NULL},
     {"parties", "mode", KEY_ENUM, F(mode), 0, 0, "pcmoe",
      "pcmoe (shared expert pool), centralized (one model on all parties' data), local (each party alone), fedavg "
      "(full models, weights averaged)", MODE_NAMES},
@@ -429,6 +434,19 @@ static int validate(const Config *c, const Origins *o, int need_data, char *err,
                          "%s: parties.count = %d: must be <= model.n_experts = %d in pcmoe mode (each party owns at "
                          "least one expert)",
                          where_of(o, "parties", "count"), c->n_parties, c->n_experts);
+    if (c->ranks_per_party > 1 && c->mode != MODE_PCMOE)
+        return error_set(err, len, "%s: parties.ranks_per_party = %d: several ranks per party need parties.mode = "
+                         "pcmoe (parties.mode = %s runs one rank per party)",
+                         where_of(o, "parties", "ranks_per_party"), c->ranks_per_party, MODE_NAMES[c->mode]);
+    if (c->mode == MODE_PCMOE && c->n_experts / c->n_parties < c->ranks_per_party)
+        return error_set(err, len, "%s: parties.ranks_per_party = %d: party %d holds only %d of the model.n_experts "
+                         "= %d experts among parties.count = %d parties, and each of its ranks needs one",
+                         where_of(o, "parties", "ranks_per_party"), c->ranks_per_party, c->n_parties - 1,
+                         c->n_experts / c->n_parties, c->n_experts, c->n_parties);
+    if (c->ranks_per_party > 1 && c->record_dir[0])
+        return error_set(err, len, "%s: privacy.record_received = %s: the study's recorder runs with one rank per "
+                         "party (parties.ranks_per_party = %d)", where_of(o, "privacy", "record_received"),
+                         c->record_dir, c->ranks_per_party);
     if ((c->clip_norm > 0) != (c->grad_clip_norm > 0))
         return error_set(err, len,
                          "%s: privacy.%s = 0: privacy.clip_norm and privacy.grad_clip_norm go together (rows and their "
@@ -571,7 +589,8 @@ int config_diff_model(const Config *a, const Config *b, int with_parties, char *
                       strcmp(k->key, "recompute_attention") && strcmp(k->key, "logits_chunk_mb") &&
                       strcmp(k->key, "hf") && strcmp(k->key, "tokenizer") &&
                       strcmp(k->key, "eos_token_id")) ||
-                     (with_parties && !strcmp(k->section, "parties") && strcmp(k->key, "schedule"));
+                     (with_parties && !strcmp(k->section, "parties") && strcmp(k->key, "schedule") &&
+                      strcmp(k->key, "ranks_per_party")); // (a checkpoint re-shards inside each party)
         if (!shapes) continue;
         const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;
         char va[64], vb[64];

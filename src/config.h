@@ -27,6 +27,7 @@ extern const char *const QK_NORM_NAMES[];    // indexed by QkNorm: "none", "full
 typedef struct {
     // [parties]
     int n_parties;       // parties.count: parties = MPI ranks (centralized: one rank for all)
+    int ranks_per_party; // parties.ranks_per_party: pcmoe's MPI ranks per party (R)
     int mode;            // Mode
     int schedule;        // Schedule (pcmoe mode)
     // [fedavg]

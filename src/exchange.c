@@ -2,6 +2,7 @@
 #include "exchange.h"
 
 #include <math.h>   // NAN
+#include <stdio.h>  // snprintf
 #include <stdlib.h> // free
 #include <string.h> // memset, strcmp
 
@@ -20,17 +21,23 @@ void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *c
     ex->recompute = recompute;
     ex->staged = be->device && !direct;
     ex->comm = comm;
-    ex->P = comm->n_parties;
-    ex->party = comm->party;
+    ex->N = comm->n_parties;
+    ex->R = comm->ranks_per_party;
+    ex->P = ex->N * ex->R;
+    ex->peer = comm->rank;
     ex->m = m; ex->d = d; ex->f = f; ex->n_layers = n_layers;
     ex->max_rows = max_rows;
     ex->check_finite = check_finite;
     int P = ex->P;
-    ex->max_local = (m + P - 1) / P;
+    for (int s = 0; s < P; s++) {
+        int n = 0;
+        while (pool_rank_expert(s, n, ex->N, ex->R) < m) n++;
+        ex->max_local = n > ex->max_local ? n : ex->max_local;
+    }
     ex->local = mallocCheck(sizeof(int) * ex->max_local);
-    for (int e = ex->party; e < m; e += P) ex->local[ex->n_local++] = e;
+    for (int j = 0, e; (e = pool_rank_expert(ex->peer, j, ex->N, ex->R)) < m; j++) ex->local[ex->n_local++] = e;
     ex->order = mallocCheck(sizeof(int) * m);
-    pool_packing_order(ex->order, m, P);
+    pool_packing_order(ex->order, m, ex->N, ex->R);
     size_t pm = (size_t)P * ex->max_local;
     ex->send_counts = callocCheck(2 * pm, sizeof(int));
     ex->recv_counts = callocCheck(2 * pm, sizeof(int));
@@ -161,15 +168,15 @@ static void layouts(Exchange *ex, const ServeLayer *sl, const MoeActs *a) {
     int P = ex->P, K = ex->max_local;
     for (int p = 0; p < P; p++) {
         ex->send_rows[p] = 0;
-        ex->send_offs[p] = a ? a->offsets[p] : 0; // expert p opens owner p's block
-        if (a && p != ex->party)
-            for (int e = p; e < ex->m; e += P) ex->send_rows[p] += a->counts[e];
+        ex->send_offs[p] = a ? a->offsets[pool_rank_expert(p, 0, ex->N, ex->R)] : 0; // p's first expert opens
+        for (int j = 0, e; a && p != ex->peer && (e = pool_rank_expert(p, j, ex->N, ex->R)) < ex->m; j++) // its block
+            ex->send_rows[p] += a->counts[e];
     }
     int off = 0;
     for (int q = 0; q < P; q++) {
         int rows = 0;
         for (int j = 0; j < ex->n_local; j++) { ex->within[q * K + j] = rows; rows += sl->from[q * K + j]; }
-        ex->recv_rows[q] = q == ex->party ? 0 : rows;
+        ex->recv_rows[q] = q == ex->peer ? 0 : rows;
         ex->recv_offs[q] = off;
         off += ex->recv_rows[q];
     }
@@ -188,7 +195,7 @@ static void serve_copy(Exchange *ex, const ServeLayer *sl, size_t r0, size_t n, 
             size_t len = (size_t)sl->from[q * K + j], lo = seg > r0 ? seg : r0, hi = seg + len;
             if (hi > r0 + n) hi = r0 + n;
             if (lo < hi) {
-                float *home = q == ex->party
+                float *home = q == ex->peer
                                       ? own + ((size_t)a->offsets[ex->local[j]] + lo - seg) * d
                                       : ex->work + ((size_t)ex->recv_offs[q] + ex->within[q * K + j] + lo - seg) * d;
                 float *at = serve + (lo - r0) * d;
@@ -248,27 +255,38 @@ static double serve_grouped(Exchange *ex, const ServeLayer *sl, const float *x, 
     return flops;
 }
 
+// Peer q as the messages name it: "party 2", or with several ranks per party "party 2 (rank 5)". buf: 48.
+static const char *peer_name(const Exchange *ex, int q, char *buf) {
+    if (ex->R == 1) snprintf(buf, 48, "party %d", q);
+    else snprintf(buf, 48, "party %d (rank %d)", q / ex->R, q);
+    return buf;
+}
+
+// Whether rows to or from peer q cross a party line (the DP defence acts on those only).
+static int crosses(const Exchange *ex, int q) { return q / ex->R != ex->peer / ex->R; }
+
 // Everything read from a peer is checked before use; a violation names the peer and stops the job.
 static void check_counts(Exchange *ex, ServeLayer *sl) {
     int P = ex->P, K = ex->max_local;
     for (int q = 0; q < P; q++) {
-        if (q == ex->party) continue;
+        if (q == ex->peer) continue;
         const int *ids = ex->recv_counts + (size_t)q * 2 * K, *n = ids + K;
         long total = 0;
+        char who[48], me[48];
         for (int j = 0; j < K; j++) {
             int want = j < ex->n_local ? ex->local[j] : -1;
             if (ids[j] != want)
-                fail("party %d sent rows for expert %d, which is not this party's (party %d expected expert %d in slot "
+                fail("%s sent rows for expert %d, which is not this party's (%s expected expert %d in slot "
                      "%d); aborting",
-                     q, ids[j], ex->party, want, j);
+                     peer_name(ex, q, who), ids[j], peer_name(ex, ex->peer, me), want, j);
             if (n[j] < 0 || n[j] > ex->max_rows || (want < 0 && n[j] != 0))
-                fail("party %d announced %d rows for expert %d (allowed: 0 to %d); aborting", q, n[j], ids[j],
-                     want < 0 ? 0 : ex->max_rows);
+                fail("%s announced %d rows for expert %d (allowed: 0 to %d); aborting", peer_name(ex, q, who), n[j],
+                     ids[j], want < 0 ? 0 : ex->max_rows);
             total += n[j];
             sl->from[q * K + j] = n[j];
         }
         if (total > ex->max_rows)
-            fail("party %d announced %ld rows in all (at most %d); aborting", q, total, ex->max_rows);
+            fail("%s announced %ld rows in all (at most %d); aborting", peer_name(ex, q, who), total, ex->max_rows);
     }
 }
 
@@ -281,10 +299,11 @@ static void check_rows(const Exchange *ex, const float *buf, const int *rows, co
     float *value = mallocCheck(sizeof(float) * ex->P);
     if (ex->staged) privacy_first_nonfinite(first, value, buf, rows, offs, ex->P, ex->d);
     else ex->be->first_nonfinite(first, value, buf, rows, offs, ex->P, ex->d);
+    char who[48];
     for (int q = 0; q < ex->P; q++)
         if (first[q] >= 0)
-            fail("party %d sent a non-finite value (%g) in %s, row %ld; aborting", q, value[q], MSG_KIND_NAMES[kind],
-                 first[q] / ex->d);
+            fail("%s sent a non-finite value (%g) in %s, row %ld; aborting", peer_name(ex, q, who), value[q],
+                 MSG_KIND_NAMES[kind], first[q] / ex->d);
     free(first);
     free(value);
 }
@@ -404,6 +423,7 @@ static void study_rows_out(Exchange *ex, int layer, MoeActs *a, int nan_to) {
     size_t Nk = (size_t)a->N * a->k, bytes = sizeof(float) * Nk * d;
     float *xe = write ? view_get(ex, a->xe, bytes, dev) : NULL;
     for (int p = 0; defended && p < ex->P; p++) {
+        if (!crosses(ex, p)) continue;
         float *x = xe + (size_t)ex->send_offs[p] * d;
         if (ex->clip_norm > 0.0f)
             privacy_clip_noise(x, ex->send_rows[p], d, ex->clip_norm, ex->noise_multiplier, &ex->noise);
@@ -427,8 +447,9 @@ static void study_grads_out(Exchange *ex, int layer, const MoeActs *a, MoeScratc
     if (ex->clip_norm > 0.0f) {
         float *dye = view_get(ex, s->dye, bytes, dev);
         for (int p = 0; p < ex->P; p++)
-            privacy_clip_noise(dye + (size_t)ex->send_offs[p] * d, ex->send_rows[p], d, ex->grad_clip_norm,
-                               ex->noise_multiplier, &ex->noise);
+            if (crosses(ex, p))
+                privacy_clip_noise(dye + (size_t)ex->send_offs[p] * d, ex->send_rows[p], d, ex->grad_clip_norm,
+                                   ex->noise_multiplier, &ex->noise);
         view_put(ex, s->dye, dye, bytes, dev);
     }
     if (!ex->tap) return;
@@ -456,17 +477,18 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     for (int p = 0; p < P; p++) {
         int *ids = ex->send_counts + (size_t)p * 2 * K, *n = ids + K;
         for (int j = 0; j < K; j++) {
-            int e = p + j * P;
+            int e = pool_rank_expert(p, j, ex->N, ex->R);
             ids[j] = e < ex->m ? e : -1;
-            n[j] = a && p != ex->party && e < ex->m ? a->counts[e] : 0;
+            n[j] = a && p != ex->peer && e < ex->m ? a->counts[e] : 0;
         }
     }
-    int bad = ex->fault && ex->party == ex->fault_party ? (ex->party + 1) % P : -1; // test hook
+    int bad = ex->fault && ex->peer == ex->fault_party ? (ex->peer + 1) % P : -1; // test hook
     if (bad >= 0 && ex->fault == 1) ex->send_counts[(size_t)bad * 2 * K + K] = ex->max_rows + 1;
-    if (bad >= 0 && ex->fault == 2) ex->send_counts[(size_t)bad * 2 * K] = (bad + 1) % P;
+    if (bad >= 0 && ex->fault == 2) // the first expert of the rank after bad: not bad's
+        ex->send_counts[(size_t)bad * 2 * K] = pool_rank_expert((bad + 1) % P, 0, ex->N, ex->R);
     comm_alltoall_ints(ex->comm, MSG_ROUTING_COUNTS, ex->send_counts, ex->recv_counts, 2 * K);
     check_counts(ex, sl);
-    for (int j = 0; j < ex->n_local; j++) sl->from[ex->party * K + j] = a ? a->counts[ex->local[j]] : 0;
+    for (int j = 0; j < ex->n_local; j++) sl->from[ex->peer * K + j] = a ? a->counts[ex->local[j]] : 0;
     layouts(ex, sl, a);
     size_t in_transit = 0, going_out = 0;
     sl->rows = 0;
@@ -474,7 +496,7 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
         in_transit += ex->recv_rows[q];
         going_out += ex->send_rows[q];
         for (int j = 0; j < ex->n_local; j++) sl->rows += sl->from[q * K + j];
-        ex->comm->rows_routed[q] += ex->send_rows[q];
+        if (crosses(ex, q)) ex->comm->rows_routed[q / ex->R] += ex->send_rows[q];
     }
     ensure_work(ex, in_transit);
     ensure_stage(ex, going_out);
@@ -512,7 +534,7 @@ static void clip_backward(Exchange *ex, const MoeActs *a, MoeScratch *s) {
     const float *inp = view_get(ex, (float *)a->inp, sizeof(float) * (size_t)a->N * d, dev);
     const int *row_choice = view_get(ex, a->row_choice, sizeof(int) * Nk, dev);
     for (int p = 0; p < ex->P; p++)
-        for (int i = 0; i < ex->send_rows[p]; i++) {
+        for (int i = 0; crosses(ex, p) && i < ex->send_rows[p]; i++) {
             int r = ex->send_offs[p] + i;
             privacy_clip_backward(dxe + (size_t)r * d, inp + (size_t)(row_choice[r] / a->k) * d, d, ex->clip_norm);
         }
@@ -546,6 +568,17 @@ void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s,
 }
 
 int exchange_expert_rows(const Exchange *ex, int layer, int e) {
-    if (pool_owner(e, ex->P) != ex->party) return 0;
-    return served_rows(ex, &ex->layers[layer], e / ex->P);
+    if (pool_owner_rank(e, ex->N, ex->R) != ex->peer) return 0;
+    return served_rows(ex, &ex->layers[layer], (e / ex->N - ex->peer % ex->R) / ex->R);
+}
+
+void exchange_party_route(Exchange *ex, MoeActs *a) {
+    int m = a->m;
+    double *v = mallocCheck(sizeof(double) * 2 * (size_t)m); // counts, then probability sums
+    for (int e = 0; e < m; e++) { v[e] = a->counts[e]; v[m + e] = a->psum[e]; }
+    comm_party_sum_doubles(ex->comm, MSG_PARTY_STATS, v, 2 * m);
+    for (int e = 0; e < m; e++) a->party_counts[e] = (int)v[e];
+    a->party_rows = a->N * ex->R; // (every rank of the party has a batch of the same size)
+    a->aux = moe_aux_loss(a->party_counts, v + m, a->party_rows, m, a->k);
+    free(v);
 }

@@ -1,7 +1,10 @@
 // exchange.h: the PC-MoE expert exchange, the heart of pcmoe.
 //
-// Expert e of every MoE layer lives on party e % P (pool.h). At each MoE layer every party calls
-// exchange_forward, and later exchange_backward, in the same order, whether or not it has a batch of its own:
+// Expert e of every MoE layer lives on party e % N (pool.h), and inside it on one of its R ranks
+// (parties.ranks_per_party). The exchange's peers are the N R ranks of the pool: rows for expert e go straight
+// to the rank that holds it, be it in another party or in the sender's own. At each MoE layer every rank calls
+// exchange_forward, and later exchange_backward, in the same order, whether or not it has a batch of its own
+// (below, "party" is a rank of it; with R = 1 the two are the same):
 //
 //   sender (has tokens)                           owner (holds experts)
 //   router, top-k, pack rows by expert, grouped
@@ -23,7 +26,8 @@
 //                                       <--- d loss / d inputs (MSG_INPUT_GRADS) ----
 //
 // Nothing else crosses: no token ids, labels, gate weights, router or backbone tensors. Anything wrong
-// in what a peer sends stops the job (MPI_Abort) with a message naming that party.
+// in what a peer sends stops the job (MPI_Abort) with a message naming that party (and its rank). Rows between
+// two ranks of one party stay inside the party: --audit counts them apart, and the DP defence leaves them be.
 //
 // On a device (run.device = cuda) rows, expert activations and gradients stay in device memory; only
 // the rows that cross parties leave it. MPI gets them one of two ways (run.cuda_aware_mpi):
@@ -45,12 +49,12 @@ struct Recorder;    // record.h
 struct Comm;        // comm.h: the exchange is the only module below the commands that talks MPI
 
 // Owner-side state of one MoE layer, from its forward to its backward. Rows are expert-major: local
-// expert j's rows first, and within them party 0's rows, then party 1's, and so on.
+// expert j's rows first, and within them peer 0's rows, then peer 1's, and so on.
 // Buffers marked [backend] come from the backend's alloc_device (device memory on cuda), [transit] from
 // alloc_device when MPI can read them (cpu, or direct), else from alloc_pinned, [host] from malloc.
 typedef struct {
     int rows;          // rows served in the last forward
-    int *from;         // [host] (P, max_local) rows from party q for local expert j
+    int *from;         // [host] (P, max_local) rows from peer q for local expert j
     size_t at;         // its first row in the exchange's inputs (and hidden) arenas
 } ServeLayer;
 
@@ -59,12 +63,13 @@ typedef struct Exchange {
     int staged;            // rows cross through page-locked host buffers (a device backend, MPI not CUDA-aware)
     int recompute;         // model.recompute_experts: layers keep only x; h, u, a are recomputed in the backward
     struct Comm *comm;
-    int P, party;          // parties, and this one
+    int N, R;              // parties, and ranks per party
+    int P, peer;           // peers (the pool's N R ranks), and this rank's index among them
     int m, d, f, n_layers;
-    int n_local;           // experts this party owns
-    int *local;            // (n_local) their global ids: party, party + P, ...
-    int max_local;         // ceil(m / P): width of one count message
-    int *order;            // (m) packing order for senders: experts grouped by owner, owner 0 first
+    int n_local;           // experts this rank owns
+    int *local;            // (n_local) their global ids (pool_rank_expert)
+    int max_local;         // the most experts a rank owns: width of one count message
+    int *order;            // (m) packing order for senders: experts grouped by owner rank, rank 0 first
     int max_rows;          // most rows one party can route in one pass: B*T*k
     int check_finite;      // check received rows and gradients for NaN / Inf
     float noise_std;       // Gaussian noise on every row sent to another party (privacy.noise_std)
@@ -74,7 +79,7 @@ typedef struct Exchange {
     Rng noise;             // its private RNG
     struct Recorder *tap;  // study only (privacy.record_received): the recorder the exchange taps (record.h), or NULL
     int fault;             // test hook: 0 none, 1 bad counts, 2 foreign expert id, 3 NaN rows
-    int fault_party;       // the party that misbehaves
+    int fault_party;       // the peer that misbehaves
     int *send_counts, *recv_counts; // (P, 2 * max_local) per peer: expert ids, then row counts
     int *within;           // (P, max_local)
     int *send_rows, *send_offs, *recv_rows, *recv_offs; // (P)
@@ -83,7 +88,7 @@ typedef struct Exchange {
                            // layer's inputs, replaced pass by pass by their outputs (forward); the outputs'
                            // gradients, replaced by the inputs' (backward)
     size_t work_cap;
-    float *stage;          // [pinned] staged: (stage_cap, d) this party's own rows on their way out or back
+    float *stage;          // [pinned] staged: (stage_cap, d) this rank's own rows on their way out or back
     size_t stage_cap;
     float *inputs;         // [backend] (arena_cap, d) the rows every MoE layer served in this step's forward, kept
                            // for its backward: layer after layer, layer l's from row layers[l].at
@@ -118,7 +123,7 @@ void exchange_create(Exchange *ex, const struct Backend *be, int direct, struct 
 // the other parties, sends going_out away, and its busiest expert has `most` rows.
 size_t exchange_plan_bytes(int P, int m, int d, int f, int n_layers, int n_moe, size_t served, size_t in_transit,
                            size_t going_out, size_t most, int staged, int recompute);
-// Test hook (--inject-fault): party `party` sends "counts" beyond bounds, a "foreign" expert id, or
+// Test hook (--inject-fault): peer `party` sends "counts" beyond bounds, a "foreign" expert id, or
 // "nan" rows. Fails on an unknown kind.
 void exchange_set_fault(Exchange *ex, const char *kind, int party);
 void exchange_free(Exchange *ex);
@@ -130,7 +135,10 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
 // serving) and accumulates the owned experts' weight gradients into dw.
 void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
                        double *flops);
-// Rows owned expert e processed in `layer`'s last forward, from all parties (0 if not owned here).
+// A party of several ranks: layer a's routing counts and probability sums, summed over the party's ranks (traffic
+// inside the party), into a->party_counts and a->party_rows, and a->aux becomes the party batch's aux loss.
+void exchange_party_route(Exchange *ex, MoeActs *a);
+// Rows owned expert e processed in `layer`'s last forward, from all parties (0 if not held by this rank).
 int exchange_expert_rows(const Exchange *ex, int layer, int e);
 
 #endif

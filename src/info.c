@@ -9,7 +9,7 @@
 
 #include "ckpt.h"     // ckpt_peek, ckpt_load, ckpt_latest
 #include "config.h"   // config_load_text
-#include "pool.h"     // pool_owner
+#include "pool.h"     // pool_owner_rank
 #include "model.h"    // model_create
 #include "util.h"     // mallocCheck
 
@@ -18,7 +18,7 @@
 // Loads and describes one party file. Returns 0 or 2.
 static int info_file(const char *path, int complete) {
     char *text = mallocCheck(1 << 20), err[2048];
-    int step = 0, party = 0, rc = ckpt_peek(path, text, 1 << 20, &step, &party, err, sizeof err);
+    int step = 0, party = 0, local = 0, rc = ckpt_peek(path, text, 1 << 20, &step, &party, &local, err, sizeof err);
     Config *c = mallocCheck(sizeof(Config));
     if (!rc && config_load_text(c, text, err, sizeof err)) rc = 2;
     if (!rc && (party < 0 || party >= c->n_parties))
@@ -28,17 +28,22 @@ static int info_file(const char *path, int complete) {
         free(text); free(c);
         return 2;
     }
-    int E = c->n_experts, P = c->n_parties, pcmoe = c->mode == MODE_PCMOE && P > 1;
+    int E = c->n_experts, P = c->n_parties, R = c->ranks_per_party, pcmoe = c->mode == MODE_PCMOE && P * R > 1;
+    if (local < 0 || local >= R) {
+        fprintf(stderr, "pcmoe: error: %s: local rank %d of a party of %d ranks\n", path, local, R);
+        free(text); free(c);
+        return 2;
+    }
     int *owned = mallocCheck(sizeof(int) * E);
-    for (int e = 0; e < E; e++) owned[e] = !pcmoe || pool_owner(e, P) == party;
+    for (int e = 0; e < E; e++) owned[e] = !pcmoe || pool_owner_rank(e, P, R) == party * R + local;
     ModelConfig mc = model_config_from(c);
     Model m;
     model_create(&m, &mc, owned, !pcmoe, 1, c->seq_len);
     m.shuffle_on = pcmoe && c->shuffle_rows;
     int n_data = c->mode == MODE_CENTRALIZED ? P : 1;
     Rng *rngs = mallocCheck(sizeof(Rng) * n_data);
-    CkptState s = {.party = party, .c = c, .m = &m, .data_rng = rngs, .first_data = n_data > 1 ? 0 : party,
-                   .n_data = n_data, .shuffle = m.shuffle_on ? &m.shuffle : NULL};
+    CkptState s = {.party = party, .local = local, .c = c, .m = &m, .data_rng = rngs,
+                   .first_data = n_data > 1 ? 0 : party, .n_data = n_data, .shuffle = m.shuffle_on ? &m.shuffle : NULL};
     rc = ckpt_load(path, &s, err, sizeof err);
     if (rc) {
         fprintf(stderr, "pcmoe: error: %s\n", err);
@@ -46,12 +51,15 @@ static int info_file(const char *path, int complete) {
         size_t backbone = 0, experts = 0;
         for (int i = 0; i < m.n_tensors; i++) {
             if (m.tensors[i].expert >= 0) experts += m.tensors[i].numel;
-            else backbone += m.tensors[i].numel;
+            else if (local == 0) backbone += m.tensors[i].numel; // (rank 0 holds the party's backbone)
         }
         printf("%s: step %d, mode %s", path, step, MODE_NAMES[c->mode]);
         if (c->mode == MODE_PCMOE) printf(" (%s)", SCHEDULE_NAMES[c->schedule]);
-        printf(", party %d of %d%s\n", party, P, complete ? "" : ", checkpoint INCOMPLETE (no marker)");
-        printf("  parameters: %zu (backbone %zu, experts %zu: ", m.n_params, backbone, experts);
+        printf(", party %d of %d", party, P);
+        if (R > 1) printf(", rank %d of its %d", local, R);
+        printf("%s\n", complete ? "" : ", checkpoint INCOMPLETE (no marker)");
+        printf("  parameters: %zu (backbone %zu%s, experts %zu: ", backbone + experts, backbone,
+               local > 0 ? ", in the party's rank-0 file" : "", experts);
         int first = 1;
         for (int e = 0; e < E; e++)
             if (owned[e]) { printf("%s%d", first ? "" : ",", e); first = 0; }

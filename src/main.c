@@ -31,7 +31,8 @@ static void usage(FILE *f) {
             "  [mpirun -np N] pcmoe train CONFIG.ini [--set section.key=value ...] [--force] [--simulate]\n"
             "                    [--audit FILE]\n"
             "      Train as CONFIG.ini says; each --set overrides one key. Modes pcmoe, local and fedavg run one\n"
-            "      MPI rank per party (N = parties.count); centralized runs on one rank. Writes RUN/config.ini\n"
+            "      MPI rank per party (N = parties.count; a pcmoe party may have parties.ranks_per_party ranks,\n"
+            "      N x ranks_per_party in all); centralized runs on one rank. Writes RUN/config.ini\n"
             "      (resolved config), RUN/metrics.jsonl (one JSON object per party and logged step) and\n"
             "      RUN/summary.json, where RUN is run.dir.\n"
             "      --force       overwrite a run directory that already holds metrics\n"
@@ -323,6 +324,9 @@ int main(int argc, char **argv) {
     Comm comm;
     comm_init(&comm);
     Config *c = load_config(&comm, &a);
+    if (c->ranks_per_party > 1 && strcmp(cmd, "train"))
+        fail_usage(2, 0, "parties.ranks_per_party = %d: pcmoe %s runs one rank per party (only train runs several "
+                   "yet); set parties.ranks_per_party = 1", c->ranks_per_party, cmd);
     if (!strcmp(cmd, "train")) rc = train_run(c, &comm, &a.run, &a.train);
     else if (!strcmp(cmd, "eval")) rc = run_eval(c, &comm, &a.run);
     else if (!strcmp(cmd, "bench")) rc = bench_run(c, &comm, &a.run, &a.bench);

@@ -250,6 +250,7 @@ void model_create_on(Model *m, const Backend *be, const ModelConfig *c, const in
     m->lnf = NULL; // (below: dresid's buffer)
     m->rstdf = act_alloc(m, N);
     m->head_rows = model_head_rows(c, (int)N);
+    m->dp_ranks = 1;
     m->logits = act_alloc(m, (size_t)m->head_rows * c->vocab);
     m->losses = act_alloc(m, N);
     m->row_losses = be->alloc_pinned(sizeof(float) * (N ? N : 1));
@@ -406,6 +407,7 @@ static void ffn_block(Model *m, int l, const float *x, float *out, int n, float 
     m->be->moe_route(a, x, w->router, m->expert_order, m->shuffle_on ? &m->shuffle : NULL);
     m->flops += flops_matmul(n, c->d, c->n_experts);
     a->inp = x;
+    if (m->ex && m->dp_ranks > 1) exchange_party_route(m->ex, a); // the aux loss of the party's whole batch
     if (m->ex) exchange_forward(m->ex, l, a, expert_set(w), &m->flops);
     else {
         m->be->moe_experts_forward(a, expert_set(w));
@@ -424,7 +426,7 @@ static void head_chunk_backward(Model *m, const Token *targets, int r, int n) {
     const ModelConfig *c = &m->cfg;
     int N = m->B * m->T, d = c->d, V = c->vocab;
     const float *ln = m->lnf + (size_t)r * d;
-    m->be->crossentropy_backward(m->dlogits, m->logits, targets + r, n, V, 1.0f / N);
+    m->be->crossentropy_backward(m->dlogits, m->logits, targets + r, n, V, 1.0f / (N * m->dp_ranks));
     m->be->matmul_backward(m->dln + (size_t)r * d, m->g.lm_head, m->dlogits, ln, m->w.lm_head, n, d, V);
 }
 
@@ -439,7 +441,7 @@ static void head_chunk(Model *m, const Token *targets, int r, int n, int backwar
         m->be->crossentropy_forward(m->logits, m->losses + r, targets + r, n, V);
         return;
     }
-    m->be->crossentropy_fused(m->dlogits, m->losses + r, targets + r, n, V, 1.0f / N); // (dlogits is logits)
+    m->be->crossentropy_fused(m->dlogits, m->losses + r, targets + r, n, V, 1.0f / (N * m->dp_ranks)); // (logits)
     m->be->matmul_backward(m->dln + (size_t)r * d, m->g.lm_head, m->dlogits, ln, m->w.lm_head, n, d, V);
 }
 
@@ -587,7 +589,9 @@ void model_backward(Model *m, const Token *tokens, const Token *targets) {
                 m->be->moe_experts_backward(s, &a->moe, expert_set(w), expert_set(g));
                 m->flops += 2.0 * experts_flops(&a->moe, expert_set(w));
             }
-            m->be->moe_route_backward(m->dln, g->router, s, &a->moe, a->ln2, w->router, c->aux_coef, c->z_coef);
+            // (several ranks: the z-loss is the mean over their tokens; the aux loss is the party batch's already)
+            m->be->moe_route_backward(m->dln, g->router, s, &a->moe, a->ln2, w->router, c->aux_coef,
+                                      c->z_coef / m->dp_ranks);
             m->flops += flops_matmul_backward(N, d, c->n_experts, 1);
         } else {
             m->be->ffn_backward(m->dln, g->ffn_gate, g->ffn_up, g->ffn_down, m->dffn_h, m->dffn_u, m->dffn_a, m->dresid,

@@ -109,6 +109,8 @@ typedef struct {
     const struct Backend *be; // the device its buffers live on and its ops run on (backend.h)
     int B, T;                 // batch shape of the next pass
     int B_alloc;              // batch size the activation buffers are sized for
+    int dp_ranks;             // a party of several ranks (parties.ranks_per_party): the losses are the means over
+                              // their batches, so each rank's gradients are its 1 / dp_ranks share (1: alone)
     int n_tensors;
     ParamTensor *tensors;     // (n_tensors) this party's tensors, in buffer order
     size_t n_params;          // floats in each flat buffer

@@ -30,6 +30,9 @@ void moe_acts_alloc(MoeActs *a, int N, int d, int m, int k, int f, int expert_ac
     a->gates = alloc_f(Nk, bytes, alloc);
     a->gate_sum = alloc_f(N, bytes, alloc);
     a->counts = alloc_i(m, bytes, NULL);
+    a->party_counts = alloc_i(m, bytes, NULL);
+    a->psum = (double *)alloc_f(2L * m, bytes, NULL); // (m doubles)
+    a->party_rows = 0;
     a->offsets = alloc_i(m, bytes, NULL);
     a->dev_index = alloc_i(2 * m, bytes, alloc);
     a->row_choice = alloc_i(Nk, bytes, alloc);
@@ -50,6 +53,8 @@ void moe_acts_free(MoeActs *a, void (*release)(void *)) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) (release ? release : free)(bufs[i]);
     free(a->counts);
+    free(a->party_counts);
+    free(a->psum);
     free(a->offsets);
     free(a->perm);
     free(a->fill);
@@ -129,16 +134,25 @@ void moe_route(MoeActs *a, const float *inp, const float *router, const int *ord
     for (long row = 0; row < (long)N * k; row++)
         memcpy(a->xe + row * d, inp + (long)(a->row_choice[row] / k) * d, sizeof(float) * d);
     // auxiliary losses (serial sums: identical bits for any thread count)
-    double aux = 0.0, z = 0.0;
+    double z = 0.0;
     for (int e = 0; e < m; e++) {
-        double mean_p = 0.0;
-        for (int n = 0; n < N; n++) mean_p += a->probs[(long)n * m + e];
-        mean_p /= N;
-        aux += ((double)a->counts[e] / ((double)N * k)) * mean_p;
+        double sum = 0.0;
+        for (int n = 0; n < N; n++) sum += a->probs[(long)n * m + e];
+        a->psum[e] = sum;
     }
-    a->aux = aux * m;
+    a->aux = moe_aux_loss(a->counts, a->psum, N, m, k);
     for (int n = 0; n < N; n++) z += (double)a->lse[n] * a->lse[n];
     a->z = z / N;
+}
+
+double moe_aux_loss(const int *counts, const double *psum, int rows, int m, int k) {
+    double aux = 0.0;
+    for (int e = 0; e < m; e++) aux += ((double)counts[e] / ((double)rows * k)) * (psum[e] / rows);
+    return aux * m;
+}
+
+void moe_aux_grad(float *out, const int *counts, int rows, int m, int k, float aux_coef) {
+    for (int e = 0; e < m; e++) out[e] = (float)(aux_coef * (double)m * counts[e] / ((double)rows * k) / rows);
 }
 
 void moe_shuffle_permutation(int *perm, const int *counts, const int *offsets, int m, Rng *shuffle) {
@@ -211,7 +225,8 @@ void moe_route_backward(float *dinp, float *drouter, MoeScratch *s, const MoeAct
     int N = a->N, d = a->d, m = a->m, k = a->k;
     // d aux / d probs[n, e] = m * frac_e / N, with frac_e = counts_e / (N k) held constant (Switch)
     float *aux_grad = s->aux_grad;
-    for (int e = 0; e < m; e++) aux_grad[e] = (float)(aux_coef * (double)m * a->counts[e] / ((double)N * k) / N);
+    if (a->party_rows) moe_aux_grad(aux_grad, a->party_counts, a->party_rows, m, k, aux_coef);
+    else moe_aux_grad(aux_grad, a->counts, N, m, k, aux_coef);
 #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         // unpack: every choice of token n sends its input gradient back to the token's row

@@ -36,6 +36,9 @@ typedef struct {
     float *ae;         // (N*k, f) silu(he) * ue
     float *ye;         // (N*k, d) packed expert outputs
     const float *inp;  // (N, d) the rows routed (the FFN norm's output; read by the DP defence's clipping backward)
+    double *psum;      // (m) sum over the rows of probs[n, e] (host memory; the aux loss's mean probabilities)
+    int *party_counts; // (m) a party of several ranks: counts summed over its ranks (host memory; set by the
+    int party_rows;    // exchange, with party_rows their rows: the aux loss is the party batch's). 0: one rank
     double aux;        // Switch load-balancing loss of this layer: m * sum_e frac_e * meanprob_e
     double z;          // router z-loss of this layer: mean_n lse_n^2
 } MoeActs;
@@ -79,6 +82,12 @@ void moe_scratch_free(MoeScratch *s, void (*release)(void *));
 // shuffle: when not NULL, each expert's rows are put in a random order drawn from this private RNG
 // (otherwise they keep token order, which would tell an expert's owner where each token sat).
 void moe_route(MoeActs *a, const float *inp, const float *router, const int *order, Rng *shuffle);
+// The aux loss m * sum_e (counts_e / (rows k)) * (psum_e / rows) of counts and probability sums over `rows` rows
+// (in expert order, double: the same bits everywhere).
+double moe_aux_loss(const int *counts, const double *psum, int rows, int m, int k);
+// The aux loss's d / d probs[n, e] (the same for every row n): aux_coef * m * counts_e / (rows k) / rows, with
+// the fractions held constant (Switch). out: (m).
+void moe_aux_grad(float *out, const int *counts, int rows, int m, int k, float aux_coef);
 // The private shuffle of each expert's rows as a permutation: the rows of expert e, packed at
 // [offsets[e], offsets[e] + counts[e]), are reordered so that packed row offsets[e] + i takes the choice
 // that was at offsets[e] + perm[offsets[e] + i]. Draws from `shuffle` (Fisher-Yates, experts in id
@@ -95,7 +104,8 @@ void moe_combine_backward(MoeScratch *s, const float *dout, const MoeActs *a);
 // Backward of the experts present in `w`: dxe (N*k, d) = d loss / d xe; expert weight grads +=.
 void moe_experts_backward(MoeScratch *s, const MoeActs *a, ExpertSet w, ExpertSet dw);
 // Backward of moe_route: dinp (N, d) += through the unpacking of dxe and through the router;
-// drouter (m, d) +=. aux_coef and z_coef weight this layer's aux and z terms in the total loss.
+// drouter (m, d) +=. aux_coef and z_coef weight this layer's aux and z terms in the total loss. With
+// party_rows, the aux loss's fractions are those of party_counts over party_rows rows.
 void moe_route_backward(float *dinp, float *drouter, MoeScratch *s, const MoeActs *a, const float *inp,
                         const float *router, float aux_coef, float z_coef);
 

@@ -20,7 +20,7 @@
 #include "exchange.h" // exchange_plan_bytes
 #include "json.h"     // Json
 #include "model.h"    // model_create_on, MemStats
-#include "pool.h"     // pool_owner
+#include "pool.h"     // pool_owner_rank
 #include "util.h"     // mallocCheck, fail
 
 #define PAGE 4096 // each reservation starts with a page that holds its length (for munmap)
@@ -55,11 +55,12 @@ typedef struct {
     size_t buffers_worst; // the exchange's bytes at the worst routing a step allows
 } Plan;
 
-// The exchange of party p (pcmoe over MPI) at balanced routing (each party's B*T*k rows spread evenly over
-// the m experts) and at the worst (every token of every party routed to as many of p's experts as it may).
-static void plan_exchange(Plan *pl, const Config *c, int p, int P) {
-    int m = c->n_experts, k = c->top_k, n_local = 0, n_moe = 0;
-    for (int e = 0; e < m; e++) n_local += pool_owner(e, P) == p;
+// The exchange of rank s of the pool's P = N R ranks (pcmoe over MPI) at balanced routing (each rank's B*T*k
+// rows spread evenly over the m experts) and at the worst (every token of every rank routed to as many of
+// s's experts as it may).
+static void plan_exchange(Plan *pl, const Config *c, int s, int N, int R) {
+    int m = c->n_experts, k = c->top_k, n_local = 0, n_moe = 0, P = N * R;
+    for (int e = 0; e < m; e++) n_local += pool_owner_rank(e, N, R) == s;
     ModelConfig mc = model_config_from(c);
     for (int l = 0; l < c->n_layers; l++) n_moe += model_layer_is_moe(&mc, l);
     size_t BT = (size_t)c->batch_size * c->seq_len, BTk = BT * k;
@@ -74,13 +75,14 @@ static void plan_exchange(Plan *pl, const Config *c, int p, int P) {
                                             (P - 1) * most, out, P * BT, staged, recompute);
 }
 
-// The model of party p (-1: a whole model) for batches of B sequences, as run.c builds it.
-static Plan plan_model(const Config *c, const Backend *be, int p, int P, int B, const char *what) {
-    int E = c->n_experts, exchanged = p >= 0 && P > 1;
+// The model of rank s (-1: a whole model) of N parties of R ranks for batches of B sequences, as run.c builds
+// it.
+static Plan plan_model(const Config *c, const Backend *be, int s, int N, int R, int B, const char *what) {
+    int E = c->n_experts, exchanged = s >= 0 && N * R > 1;
     int *owned = mallocCheck(sizeof(int) * E);
     Plan pl = {.what = what};
     for (int e = 0; e < E; e++) {
-        owned[e] = !exchanged || pool_owner(e, P) == p;
+        owned[e] = !exchanged || pool_owner_rank(e, N, R) == s;
         pl.experts += owned[e];
     }
     ModelConfig mc = model_config_party(c, exchanged);
@@ -89,7 +91,7 @@ static Plan plan_model(const Config *c, const Backend *be, int p, int P, int B, 
     pl.mem = m.mem;
     model_free(&m);
     free(owned);
-    if (exchanged) plan_exchange(&pl, c, p, P);
+    if (exchanged) plan_exchange(&pl, c, s, N, R);
     return pl;
 }
 
@@ -131,7 +133,8 @@ static void json_plan(Json *j, const Plan *pl, int party) {
     json_close_object(j);
 }
 
-// The processes a run of c starts: one per party (a centralized run: one), each planned.
+// The processes a run of c starts: one per party, or in pcmoe R per party (a centralized run: one), each
+// planned.
 static int plan_config(const Config *c, const char *path, const char *json_path) {
 #ifdef _OPENMP
     if (c->threads > 0) omp_set_num_threads(c->threads); // (as a run does; else OMP_NUM_THREADS decides)
@@ -144,17 +147,21 @@ static int plan_config(const Config *c, const char *path, const char *json_path)
         be.attention_saved_floats = cuda_att_saved;
         be.attention_work_floats = cuda_att_work;
     }
-    int P = c->n_parties, E = c->n_experts, central = c->mode == MODE_CENTRALIZED, n = central ? 1 : P;
-    int pcmoe = c->mode == MODE_PCMOE;
+    int P = c->n_parties, R = c->ranks_per_party, E = c->n_experts, central = c->mode == MODE_CENTRALIZED;
+    int pcmoe = c->mode == MODE_PCMOE, n = central ? 1 : P * R;
     Plan *pl = mallocCheck(sizeof(Plan) * (size_t)n);
     char (*names)[32] = mallocCheck(32 * (size_t)n);
-    for (int p = 0; p < n; p++) {
-        snprintf(names[p], 32, central ? "centralized" : "party %d", p);
-        pl[p] = plan_model(c, &be, pcmoe ? p : -1, P, central ? P * c->batch_size : c->batch_size, names[p]);
+    for (int s = 0; s < n; s++) {
+        if (central) snprintf(names[s], 32, "centralized");
+        else if (R > 1) snprintf(names[s], 32, "party %d.%d", s / R, s % R);
+        else snprintf(names[s], 32, "party %d", s);
+        pl[s] = plan_model(c, &be, pcmoe ? s : -1, P, R, central ? P * c->batch_size : c->batch_size, names[s]);
     }
-    Plan whole = plan_model(c, &be, -1, 1, c->batch_size, "whole model");
-    printf("pcmoe plan: %s: mode %s, %d part%s, batch %d x %d tokens per party, run.device = %s\n", path,
-           MODE_NAMES[c->mode], P, P == 1 ? "y" : "ies", c->batch_size, c->seq_len, DEVICE_NAMES[c->device]);
+    Plan whole = plan_model(c, &be, -1, 1, 1, c->batch_size, "whole model");
+    printf("pcmoe plan: %s: mode %s, %d part%s, batch %d x %d tokens per %s, run.device = %s\n", path,
+           MODE_NAMES[c->mode], P, P == 1 ? "y" : "ies", c->batch_size, c->seq_len, R > 1 ? "rank" : "party",
+           DEVICE_NAMES[c->device]);
+    if (R > 1) printf("%d ranks per party: party P.L is party P's rank L\n", R);
     printf("bytes each process allocates (fp32; the exchange's buffers at balanced routing / at the worst a step "
            "allows; the program, its libraries and the corpora come on top)\n");
     printf("%-12s %8s %11s %11s %11s %12s %25s %25s\n", "process", "experts", "parameters", "gradients", "AdamW",
@@ -171,9 +178,10 @@ static int plan_config(const Config *c, const char *path, const char *json_path)
         json_open_object(&j);
         json_member_string(&j, "mode", MODE_NAMES[c->mode]);
         json_member_int(&j, "parties", P);
+        json_member_int(&j, "ranks_per_party", R);
         json_key(&j, "processes");
         json_open_array(&j);
-        for (int p = 0; p < n; p++) json_plan(&j, &pl[p], central ? -1 : p);
+        for (int s = 0; s < n; s++) json_plan(&j, &pl[s], central ? -1 : s / R);
         json_close_array(&j);
         json_key(&j, "whole");
         json_plan(&j, &whole, -1);

@@ -16,7 +16,7 @@
 #include "autoconfig.h"   // HAVE_OPENBLAS_*
 #include "ckpt.h"         // ckpt_save, ckpt_load, ckpt_latest, ckpt_read_weights, ckpt paths
 #include "hf.h"           // hf_is_checkpoint, hf_read_weights: Hugging Face checkpoints
-#include "pool.h"         // pool_owner, pool_packing_order
+#include "pool.h"         // pool_owner_rank, pool_packing_order
 #include "privacy.h"      // privacy_appearances, privacy_run_epsilon, privacy_noise_for_epsilon
 #include "record.h"       // record_open, record_close (the study only)
 #include "util.h"         // fail, fail_usage, mallocCheck, error_set, mkdir_p, write_file_atomic
@@ -63,8 +63,9 @@ static uint64_t backbone_seed(const Config *c, int party) {
     return (uint64_t)c->seed + 7919ULL * (uint64_t)(shared ? 1 : party + 1);
 }
 
-static uint64_t shuffle_seed(const Config *c, int party) {
-    if (c->shuffle_seed != 0) return (uint64_t)c->shuffle_seed + (uint64_t)party;
+// The private shuffle's seed of party `party`'s local rank `local`.
+static uint64_t shuffle_seed(const Config *c, int party, int local) {
+    if (c->shuffle_seed != 0) return (uint64_t)c->shuffle_seed + (uint64_t)party + 1000003ULL * (uint64_t)local;
     uint64_t s = 0;
     FILE *f = fopen("/dev/urandom", "rb");
     if (!f || fread(&s, sizeof s, 1, f) != 1)
@@ -94,7 +95,14 @@ int run_party_trains(const Config *c, int step, int party) {
 // Opening and closing
 
 void run_check_ranks(const Config *c, const Comm *comm, int simulate) {
-    int one_process = c->mode == MODE_CENTRALIZED || simulate, want = one_process ? 1 : c->n_parties;
+    int R = c->ranks_per_party, one_process = c->mode == MODE_CENTRALIZED || simulate;
+    int want = one_process ? 1 : c->n_parties * R;
+    if (simulate && R > 1)
+        fail_usage(2, 0, "parties.ranks_per_party = %d: --simulate computes each party in one process; give it the "
+                   "party's batch instead (train.batch_size = %d x %d)", R, R, c->batch_size);
+    if (comm->size != want && R > 1)
+        fail_usage(2, 0, "parties.count = %d, parties.ranks_per_party = %d: needs %d MPI ranks (%d x %d), the job has "
+                   "%d", c->n_parties, R, want, c->n_parties, R, comm->size);
     if (comm->size != want)
         fail_usage(2, 0, "parties.count = %d, parties.mode = %s%s: needs %d MPI rank%s, the job has %d", c->n_parties,
                    MODE_NAMES[c->mode], simulate ? " with --simulate" : "", want, want > 1 ? "s" : "", comm->size);
@@ -152,9 +160,9 @@ static void build_simulated(Run *r, const ModelConfig *mc) {
                 g->exp_up[e] = pg->exp_up[e];
                 g->exp_down[e] = pg->exp_down[e];
             }
-        pool_packing_order(m->expert_order, E, r->P);
+        pool_packing_order(m->expert_order, E, r->P, 1);
         m->shuffle_on = c->shuffle_rows;
-        rng_seed(&m->shuffle, shuffle_seed(c, q));
+        rng_seed(&m->shuffle, shuffle_seed(c, q, 0));
     }
     free(none);
 }
@@ -164,7 +172,7 @@ static void build_exchange(Run *r, Party *p) {
     const Config *c = r->c;
     int E = c->n_experts,
         direct = c->cuda_aware_mpi == CUDA_AWARE_ON || (c->cuda_aware_mpi == CUDA_AWARE_AUTO && comm_cuda_aware());
-    if (r->be->device && p->party == 0)
+    if (r->be->device && r->comm->rank == 0)
         fprintf(stderr, "pcmoe: run.device = cuda: rows cross parties %s (run.cuda_aware_mpi = %s)\n",
                 direct ? "as device buffers handed to MPI" : "through page-locked host buffers",
                 CUDA_AWARE_NAMES[c->cuda_aware_mpi]);
@@ -173,7 +181,7 @@ static void build_exchange(Run *r, Party *p) {
                     c->recompute_experts != RECOMPUTE_OFF); // (auto: the owner recomputes)
     p->model.ex = &r->ex;
     r->ex.noise_std = c->noise_std;
-    rng_seed(&r->ex.noise, shuffle_seed(c, p->party) ^ 0x9015EULL);
+    rng_seed(&r->ex.noise, shuffle_seed(c, p->party, r->local) ^ 0x9015EULL);
     if (c->record_dir[0]) {
         fprintf(stderr, "pcmoe: WARNING: privacy.record_received = %s: party %d records every row it receives from "
                 "other parties (a reconstruction-attack study; never use it with real private data)\n",
@@ -182,19 +190,21 @@ static void build_exchange(Run *r, Party *p) {
     }
     memcpy(p->model.expert_order, r->ex.order, sizeof(int) * E);
     p->model.shuffle_on = c->shuffle_rows;
-    rng_seed(&p->model.shuffle, shuffle_seed(c, p->party));
+    rng_seed(&p->model.shuffle, shuffle_seed(c, p->party, r->local));
 }
 
-// One party per rank: pcmoe (its backbone and expert shard), local and fedavg (a whole model).
+// A party on this rank: pcmoe (its backbone and this rank's expert shard), local and fedavg (a whole model).
 static void build_party(Run *r) {
     const Config *c = r->c;
     Party *p = &r->party[0];
     int E = c->n_experts;
     int *owned = mallocCheck(sizeof(int) * E);
-    for (int e = 0; e < E; e++) owned[e] = c->mode != MODE_PCMOE || pool_owner(e, r->P) == p->party;
+    for (int e = 0; e < E; e++)
+        owned[e] = c->mode != MODE_PCMOE || pool_owner_rank(e, r->P, r->R) == p->party * r->R + r->local;
     ModelConfig mc = model_config_party(c, r->exchanged);
     model_create_on(&p->model, r->be, &mc, owned, !r->exchanged, c->batch_size, c->seq_len);
     model_init(&p->model, backbone_seed(c, p->party), (uint64_t)c->seed);
+    p->model.dp_ranks = r->R;
     if (r->exchanged) build_exchange(r, p); // (one party alone holds every expert: nothing to exchange)
     free(owned);
 }
@@ -214,8 +224,8 @@ static void build_models(Run *r) {
         build_party(r);
     }
     for (int q = 0; q < r->n; q++) {
-        r->party[q].tokens = mallocCheck(sizeof(Token) * B * T);
-        r->party[q].targets = mallocCheck(sizeof(Token) * B * T);
+        r->party[q].tokens = mallocCheck(sizeof(Token) * r->R * B * T);
+        r->party[q].targets = mallocCheck(sizeof(Token) * r->R * B * T);
     }
 }
 
@@ -223,10 +233,11 @@ void run_open(Run *r, const Config *c, Comm *comm, const RunOptions *o, int read
     threads_setup(c);
     run_check_ranks(c, comm, o->simulate);
     int P = c->n_parties, one_process = c->mode == MODE_CENTRALIZED || o->simulate;
-    comm_setup(comm, one_process ? 1 : P);
-    *r = (Run){.c = c, .comm = comm, .simulate = o->simulate, .P = P, .n = one_process ? P : 1,
-               .one_process = one_process, .be = &backend_cpu, .nan_grad_step = -1};
-    r->exchanged = c->mode == MODE_PCMOE && !o->simulate && P > 1;
+    int R = one_process ? 1 : c->ranks_per_party;
+    comm_setup(comm, one_process ? 1 : P, R);
+    *r = (Run){.c = c, .comm = comm, .simulate = o->simulate, .P = P, .R = R, .local = comm->local,
+               .n = one_process ? P : 1, .one_process = one_process, .be = &backend_cpu, .nan_grad_step = -1};
+    r->exchanged = c->mode == MODE_PCMOE && !o->simulate && P * R > 1;
     char err[2048] = "";
     if (c->device == DEVICE_CUDA) { // every rank opens its GPU; any failure ends the job on every rank
         r->be = backend_cuda_open(c->gpu, comm_local_rank(comm), c->tf32, err, sizeof err);
@@ -239,7 +250,7 @@ void run_open(Run *r, const Config *c, Comm *comm, const RunOptions *o, int read
     if (read_data) comm_stop_if_failed(comm, load_data(r, err, sizeof err), err); // every rank learns whether all could
     build_models(r);
     if (o->fault && !strcmp(o->fault, "nan-grad")) r->nan_grad_step = 5; // during step 6
-    else if (r->exchanged && o->fault) exchange_set_fault(&r->ex, o->fault, P - 1);
+    else if (r->exchanged && o->fault) exchange_set_fault(&r->ex, o->fault, P * R - 1);
 }
 
 void run_close(Run *r) {
@@ -288,15 +299,19 @@ void run_party_done(Run *r, Model *m) {
 // ---------------------------------------------------------------------------------------------------
 // Validation, memory, the DP accountant
 
-// Mean cross-entropy of the model over the party's n_batches validation batches.
-static double validation_loss(Model *m, const Dataset *ds, int n_batches, Token *tokens, Token *targets) {
+// Mean cross-entropy of the model over the party's n_batches validation batches. A party of R ranks draws each
+// batch R times as large (tokens, targets: (R B, T)), this rank computes its part `local`, and the party
+// averages its ranks' losses.
+static double validation_loss(Run *r, Model *m, const Dataset *ds, int n_batches, Token *tokens, Token *targets) {
     double total = 0.0;
+    size_t mine = (size_t)r->local * m->B * m->T;
     for (int i = 0; i < n_batches; i++) {
-        data_val_batch(ds, tokens, targets, m->B, m->T, i, n_batches);
-        model_forward(m, tokens, targets);
+        data_val_batch(ds, tokens, targets, r->R * m->B, m->T, i, n_batches);
+        model_forward(m, tokens + mine, targets + mine);
         total += m->ce;
     }
-    return total / n_batches;
+    comm_party_sum_doubles(r->comm, MSG_PARTY_STATS, &total, 1);
+    return total / n_batches / r->R;
 }
 
 void run_validate(Run *r) {
@@ -305,7 +320,7 @@ void run_validate(Run *r) {
         Token *tok, *tgt;
         Model *m = run_party_model(r, q, &tok, &tgt);
         p->s.has_val = 1;
-        p->s.val_loss = validation_loss(m, &p->data, r->c->eval_batches, tok, tgt);
+        p->s.val_loss = validation_loss(r, m, &p->data, r->c->eval_batches, tok, tgt);
         p->s.val_bpb = p->s.val_loss / log(2.0) / p->data.val_bytes_per_token;
         run_party_done(r, m);
     }
@@ -329,7 +344,7 @@ void run_dp_account(Run *r, int q) {
     if (!r->dp) return;
     Party *p = &r->party[q];
     StepStats *s = &p->s;
-    if (s->has_train) p->dp_windows += r->c->batch_size;
+    if (s->has_train) p->dp_windows += r->c->batch_size * r->R;
     double tail = r->c->dp_delta / 2.0;
     s->has_dp = 1;
     s->noise_multiplier = p->dp_noise;
@@ -344,7 +359,7 @@ static int dp_setup(Run *r, int start, char *err, size_t len) {
     const Config *c = r->c;
     if (c->clip_norm <= 0 || !r->exchanged) return 0;
     Party *p = &r->party[0];
-    int moe = 0, B = c->batch_size, T = c->seq_len;
+    int moe = 0, B = c->batch_size * r->R, T = c->seq_len; // (the party's windows, on all its ranks)
     for (int l = 0; l < c->n_layers; l++) moe += model_layer_is_moe(&p->model.cfg, l);
     r->dp = 1;
     r->dp_releases = 2L * c->top_k * moe;
@@ -369,12 +384,13 @@ static int dp_setup(Run *r, int start, char *err, size_t len) {
                              "windows, %ld rows each)", c->target_epsilon, p->party, appear, r->dp_releases);
     }
     r->ex.noise_multiplier = (float)p->dp_noise;
-    fprintf(stderr,
-            "pcmoe: party %d: DP defence: rows clipped to %g, gradient rows to %g, noise multiplier %.4g; "
-            "planned epsilon %.4g at delta %g (a byte in up to %d of its %ld windows, %ld rows sent per window)\n",
-            p->party, c->clip_norm, c->grad_clip_norm, p->dp_noise,
-            privacy_run_epsilon(p->dp_noise, r->dp_releases, appear, tail), c->dp_delta, appear, planned,
-            r->dp_releases);
+    if (r->local == 0)
+        fprintf(stderr,
+                "pcmoe: party %d: DP defence: rows clipped to %g, gradient rows to %g, noise multiplier %.4g; "
+                "planned epsilon %.4g at delta %g (a byte in up to %d of its %ld windows, %ld rows sent per window)\n",
+                p->party, c->clip_norm, c->grad_clip_norm, p->dp_noise,
+                privacy_run_epsilon(p->dp_noise, r->dp_releases, appear, tail), c->dp_delta, appear, planned,
+                r->dp_releases);
     return 0;
 }
 
@@ -383,7 +399,7 @@ static int dp_setup(Run *r, int start, char *err, size_t len) {
 // private shuffle (see ckpt.h). rngs: scratch for P sampler states.
 
 static CkptState ckpt_state(Run *r, Rng *rngs) {
-    CkptState s = {.party = r->party[0].party, .c = r->c, .data_rng = rngs};
+    CkptState s = {.party = r->party[0].party, .local = r->local, .c = r->c, .data_rng = rngs};
     if (r->c->mode == MODE_CENTRALIZED) {
         s.m = &r->central;
         s.party = 0;
@@ -413,8 +429,7 @@ static void checkpoint_prune(Run *r) {
         ckpt_marker_file(path, sizeof path, dir);
         if (comm->rank == 0) unlink(path);
         comm_agree(comm, 1, NULL, NULL);
-        ckpt_party_file(path, sizeof path, dir, c->mode == MODE_CENTRALIZED ? 0 : r->party[0].party);
-        unlink(path);
+        if (r->local == 0) ckpt_remove_party(dir, c->mode == MODE_CENTRALIZED ? 0 : r->party[0].party);
         comm_agree(comm, 1, NULL, NULL);
         if (comm->rank == 0) rmdir(dir);
     }
@@ -438,7 +453,7 @@ void run_checkpoint_write(Run *r, int step_done) {
     CkptState s = ckpt_state(r, rngs);
     s.step = step_done;
     models_state(r, 1); // the writer reads the host's copies of the parameters and AdamW state
-    ckpt_party_file(path, sizeof path, dir, s.party);
+    ckpt_rank_file(path, sizeof path, dir, s.party, s.local);
     int rc = mkdir_p(dir) ? error_set(err, sizeof err, "%s: cannot create: %s", dir, strerror(errno))
                           : ckpt_save(path, &s, err, sizeof err);
     free(rngs);
@@ -454,29 +469,30 @@ void run_checkpoint_write(Run *r, int step_done) {
     if (comm->rank == 0) { // the marker: written last, so a directory without it is never loaded
         char text[64];
         ckpt_marker_file(path, sizeof path, dir);
-        int n = snprintf(text, sizeof text, "step %d, %d parties\n", step_done, c->n_parties);
+        int n = snprintf(text, sizeof text, "step %d, %d parties of %d ranks\n", step_done, c->n_parties, r->R);
         rc = write_file_atomic(path, text, (size_t)n, err, sizeof err);
     }
     comm_stop_if_failed(comm, rc, err);
     checkpoint_prune(r);
 }
 
-// Loads this rank's file of checkpoint directory `dir` into the run, and in --simulate the other parties'
-// backbones and every expert. Returns 0, or 2 with err set.
+// Loads this rank's part of checkpoint directory `dir` into the run (its party's backbone and samplers, the
+// experts it holds from whichever rank of its party held them, its private shuffle), and in --simulate the
+// other parties' backbones and every expert. Returns 0, or 2 with err set.
 static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t len) {
     Rng *rngs = mallocCheck(sizeof(Rng) * (size_t)r->n);
     CkptState s = ckpt_state(r, rngs);
-    char path[CONFIG_PATH_LEN + 96];
-    ckpt_party_file(path, sizeof path, dir, s.party);
-    int rc = ckpt_load(path, &s, err, len); // (into the host's copies, current since model_init)
+    int rc = ckpt_load_party(dir, &s, err, len); // (into the host's copies, current since model_init)
     if (!rc) {
         for (int q = 0; q < s.n_data; q++) r->party[q].data.rng = rngs[q];
         *step = s.step;
     }
     free(rngs);
     if (!rc && r->simulate && r->c->mode == MODE_PCMOE) {
-        for (int q = 1; q < r->n && !rc; q++) rc = ckpt_read_weights(&r->party[q].model, dir, q, 0, r->P, err, len);
-        if (!rc) rc = ckpt_read_weights(&r->pool, dir, 0, 1, r->P, err, len);
+        int R = s.stored_ranks;
+        for (int q = 1; q < r->n && !rc; q++)
+            rc = ckpt_read_weights(&r->party[q].model, dir, q, 0, r->P, R, err, len);
+        if (!rc) rc = ckpt_read_weights(&r->pool, dir, 0, 1, r->P, R, err, len);
     }
     if (!rc) models_state(r, 0);
     return rc;
@@ -485,11 +501,12 @@ static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t
 // The run (from train.init_from's checkpoint) whose weights a start takes: its config, checked against
 // ours. *shards: the parties its experts were sharded over (1: all in party_0.h5); *pooled: a pcmoe run of
 // several parties (each party then reads its own backbone). Returns 0, or 2 with err set.
-static int init_source(const Config *c, const char *path, int *step, int *shards, int *pooled, char *err, size_t len) {
+static int init_source(const Config *c, const char *path, int *step, int *shards, int *ranks, int *pooled, char *err,
+                       size_t len) {
     const char *dir = c->init_from;
     size_t text_len = 1 << 16;
     char *text = mallocCheck(text_len), why[1024];
-    int party, rc = ckpt_peek(path, text, text_len, step, &party, err, len);
+    int party, local, rc = ckpt_peek(path, text, text_len, step, &party, &local, err, len);
     Config *src = mallocCheck(sizeof *src);
     if (!rc && config_load_text(src, text, why, sizeof why))
         rc = error_set(err, len, "train.init_from: %s: %s", path, why);
@@ -498,6 +515,7 @@ static int init_source(const Config *c, const char *path, int *step, int *shards
     int Ps = src->n_parties;
     *pooled = src->mode == MODE_PCMOE && Ps > 1;
     *shards = *pooled ? Ps : 1;
+    *ranks = *pooled ? src->ranks_per_party : 1;
     if (!rc && !*pooled && src->mode != MODE_CENTRALIZED && Ps > 1)
         rc = error_set(err, len, "train.init_from = %s: a %s run of %d parties holds one model per party; start "
                        "from a centralized, single-party or pcmoe checkpoint", dir, MODE_NAMES[src->mode], Ps);
@@ -539,14 +557,15 @@ static int init_weights_from(Run *r, char *err, size_t len) {
         return error_set(err, len, "train.init_from = %s: not a complete checkpoint directory (no %s marker)", dir,
                          CKPT_MARKER);
     ckpt_party_file(path, sizeof path, dir, 0);
-    int step, shards, pooled;
-    if (init_source(c, path, &step, &shards, &pooled, err, len)) return 2;
+    int step, shards, ranks, pooled;
+    if (init_source(c, path, &step, &shards, &ranks, &pooled, err, len)) return 2;
     int rc = 0; // (the reads go into the host's copies, current since model_init)
-    if (c->mode == MODE_CENTRALIZED) rc = ckpt_read_weights(&r->central, dir, 0, 0, shards, err, len);
+    if (c->mode == MODE_CENTRALIZED) rc = ckpt_read_weights(&r->central, dir, 0, 0, shards, ranks, err, len);
     else {
-        if (r->pool.n_tensors) rc = ckpt_read_weights(&r->pool, dir, 0, 1, shards, err, len);
+        if (r->pool.n_tensors) rc = ckpt_read_weights(&r->pool, dir, 0, 1, shards, ranks, err, len);
         for (int q = 0; q < r->n && !rc; q++)
-            rc = ckpt_read_weights(&r->party[q].model, dir, pooled ? r->party[q].party : 0, 0, shards, err, len);
+            rc = ckpt_read_weights(&r->party[q].model, dir, pooled ? r->party[q].party : 0, 0, shards, ranks, err,
+                                   len);
     }
     if (rc) return 2;
     models_state(r, 0);

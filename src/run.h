@@ -3,10 +3,11 @@
 // run on, the expert exchange between them; then loads a checkpoint, resumes or starts from init_from, sets
 // the DP defence up, validates, writes checkpoints, and closes it.
 //
-// Modes: pcmoe over MPI runs one party per rank (its backbone and expert shard; the others' experts through
-// the exchange); --simulate computes every pcmoe party in one process, with the pool's experts shared;
-// centralized runs one model on every party's data in one process; local and fedavg one whole model per
-// rank. Each party keeps its corpus, its samplers and its private shuffle.
+// Modes: pcmoe over MPI runs each party on R ranks (parties.ranks_per_party; each rank a replica of the
+// party's backbone and a share of its experts; the other ranks' experts through the exchange); --simulate
+// computes every pcmoe party in one process, with the pool's experts shared; centralized runs one model on
+// every party's data in one process; local and fedavg one whole model per rank. Each party keeps its corpus,
+// its samplers and its private shuffle.
 #ifndef PCMOE_RUN_H
 #define PCMOE_RUN_H
 
@@ -36,7 +37,7 @@ typedef struct {
     int party;
     Dataset data;              // the party's private corpus
     Model model;               // pcmoe: its backbone and expert shard; local, fedavg: a whole model
-    Token *tokens, *targets; // (B, T) the step's batch
+    Token *tokens, *targets; // (R B, T) the step's batches of the party's ranks
     StepStats s;               // metrics of the current step
     double dp_noise;           // the DP defence (privacy.h): this party's noise multiplier
     double dp_p;               // the chance that a random training window holds a given byte of its corpus
@@ -48,6 +49,8 @@ typedef struct {
     Comm *comm;
     int simulate;
     int P;                     // parties in the job
+    int R, local;              // pcmoe over MPI: ranks per party (parties.ranks_per_party), this rank's index in its
+                               // party: each step the party draws R batches, and this rank computes batch `local`
     int n;                     // parties computed in this process: 1, or P (simulate, centralized)
     int one_process;           // every party computed here (centralized, --simulate)
     Party *party;              // (n)
@@ -77,7 +80,8 @@ void run_check_ranks(const Config *c, const Comm *comm, int simulate);
 void run_close(Run *r);
 
 // The model party q of this process computes with, ready for passes of batch_size sequences, and its
-// (batch_size, seq_len) batch buffers; centralized: the one model (run_party_done gives back its full batch).
+// (batch_size, seq_len) batch buffers (this rank's of the party's R); centralized: the one model
+// (run_party_done gives back its full batch).
 Model *run_party_model(Run *r, int q, Token **tokens, Token **targets);
 void run_party_done(Run *r, Model *m);
 

@@ -39,10 +39,17 @@ double train_step(Model *m, const OptimConfig *oc, const Token *tokens, const To
 // gradients of its experts, summed over all parties, without learning anyone's backbone norm. Every norm
 // comes from one wait, which also brings the step's losses. A non-finite norm stops the job, naming the
 // group: what[g] ("backbone", "expert") of party who[g]. norms (n_groups): the groups' norms.
+// party_group (1 .. n_groups; 0: none): a group split across the ranks of the party, whose norm is taken over
+// all of them.
 static void update_groups(Run *r, Model *m, const unsigned char *group, int n_groups, const char *const *what,
-                          const int *who, float lr, int step, double *norms) {
+                          const int *who, float lr, int step, double *norms, int party_group) {
     optim_group_norms(m->be, m->tensors, m->n_tensors, group, n_groups, m->grads, norms);
     model_finish_loss(m);
+    if (party_group) {
+        double ss = norms[party_group - 1] * norms[party_group - 1];
+        comm_party_sum_doubles(r->comm, MSG_PARTY_STATS, &ss, 1);
+        norms[party_group - 1] = sqrt(ss);
+    }
     for (int g = 0; g < n_groups; g++)
         if (!isfinite(norms[g])) fail("step %d, party %d: non-finite %s gradient; stopping", step + 1, who[g], what[g]);
     unsigned char *sel = mallocCheck((size_t)(m->n_tensors ? m->n_tensors : 1));
@@ -55,7 +62,8 @@ static void update_groups(Run *r, Model *m, const unsigned char *group, int n_gr
 }
 
 // A pcmoe party's update (update_groups): its backbone if it trained (backbone = 1), and the experts it holds
-// that any party's rows reached. Returns the backbone's norm (0 without it).
+// that any party's rows reached (on several ranks: clipped by their norm over all the party's ranks).
+// Returns the backbone's norm (0 without it).
 static double update_party(Run *r, Model *m, float lr, int backbone, int step, int party) {
     unsigned char *group = m->selected;
     for (int i = 0; i < m->n_tensors; i++) // 1: backbone, 2: experts, 0: neither
@@ -63,7 +71,7 @@ static double update_party(Run *r, Model *m, float lr, int backbone, int step, i
     const char *what[2] = {"backbone", "expert"};
     int who[2] = {party, party};
     double norms[2];
-    update_groups(r, m, group, 2, what, who, lr, step, norms);
+    update_groups(r, m, group, 2, what, who, lr, step, norms, r->R > 1 ? 2 : 0);
     return backbone ? norms[0] : 0.0;
 }
 
@@ -81,10 +89,47 @@ static void stats_train(StepStats *s, Model *m, float lr, double grad_norm, doub
     if (!isfinite(m->loss)) fail("step %d, party %d: non-finite loss %g; stopping", s->step, s->party, m->loss);
 }
 
+// A party of several ranks: the sum of its ranks' backbone gradients on each of them (the same bits on all, so
+// the replicas stay equal), through a host copy of them. Experts are not summed: each lives on one rank.
+static void party_sum_backbone(Run *r, Model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->n_tensors; i++) n += m->tensors[i].expert < 0 ? m->tensors[i].numel : 0;
+    float *g = mallocCheck(sizeof(float) * (n ? n : 1)), *scratch = mallocCheck(sizeof(float) * (n ? n : 1));
+    m->be->sync();
+    for (int i = 0, at = 0; i < m->n_tensors; i++) // (at: its place in g)
+        if (m->tensors[i].expert < 0) {
+            m->be->copy(g + at, m->grads + m->tensors[i].offset, sizeof(float) * m->tensors[i].numel);
+            at += (int)m->tensors[i].numel;
+        }
+    m->be->sync();
+    comm_party_sum_floats(r->comm, MSG_BACKBONE_GRADS, g, n, scratch);
+    for (int i = 0, at = 0; i < m->n_tensors; i++)
+        if (m->tensors[i].expert < 0) {
+            m->be->copy(m->grads + m->tensors[i].offset, g + at, sizeof(float) * m->tensors[i].numel);
+            at += (int)m->tensors[i].numel;
+        }
+    m->be->sync();
+    free(g);
+    free(scratch);
+}
+
+// A party of several ranks: its stats from its ranks' (losses: their mean; FLOPs and tokens/s: their sum).
+static void party_stats(Run *r, StepStats *s) {
+    double v[6] = {s->train_loss, s->ce, s->aux, s->z, s->flops, s->tokens_per_s};
+    comm_party_sum_doubles(r->comm, MSG_PARTY_STATS, v, 6);
+    s->train_loss = v[0] / r->R;
+    s->ce = v[1] / r->R;
+    s->aux = v[2] / r->R;
+    s->z = v[3] / r->R;
+    s->flops = v[4];
+    s->tokens_per_s = v[5];
+}
+
 // ---------------------------------------------------------------------------------------------------
-// pcmoe over MPI: one party per rank. Every party makes the same exchange calls in the same order:
+// pcmoe over MPI: each party on its R ranks. Every rank makes the same exchange calls in the same order:
 // with a batch it runs forward and backward through the shared experts; without one (sequential
-// schedule, not its turn) it only serves its experts to the party whose turn it is.
+// schedule, not its party's turn) it only serves its experts to the party whose turn it is. A party's
+// ranks draw its R batches together, each computes one, and they sum their backbone gradients.
 static void step_pcmoe(Run *r, int step) {
     Party *p = &r->party[0];
     Model *m = &p->model;
@@ -96,9 +141,11 @@ static void step_pcmoe(Run *r, int step) {
     m->flops = 0.0;
     // 1. forward and backward through the shared expert pool
     if (trains) {
-        data_train_batch(&p->data, p->tokens, p->targets, B, T);
-        model_forward_train(m, p->tokens, p->targets);
-        model_backward(m, p->tokens, p->targets);
+        size_t mine = (size_t)r->local * B * T;
+        data_train_batch(&p->data, p->tokens, p->targets, r->R * B, T);
+        model_forward_train(m, p->tokens + mine, p->targets + mine);
+        model_backward(m, p->tokens + mine, p->targets + mine);
+        if (r->R > 1) party_sum_backbone(r, m);
     } else {
         model_serve_forward(m);
         model_serve_backward(m);
@@ -112,6 +159,7 @@ static void step_pcmoe(Run *r, int step) {
     float lr = optim_lr(&r->oc, step);
     double norm = update_party(r, m, lr, trains, step, p->party);
     if (trains) stats_train(&p->s, m, lr, norm, (double)B * T, now_seconds() - t0);
+    if (trains && r->R > 1) party_stats(r, &p->s);
 }
 
 // pcmoe in one process (--simulate): the same parties' math with every expert local. Each party's model
@@ -159,7 +207,7 @@ static void step_pcmoe_simulate(Run *r, int step) {
     int *who = mallocCheck(sizeof(int) * r->P);
     double *norms = mallocCheck(sizeof(double) * r->P);
     for (int o = 0; o < r->P; o++) { what[o] = "expert"; who[o] = o; }
-    update_groups(r, &r->pool, group, r->P, what, who, lr, step, norms);
+    update_groups(r, &r->pool, group, r->P, what, who, lr, step, norms, 0);
     free(what); free(who); free(norms);
 }
 
@@ -257,7 +305,7 @@ static void train_log_open(Log *lg, Run *r, const TrainOptions *o, int start) {
     char err[2048] = "", suffix[32] = "";
     memset(lg, 0, sizeof *lg);
     lg->gather = !r->one_process && P > 1 && c->share_metrics;
-    lg->writes = comm->rank == 0 || own_files;
+    lg->writes = comm->rank == 0 || (own_files && r->local == 0); // (a party's rank 0 logs for all its ranks)
     if (own_files && P > 1) snprintf(suffix, sizeof suffix, ".party_%d", comm->party);
     int rc = lg->writes ? metrics_open(&lg->mt, c, suffix, o->force, comm->rank == 0, o->resume ? start : -1, err,
                                        sizeof err) : 0;
@@ -280,7 +328,7 @@ static double rss_peak_bytes(void) {
 static void train_log_stats(Run *r, Log *lg, double sent0, double recv0) {
     for (int q = 0; q < r->n; q++) {
         StepStats *s = &r->party[q].s;
-        if (s->has_train) lg->tokens_seen += (double)r->c->batch_size * r->c->seq_len;
+        if (s->has_train) lg->tokens_seen += (double)r->R * r->c->batch_size * r->c->seq_len;
         s->bytes_sent = comm_total_sent(r->comm) - sent0;
         s->bytes_recv = comm_total_recv(r->comm) - recv0;
         s->mem = run_party_mem(r, q);
@@ -302,7 +350,7 @@ static void train_log_step(Run *r, Log *lg, int log_now) {
         }
         return;
     }
-    if (lg->gather) {
+    if (lg->gather && r->local == 0) { // (the parties' rank 0s)
         step_stats_pack(&r->party[0].s, lg->packed);
         comm_gather_doubles(comm, MSG_METRICS, lg->packed, STEP_STATS_DOUBLES, lg->packed);
         if (comm->rank == 0)
@@ -347,7 +395,7 @@ static void train_log_close(Log *lg, Run *r, int start) {
     const Config *c = r->c;
     char err[2048] = "";
     if (lg->gather)
-        lg->tokens_seen = (double)(c->steps - start) * c->batch_size * c->seq_len *
+        lg->tokens_seen = (double)(c->steps - start) * r->R * c->batch_size * c->seq_len *
                           (c->mode == MODE_PCMOE && c->schedule == SCHEDULE_SEQUENTIAL ? 1 : r->P);
     int rc = 0;
     if (lg->writes) {

@@ -29,6 +29,7 @@ expect_loud finetune "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/fi
 expect_loud privacy "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/privacy.sh" 0 1
 # large_vocab.sh: sequences of 0 tokens (or, without the test tools' Python, it says what is missing)
 expect_loud large_vocab "pcmoe: error: .*seq_len = 0\|no Python with transformers" sh "$top_srcdir/benchmarks/large_vocab.sh" 1 0 1
+expect_loud ranks "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/ranks.sh" 0
 # memory.sh has no arguments: a launcher that fails stands in for a failing run
 expect_loud memory "benchmark: failed (exit" env MPIRUN=false sh "$top_srcdir/benchmarks/memory.sh"
 # plot.sh runs no pcmoe: without runs to plot (or without gnuplot) it says what is missing

@@ -335,7 +335,7 @@ static void check_all(cublasHandle_t h) {
         cu_moe_combine_backward(dye, dgates, pg, &da, s);
         cu_moe_experts_backward(h, dxe, dhe, due, dae, dye, &da, pg_.data(), pu_.data(), pd_.data(), pdg.data(), pdu.data(), pdd.data(),
                                 counts.data(), offsets.data(), tb, s);
-        cu_moe_route_backward(h, pdi, pdr, dlog, dxe, dgates, &da, px, pr, 0.5f, 0.1f, s);
+        cu_moe_route_backward(h, pdi, pdr, dlog, dxe, dgates, &da, px, pr, 0.5f, 0.1f, nullptr, 0, s);
         expect("moe router probabilities", from_dev(da.probs, (size_t)N * m), std::vector<float>(a.probs, a.probs + (size_t)N * m));
         expect_ints("moe top-k choices", from_dev(da.topk, Nk), a.topk);
         expect("moe gates", from_dev(da.gates, Nk), std::vector<float>(a.gates, a.gates + Nk));

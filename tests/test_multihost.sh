@@ -3,7 +3,8 @@
 # own joined by a veth pair (addresses 10.213.<pid>.1 and .2, made here and removed at the end), runs
 # mpirun in the first with a hostfile naming both, Open MPI's rsh agent set to an `ip netns exec`
 # wrapper, and TCP as the only transport. The per-party losses must equal the single-host run's, and
-# the veth link must have carried the expert traffic. Skips (77) only where namespaces cannot be made.
+# the veth link must have carried the expert traffic; the same for 2 parties of 2 ranks, a party per host,
+# whose traffic inside a party stays on its host. Skips (77) only where namespaces cannot be made.
 . "$(dirname "$0")/lib.sh"
 
 tag=$(( $$ % 200 + 20 ))
@@ -49,6 +50,35 @@ PY
 then ok "two hosts over TCP: per-party losses identical to the single-host run"
 else fail "two-host losses differ from the single-host run"
 fi
+
+# 2 parties x 2 ranks (parties.ranks_per_party = 2), one party per host: party 0's ranks on the first,
+# party 1's on the second (the jobscripts' layout: --ntasks-per-node = ranks per party); the same losses as
+# on one host, bit for bit, and the audit's crossing bytes (those of a party line) on the veth
+printf '%s slots=2\n%s slots=2\n' "$ipa" "$ipb" > "$TMP/hosts2"
+R2="--set parties.ranks_per_party=2 --set train.steps=10"
+mpi 4 train "$TMP/p2.ini" $R2 --set run.dir="$TMP/single2" >"$TMP/out" 2>&1 || { cat "$TMP/out"; fail "single-host 2 x 2 run failed"; finish; }
+before=$(ip netns exec "$na" cat "/sys/class/net/v$$a/statistics/tx_bytes")
+ip netns exec "$na" timeout 120 "$MPIRUN" --hostfile "$TMP/hosts2" -np 4 --map-by ppr:2:node \
+    --mca plm_rsh_agent "$TMP/nsexec" --mca btl tcp,self --mca btl_tcp_if_include "10.213.$tag.0/24" \
+    --mca oob_tcp_if_include "10.213.$tag.0/24" -x OMP_NUM_THREADS=1 -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM \
+    "$PCMOE" train "$TMP/p2.ini" $R2 --set run.dir="$TMP/multi2" --audit "$TMP/audit2.json" >"$TMP/out" 2>&1 \
+    || { cat "$TMP/out"; fail "two-host 2 x 2 run failed"; finish; }
+after=$(ip netns exec "$na" cat "/sys/class/net/v$$a/statistics/tx_bytes")
+if out=$("$PYTHON" - "$TMP/single2/metrics.jsonl" "$TMP/multi2/metrics.jsonl" "$TMP/audit2.json" $((after - before)) <<'PY' 2>&1
+import json, sys
+def load(p):
+    return {(o["step"], o["party"]): (o.get("train_loss"), o.get("val_loss")) for o in map(json.loads, open(p))}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+bad = [k for k in a if a[k] != b.get(k)]
+ranks = json.load(open(sys.argv[3]))["ranks"]
+across = sum(r["sent"][k]["total"] for r in ranks if r["party"] == 0 for k in r["sent"])
+inside = sum(sum(r["intra_party"]["sent"].values()) for r in ranks if r["party"] == 0)
+veth = int(sys.argv[4])
+print(f"{len(a)} (step, party) entries, {len(bad)} differ; party 0 sent {across:.0f} bytes across, {inside:.0f} inside; "
+      f"the veth carried {veth} out of its host")
+sys.exit(1 if bad or set(a) != set(b) or not across <= veth < across + inside else 0)
+PY
+); then ok "2 parties x 2 ranks, a party per host: $out"; else fail "2 parties x 2 ranks on two hosts: $out"; fi
 
 # a deliberately broken launcher (it cannot reach the second host): the job must fail, not hang
 printf '#!/bin/sh\necho "nsexec: host $1 unreachable" >&2\nexit 255\n' > "$TMP/broken"

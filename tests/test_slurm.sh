@@ -2,7 +2,7 @@
 # test_slurm: the shipped job scripts under a real Slurm. The test starts its own single-node cluster
 # from Debian's packages (munged, slurmctld, slurmd; configuration, ports, state and logs all in its
 # temporary directory) and submits with sbatch:
-#  1. jobscripts/pcmoe.sbatch trains a 2-party config to its end;
+#  1. jobscripts/pcmoe.sbatch trains a 2-party config to its end; pcmoe-party-nodes.sbatch a party of 2 ranks;
 #  2. requeue and resume: a longer job gets SIGUSR1 (as --signal=B:USR1@90 sends before the time limit)
 #     after its first checkpoint; it checkpoints, requeues itself, and the next start resumes from that
 #     checkpoint and trains to its end (job COMPLETED, each step logged once, at the speed of the first
@@ -96,6 +96,16 @@ id=$(sbatch --parsable --ntasks=2 --chdir="$top_srcdir" --output="$TMP/job1.out"
 wait_job "$id" 120 || fail "job $id still queued after 120 s"
 [ -f "$TMP/run1/summary.json" ] && [ -f "$TMP/run1/checkpoints/step_00000020/COMPLETE" ] && [ "$(job_state "$id")" = COMPLETED ] \
     && ok "sbatch pcmoe.sbatch: job $id COMPLETED, 20 steps, final checkpoint" || fail "job $id: state $(job_state "$id"): $(tail -n 5 "$TMP/job1.out")"
+
+# 1b. a party of several ranks: pcmoe-party-nodes.sbatch, one party per node, --ntasks-per-node ranks each
+tiny_config 1 "$TMP/p1.ini"
+id=$(sbatch --parsable --nodes=1 --ntasks-per-node=2 --chdir="$top_srcdir" --output="$TMP/job1b.out" \
+     jobscripts/pcmoe-party-nodes.sbatch "$TMP/p1.ini" "$TMP/run1b" --set train.steps=6)
+wait_job "$id" 120 || fail "job $id still queued after 120 s"
+[ "$(job_state "$id")" = COMPLETED ] && [ -f "$TMP/run1b/checkpoints/step_00000006/party_0.rank_1.h5" ] \
+    && grep -q "1 parties of 2 ranks, one party per node" "$TMP/job1b.out" \
+    && ok "sbatch --nodes=1 --ntasks-per-node=2 pcmoe-party-nodes.sbatch: job $id COMPLETED, a party of 2 ranks, its rank files" \
+    || fail "pcmoe-party-nodes.sbatch job $id: state $(job_state "$id"): $(tail -n 5 "$TMP/job1b.out")"
 
 # 2. SIGUSR1 before the time limit: checkpoint, requeue, resume, finish
 id=$(sbatch --parsable --ntasks=2 --chdir="$top_srcdir" --output="$TMP/job2.out" jobscripts/pcmoe.sbatch "$TMP/p2.ini" "$TMP/run2" \

@@ -32,8 +32,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fwrite(data, 1, size, f);
     fclose(f);
     static char text[1 << 16];
-    int step, party;
-    ckpt_peek(path, text, sizeof text, &step, &party, err, sizeof err);
+    int step, party, local;
+    ckpt_peek(path, text, sizeof text, &step, &party, &local, err, sizeof err);
     Rng rng;
     CkptState s = {.party = 0, .c = &c, .m = &m, .data_rng = &rng, .first_data = 0, .n_data = 1};
     if (ckpt_load(path, &s, err, sizeof err) && getenv("FUZZ_VERBOSE")) fprintf(stderr, "%s\n", err);
