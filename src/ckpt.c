@@ -354,15 +354,20 @@ int ckpt_peek(const char *path, char *config, size_t text_len, int *step, int *p
     return x.failed ? 2 : 0;
 }
 
-// Checks /meta of an open file against s: format, party, party count, mode and the model keys of the stored
-// config (parties.ranks_per_party may differ). Gives the file's step, its rank in its party (local_rank; 0 in
-// files written before parties had several ranks) and its run's ranks per party.
-static int check_meta(H5Ctx *x, hid_t file, const CkptState *s, int *step, int *local, int *ranks) {
+// What a file's /meta says of it: its step, party and rank in the party (local_rank; 0 in files written before
+// parties had several ranks), and its run's party count and ranks per party.
+typedef struct {
+    int step, party, local, parties, ranks;
+} FileMeta;
+
+// Reads /meta of an open file into fm and checks it against s: format, mode and the model keys of the stored
+// config (parties.count and parties.ranks_per_party may differ: the callers decide).
+static int check_meta(H5Ctx *x, hid_t file, const CkptState *s, FileMeta *fm) {
     const Config *c = s->c;
     const char *path = x->file;
     hid_t meta = H5Gopen2(file, "/meta", H5P_DEFAULT);
     if (meta < 0) { error_set(x->err, x->len, "%s: missing group /meta", path); x->failed = 1; return 0; }
-    int version = 0, party = 0, n_parties = 0;
+    int version = 0;
     char mode[32] = "", schedule[32] = "", *text = mallocCheck(1 << 20);
     read_attr_int(x, meta, "format_version", &version);
     if (!x->failed && version != CKPT_FORMAT_VERSION) {
@@ -370,46 +375,56 @@ static int check_meta(H5Ctx *x, hid_t file, const CkptState *s, int *step, int *
                   CKPT_FORMAT_VERSION);
         x->failed = 1;
     }
-    read_attr_int(x, meta, "step", step);
-    read_attr_int(x, meta, "party", &party);
-    read_attr_int(x, meta, "n_parties", &n_parties);
-    read_attr_int_or(x, meta, "local_rank", local, 0);
+    read_attr_int(x, meta, "step", &fm->step);
+    read_attr_int(x, meta, "party", &fm->party);
+    read_attr_int(x, meta, "n_parties", &fm->parties);
+    read_attr_int_or(x, meta, "local_rank", &fm->local, 0);
     read_attr_str(x, meta, "mode", mode, sizeof mode);
     read_attr_str(x, meta, "schedule", schedule, sizeof schedule);
     read_attr_str(x, meta, "config", text, 1 << 20);
     H5Gclose(meta);
-    if (!x->failed && *step < 0) { error_set(x->err, x->len, "%s: negative step %d", path, *step); x->failed = 1; }
-    if (!x->failed && party != s->party) {
-        error_set(x->err, x->len, "%s: holds party %d, expected party %d", path, party, s->party);
-        x->failed = 1;
-    }
-    if (!x->failed && n_parties != c->n_parties) {
-        error_set(x->err, x->len, "%s: written by a run of %d parties, config has parties.count = %d", path,
-                  n_parties, c->n_parties);
+    if (!x->failed && fm->step < 0) {
+        error_set(x->err, x->len, "%s: negative step %d", path, fm->step);
         x->failed = 1;
     }
     if (!x->failed && strcmp(mode, MODE_NAMES[c->mode])) {
         error_set(x->err, x->len, "%s: written in parties.mode = %s, config has %s", path, mode, MODE_NAMES[c->mode]);
         x->failed = 1;
     }
-    if (!x->failed) { // the model keys must match; training keys (and the ranks per party) may change
+    if (!x->failed) { // the model keys must match; training keys (and the parties' layout) may change
         Config *stored = mallocCheck(sizeof(Config));
         char why[1024];
         if (config_load_text(stored, text, why, sizeof why)) {
             error_set(x->err, x->len, "%s: stored config unreadable: %s", path, why);
             x->failed = 1;
-        } else if (config_diff_model(stored, c, 1, why, sizeof why)) {
+        } else if (config_diff_model(stored, c, 0, why, sizeof why)) {
             error_set(x->err, x->len, "%s: another model: %s", path, why);
             x->failed = 1;
-        } else if (*local < 0 || *local >= stored->ranks_per_party) {
-            error_set(x->err, x->len, "%s: local rank %d of a party of %d ranks", path, *local,
-                      stored->ranks_per_party);
+        } else if (fm->local < 0 || fm->local >= stored->ranks_per_party || fm->party < 0 ||
+                   fm->party >= fm->parties) {
+            error_set(x->err, x->len, "%s: party %d, rank %d of a run of %d parties of %d ranks", path, fm->party,
+                      fm->local, fm->parties, stored->ranks_per_party);
             x->failed = 1;
         }
-        *ranks = stored->ranks_per_party;
+        fm->ranks = stored->ranks_per_party;
         free(stored);
     }
     free(text);
+    return !x->failed;
+}
+
+// The party and party count of a file's meta against what its reader expects (parties: -1, any; the config's,
+// or those of party_0.h5's run).
+static int check_party(H5Ctx *x, const FileMeta *fm, int party, int parties, const Config *c) {
+    if (x->failed) return 0;
+    if (fm->party != party) {
+        error_set(x->err, x->len, "%s: holds party %d, expected party %d", x->file, fm->party, party);
+        x->failed = 1;
+    } else if (parties >= 0 && fm->parties != parties) {
+        error_set(x->err, x->len, "%s: written by a run of %d parties, %s %d", x->file, fm->parties,
+                  parties == c->n_parties ? "config has parties.count =" : "party_0.h5's run had", parties);
+        x->failed = 1;
+    }
     return !x->failed;
 }
 
@@ -448,62 +463,83 @@ int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
     H5Ctx x = {err, len, path, 0};
     hid_t file = open_file(&x, path);
     if (file < 0) return 2;
-    int step = 0, local = 0, ranks = 1;
-    check_meta(&x, file, s, &step, &local, &ranks);
+    FileMeta fm = {0};
+    check_meta(&x, file, s, &fm);
+    check_party(&x, &fm, s->party, s->c->n_parties, s->c);
     for (int i = 0; i < s->m->n_tensors && !x.failed; i++) // (a party's rank > 0 holds no backbone)
-        if (local == 0 || s->m->tensors[i].expert >= 0) read_tensor_state(&x, file, s->m, i);
-    read_rngs(&x, file, s, local == 0, 1);
+        if (fm.local == 0 || s->m->tensors[i].expert >= 0) read_tensor_state(&x, file, s->m, i);
+    read_rngs(&x, file, s, fm.local == 0, 1);
     H5Fclose(file);
-    s->step = step;
-    s->stored_ranks = ranks;
+    s->step = fm.step;
+    s->stored_parties = fm.parties;
+    s->stored_ranks = fm.ranks;
     return x.failed ? 2 : 0;
 }
 
-// ckpt_load_party: one of the checkpoint's files of party s->party, opened once and its meta checked (the same
-// step as the party's rank-0 file). files (ranks): the open files, -1 until opened.
-static hid_t party_file(H5Ctx *x, const char *dir, const CkptState *s, hid_t *files, int local, int ranks,
-                        int step0, char *path, size_t path_len) {
-    ckpt_rank_file(path, path_len, dir, s->party, local);
+// ckpt_load_party: the file of rank `local` of party `party` in the checkpoint, opened once and its meta checked
+// against party 0's rank-0 file, fm0 (the same step, parties and ranks). files (fm0 parties x ranks): the open
+// files, -1 until opened.
+static hid_t layout_file(H5Ctx *x, const char *dir, const CkptState *s, hid_t *files, int party, int local,
+                         const FileMeta *fm0, char *path, size_t path_len) {
+    ckpt_rank_file(path, path_len, dir, party, local);
     x->file = path;
-    if (files[local] >= 0 || x->failed) return files[local];
-    files[local] = open_file(x, path);
-    int step = 0, got = 0, r = 0;
-    if (files[local] >= 0 && check_meta(x, files[local], s, &step, &got, &r) && (step != step0 || got != local ||
-                                                                                  r != ranks)) {
-        error_set(x->err, x->len, "%s: step %d, rank %d of %d: does not belong with its party's rank-0 file (step %d, "
-                  "%d ranks)", path, step, got, r, step0, ranks);
+    hid_t *f = &files[party * fm0->ranks + local];
+    if (*f >= 0 || x->failed) return *f;
+    *f = open_file(x, path);
+    FileMeta fm = {0};
+    if (*f >= 0 && check_meta(x, *f, s, &fm) && check_party(x, &fm, party, fm0->parties, s->c) &&
+        (fm.step != fm0->step || fm.local != local || fm.ranks != fm0->ranks)) {
+        error_set(x->err, x->len, "%s: step %d, rank %d of %d: does not belong with party_0.h5 (step %d, %d ranks)",
+                  path, fm.step, fm.local, fm.ranks, fm0->step, fm0->ranks);
         x->failed = 1;
     }
-    return files[local];
+    return *f;
+}
+
+// The file (party, local rank) that held tensor t when the checkpoint was written (fm0: its layout): the
+// party's rank 0 for the backbone; for an expert its owner then (pcmoe: the pool's, re-sharded now; the other
+// modes: the party's own model).
+static void tensor_home(const ParamTensor *t, const CkptState *s, const FileMeta *fm0, int *party, int *local) {
+    *party = s->party;
+    *local = 0;
+    if (t->expert < 0 || s->c->mode != MODE_PCMOE) return;
+    int owner = pool_owner_rank(t->expert, fm0->parties, fm0->ranks);
+    *party = owner / fm0->ranks;
+    *local = owner % fm0->ranks;
 }
 
 int ckpt_load_party(const char *dir, CkptState *s, char *err, size_t len) {
     char path0[4200], path[4200];
-    ckpt_rank_file(path0, sizeof path0, dir, s->party, 0);
+    ckpt_rank_file(path0, sizeof path0, dir, 0, 0);
     H5Ctx x = {err, len, path0, 0};
     hid_t file0 = open_file(&x, path0);
     if (file0 < 0) return 2;
-    int step = 0, local = 0, R = 1, N = s->c->n_parties;
-    check_meta(&x, file0, s, &step, &local, &R);
-    hid_t *files = mallocCheck(sizeof(hid_t) * (size_t)R);
-    for (int i = 0; i < R; i++) files[i] = i == 0 ? file0 : -1;
+    FileMeta fm0 = {0};
+    int pcmoe = s->c->mode == MODE_PCMOE; // (only pcmoe's parties may leave and join)
+    check_meta(&x, file0, s, &fm0);
+    check_party(&x, &fm0, 0, pcmoe ? -1 : s->c->n_parties, s->c);
+    size_t n_files = x.failed ? 1 : (size_t)fm0.parties * fm0.ranks;
+    hid_t *files = mallocCheck(sizeof(hid_t) * n_files);
+    for (size_t i = 0; i < n_files; i++) files[i] = i == 0 ? file0 : -1;
+    int known = !x.failed && s->party < fm0.parties; // 0: a party that joins now (no backbone, sampler, shuffle)
     Model *m = s->m;
     for (int i = 0; i < m->n_tensors && !x.failed; i++) { // each tensor from the rank that held it
-        int e = m->tensors[i].expert, at = e < 0 ? 0 : pool_owner_rank(e, N, R) % R;
-        hid_t f = party_file(&x, dir, s, files, at, R, step, path, sizeof path);
+        int party, local;
+        tensor_home(&m->tensors[i], s, &fm0, &party, &local);
+        if (m->tensors[i].expert < 0 && !known) continue;
+        hid_t f = layout_file(&x, dir, s, files, party, local, &fm0, path, sizeof path);
         if (!x.failed) read_tensor_state(&x, f, m, i);
     }
-    x.file = path0;
-    read_rngs(&x, file0, s, 1, 0);
-    if (s->local < R) { // the private shuffle: this rank's own, when the checkpoint had a rank of its index
-        hid_t f = party_file(&x, dir, s, files, s->local, R, step, path, sizeof path);
-        read_rngs(&x, f, s, 0, 1);
-    }
-    for (int i = 0; i < R; i++)
+    if (known) read_rngs(&x, layout_file(&x, dir, s, files, s->party, 0, &fm0, path, sizeof path), s, 1, 0);
+    if (known && s->local < fm0.ranks) // the private shuffle: this rank's own, when the checkpoint had its rank
+        read_rngs(&x, layout_file(&x, dir, s, files, s->party, s->local, &fm0, path, sizeof path), s, 0, 1);
+    for (size_t i = 0; i < n_files; i++)
         if (files[i] >= 0) H5Fclose(files[i]);
     free(files);
-    s->step = step;
-    s->stored_ranks = R;
+    s->step = fm0.step;
+    s->stored_parties = fm0.parties;
+    s->stored_ranks = fm0.ranks;
+    s->joined = !known;
     return x.failed ? 2 : 0;
 }
 

@@ -28,7 +28,9 @@ typedef struct {
     int party;             // whose file this is
     int local;             // the writing rank's index in its party (0: it writes the backbone and samplers too);
                            // ckpt_load_party: the reading rank's, whose private shuffle it takes
-    int stored_ranks;      // set by the loads: parties.ranks_per_party of the run that wrote the checkpoint
+    int stored_parties;    // set by the loads: parties.count and parties.ranks_per_party of the run that wrote
+    int stored_ranks;      // the checkpoint
+    int joined;            // set by ckpt_load_party: the party was not in that run (it joins now)
     const Config *c;       // the run's resolved config (written as text)
     Model *m;              // weights, AdamW state
     Rng *data_rng;         // (n_data) batch samplers of parties first_data .. first_data + n_data - 1
@@ -43,10 +45,13 @@ int ckpt_save(const char *path, const CkptState *s, char *err, size_t len);
 // mode, the model keys of the stored config against s->c, every dataset's presence, type and shape. Returns 0,
 // or 2 with a one-line message naming the file and what is wrong.
 int ckpt_load(const char *path, CkptState *s, char *err, size_t len);
-// Reads party s->party's state from step directory dir, whatever ranks per party wrote it (re-sharding inside
-// the party): the backbone and samplers from party_P.h5, each expert the model holds from the file of the rank
-// that held it, the private shuffle from the file of rank s->local when there is one (else s's is kept). Every
-// file it opens is validated as ckpt_load does, and must hold the same step. Returns 0 or 2, as ckpt_load.
+// Reads party s->party's state from step directory dir, whatever layout wrote it: the backbone and samplers
+// from party_P.h5, each expert the model holds from the file of the rank that held it (pcmoe re-shards the pool
+// when the party count or the ranks per party changed), the private shuffle from the file of rank s->local
+// when there is one (else s's is kept). A pcmoe party beyond the checkpoint's parties joins: it reads only its
+// experts (s->joined). Every file it opens is validated as ckpt_load does, and must hold the step and layout of
+// party_0.h5; a missing file (an expert's owner that took its files away) is an error naming it. Returns 0 or
+// 2, as ckpt_load.
 int ckpt_load_party(const char *dir, CkptState *s, char *err, size_t len);
 // Reads only the stored config text, step, party and local rank of a checkpoint file (for `pcmoe info`).
 // Returns 0 or 2.

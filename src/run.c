@@ -476,16 +476,43 @@ void run_checkpoint_write(Run *r, int step_done) {
     checkpoint_prune(r);
 }
 
+static int init_weights_from(Run *r, char *err, size_t len);
+
+// The notes of a resume whose parties changed: rank 0 says how the pool was re-sharded, a party that joins
+// where its backbone comes from.
+static void layout_notes(const Run *r, const CkptState *s) {
+    const Config *c = r->c;
+    if (r->comm->rank == 0 && (s->stored_parties != c->n_parties || s->stored_ranks != r->R))
+        fprintf(stderr, "pcmoe: the checkpoint's %d parties of %d ranks resume as %d parties of %d: experts "
+                "re-sharded (expert e on party e mod %d)%s\n", s->stored_parties, s->stored_ranks, c->n_parties, r->R,
+                c->n_parties, s->stored_parties > c->n_parties ? "; the parties that left took their backbones" : "");
+    if (s->joined && r->local == 0)
+        fprintf(stderr, "pcmoe: party %d joins at step %d: its experts from their owners' files, its backbone %s%s\n",
+                s->party, s->step, c->init_from[0] ? "from train.init_from = " : "at random (its own seed)",
+                c->init_from);
+}
+
 // Loads this rank's part of checkpoint directory `dir` into the run (its party's backbone and samplers, the
-// experts it holds from whichever rank of its party held them, its private shuffle), and in --simulate the
-// other parties' backbones and every expert. Returns 0, or 2 with err set.
-static int checkpoint_load(Run *r, const char *dir, int *step, char *err, size_t len) {
+// experts it holds from whichever rank held them, its private shuffle), and in --simulate the other parties'
+// backbones and every expert. A party that joins (pcmoe: more parties than the checkpoint's) starts its
+// backbone from train.init_from, or keeps its random one; regroup = 0 (eval, bench, generate) refuses another
+// party count. Returns 0, or 2 with err set.
+static int checkpoint_load(Run *r, const char *dir, int regroup, int *step, char *err, size_t len) {
     Rng *rngs = mallocCheck(sizeof(Rng) * (size_t)r->n);
     CkptState s = ckpt_state(r, rngs);
     int rc = ckpt_load_party(dir, &s, err, len); // (into the host's copies, current since model_init)
+    if (!rc && s.joined && r->c->init_from[0]) { // its backbone from init_from, then its experts again
+        rc = init_weights_from(r, err, len);
+        if (!rc) rc = ckpt_load_party(dir, &s, err, len);
+    }
+    if (!rc && (r->simulate || !regroup) && s.stored_parties != r->P)
+        rc = error_set(err, len, "%s: written by a run of %d parties, config has parties.count = %d (%s)", dir,
+                       s.stored_parties, r->P, r->simulate ? "--simulate reads a checkpoint of the same parties"
+                                                           : "only train --resume regroups the parties");
     if (!rc) {
         for (int q = 0; q < s.n_data; q++) r->party[q].data.rng = rngs[q];
         *step = s.step;
+        layout_notes(r, &s);
     }
     free(rngs);
     if (!rc && r->simulate && r->c->mode == MODE_PCMOE) {
@@ -580,7 +607,7 @@ int run_load_checkpoint(Run *r, const char *dir) {
     if (hf_is_checkpoint(dir)) rc = hf_weights_from(r, dir, err, sizeof err); // (step 0: no training of ours)
     else if (!ckpt_is_complete(dir))
         rc = error_set(err, sizeof err, "%s: not a complete checkpoint directory (no %s marker)", dir, CKPT_MARKER);
-    else rc = checkpoint_load(r, dir, &step, err, sizeof err);
+    else rc = checkpoint_load(r, dir, 0, &step, err, sizeof err);
     comm_stop_if_failed(r->comm, rc, err);
     comm_stop_if_failed(r->comm, dp_setup(r, step, err, sizeof err), err);
     return step;
@@ -596,7 +623,7 @@ int run_start(Run *r, int resume) {
             rc = error_set(err, sizeof err, "run.dir = %s: no complete checkpoint to resume from%s%s", c->run_dir,
                            ignored[0] ? "; incomplete: " : "", ignored);
         ckpt_step_dir(dir, sizeof dir, c->run_dir, latest);
-        if (!rc) rc = checkpoint_load(r, dir, &start, err, sizeof err);
+        if (!rc) rc = checkpoint_load(r, dir, 1, &start, err, sizeof err);
         comm_stop_if_failed(r->comm, rc, err);
         if (r->comm->rank == 0 && ignored[0])
             fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);

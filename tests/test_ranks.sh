@@ -13,8 +13,9 @@
 #     10 steps, stop, --resume, 10 more end in the straight run's files, every dataset; --resume with R = 1
 #     (batch 8) and from R = 1 to R = 2 continue the run within 1e-6; train.init_from reads an R = 2
 #     checkpoint into a 1-rank party;
-#  4. bad layouts get one error line: -np not parties x R, R above a party's experts, --resume with another
-#     party count, --simulate, another mode, another command;
+#  4. bad layouts get one error line: -np not parties x R, R above a party's experts, --resume without a
+#     rank's file (its experts would be lost), --simulate, another mode, another command (another party
+#     count: tests/test_regroup.sh);
 #  5. run.device = cuda (the emulation build, tests/pcmoe_emu) with R = 2, rows staged and direct: the CPU's
 #     losses within 1e-5.
 . "$(dirname "$0")/lib.sh"
@@ -169,8 +170,9 @@ else fail "init_from an R = 2 checkpoint: $(grep error "$TMP/out" | head -n 3)";
 # 4. bad layouts
 refused "-np 3 for 2 x 2" "needs 4 MPI ranks (2 x 2), the job has 3" mpi 3 train "$TMP/p2.ini" $R2
 refused "R above a party's experts" "parties.ranks_per_party = 4: party 1 holds only 3" "$PCMOE" train "$TMP/p2.ini" --set parties.ranks_per_party=4
-refused "--resume with 3 parties" "written by a run of 2 parties, config has parties.count = 3" \
-    mpi 3 train "$TMP/p3.ini" $CK --set run.dir="$TMP/to1-bad" --resume
+rm "$TMP/to1-bad/checkpoints/step_00000010/party_1.rank_1.h5"
+refused "--resume without a rank's file" "party_1.rank_1.h5: cannot read checkpoint" \
+    mpi 2 train "$TMP/p2.ini" --set train.batch_size=8 $CK --set run.dir="$TMP/to1-bad" --resume
 refused "--simulate" "--simulate computes each party in one process" "$PCMOE" train "$TMP/p2.ini" $R2 --simulate
 refused "fedavg" "several ranks per party need parties.mode = pcmoe" "$PCMOE" train "$TMP/p2.ini" $R2 --set parties.mode=fedavg
 refused "eval" "pcmoe eval runs one rank per party" mpi 4 eval "$TMP/p2.ini" $R2 --checkpoint "$a/checkpoints/step_00000020"
