@@ -3,11 +3,13 @@
 #include "comm.h"
 
 #include <limits.h> // INT_MAX
+#include <stdio.h>  // snprintf
 #include <stdlib.h> // free
 #include <string.h> // memset, strerror
+#include <time.h>   // nanosleep
 
 #include "json.h"   // Json: the audit
-#include "util.h"   // mpiCheck, mallocCheck, fail
+#include "util.h"   // mpiCheck, mallocCheck, fail, now_seconds
 
 #if defined(OPEN_MPI) && OPEN_MPI
 #include <mpi-ext.h> // MPIX_CUDA_AWARE_SUPPORT, MPIX_Query_cuda_support
@@ -48,6 +50,15 @@ void comm_free(Comm *c) {
         if (*all[i] != MPI_COMM_NULL) mpiCheck(MPI_Comm_free(all[i]));
     free(c->counts);
     c->counts = NULL;
+    for (int r = 0; c->pongs && r < c->size; r++) // (answers that never came: the job ends without them)
+        if (c->pongs[r] != MPI_REQUEST_NULL) {
+            mpiCheck(MPI_Cancel(&c->pongs[r]));
+            mpiCheck(MPI_Request_free(&c->pongs[r]));
+        }
+    free(c->pongs);
+    free(c->pong_values);
+    c->pongs = NULL;
+    c->pong_values = NULL;
 }
 
 void comm_account(Comm *c, MsgKind kind, int peer, double sent, double recv) {
@@ -73,12 +84,104 @@ static double total(const double t[MSG_KIND_COUNT][CONFIG_MAX_PARTIES + 1], cons
 double comm_total_sent(const Comm *c) { return total(c->sent, c->intra_sent); }
 double comm_total_recv(const Comm *c) { return total(c->recv, c->intra_recv); }
 
+// ---------------------------------------------------------------------------------------------------
+// Waits with a deadline. Every wait of this file is a non-blocking MPI call completed here: it polls, and
+// meanwhile answers the other ranks' pings. When half of parties.peer_timeout has passed without the call
+// completing, it pings every other rank; a rank that answers is alive (it waits in a call of its own). When
+// the whole timeout has passed, a rank that has not answered is silent (stopped, cut off, gone) and the job
+// stops, naming it. Pings and answers are one int each, on world, under tags of their own.
+enum { TAG_PING = 32001, TAG_PONG = 32002, SPIN_TESTS = 2000 };
+
+// Answers every ping that has arrived.
+static void serve_pings(Comm *c) {
+    for (;;) {
+        int flag = 0;
+        MPI_Status st;
+        mpiCheck(MPI_Iprobe(MPI_ANY_SOURCE, TAG_PING, c->world, &flag, &st));
+        if (!flag) return;
+        int v = 0;
+        mpiCheck(MPI_Recv(&v, 1, MPI_INT, st.MPI_SOURCE, TAG_PING, c->world, MPI_STATUS_IGNORE));
+        MPI_Request req;
+        mpiCheck(MPI_Isend(&c->watch_token, 1, MPI_INT, st.MPI_SOURCE, TAG_PONG, c->world, &req));
+        mpiCheck(MPI_Request_free(&req));
+        comm_account_rank(c, MSG_CONTROL, st.MPI_SOURCE, sizeof(int), sizeof(int));
+    }
+}
+
+// Pings every other rank whose answer to an earlier ping is not pending (c->pongs: one receive per rank).
+static void ping_all(Comm *c) {
+    if (!c->pongs) {
+        c->pongs = mallocCheck(sizeof(MPI_Request) * (size_t)c->size);
+        c->pong_values = mallocCheck(sizeof(int) * (size_t)c->size);
+        for (int r = 0; r < c->size; r++) c->pongs[r] = MPI_REQUEST_NULL;
+    }
+    for (int r = 0; r < c->size; r++) {
+        if (r == c->rank || c->pongs[r] != MPI_REQUEST_NULL) continue;
+        MPI_Request req;
+        mpiCheck(MPI_Isend(&c->watch_token, 1, MPI_INT, r, TAG_PING, c->world, &req));
+        mpiCheck(MPI_Request_free(&req));
+        mpiCheck(MPI_Irecv(&c->pong_values[r], 1, MPI_INT, r, TAG_PONG, c->world, &c->pongs[r]));
+        comm_account_rank(c, MSG_CONTROL, r, sizeof(int), sizeof(int));
+    }
+}
+
+// The first rank that has not answered the pings (-1: every one has), and how many have not.
+static int first_silent(Comm *c, int *n_silent) {
+    int first = -1;
+    *n_silent = 0;
+    for (int r = 0; r < c->size; r++) {
+        if (r == c->rank) continue;
+        int done = 1;
+        if (c->pongs[r] != MPI_REQUEST_NULL) mpiCheck(MPI_Test(&c->pongs[r], &done, MPI_STATUS_IGNORE));
+        if (!done && first < 0) first = r;
+        *n_silent += !done;
+    }
+    return first;
+}
+
+// The job's end when rank `silent` (and n - 1 more) did not answer within the deadline while `what` waited.
+static void stop_silent(Comm *c, int silent, int n, const char *what) {
+    int R = c->ranks_per_party;
+    char more[48] = "";
+    if (n > 1) snprintf(more, sizeof more, " and %d more rank%s", n - 1, n > 2 ? "s" : "");
+    if (silent < 0)
+        fail("%s has not completed in %g s (parties.peer_timeout), though every rank answers: the ranks wait in "
+             "different calls; stopping", what, c->peer_timeout);
+    fail("party %d (rank %d)%s: silent for %g s (parties.peer_timeout) while %s waited: stopped, cut off or gone; "
+         "stopping (its last complete checkpoint is intact: --resume once it is back)",
+         silent / R, silent, more, c->peer_timeout, what);
+}
+
+void comm_wait(Comm *c, MPI_Request *req, int n, const char *what) {
+    double t0 = 0.0;
+    int pinged = 0;
+    for (long i = 0;; i++) {
+        int done = 0;
+        mpiCheck(MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE));
+        if (done) return;
+        if (i < SPIN_TESTS) continue; // (most waits end here)
+        if (i == SPIN_TESTS) t0 = now_seconds();
+        serve_pings(c);
+        double waited = now_seconds() - t0;
+        if (c->peer_timeout > 0 && !pinged && waited > c->peer_timeout / 2) { ping_all(c); pinged = 1; }
+        if (c->peer_timeout > 0 && waited > c->peer_timeout) {
+            int n_silent, silent = first_silent(c, &n_silent);
+            stop_silent(c, silent, n_silent, what);
+        }
+        struct timespec ts = {0, 50000}; // 50 us: a silent wait does not spin a core
+        nanosleep(&ts, NULL);
+    }
+}
+
 int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad) {
     int mine[2] = {ok ? INT_MAX : c->rank, ok ? 0 : -1}, all[2]; // min of (rank, -count)
-    mpiCheck(MPI_Allreduce(mine, all, 2, MPI_INT, MPI_MIN, c->world));
+    MPI_Request req;
+    mpiCheck(MPI_Iallreduce(mine, all, 2, MPI_INT, MPI_MIN, c->world, &req));
+    comm_wait(c, &req, 1, "an agreement");
     if (!ok || all[0] != INT_MAX) { // how many failed: only when someone did
         int bad = !ok, total = 0;
-        mpiCheck(MPI_Allreduce(&bad, &total, 1, MPI_INT, MPI_SUM, c->world));
+        mpiCheck(MPI_Iallreduce(&bad, &total, 1, MPI_INT, MPI_SUM, c->world, &req));
+        comm_wait(c, &req, 1, "an agreement");
         comm_account(c, MSG_CONTROL, COMM_COLLECTIVE, sizeof(int), sizeof(int));
         all[1] = total;
     }
@@ -107,7 +210,9 @@ int comm_local_rank(Comm *c) {
 
 int comm_max_int(Comm *c, int v) {
     int all = v;
-    mpiCheck(MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_MAX, c->world));
+    MPI_Request req;
+    mpiCheck(MPI_Iallreduce(&v, &all, 1, MPI_INT, MPI_MAX, c->world, &req));
+    comm_wait(c, &req, 1, "an agreement");
     comm_account(c, MSG_CONTROL, COMM_COLLECTIVE, sizeof(int), sizeof(int));
     return all;
 }
@@ -121,7 +226,9 @@ void comm_stop_if_failed(Comm *c, int rc, const char *err) {
 }
 
 void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer) {
-    mpiCheck(MPI_Alltoall(send, per_peer, MPI_INT, recv, per_peer, MPI_INT, c->expert));
+    MPI_Request req;
+    mpiCheck(MPI_Ialltoall(send, per_peer, MPI_INT, recv, per_peer, MPI_INT, c->expert, &req));
+    comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
     double bytes = (double)per_peer * sizeof(int);
     for (int s = 0; s < c->n_parties * c->ranks_per_party; s++)
         if (s != c->rank) comm_account_rank(c, kind, s, bytes, bytes);
@@ -141,13 +248,17 @@ void comm_alltoallv_rows(Comm *c, MsgKind kind, const float *send, const int *se
         sc[p] = (int)s; sd[p] = (int)so; rc[p] = (int)r; rd[p] = (int)ro;
         if (p != c->rank) comm_account_rank(c, kind, p, 4.0 * s, 4.0 * r);
     }
-    mpiCheck(MPI_Alltoallv(send, sc, sd, MPI_FLOAT, recv, rc, rd, MPI_FLOAT, c->expert));
+    MPI_Request req;
+    mpiCheck(MPI_Ialltoallv(send, sc, sd, MPI_FLOAT, recv, rc, rd, MPI_FLOAT, c->expert, &req));
+    comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
 }
 
 void comm_allreduce_floats(Comm *c, MsgKind kind, float *buf, size_t n) {
     for (size_t done = 0; done < n;) { // in pieces of at most 2^30 floats (MPI counts are int)
         int piece = n - done > (1u << 30) ? (1 << 30) : (int)(n - done);
-        mpiCheck(MPI_Allreduce(MPI_IN_PLACE, buf + done, piece, MPI_FLOAT, MPI_SUM, c->leaders));
+        MPI_Request req;
+        mpiCheck(MPI_Iallreduce(MPI_IN_PLACE, buf + done, piece, MPI_FLOAT, MPI_SUM, c->leaders, &req));
+        comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
         done += (size_t)piece;
     }
     comm_account(c, kind, COMM_COLLECTIVE, 4.0 * n, 4.0 * n);
@@ -175,7 +286,9 @@ void comm_party_sum_floats(Comm *c, MsgKind kind, float *buf, size_t n, float *s
     // 1. rank i gets every rank's copy of slice i (scratch: R copies of it, local rank order) ...
     int *rcnt = mallocCheck(sizeof(int) * 2 * R), *roff = rcnt + R;
     for (int i = 0; i < R; i++) { rcnt[i] = mine; roff[i] = i * mine; }
-    mpiCheck(MPI_Alltoallv(buf, cnt, off, MPI_FLOAT, scratch, rcnt, roff, MPI_FLOAT, c->party_comm));
+    MPI_Request req;
+    mpiCheck(MPI_Ialltoallv(buf, cnt, off, MPI_FLOAT, scratch, rcnt, roff, MPI_FLOAT, c->party_comm, &req));
+    comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
     // 2. ... sums them in that order ...
     for (int j = 0; j < mine; j++) {
         float s = scratch[j];
@@ -183,7 +296,8 @@ void comm_party_sum_floats(Comm *c, MsgKind kind, float *buf, size_t n, float *s
         buf[mlo + j] = s;
     }
     // 3. ... and every rank gathers the sums
-    mpiCheck(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, buf, cnt, off, MPI_FLOAT, c->party_comm));
+    mpiCheck(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, buf, cnt, off, MPI_FLOAT, c->party_comm, &req));
+    comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
     double out = 4.0 * (double)(n - (size_t)mine);
     c->intra_sent[kind] += out + 4.0 * (double)mine * (R - 1);
     c->intra_recv[kind] += 4.0 * (double)mine * (R - 1) + out;
@@ -195,7 +309,9 @@ void comm_party_sum_doubles(Comm *c, MsgKind kind, double *buf, int n) {
     int R = c->ranks_per_party;
     if (R == 1) return;
     double *all = mallocCheck(sizeof(double) * (size_t)n * R);
-    mpiCheck(MPI_Allgather(buf, n, MPI_DOUBLE, all, n, MPI_DOUBLE, c->party_comm));
+    MPI_Request req;
+    mpiCheck(MPI_Iallgather(buf, n, MPI_DOUBLE, all, n, MPI_DOUBLE, c->party_comm, &req));
+    comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
     for (int j = 0; j < n; j++) {
         double s = all[j];
         for (int i = 1; i < R; i++) s += all[(size_t)i * n + j];
@@ -211,7 +327,9 @@ void comm_party_sum_doubles(Comm *c, MsgKind kind, double *buf, int n) {
 void comm_send_floats(Comm *c, MsgKind kind, int to, const float *buf, size_t n) {
     for (size_t i = 0; i < n; i += COMM_MSG_FLOATS) {
         int k = (int)(n - i < COMM_MSG_FLOATS ? n - i : COMM_MSG_FLOATS);
-        mpiCheck(MPI_Send(buf + i, k, MPI_FLOAT, to, (int)kind, c->leaders));
+        MPI_Request req;
+        mpiCheck(MPI_Isend(buf + i, k, MPI_FLOAT, to, (int)kind, c->leaders, &req));
+        comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
     }
     comm_account(c, kind, to, 4.0 * (double)n, 0.0);
 }
@@ -219,13 +337,17 @@ void comm_send_floats(Comm *c, MsgKind kind, int to, const float *buf, size_t n)
 void comm_recv_floats(Comm *c, MsgKind kind, int from, float *buf, size_t n) {
     for (size_t i = 0; i < n; i += COMM_MSG_FLOATS) {
         int k = (int)(n - i < COMM_MSG_FLOATS ? n - i : COMM_MSG_FLOATS);
-        mpiCheck(MPI_Recv(buf + i, k, MPI_FLOAT, from, (int)kind, c->leaders, MPI_STATUS_IGNORE));
+        MPI_Request req;
+        mpiCheck(MPI_Irecv(buf + i, k, MPI_FLOAT, from, (int)kind, c->leaders, &req));
+        comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
     }
     comm_account(c, kind, from, 0.0, 4.0 * (double)n);
 }
 
 void comm_gather_doubles(Comm *c, MsgKind kind, const double *send, int n, double *recv) {
-    mpiCheck(MPI_Gather(send, n, MPI_DOUBLE, recv, n, MPI_DOUBLE, 0, c->leaders));
+    MPI_Request req;
+    mpiCheck(MPI_Igather(send, n, MPI_DOUBLE, recv, n, MPI_DOUBLE, 0, c->leaders, &req));
+    comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
     if (c->party != 0) comm_account(c, kind, 0, 8.0 * n, 0.0);
     else
         for (int p = 1; p < c->n_parties; p++) comm_account(c, kind, p, 0.0, 8.0 * n);
@@ -314,7 +436,11 @@ int comm_write_audit(Comm *c, const char *path, char *err, size_t len) {
     memcpy(at += CONFIG_MAX_PARTIES, c->intra_sent, sizeof c->intra_sent);
     memcpy(at += MSG_KIND_COUNT, c->intra_recv, sizeof c->intra_recv);
     double *all = mallocCheck(sizeof(double) * AUDIT_ROW * n);
-    if (n > 1) mpiCheck(MPI_Gather(mine, AUDIT_ROW, MPI_DOUBLE, all, AUDIT_ROW, MPI_DOUBLE, 0, c->expert));
+    if (n > 1) {
+        MPI_Request req;
+        mpiCheck(MPI_Igather(mine, AUDIT_ROW, MPI_DOUBLE, all, AUDIT_ROW, MPI_DOUBLE, 0, c->expert, &req));
+        comm_wait(c, &req, 1, "the audit");
+    }
     else memcpy(all, mine, sizeof(double) * AUDIT_ROW);
     int rc = 0;
     if (c->rank == 0) {

@@ -49,6 +49,10 @@ typedef struct Comm {
     double intra_sent[MSG_KIND_COUNT], intra_recv[MSG_KIND_COUNT]; // bytes to / from the party's own ranks
     double rows_routed[CONFIG_MAX_PARTIES];              // rows this rank's routers sent to each other party
     int *counts;           // (4, n_peers) scratch of comm_alltoallv_rows: element counts, offsets
+    double peer_timeout;   // parties.peer_timeout: seconds a wait may last before silent ranks stop the job (0: none)
+    int watch_token;       // what a ping and its answer carry
+    MPI_Request *pongs;    // (size) comm_wait: the answer awaited from each rank (MPI_REQUEST_NULL: none)
+    int *pong_values;      // (size)
 } Comm;
 
 // Attaches to MPI_COMM_WORLD (after MPI_Init). Accounting starts at zero.
@@ -67,6 +71,11 @@ void comm_account_rank(Comm *c, MsgKind kind, int s, double sent, double recv);
 double comm_total_sent(const Comm *c);
 double comm_total_recv(const Comm *c);
 
+// Completes the n non-blocking MPI requests req (every wait of this file goes through here): polls them, answers
+// the other ranks' pings meanwhile, and when they have not completed within c->peer_timeout seconds (0: no
+// limit), ends the job (MPI_Abort) with one line naming the first rank that did not answer a ping: a silent
+// peer. `what` names the call ("expert_rows", "an agreement", ...).
+void comm_wait(Comm *c, MPI_Request *req, int n, const char *what);
 // Agreement on world: returns 1 if `ok` on every rank, else 0, with the lowest failing rank in
 // *first_bad and the number of failing ranks in *n_bad (either may be NULL).
 int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad);

@@ -40,6 +40,9 @@ static const ConfigKey KEYS[] = {
      "pcmoe: MPI ranks (GPUs) per party, run as mpirun -np count x ranks_per_party; party p is ranks [p R, (p + 1) "
      "R): its experts are split across them and its backbone is data-parallel, each rank with batch_size windows",
      NULL},
+    {"parties", "peer_timeout", KEY_FLOAT, F(peer_timeout), 0, 1e6, "600",
+     "seconds a rank waits for its peers in one call before the silent ones (stopped, cut off, gone) stop the "
+     "job, named; 0 = wait forever. Longer than the slowest step and checkpoint write", NULL},
     {"parties", "mode", KEY_ENUM, F(mode), 0, 0, "pcmoe",
      "pcmoe (shared expert pool), centralized (one model on all parties' data), local (each party alone), fedavg "
      "(full models, weights averaged)", MODE_NAMES},

@@ -326,6 +326,7 @@ int main(int argc, char **argv) {
     Comm comm;
     comm_init(&comm);
     Config *c = load_config(&comm, &a);
+    comm.peer_timeout = c->peer_timeout;
     if (c->ranks_per_party > 1 && strcmp(cmd, "train"))
         fail_usage(2, 0, "parties.ranks_per_party = %d: pcmoe %s runs one rank per party (only train runs several "
                    "yet); set parties.ranks_per_party = 1", c->ranks_per_party, cmd);

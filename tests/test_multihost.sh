@@ -4,7 +4,8 @@
 # mpirun in the first with a hostfile naming both, Open MPI's rsh agent set to an `ip netns exec`
 # wrapper, and TCP as the only transport. The per-party losses must equal the single-host run's, and
 # the veth link must have carried the expert traffic; the same for 2 parties of 2 ranks, a party per host,
-# whose traffic inside a party stays on its host. Skips (77) only where namespaces cannot be made.
+# whose traffic inside a party stays on its host; and when the link goes down mid-run, every pcmoe process
+# ends within parties.peer_timeout, naming the silent party. Skips (77) only where namespaces cannot be made.
 . "$(dirname "$0")/lib.sh"
 
 tag=$(( $$ % 200 + 20 ))
@@ -79,6 +80,35 @@ print(f"{len(a)} (step, party) entries, {len(bad)} differ; party 0 sent {across:
 sys.exit(1 if bad or set(a) != set(b) or not across <= veth < across + inside else 0)
 PY
 ); then ok "2 parties x 2 ranks, a party per host: $out"; else fail "2 parties x 2 ranks on two hosts: $out"; fi
+
+# a link taken down: the second host's veth goes down after the first checkpoint. Every pcmoe process must end
+# within parties.peer_timeout (4 s) + 8 s, the first host's naming party 1 as silent. (mpirun itself then
+# waits for its daemon on the unreachable host: a launcher's wait, not pcmoe's; the test ends it.)
+ip netns exec "$na" timeout 120 "$MPIRUN" --hostfile "$TMP/hosts" -np 2 --map-by node \
+    --mca plm_rsh_agent "$TMP/nsexec" --mca btl tcp,self --mca btl_tcp_if_include "10.213.$tag.0/24" \
+    --mca oob_tcp_if_include "10.213.$tag.0/24" -x OMP_NUM_THREADS=1 -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM \
+    "$PCMOE" train "$TMP/p2.ini" --set run.dir="$TMP/cut" --set train.steps=100000 --set parties.peer_timeout=4 \
+    --set checkpoint.every=10 --set train.eval_every=0 >"$TMP/cut.out" 2>&1 &
+job=$!
+i=0
+while [ "$i" -lt 300 ] && [ ! -f "$TMP/cut/checkpoints/step_00000010/COMPLETE" ]; do sleep 0.1; i=$((i + 1)); done
+ip -n "$nb" link set "v$$b" down
+# pcmoe_left: the pids of the cut run's pcmoe processes (in either namespace)
+pcmoe_left() { for p in $(pgrep -f -- "run.dir=$TMP/cut"); do [ "$(cat "/proc/$p/comm" 2>/dev/null)" = pcmoe ] && echo "$p"; done; }
+start=$(date +%s)
+i=0
+while [ "$i" -lt 120 ] && [ -n "$(pcmoe_left)" ]; do sleep 0.1; i=$((i + 1)); done
+secs=$(( $(date +%s) - start ))
+left=$(pcmoe_left | wc -l)
+if [ "$left" -eq 0 ] && [ "$secs" -le 12 ] && grep -q "party 1 (rank 1): silent for 4 s" "$TMP/cut.out"; then
+    ok "the link cut: every pcmoe process ended in ${secs}s: $(grep 'pcmoe: error' "$TMP/cut.out" | head -n 1 | cut -c1-120)"
+else
+    fail "the link cut: $left pcmoe processes after ${secs}s; $(grep -a error "$TMP/cut.out" | head -n 2)"
+fi
+kill "$job" 2>/dev/null
+pkill -9 -f -- "run.dir=$TMP/cut" 2>/dev/null
+wait "$job" 2>/dev/null
+ip -n "$nb" link set "v$$b" up
 
 # a deliberately broken launcher (it cannot reach the second host): the job must fail, not hang
 printf '#!/bin/sh\necho "nsexec: host $1 unreachable" >&2\nexit 255\n' > "$TMP/broken"
