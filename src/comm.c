@@ -22,7 +22,7 @@ const char *const MSG_KIND_NAMES[] = {"routing_counts", "expert_rows", "expert_o
 void comm_init(Comm *c) {
     memset(c, 0, sizeof *c);
     c->world = MPI_COMM_WORLD;
-    c->expert = c->leaders = c->party_comm = MPI_COMM_NULL;
+    c->expert = c->leaders = c->party_comm = c->met = MPI_COMM_NULL;
     mpiCheck(MPI_Comm_rank(c->world, &c->rank));
     mpiCheck(MPI_Comm_size(c->world, &c->size));
     c->ranks_per_party = 1;
@@ -45,11 +45,6 @@ void comm_setup(Comm *c, int n_parties, int ranks_per_party) {
 }
 
 void comm_free(Comm *c) {
-    MPI_Comm *all[3] = {&c->expert, &c->leaders, &c->party_comm};
-    for (int i = 0; i < 3; i++)
-        if (*all[i] != MPI_COMM_NULL) mpiCheck(MPI_Comm_free(all[i]));
-    free(c->counts);
-    c->counts = NULL;
     for (int r = 0; c->pongs && r < c->size; r++) // (answers that never came: the job ends without them)
         if (c->pongs[r] != MPI_REQUEST_NULL) {
             mpiCheck(MPI_Cancel(&c->pongs[r]));
@@ -59,6 +54,15 @@ void comm_free(Comm *c) {
     free(c->pong_values);
     c->pongs = NULL;
     c->pong_values = NULL;
+    MPI_Comm *all[3] = {&c->expert, &c->leaders, &c->party_comm};
+    for (int i = 0; i < 3; i++)
+        if (*all[i] != MPI_COMM_NULL) mpiCheck(MPI_Comm_free(all[i]));
+    free(c->counts);
+    c->counts = NULL;
+    if (c->met != MPI_COMM_NULL) { // the parties that met (meet.h): their world freed, the meeting disconnected
+        mpiCheck(MPI_Comm_free(&c->world));
+        mpiCheck(MPI_Comm_free(&c->met));
+    }
 }
 
 void comm_account(Comm *c, MsgKind kind, int peer, double sent, double recv) {

@@ -40,6 +40,8 @@ typedef struct Comm {
                            // comm_setup)
     MPI_Comm leaders;      // local rank 0 of every party; rank i is party i (MPI_COMM_NULL on the other ranks)
     MPI_Comm party_comm;   // the ranks of this rank's party; rank i is local rank i
+    MPI_Comm met;          // parties that started their own jobs (meet.h): every rank met, in arrival order
+                           // (world is it, ordered by party); MPI_COMM_NULL under one mpirun
     int rank, size;        // in world
     int party, n_parties;  // this rank's party and the number of parties (1 in a one-process run)
     int ranks_per_party;   // R

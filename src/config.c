@@ -585,39 +585,64 @@ int config_load_text(Config *c, const char *text, char *err, size_t len) {
     return rc;
 }
 
-int config_diff_model(const Config *a, const Config *b, int with_parties, char *err, size_t len) {
+// Key k's value in c as text (not for string keys), into out (64 bytes).
+static void key_value(const ConfigKey *k, const Config *c, char *out) {
+    const char *p = (const char *)c + k->offset;
+    switch (k->type) {
+    case KEY_FLOAT: snprintf(out, 64, "%.9g", *(const float *)p); break;
+    case KEY_ENUM: snprintf(out, 64, "%s", k->names[*(const int *)p]); break;
+    case KEY_INT64: snprintf(out, 64, "%lld", (long long)*(const int64_t *)p); break;
+    default: snprintf(out, 64, "%d", *(const int *)p); break;
+    }
+}
+
+// Compares the keys `which` selects (1: compared); the first difference goes to err as
+// "model.d_model: A_NAME 64, B_NAME 32". Returns 0 if equal, else 1.
+static int diff_keys(const Config *a, const Config *b, int (*which)(const ConfigKey *), const char *a_name,
+                     const char *b_name, char *err, size_t len) {
     for (int i = 0; i < N_KEYS; i++) {
         const ConfigKey *k = &KEYS[i];
-        int shapes = (!strcmp(k->section, "model") && strcmp(k->key, "recompute_experts") &&
-                      strcmp(k->key, "recompute_attention") && strcmp(k->key, "logits_chunk_mb") &&
-                      strcmp(k->key, "hf") && strcmp(k->key, "tokenizer") &&
-                      strcmp(k->key, "eos_token_id")) ||
-                     (with_parties && !strcmp(k->section, "parties") && strcmp(k->key, "schedule") &&
-                      strcmp(k->key, "ranks_per_party")); // (a checkpoint re-shards inside each party)
-        if (!shapes) continue;
-        const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;
+        if (!which(k)) continue;
         char va[64], vb[64];
-        switch (k->type) {
-        case KEY_FLOAT:
-            snprintf(va, sizeof va, "%.9g", *(const float *)pa);
-            snprintf(vb, sizeof vb, "%.9g", *(const float *)pb);
-            break;
-        case KEY_ENUM:
-            snprintf(va, sizeof va, "%s", k->names[*(const int *)pa]);
-            snprintf(vb, sizeof vb, "%s", k->names[*(const int *)pb]);
-            break;
-        case KEY_INT64:
-            snprintf(va, sizeof va, "%lld", (long long)*(const int64_t *)pa);
-            snprintf(vb, sizeof vb, "%lld", (long long)*(const int64_t *)pb);
-            break;
-        default:
-            snprintf(va, sizeof va, "%d", *(const int *)pa);
-            snprintf(vb, sizeof vb, "%d", *(const int *)pb);
-            break;
+        key_value(k, a, va);
+        key_value(k, b, vb);
+        if (strcmp(va, vb)) {
+            error_set(err, len, "%s.%s: %s %s, %s %s", k->section, k->key, a_name, va, b_name, vb);
+            return 1;
         }
-        if (strcmp(va, vb)) return error_set(err, len, "%s.%s: checkpoint %s, config %s", k->section, k->key, va, vb);
     }
     return 0;
+}
+
+static int model_key(const ConfigKey *k) {
+    return !strcmp(k->section, "model") && strcmp(k->key, "recompute_experts") &&
+           strcmp(k->key, "recompute_attention") && strcmp(k->key, "logits_chunk_mb") && strcmp(k->key, "hf") &&
+           strcmp(k->key, "tokenizer") && strcmp(k->key, "eos_token_id");
+}
+static int model_or_parties_key(const ConfigKey *k) {
+    return model_key(k) || (!strcmp(k->section, "parties") && strcmp(k->key, "schedule") &&
+                            strcmp(k->key, "ranks_per_party") && strcmp(k->key, "peer_timeout"));
+}
+// The keys every party of a run must share: all but the party's own (its paths, its machine, its private
+// shuffle and recorder, its patience).
+static int shared_key(const ConfigKey *k) {
+    static const char *const own[] = {"privacy.shuffle_seed", "privacy.record_received", "model.hf", "model.tokenizer",
+                                      "train.init_from", "parties.peer_timeout", "model.recompute_experts",
+                                      "model.recompute_attention", "model.logits_chunk_mb"};
+    char name[96];
+    snprintf(name, sizeof name, "%s.%s", k->section, k->key);
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+        if (!strcmp(name, own[i])) return 0;
+    return strcmp(k->section, "run") && strcmp(k->section, "data") && k->type != KEY_STRING;
+}
+
+int config_diff_model(const Config *a, const Config *b, int with_parties, char *err, size_t len) {
+    return diff_keys(a, b, with_parties ? model_or_parties_key : model_key, "checkpoint", "config", err, len);
+}
+
+int config_diff_shared(const Config *a, const Config *b, const char *a_name, const char *b_name, char *err,
+                       size_t len) {
+    return diff_keys(a, b, shared_key, a_name, b_name, err, len);
 }
 
 void config_write(Text *t, const Config *c) {

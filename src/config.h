@@ -119,6 +119,11 @@ int config_load_text(Config *c, const char *text, char *err, size_t err_len);
 // Compares the keys that shape the model ([model], and with_parties: parties.count, parties.mode). Returns 0
 // if equal, else 1 with "model.d_model: checkpoint 64, config 32" in err (a is the checkpoint's).
 int config_diff_model(const Config *a, const Config *b, int with_parties, char *err, size_t err_len);
+// Compares every key the parties of one run must share (all but each party's own: run.*, data.*, its paths,
+// privacy.shuffle_seed, privacy.record_received, parties.peer_timeout and the recompute and chunking keys).
+// Returns 0 if equal, else 1 with "train.steps: A_NAME 100, B_NAME 200" in err.
+int config_diff_shared(const Config *a, const Config *b, const char *a_name, const char *b_name, char *err,
+                       size_t err_len);
 
 // Appends the resolved configuration to t as INI text that config_load reads back to the same values.
 void config_write(Text *t, const Config *c);

@@ -11,6 +11,7 @@
 #include "attack.h"     // attack_main
 #include "bench.h"      // bench_run, BenchOptions
 #include "comm.h"       // Comm, comm_init, comm_agree
+#include "meet.h"       // meet_parties: train --party P --connect NAME
 #include "config.h"     // Config, config_load, config_keys_main
 #include "blas.h"       // blas_choose_kernels
 #include "export.h"     // export_run, ExportOptions
@@ -44,6 +45,9 @@ static void usage(FILE *f) {
             "                    parties may leave and join, and ranks_per_party may change, the experts\n"
             "                    re-sharded)\n"
             "      --stop-after S  stop after step S, writing a checkpoint, as a preempted job would\n"
+            "      --party P --connect NAME  this job is party P's own (its parties.ranks_per_party ranks): it\n"
+            "                    meets the other parties' jobs under NAME through the name server its mpirun\n"
+            "                    was given (mpirun --ompi-server file:URI; see docs/cluster.md)\n"
             "      --inject-fault counts|foreign|nan|nan-grad  test hook: the last party sends bad routing\n"
             "                    counts, a foreign expert id or NaN rows (the others must stop the job, naming\n"
             "                    it), or its gradient turns NaN in step 6 (training must stop, naming it)\n"
@@ -109,6 +113,9 @@ typedef struct {
     char **sets;         // (n_sets) "section.key=value" overrides, pointing into argv
     int n_sets;
     RunOptions run;      // --simulate, --checkpoint, --audit, --inject-fault
+    const char *meet;    // train --connect NAME: this job is party meet_party of a run that meets (meet.h)
+    int meet_party;      // --party P (train)
+    int meet_party_given;
     TrainOptions train;  // --force, --resume, --stop-after
     BenchOptions bench;  // --task, --json
     GenerateOptions gen; // --party, --prompt, ...
@@ -217,7 +224,8 @@ static int parse_run_option(Args *a, const char *opt, const char *v) {
 static int parse_arg(Args *a, int argc, char **argv, int *i, const char *cmd) {
     int bench = !strcmp(cmd, "bench"), gen = !strcmp(cmd, "generate"), exp = !strcmp(cmd, "export");
     const char *o = argv[*i];
-    int valued = !strcmp(o, "--set") || !strcmp(o, "--stop-after") || !strcmp(o, "--checkpoint") ||
+    int train = !strcmp(cmd, "train"), meet = train && (!strcmp(o, "--connect") || !strcmp(o, "--party"));
+    int valued = meet || !strcmp(o, "--set") || !strcmp(o, "--stop-after") || !strcmp(o, "--checkpoint") ||
                  !strcmp(o, "--inject-fault") || !strcmp(o, "--audit") || (bench && (!strcmp(o, "--task") ||
                  !strcmp(o, "--json"))) || (gen && is_generate_option(o)) || (exp && is_export_option(o));
     if (valued && *i + 1 >= argc) {
@@ -232,7 +240,13 @@ static int parse_arg(Args *a, int argc, char **argv, int *i, const char *cmd) {
     else if (!strcmp(o, "--force")) a->train.force = 1;
     else if (!strcmp(o, "--simulate")) a->run.simulate = 1;
     else if (!strcmp(o, "--resume")) a->train.resume = 1;
-    else if (bench && !strcmp(o, "--task")) a->bench.task = v;
+    else if (meet && !strcmp(o, "--connect")) a->meet = v;
+    else if (meet) {
+        long n;
+        if (parse_long(o, v, 0, CONFIG_MAX_PARTIES - 1, &n)) return 2;
+        a->meet_party = (int)n;
+        a->meet_party_given = 1;
+    } else if (bench && !strcmp(o, "--task")) a->bench.task = v;
     else if (bench && !strcmp(o, "--json")) a->bench.json = v;
     else if (gen && !strcmp(o, "--no-cache")) a->gen.no_cache = 1;
     else if (gen && is_generate_option(o)) return parse_generate_option(&a->gen, o, v) ? 2 : -1;
@@ -270,6 +284,8 @@ static int parse_args(Args *a, int argc, char **argv, const char *cmd) {
     else if (!strcmp(cmd, "export") && !a->exp.out) why = "export needs --out DIR (a new directory)";
     else if (train && a->run.checkpoint) why = "--checkpoint belongs to pcmoe eval; train resumes with --resume";
     else if (a->train.resume && a->train.force) why = "--resume and --force exclude each other";
+    else if (!a->meet != !a->meet_party_given) why = "--party P and --connect NAME go together (a party's own job)";
+    else if (a->meet && a->run.simulate) why = "--connect meets other parties' jobs; --simulate runs them all here";
     if (why) { fprintf(stderr, "pcmoe: error: %s\n", why); return 2; }
     return -1;
 }
@@ -327,6 +343,7 @@ int main(int argc, char **argv) {
     comm_init(&comm);
     Config *c = load_config(&comm, &a);
     comm.peer_timeout = c->peer_timeout;
+    if (a.meet) meet_parties(&comm, c, a.meet_party, a.meet); // (its own job: the parties meet here)
     if (c->ranks_per_party > 1 && strcmp(cmd, "train"))
         fail_usage(2, 0, "parties.ranks_per_party = %d: pcmoe %s runs one rank per party (only train runs several "
                    "yet); set parties.ranks_per_party = 1", c->ranks_per_party, cmd);

@@ -151,6 +151,20 @@ sys.exit(1 if errors else 0)
 PY
 }
 
+# same_losses A B: two runs' metrics files hold the same (step, party) training and validation losses, bit for
+# bit; prints how many entries and how many differ
+same_losses() {
+    "$PYTHON" - "$1" "$2" <<'PY'
+import json, sys
+def load(p):
+    return {(o["step"], o["party"]): (o.get("train_loss"), o.get("val_loss")) for o in map(json.loads, open(p))}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+bad = [k for k in a if a[k] != b.get(k)]
+print(f"{len(a)} (step, party) entries, {len(bad)} differ")
+sys.exit(1 if bad or set(a) != set(b) or not a else 0)
+PY
+}
+
 # rss_step0 SCRATCH INIT PARTIES BOUND WHAT WHY: two runs' metrics.jsonl: every one of PARTIES parties' step-0 peak RSS
 # in INIT (weights read from somewhere) is within BOUND MiB of SCRATCH's (random weights); prints the largest excess
 rss_step0() {

@@ -4,7 +4,8 @@
 # mpirun in the first with a hostfile naming both, Open MPI's rsh agent set to an `ip netns exec`
 # wrapper, and TCP as the only transport. The per-party losses must equal the single-host run's, and
 # the veth link must have carried the expert traffic; the same for 2 parties of 2 ranks, a party per host,
-# whose traffic inside a party stays on its host; and when the link goes down mid-run, every pcmoe process
+# whose traffic inside a party stays on its host; the parties as jobs of their own, one per host, meeting
+# through an ompi-server (pcmoe train --party P --connect NAME); and when the link goes down mid-run, every pcmoe process
 # ends within parties.peer_timeout, naming the silent party. Skips (77) only where namespaces cannot be made.
 . "$(dirname "$0")/lib.sh"
 
@@ -39,16 +40,7 @@ ip netns exec "$na" timeout 120 "$MPIRUN" --hostfile "$TMP/hosts" -np 2 --map-by
     "$PCMOE" train "$TMP/p2.ini" --set run.dir="$TMP/multi" >"$TMP/out" 2>&1 || { cat "$TMP/out"; fail "two-host run failed"; finish; }
 after=$(ip netns exec "$na" cat "/sys/class/net/v$$a/statistics/tx_bytes")
 [ $((after - before)) -gt 500000 ] && ok "the veth carried $((after - before)) bytes out of $na" || fail "only $((after - before)) bytes crossed the veth"
-if "$PYTHON" - "$TMP/single/metrics.jsonl" "$TMP/multi/metrics.jsonl" <<'PY'
-import json, sys
-def load(p):
-    return {(o["step"], o["party"]): (o.get("train_loss"), o.get("val_loss")) for o in map(json.loads, open(p))}
-a, b = load(sys.argv[1]), load(sys.argv[2])
-bad = [k for k in a if a[k] != b.get(k)]
-print(f"{len(a)} (step, party) entries; {len(bad)} differ")
-sys.exit(1 if bad or set(a) != set(b) else 0)
-PY
-then ok "two hosts over TCP: per-party losses identical to the single-host run"
+if same_losses "$TMP/single/metrics.jsonl" "$TMP/multi/metrics.jsonl"; then ok "two hosts over TCP: per-party losses identical to the single-host run"
 else fail "two-host losses differ from the single-host run"
 fi
 
@@ -80,6 +72,30 @@ print(f"{len(a)} (step, party) entries, {len(bad)} differ; party 0 sent {across:
 sys.exit(1 if bad or set(a) != set(b) or not across <= veth < across + inside else 0)
 PY
 ); then ok "2 parties x 2 ranks, a party per host: $out"; else fail "2 parties x 2 ranks on two hosts: $out"; fi
+
+# each party its own job on its own host (--party P --connect NAME), meeting through an ompi-server on the
+# first host: the single-host run's losses, bit for bit
+if command -v ompi-server >/dev/null 2>&1; then
+    ip netns exec "$na" ompi-server --no-daemonize --report-uri "$TMP/uri" >"$TMP/server.out" 2>&1 &
+    server=$!
+    i=0
+    while [ "$i" -lt 100 ] && [ ! -s "$TMP/uri" ]; do sleep 0.1; i=$((i + 1)); done
+    for p in 1 0; do
+        host=$na
+        [ "$p" = 1 ] && host=$nb
+        ip netns exec "$host" timeout 120 "$MPIRUN" --ompi-server "file:$TMP/uri" -np 1 --mca btl tcp,self \
+            --mca btl_tcp_if_include "10.213.$tag.0/24" --mca oob_tcp_if_include "10.213.$tag.0/24" -x OMP_NUM_THREADS=1 \
+            "$PCMOE" train "$TMP/p2.ini" --party "$p" --connect hosts --set run.dir="$TMP/met" >"$TMP/met.$p.out" 2>&1 &
+        eval "job$p=\$!"
+    done
+    wait "$job0"; rc0=$?
+    wait "$job1"; rc1=$?
+    kill "$server" 2>/dev/null
+    if [ "$rc0" -eq 0 ] && [ "$rc1" -eq 0 ] && out=$(same_losses "$TMP/single/metrics.jsonl" "$TMP/met/metrics.jsonl" 2>&1); then ok "a job per host, met through ompi-server: the single-host losses ($out)"
+    else fail "a job per host: exit $rc0, $rc1: $(grep -h error "$TMP"/met.*.out | head -n 3)"; fi
+else
+    fail "no ompi-server (Open MPI's name server)"
+fi
 
 # a link taken down: the second host's veth goes down after the first checkpoint. Every pcmoe process must end
 # within parties.peer_timeout (4 s) + 8 s, the first host's naming party 1 as silent. (mpirun itself then

@@ -3,6 +3,7 @@
 # from Debian's packages (munged, slurmctld, slurmd; configuration, ports, state and logs all in its
 # temporary directory) and submits with sbatch:
 #  1. jobscripts/pcmoe.sbatch trains a 2-party config to its end; pcmoe-party-nodes.sbatch a party of 2 ranks;
+#     pcmoe-party.sbatch, one job per party, meets through an ompi-server and trains;
 #  2. requeue and resume: a longer job gets SIGUSR1 (as --signal=B:USR1@90 sends before the time limit)
 #     after its first checkpoint; it checkpoints, requeues itself, and the next start resumes from that
 #     checkpoint and trains to its end (job COMPLETED, each step logged once, at the speed of the first
@@ -106,6 +107,27 @@ wait_job "$id" 120 || fail "job $id still queued after 120 s"
     && grep -q "1 parties of 2 ranks, one party per node" "$TMP/job1b.out" \
     && ok "sbatch --nodes=1 --ntasks-per-node=2 pcmoe-party-nodes.sbatch: job $id COMPLETED, a party of 2 ranks, its rank files" \
     || fail "pcmoe-party-nodes.sbatch job $id: state $(job_state "$id"): $(tail -n 5 "$TMP/job1b.out")"
+
+# 1c. parties as jobs of their own: pcmoe-party.sbatch twice (party 0 and 1), meeting through an ompi-server
+if command -v ompi-server >/dev/null 2>&1; then
+    ompi-server --no-daemonize --report-uri "$TMP/uri" >"$TMP/server.out" 2>&1 &
+    server=$!
+    i=0
+    while [ "$i" -lt 100 ] && [ ! -s "$TMP/uri" ]; do sleep 0.1; i=$((i + 1)); done
+    ids=""
+    for p in 1 0; do
+        ids="$ids $(sbatch --parsable --ntasks=1 --chdir="$top_srcdir" --output="$TMP/job1c.$p.out" jobscripts/pcmoe-party.sbatch \
+            "$TMP/p2.ini" "$p" slurm-meet "$TMP/uri" "$TMP/run1c" --set train.steps=6)"
+    done
+    for id in $ids; do wait_job "$id" 120 || fail "job $id still queued after 120 s"; done
+    states=$(for id in $ids; do job_state "$id"; done | tr '\n' ' ')
+    kill "$server" 2>/dev/null
+    [ "$states" = "COMPLETED COMPLETED " ] && grep -q '"step":6,"party":1,' "$TMP/run1c/metrics.jsonl" \
+        && ok "two pcmoe-party.sbatch jobs (parties 1 and 0) met and trained: $(grep 'met' "$TMP"/job1c.0.out | head -n 1)" \
+        || fail "pcmoe-party.sbatch: states $states: $(tail -n 3 "$TMP"/job1c.0.out)"
+else
+    fail "no ompi-server (Open MPI's name server)"
+fi
 
 # 2. SIGUSR1 before the time limit: checkpoint, requeue, resume, finish
 id=$(sbatch --parsable --ntasks=2 --chdir="$top_srcdir" --output="$TMP/job2.out" jobscripts/pcmoe.sbatch "$TMP/p2.ini" "$TMP/run2" \

@@ -1,0 +1,86 @@
+#!/bin/sh
+# test_meet: parties that start their own jobs (pcmoe train CONFIG --party P --connect NAME) meet through
+# MPI's ports and a name server (ompi-server, started here; every mpirun gets --ompi-server file:URI):
+#  1. 3 parties as 3 separate mpiruns, started in the order 2, 0, 1, train the losses of the same 3 parties
+#     under one mpirun, bit for bit, and every job ends with status 0; so do 2 parties of 2 ranks (2 jobs of
+#     2 ranks) against one mpirun of 4;
+#  2. a party whose model keys differ, and one whose training keys differ, are refused at the meeting: every
+#     job ends non-zero with one error line, naming the key and both values;
+#  3. a party that finds no meeting (no party 0, or no common name server) gives up after
+#     parties.peer_timeout, saying so.
+. "$(dirname "$0")/lib.sh"
+command -v ompi-server >/dev/null 2>&1 || { echo "SKIP: no ompi-server (Open MPI's name server)"; exit 77; }
+
+ompi-server --no-daemonize --report-uri "$TMP/uri" >"$TMP/server.out" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null; rm -rf "$TMP"' EXIT
+i=0
+while [ "$i" -lt 100 ] && [ ! -s "$TMP/uri" ]; do sleep 0.1; i=$((i + 1)); done
+[ -s "$TMP/uri" ] || { fail "ompi-server wrote no URI: $(cat "$TMP/server.out")"; finish; }
+tiny_config 3 "$TMP/p3.ini"
+tiny_config 2 "$TMP/p2.ini"
+
+# party NAME P NP CONFIG ARGS...: party P's own job of NP ranks, in the background (its pid in $!), output in
+# $TMP/NAME.P.out
+party() {
+    name=$1 p=$2 np=$3 cfg=$4
+    shift 4
+    timeout 120 "$MPIRUN" --ompi-server "file:$TMP/uri" --oversubscribe -np "$np" -x OMP_NUM_THREADS=1 "$PCMOE" train "$cfg" \
+        --party "$p" --connect "$name" "$@" >"$TMP/$name.$p.out" 2>&1 &
+}
+
+# 1. three jobs against one mpirun
+pids=""
+for p in 2 0 1; do party run3 "$p" 1 "$TMP/p3.ini" --set run.dir="$TMP/sep3"; pids="$pids $!"; done
+rcs=""
+for pid in $pids; do wait "$pid"; rcs="$rcs $?"; done
+mpi 3 train "$TMP/p3.ini" --set run.dir="$TMP/one3" >"$TMP/out" 2>&1 || fail "one mpirun of 3: $(grep error "$TMP/out")"
+if [ "$rcs" = " 0 0 0" ] && out=$(same_losses "$TMP/sep3/metrics.jsonl" "$TMP/one3/metrics.jsonl"); then
+    ok "3 parties as 3 jobs (started 2, 0, 1) == one mpirun of 3: $out; $(grep 'met' "$TMP/run3.0.out")"
+else
+    fail "3 jobs: exit statuses$rcs; $(same_losses "$TMP/sep3/metrics.jsonl" "$TMP/one3/metrics.jsonl" 2>&1 | tail -n 1); $(grep -h error "$TMP"/run3.*.out | head -n 3)"
+fi
+pids=""
+for p in 1 0; do party run22 "$p" 2 "$TMP/p2.ini" --set parties.ranks_per_party=2 --set run.dir="$TMP/sep22"; pids="$pids $!"; done
+rcs=""
+for pid in $pids; do wait "$pid"; rcs="$rcs $?"; done
+mpi 4 train "$TMP/p2.ini" --set parties.ranks_per_party=2 --set run.dir="$TMP/one22" >"$TMP/out" 2>&1 || fail "one mpirun of 2 x 2: $(grep error "$TMP/out")"
+if [ "$rcs" = " 0 0" ] && out=$(same_losses "$TMP/sep22/metrics.jsonl" "$TMP/one22/metrics.jsonl"); then
+    ok "2 parties of 2 ranks as 2 jobs == one mpirun of 4: $out"
+else
+    fail "2 x 2 as 2 jobs: exit statuses$rcs; $(grep -h error "$TMP"/run22.*.out | head -n 3)"
+fi
+
+# 2. disagreements at the meeting: every job ends non-zero, each with one line naming the key and both values
+for case_ in "model.d_model=64|model.d_model: party 0 has 32, party 2 has 64" "train.steps=30|train.steps: party 0 has 20, party 2 has 30"; do
+    set_=${case_%%|*} want=${case_#*|}
+    name=bad$(echo "$set_" | tr -dc 'a-z')
+    pids=""
+    for p in 0 1 2; do
+        extra=""
+        [ "$p" = 2 ] && extra="--set $set_"
+        party "$name" "$p" 1 "$TMP/p3.ini" --set run.dir="$TMP/$name" $extra
+        pids="$pids $!"
+    done
+    rcs="" lines=""
+    for pid in $pids; do wait "$pid"; rcs="$rcs $?"; done
+    good=1
+    for p in 0 1 2; do
+        n=$(grep -c "pcmoe: error:" "$TMP/$name.$p.out")
+        grep "pcmoe: error:" "$TMP/$name.$p.out" | grep -qF "$want" && [ "$n" -eq 1 ] || good=0
+    done
+    case $rcs in *" 0"*) good=0 ;; esac
+    [ "$good" = 1 ] && ok "refused at the meeting ($set_ on party 2), every job (exit$rcs): $(grep -h 'pcmoe: error' "$TMP/$name.0.out" | cut -c1-150)" \
+        || fail "$set_ on party 2: exit$rcs; $(grep -h 'error' "$TMP"/"$name".*.out | head -n 4)"
+done
+
+# 3. no meeting to find (no party 0, or no common name server: without --ompi-server, mpirun serves the names
+#    of its own job only)
+start=$(date +%s)
+timeout 60 "$MPIRUN" --ompi-server "file:$TMP/uri" -np 1 "$PCMOE" train "$TMP/p3.ini" --party 1 --connect nobody \
+    --set parties.peer_timeout=3 --set run.dir="$TMP/nobody" >"$TMP/out" 2>&1
+rc=$?
+secs=$(( $(date +%s) - start ))
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && grep -q "party 0 has not opened the meeting within 3 s" "$TMP/out" \
+    && ok "a party with no meeting gives up after ${secs}s: $(grep 'pcmoe: error' "$TMP/out" | cut -c1-120)" || fail "no meeting: exit $rc after ${secs}s: $(tail -n 3 "$TMP/out")"
+finish
