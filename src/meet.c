@@ -119,11 +119,14 @@ static int compare_configs(MPI_Comm world, const Config *cfg, int party, char *e
 }
 
 // The meeting fails on every rank: the first failing rank's reason goes to all, each party's first rank
-// prints it, and every rank ends.
+// prints it, and every job ends with status 2. (Each aborts its own job: a finalize across jobs that did not
+// agree to go on can wait for one that is already gone.)
 static void stop_meeting(MPI_Comm world, int first_bad, char *err, size_t len, int local, const char *name) {
     mpiCheck(MPI_Bcast(err, (int)len, MPI_CHAR, first_bad, world));
     if (local == 0) fprintf(stderr, "pcmoe: error: --connect %s: %s\n", name, err);
-    fail_usage(2, -1, "%s", err);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 2);
+    exit(2);
 }
 
 void meet_parties(Comm *c, const Config *cfg, int party, const char *name) {

@@ -6,6 +6,7 @@
 #     2 ranks) against one mpirun of 4;
 #  2. a party whose model keys differ, and one whose training keys differ, are refused at the meeting: every
 #     job ends non-zero with one error line, naming the key and both values;
+#     a party's job killed by its own scheduler ends the others within parties.peer_timeout, naming it;
 #  3. a party that finds no meeting (no party 0, or no common name server) gives up after
 #     parties.peer_timeout, saying so.
 . "$(dirname "$0")/lib.sh"
@@ -73,6 +74,26 @@ for case_ in "model.d_model=64|model.d_model: party 0 has 32, party 2 has 64" "t
     [ "$good" = 1 ] && ok "refused at the meeting ($set_ on party 2), every job (exit$rcs): $(grep -h 'pcmoe: error' "$TMP/$name.0.out" | cut -c1-150)" \
         || fail "$set_ on party 2: exit$rcs; $(grep -h 'error' "$TMP"/"$name".*.out | head -n 4)"
 done
+
+# 2b. a party's job killed by its own scheduler (SIGKILL to its mpirun and its rank): the others end within
+#     parties.peer_timeout, naming it
+party killed 0 1 "$TMP/p3.ini" --set run.dir="$TMP/killed" --set train.steps=100000 --set parties.peer_timeout=4; keep0=$!
+party killed 1 1 "$TMP/p3.ini" --set run.dir="$TMP/killed" --set train.steps=100000 --set parties.peer_timeout=4; keep1=$!
+party killed 2 1 "$TMP/p3.ini" --set run.dir="$TMP/killed" --set train.steps=100000 --set parties.peer_timeout=4; victim=$!
+i=0
+while [ "$i" -lt 300 ] && [ "$(cat "$TMP/killed/metrics.jsonl" 2>/dev/null | grep -c '"step":')" -lt 15 ]; do sleep 0.1; i=$((i + 1)); done
+for p in $(pgrep -f -- "--party 2 --connect killed"); do kill -9 "$p" 2>/dev/null; done
+start=$(date +%s)
+wait "$keep0"; rc0=$?
+wait "$keep1"; rc1=$?
+wait "$victim" 2>/dev/null
+secs=$(( $(date +%s) - start ))
+if [ "$rc0" -ne 0 ] && [ "$rc1" -ne 0 ] && [ "$secs" -le 12 ] && grep -q "party 2 (rank 2): silent for 4 s" "$TMP/killed.0.out" \
+    && grep -q "party 2 (rank 2): silent for 4 s" "$TMP/killed.1.out"; then
+    ok "party 2's job killed: parties 0 and 1 ended in ${secs}s (exit $rc0, $rc1), each naming it"
+else
+    fail "party 2's job killed: exit $rc0, $rc1 after ${secs}s: $(grep -h error "$TMP"/killed.[01].out | head -n 2)"
+fi
 
 # 3. no meeting to find (no party 0, or no common name server: without --ompi-server, mpirun serves the names
 #    of its own job only)
