@@ -112,7 +112,9 @@ static void serve_pings(Comm *c) {
     }
 }
 
-// Pings every other rank whose answer to an earlier ping is not pending (c->pongs: one receive per rank).
+// Pings every other rank whose answer to an earlier ping is not pending (c->pongs: one receive per rank): an
+// answer that came since is taken first, so each round asks again, and a rank that answers nothing of this
+// round (or still owes an answer from an earlier one) counts as silent.
 static void ping_all(Comm *c) {
     if (!c->pongs) {
         c->pongs = mallocCheck(sizeof(MPI_Request) * (size_t)c->size);
@@ -120,7 +122,9 @@ static void ping_all(Comm *c) {
         for (int r = 0; r < c->size; r++) c->pongs[r] = MPI_REQUEST_NULL;
     }
     for (int r = 0; r < c->size; r++) {
-        if (r == c->rank || c->pongs[r] != MPI_REQUEST_NULL) continue;
+        int done = 1;
+        if (r != c->rank && c->pongs[r] != MPI_REQUEST_NULL) mpiCheck(MPI_Test(&c->pongs[r], &done, MPI_STATUS_IGNORE));
+        if (r == c->rank || !done) continue;
         MPI_Request req;
         mpiCheck(MPI_Isend(&c->watch_token, 1, MPI_INT, r, TAG_PING, c->world, &req));
         mpiCheck(MPI_Request_free(&req));

@@ -48,7 +48,7 @@ if start_job "$run" 4; then
     if [ "$rc" -ne 0 ] && [ "$n_err" -ge 1 ] && [ "$named" -eq "$n_err" ] && awk -v s="$secs" 'BEGIN { exit !(s <= 12) }'; then
         ok "party 2 stopped: the job ended in $secs s (exit $rc), $n_err error line(s), one per party that saw it: $(echo "$line" | cut -c1-150)"
     else
-        fail "party 2 stopped: exit $rc after $secs s, $n_err error lines: $(grep -a 'error' "$run.out" | head -n 3)"
+        fail "party 2 stopped: exit $rc after $secs s, $n_err error lines, $named naming party 2: $(grep -a 'pcmoe: error' "$run.out" | cut -c1-160)"
     fi
     sleep 1
     left=$(pgrep -f -- "run.dir=$run" | wc -l)
