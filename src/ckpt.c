@@ -400,6 +400,10 @@ static int check_meta(H5Ctx *x, hid_t file, const CkptState *s, FileMeta *fm) {
         } else if (config_diff_model(stored, c, 0, why, sizeof why)) {
             error_set(x->err, x->len, "%s: another model: %s", path, why);
             x->failed = 1;
+        } else if (fm->parties != stored->n_parties) {
+            error_set(x->err, x->len, "%s: written by a run of %d parties, config has parties.count = %d (its stored "
+                      "config)", path, fm->parties, stored->n_parties);
+            x->failed = 1;
         } else if (fm->local < 0 || fm->local >= stored->ranks_per_party || fm->party < 0 ||
                    fm->party >= fm->parties) {
             error_set(x->err, x->len, "%s: party %d, rank %d of a run of %d parties of %d ranks", path, fm->party,
@@ -422,7 +426,7 @@ static int check_party(H5Ctx *x, const FileMeta *fm, int party, int parties, con
         x->failed = 1;
     } else if (parties >= 0 && fm->parties != parties) {
         error_set(x->err, x->len, "%s: written by a run of %d parties, %s %d", x->file, fm->parties,
-                  parties == c->n_parties ? "config has parties.count =" : "party_0.h5's run had", parties);
+                  parties == c->n_parties ? "config has parties.count =" : "the party's own file says", parties);
         x->failed = 1;
     }
     return !x->failed;
@@ -510,17 +514,31 @@ static void tensor_home(const ParamTensor *t, const CkptState *s, const FileMeta
 
 int ckpt_load_party(const char *dir, CkptState *s, char *err, size_t len) {
     char path0[4200], path[4200];
-    ckpt_rank_file(path0, sizeof path0, dir, 0, 0);
+    struct stat st;
+    // the layout from the party's own rank-0 file (parties in different places may hold only their own), else
+    // (a party that joins now) from party 0's
+    int first = 0;
+    ckpt_rank_file(path0, sizeof path0, dir, s->party, 0);
+    if (stat(path0, &st) == 0) first = s->party;
+    else ckpt_rank_file(path0, sizeof path0, dir, 0, 0);
     H5Ctx x = {err, len, path0, 0};
     hid_t file0 = open_file(&x, path0);
     if (file0 < 0) return 2;
     FileMeta fm0 = {0};
     int pcmoe = s->c->mode == MODE_PCMOE; // (only pcmoe's parties may leave and join)
     check_meta(&x, file0, s, &fm0);
-    check_party(&x, &fm0, 0, pcmoe ? -1 : s->c->n_parties, s->c);
+    check_party(&x, &fm0, first, pcmoe ? -1 : s->c->n_parties, s->c);
+    if (!x.failed && first == 0 && s->party != 0 && s->party < fm0.parties) { // its own file is missing
+        H5Fclose(file0);
+        ckpt_rank_file(path0, sizeof path0, dir, s->party, 0);
+        H5Ctx y = {err, len, path0, 0};
+        open_file(&y, path0); // (fails, naming the file)
+        return 2;
+    }
     size_t n_files = x.failed ? 1 : (size_t)fm0.parties * fm0.ranks;
     hid_t *files = mallocCheck(sizeof(hid_t) * n_files);
-    for (size_t i = 0; i < n_files; i++) files[i] = i == 0 ? file0 : -1;
+    for (size_t i = 0; i < n_files; i++) files[i] = -1;
+    files[x.failed ? 0 : (size_t)first * fm0.ranks] = file0;
     int known = !x.failed && s->party < fm0.parties; // 0: a party that joins now (no backbone, sampler, shuffle)
     Model *m = s->m;
     for (int i = 0; i < m->n_tensors && !x.failed; i++) { // each tensor from the rank that held it

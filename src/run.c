@@ -423,15 +423,16 @@ static void checkpoint_prune(Run *r) {
     Comm *comm = r->comm;
     char dir[CONFIG_PATH_LEN + 64], path[CONFIG_PATH_LEN + 96];
     int steps[4096], n = ckpt_list(c->run_dir, steps, 4096);
-    comm_agree(comm, 1, NULL, NULL);
+    n = -comm_max_int(comm, -n); // (parties with run directories of their own see the same checkpoints)
     for (int i = 0; i + c->ckpt_keep < n; i++) {
         ckpt_step_dir(dir, sizeof dir, c->run_dir, steps[i]);
         ckpt_marker_file(path, sizeof path, dir);
         if (comm->rank == 0) unlink(path);
         comm_agree(comm, 1, NULL, NULL);
+        if (r->local == 0) unlink(path); // (a party's own marker, where its run directory is its own)
         if (r->local == 0) ckpt_remove_party(dir, c->mode == MODE_CENTRALIZED ? 0 : r->party[0].party);
         comm_agree(comm, 1, NULL, NULL);
-        if (comm->rank == 0) rmdir(dir);
+        if (r->local == 0) rmdir(dir); // (the last to find it empty removes it)
     }
 }
 
@@ -466,12 +467,15 @@ void run_checkpoint_write(Run *r, int step_done) {
                  step_done, err);
         comm_stop_if_failed(comm, rc ? 1 : 0, why);
     }
-    if (comm->rank == 0) { // the marker: written last, so a directory without it is never loaded
-        char text[64];
-        ckpt_marker_file(path, sizeof path, dir);
-        int n = snprintf(text, sizeof text, "step %d, %d parties of %d ranks\n", step_done, c->n_parties, r->R);
+    char text[64];
+    int n = snprintf(text, sizeof text, "step %d, %d parties of %d ranks\n", step_done, c->n_parties, r->R);
+    ckpt_marker_file(path, sizeof path, dir);
+    if (comm->rank == 0) rc = write_file_atomic(path, text, (size_t)n, err, sizeof err); // written last: a directory
+    comm_stop_if_failed(comm, rc, err);                                                // without it is never loaded
+    // parties in different places (meet.h) may have run directories of their own: each party's rank 0 marks
+    // its own when rank 0's marker is not there
+    if (r->local == 0 && comm->rank != 0 && !ckpt_is_complete(dir))
         rc = write_file_atomic(path, text, (size_t)n, err, sizeof err);
-    }
     comm_stop_if_failed(comm, rc, err);
     checkpoint_prune(r);
 }

@@ -3,7 +3,8 @@
 # MPI's ports and a name server (ompi-server, started here; every mpirun gets --ompi-server file:URI):
 #  1. 3 parties as 3 separate mpiruns, started in the order 2, 0, 1, train the losses of the same 3 parties
 #     under one mpirun, bit for bit, and every job ends with status 0; so do 2 parties of 2 ranks (2 jobs of
-#     2 ranks) against one mpirun of 4;
+#     2 ranks) against one mpirun of 4; and parties with run directories of their own (no shared paths)
+#     stop at step 10 and --resume to the same losses;
 #  2. a party whose model keys differ, and one whose training keys differ, are refused at the meeting: every
 #     job ends non-zero with one error line, naming the key and both values;
 #     a party's job killed by its own scheduler ends the others within parties.peer_timeout, naming it;
@@ -50,6 +51,23 @@ if [ "$rcs" = " 0 0" ] && out=$(same_losses "$TMP/sep22/metrics.jsonl" "$TMP/one
     ok "2 parties of 2 ranks as 2 jobs == one mpirun of 4: $out"
 else
     fail "2 x 2 as 2 jobs: exit statuses$rcs; $(grep -h error "$TMP"/run22.*.out | head -n 3)"
+fi
+
+# 1b. no shared paths: each party's job has a run directory of its own; 10 steps, stop, --resume to 20: party
+#     0's metrics are those of the one mpirun, bit for bit, and each directory holds only its party's file
+#     and its own marker
+for phase in "--stop-after 10" "--resume"; do
+    pids=""
+    for p in 0 1 2; do party own "$p" 1 "$TMP/p3.ini" --set run.dir="$TMP/own$p" --set checkpoint.every=10 $phase; pids="$pids $!"; done
+    rcs=""
+    for pid in $pids; do wait "$pid"; rcs="$rcs $?"; done
+    [ "$rcs" = " 0 0 0" ] || fail "own run directories, $phase: exit statuses$rcs: $(grep -h error "$TMP"/own.*.out | head -n 3)"
+done
+files=$(cd "$TMP/own1/checkpoints/step_00000020" 2>/dev/null && ls | tr '\n' ' ')
+if out=$(same_losses "$TMP/own0/metrics.jsonl" "$TMP/one3/metrics.jsonl") && [ "$files" = "COMPLETE party_1.h5 " ]; then
+    ok "a run directory per party (no shared paths), 10 + --resume + 10 == one mpirun of 20: $out; party 1's holds $files"
+else
+    fail "a run directory per party: $(same_losses "$TMP/own0/metrics.jsonl" "$TMP/one3/metrics.jsonl" 2>&1 | tail -n 1); party 1's step 20: $files"
 fi
 
 # 2. disagreements at the meeting: every job ends non-zero, each with one line naming the key and both values
