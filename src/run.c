@@ -277,6 +277,8 @@ void run_close(Run *r) {
         exchange_free(&r->ex);
     }
     free(r->party);
+    free(r->party_grads);
+    free(r->party_scratch);
     backend_cuda_close(); // (nothing when none was opened)
 }
 

@@ -67,6 +67,9 @@ typedef struct {
     int nan_grad_step;         // test hook (--inject-fault nan-grad): the last party's gradient turns NaN here
     int dp;                    // the DP defence is on: rows crossing parties are clipped and noised (privacy.h)
     long dp_releases;          // rows one appearance of a byte can send: 2 x top_k x MoE layers
+    float *party_grads;        // R > 1: (party_floats) the backbone's gradients on the host, summed in the party,
+    float *party_scratch;      // and (party_floats) the sum's scratch; allocated at the first step
+    size_t party_floats;
 } Run;
 
 // Opens the session for config c on the ranks of comm: threads, the job's ranks checked against the mode

@@ -92,25 +92,26 @@ static void stats_train(StepStats *s, Model *m, float lr, double grad_norm, doub
 // A party of several ranks: the sum of its ranks' backbone gradients on each of them (the same bits on all, so
 // the replicas stay equal), through a host copy of them. Experts are not summed: each lives on one rank.
 static void party_sum_backbone(Run *r, Model *m) {
-    size_t n = 0;
-    for (int i = 0; i < m->n_tensors; i++) n += m->tensors[i].expert < 0 ? m->tensors[i].numel : 0;
-    float *g = mallocCheck(sizeof(float) * (n ? n : 1)), *scratch = mallocCheck(sizeof(float) * (n ? n : 1));
+    if (!r->party_grads) { // (once: the backbone's size does not change)
+        for (int i = 0; i < m->n_tensors; i++) r->party_floats += m->tensors[i].expert < 0 ? m->tensors[i].numel : 0;
+        r->party_grads = mallocCheck(sizeof(float) * (r->party_floats ? r->party_floats : 1));
+        r->party_scratch = mallocCheck(sizeof(float) * (r->party_floats ? r->party_floats : 1));
+    }
+    float *g = r->party_grads;
     m->be->sync();
-    for (int i = 0, at = 0; i < m->n_tensors; i++) // (at: its place in g)
+    for (size_t i = 0, at = 0; i < (size_t)m->n_tensors; i++) // (at: its place in g)
         if (m->tensors[i].expert < 0) {
             m->be->copy(g + at, m->grads + m->tensors[i].offset, sizeof(float) * m->tensors[i].numel);
-            at += (int)m->tensors[i].numel;
+            at += m->tensors[i].numel;
         }
     m->be->sync();
-    comm_party_sum_floats(r->comm, MSG_BACKBONE_GRADS, g, n, scratch);
-    for (int i = 0, at = 0; i < m->n_tensors; i++)
+    comm_party_sum_floats(r->comm, MSG_BACKBONE_GRADS, g, r->party_floats, r->party_scratch);
+    for (size_t i = 0, at = 0; i < (size_t)m->n_tensors; i++)
         if (m->tensors[i].expert < 0) {
             m->be->copy(m->grads + m->tensors[i].offset, g + at, sizeof(float) * m->tensors[i].numel);
-            at += (int)m->tensors[i].numel;
+            at += m->tensors[i].numel;
         }
     m->be->sync();
-    free(g);
-    free(scratch);
 }
 
 // A party of several ranks: its stats from its ranks' (losses: their mean; FLOPs and tokens/s: their sum).
