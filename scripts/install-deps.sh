@@ -9,7 +9,7 @@
 #                      Hugging Face tests; PCMOE_HF_VENV, default /opt/pcmoe-venv as root, else
 #                      ~/.local/share/pcmoe/venv); scripts/check.sh passes it
 set -eu
-pkgs="build-essential autoconf automake libtool pkg-config libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev libjansson-dev libpcre2-dev libutf8proc-dev"
+pkgs="build-essential autoconf automake libtool pkg-config libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libopenblas-dev libjansson-dev libpcre2-dev libutf8proc-dev libsodium-dev"
 [ "${1:-}" = "--with-test-tools" ] && pkgs="$pkgs python3 python3-venv python3-torch python3-numpy python3-h5py clang libclang-rt-14-dev slurmctld slurmd slurm-client munge groff-base iproute2 patchelf xz-utils"
 
 # The Hugging Face tests' Python: transformers and a torch it supports, pinned, in their own environment

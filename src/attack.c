@@ -623,11 +623,13 @@ static int attack_config(Study *st) {
     }
     size_t text_len = 1 << 16;
     char *text = mallocCheck(text_len);
-    int step, party;
+    CkptMeta meta;
     Config *run = mallocCheck(sizeof(Config));
     ckpt_party_file(path, sizeof path, a->ckpt_dir, a->attacker);
-    int local = 0, bad = ckpt_peek(path, text, text_len, &step, &party, &local, err, sizeof err) ||
-              config_load_text(run, text, why, sizeof why);
+    int bad = ckpt_peek(path, text, text_len, &meta, err, sizeof err) || config_load_text(run, text, why, sizeof why);
+    if (!bad && meta.version < 2)
+        fprintf(stderr, "pcmoe: warning: %s: written before checkpoints carried checksums (format %d): read "
+                "unverified\n", a->ckpt_dir, meta.version);
     if (!bad) {
         memcpy(run->data_path, st->c->data_path, sizeof st->c->data_path);
         *st->c = *run;

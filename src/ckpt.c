@@ -4,6 +4,7 @@
 #include <dirent.h>   // opendir
 #include <errno.h>    // errno
 #include <hdf5.h>     // H5F*, H5D*, H5A*, H5G*, H5S*, H5T*
+#include <sodium.h>   // crypto_generichash (BLAKE2b), sodium_bin2hex
 #include <stdint.h>   // uint64_t
 #include <stdio.h>    // snprintf, rename
 #include <stdlib.h>   // malloc, free
@@ -21,6 +22,9 @@ typedef struct {
     size_t len;
     const char *file;
     int failed;
+    int version;   // the open file's format_version (from /meta; 0 until read): from 2 on, datasets are checksummed
+    int damaged;   // the failure is damage (unreadable HDF5, a checksum that does not match), not a mismatch
+    long verified; // datasets whose checksum was verified
 } H5Ctx;
 
 static int h5ok(H5Ctx *x, long rc, const char *what, const char *obj) {
@@ -32,15 +36,90 @@ static int h5ok(H5Ctx *x, long rc, const char *what, const char *obj) {
 
 static void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 
+// A failure that means the file is damaged, recorded as h5ok records one and marked: "FILE: KIND OBJ: WHAT"
+// (kind "dataset" or "group").
+static void damage(H5Ctx *x, const char *kind, const char *obj, const char *what) {
+    if (!x->failed) {
+        error_set(x->err, x->len, "%s: %s %s: %s", x->file, kind, obj, what);
+        x->damaged = 1;
+    }
+    x->failed = 1;
+}
+
+// ------------------------------------------------------------------------------------------ checksums
+// Every dataset carries attribute `blake2b`: 64 hex digits of the BLAKE2b-256 of its path, its shape (uint64
+// per dimension) and the BLAKE2b-256 of each 1 MiB chunk of its bytes as stored (pcmoe writes F32LE and U64LE
+// and runs on little-endian hosts, so they are the bytes in memory; the chunks are hashed in parallel), then,
+// on an adam_m dataset, its `steps` attribute (int32). /meta carries one over its attributes (meta_checksum).
+// A flipped bit, a moved or reshaped dataset all change it.
+
+#define CHECKSUM_ATTR "blake2b"
+#define CHECKSUM_HEX 65                // 64 digits and the NUL
+#define CHECKSUM_CHUNK ((size_t)1 << 20) // the bytes are hashed in chunks of this many
+
+static void hash_update(crypto_generichash_state *st, const void *p, size_t n) {
+    crypto_generichash_update(st, (const unsigned char *)p, (unsigned long long)n);
+}
+
+static void hash_final(crypto_generichash_state *st, char *hex) {
+    unsigned char h[32];
+    crypto_generichash_final(st, h, sizeof h);
+    sodium_bin2hex(hex, CHECKSUM_HEX, h, sizeof h);
+}
+
+// hex (CHECKSUM_HEX): the checksum of dataset `path` of shape dims (ndim) holding `bytes` bytes at data;
+// steps: its AdamW step count, or NULL
+static void dataset_checksum(char *hex, const char *path, int ndim, const hsize_t *dims, const void *data,
+                             size_t bytes, const int *steps) {
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, NULL, 0, 32);
+    hash_update(&st, path, strlen(path) + 1);
+    for (int i = 0; i < ndim; i++) {
+        uint64_t d = dims[i];
+        hash_update(&st, &d, sizeof d);
+    }
+    size_t n_chunks = (bytes + CHECKSUM_CHUNK - 1) / CHECKSUM_CHUNK;
+    unsigned char *leaves = mallocCheck(32 * (n_chunks ? n_chunks : 1)); // (n_chunks, 32) each chunk's hash
+#pragma omp parallel for schedule(static) if (n_chunks > 1)
+    for (long i = 0; i < (long)n_chunks; i++) {
+        size_t off = (size_t)i * CHECKSUM_CHUNK, n = bytes - off < CHECKSUM_CHUNK ? bytes - off : CHECKSUM_CHUNK;
+        crypto_generichash(leaves + 32 * i, 32, (const unsigned char *)data + off, n, NULL, 0);
+    }
+    hash_update(&st, leaves, 32 * n_chunks);
+    free(leaves);
+    if (steps) {
+        int32_t n = *steps;
+        hash_update(&st, &n, sizeof n);
+    }
+    hash_final(&st, hex);
+}
+
+// hex (CHECKSUM_HEX): the checksum of /meta: its attributes in a fixed order, each as "name=value\n"
+static void meta_checksum(char *hex, const CkptMeta *fm, const char *mode, const char *schedule,
+                          const char *config) {
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, NULL, 0, 32);
+    char head[256];
+    int n = snprintf(head, sizeof head, "format_version=%d\nstep=%d\nparty=%d\nn_parties=%d\nlocal_rank=%d\n"
+                     "mode=%s\nschedule=%s\nconfig=", fm->version, fm->step, fm->party, fm->parties, fm->local, mode,
+                     schedule);
+    hash_update(&st, head, (size_t)n);
+    hash_update(&st, config, strlen(config));
+    hash_final(&st, hex);
+}
+
 // Dataset path of a tensor under `root` ("" or "/optim/adam_m"): root + /backbone/NAME or /experts/NAME
 static void tensor_path(char *out, size_t len, const char *root, const ParamTensor *t) {
     snprintf(out, len, "%s/%s/%s", root, t->expert >= 0 ? "experts" : "backbone", t->name);
 }
 
+static void attr_str(H5Ctx *x, hid_t obj, const char *name, const char *v);
+
 static void write_floats(H5Ctx *x, hid_t file, hid_t lcpl, const char *path, const ParamTensor *t, const float *data,
                          int steps) {
     hsize_t dims[2] = {(hsize_t)t->rows, (hsize_t)t->cols};
-    hid_t space = H5Screate_simple(t->cols == 1 ? 1 : 2, dims, NULL);
+    int nd = t->cols == 1 ? 1 : 2;
+    hid_t space = H5Screate_simple(nd, dims, NULL);
     hid_t d = H5Dcreate2(file, path, H5T_IEEE_F32LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
     if (h5ok(x, space, "H5Screate_simple", path) && h5ok(x, d, "H5Dcreate2", path))
         h5ok(x, H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "H5Dwrite", path);
@@ -50,6 +129,11 @@ static void write_floats(H5Ctx *x, hid_t file, hid_t lcpl, const char *path, con
         if (h5ok(x, a, "H5Acreate2 steps", path)) h5ok(x, H5Awrite(a, H5T_NATIVE_INT, &steps), "H5Awrite steps", path);
         if (a >= 0) H5Aclose(a);
         H5Sclose(as);
+    }
+    if (!x->failed) {
+        char hex[CHECKSUM_HEX];
+        dataset_checksum(hex, path, nd, dims, data, sizeof(float) * t->numel, steps >= 0 ? &steps : NULL);
+        attr_str(x, d, CHECKSUM_ATTR, hex);
     }
     if (d >= 0) H5Dclose(d);
     if (space >= 0) H5Sclose(space);
@@ -61,6 +145,11 @@ static void write_u64(H5Ctx *x, hid_t file, hid_t lcpl, const char *path, const 
     hid_t d = H5Dcreate2(file, path, H5T_STD_U64LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
     if (h5ok(x, d, "H5Dcreate2", path))
         h5ok(x, H5Dwrite(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, v), "H5Dwrite", path);
+    if (!x->failed) {
+        char hex[CHECKSUM_HEX];
+        dataset_checksum(hex, path, 1, dims, v, sizeof(uint64_t) * (size_t)n, NULL);
+        attr_str(x, d, CHECKSUM_ATTR, hex);
+    }
     if (d >= 0) H5Dclose(d);
     if (space >= 0) H5Sclose(space);
 }
@@ -120,9 +209,10 @@ static herr_t image_udata_free(void *udata) { (void)udata; return 0; }
 
 int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
     h5_quiet();
+    if (sodium_init() < 0) { error_set(err, len, "%s: libsodium failed to initialise", path); return 1; }
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    H5Ctx x = {err, len, tmp, 0};
+    H5Ctx x = {.err = err, .len = len, .file = tmp};
     Image im = {NULL};
     H5FD_file_image_callbacks_t cb = { image_malloc,     image_memcpy, image_realloc, image_free, image_udata_copy,
                                        image_udata_free, &im };
@@ -143,14 +233,19 @@ int ckpt_save(const char *path, const CkptState *s, char *err, size_t len) {
     if (h5ok(&x, meta, "H5Gcreate2", "/meta")) {
         Text text = {0};
         config_write(&text, s->c);
-        attr_int(&x, meta, "format_version", CKPT_FORMAT_VERSION);
-        attr_int(&x, meta, "step", s->step);
-        attr_int(&x, meta, "party", s->party);
-        attr_int(&x, meta, "n_parties", s->c->n_parties);
-        attr_int(&x, meta, "local_rank", s->local);
-        attr_str(&x, meta, "mode", MODE_NAMES[s->c->mode]);
-        attr_str(&x, meta, "schedule", SCHEDULE_NAMES[s->c->schedule]);
+        CkptMeta fm = {CKPT_FORMAT_VERSION, s->step, s->party, s->local, s->c->n_parties, 0};
+        const char *mode = MODE_NAMES[s->c->mode], *schedule = SCHEDULE_NAMES[s->c->schedule];
+        char hex[CHECKSUM_HEX];
+        meta_checksum(hex, &fm, mode, schedule, text.s);
+        attr_int(&x, meta, "format_version", fm.version);
+        attr_int(&x, meta, "step", fm.step);
+        attr_int(&x, meta, "party", fm.party);
+        attr_int(&x, meta, "n_parties", fm.parties);
+        attr_int(&x, meta, "local_rank", fm.local);
+        attr_str(&x, meta, "mode", mode);
+        attr_str(&x, meta, "schedule", schedule);
         attr_str(&x, meta, "config", text.s);
+        attr_str(&x, meta, CHECKSUM_ATTR, hex);
         text_free(&text);
         H5Gclose(meta);
     }
@@ -245,6 +340,42 @@ static int read_attr_str(H5Ctx *x, hid_t obj, const char *name, char *out, size_
     return !x->failed;
 }
 
+// Reads attribute `blake2b` of object `obj` (a `kind` named path) into hex (CHECKSUM_HEX). Returns 1, or 0
+// (damage).
+static int read_checksum(H5Ctx *x, hid_t obj, const char *kind, const char *path, char *hex) {
+    if (H5Aexists(obj, CHECKSUM_ATTR) <= 0) {
+        damage(x, kind, path, "no checksum (attribute " CHECKSUM_ATTR "), though its file's format has them");
+        return 0;
+    }
+    hid_t a = H5Aopen(obj, CHECKSUM_ATTR, H5P_DEFAULT), t = a >= 0 ? H5Aget_type(a) : -1;
+    size_t size = t >= 0 ? H5Tget_size(t) : 0; // (65 as pcmoe writes it, NUL included; 64 without)
+    int ok = t >= 0 && H5Tget_class(t) == H5T_STRING && !H5Tis_variable_str(t) && (size == 64 || size == 65);
+    if (ok) {
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, CHECKSUM_HEX);
+        ok = H5Aread(a, mt, hex) >= 0;
+        H5Tclose(mt);
+        hex[CHECKSUM_HEX - 1] = '\0';
+        ok = ok && strlen(hex) == CHECKSUM_HEX - 1;
+    }
+    if (t >= 0) H5Tclose(t);
+    if (a >= 0) H5Aclose(a);
+    if (!ok) damage(x, kind, path, "its checksum attribute is unreadable (the file is damaged)");
+    return ok;
+}
+
+// From format 2 on: dataset d (named path, shape dims) as read into data (bytes) must match its stored
+// checksum; a mismatch is damage, named. (Files of format 1 carry none: nothing to verify.)
+static void check_checksum(H5Ctx *x, hid_t d, const char *path, int ndim, const hsize_t *dims, const void *data,
+                           size_t bytes, const int *steps) {
+    if (x->failed || x->version < 2) return;
+    char want[CHECKSUM_HEX], got[CHECKSUM_HEX];
+    if (!read_checksum(x, d, "dataset", path, want)) return;
+    dataset_checksum(got, path, ndim, dims, data, bytes, steps);
+    if (strcmp(got, want)) damage(x, "dataset", path, "checksum mismatch (the file is damaged)");
+    else x->verified++;
+}
+
 // Reads dataset `path` of `n` elements of `want` class/size with the shape of tensor t (or 1-D n).
 static int read_data(H5Ctx *x, hid_t file, const char *path, int ndim, const hsize_t *dims, hid_t mem_type,
                      H5T_class_t cls, size_t size, void *out, int *steps) {
@@ -270,10 +401,10 @@ static int read_data(H5Ctx *x, hid_t file, const char *path, int ndim, const hsi
         error_set(x->err, x->len, "%s: dataset %s has shape %s (or the wrong type), expected %s", x->file, path,
                   nd >= 0 ? shape : "?", want);
         x->failed = 1;
-    } else {
-        h5ok(x, H5Dread(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), "H5Dread", path);
+    } else if (H5Dread(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) {
+        damage(x, "dataset", path, "unreadable (H5Dread failed: the file is damaged)");
     }
-    if (ok && steps) {
+    if (ok && steps && !x->failed) {
         hid_t a = H5Aopen(d, "steps", H5P_DEFAULT);
         if (a < 0) {
             error_set(x->err, x->len, "%s: dataset %s lacks its `steps` attribute", x->file, path);
@@ -287,6 +418,9 @@ static int read_data(H5Ctx *x, hid_t file, const char *path, int ndim, const hsi
             x->failed = 1;
         }
     }
+    size_t n = size;
+    for (int i = 0; i < ndim; i++) n *= dims[i];
+    if (ok && !x->failed) check_checksum(x, d, path, ndim, dims, out, n, steps);
     if (sp >= 0) H5Sclose(sp);
     if (t >= 0) H5Tclose(t);
     H5Dclose(d);
@@ -302,6 +436,11 @@ static int finite_all(const float *v, size_t n) {
 // Opens a checkpoint file for reading after checking it is an HDF5 file at all.
 static hid_t open_file(H5Ctx *x, const char *path) {
     h5_quiet();
+    if (sodium_init() < 0) { // (picks BLAKE2b's fastest code; idempotent)
+        error_set(x->err, x->len, "%s: libsodium failed to initialise", path);
+        x->failed = 1;
+        return -1;
+    }
     struct stat st;
     if (stat(path, &st) != 0) {
         error_set(x->err, x->len, "%s: cannot read checkpoint: %s", path, strerror(errno));
@@ -310,13 +449,13 @@ static hid_t open_file(H5Ctx *x, const char *path) {
     }
     if (H5Fis_hdf5(path) <= 0) {
         error_set(x->err, x->len, "%s: not an HDF5 file (truncated or corrupt checkpoint?)", path);
-        x->failed = 1;
+        x->failed = x->damaged = 1;
         return -1;
     }
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (file < 0) {
         error_set(x->err, x->len, "%s: cannot open as HDF5 (truncated or corrupt checkpoint?)", path);
-        x->failed = 1;
+        x->failed = x->damaged = 1;
     }
     return file;
 }
@@ -329,60 +468,58 @@ static int read_attr_int_or(H5Ctx *x, hid_t obj, const char *name, int *v, int d
     return has > 0 ? read_attr_int(x, obj, name, v) : h5ok(x, has, "H5Aexists", name);
 }
 
-int ckpt_peek(const char *path, char *config, size_t text_len, int *step, int *party, int *local, char *err,
-              size_t len) {
-    H5Ctx x = {err, len, path, 0};
-    hid_t file = open_file(&x, path);
-    if (file < 0) return 2;
+// Reads /meta of an open file (its attributes into fm, mode, schedule (32 bytes each) and text; fm->ranks is
+// left to the callers) and, from format 2 on, verifies its checksum. Sets x->version. Returns 1, or 0.
+static int read_meta(H5Ctx *x, hid_t file, CkptMeta *fm, char *mode, char *schedule, char *text, size_t text_len) {
+    if (x->failed) return 0;
     hid_t meta = H5Gopen2(file, "/meta", H5P_DEFAULT);
-    if (meta < 0) { error_set(err, len, "%s: missing group /meta", path); x.failed = 1; }
-    else {
-        int version = 0;
-        read_attr_int(&x, meta, "format_version", &version);
-        if (!x.failed && version != CKPT_FORMAT_VERSION) {
-            error_set(err, len, "%s: checkpoint format version %d, this pcmoe reads %d", path, version,
-                      CKPT_FORMAT_VERSION);
-            x.failed = 1;
-        }
-        read_attr_int(&x, meta, "step", step);
-        read_attr_int(&x, meta, "party", party);
-        read_attr_int_or(&x, meta, "local_rank", local, 0);
-        read_attr_str(&x, meta, "config", config, text_len);
-        H5Gclose(meta);
+    if (meta < 0) {
+        error_set(x->err, x->len, "%s: missing group /meta", x->file);
+        x->failed = x->damaged = 1;
+        return 0;
     }
-    H5Fclose(file);
-    return x.failed ? 2 : 0;
-}
-
-// What a file's /meta says of it: its step, party and rank in the party (local_rank; 0 in files written before
-// parties had several ranks), and its run's party count and ranks per party.
-typedef struct {
-    int step, party, local, parties, ranks;
-} FileMeta;
-
-// Reads /meta of an open file into fm and checks it against s: format, mode and the model keys of the stored
-// config (parties.count and parties.ranks_per_party may differ: the callers decide).
-static int check_meta(H5Ctx *x, hid_t file, const CkptState *s, FileMeta *fm) {
-    const Config *c = s->c;
-    const char *path = x->file;
-    hid_t meta = H5Gopen2(file, "/meta", H5P_DEFAULT);
-    if (meta < 0) { error_set(x->err, x->len, "%s: missing group /meta", path); x->failed = 1; return 0; }
-    int version = 0;
-    char mode[32] = "", schedule[32] = "", *text = mallocCheck(1 << 20);
-    read_attr_int(x, meta, "format_version", &version);
-    if (!x->failed && version != CKPT_FORMAT_VERSION) {
-        error_set(x->err, x->len, "%s: checkpoint format version %d, this pcmoe reads %d", path, version,
-                  CKPT_FORMAT_VERSION);
+    read_attr_int(x, meta, "format_version", &fm->version);
+    if (!x->failed && (fm->version < CKPT_FORMAT_OLDEST || fm->version > CKPT_FORMAT_VERSION)) {
+        error_set(x->err, x->len, "%s: checkpoint format version %d, this pcmoe reads %d to %d", x->file, fm->version,
+                  CKPT_FORMAT_OLDEST, CKPT_FORMAT_VERSION);
         x->failed = 1;
     }
     read_attr_int(x, meta, "step", &fm->step);
     read_attr_int(x, meta, "party", &fm->party);
     read_attr_int(x, meta, "n_parties", &fm->parties);
     read_attr_int_or(x, meta, "local_rank", &fm->local, 0);
-    read_attr_str(x, meta, "mode", mode, sizeof mode);
-    read_attr_str(x, meta, "schedule", schedule, sizeof schedule);
-    read_attr_str(x, meta, "config", text, 1 << 20);
+    read_attr_str(x, meta, "mode", mode, 32);
+    read_attr_str(x, meta, "schedule", schedule, 32);
+    read_attr_str(x, meta, "config", text, text_len);
+    char want[CHECKSUM_HEX], got[CHECKSUM_HEX];
+    if (!x->failed && fm->version >= 2 && read_checksum(x, meta, "group", "/meta", want)) {
+        meta_checksum(got, fm, mode, schedule, text);
+        if (strcmp(got, want)) damage(x, "group", "/meta", "checksum mismatch (the file is damaged)");
+        else x->verified++;
+    }
     H5Gclose(meta);
+    if (!x->failed) x->version = fm->version;
+    return !x->failed;
+}
+
+int ckpt_peek(const char *path, char *config, size_t text_len, CkptMeta *fm, char *err, size_t len) {
+    H5Ctx x = {.err = err, .len = len, .file = path};
+    hid_t file = open_file(&x, path);
+    if (file < 0) return 2;
+    char mode[32], schedule[32];
+    *fm = (CkptMeta){0};
+    read_meta(&x, file, fm, mode, schedule, config, text_len);
+    H5Fclose(file);
+    return x.failed ? 2 : 0;
+}
+
+// Reads /meta of an open file into fm and checks it against s: format, mode and the model keys of the stored
+// config (parties.count and parties.ranks_per_party may differ: the callers decide).
+static int check_meta(H5Ctx *x, hid_t file, const CkptState *s, CkptMeta *fm) {
+    const Config *c = s->c;
+    const char *path = x->file;
+    char mode[32] = "", schedule[32] = "", *text = mallocCheck(1 << 20);
+    read_meta(x, file, fm, mode, schedule, text, 1 << 20);
     if (!x->failed && fm->step < 0) {
         error_set(x->err, x->len, "%s: negative step %d", path, fm->step);
         x->failed = 1;
@@ -419,7 +556,7 @@ static int check_meta(H5Ctx *x, hid_t file, const CkptState *s, FileMeta *fm) {
 
 // The party and party count of a file's meta against what its reader expects (parties: -1, any; the config's,
 // or those of party_0.h5's run).
-static int check_party(H5Ctx *x, const FileMeta *fm, int party, int parties, const Config *c) {
+static int check_party(H5Ctx *x, const CkptMeta *fm, int party, int parties, const Config *c) {
     if (x->failed) return 0;
     if (fm->party != party) {
         error_set(x->err, x->len, "%s: holds party %d, expected party %d", x->file, fm->party, party);
@@ -464,10 +601,10 @@ static void read_rngs(H5Ctx *x, hid_t file, CkptState *s, int data, int shuffle)
 }
 
 int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
-    H5Ctx x = {err, len, path, 0};
+    H5Ctx x = {.err = err, .len = len, .file = path};
     hid_t file = open_file(&x, path);
     if (file < 0) return 2;
-    FileMeta fm = {0};
+    CkptMeta fm = {0};
     check_meta(&x, file, s, &fm);
     check_party(&x, &fm, s->party, s->c->n_parties, s->c);
     for (int i = 0; i < s->m->n_tensors && !x.failed; i++) // (a party's rank > 0 holds no backbone)
@@ -477,6 +614,9 @@ int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
     s->step = fm.step;
     s->stored_parties = fm.parties;
     s->stored_ranks = fm.ranks;
+    s->version = fm.version;
+    s->verified = x.verified;
+    s->damaged = x.damaged;
     return x.failed ? 2 : 0;
 }
 
@@ -484,17 +624,22 @@ int ckpt_load(const char *path, CkptState *s, char *err, size_t len) {
 // against party 0's rank-0 file, fm0 (the same step, parties and ranks). files (fm0 parties x ranks): the open
 // files, -1 until opened.
 static hid_t layout_file(H5Ctx *x, const char *dir, const CkptState *s, hid_t *files, int party, int local,
-                         const FileMeta *fm0, char *path, size_t path_len) {
+                         const CkptMeta *fm0, char *path, size_t path_len) {
     ckpt_rank_file(path, path_len, dir, party, local);
     x->file = path;
     hid_t *f = &files[party * fm0->ranks + local];
     if (*f >= 0 || x->failed) return *f;
     *f = open_file(x, path);
-    FileMeta fm = {0};
+    CkptMeta fm = {0};
     if (*f >= 0 && check_meta(x, *f, s, &fm) && check_party(x, &fm, party, fm0->parties, s->c) &&
         (fm.step != fm0->step || fm.local != local || fm.ranks != fm0->ranks)) {
         error_set(x->err, x->len, "%s: step %d, rank %d of %d: does not belong with party_0.h5 (step %d, %d ranks)",
                   path, fm.step, fm.local, fm.ranks, fm0->step, fm0->ranks);
+        x->failed = 1;
+    }
+    if (!x->failed && fm.version != fm0->version) { // (x->version, which the reads go by, is every file's)
+        error_set(x->err, x->len, "%s: checkpoint format %d, its step's first file has %d", path, fm.version,
+                  fm0->version);
         x->failed = 1;
     }
     return *f;
@@ -503,7 +648,7 @@ static hid_t layout_file(H5Ctx *x, const char *dir, const CkptState *s, hid_t *f
 // The file (party, local rank) that held tensor t when the checkpoint was written (fm0: its layout): the
 // party's rank 0 for the backbone; for an expert its owner then (pcmoe: the pool's, re-sharded now; the other
 // modes: the party's own model).
-static void tensor_home(const ParamTensor *t, const CkptState *s, const FileMeta *fm0, int *party, int *local) {
+static void tensor_home(const ParamTensor *t, const CkptState *s, const CkptMeta *fm0, int *party, int *local) {
     *party = s->party;
     *local = 0;
     if (t->expert < 0 || s->c->mode != MODE_PCMOE) return;
@@ -521,17 +666,18 @@ int ckpt_load_party(const char *dir, CkptState *s, char *err, size_t len) {
     ckpt_rank_file(path0, sizeof path0, dir, s->party, 0);
     if (stat(path0, &st) == 0) first = s->party;
     else ckpt_rank_file(path0, sizeof path0, dir, 0, 0);
-    H5Ctx x = {err, len, path0, 0};
+    H5Ctx x = {.err = err, .len = len, .file = path0};
     hid_t file0 = open_file(&x, path0);
+    s->damaged = x.damaged;
     if (file0 < 0) return 2;
-    FileMeta fm0 = {0};
+    CkptMeta fm0 = {0};
     int pcmoe = s->c->mode == MODE_PCMOE; // (only pcmoe's parties may leave and join)
     check_meta(&x, file0, s, &fm0);
     check_party(&x, &fm0, first, pcmoe ? -1 : s->c->n_parties, s->c);
     if (!x.failed && first == 0 && s->party != 0 && s->party < fm0.parties) { // its own file is missing
         H5Fclose(file0);
         ckpt_rank_file(path0, sizeof path0, dir, s->party, 0);
-        H5Ctx y = {err, len, path0, 0};
+        H5Ctx y = {.err = err, .len = len, .file = path0};
         open_file(&y, path0); // (fails, naming the file)
         return 2;
     }
@@ -558,17 +704,109 @@ int ckpt_load_party(const char *dir, CkptState *s, char *err, size_t len) {
     s->stored_parties = fm0.parties;
     s->stored_ranks = fm0.ranks;
     s->joined = !known;
+    s->version = fm0.version;
+    s->verified = x.verified;
+    s->damaged = x.damaged;
     return x.failed ? 2 : 0;
 }
 
 int ckpt_read_tensor(const char *path, const char *dataset, float *out, int rows, int cols, char *err, size_t len) {
-    H5Ctx x = {err, len, path, 0};
+    H5Ctx x = {.err = err, .len = len, .file = path};
     hid_t file = open_file(&x, path);
     if (file < 0) return 2;
     hsize_t dims[2] = {(hsize_t)rows, (hsize_t)cols};
+    CkptMeta fm;
+    char mode[32], schedule[32], *text = mallocCheck(1 << 20);
+    read_meta(&x, file, &fm, mode, schedule, text, 1 << 20); // (the format, so the dataset's checksum is verified)
+    free(text);
     read_data(&x, file, dataset, cols == 1 ? 1 : 2, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, out, NULL);
     H5Fclose(file);
     return x.failed ? 2 : 0;
+}
+
+// ------------------------------------------------------------------------------ verifying whole files
+
+// Dataset d (named path) read whole in the type it was written in and checked against its checksum.
+static void verify_dataset(H5Ctx *x, hid_t d, const char *path) {
+    hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
+    hsize_t dims[H5S_MAX_RANK];
+    int nd = sp >= 0 ? H5Sget_simple_extent_dims(sp, dims, NULL) : -1;
+    int f32 = t >= 0 && H5Tget_class(t) == H5T_FLOAT && H5Tget_size(t) == 4;
+    int u64 = t >= 0 && H5Tget_class(t) == H5T_INTEGER && H5Tget_size(t) == 8;
+    if (nd < 0 || !(f32 || u64)) damage(x, "dataset", path, "neither float32 nor uint64 (the file is damaged)");
+    size_t bytes = f32 ? 4 : 8;
+    for (int i = 0; i < nd; i++) bytes *= dims[i];
+    void *buf = x->failed ? NULL : mallocCheck(bytes ? bytes : 1);
+    int steps = 0, has_steps = !x->failed && H5Aexists(d, "steps") > 0;
+    if (buf && H5Dread(d, f32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
+        damage(x, "dataset", path, "unreadable (H5Dread failed: the file is damaged)");
+    if (has_steps && !x->failed) {
+        hid_t a = H5Aopen(d, "steps", H5P_DEFAULT);
+        if (a < 0 || H5Aread(a, H5T_NATIVE_INT, &steps) < 0) damage(x, "dataset", path, "unreadable `steps`");
+        if (a >= 0) H5Aclose(a);
+    }
+    if (buf) check_checksum(x, d, path, nd, dims, buf, bytes, has_steps ? &steps : NULL);
+    free(buf);
+    if (sp >= 0) H5Sclose(sp);
+    if (t >= 0) H5Tclose(t);
+}
+
+// H5Lvisit's callback: every dataset of the file, verified (op: the H5Ctx). Stops at the first failure.
+static herr_t verify_visit(hid_t group, const char *name, const H5L_info_t *info, void *op) {
+    (void)info;
+    H5Ctx *x = op;
+    char path[1024];
+    snprintf(path, sizeof path, "/%s", name);
+    hid_t o = H5Oopen(group, name, H5P_DEFAULT);
+    if (o < 0) damage(x, "object", path, "cannot be opened (the file is damaged)");
+    else if (H5Iget_type(o) == H5I_DATASET) verify_dataset(x, o, path);
+    if (o >= 0) H5Oclose(o);
+    return x->failed ? 1 : 0;
+}
+
+int ckpt_verify(const char *path, long *verified, int *version, char *err, size_t len) {
+    H5Ctx x = {.err = err, .len = len, .file = path};
+    hid_t file = open_file(&x, path);
+    if (file < 0) return 2;
+    CkptMeta fm = {0};
+    char mode[32], schedule[32], *text = mallocCheck(1 << 20);
+    if (read_meta(&x, file, &fm, mode, schedule, text, 1 << 20) && fm.version >= 2 &&
+        H5Lvisit(file, H5_INDEX_NAME, H5_ITER_INC, verify_visit, &x) < 0)
+        damage(&x, "group", "/", "its links cannot be walked (the file is damaged)");
+    free(text);
+    H5Fclose(file);
+    if (verified) *verified = x.verified;
+    if (version) *version = fm.version;
+    return x.failed ? 2 : 0;
+}
+
+int ckpt_verify_dir(const char *dir, char *err, size_t len) {
+    DIR *d = opendir(dir);
+    if (!d) return error_set(err, len, "%s: cannot open directory", dir);
+    struct dirent *e;
+    char path[4200];
+    int rc = 0, n = 0;
+    while (!rc && (e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (strncmp(e->d_name, "party_", 6) || l < 4 || strcmp(e->d_name + l - 3, ".h5")) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        rc = ckpt_verify(path, NULL, NULL, err, len);
+        n++;
+    }
+    closedir(d);
+    if (!rc && n == 0) rc = error_set(err, len, "%s: no party_*.h5 checkpoint files", dir);
+    return rc;
+}
+
+int ckpt_newest_verified(const char *run_dir, int below) {
+    int steps[4096], n = ckpt_list(run_dir, steps, 4096);
+    char dir[4096], err[2048];
+    for (int i = n - 1; i >= 0; i--) {
+        if (steps[i] >= below) continue;
+        ckpt_step_dir(dir, sizeof dir, run_dir, steps[i]);
+        if (ckpt_verify_dir(dir, err, sizeof err) == 0) return steps[i];
+    }
+    return -1;
 }
 
 // ------------------------------------------------------------------------------ directory layout
@@ -662,7 +900,10 @@ int ckpt_latest(const char *run_dir, char *ignored, size_t ignored_len) {
 
 int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts_only, int expert_parties,
                       int expert_ranks, char *err, size_t len) {
-    for (int i = 0; i < m->n_tensors; i++) {
+    int n_files = expert_parties * expert_ranks, rc = 0;
+    char *verified = mallocCheck((size_t)n_files); // (n_files) 1: that rank's file verified whole
+    memset(verified, 0, (size_t)n_files);
+    for (int i = 0; i < m->n_tensors && !rc; i++) {
         const ParamTensor *t = &m->tensors[i];
         if (experts_only && t->expert < 0) continue;
         char file[4200], dataset[160];
@@ -670,7 +911,12 @@ int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts
                                   : pool_owner_rank(t->expert, expert_parties, expert_ranks);
         ckpt_rank_file(file, sizeof file, dir, owner / expert_ranks, owner % expert_ranks);
         snprintf(dataset, sizeof dataset, "/%s/%s", t->expert < 0 ? "backbone" : "experts", t->name);
-        if (ckpt_read_tensor(file, dataset, m->host_params + t->offset, t->rows, t->cols, err, len)) return 2;
+        if (owner < n_files && !verified[owner]) { // every dataset of a file read from, not only the weights
+            rc = ckpt_verify(file, NULL, NULL, err, len);
+            verified[owner] = 1;
+        }
+        if (!rc) rc = ckpt_read_tensor(file, dataset, m->host_params + t->offset, t->rows, t->cols, err, len);
     }
-    return 0;
+    free(verified);
+    return rc ? 2 : 0;
 }

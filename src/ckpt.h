@@ -2,13 +2,15 @@
 // everything it needs to resume and nothing it must not share (docs/checkpoints.md, the schema): party P's
 // rank 0 writes party_P.h5, its rank L > 0 (parties.ranks_per_party > 1) party_P.rank_L.h5:
 //   /meta                          attributes: format_version, step, party, n_parties, local_rank, mode,
-//                                  schedule, config (the resolved config text)
+//                                  schedule, config (the resolved config text), blake2b (its checksum)
 //   /backbone/<tensor>             rank 0: the party's backbone, e.g. /backbone/layer_0/attn_wqkv (rows, cols)
 //   /experts/layer_L/expert_E/w_*  the experts this rank holds (global ids)
 //   /optim/adam_m/..., /optim/adam_v/...   AdamW moments, same paths as the weights; attribute `steps`
 //                                  (int) on each adam_m dataset: that tensor's AdamW step count
 //   /data/rng_party_N              rank 0: (4) uint64 state of party N's batch sampler
 //   /data/shuffle_rng              (4) uint64 state of this rank's private row shuffle (pcmoe)
+// Every dataset carries attribute `blake2b`, the BLAKE2b-256 of its path, shape, bytes (and `steps`), verified
+// on every read; files of format 1 (before checksums) have none and load unverified, the callers warn.
 // A file is written under a temporary name and renamed; a step directory is complete only when its
 // COMPLETE marker exists, written by rank 0 after every rank's file is in place.
 #ifndef PCMOE_CKPT_H
@@ -20,8 +22,17 @@
 #include "model.h"  // Model
 #include "rng.h"    // Rng
 
-#define CKPT_FORMAT_VERSION 1
+#define CKPT_FORMAT_VERSION 2 // written now: checksummed
+#define CKPT_FORMAT_OLDEST 1  // still read: format 1, written before checksums (loaded unverified)
 #define CKPT_MARKER "COMPLETE"
+
+// What /meta says of a checkpoint file.
+typedef struct {
+    int version;        // format_version
+    int step;           // optimizer steps taken
+    int party, local;   // whose file it is: its party, the writing rank's index in the party
+    int parties, ranks; // its run's parties.count, parties.ranks_per_party (ranks: set by the loads only)
+} CkptMeta;
 
 typedef struct {
     int step;              // optimizer steps taken
@@ -31,6 +42,9 @@ typedef struct {
     int stored_parties;    // set by the loads: parties.count and parties.ranks_per_party of the run that wrote
     int stored_ranks;      // the checkpoint
     int joined;            // set by ckpt_load_party: the party was not in that run (it joins now)
+    int version;           // set by the loads: the files' format (1: no checksums, nothing was verified)
+    long verified;         // set by the loads: datasets (and /meta groups) whose checksums were verified
+    int damaged;           // set by a load that failed: the failure was damage (a checksum, unreadable HDF5)
     const Config *c;       // the run's resolved config (written as text)
     Model *m;              // weights, AdamW state
     Rng *data_rng;         // (n_data) batch samplers of parties first_data .. first_data + n_data - 1
@@ -53,10 +67,18 @@ int ckpt_load(const char *path, CkptState *s, char *err, size_t len);
 // party_0.h5; a missing file (an expert's owner that took its files away) is an error naming it. Returns 0 or
 // 2, as ckpt_load.
 int ckpt_load_party(const char *dir, CkptState *s, char *err, size_t len);
-// Reads only the stored config text, step, party and local rank of a checkpoint file (for `pcmoe info`).
+// Reads only /meta of a checkpoint file (its checksum verified): the stored config text and meta (ranks: 0).
 // Returns 0 or 2.
-int ckpt_peek(const char *path, char *config_text, size_t text_len, int *step, int *party, int *local, char *err,
-              size_t len);
+int ckpt_peek(const char *path, char *config_text, size_t text_len, CkptMeta *meta, char *err, size_t len);
+// Verifies every dataset of a checkpoint file, and /meta, against their checksums, each read whole.
+// *verified (when not NULL): how many; *version: the file's format (1: nothing to verify). Returns 0, or 2
+// with a one-line message naming the file and the first dataset that does not verify.
+int ckpt_verify(const char *path, long *verified, int *version, char *err, size_t len);
+// ckpt_verify on every party_*.h5 of step directory dir. Returns 0, or 2 naming the first that fails.
+int ckpt_verify_dir(const char *dir, char *err, size_t len);
+// The newest complete checkpoint of run_dir before step `below` whose files (those in its directory) all
+// verify; -1 when none does.
+int ckpt_newest_verified(const char *run_dir, int below);
 
 // Reads one float32 dataset (rows x cols; cols 1 = a vector) of a checkpoint file, checked like a load.
 int ckpt_read_tensor(const char *path, const char *dataset, float *out, int rows, int cols, char *err, size_t len);
@@ -64,7 +86,7 @@ int ckpt_read_tensor(const char *path, const char *dataset, float *out, int rows
 // time into m's own buffers: backbone tensors (unless experts_only) from DIR/party_<backbone_party>.h5,
 // expert e from the file of the rank that held it when the pool was sharded over expert_parties parties of
 // expert_ranks ranks (pool_owner_rank; 1, 1: every expert in party_0.h5). Returns 0, or 2 with the file and
-// dataset named in err.
+// dataset named in err. Each file it reads from is verified whole first (ckpt_verify).
 int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts_only, int expert_parties,
                       int expert_ranks, char *err, size_t len);
 

@@ -18,7 +18,9 @@
 // Loads and describes one party file. Returns 0 or 2.
 static int info_file(const char *path, int complete) {
     char *text = mallocCheck(1 << 20), err[2048];
-    int step = 0, party = 0, local = 0, rc = ckpt_peek(path, text, 1 << 20, &step, &party, &local, err, sizeof err);
+    CkptMeta meta;
+    int rc = ckpt_peek(path, text, 1 << 20, &meta, err, sizeof err), step = meta.step, party = meta.party;
+    int local = meta.local;
     Config *c = mallocCheck(sizeof(Config));
     if (!rc && config_load_text(c, text, err, sizeof err)) rc = 2;
     if (!rc && (party < 0 || party >= c->n_parties))
@@ -44,7 +46,9 @@ static int info_file(const char *path, int complete) {
     Rng *rngs = mallocCheck(sizeof(Rng) * n_data);
     CkptState s = {.party = party, .local = local, .c = c, .m = &m, .data_rng = rngs,
                    .first_data = n_data > 1 ? 0 : party, .n_data = n_data, .shuffle = m.shuffle_on ? &m.shuffle : NULL};
+    long verified = 0;
     rc = ckpt_load(path, &s, err, sizeof err);
+    if (!rc) rc = ckpt_verify(path, &verified, NULL, err, sizeof err); // (every dataset, not only the model's)
     if (rc) {
         fprintf(stderr, "pcmoe: error: %s\n", err);
     } else {
@@ -67,6 +71,13 @@ static int info_file(const char *path, int complete) {
         printf("  memory: parameters %.2f MiB, gradients %.2f MiB, optimizer %.2f MiB, activations about %.2f MiB at "
                "batch_size %d\n",
                MIB(m.mem.params), MIB(m.mem.grads), MIB(m.mem.optim), MIB(m.mem.acts) * c->batch_size, c->batch_size);
+        if (meta.version >= 2) printf("  checksums: /meta and %ld datasets verified (BLAKE2b-256)\n", verified - 1);
+        else {
+            printf("  checksums: none (format %d, written before pcmoe checksummed checkpoints): NOT verified\n",
+                   meta.version);
+            fprintf(stderr, "pcmoe: warning: %s: written before checkpoints carried checksums (format %d): loaded "
+                    "unverified\n", path, meta.version);
+        }
     }
     free(rngs); free(owned); free(text); free(c);
     model_free(&m);
@@ -75,20 +86,9 @@ static int info_file(const char *path, int complete) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-int info_run(const char *path) {
-    struct stat st;
-    if (stat(path, &st) != 0) { fprintf(stderr, "pcmoe: error: %s: no such file or directory\n", path); return 2; }
-    if (S_ISREG(st.st_mode)) return info_file(path, 1);
-    char dir[4096], p[4200];
-    snprintf(dir, sizeof dir, "%s", path);
-    snprintf(p, sizeof p, "%s/checkpoints", path);
-    if (stat(p, &st) == 0 && S_ISDIR(st.st_mode)) { // a run directory: its newest complete checkpoint
-        char ignored[1024];
-        int step = ckpt_latest(path, ignored, sizeof ignored);
-        if (ignored[0]) fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);
-        if (step < 0) { fprintf(stderr, "pcmoe: error: %s: no complete checkpoint\n", path); return 2; }
-        ckpt_step_dir(dir, sizeof dir, path, step);
-    }
+// Loads and describes every party file of step directory dir. Returns 0 or 2.
+static int info_dir(const char *dir) {
+    char p[4200];
     int complete = ckpt_is_complete(dir);
     DIR *d = opendir(dir);
     if (!d) { fprintf(stderr, "pcmoe: error: %s: cannot open directory\n", dir); return 2; }
@@ -115,4 +115,30 @@ int info_run(const char *path) {
         rc = 2;
     }
     return rc;
+}
+
+int info_run(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) { fprintf(stderr, "pcmoe: error: %s: no such file or directory\n", path); return 2; }
+    if (S_ISREG(st.st_mode)) return info_file(path, 1);
+    char dir[4096], p[4200];
+    snprintf(dir, sizeof dir, "%s", path);
+    snprintf(p, sizeof p, "%s/checkpoints", path);
+    if (stat(p, &st) == 0 && S_ISDIR(st.st_mode)) { // a run directory: its newest complete checkpoint
+        char ignored[1024];
+        int step = ckpt_latest(path, ignored, sizeof ignored);
+        if (ignored[0]) fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);
+        if (step < 0) { fprintf(stderr, "pcmoe: error: %s: no complete checkpoint\n", path); return 2; }
+        ckpt_step_dir(dir, sizeof dir, path, step);
+        int rc = info_dir(dir);
+        if (rc) {
+            int good = ckpt_newest_verified(path, step);
+            if (good >= 0)
+                fprintf(stderr, "pcmoe: the newest checkpoint of %s that verifies: step %d (train --resume=%d resumes "
+                        "from it)\n", path, good, good);
+            else fprintf(stderr, "pcmoe: no older complete checkpoint of %s verifies either\n", path);
+        }
+        return rc;
+    }
+    return info_dir(dir);
 }

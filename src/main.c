@@ -43,7 +43,10 @@ static void usage(FILE *f) {
             "      --resume      continue from the newest complete checkpoint in RUN/checkpoints (model keys\n"
             "                    must match; steps, learning-rate and evaluation keys may change; pcmoe:\n"
             "                    parties may leave and join, and ranks_per_party may change, the experts\n"
-            "                    re-sharded)\n"
+            "                    re-sharded). A checkpoint that fails its checksums is named, with the newest\n"
+            "                    one that verifies\n"
+            "      --resume=STEP continue from the complete checkpoint of step STEP instead; newer ones are\n"
+            "                    set aside (renamed step_N.set-aside), never deleted\n"
             "      --stop-after S  stop after step S, writing a checkpoint, as a preempted job would\n"
             "      --party P --connect NAME  this job is party P's own (its parties.ranks_per_party ranks): it\n"
             "                    meets the other parties' jobs under NAME through the name server its mpirun\n"
@@ -240,7 +243,12 @@ static int parse_arg(Args *a, int argc, char **argv, int *i, const char *cmd) {
     else if (!strcmp(o, "--force")) a->train.force = 1;
     else if (!strcmp(o, "--simulate")) a->run.simulate = 1;
     else if (!strcmp(o, "--resume")) a->train.resume = 1;
-    else if (meet && !strcmp(o, "--connect")) a->meet = v;
+    else if (train && !strncmp(o, "--resume=", 9)) {
+        long n;
+        if (parse_long("--resume=STEP", o + 9, 0, 1000000000, &n)) return 2;
+        a->train.resume = 1;
+        a->train.resume_step = (int)n;
+    }    else if (meet && !strcmp(o, "--connect")) a->meet = v;
     else if (meet) {
         long n;
         if (parse_long(o, v, 0, CONFIG_MAX_PARTIES - 1, &n)) return 2;
@@ -268,6 +276,7 @@ static int parse_args(Args *a, int argc, char **argv, const char *cmd) {
     memset(a, 0, sizeof *a);
     a->gen = (GenerateOptions){.party = 0, .max_new = 200, .temperature = 0.8f, .top_k = 0, .seed = 1};
     a->exp = (ExportOptions){.max_shard_mb = 5000};
+    a->train.resume_step = -1;
     a->sets = mallocCheck(sizeof(char *) * (size_t)argc);
     for (int i = 2; i < argc; i++) {
         int rc = parse_arg(a, argc, argv, &i, cmd);

@@ -484,6 +484,13 @@ void run_checkpoint_write(Run *r, int step_done) {
 
 static int init_weights_from(Run *r, char *err, size_t len);
 
+// The warning for a checkpoint (dir) of a format without checksums, that was read unverified.
+static void unverified_note(const char *dir, int version) {
+    if (version < 2)
+        fprintf(stderr, "pcmoe: warning: %s: written before checkpoints carried checksums (format %d): loaded "
+                "unverified\n", dir, version);
+}
+
 // The notes of a resume whose parties changed: rank 0 says how the pool was re-sharded, a party that joins
 // where its backbone comes from.
 static void layout_notes(const Run *r, const CkptState *s) {
@@ -502,8 +509,8 @@ static void layout_notes(const Run *r, const CkptState *s) {
 // experts it holds from whichever rank held them, its private shuffle), and in --simulate the other parties'
 // backbones and every expert. A party that joins (pcmoe: more parties than the checkpoint's) starts its
 // backbone from train.init_from, or keeps its random one; regroup = 0 (eval, bench, generate) refuses another
-// party count. Returns 0, or 2 with err set.
-static int checkpoint_load(Run *r, const char *dir, int regroup, int *step, char *err, size_t len) {
+// party count. Returns 0, or 2 with err set (*damaged: the failure is a damaged file).
+static int checkpoint_load(Run *r, const char *dir, int regroup, int *step, int *damaged, char *err, size_t len) {
     Rng *rngs = mallocCheck(sizeof(Rng) * (size_t)r->n);
     CkptState s = ckpt_state(r, rngs);
     int rc = ckpt_load_party(dir, &s, err, len); // (into the host's copies, current since model_init)
@@ -519,7 +526,9 @@ static int checkpoint_load(Run *r, const char *dir, int regroup, int *step, char
         for (int q = 0; q < s.n_data; q++) r->party[q].data.rng = rngs[q];
         *step = s.step;
         layout_notes(r, &s);
+        if (r->comm->rank == 0) unverified_note(dir, s.version);
     }
+    *damaged = s.damaged;
     free(rngs);
     if (!rc && r->simulate && r->c->mode == MODE_PCMOE) {
         int R = s.stored_ranks;
@@ -532,14 +541,18 @@ static int checkpoint_load(Run *r, const char *dir, int regroup, int *step, char
 }
 
 // The run (from train.init_from's checkpoint) whose weights a start takes: its config, checked against
-// ours. *shards: the parties its experts were sharded over (1: all in party_0.h5); *pooled: a pcmoe run of
-// several parties (each party then reads its own backbone). Returns 0, or 2 with err set.
-static int init_source(const Config *c, const char *path, int *step, int *shards, int *ranks, int *pooled, char *err,
-                       size_t len) {
+// ours; *step, *version: its step and checkpoint format. *shards: the parties its experts were sharded over
+// (1: all in party_0.h5); *pooled: a pcmoe run of several parties (each party then reads its own backbone).
+// Returns 0, or 2 with err set.
+static int init_source(const Config *c, const char *path, int *step, int *version, int *shards, int *ranks,
+                       int *pooled, char *err, size_t len) {
     const char *dir = c->init_from;
     size_t text_len = 1 << 16;
     char *text = mallocCheck(text_len), why[1024];
-    int party, local, rc = ckpt_peek(path, text, text_len, step, &party, &local, err, len);
+    CkptMeta meta;
+    int rc = ckpt_peek(path, text, text_len, &meta, err, len);
+    *step = meta.step;
+    *version = meta.version;
     Config *src = mallocCheck(sizeof *src);
     if (!rc && config_load_text(src, text, why, sizeof why))
         rc = error_set(err, len, "train.init_from: %s: %s", path, why);
@@ -590,8 +603,8 @@ static int init_weights_from(Run *r, char *err, size_t len) {
         return error_set(err, len, "train.init_from = %s: not a complete checkpoint directory (no %s marker)", dir,
                          CKPT_MARKER);
     ckpt_party_file(path, sizeof path, dir, 0);
-    int step, shards, ranks, pooled;
-    if (init_source(c, path, &step, &shards, &ranks, &pooled, err, len)) return 2;
+    int step, version, shards, ranks, pooled;
+    if (init_source(c, path, &step, &version, &shards, &ranks, &pooled, err, len)) return 2;
     int rc = 0; // (the reads go into the host's copies, current since model_init)
     if (c->mode == MODE_CENTRALIZED) rc = ckpt_read_weights(&r->central, dir, 0, 0, shards, ranks, err, len);
     else {
@@ -602,6 +615,7 @@ static int init_weights_from(Run *r, char *err, size_t len) {
     }
     if (rc) return 2;
     models_state(r, 0);
+    if (r->comm->rank == 0) unverified_note(dir, version);
     if (r->comm->rank == 0)
         fprintf(stderr, "pcmoe: starting from the weights of %s (its step %d); AdamW state fresh\n", dir, step);
     return 0;
@@ -613,27 +627,83 @@ int run_load_checkpoint(Run *r, const char *dir) {
     if (hf_is_checkpoint(dir)) rc = hf_weights_from(r, dir, err, sizeof err); // (step 0: no training of ours)
     else if (!ckpt_is_complete(dir))
         rc = error_set(err, sizeof err, "%s: not a complete checkpoint directory (no %s marker)", dir, CKPT_MARKER);
-    else rc = checkpoint_load(r, dir, 0, &step, err, sizeof err);
+    else {
+        int damaged;
+        rc = checkpoint_load(r, dir, 0, &step, &damaged, err, sizeof err);
+    }
     comm_stop_if_failed(r->comm, rc, err);
     comm_stop_if_failed(r->comm, dp_setup(r, step, err, sizeof err), err);
     return step;
 }
 
-int run_start(Run *r, int resume) {
+// The step a resume starts from: resume_step (>= 0: it must be a complete checkpoint), else the newest complete
+// one. Returns it, or -1 with err set.
+static int resume_pick(const Config *c, int resume_step, char *ignored, size_t ignored_len, char *err, size_t len) {
+    int latest = ckpt_latest(c->run_dir, ignored, ignored_len);
+    if (resume_step < 0 && latest < 0)
+        error_set(err, len, "run.dir = %s: no complete checkpoint to resume from%s%s", c->run_dir,
+                  ignored[0] ? "; incomplete: " : "", ignored);
+    if (resume_step < 0) return latest;
+    ignored[0] = '\0';
+    int steps[4096], n = ckpt_list(c->run_dir, steps, 4096);
+    for (int i = 0; i < n; i++)
+        if (steps[i] == resume_step) return resume_step;
+    Text list = {0};
+    for (int i = 0; i < n && i < 32; i++) text_printf(&list, "%s%d", i ? ", " : "", steps[i]);
+    error_set(err, len, "--resume=%d: run.dir = %s has no complete checkpoint of step %d (complete: %s)", resume_step,
+              c->run_dir, resume_step, n ? list.s : "none");
+    text_free(&list);
+    return -1;
+}
+
+// A load of checkpoint `step` that failed because a file is damaged: err gains the newest older checkpoint that
+// verifies, the one to resume from instead (nothing is deleted).
+static void damaged_hint(const Config *c, int step, char *err, size_t len) {
+    int good = ckpt_newest_verified(c->run_dir, step);
+    size_t n = strlen(err);
+    if (good >= 0)
+        snprintf(err + n, len - n, "; the newest checkpoint that verifies is step %d: --resume=%d", good, good);
+    else snprintf(err + n, len - n, "; no older complete checkpoint verifies either");
+}
+
+// After a resume from an older checkpoint than the newest (--resume=STEP): the newer complete ones are moved
+// aside to step_NNNNNNNN.set-aside (never deleted), so the run's own checkpoints take their places and pruning
+// counts those. Rank 0 moves them in run.dir, then each party's rank 0 in its own run directory, if it has one.
+static void set_aside_newer(Run *r, int start) {
+    const Config *c = r->c;
+    int steps[4096], n = ckpt_list(c->run_dir, steps, 4096);
+    comm_agree(r->comm, 1, NULL, NULL); // (every rank has listed them before any moves)
+    for (int pass = 0; pass < 2; pass++) {
+        int mine = pass == 0 ? r->comm->rank == 0 : r->local == 0 && r->comm->rank != 0;
+        for (int i = 0; mine && i < n; i++) {
+            char dir[CONFIG_PATH_LEN + 64], to[CONFIG_PATH_LEN + 96];
+            ckpt_step_dir(dir, sizeof dir, c->run_dir, steps[i]);
+            if (steps[i] <= start || !ckpt_is_complete(dir)) continue;
+            snprintf(to, sizeof to, "%s.set-aside", dir);
+            for (int k = 2; access(to, F_OK) == 0; k++) snprintf(to, sizeof to, "%s.set-aside.%d", dir, k);
+            if (rename(dir, to) == 0)
+                fprintf(stderr, "pcmoe: --resume=%d: a newer checkpoint set aside, not deleted: %s -> %s\n", start,
+                        dir, to);
+        }
+        comm_agree(r->comm, 1, NULL, NULL);
+    }
+}
+
+int run_start(Run *r, int resume, int resume_step) {
     const Config *c = r->c;
     char err[2048] = "", dir[CONFIG_PATH_LEN + 64], ignored[1024] = "";
     int start = 0;
     if (resume) {
-        int rc = 0, latest = ckpt_latest(c->run_dir, ignored, sizeof ignored);
-        if (latest < 0)
-            rc = error_set(err, sizeof err, "run.dir = %s: no complete checkpoint to resume from%s%s", c->run_dir,
-                           ignored[0] ? "; incomplete: " : "", ignored);
-        ckpt_step_dir(dir, sizeof dir, c->run_dir, latest);
-        if (!rc) rc = checkpoint_load(r, dir, 1, &start, err, sizeof err);
+        int rc = 0, damaged = 0, from = resume_pick(c, resume_step, ignored, sizeof ignored, err, sizeof err);
+        if (from < 0) rc = 2;
+        ckpt_step_dir(dir, sizeof dir, c->run_dir, from);
+        if (!rc) rc = checkpoint_load(r, dir, 1, &start, &damaged, err, sizeof err);
+        if (rc && damaged) damaged_hint(c, from, err, sizeof err);
         comm_stop_if_failed(r->comm, rc, err);
         if (r->comm->rank == 0 && ignored[0])
             fprintf(stderr, "pcmoe: ignoring incomplete checkpoint(s): %s\n", ignored);
         if (r->comm->rank == 0) fprintf(stderr, "pcmoe: resuming from %s (step %d of %d)\n", dir, start, c->steps);
+        if (resume_step >= 0) set_aside_newer(r, start);
     } else if (c->init_from[0]) {
         comm_stop_if_failed(r->comm, init_weights_from(r, err, sizeof err), err);
     }

@@ -91,9 +91,10 @@ void run_party_done(Run *r, Model *m);
 // eval, bench, generate: loads the complete checkpoint o->checkpoint and sets the DP defence up. Returns the
 // step the checkpoint holds; any failure ends the job on every rank.
 int run_load_checkpoint(Run *r, const char *dir);
-// train: the newest complete checkpoint of run.dir (resume), else train.init_from's weights, else the random
-// start; then the DP defence. Returns the step to start from; any failure ends the job on every rank.
-int run_start(Run *r, int resume);
+// train: the complete checkpoint of run.dir of step resume_step (resume; -1: the newest; newer ones are set
+// aside), else train.init_from's weights, else the random start; then the DP defence. Returns the step to
+// start from; any failure ends the job on every rank.
+int run_start(Run *r, int resume, int resume_step);
 // Writes this step's checkpoint on every rank; rank 0 marks it complete; then the oldest beyond
 // checkpoint.keep are deleted. A failure ends the job on every rank, earlier checkpoints intact.
 void run_checkpoint_write(Run *r, int step_done);

@@ -415,7 +415,7 @@ static void train_log_close(Log *lg, Run *r, int start) {
 int train_run(const Config *c, Comm *comm, const RunOptions *ro, const TrainOptions *o) {
     Run run, *r = &run;
     run_open(r, c, comm, ro, 1);
-    int start = run_start(r, o->resume);
+    int start = run_start(r, o->resume, o->resume_step);
     int checkpoints = c->ckpt_every > 0 && !r->simulate;
     if (c->ckpt_every > 0 && r->simulate && comm->rank == 0)
         fprintf(stderr, "pcmoe: note: --simulate writes no checkpoints\n");

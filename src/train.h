@@ -14,9 +14,10 @@
 
 // pcmoe train's own options.
 typedef struct {
-    int force;      // --force: overwrite an existing run directory
-    int resume;     // --resume: continue from the newest complete checkpoint in RUN/checkpoints
-    int stop_after; // --stop-after S: stop (with a checkpoint) after step S, as a preempted job would (0: no)
+    int force;       // --force: overwrite an existing run directory
+    int resume;      // --resume: continue from the newest complete checkpoint in RUN/checkpoints
+    int resume_step; // --resume=STEP: from that one (-1: the newest)
+    int stop_after;  // --stop-after S: stop (with a checkpoint) after step S, as a preempted job would (0: no)
 } TrainOptions;
 
 #define TRAIN_EXIT_PREEMPTED 3 // stopped by SIGUSR1/SIGTERM after writing a checkpoint: --resume continues

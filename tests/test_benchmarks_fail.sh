@@ -32,6 +32,8 @@ expect_loud large_vocab "pcmoe: error: .*seq_len = 0\|no Python with transformer
 expect_loud ranks "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/ranks.sh" 0
 # memory.sh has no arguments: a launcher that fails stands in for a failing run
 expect_loud memory "benchmark: failed (exit" env MPIRUN=false sh "$top_srcdir/benchmarks/memory.sh"
+# checkpoint.sh: 0 repeats
+expect_loud checkpoint "benchmark: failed: " env CKPT_COST="$top_builddir/benchmarks/ckpt_cost" sh "$top_srcdir/benchmarks/checkpoint.sh" 0
 # plot.sh runs no pcmoe: without runs to plot (or without gnuplot) it says what is missing
 expect_loud plot "run benchmarks/demo_table.sh first\|needs gnuplot" sh "$top_srcdir/benchmarks/plot.sh"
 # gpu.sh: without a device (or a CUDA build) it says why it skips (exit 77); with one, steps = 0 fails loudly

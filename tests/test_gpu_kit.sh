@@ -1,7 +1,7 @@
 #!/bin/sh
 # test_gpu_kit: the GPU kit (scripts/gpu-kit.sh) needs nothing that a bare GPU machine lacks. The kit is
 # built from this build tree; then, in a mount namespace where the system's Open MPI (launcher, libraries,
-# plugins, runtime), HDF5, OpenBLAS, Jansson and utf8proc are hidden (/dev/null or an empty tmpfs over
+# plugins, runtime), HDF5, OpenBLAS, Jansson, utf8proc and libsodium are hidden (/dev/null or an empty tmpfs over
 # each), the system's own pcmoe cannot start, while the kit's gpu-check.sh --cpu-only runs 3 pcmoe
 # parties over the kit's own mpirun with a checkpoint (their losses equal --simulate's within 1e-6), reads the
 # checkpoint back with pcmoe info, and starts the kernel test (which skips without a device). Every library
@@ -17,14 +17,14 @@ kit="$TMP/gpu-kit"
     && ok "$(tail -n 1 "$TMP/kit.out")" || { cat "$TMP/kit.out"; fail "building the kit"; finish; }
 
 # what to hide: what a bare GPU machine lacks (Open MPI with its runtime and plugins, HDF5 and its filters,
-# OpenBLAS with its Fortran runtime, Jansson, utf8proc), every file of it the kit carries a copy of, and Open
+# OpenBLAS with its Fortran runtime, Jansson, utf8proc, libsodium), every file of it the kit carries a copy of, and Open
 # MPI's own directories. (Libraries that the machine's own tools load, PCRE2 for grep say, stay: it has them.)
 libdir=/usr/lib/x86_64-linux-gnu
 hide="$TMP/hide.list"
 for f in "$kit"/lib/*.so*; do
     case $(basename "$f") in
     libmpi*|libopen-rte*|libopen-pal*|liboshmem*|libmca_common_*|libpmix*|libhwloc*|libevent*|libhdf5*|libsz*|libaec*) ;;
-    libopenblas*|libgfortran*|libquadmath*|libjansson*|libutf8proc*) ;;
+    libopenblas*|libgfortran*|libquadmath*|libjansson*|libutf8proc*|libsodium*) ;;
     *) continue ;;
     esac
     for p in "$libdir/$(basename "$f")" "/lib/x86_64-linux-gnu/$(basename "$f")"; do
@@ -58,7 +58,7 @@ grep -q '^worst relative difference' "$TMP/out/cpu.txt" 2>/dev/null && ok "kit: 
 outside=$(sed -n '/^--- ldd/,$p' "$TMP/out/env.txt" | awk '/=>/ { print $3 }' | grep -v "^$kit/" \
     | grep -Ev '/(ld-linux[^/]*|libc|libm|libpthread|libdl|librt|libresolv|libutil|libstdc\+\+|libgcc_s|libcudart|libcublas|libcublasLt)\.so' || true)
 nf=$(sed -n '/^--- ldd/,$p' "$TMP/out/env.txt" | grep -c 'not found')
-for l in libmpi.so.40 libhdf5_serial.so.103 libopenblas.so.0 libjansson.so.4; do # (and ldd did list them)
+for l in libmpi.so.40 libhdf5_serial.so.103 libopenblas.so.0 libjansson.so.4 libsodium.so.23; do # (and ldd did list them)
     grep -q "$l => $kit/lib/$l" "$TMP/out/env.txt" 2>/dev/null || nf=$((nf + 1))
 done
 [ -z "$outside" ] && [ "$nf" = 0 ] && ok "every library of pcmoe, pcmoe_cuda.so and mpirun comes from the kit (C and CUDA aside)" \

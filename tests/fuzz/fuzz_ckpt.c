@@ -1,6 +1,6 @@
 // fuzz_ckpt: libFuzzer harness for the checkpoint loader: arbitrary bytes as a party file, read with
-// ckpt_peek and loaded with ckpt_load into a small model (every check of a real resume). Must never
-// crash, leak or read out of bounds, whatever the file holds. FUZZ_VERBOSE=1 prints why an input is refused.
+// ckpt_peek, verified whole with ckpt_verify and loaded with ckpt_load into a small model (every check of a
+// real resume). Must never crash, leak or read out of bounds, whatever the file holds. FUZZ_VERBOSE=1 prints why an input is refused.
 #include <stdint.h> // uint8_t
 #include <stdio.h>  // FILE
 #include <stdlib.h> // mkstemp
@@ -32,8 +32,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fwrite(data, 1, size, f);
     fclose(f);
     static char text[1 << 16];
-    int step, party, local;
-    ckpt_peek(path, text, sizeof text, &step, &party, &local, err, sizeof err);
+    CkptMeta meta;
+    ckpt_peek(path, text, sizeof text, &meta, err, sizeof err);
+    ckpt_verify(path, NULL, NULL, err, sizeof err);
     Rng rng;
     CkptState s = {.party = 0, .c = &c, .m = &m, .data_rng = &rng, .first_data = 0, .n_data = 1};
     if (ckpt_load(path, &s, err, sizeof err) && getenv("FUZZ_VERBOSE")) fprintf(stderr, "%s\n", err);
