@@ -9,6 +9,7 @@
 #include <time.h>   // nanosleep
 
 #include "json.h"   // Json: the audit
+#include "seal.h"   // Seal, seal_box, seal_open: parties.keys
 #include "util.h"   // mpiCheck, mallocCheck, fail, now_seconds
 
 #if defined(OPEN_MPI) && OPEN_MPI
@@ -28,6 +29,7 @@ void comm_init(Comm *c) {
     c->ranks_per_party = 1;
     c->party = c->rank;
     c->n_parties = 1;
+    c->step = c->layer = -1;
 }
 
 void comm_setup(Comm *c, int n_parties, int ranks_per_party) {
@@ -42,6 +44,59 @@ void comm_setup(Comm *c, int n_parties, int ranks_per_party) {
     mpiCheck(MPI_Comm_split(c->world, in_pool && c->local == 0 ? 0 : MPI_UNDEFINED, c->party, &c->leaders));
     mpiCheck(MPI_Comm_split(c->world, in_pool ? c->party : MPI_UNDEFINED, c->local, &c->party_comm));
     c->counts = mallocCheck(sizeof(int) * 4 * (size_t)n_parties * R);
+}
+
+// comm_seal_start's key check: every rank seals SEAL_ID_BYTES of the session id for every rank of the other
+// parties, and opens what they sealed for it, with plain MPI (c->seal is not set yet). Returns the first world
+// rank whose message did not open, or -1.
+static int check_keys(Comm *c, const Seal *k, const unsigned char *id) {
+    size_t piece = SEAL_ID_BYTES + SEAL_TAG_BYTES;
+    unsigned char *out = mallocCheck(piece * (size_t)c->size), *in = mallocCheck(piece * (size_t)c->size);
+    int R = c->ranks_per_party, bad = -1;
+    for (int w = 0; w < c->size; w++) {
+        SealMsg m = {MSG_CONTROL, c->party, c->local, w / R, w % R, -1, -1, 0};
+        if (w / R != c->party) seal_box(k, &m, id, SEAL_ID_BYTES, out + piece * w);
+        else memset(out + piece * w, 0, piece);
+    }
+    MPI_Request req;
+    mpiCheck(MPI_Ialltoall(out, (int)piece, MPI_BYTE, in, (int)piece, MPI_BYTE, c->world, &req));
+    comm_wait(c, &req, 1, "the key check");
+    for (int w = 0; w < c->size && bad < 0; w++) {
+        SealMsg m = {MSG_CONTROL, w / R, w % R, c->party, c->local, -1, -1, 0};
+        unsigned char got[SEAL_ID_BYTES];
+        if (w / R != c->party && (seal_open(k, &m, in + piece * w, SEAL_ID_BYTES, got) || memcmp(got, id, sizeof got)))
+            bad = w;
+    }
+    comm_account(c, MSG_CONTROL, COMM_COLLECTIVE, (double)piece * c->size, (double)piece * c->size);
+    free(out);
+    free(in);
+    return bad;
+}
+
+void comm_seal_start(Comm *c, const char *keys_path) {
+    Seal *k = mallocCheck(sizeof(Seal));
+    char err[2048] = "";
+    int rc = seal_load(k, keys_path, c->party, c->n_parties, err, sizeof err);
+    comm_stop_if_failed(c, rc, err);
+    // the session: every rank's random share, in world rank order
+    unsigned char *shares = mallocCheck((size_t)SEAL_ID_BYTES * c->size), id[SEAL_ID_BYTES];
+    seal_random_share(shares + (size_t)SEAL_ID_BYTES * c->rank);
+    MPI_Request req;
+    mpiCheck(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_BYTE, shares, SEAL_ID_BYTES, MPI_BYTE, c->world, &req));
+    comm_wait(c, &req, 1, "the session's start");
+    comm_account(c, MSG_CONTROL, COMM_COLLECTIVE, SEAL_ID_BYTES, (double)SEAL_ID_BYTES * (c->size - 1));
+    seal_session_id(id, shares, c->size);
+    seal_start(k, id);
+    free(shares);
+    int bad = check_keys(c, k, id), R = c->ranks_per_party;
+    if (bad >= 0)
+        snprintf(err, sizeof err, "parties.keys = %s: what party %d (rank %d) sealed does not open here: the public "
+                 "key this file holds for party %d is not its own, or party %d holds another one for party %d; not "
+                 "starting", k->path, bad / R, bad, bad / R, bad / R, c->party);
+    comm_stop_if_failed(c, bad >= 0 ? 2 : 0, err);
+    c->seal = k;
+    c->seq_out = callocCheck((size_t)c->size, sizeof(uint64_t));
+    c->seq_in = callocCheck((size_t)c->size, sizeof(uint64_t));
 }
 
 void comm_free(Comm *c) {
@@ -59,6 +114,15 @@ void comm_free(Comm *c) {
         if (*all[i] != MPI_COMM_NULL) mpiCheck(MPI_Comm_free(all[i]));
     free(c->counts);
     c->counts = NULL;
+    if (c->seal) seal_wipe(c->seal);
+    free(c->seal);
+    free(c->seq_out);
+    free(c->seq_in);
+    free(c->scratch[0]);
+    free(c->scratch[1]);
+    c->seal = NULL;
+    c->seq_out = c->seq_in = NULL;
+    c->scratch[0] = c->scratch[1] = NULL;
     if (c->met != MPI_COMM_NULL) { // the parties that met (meet.h): their world freed, the meeting disconnected
         mpiCheck(MPI_Comm_free(&c->world));
         mpiCheck(MPI_Comm_free(&c->met));
@@ -181,15 +245,135 @@ void comm_wait(Comm *c, MPI_Request *req, int n, const char *what) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Sealing (parties.keys, seal.h). With keys, every call below that moves data moves bytes: each piece for (from)
+// a rank of another party is sealed for it (SEAL_TAG_BYTES more) and opened on arrival; pieces inside the party
+// go as they are. A piece that does not open ends the job, naming its sender. Without keys the calls are the
+// plain typed MPI calls.
+
+// The world rank of rank s of communicator `on` (expert and world: s; leaders: party s's rank 0).
+static int world_rank_of(const Comm *c, MPI_Comm on, int s) { return on == c->leaders ? s * c->ranks_per_party : s; }
+
+// 1 when a piece to or from world rank w is sealed: keys are set and w is in another party.
+static int sealed_with(const Comm *c, int w) { return c->seal && w / c->ranks_per_party != c->party; }
+
+// The next message of `kind` this rank seals for (out) or opens from world rank w.
+static SealMsg seal_msg(Comm *c, MsgKind kind, int w, int out) {
+    int R = c->ranks_per_party;
+    SealMsg m = {.kind = (int)kind, .step = c->step, .layer = c->layer};
+    m.from_party = out ? c->party : w / R;
+    m.from_local = out ? c->local : w % R;
+    m.to_party = out ? w / R : c->party;
+    m.to_local = out ? w % R : c->local;
+    m.seq = out ? c->seq_out[w]++ : c->seq_in[w]++;
+    return m;
+}
+
+// Sealing's buffer `which` (0 send, 1 receive), at least n bytes.
+static unsigned char *scratch(Comm *c, int which, size_t n) {
+    if (c->scratch_len[which] < n) {
+        free(c->scratch[which]);
+        c->scratch[which] = mallocCheck(n);
+        c->scratch_len[which] = n;
+    }
+    return c->scratch[which];
+}
+
+// Seals n bytes of pt for world rank w into ct (n + SEAL_TAG_BYTES), counting the tag.
+static void seal_piece(Comm *c, MsgKind kind, int w, const void *pt, size_t n, unsigned char *ct) {
+    SealMsg m = seal_msg(c, kind, w, 1);
+    seal_box(c->seal, &m, pt, n, ct);
+    c->seal_sent[kind] += SEAL_TAG_BYTES;
+}
+
+// Opens n bytes from world rank w out of ct into pt; a piece that does not open ends the job.
+static void open_piece(Comm *c, MsgKind kind, int w, const unsigned char *ct, size_t n, void *pt) {
+    SealMsg m = seal_msg(c, kind, w, 0);
+    c->seal_recv[kind] += SEAL_TAG_BYTES;
+    if (seal_open(c->seal, &m, ct, n, pt) == 0) return;
+    fail("party %d (rank %d): its %s message (step %d, layer %d, number %llu from it) does not open with "
+         "parties.keys = %s: changed on the way, replayed, reordered or sealed with another key; stopping (the "
+         "last complete checkpoint is intact)", m.from_party, w, MSG_KIND_NAMES[kind], m.step, m.layer,
+         (unsigned long long)m.seq, c->seal->path);
+}
+
+// All-to-all-v of bytes on `on` (n ranks): cnt[s] bytes at send + off[s] go to rank s, rcnt[s] bytes from rank s
+// land at recv + roff[s]; the pieces that cross a party line sealed and opened. Counts and offsets in bytes.
+static void alltoallv_bytes(Comm *c, MsgKind kind, MPI_Comm on, const void *send, const size_t *cnt,
+                            const size_t *off, void *recv, const size_t *rcnt, const size_t *roff) {
+    int n;
+    mpiCheck(MPI_Comm_size(on, &n));
+    int *sc = mallocCheck(sizeof(int) * 4 * (size_t)n), *sd = sc + n, *rc = sd + n, *rd = rc + n;
+    size_t st = 0, rt = 0;
+    for (int s = 0; s < n; s++) {
+        int w = world_rank_of(c, on, s), tag = sealed_with(c, w) ? SEAL_TAG_BYTES : 0;
+        size_t a = cnt[s] ? cnt[s] + tag : 0, b = rcnt[s] ? rcnt[s] + tag : 0;
+        if (st + a > INT_MAX || rt + b > INT_MAX)
+            fail("sealed %s exchange of more than 2^31 bytes", MSG_KIND_NAMES[kind]);
+        sc[s] = (int)a; sd[s] = (int)st; rc[s] = (int)b; rd[s] = (int)rt;
+        st += a;
+        rt += b;
+    }
+    unsigned char *sb = scratch(c, 0, st + 1), *rb = scratch(c, 1, rt + 1);
+    for (int s = 0; s < n; s++) {
+        int w = world_rank_of(c, on, s);
+        if (cnt[s] && sealed_with(c, w)) seal_piece(c, kind, w, (const char *)send + off[s], cnt[s], sb + sd[s]);
+        else if (cnt[s]) memcpy(sb + sd[s], (const char *)send + off[s], cnt[s]);
+    }
+    MPI_Request req;
+    mpiCheck(MPI_Ialltoallv(sb, sc, sd, MPI_BYTE, rb, rc, rd, MPI_BYTE, on, &req));
+    comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
+    for (int s = 0; s < n; s++) {
+        int w = world_rank_of(c, on, s);
+        if (rcnt[s] && sealed_with(c, w)) open_piece(c, kind, w, rb + rd[s], rcnt[s], (char *)recv + roff[s]);
+        else if (rcnt[s]) memcpy((char *)recv + roff[s], rb + rd[s], rcnt[s]);
+    }
+    free(sc);
+}
+
+// The same n ints from every rank of world to every other, sealed where they cross a party line: all (size, n)
+// receives them, this rank's own row included.
+static void allgather_ints_sealed(Comm *c, const int *v, int n, int *all) {
+    size_t *cnt = mallocCheck(sizeof(size_t) * 4 * (size_t)c->size), *off = cnt + c->size, *rcnt = off + c->size,
+           *roff = rcnt + c->size;
+    for (int s = 0; s < c->size; s++) {
+        cnt[s] = rcnt[s] = s == c->rank ? 0 : sizeof(int) * (size_t)n;
+        off[s] = 0;
+        roff[s] = sizeof(int) * (size_t)n * s;
+    }
+    alltoallv_bytes(c, MSG_CONTROL, c->world, v, cnt, off, all, rcnt, roff);
+    memcpy(all + (size_t)n * c->rank, v, sizeof(int) * (size_t)n);
+    free(cnt);
+}
+
+// An agreement on world: out[i] = op (MPI_MIN, MPI_MAX or MPI_SUM) of every rank's v[i] (n <= 2); with keys,
+// the values are sealed and reduced here, in rank order (ints: the same result).
+static void agree_ints(Comm *c, const int *v, int *out, int n, MPI_Op op) {
+    if (!c->seal) {
+        MPI_Request req;
+        mpiCheck(MPI_Iallreduce(v, out, n, MPI_INT, op, c->world, &req));
+        comm_wait(c, &req, 1, "an agreement");
+        return;
+    }
+    int *all = mallocCheck(sizeof(int) * (size_t)n * c->size);
+    allgather_ints_sealed(c, v, n, all);
+    for (int i = 0; i < n; i++) {
+        int r = all[i];
+        for (int s = 1; s < c->size; s++) {
+            int x = all[(size_t)s * n + i];
+            r = op == MPI_MIN ? (x < r ? x : r) : op == MPI_MAX ? (x > r ? x : r) : r + x;
+        }
+        out[i] = r;
+    }
+    free(all);
+}
+
 int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad) {
     int mine[2] = {ok ? INT_MAX : c->rank, ok ? 0 : -1}, all[2]; // min of (rank, -count)
-    MPI_Request req;
-    mpiCheck(MPI_Iallreduce(mine, all, 2, MPI_INT, MPI_MIN, c->world, &req));
-    comm_wait(c, &req, 1, "an agreement");
+    agree_ints(c, mine, all, 2, MPI_MIN);
     if (!ok || all[0] != INT_MAX) { // how many failed: only when someone did
         int bad = !ok, total = 0;
-        mpiCheck(MPI_Iallreduce(&bad, &total, 1, MPI_INT, MPI_SUM, c->world, &req));
-        comm_wait(c, &req, 1, "an agreement");
+        agree_ints(c, &bad, &total, 1, MPI_SUM);
         comm_account(c, MSG_CONTROL, COMM_COLLECTIVE, sizeof(int), sizeof(int));
         all[1] = total;
     }
@@ -218,9 +402,7 @@ int comm_local_rank(Comm *c) {
 
 int comm_max_int(Comm *c, int v) {
     int all = v;
-    MPI_Request req;
-    mpiCheck(MPI_Iallreduce(&v, &all, 1, MPI_INT, MPI_MAX, c->world, &req));
-    comm_wait(c, &req, 1, "an agreement");
+    agree_ints(c, &v, &all, 1, MPI_MAX);
     comm_account(c, MSG_CONTROL, COMM_COLLECTIVE, sizeof(int), sizeof(int));
     return all;
 }
@@ -233,10 +415,33 @@ void comm_stop_if_failed(Comm *c, int rc, const char *err) {
     fail_usage(code, print ? 1 : -1, "%s", rc ? err : "stopping");
 }
 
+// The pieces of an all-to-all of equal pieces (bytes each) on `on`: cnt, off, rcnt, roff (4 x n), every piece
+// but the one for oneself (copied by the caller).
+static size_t *equal_pieces(Comm *c, MPI_Comm on, size_t bytes) {
+    int n, me;
+    mpiCheck(MPI_Comm_size(on, &n));
+    mpiCheck(MPI_Comm_rank(on, &me));
+    size_t *p = mallocCheck(sizeof(size_t) * 4 * (size_t)n);
+    for (int s = 0; s < n; s++) {
+        p[s] = p[2 * n + s] = s == me ? 0 : bytes;
+        p[n + s] = p[3 * n + s] = bytes * (size_t)s;
+    }
+    (void)c;
+    return p;
+}
+
 void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int per_peer) {
     MPI_Request req;
-    mpiCheck(MPI_Ialltoall(send, per_peer, MPI_INT, recv, per_peer, MPI_INT, c->expert, &req));
-    comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
+    if (c->seal) {
+        int n = c->n_parties * c->ranks_per_party;
+        size_t *p = equal_pieces(c, c->expert, sizeof(int) * (size_t)per_peer);
+        alltoallv_bytes(c, kind, c->expert, send, p, p + n, recv, p + 2 * n, p + 3 * n);
+        memcpy(recv + (size_t)per_peer * c->rank, send + (size_t)per_peer * c->rank, sizeof(int) * per_peer);
+        free(p);
+    } else {
+        mpiCheck(MPI_Ialltoall(send, per_peer, MPI_INT, recv, per_peer, MPI_INT, c->expert, &req));
+        comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
+    }
     double bytes = (double)per_peer * sizeof(int);
     for (int s = 0; s < c->n_parties * c->ranks_per_party; s++)
         if (s != c->rank) comm_account_rank(c, kind, s, bytes, bytes);
@@ -256,12 +461,45 @@ void comm_alltoallv_rows(Comm *c, MsgKind kind, const float *send, const int *se
         sc[p] = (int)s; sd[p] = (int)so; rc[p] = (int)r; rd[p] = (int)ro;
         if (p != c->rank) comm_account_rank(c, kind, p, 4.0 * s, 4.0 * r);
     }
+    if (c->seal) { // the same pieces in bytes, sealed
+        size_t *b = mallocCheck(sizeof(size_t) * 4 * (size_t)P);
+        for (int p = 0; p < 4 * P; p++) b[p] = 4 * (size_t)(unsigned)sc[p];
+        alltoallv_bytes(c, kind, c->expert, send, b, b + P, recv, b + 2 * P, b + 3 * P);
+        free(b);
+        return;
+    }
     MPI_Request req;
     mpiCheck(MPI_Ialltoallv(send, sc, sd, MPI_FLOAT, recv, rc, rd, MPI_FLOAT, c->expert, &req));
     comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
 }
 
+// comm_allreduce_floats with keys: every leader's buf to every other, sealed, in pieces of at most 2^22 floats,
+// each piece summed here in party order.
+static void allreduce_floats_sealed(Comm *c, MsgKind kind, float *buf, size_t n) {
+    int P = c->n_parties, me = c->party;
+    size_t most = n < ((size_t)1 << 22) ? n : ((size_t)1 << 22);
+    float *all = mallocCheck(sizeof(float) * (size_t)P * (most ? most : 1)); // (P, piece) every party's piece
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < most ? n - done : most;
+        size_t *p = equal_pieces(c, c->leaders, sizeof(float) * k);
+        for (int q = 0; q < P; q++) p[P + q] = 0; // (the same piece of buf to every leader)
+        alltoallv_bytes(c, kind, c->leaders, buf + done, p, p + P, all, p + 2 * P, p + 3 * P);
+        free(p);
+        memcpy(all + (size_t)me * k, buf + done, sizeof(float) * k);
+        for (size_t j = 0; j < k; j++) {
+            float sum = all[j];
+            for (int q = 1; q < P; q++) sum += all[(size_t)q * k + j];
+            buf[done + j] = sum;
+        }
+        done += k;
+    }
+    free(all);
+    for (int q = 0; q < P; q++)
+        if (q != me) comm_account(c, kind, q, 4.0 * n, 4.0 * n);
+}
+
 void comm_allreduce_floats(Comm *c, MsgKind kind, float *buf, size_t n) {
+    if (c->seal) { allreduce_floats_sealed(c, kind, buf, n); return; }
     for (size_t done = 0; done < n;) { // in pieces of at most 2^30 floats (MPI counts are int)
         int piece = n - done > (1u << 30) ? (1 << 30) : (int)(n - done);
         MPI_Request req;
@@ -332,30 +570,66 @@ void comm_party_sum_doubles(Comm *c, MsgKind kind, double *buf, int n) {
 
 #define COMM_MSG_FLOATS ((size_t)1 << 30) // (MPI counts are ints)
 
+#define COMM_SEALED_FLOATS ((size_t)1 << 28) // (a sealed piece's bytes, tag included, fit an int)
+
 void comm_send_floats(Comm *c, MsgKind kind, int to, const float *buf, size_t n) {
-    for (size_t i = 0; i < n; i += COMM_MSG_FLOATS) {
-        int k = (int)(n - i < COMM_MSG_FLOATS ? n - i : COMM_MSG_FLOATS);
+    int w = world_rank_of(c, c->leaders, to), sealed = sealed_with(c, w);
+    size_t most = sealed ? COMM_SEALED_FLOATS : COMM_MSG_FLOATS;
+    for (size_t i = 0; i < n; i += most) {
+        int k = (int)(n - i < most ? n - i : most);
         MPI_Request req;
-        mpiCheck(MPI_Isend(buf + i, k, MPI_FLOAT, to, (int)kind, c->leaders, &req));
+        if (sealed) {
+            unsigned char *ct = scratch(c, 0, 4 * (size_t)k + SEAL_TAG_BYTES);
+            seal_piece(c, kind, w, buf + i, 4 * (size_t)k, ct);
+            mpiCheck(MPI_Isend(ct, 4 * k + SEAL_TAG_BYTES, MPI_BYTE, to, (int)kind, c->leaders, &req));
+        } else {
+            mpiCheck(MPI_Isend(buf + i, k, MPI_FLOAT, to, (int)kind, c->leaders, &req));
+        }
         comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
     }
     comm_account(c, kind, to, 4.0 * (double)n, 0.0);
 }
 
 void comm_recv_floats(Comm *c, MsgKind kind, int from, float *buf, size_t n) {
-    for (size_t i = 0; i < n; i += COMM_MSG_FLOATS) {
-        int k = (int)(n - i < COMM_MSG_FLOATS ? n - i : COMM_MSG_FLOATS);
+    int w = world_rank_of(c, c->leaders, from), sealed = sealed_with(c, w);
+    size_t most = sealed ? COMM_SEALED_FLOATS : COMM_MSG_FLOATS;
+    for (size_t i = 0; i < n; i += most) {
+        int k = (int)(n - i < most ? n - i : most);
         MPI_Request req;
-        mpiCheck(MPI_Irecv(buf + i, k, MPI_FLOAT, from, (int)kind, c->leaders, &req));
+        unsigned char *ct = sealed ? scratch(c, 1, 4 * (size_t)k + SEAL_TAG_BYTES) : NULL;
+        if (sealed) mpiCheck(MPI_Irecv(ct, 4 * k + SEAL_TAG_BYTES, MPI_BYTE, from, (int)kind, c->leaders, &req));
+        else mpiCheck(MPI_Irecv(buf + i, k, MPI_FLOAT, from, (int)kind, c->leaders, &req));
         comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
+        if (sealed) open_piece(c, kind, w, ct, 4 * (size_t)k, buf + i);
     }
     comm_account(c, kind, from, 0.0, 4.0 * (double)n);
 }
 
+// Gathers `bytes` from every rank of `on` to its rank 0 (recv: n x bytes there), sealed where they cross a party
+// line. send and recv may be the same on rank 0 (its own piece is in place).
+static void gather_sealed(Comm *c, MsgKind kind, MPI_Comm on, const void *send, size_t bytes, void *recv) {
+    int n, me;
+    mpiCheck(MPI_Comm_size(on, &n));
+    mpiCheck(MPI_Comm_rank(on, &me));
+    size_t *p = mallocCheck(sizeof(size_t) * 4 * (size_t)n);
+    for (int s = 0; s < n; s++) {
+        p[s] = me != 0 && s == 0 ? bytes : 0;
+        p[n + s] = 0;
+        p[2 * n + s] = me == 0 && s != 0 ? bytes : 0;
+        p[3 * n + s] = bytes * (size_t)s;
+    }
+    alltoallv_bytes(c, kind, on, send, p, p + n, recv, p + 2 * n, p + 3 * n);
+    if (me == 0 && recv != send) memcpy(recv, send, bytes);
+    free(p);
+}
+
 void comm_gather_doubles(Comm *c, MsgKind kind, const double *send, int n, double *recv) {
     MPI_Request req;
-    mpiCheck(MPI_Igather(send, n, MPI_DOUBLE, recv, n, MPI_DOUBLE, 0, c->leaders, &req));
-    comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
+    if (c->seal) gather_sealed(c, kind, c->leaders, send, sizeof(double) * (size_t)n, recv);
+    else {
+        mpiCheck(MPI_Igather(send, n, MPI_DOUBLE, recv, n, MPI_DOUBLE, 0, c->leaders, &req));
+        comm_wait(c, &req, 1, MSG_KIND_NAMES[kind]);
+    }
     if (c->party != 0) comm_account(c, kind, 0, 8.0 * n, 0.0);
     else
         for (int p = 1; p < c->n_parties; p++) comm_account(c, kind, p, 0.0, 8.0 * n);
@@ -376,9 +650,10 @@ static void json_kind_table(Json *j, const double *t, int n_parties) {
 }
 
 // One audit row (doubles): sent and received per (kind, peer party), rows routed per party, then the bytes
-// sent and received inside the party per kind.
+// sent and received inside the party per kind, then the bytes sealing added to what was sent and received, per
+// kind.
 enum { AUDIT_TABLE = MSG_KIND_COUNT * (CONFIG_MAX_PARTIES + 1),
-       AUDIT_ROW = 2 * AUDIT_TABLE + CONFIG_MAX_PARTIES + 2 * MSG_KIND_COUNT };
+       AUDIT_ROW = 2 * AUDIT_TABLE + CONFIG_MAX_PARTIES + 4 * MSG_KIND_COUNT };
 
 // {kind: bytes, ...} of one direction of a rank's traffic inside its party.
 static void json_intra(Json *j, const double *t) {
@@ -389,12 +664,15 @@ static void json_intra(Json *j, const double *t) {
 
 // The audit of every rank: its routed rows, then its bytes sent and received per kind across party lines,
 // then inside its party. all (n_ranks, AUDIT_ROW doubles).
-static void json_audit(Json *j, const double *all, int P, int R) {
+static void json_audit(Json *j, const double *all, int P, int R, int sealed) {
     json_open_object(j);
     json_member_int(j, "n_parties", P);
     json_member_int(j, "ranks_per_party", R);
+    json_member_string(j, "sealing", sealed ? "xchacha20poly1305 (parties.keys)" : "none: the exchange travels in "
+                       "the clear (parties.keys is not set)");
     json_member_string(j, "peer_index", "per_party[i] is party i; collective counts reductions over all parties; "
-                       "intra_party counts traffic between the ranks of the rank's own party");
+                       "intra_party counts traffic between the ranks of the rank's own party; sealing_overhead: "
+                       "the bytes sealing added (a 16-byte tag per sealed message), beside the payloads counted");
     json_key(j, "ranks");
     json_open_array(j);
     for (int r = 0; r < P * R; r++) {
@@ -424,6 +702,13 @@ static void json_audit(Json *j, const double *all, int P, int R) {
         json_key(j, "recv");
         json_intra(j, v + 2 * AUDIT_TABLE + CONFIG_MAX_PARTIES + MSG_KIND_COUNT);
         json_close_object(j);
+        json_key(j, "sealing_overhead");
+        json_open_object(j);
+        json_key(j, "sent");
+        json_intra(j, v + 2 * AUDIT_TABLE + CONFIG_MAX_PARTIES + 2 * MSG_KIND_COUNT);
+        json_key(j, "recv");
+        json_intra(j, v + 2 * AUDIT_TABLE + CONFIG_MAX_PARTIES + 3 * MSG_KIND_COUNT);
+        json_close_object(j);
         json_close_object(j);
     }
     json_space(j, "\n");
@@ -443,8 +728,12 @@ int comm_write_audit(Comm *c, const char *path, char *err, size_t len) {
     memcpy(at += AUDIT_TABLE, c->rows_routed, sizeof c->rows_routed);
     memcpy(at += CONFIG_MAX_PARTIES, c->intra_sent, sizeof c->intra_sent);
     memcpy(at += MSG_KIND_COUNT, c->intra_recv, sizeof c->intra_recv);
+    memcpy(at += MSG_KIND_COUNT, c->seal_sent, sizeof c->seal_sent);
+    memcpy(at += MSG_KIND_COUNT, c->seal_recv, sizeof c->seal_recv);
     double *all = mallocCheck(sizeof(double) * AUDIT_ROW * n);
-    if (n > 1) {
+    if (n > 1 && c->seal) {
+        gather_sealed(c, MSG_AUDIT, c->expert, mine, sizeof(double) * AUDIT_ROW, all);
+    } else if (n > 1) {
         MPI_Request req;
         mpiCheck(MPI_Igather(mine, AUDIT_ROW, MPI_DOUBLE, all, AUDIT_ROW, MPI_DOUBLE, 0, c->expert, &req));
         comm_wait(c, &req, 1, "the audit");
@@ -453,7 +742,7 @@ int comm_write_audit(Comm *c, const char *path, char *err, size_t len) {
     int rc = 0;
     if (c->rank == 0) {
         Json j = {0};
-        json_audit(&j, all, c->n_parties, c->ranks_per_party);
+        json_audit(&j, all, c->n_parties, c->ranks_per_party, c->seal != NULL);
         rc = json_write(&j, path, err, len);
     }
     free(mine);

@@ -12,6 +12,7 @@
 
 #include <mpi.h>    // MPI_Comm
 #include <stddef.h> // size_t
+#include <stdint.h> // uint64_t
 
 #include "config.h" // CONFIG_MAX_PARTIES
 
@@ -55,6 +56,12 @@ typedef struct Comm {
     int watch_token;       // what a ping and its answer carry
     MPI_Request *pongs;    // (size) comm_wait: the answer awaited from each rank (MPI_REQUEST_NULL: none)
     int *pong_values;      // (size)
+    struct Seal *seal;     // parties.keys: the pairs' session keys (seal.h); NULL: everything travels in the clear
+    uint64_t *seq_out, *seq_in; // (size) messages sealed for / opened from each world rank (their nonces)
+    int step, layer;       // the training step and MoE layer the messages sealed now belong to (-1: none)
+    unsigned char *scratch[2];  // sealing's send and receive buffers, grown as needed
+    size_t scratch_len[2];
+    double seal_sent[MSG_KIND_COUNT], seal_recv[MSG_KIND_COUNT]; // bytes sealing added (tags), per kind
 } Comm;
 
 // Attaches to MPI_COMM_WORLD (after MPI_Init). Accounting starts at zero.
@@ -62,6 +69,11 @@ void comm_init(Comm *c);
 // Creates the communicators for n_parties parties of ranks_per_party ranks each. The caller has checked
 // that the job has n_parties x ranks_per_party ranks.
 void comm_setup(Comm *c, int n_parties, int ranks_per_party);
+// parties.keys (after comm_setup, on every rank): reads this party's keys file (seal_load), draws the session
+// (every rank adds a random share) and checks the keys: every rank seals a message for every rank of the other
+// parties, which must open it. From then on everything that crosses a party line is sealed. A bad file or a
+// key that does not match ends the job on every rank, the failing ones naming the file or the peer.
+void comm_seal_start(Comm *c, const char *keys_path);
 void comm_free(Comm *c);
 
 // Records bytes sent to / received from party `peer` (or COMM_COLLECTIVE) under `kind`. The only place

@@ -43,6 +43,10 @@ static const ConfigKey KEYS[] = {
     {"parties", "peer_timeout", KEY_FLOAT, F(peer_timeout), 0, 1e6, "600",
      "seconds a rank waits for its peers in one call before the silent ones (stopped, cut off, gone) stop the "
      "job, named; 0 = wait forever. Longer than the slowest step and checkpoint write", NULL},
+    {"parties", "keys", KEY_STRING, F(keys), 0, 0, "",
+     "this party's keys file (pcmoe keygen): its X25519 secret key and every party's public key; {party} in the "
+     "path is the party's index. Set: everything crossing a party line is encrypted and authenticated "
+     "(XChaCha20-Poly1305); unset: it travels in the clear", NULL},
     {"parties", "mode", KEY_ENUM, F(mode), 0, 0, "pcmoe",
      "pcmoe (shared expert pool), centralized (one model on all parties' data), local (each party alone), fedavg "
      "(full models, weights averaged)", MODE_NAMES},
@@ -227,13 +231,6 @@ typedef struct {
     char data_where[CONFIG_MAX_PARTIES][CONFIG_PATH_LEN + 16];
 } Origins;
 
-static char *trim(char *s) {
-    while (isspace((unsigned char)*s)) s++;
-    char *e = s + strlen(s);
-    while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
-    return s;
-}
-
 static int find_key(const char *section, const char *key) {
     for (int i = 0; i < N_KEYS; i++)
         if (!strcmp(KEYS[i].section, section) && !strcmp(KEYS[i].key, key)) return i;
@@ -359,16 +356,16 @@ static int load_stream(Config *c, Origins *o, FILE *f, const char *path, char *e
             rc = error_set(err, len, "%s: line longer than %zu characters", where, sizeof line - 2);
             break;
         }
-        char *s = trim(line);
+        char *s = str_trim(line);
         if (!*s || *s == '#' || *s == ';') continue;
         if (*s == '[') {
             char *e = strchr(s, ']');
-            if (!e || trim(e + 1)[0] != '\0') {
+            if (!e || str_trim(e + 1)[0] != '\0') {
                 rc = error_set(err, len, "%s: malformed section header '%s'", where, s);
                 break;
             }
             *e = '\0';
-            char *name = trim(s + 1);
+            char *name = str_trim(s + 1);
             if (strlen(name) >= sizeof section || !section_known(name)) {
                 rc = error_set(err, len, "%s: unknown section [%s] (known: %s)", where, name, SECTIONS);
                 break;
@@ -379,9 +376,9 @@ static int load_stream(Config *c, Origins *o, FILE *f, const char *path, char *e
         char *eq = strchr(s, '=');
         if (!eq) { rc = error_set(err, len, "%s: expected 'key = value', got '%s'", where, s); break; }
         *eq = '\0';
-        char *key = trim(s), *value = trim(eq + 1);
+        char *key = str_trim(s), *value = str_trim(eq + 1);
         char *hash = strstr(value, " #"); // inline comment
-        if (hash) { *hash = '\0'; value = trim(value); }
+        if (hash) { *hash = '\0'; value = str_trim(value); }
         if (!*section) { rc = error_set(err, len, "%s: key '%s' before any [section]", where, key); break; }
         rc = assign(c, o, section, key, value, where, seen, err, len);
     }
@@ -555,7 +552,7 @@ static int load_config(Config *c, const char *path, char *const *set, int n_set,
         *eq = '\0';
         *dot = '\0';
         char where[16] = "--set";
-        rc = assign(c, o, trim(buf), trim(dot + 1), trim(eq + 1), where, NULL, err, len);
+        rc = assign(c, o, str_trim(buf), str_trim(dot + 1), str_trim(eq + 1), where, NULL, err, len);
     }
     if (!rc && c->hf[0]) rc = hf_apply(c, o, err, len);
     if (!rc) rc = validate(c, o, need_data, err, len);

@@ -29,6 +29,7 @@ typedef struct {
     int n_parties;       // parties.count: parties = MPI ranks (centralized: one rank for all)
     int ranks_per_party; // parties.ranks_per_party: pcmoe's MPI ranks per party (R)
     float peer_timeout;  // parties.peer_timeout: seconds (0: no limit)
+    char keys[CONFIG_PATH_LEN]; // parties.keys: this party's keys file ("" = the exchange travels in the clear)
     int mode;            // Mode
     int schedule;        // Schedule (pcmoe mode)
     // [fedavg]

@@ -472,6 +472,7 @@ static void study_rows_in(Exchange *ex, TapPoint at, int layer) {
 void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *flops) {
     int P = ex->P, K = ex->max_local;
     ServeLayer *sl = &ex->layers[layer];
+    ex->comm->layer = layer; // (what the messages sealed now belong to)
     // 1. routing counts: each owner learns how many rows of each of its experts will come from each party,
     //    as (expert id, count) pairs it checks against the experts it owns
     for (int p = 0; p < P; p++) {
@@ -546,6 +547,7 @@ static void clip_backward(Exchange *ex, const MoeActs *a, MoeScratch *s) {
 void exchange_backward(Exchange *ex, int layer, const MoeActs *a, MoeScratch *s, ExpertSet w, ExpertSet dw,
                        double *flops) {
     ServeLayer *sl = &ex->layers[layer];
+    ex->comm->layer = layer;
     float *x = layer_inputs(ex, sl);
     layouts(ex, sl, a);
     study_grads_out(ex, layer, a, s);

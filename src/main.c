@@ -19,6 +19,7 @@
 #include "generate.h"   // generate_run, GenerateOptions
 #include "info.h"       // info_run
 #include "run.h"        // run_eval, RunOptions
+#include "seal.h"       // seal_keygen
 #include "tokenizer.h"  // tokenizer_main
 #include "train.h"      // train_run, TrainOptions
 #include "util.h"       // fail_usage, mpiCheck, mallocCheck, finalize
@@ -93,6 +94,10 @@ static void usage(FILE *f) {
             "                    the token ids of FILE (default: standard input), whitespace-separated, as a\n"
             "                    Hugging Face tokenizer.json gives them (no special tokens added); --decode: the\n"
             "                    text of the ids read\n"
+            "  pcmoe keygen --party P --out FILE\n"
+            "                    write a new X25519 key pair for party P: FILE (its secret key, mode 0600, the\n"
+            "                    file parties.keys names, once every other party's FILE.pub is appended to it) and\n"
+            "                    FILE.pub (the public key to give the other parties); never overwrites\n"
             "  pcmoe keys [--markdown | --man]\n"
             "                    list every config key with its type, range, default and meaning (as the Markdown\n"
             "                    page docs/config.md, or as the man page's list)\n"
@@ -312,13 +317,32 @@ static Config *load_config(Comm *comm, const Args *a) {
     return c;
 }
 
-// The commands that need no MPI: --help, --version, keys, attack, tokenize, plan, info. Returns their exit
-// status, or -1 for the others.
+// pcmoe keygen --party P --out FILE. Returns the exit status.
+static int keygen_main(int argc, char **argv) {
+    const char *out = NULL;
+    long party = -1;
+    for (int i = 2; i < argc; i++) {
+        if (i + 1 < argc && !strcmp(argv[i], "--out")) out = argv[++i];
+        else if (i + 1 < argc && !strcmp(argv[i], "--party")) {
+            if (parse_long("--party", argv[++i], 0, CONFIG_MAX_PARTIES - 1, &party)) return 2;
+        } else {
+            fprintf(stderr, "pcmoe: error: keygen: unknown or incomplete option '%s' (keygen --party P --out FILE)\n",
+                    argv[i]);
+            return 2;
+        }
+    }
+    if (!out || party < 0) { fprintf(stderr, "pcmoe: error: keygen needs --party P and --out FILE\n"); return 2; }
+    return seal_keygen(out, (int)party);
+}
+
+// The commands that need no MPI: --help, --version, keys, keygen, attack, tokenize, plan, info. Returns their
+// exit status, or -1 for the others.
 static int run_standalone(int argc, char **argv) {
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) { printf("pcmoe " PACKAGE_VERSION "\n"); return 0; }
     if (!strcmp(cmd, "keys")) return config_keys_main(argc, argv);
+    if (!strcmp(cmd, "keygen")) return keygen_main(argc, argv);
     if (!strcmp(cmd, "attack")) return attack_main(argc, argv);
     if (!strcmp(cmd, "tokenize")) return tokenizer_main(argc, argv);
     if (!strcmp(cmd, "plan")) return plan_main(argc, argv);

@@ -170,8 +170,12 @@ static void build_simulated(Run *r, const ModelConfig *mc) {
 // pcmoe over MPI: the party's experts run at their owners, reached through the exchange.
 static void build_exchange(Run *r, Party *p) {
     const Config *c = r->c;
-    int E = c->n_experts,
-        direct = c->cuda_aware_mpi == CUDA_AWARE_ON || (c->cuda_aware_mpi == CUDA_AWARE_AUTO && comm_cuda_aware());
+    int E = c->n_experts, keys = r->comm->seal != NULL; // (with keys, rows go through host buffers to be sealed)
+    int direct = c->cuda_aware_mpi == CUDA_AWARE_ON ||
+                 (c->cuda_aware_mpi == CUDA_AWARE_AUTO && comm_cuda_aware() && !keys);
+    if (keys && direct && r->be->device)
+        fail_usage(2, 0, "run.cuda_aware_mpi = on hands device buffers to MPI, unsealed; with parties.keys = %s set "
+                   "the rows must be sealed on the host: set run.cuda_aware_mpi = auto or off", c->keys);
     if (r->be->device && r->comm->rank == 0)
         fprintf(stderr, "pcmoe: run.device = cuda: rows cross parties %s (run.cuda_aware_mpi = %s)\n",
                 direct ? "as device buffers handed to MPI" : "through page-locked host buffers",
@@ -229,6 +233,16 @@ static void build_models(Run *r) {
     }
 }
 
+// parties.keys: the exchange between parties sealed from here on (comm_seal_start); without it, when anything
+// crosses a party line, rank 0 says that it travels in the clear.
+static void seal_or_say(const Config *c, Comm *comm, int one_process) {
+    if (one_process || c->n_parties < 2) return;
+    if (c->keys[0]) comm_seal_start(comm, c->keys);
+    else if (comm->rank == 0)
+        fprintf(stderr, "pcmoe: note: parties.keys is not set: what crosses party lines (rows, gradients, counts, "
+                "agreements) travels unencrypted and unauthenticated (docs/privacy.md)\n");
+}
+
 void run_open(Run *r, const Config *c, Comm *comm, const RunOptions *o, int read_data) {
     threads_setup(c);
     run_check_ranks(c, comm, o->simulate);
@@ -238,6 +252,7 @@ void run_open(Run *r, const Config *c, Comm *comm, const RunOptions *o, int read
     *r = (Run){.c = c, .comm = comm, .simulate = o->simulate, .P = P, .R = R, .local = comm->local,
                .n = one_process ? P : 1, .one_process = one_process, .be = &backend_cpu, .nan_grad_step = -1};
     r->exchanged = c->mode == MODE_PCMOE && !o->simulate && P * R > 1;
+    seal_or_say(c, comm, one_process);
     char err[2048] = "";
     if (c->device == DEVICE_CUDA) { // every rank opens its GPU; any failure ends the job on every rank
         r->be = backend_cuda_open(c->gpu, comm_local_rank(comm), c->tf32, err, sizeof err);

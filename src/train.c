@@ -431,6 +431,7 @@ int train_run(const Config *c, Comm *comm, const RunOptions *ro, const TrainOpti
         if (step < 0 && !eval_now) continue;
         double sent0 = comm_total_sent(comm), recv0 = comm_total_recv(comm);
         for (int q = 0; q < r->n; q++) r->party[q].s = (StepStats){.step = step + 1, .party = r->party[q].party};
+        comm->step = step + 1; // (what the messages sealed now belong to: step 0 is the evaluation before training)
         // 1. one training step of the configured mode; 2. validation on eval steps
         if (step >= 0) train_mode_step(r, step);
         if (eval_now) run_validate(r);

@@ -1,6 +1,7 @@
 // util.c: the single fatal-error path, checked wrappers, clock, mkdir -p, files written whole, a growable text.
 #include "util.h"
 
+#include <ctype.h>    // isspace
 #include <errno.h>    // errno
 #include <fcntl.h>    // open
 #include <hdf5.h>     // H5close
@@ -56,6 +57,13 @@ void fail_usage(int code, int all_ranks, const char *fmt, ...) {
     va_end(ap);
     finalize();
     exit(code);
+}
+
+char *str_trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
+    return s;
 }
 
 int error_set(char *err, size_t len, const char *fmt, ...) {

@@ -21,6 +21,8 @@ void finalize(void);
 // Writes a formatted one-line message into err (len bytes) and returns 2, the exit status of bad input.
 // Validation code (config, data) reports through this and lets the caller decide how to end.
 int error_set(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// s without its leading and trailing white space (cut in place).
+char *str_trim(char *s);
 
 // Checked allocation: fails naming the call site and the size.
 void *malloc_check(size_t size, const char *file, int line);

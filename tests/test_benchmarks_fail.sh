@@ -32,6 +32,7 @@ expect_loud large_vocab "pcmoe: error: .*seq_len = 0\|no Python with transformer
 expect_loud ranks "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/ranks.sh" 0
 # memory.sh has no arguments: a launcher that fails stands in for a failing run
 expect_loud memory "benchmark: failed (exit" env MPIRUN=false sh "$top_srcdir/benchmarks/memory.sh"
+expect_loud sealing "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/sealing.sh" 0
 # checkpoint.sh: 0 repeats
 expect_loud checkpoint "benchmark: failed: " env CKPT_COST="$top_builddir/benchmarks/ckpt_cost" sh "$top_srcdir/benchmarks/checkpoint.sh" 0
 # plot.sh runs no pcmoe: without runs to plot (or without gnuplot) it says what is missing

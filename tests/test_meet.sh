@@ -1,6 +1,7 @@
 #!/bin/sh
 # test_meet: parties that start their own jobs (pcmoe train CONFIG --party P --connect NAME) meet through
-# MPI's ports and a name server (ompi-server, started here; every mpirun gets --ompi-server file:URI):
+# MPI's ports and a name server (ompi-server, started here; every mpirun gets --ompi-server file:URI), with
+# and without parties.keys (each party's job its own keys file):
 #  1. 3 parties as 3 separate mpiruns, started in the order 2, 0, 1, train the losses of the same 3 parties
 #     under one mpirun, bit for bit, and every job ends with status 0; so do 2 parties of 2 ranks (2 jobs of
 #     2 ranks) against one mpirun of 4; and parties with run directories of their own (no shared paths)
@@ -51,6 +52,21 @@ if [ "$rcs" = " 0 0" ] && out=$(same_losses "$TMP/sep22/metrics.jsonl" "$TMP/one
     ok "2 parties of 2 ranks as 2 jobs == one mpirun of 4: $out"
 else
     fail "2 x 2 as 2 jobs: exit statuses$rcs; $(grep -h error "$TMP"/run22.*.out | head -n 3)"
+fi
+
+# 1a. the same three jobs with parties.keys, each its own keys file: the exchange sealed, the same losses
+K="$TMP/keys"
+mkdir -p "$K"
+for p in 0 1 2; do "$PCMOE" keygen --party $p --out "$K/party$p.key" >/dev/null; done
+for p in 0 1 2; do for q in 0 1 2; do [ $p = $q ] || cat "$K/party$q.key.pub" >>"$K/party$p.key"; done; done
+pids=""
+for p in 1 2 0; do party keyed3 "$p" 1 "$TMP/p3.ini" --set run.dir="$TMP/keyed3" --set parties.keys="$K/party$p.key"; pids="$pids $!"; done
+rcs=""
+for pid in $pids; do wait "$pid"; rcs="$rcs $?"; done
+if [ "$rcs" = " 0 0 0" ] && out=$(same_losses "$TMP/keyed3/metrics.jsonl" "$TMP/one3/metrics.jsonl") && ! grep -q unencrypted "$TMP/keyed3.0.out"; then
+    ok "3 jobs with parties.keys (each its own file) == one mpirun of 3 without: $out"
+else
+    fail "3 jobs with keys: exit statuses$rcs; $(grep -h error "$TMP"/keyed3.*.out | head -n 3)"
 fi
 
 # 1b. no shared paths: each party's job has a run directory of its own; 10 steps, stop, --resume to 20: party
