@@ -20,7 +20,7 @@ flags="-std=c11 -D_POSIX_C_SOURCE=200809L -g -O1 -fsanitize=fuzzer,address,undef
        -Wno-unknown-pragmas -Isrc -I$top_builddir $(mpicc -showme:compile) ${HDF5_CFLAGS-$(pkg-config --cflags hdf5-serial)}"
 libs="-lopenblas -lm ${HDF5_LIBS-$(pkg-config --libs hdf5-serial)} $(pkg-config --libs jansson libpcre2-8 libutf8proc libsodium) $(mpicc -showme:link)"
 engine="src/config.c src/util.c src/ckpt.c src/model.c src/moe.c src/layers.c src/rng.c src/exchange.c src/comm.c src/backend_cpu.c
-        src/optim.c src/privacy.c src/record.c src/json.c src/hf.c src/hf_config.c src/safetensors.c src/safetensors_write.c src/tokenizer.c"
+        src/optim.c src/privacy.c src/record.c src/json.c src/hf.c src/hf_config.c src/safetensors.c src/safetensors_write.c src/seal.c src/tokenizer.c"
 for h in config ckpt safetensors hfconfig tokenizer; do
     # shellcheck disable=SC2086
     "$CLANG" $flags -o "$TMP/fuzz_$h" "tests/fuzz/fuzz_$h.c" $engine $libs 2>"$TMP/build_$h.log" \
