@@ -10,25 +10,50 @@
 
 #define MEET_PROTOCOL 1 // what the parties say to each other at the meeting and after; bumped on any change
 
-// The port's name in the name server: "pcmoe:NAME".
-static void service_name(char *out, size_t len, const char *name) { snprintf(out, len, "pcmoe:%s", name); }
+// The name under which party 0 publishes the port for party P: "pcmoe:NAME:P". One port per party, so that no
+// two parties ever connect to one port at once (Open MPI 4 can pair two concurrent connects to one port with
+// one accept, and then both jobs hang).
+static void port_service(char *out, size_t len, const char *name, int p) { snprintf(out, len, "pcmoe:%s:%d", name, p); }
 
-// Party 0's rank 0: a port, published under the meeting's name.
-static void open_port(const char *name, char *port) {
-    char service[320];
-    service_name(service, sizeof service, name);
-    mpiCheck(MPI_Open_port(MPI_INFO_NULL, port));
-    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    if (MPI_Publish_name(service, MPI_INFO_NULL, port) != MPI_SUCCESS)
-        fail("--connect %s: cannot publish the meeting's port: start every party's mpirun with --ompi-server "
-             "file:URI (the URI an ompi-server wrote), or the name is taken by another run", name);
+// The name under which party P says it is there, about to connect to `port` (unique to this meeting, so a name
+// left behind by an earlier run never passes for one).
+static void here_service(char *out, size_t len, const char *name, int p, const char *port) {
+    snprintf(out, len, "pcmoe:%s:%d:here:%s", name, p, port);
 }
 
-// Another party's rank 0: the port party 0 published, looked up until it is there (within timeout s; 0: for
-// ever).
-static void find_port(const char *name, char *port, double timeout) {
-    char service[320];
-    service_name(service, sizeof service, name);
+// Party 0's rank 0: a port for each other party, published. ports: [N][MPI_MAX_PORT_NAME]
+static void open_ports(const char *name, int N, char (*ports)[MPI_MAX_PORT_NAME]) {
+    char service[400], value[MPI_MAX_PORT_NAME];
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    port_service(service, sizeof service, name, 1);
+    if (MPI_Lookup_name(service, MPI_INFO_NULL, value) == MPI_SUCCESS) // (a publish would overwrite it)
+        fail("--connect %s: a meeting of that name is open on this name server (another run's, or one whose party 0 "
+             "was killed at the meeting): choose another name, or restart the ompi-server", name);
+    for (int p = 1; p < N; p++) {
+        port_service(service, sizeof service, name, p);
+        mpiCheck(MPI_Open_port(MPI_INFO_NULL, ports[p]));
+        if (MPI_Publish_name(service, MPI_INFO_NULL, ports[p]) != MPI_SUCCESS)
+            fail("--connect %s: cannot publish the meeting's port: start every party's mpirun with --ompi-server "
+                 "file:URI (the URI an ompi-server wrote)", name);
+    }
+}
+
+// Party 0's rank 0, after the meeting: the ports closed and their names withdrawn.
+static void close_ports(const char *name, int N, char (*ports)[MPI_MAX_PORT_NAME]) {
+    char service[400];
+    for (int p = 1; p < N; p++) {
+        port_service(service, sizeof service, name, p);
+        MPI_Unpublish_name(service, MPI_INFO_NULL, ports[p]);
+        mpiCheck(MPI_Close_port(ports[p]));
+    }
+}
+
+// Party P's rank 0: the port party 0 published for it, looked up until it is there (within timeout s; 0: for
+// ever); then P says it is there. A second job as party P is refused here (unless both say so at once: the
+// name server has no test-and-set).
+static void find_port(const char *name, int party, char *port, double timeout) {
+    char service[400], value[MPI_MAX_PORT_NAME];
+    port_service(service, sizeof service, name, party);
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     double t0 = now_seconds();
     while (MPI_Lookup_name(service, MPI_INFO_NULL, port) != MPI_SUCCESS) {
@@ -39,41 +64,81 @@ static void find_port(const char *name, char *port, double timeout) {
         struct timespec ts = {0, 200000000};
         nanosleep(&ts, NULL);
     }
+    here_service(service, sizeof service, name, party, port);
+    if (MPI_Lookup_name(service, MPI_INFO_NULL, value) == MPI_SUCCESS)
+        fail("--connect %s: party %d is already at the meeting (two jobs with the same --party?)", name, party);
+    mpiCheck(MPI_Publish_name(service, MPI_INFO_NULL, port));
 }
 
-// The meeting: party 0's job accepts the others one by one, each new one merged into the parties met so far,
-// which all take part in the next accept. Returns the communicator of every rank met (in arrival order).
+// Party 0's rank 0: the next party that says it is there (-1 when none did within timeout s of the last one
+// met; 0: wait for ever), or err set naming the missing parties. met: [N], 1 for the parties met so far.
+static int next_party(const char *name, int N, char (*ports)[MPI_MAX_PORT_NAME], const int *met, double timeout,
+                      char *err, size_t len) {
+    char service[400], value[MPI_MAX_PORT_NAME];
+    double t0 = now_seconds();
+    for (;;) {
+        for (int p = 1; p < N; p++) {
+            if (met[p]) continue;
+            here_service(service, sizeof service, name, p, ports[p]);
+            if (MPI_Lookup_name(service, MPI_INFO_NULL, value) == MPI_SUCCESS) return p;
+        }
+        if (timeout > 0 && now_seconds() - t0 > timeout) break;
+        struct timespec ts = {0, 200000000};
+        nanosleep(&ts, NULL);
+    }
+    size_t n = (size_t)snprintf(err, len, "party 0 waited %g s (parties.peer_timeout) for", timeout);
+    for (int p = 1; p < N && n < len; p++)
+        if (!met[p]) n += (size_t)snprintf(err + n, len - n, " party %d,", p);
+    if (n < len) snprintf(err + n - 1, len - n + 1, ": is each one's job running, with --ompi-server file:URI of "
+                          "the same ompi-server as party 0's?");
+    return -1;
+}
+
+static void stop_meeting(MPI_Comm world, int first_bad, char *err, size_t len, int local, const char *name);
+
+// The meeting: party 0's job accepts the others one by one, in the order they come, each new one merged into
+// the parties met so far, which all take part in the next accept. Returns the communicator of every rank met
+// (in arrival order).
 static MPI_Comm gather_parties(const Config *cfg, int party, const char *name) {
-    char port[MPI_MAX_PORT_NAME] = "";
-    int rank, joined = 0;
+    int N = cfg->n_parties, rank, joined = 0, next = 0, *met = callocCheck((size_t)N, sizeof(int));
+    char (*ports)[MPI_MAX_PORT_NAME] = callocCheck((size_t)N, MPI_MAX_PORT_NAME), err[1024] = "";
     MPI_Comm acc, inter, merged;
     mpiCheck(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     if (party == 0) {
-        if (rank == 0) open_port(name, port);
+        if (rank == 0) open_ports(name, N, ports);
         mpiCheck(MPI_Comm_dup(MPI_COMM_WORLD, &acc));
         joined = 1;
     } else {
-        if (rank == 0) find_port(name, port, cfg->peer_timeout);
-        mpiCheck(MPI_Comm_connect(port, MPI_INFO_NULL, 0, MPI_COMM_WORLD, &inter));
+        if (rank == 0) find_port(name, party, ports[party], cfg->peer_timeout);
+        mpiCheck(MPI_Comm_connect(ports[party], MPI_INFO_NULL, 0, MPI_COMM_WORLD, &inter));
         mpiCheck(MPI_Intercomm_merge(inter, 1, &acc));
         mpiCheck(MPI_Comm_free(&inter));
         mpiCheck(MPI_Bcast(&joined, 1, MPI_INT, 0, acc));
     }
-    while (joined < cfg->n_parties) {
-        mpiCheck(MPI_Comm_accept(port, MPI_INFO_NULL, 0, acc, &inter)); // (the port counts at party 0's rank 0)
+    while (joined < N) {
+        if (party == 0 && rank == 0) next = next_party(name, N, ports, met, cfg->peer_timeout, err, sizeof err);
+        mpiCheck(MPI_Bcast(&next, 1, MPI_INT, 0, acc));
+        if (next < 0) {
+            if (party == 0 && rank == 0) close_ports(name, N, ports);
+            stop_meeting(acc, 0, err, sizeof err, rank, name);
+        }
+        mpiCheck(MPI_Comm_accept(ports[next], MPI_INFO_NULL, 0, acc, &inter)); // (the port counts at the root)
         mpiCheck(MPI_Intercomm_merge(inter, 0, &merged));
         mpiCheck(MPI_Comm_free(&inter));
         mpiCheck(MPI_Comm_free(&acc));
         acc = merged;
+        met[next] = 1;
         joined++;
         mpiCheck(MPI_Bcast(&joined, 1, MPI_INT, 0, acc));
     }
-    if (party == 0 && rank == 0) {
-        char service[320];
-        service_name(service, sizeof service, name);
-        MPI_Unpublish_name(service, MPI_INFO_NULL, port);
-        mpiCheck(MPI_Close_port(port));
+    if (party == 0 && rank == 0) close_ports(name, N, ports);
+    if (party > 0 && rank == 0) {
+        char service[400];
+        here_service(service, sizeof service, name, party, ports[party]);
+        MPI_Unpublish_name(service, MPI_INFO_NULL, ports[party]);
     }
+    free(ports);
+    free(met);
     return acc;
 }
 

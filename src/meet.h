@@ -2,9 +2,10 @@
 // its own scheduler (pcmoe train CONFIG --party P --connect NAME), and the jobs meet through MPI's port
 // functions and a name server every job's mpirun is started with (mpirun --ompi-server file:URI; the URI is
 // what `ompi-server --report-uri FILE` wrote):
-//   party 0 opens a port and publishes it under NAME; every other party looks it up (until
-//   parties.peer_timeout) and connects; party 0's job accepts them one by one, and the parties met so far
-//   take part in each next accept. The intercommunicators are merged into one communicator, its ranks
+//   party 0 opens a port for each other party and publishes it under NAME:P; party P looks its port up (until
+//   parties.peer_timeout), says it is there, and connects; party 0's job accepts them one by one as they come
+//   (waiting parties.peer_timeout for each next one), and the parties met so far take part in each next
+//   accept. The intercommunicators are merged into one communicator, its ranks
 //   ordered by party as one mpirun would start them, which becomes the Comm's world: the exchange, the
 //   schedules, checkpoints, the audit and every mode then run as under one mpirun.
 // At the meeting every party checks party 0's protocol version and config against its own: the model, the

@@ -9,6 +9,8 @@
 #  2. a party whose model keys differ, and one whose training keys differ, are refused at the meeting: every
 #     job ends non-zero with one error line, naming the key and both values;
 #     a party's job killed by its own scheduler ends the others within parties.peer_timeout, naming it;
+#     4 parties started at once meet (three rounds); a party that never comes ends the others at the meeting
+#     after parties.peer_timeout, naming it; a second job as a party already there is refused;
 #  3. a party that finds no meeting (no party 0, or no common name server) gives up after
 #     parties.peer_timeout, saying so.
 . "$(dirname "$0")/lib.sh"
@@ -86,6 +88,26 @@ else
     fail "a run directory per party: $(same_losses "$TMP/own0/metrics.jsonl" "$TMP/one3/metrics.jsonl" 2>&1 | tail -n 1); party 1's step 20: $files"
 fi
 
+# 1c. four parties started at once meet, three times over (each party its own port: with one port for all,
+#     Open MPI 4.1 paired concurrent connects wrongly and 9 of 15 such meetings hung)
+tiny_config 4 "$TMP/p4.ini"
+hung=0 rounds=""
+for round in 1 2 3; do
+    pids=""
+    for p in 0 1 2 3; do
+        timeout 60 "$MPIRUN" --ompi-server "file:$TMP/uri" --oversubscribe -np 1 -x OMP_NUM_THREADS=1 "$PCMOE" train \
+            "$TMP/p4.ini" --party "$p" --connect "four$round" --set train.steps=6 --set run.dir="$TMP/four$round" \
+            >"$TMP/four$round.$p.out" 2>&1 &
+        pids="$pids $!"
+    done
+    rcs=""
+    for pid in $pids; do wait "$pid"; rcs="$rcs $?"; done
+    rounds="$rounds;$rcs"
+    [ "$rcs" = " 0 0 0 0" ] || hung=$((hung + 1))
+done
+[ "$hung" = 0 ] && ok "4 parties started at once met and trained, 3 rounds (exit$rounds)" \
+    || fail "4 parties started at once: $hung of 3 rounds failed (exit$rounds)"
+
 # 2. disagreements at the meeting: every job ends non-zero, each with one line naming the key and both values
 for case_ in "model.d_model=64|model.d_model: party 0 has 32, party 2 has 64" "train.steps=30|train.steps: party 0 has 20, party 2 has 30"; do
     set_=${case_%%|*} want=${case_#*|}
@@ -128,6 +150,29 @@ if [ "$rc0" -ne 0 ] && [ "$rc1" -ne 0 ] && [ "$secs" -le 12 ] && grep -q "party 
 else
     fail "party 2's job killed: exit $rc0, $rc1 after ${secs}s: $(grep -h error "$TMP"/killed.[01].out | head -n 2)"
 fi
+
+# 2c. a party that never comes: party 0 waits parties.peer_timeout for it, then every job at the meeting ends
+#     naming it; a second job as party 1 (while the first is at the meeting) is refused
+party absent 0 1 "$TMP/p3.ini" --set run.dir="$TMP/absent" --set parties.peer_timeout=8; a0=$!
+party absent 1 1 "$TMP/p3.ini" --set run.dir="$TMP/absent" --set parties.peer_timeout=8; a1=$!
+sleep 3
+timeout 60 "$MPIRUN" --ompi-server "file:$TMP/uri" -np 1 "$PCMOE" train "$TMP/p3.ini" --party 1 --connect absent \
+    --set run.dir="$TMP/absent2" >"$TMP/absent.dup.out" 2>&1
+rcd=$?
+start=$(date +%s)
+wait "$a0"; rc0=$?
+wait "$a1"; rc1=$?
+secs=$(( $(date +%s) - start ))
+want="party 0 waited 8 s (parties.peer_timeout) for party 2: is"
+if [ "$rc0" -ne 0 ] && [ "$rc0" -ne 124 ] && [ "$rc1" -ne 0 ] && [ "$rc1" -ne 124 ] && [ "$secs" -le 20 ] \
+    && grep -q "$want" "$TMP/absent.0.out" && grep -q "$want" "$TMP/absent.1.out"; then
+    ok "party 2 never came: parties 0 and 1 ended (exit $rc0, $rc1): $(grep 'pcmoe: error' "$TMP/absent.1.out" | cut -c1-110)"
+else
+    fail "party 2 never came: exit $rc0, $rc1 after ${secs}s: $(grep -h error "$TMP"/absent.[01].out | head -n 2)"
+fi
+[ "$rcd" -ne 0 ] && [ "$rcd" -ne 124 ] && grep -q "party 1 is already at the meeting" "$TMP/absent.dup.out" \
+    && ok "a second job as party 1 refused (exit $rcd): $(grep 'pcmoe: error' "$TMP/absent.dup.out")" \
+    || fail "a second job as party 1: exit $rcd: $(tail -n 2 "$TMP/absent.dup.out")"
 
 # 3. no meeting to find (no party 0, or no common name server: without --ompi-server, mpirun serves the names
 #    of its own job only)
