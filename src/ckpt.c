@@ -25,6 +25,7 @@ typedef struct {
     int version;   // the open file's format_version (from /meta; 0 until read): from 2 on, datasets are checksummed
     int damaged;   // the failure is damage (unreadable HDF5, a checksum that does not match), not a mismatch
     long verified; // datasets whose checksum was verified
+    int whole;     // the open file was verified whole (verify_file): its datasets are not hashed again as read
 } H5Ctx;
 
 static int h5ok(H5Ctx *x, long rc, const char *what, const char *obj) {
@@ -368,12 +369,20 @@ static int read_checksum(H5Ctx *x, hid_t obj, const char *kind, const char *path
 // checksum; a mismatch is damage, named. (Files of format 1 carry none: nothing to verify.)
 static void check_checksum(H5Ctx *x, hid_t d, const char *path, int ndim, const hsize_t *dims, const void *data,
                            size_t bytes, const int *steps) {
-    if (x->failed || x->version < 2) return;
+    if (x->failed || x->version < 2 || x->whole) return;
     char want[CHECKSUM_HEX], got[CHECKSUM_HEX];
     if (!read_checksum(x, d, "dataset", path, want)) return;
     dataset_checksum(got, path, ndim, dims, data, bytes, steps);
     if (strcmp(got, want)) damage(x, "dataset", path, "checksum mismatch (the file is damaged)");
     else x->verified++;
+}
+
+// Reads attribute `steps` (an AdamW moment's step count) of dataset d (named path) into steps; unreadable
+// is damage.
+static void read_steps(H5Ctx *x, hid_t d, const char *path, int *steps) {
+    hid_t a = H5Aopen(d, "steps", H5P_DEFAULT);
+    if (a < 0 || H5Aread(a, H5T_NATIVE_INT, steps) < 0) damage(x, "dataset", path, "unreadable `steps`");
+    if (a >= 0) H5Aclose(a);
 }
 
 // Reads dataset `path` of `n` elements of `want` class/size with the shape of tensor t (or 1-D n).
@@ -405,13 +414,11 @@ static int read_data(H5Ctx *x, hid_t file, const char *path, int ndim, const hsi
         damage(x, "dataset", path, "unreadable (H5Dread failed: the file is damaged)");
     }
     if (ok && steps && !x->failed) {
-        hid_t a = H5Aopen(d, "steps", H5P_DEFAULT);
-        if (a < 0) {
+        if (H5Aexists(d, "steps") <= 0) {
             error_set(x->err, x->len, "%s: dataset %s lacks its `steps` attribute", x->file, path);
             x->failed = 1;
         } else {
-            h5ok(x, H5Aread(a, H5T_NATIVE_INT, steps), "H5Aread steps", path);
-            H5Aclose(a);
+            read_steps(x, d, path, steps);
         }
         if (!x->failed && *steps < 0) {
             error_set(x->err, x->len, "%s: %s: negative AdamW step count %d", x->file, path, *steps);
@@ -710,20 +717,6 @@ int ckpt_load_party(const char *dir, CkptState *s, char *err, size_t len) {
     return x.failed ? 2 : 0;
 }
 
-int ckpt_read_tensor(const char *path, const char *dataset, float *out, int rows, int cols, char *err, size_t len) {
-    H5Ctx x = {.err = err, .len = len, .file = path};
-    hid_t file = open_file(&x, path);
-    if (file < 0) return 2;
-    hsize_t dims[2] = {(hsize_t)rows, (hsize_t)cols};
-    CkptMeta fm;
-    char mode[32], schedule[32], *text = mallocCheck(1 << 20);
-    read_meta(&x, file, &fm, mode, schedule, text, 1 << 20); // (the format, so the dataset's checksum is verified)
-    free(text);
-    read_data(&x, file, dataset, cols == 1 ? 1 : 2, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4, out, NULL);
-    H5Fclose(file);
-    return x.failed ? 2 : 0;
-}
-
 // ------------------------------------------------------------------------------ verifying whole files
 
 // Dataset d (named path) read whole in the type it was written in and checked against its checksum.
@@ -740,11 +733,7 @@ static void verify_dataset(H5Ctx *x, hid_t d, const char *path) {
     int steps = 0, has_steps = !x->failed && H5Aexists(d, "steps") > 0;
     if (buf && H5Dread(d, f32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
         damage(x, "dataset", path, "unreadable (H5Dread failed: the file is damaged)");
-    if (has_steps && !x->failed) {
-        hid_t a = H5Aopen(d, "steps", H5P_DEFAULT);
-        if (a < 0 || H5Aread(a, H5T_NATIVE_INT, &steps) < 0) damage(x, "dataset", path, "unreadable `steps`");
-        if (a >= 0) H5Aclose(a);
-    }
+    if (has_steps && !x->failed) read_steps(x, d, path, &steps);
     if (buf) check_checksum(x, d, path, nd, dims, buf, bytes, has_steps ? &steps : NULL);
     free(buf);
     if (sp >= 0) H5Sclose(sp);
@@ -764,20 +753,30 @@ static herr_t verify_visit(hid_t group, const char *name, const H5L_info_t *info
     return x->failed ? 1 : 0;
 }
 
+// The open file's /meta and every dataset verified against their checksums (format 2 on); fm: its /meta.
+static void verify_file(H5Ctx *x, hid_t file, CkptMeta *fm) {
+    char mode[32], schedule[32], *text = mallocCheck(1 << 20);
+    if (read_meta(x, file, fm, mode, schedule, text, 1 << 20) && fm->version >= 2 &&
+        H5Lvisit(file, H5_INDEX_NAME, H5_ITER_INC, verify_visit, x) < 0)
+        damage(x, "group", "/", "its links cannot be walked (the file is damaged)");
+    free(text);
+}
+
 int ckpt_verify(const char *path, long *verified, int *version, char *err, size_t len) {
     H5Ctx x = {.err = err, .len = len, .file = path};
     hid_t file = open_file(&x, path);
     if (file < 0) return 2;
     CkptMeta fm = {0};
-    char mode[32], schedule[32], *text = mallocCheck(1 << 20);
-    if (read_meta(&x, file, &fm, mode, schedule, text, 1 << 20) && fm.version >= 2 &&
-        H5Lvisit(file, H5_INDEX_NAME, H5_ITER_INC, verify_visit, &x) < 0)
-        damage(&x, "group", "/", "its links cannot be walked (the file is damaged)");
-    free(text);
+    verify_file(&x, file, &fm);
     H5Fclose(file);
     if (verified) *verified = x.verified;
     if (version) *version = fm.version;
     return x.failed ? 2 : 0;
+}
+
+int ckpt_is_file_name(const char *name) {
+    size_t l = strlen(name);
+    return !strncmp(name, "party_", 6) && l > 3 && !strcmp(name + l - 3, ".h5");
 }
 
 int ckpt_verify_dir(const char *dir, char *err, size_t len) {
@@ -787,8 +786,7 @@ int ckpt_verify_dir(const char *dir, char *err, size_t len) {
     char path[4200];
     int rc = 0, n = 0;
     while (!rc && (e = readdir(d))) {
-        size_t l = strlen(e->d_name);
-        if (strncmp(e->d_name, "party_", 6) || l < 4 || strcmp(e->d_name + l - 3, ".h5")) continue;
+        if (!ckpt_is_file_name(e->d_name)) continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         rc = ckpt_verify(path, NULL, NULL, err, len);
         n++;
@@ -900,23 +898,31 @@ int ckpt_latest(const char *run_dir, char *ignored, size_t ignored_len) {
 
 int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts_only, int expert_parties,
                       int expert_ranks, char *err, size_t len) {
-    int n_files = expert_parties * expert_ranks, rc = 0;
-    char *verified = mallocCheck((size_t)n_files); // (n_files) 1: that rank's file verified whole
-    memset(verified, 0, (size_t)n_files);
-    for (int i = 0; i < m->n_tensors && !rc; i++) {
+    int n_files = expert_parties * expert_ranks;
+    hid_t *files = mallocCheck(sizeof(hid_t) * (size_t)n_files); // (n_files) each rank's file, once verified whole
+    for (int i = 0; i < n_files; i++) files[i] = -1;
+    char file[4200], dataset[160];
+    H5Ctx x = {.err = err, .len = len, .file = file};
+    for (int i = 0; i < m->n_tensors && !x.failed; i++) {
         const ParamTensor *t = &m->tensors[i];
         if (experts_only && t->expert < 0) continue;
-        char file[4200], dataset[160];
         int owner = t->expert < 0 ? backbone_party * expert_ranks
                                   : pool_owner_rank(t->expert, expert_parties, expert_ranks);
         ckpt_rank_file(file, sizeof file, dir, owner / expert_ranks, owner % expert_ranks);
         snprintf(dataset, sizeof dataset, "/%s/%s", t->expert < 0 ? "backbone" : "experts", t->name);
-        if (owner < n_files && !verified[owner]) { // every dataset of a file read from, not only the weights
-            rc = ckpt_verify(file, NULL, NULL, err, len);
-            verified[owner] = 1;
+        if (files[owner] < 0) { // every dataset of a file read from verified, not only the weights
+            CkptMeta fm = {0};
+            files[owner] = open_file(&x, file);
+            x.whole = 0;
+            if (files[owner] >= 0) verify_file(&x, files[owner], &fm);
         }
-        if (!rc) rc = ckpt_read_tensor(file, dataset, m->host_params + t->offset, t->rows, t->cols, err, len);
+        x.whole = 1; // (its tensors then read without hashing them again)
+        hsize_t dims[2] = {(hsize_t)t->rows, (hsize_t)t->cols};
+        read_data(&x, files[owner], dataset, t->cols == 1 ? 1 : 2, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4,
+                  m->host_params + t->offset, NULL);
     }
-    free(verified);
-    return rc ? 2 : 0;
+    for (int i = 0; i < n_files; i++)
+        if (files[i] >= 0) H5Fclose(files[i]);
+    free(files);
+    return x.failed ? 2 : 0;
 }

@@ -74,19 +74,19 @@ int ckpt_peek(const char *path, char *config_text, size_t text_len, CkptMeta *me
 // *verified (when not NULL): how many; *version: the file's format (1: nothing to verify). Returns 0, or 2
 // with a one-line message naming the file and the first dataset that does not verify.
 int ckpt_verify(const char *path, long *verified, int *version, char *err, size_t len);
+// 1 when a file name in a step directory is a checkpoint file's (party_*.h5), else 0.
+int ckpt_is_file_name(const char *name);
 // ckpt_verify on every party_*.h5 of step directory dir. Returns 0, or 2 naming the first that fails.
 int ckpt_verify_dir(const char *dir, char *err, size_t len);
 // The newest complete checkpoint of run_dir before step `below` whose files (those in its directory) all
 // verify; -1 when none does.
 int ckpt_newest_verified(const char *run_dir, int below);
 
-// Reads one float32 dataset (rows x cols; cols 1 = a vector) of a checkpoint file, checked like a load.
-int ckpt_read_tensor(const char *path, const char *dataset, float *out, int rows, int cols, char *err, size_t len);
 // Reads the weights of every tensor model m holds from checkpoint step directory dir, one dataset at a
 // time into m's own buffers: backbone tensors (unless experts_only) from DIR/party_<backbone_party>.h5,
 // expert e from the file of the rank that held it when the pool was sharded over expert_parties parties of
 // expert_ranks ranks (pool_owner_rank; 1, 1: every expert in party_0.h5). Returns 0, or 2 with the file and
-// dataset named in err. Each file it reads from is verified whole first (ckpt_verify).
+// dataset named in err. Each file it reads from is opened once and verified whole first (as ckpt_verify).
 int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts_only, int expert_parties,
                       int expert_ranks, char *err, size_t len);
 

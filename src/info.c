@@ -7,7 +7,7 @@
 #include <string.h>   // strcmp
 #include <sys/stat.h> // stat
 
-#include "ckpt.h"     // ckpt_peek, ckpt_load, ckpt_latest
+#include "ckpt.h"     // ckpt_peek, ckpt_load, ckpt_latest, ckpt_is_file_name
 #include "config.h"   // config_load_text
 #include "pool.h"     // pool_owner_rank
 #include "model.h"    // model_create
@@ -96,9 +96,7 @@ static int info_dir(const char *dir) {
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d)) && n < 4096) {
-        size_t len = strlen(e->d_name);
-        if (!strncmp(e->d_name, "party_", 6) && len > 3 && !strcmp(e->d_name + len - 3, ".h5"))
-            names[n++] = strdup(e->d_name);
+        if (ckpt_is_file_name(e->d_name)) names[n++] = strdup(e->d_name);
     }
     closedir(d);
     if (n == 0) { fprintf(stderr, "pcmoe: error: %s: no party_*.h5 checkpoint files\n", dir); return 2; }
