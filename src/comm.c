@@ -417,7 +417,7 @@ void comm_stop_if_failed(Comm *c, int rc, const char *err) {
 
 // The pieces of an all-to-all of equal pieces (bytes each) on `on`: cnt, off, rcnt, roff (4 x n), every piece
 // but the one for oneself (copied by the caller).
-static size_t *equal_pieces(Comm *c, MPI_Comm on, size_t bytes) {
+static size_t *equal_pieces(MPI_Comm on, size_t bytes) {
     int n, me;
     mpiCheck(MPI_Comm_size(on, &n));
     mpiCheck(MPI_Comm_rank(on, &me));
@@ -426,7 +426,6 @@ static size_t *equal_pieces(Comm *c, MPI_Comm on, size_t bytes) {
         p[s] = p[2 * n + s] = s == me ? 0 : bytes;
         p[n + s] = p[3 * n + s] = bytes * (size_t)s;
     }
-    (void)c;
     return p;
 }
 
@@ -434,7 +433,7 @@ void comm_alltoall_ints(Comm *c, MsgKind kind, const int *send, int *recv, int p
     MPI_Request req;
     if (c->seal) {
         int n = c->n_parties * c->ranks_per_party;
-        size_t *p = equal_pieces(c, c->expert, sizeof(int) * (size_t)per_peer);
+        size_t *p = equal_pieces(c->expert, sizeof(int) * (size_t)per_peer);
         alltoallv_bytes(c, kind, c->expert, send, p, p + n, recv, p + 2 * n, p + 3 * n);
         memcpy(recv + (size_t)per_peer * c->rank, send + (size_t)per_peer * c->rank, sizeof(int) * per_peer);
         free(p);
@@ -481,7 +480,7 @@ static void allreduce_floats_sealed(Comm *c, MsgKind kind, float *buf, size_t n)
     float *all = mallocCheck(sizeof(float) * (size_t)P * (most ? most : 1)); // (P, piece) every party's piece
     for (size_t done = 0; done < n;) {
         size_t k = n - done < most ? n - done : most;
-        size_t *p = equal_pieces(c, c->leaders, sizeof(float) * k);
+        size_t *p = equal_pieces(c->leaders, sizeof(float) * k);
         for (int q = 0; q < P; q++) p[P + q] = 0; // (the same piece of buf to every leader)
         alltoallv_bytes(c, kind, c->leaders, buf + done, p, p + P, all, p + 2 * P, p + 3 * P);
         free(p);
