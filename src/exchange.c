@@ -54,8 +54,8 @@ void exchange_create(Exchange *ex, const struct Backend *be, int direct, Comm *c
 }
 
 size_t exchange_plan_bytes(int P, int m, int d, int f, int n_layers, int n_moe, size_t served, size_t in_transit,
-                           size_t going_out, size_t most, int staged, int recompute) {
-    size_t pm = (size_t)P * ((m + P - 1) / P), pass = most < EXCHANGE_PASS_ROWS ? most : EXCHANGE_PASS_ROWS;
+                           size_t going_out, int staged, int recompute) {
+    size_t pm = (size_t)P * ((m + P - 1) / P), pass = served < EXCHANGE_PASS_ROWS ? served : EXCHANGE_PASS_ROWS;
     size_t ints = 5 * pm + 5 * (size_t)P + (size_t)n_layers * pm;          // exchange_create's counts
     size_t floats = in_transit * d + (staged ? going_out * d : 0)          // ensure_work, ensure_stage
                     + n_moe * served * (d + (recompute ? 0 : 3 * (size_t)f)) // arena_place, every MoE layer
@@ -140,8 +140,8 @@ static void arena_place(Exchange *ex, int layer) {
 // Layer sl's inputs in the arena.
 static float *layer_inputs(const Exchange *ex, const ServeLayer *sl) { return ex->inputs + sl->at * ex->d; }
 
-// With recompute, one pass's buffers (an expert's rows, at most EXCHANGE_PASS_ROWS at a time): its hidden
-// activations, its outputs or their gradients, the backward's hidden-width gradients.
+// With recompute, one pack's buffers (passes of experts' rows, at most EXCHANGE_PASS_ROWS rows in all): their
+// hidden activations, their outputs or their gradients, the backward's hidden-width gradients.
 static void ensure_expert(Exchange *ex, size_t rows) {
     if (rows <= ex->expert_cap) return;
     grow(ex, &ex->h, ex->expert_cap, rows, ex->f, BUF_BACKEND);
@@ -308,15 +308,6 @@ static void check_rows(const Exchange *ex, const float *buf, const int *rows, co
     free(value);
 }
 
-// Where the pass of an expert's rows that starts at serve row r0 keeps its hidden activations (f wide):
-// the layer's place in the hidden arenas, or with recompute the pass scratch.
-static void pass_hidden(const Exchange *ex, const ServeLayer *sl, size_t r0, float **h, float **u, float **act) {
-    size_t at = ex->recompute ? 0 : (sl->at + r0) * ex->f;
-    *h = (ex->recompute ? ex->h : ex->hidden[0]) + at;
-    *u = (ex->recompute ? ex->u : ex->hidden[1]) + at;
-    *act = (ex->recompute ? ex->a : ex->hidden[2]) + at;
-}
-
 // Copies the blocks of packed rows bound for other parties between `own` and stage (to_stage: own ->
 // stage). Staged exchanges only.
 static void stage_copy(Exchange *ex, float *own, int to_stage) {
@@ -362,34 +353,63 @@ static void to_senders(Exchange *ex, MsgKind kind, float *own) {
     }
 }
 
-// With recompute: each owned expert on its served rows in passes of at most EXCHANGE_PASS_ROWS rows, a pass's
-// hidden activations scratch. Forward (dw NULL): each pass's outputs go from yp to `to` (the rows' homes).
-// Backward: each pass's hidden activations again (the forward's calls on the kept inputs, so the same values;
-// not counted as FLOPs), its outputs' gradients gathered from `from` into yp, replaced there by the inputs',
-// which go to `to`. Returns the FLOPs.
+// With recompute: the group of the pass of expert e on serve rows [r0, r0 + rows) of sl's inputs x, at row `at`
+// of the pass scratch (ex->yp, ex->h, ...). With dw, the backward's: its outputs' gradients in yp, replaced by
+// the inputs'.
+static FfnGroup pass_group(const Exchange *ex, const float *x, ExpertSet w, const ExpertSet *dw, int e, size_t r0,
+                           int rows, size_t at) {
+    size_t d = (size_t)ex->d, f = (size_t)ex->f;
+    FfnGroup g = {.rows = rows, .wg = w.gate[e], .wu = w.up[e], .wd = w.down[e], .x = x + r0 * d,
+                  .y = ex->yp + at * d, .h = ex->h + at * f, .u = ex->u + at * f, .a = ex->a + at * f};
+    if (dw) {
+        g.dy = g.dx = g.y;
+        g.dwg = dw->gate[e]; g.dwu = dw->up[e]; g.dwd = dw->down[e];
+        g.dh = ex->dh + at * f; g.du = ex->du + at * f; g.da = ex->da + at * f;
+    }
+    return g;
+}
+
+// With recompute: a pack of n passes (groups g, on serve rows [r0, r0 + rows) and scratch rows [0, rows)) in one
+// grouped call. Forward (dw NULL): the outputs go from the scratch to `to` (the rows' homes). Backward: the
+// hidden activations again (the forward's calls on the kept inputs, so the same values; not counted as FLOPs),
+// the outputs' gradients gathered from `from`, replaced by the inputs', which go to `to`. Returns the FLOPs.
+static double serve_pack(Exchange *ex, const ServeLayer *sl, const FfnGroup *g, int n, size_t r0, size_t rows,
+                         int backward, const MoeActs *a, float *from, float *to) {
+    double flops = 0.0;
+    ex->be->ffn_forward_groups(g, n, ex->d, ex->f);
+    if (backward) {
+        serve_copy(ex, sl, r0, rows, ex->yp, from, a, 1);
+        ex->be->ffn_backward_groups(g, n, ex->d, ex->f);
+    }
+    serve_copy(ex, sl, r0, rows, ex->yp, to, a, 0);
+    for (int i = 0; i < n; i++) flops += (backward ? 2.0 : 1.0) * flops_ffn(g[i].rows, ex->d, ex->f);
+    return flops;
+}
+
+// With recompute: each owned expert on its served rows in passes of at most EXCHANGE_PASS_ROWS rows (those of
+// served_groups, so the weight gradients' sums are the same), consecutive passes packed while they fit the
+// EXCHANGE_PASS_ROWS rows of the pass scratch, a pack in one grouped call (serve_pack). Only an expert's last
+// pass is short, so no pack holds two passes of one expert. Returns the FLOPs.
 static double serve_passes(Exchange *ex, const ServeLayer *sl, const float *x, ExpertSet w, const ExpertSet *dw,
                            const MoeActs *a, float *from, float *to) {
-    int d = ex->d, f = ex->f;
-    size_t r0 = 0;
+    FfnGroup *g = mallocCheck(sizeof(FfnGroup) * EXCHANGE_PASS_ROWS); // (at most one pass a row)
+    size_t r0 = 0, pack_r0 = 0, used = 0;                            // serve rows; the pack's first, its rows
+    int n = 0;
     double flops = 0.0;
-    for (int j = 0; j < ex->n_local; j++) {
-        int e = ex->local[j];
-        for (int n = served_rows(ex, sl, j); n > 0;) {
-            int rows = n < EXCHANGE_PASS_ROWS ? n : EXCHANGE_PASS_ROWS;
-            float *h, *u, *act;
-            pass_hidden(ex, sl, r0, &h, &u, &act);
-            ex->be->ffn_forward(ex->yp, h, u, act, x + r0 * d, w.gate[e], w.up[e], w.down[e], rows, d, f);
-            if (dw) {
-                serve_copy(ex, sl, r0, rows, ex->yp, from, a, 1);
-                ex->be->ffn_backward(ex->yp, dw->gate[e], dw->up[e], dw->down[e], ex->dh, ex->du, ex->da, ex->yp,
-                                     x + r0 * d, h, u, act, w.gate[e], w.up[e], w.down[e], rows, d, f);
+    for (int j = 0; j < ex->n_local; j++)
+        for (int left = served_rows(ex, sl, j); left > 0;) {
+            int rows = left < EXCHANGE_PASS_ROWS ? left : EXCHANGE_PASS_ROWS;
+            if (used + (size_t)rows > EXCHANGE_PASS_ROWS) {
+                flops += serve_pack(ex, sl, g, n, pack_r0, used, dw != NULL, a, from, to);
+                n = 0, used = 0, pack_r0 = r0;
             }
-            flops += (dw ? 2.0 : 1.0) * flops_ffn(rows, d, f);
-            serve_copy(ex, sl, r0, rows, ex->yp, to, a, 0);
-            r0 += rows;
-            n -= rows;
+            g[n++] = pass_group(ex, x, w, dw, ex->local[j], r0, rows, used);
+            used += (size_t)rows;
+            r0 += (size_t)rows;
+            left -= rows;
         }
-    }
+    if (n) flops += serve_pack(ex, sl, g, n, pack_r0, used, dw != NULL, a, from, to);
+    free(g);
     return flops;
 }
 
@@ -502,12 +522,7 @@ void exchange_forward(Exchange *ex, int layer, MoeActs *a, ExpertSet w, double *
     ensure_work(ex, in_transit);
     ensure_stage(ex, going_out);
     arena_place(ex, layer);
-    int most = 0; // rows of the largest pass
-    for (int j = 0; j < ex->n_local; j++) {
-        int n = served_rows(ex, sl, j);
-        most = n > most ? n : most;
-    }
-    if (ex->recompute) ensure_expert(ex, (size_t)(most < EXCHANGE_PASS_ROWS ? most : EXCHANGE_PASS_ROWS));
+    if (ex->recompute) ensure_expert(ex, (size_t)(sl->rows < EXCHANGE_PASS_ROWS ? sl->rows : EXCHANGE_PASS_ROWS));
     else ensure_outputs(ex, (size_t)sl->rows);
     study_rows_out(ex, layer, a, ex->fault == 3 ? bad : -1);
     // 2. rows to their owners, which keep them in the serve layout; own rows are copied, never sent

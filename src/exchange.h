@@ -13,7 +13,7 @@
 //                                       ---- rows for the owner's experts (MSG_EXPERT_ROWS) --->
 //                                             runs each of its experts on all rows it got
 //                                             (its own party's rows too, copied, never sent),
-//                                             in passes of at most EXCHANGE_PASS_ROWS rows
+//                                             in passes of at most EXCHANGE_PASS_ROWS rows (grouped calls)
 //                                       <--- expert outputs (MSG_EXPERT_OUTPUTS) ----
 //                                             (with privacy.check_finite every received row, either way,
 //                                              is checked to be finite)
@@ -94,12 +94,13 @@ typedef struct Exchange {
                            // for its backward: layer after layer, layer l's from row layers[l].at
     float *hidden[3];      // [backend] (arena_cap, f) without recompute: their expert activations h, u, a
     size_t arena_cap;      // rows the arenas hold: the most one step has needed so far
-    // With recompute, experts run pass by pass (an expert's rows, at most EXCHANGE_PASS_ROWS at a time):
-    float *h, *u, *a;      // [backend] (expert_cap, f) the hidden activations of one pass
-    float *yp;             // [backend] (expert_cap, d) one pass's outputs (forward), or their gradients replaced by
+    // With recompute, experts run pass by pass (an expert's rows, at most EXCHANGE_PASS_ROWS at a time), the
+    // passes of several experts packed into one grouped call while they fit EXCHANGE_PASS_ROWS rows in all:
+    float *h, *u, *a;      // [backend] (expert_cap, f) the hidden activations of one pack
+    float *yp;             // [backend] (expert_cap, d) one pack's outputs (forward), or their gradients replaced by
                            // the inputs' (backward), on their way to / from where the rows came from
-    float *dh, *du, *da;   // [backend] (expert_cap, f) backward scratch of one pass
-    size_t expert_cap;     // rows of the largest pass
+    float *dh, *du, *da;   // [backend] (expert_cap, f) backward scratch of one pack
+    size_t expert_cap;     // rows of the largest pack
     // Without, every owned expert runs on all its rows at once (one grouped call: ffn_forward_groups), its
     // backward's hidden gradients in place of its activations in the arenas:
     float *outputs;        // [backend] (outputs_cap, d) a layer's outputs in the serve layout (forward), or their
@@ -120,9 +121,9 @@ void exchange_create(Exchange *ex, const struct Backend *be, int direct, struct 
                      int n_layers, int max_rows, int check_finite, int recompute);
 // The bytes an exchange holds (pcmoe plan) when its party owns experts of m among P parties and, in each of
 // its n_moe MoE layers (of n_layers), serves `served` rows (its own among them), receives in_transit from
-// the other parties, sends going_out away, and its busiest expert has `most` rows.
+// the other parties and sends going_out away.
 size_t exchange_plan_bytes(int P, int m, int d, int f, int n_layers, int n_moe, size_t served, size_t in_transit,
-                           size_t going_out, size_t most, int staged, int recompute);
+                           size_t going_out, int staged, int recompute);
 // Test hook (--inject-fault): peer `party` sends "counts" beyond bounds, a "foreign" expert id, or
 // "nan" rows. Fails on an unknown kind.
 void exchange_set_fault(Exchange *ex, const char *kind, int party);

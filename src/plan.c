@@ -68,11 +68,10 @@ static void plan_exchange(Plan *pl, const Config *c, int s, int N, int R) {
     int recompute = c->recompute_experts != RECOMPUTE_OFF;
     size_t mine = (BTk * n_local + m - 1) / m; // rows one party sends p per layer, balanced
     pl->mem.buffers = exchange_plan_bytes(P, m, c->d_model, c->expert_ff, c->n_layers, n_moe, P * mine,
-                                          (P - 1) * mine, BTk - (BTk * n_local) / m, (P * BTk + m - 1) / m,
-                                          staged, recompute);
+                                          (P - 1) * mine, BTk - (BTk * n_local) / m, staged, recompute);
     size_t most = BT * (k < n_local ? k : n_local), out = BT * (k < m - n_local ? k : m - n_local);
     pl->buffers_worst = exchange_plan_bytes(P, m, c->d_model, c->expert_ff, c->n_layers, n_moe, P * most,
-                                            (P - 1) * most, out, P * BT, staged, recompute);
+                                            (P - 1) * most, out, staged, recompute);
 }
 
 // The model of rank s (-1: a whole model) of N parties of R ranks for batches of B sequences, as run.c builds
