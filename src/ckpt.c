@@ -756,9 +756,11 @@ static herr_t verify_visit(hid_t group, const char *name, const H5L_info_t *info
 // The open file's /meta and every dataset verified against their checksums (format 2 on); fm: its /meta.
 static void verify_file(H5Ctx *x, hid_t file, CkptMeta *fm) {
     char mode[32], schedule[32], *text = mallocCheck(1 << 20);
+    x->whole = 0;
     if (read_meta(x, file, fm, mode, schedule, text, 1 << 20) && fm->version >= 2 &&
         H5Lvisit(file, H5_INDEX_NAME, H5_ITER_INC, verify_visit, x) < 0)
         damage(x, "group", "/", "its links cannot be walked (the file is damaged)");
+    x->whole = 1; // (what is read from the file next need not be hashed again)
     free(text);
 }
 
@@ -913,10 +915,8 @@ int ckpt_read_weights(Model *m, const char *dir, int backbone_party, int experts
         if (files[owner] < 0) { // every dataset of a file read from verified, not only the weights
             CkptMeta fm = {0};
             files[owner] = open_file(&x, file);
-            x.whole = 0;
             if (files[owner] >= 0) verify_file(&x, files[owner], &fm);
         }
-        x.whole = 1; // (its tensors then read without hashing them again)
         hsize_t dims[2] = {(hsize_t)t->rows, (hsize_t)t->cols};
         read_data(&x, files[owner], dataset, t->cols == 1 ? 1 : 2, dims, H5T_NATIVE_FLOAT, H5T_FLOAT, 4,
                   m->host_params + t->offset, NULL);

@@ -392,7 +392,7 @@ static double serve_pack(Exchange *ex, const ServeLayer *sl, const FfnGroup *g, 
 // pass is short, so no pack holds two passes of one expert. Returns the FLOPs.
 static double serve_passes(Exchange *ex, const ServeLayer *sl, const float *x, ExpertSet w, const ExpertSet *dw,
                            const MoeActs *a, float *from, float *to) {
-    FfnGroup *g = mallocCheck(sizeof(FfnGroup) * EXCHANGE_PASS_ROWS); // (at most one pass a row)
+    FfnGroup *g = mallocCheck(sizeof(FfnGroup) * (size_t)(ex->n_local ? ex->n_local : 1)); // (a pass an expert)
     size_t r0 = 0, pack_r0 = 0, used = 0;                            // serve rows; the pack's first, its rows
     int n = 0;
     double flops = 0.0;

@@ -10,6 +10,12 @@
 
 #define MEET_PROTOCOL 1 // what the parties say to each other at the meeting and after; bumped on any change
 
+// Between two questions to the name server while a party waits for another: 0.2 s.
+static void poll_pause(void) {
+    struct timespec ts = {0, 200000000};
+    nanosleep(&ts, NULL);
+}
+
 // The name under which party 0 publishes the port for party P: "pcmoe:NAME:P". One port per party, so that no
 // two parties ever connect to one port at once (Open MPI 4 can pair two concurrent connects to one port with
 // one accept, and then both jobs hang).
@@ -61,8 +67,7 @@ static void find_port(const char *name, int party, char *port, double timeout) {
             fail("--connect %s: party 0 has not opened the meeting within %g s (parties.peer_timeout): is it "
                  "running, and are both mpiruns started with --ompi-server file:URI of the same ompi-server?",
                  name, timeout);
-        struct timespec ts = {0, 200000000};
-        nanosleep(&ts, NULL);
+        poll_pause();
     }
     here_service(service, sizeof service, name, party, port);
     if (MPI_Lookup_name(service, MPI_INFO_NULL, value) == MPI_SUCCESS)
@@ -83,8 +88,7 @@ static int next_party(const char *name, int N, char (*ports)[MPI_MAX_PORT_NAME],
             if (MPI_Lookup_name(service, MPI_INFO_NULL, value) == MPI_SUCCESS) return p;
         }
         if (timeout > 0 && now_seconds() - t0 > timeout) break;
-        struct timespec ts = {0, 200000000};
-        nanosleep(&ts, NULL);
+        poll_pause();
     }
     size_t n = (size_t)snprintf(err, len, "party 0 waited %g s (parties.peer_timeout) for", timeout);
     for (int p = 1; p < N && n < len; p++)

@@ -95,9 +95,7 @@ hung=0 rounds=""
 for round in 1 2 3; do
     pids=""
     for p in 0 1 2 3; do
-        timeout 60 "$MPIRUN" --ompi-server "file:$TMP/uri" --oversubscribe -np 1 -x OMP_NUM_THREADS=1 "$PCMOE" train \
-            "$TMP/p4.ini" --party "$p" --connect "four$round" --set train.steps=6 --set run.dir="$TMP/four$round" \
-            >"$TMP/four$round.$p.out" 2>&1 &
+        party "four$round" "$p" 1 "$TMP/p4.ini" --set train.steps=6 --set run.dir="$TMP/four$round"
         pids="$pids $!"
     done
     rcs=""
