@@ -4,7 +4,9 @@
 # forward then reverse order, broken kernel copies that must fail, device limits, cuBLAS argument
 # checks), and the emulator's barrier rule: a kernel whose threads do not all reach __syncthreads()
 # must abort, not finish. Then the misuses a GPU punishes and a plain CPU run hides (test_cuda_kernels.cpp's
-# misuse()): each must show as NaN, stop the program with the emulator's message, or be refused.
+# misuse()): each must show as NaN, stop the program with the emulator's message, or be refused. Last, the
+# GPU benchmark's GEMM program (benchmarks/gpu_gemm.cu) at small sizes: every way it calls cuBLAS against a
+# host product in double, and its check must fail on one spoiled element.
 . "$(dirname "$0")/lib.sh"
 emu="$top_builddir/tests/test_cuda_kernels_emu"
 [ -x "$emu" ] || { fail "$emu not built (configure --enable-cuda-emulation)"; finish; }
@@ -37,4 +39,22 @@ misuse mpi-direct "device memory handed to MPI with device work still queued: a 
     "device memory handed to MPI with work queued stops the program"
 misuse grouped-host "host arrays: status 7; device arrays: C\[0\] = 4" \
     "a grouped GEMM's pointer arrays in host memory are refused (in device memory: C = 4)"
+
+gemm="$top_builddir/benchmarks/gpu_gemm_emu"
+"$gemm" --check >"$TMP/gemm" 2>&1
+rc=$?
+n=$(grep -c ' TFLOP/s  error ' "$TMP/gemm")
+if [ "$rc" -eq 0 ] && [ "$n" -eq 9 ] && grep -q '^gpu_gemm: every product checked' "$TMP/gemm"; then
+    ok "gpu_gemm --check: $n ways of cuBLAS within tolerance ($(grep '^grouped_fp32 vs host' "$TMP/gemm"))"
+else fail "gpu_gemm --check: exit $rc, $n ways measured: $(cat "$TMP/gemm")"; fi
+# the emulation rounds to TF32 where cuBLAS may: each *_tf32 way differs from the exact product by more than
+# fp32's rounding (the compute type of cublasGemmGroupedBatchedEx reached the emulator), each *_fp32 way not
+wrong=$(awk '$3 == "TFLOP/s" && (($1 ~ /_tf32$/ && $5 < 1e-5) || ($1 ~ /_fp32$/ && $5 > 1e-6)) { print $1 }' "$TMP/gemm")
+[ -z "$wrong" ] && ok "gpu_gemm --check: the TF32 ways round (error about 3e-4), the fp32 ways do not" \
+    || fail "gpu_gemm --check: precision not as asked for: $wrong"
+"$gemm" --check bad >"$TMP/gemm-bad" 2>&1
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q '^grouped_fp32 vs host: .* FAIL' "$TMP/gemm-bad"; then
+    ok "gpu_gemm --check bad: a spoiled element fails the check (exit 1)"
+else fail "gpu_gemm --check bad: exit $rc: $(cat "$TMP/gemm-bad")"; fi
 finish

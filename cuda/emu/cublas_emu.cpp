@@ -120,14 +120,13 @@ struct GemmGroup { // one group's shape, copied at the call
 };
 } // namespace
 
-cublasStatus_t cublasSgemmGroupedBatched(cublasHandle_t handle, const cublasOperation_t transa_array[],
-                                         const cublasOperation_t transb_array[], const int m_array[],
-                                         const int n_array[], const int k_array[], const float alpha_array[],
-                                         const float *const Aarray[], const int lda_array[],
-                                         const float *const Barray[], const int ldb_array[],
-                                         const float beta_array[], float *const Carray[], const int ldc_array[],
-                                         int group_count, const int group_size[]) {
-    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+// the grouped call of either name, in math mode `math`
+static cublasStatus_t grouped_run(cublasHandle_t handle, cublasMath_t math, const cublasOperation_t transa_array[],
+                                  const cublasOperation_t transb_array[], const int m_array[], const int n_array[],
+                                  const int k_array[], const float alpha_array[], const float *const Aarray[],
+                                  const int lda_array[], const float *const Barray[], const int ldb_array[],
+                                  const float beta_array[], float *const Carray[], const int ldc_array[],
+                                  int group_count, const int group_size[]) {
     if (group_count < 0) return CUBLAS_STATUS_INVALID_VALUE;
     std::vector<GemmGroup> groups((size_t)group_count);
     size_t problems = 0;
@@ -144,7 +143,6 @@ cublasStatus_t cublasSgemmGroupedBatched(cublasHandle_t handle, const cublasOper
     size_t bytes = sizeof(float *) * problems;
     if (!emu_is_device(Aarray, bytes) || !emu_is_device(Barray, bytes) || !emu_is_device(Carray, bytes))
         return CUBLAS_STATUS_INVALID_VALUE;
-    cublasMath_t math = handle->math;
     emu_enqueue(handle->stream, [=]() {
         size_t p = 0;
         for (const GemmGroup &g : groups)
@@ -154,4 +152,36 @@ cublasStatus_t cublasSgemmGroupedBatched(cublasHandle_t handle, const cublasOper
                               Carray[p], g.ldc);
     }, 1);
     return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSgemmGroupedBatched(cublasHandle_t handle, const cublasOperation_t transa_array[],
+                                         const cublasOperation_t transb_array[], const int m_array[],
+                                         const int n_array[], const int k_array[], const float alpha_array[],
+                                         const float *const Aarray[], const int lda_array[],
+                                         const float *const Barray[], const int ldb_array[],
+                                         const float beta_array[], float *const Carray[], const int ldc_array[],
+                                         int group_count, const int group_size[]) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    return grouped_run(handle, handle->math, transa_array, transb_array, m_array, n_array, k_array, alpha_array,
+                       Aarray, lda_array, Barray, ldb_array, beta_array, Carray, ldc_array, group_count, group_size);
+}
+
+cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t handle, const cublasOperation_t transa_array[],
+                                          const cublasOperation_t transb_array[], const int m_array[],
+                                          const int n_array[], const int k_array[], const void *alpha_array,
+                                          const void *const Aarray[], cudaDataType_t Atype, const int lda_array[],
+                                          const void *const Barray[], cudaDataType_t Btype, const int ldb_array[],
+                                          const void *beta_array, void *const Carray[], cudaDataType_t Ctype,
+                                          const int ldc_array[], int group_count, const int group_size[],
+                                          cublasComputeType_t computeType) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (Atype != CUDA_R_32F || Btype != CUDA_R_32F || Ctype != CUDA_R_32F ||
+        (computeType != CUBLAS_COMPUTE_32F && computeType != CUBLAS_COMPUTE_32F_FAST_TF32))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    cublasMath_t math = computeType == CUBLAS_COMPUTE_32F_FAST_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : handle->math;
+    return grouped_run(handle, math, transa_array, transb_array, m_array, n_array, k_array,
+                       static_cast<const float *>(alpha_array), reinterpret_cast<const float *const *>(Aarray),
+                       lda_array, reinterpret_cast<const float *const *>(Barray), ldb_array,
+                       static_cast<const float *>(beta_array), reinterpret_cast<float *const *>(Carray), ldc_array,
+                       group_count, group_size);
 }

@@ -13,9 +13,12 @@ typedef enum {
     CUBLAS_STATUS_SUCCESS = 0,
     CUBLAS_STATUS_NOT_INITIALIZED = 1,
     CUBLAS_STATUS_INVALID_VALUE = 7,
+    CUBLAS_STATUS_NOT_SUPPORTED = 15,
 } cublasStatus_t;
 typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
 typedef enum { CUBLAS_DEFAULT_MATH = 0, CUBLAS_PEDANTIC_MATH = 2, CUBLAS_TF32_TENSOR_OP_MATH = 3 } cublasMath_t;
+typedef enum { CUDA_R_32F = 0 } cudaDataType_t; // (the one type emulated)
+typedef enum { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77 } cublasComputeType_t;
 typedef struct EmuCublas *cublasHandle_t;
 
 cublasStatus_t cublasCreate(cublasHandle_t *handle);
@@ -40,5 +43,15 @@ cublasStatus_t cublasSgemmGroupedBatched(cublasHandle_t handle, const cublasOper
                                          const float *const Barray[], const int ldb_array[],
                                          const float beta_array[], float *const Carray[], const int ldc_array[],
                                          int group_count, const int group_size[]);
+// The same with the types named: fp32 only (A, B and C CUDA_R_32F, else NOT_SUPPORTED); CUBLAS_COMPUTE_32F follows
+// the handle's math mode as cublasSgemmGroupedBatched does, CUBLAS_COMPUTE_32F_FAST_TF32 rounds to TF32 whatever it.
+cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t handle, const cublasOperation_t transa_array[],
+                                          const cublasOperation_t transb_array[], const int m_array[],
+                                          const int n_array[], const int k_array[], const void *alpha_array,
+                                          const void *const Aarray[], cudaDataType_t Atype, const int lda_array[],
+                                          const void *const Barray[], cudaDataType_t Btype, const int ldb_array[],
+                                          const void *beta_array, void *const Carray[], cudaDataType_t Ctype,
+                                          const int ldc_array[], int group_count, const int group_size[],
+                                          cublasComputeType_t computeType);
 
 #endif
