@@ -1,9 +1,10 @@
 """Times one training step (forward, backward, clip, AdamW) of the PyTorch reference model
-(tests/reference/model.py) in float32, eager mode, for a pcmoe config file, on the CPU or a GPU (TF32
-off there, as pcmoe's default).
+(tests/reference/model.py) in float32, eager mode, for a pcmoe config file, on the CPU or a GPU.
 
-usage: torch_step.py CONFIG.ini THREADS STEPS [DEVICE]
-  -> prints tokens/s (median over STEPS after 3 warm-up steps); DEVICE: cpu (default) or cuda
+usage: torch_step.py CONFIG.ini THREADS STEPS [DEVICE [MATH]]
+  -> prints tokens/s (median over STEPS after 3 warm-up steps); DEVICE: cpu (default) or cuda;
+     MATH: fp32 (default: TF32 off, as pcmoe's run.tf32 = false) or tf32 (PyTorch's matmuls on TF32 tensor
+     cores, as pcmoe's run.tf32 = true)
 """
 import configparser
 import os
@@ -20,9 +21,11 @@ import model as ref  # noqa: E402
 def main():
     path, threads, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     dev = torch.device(sys.argv[4] if len(sys.argv) > 4 else "cpu")
+    math_mode = sys.argv[5] if len(sys.argv) > 5 else "fp32"
+    if math_mode not in ("fp32", "tf32"):
+        sys.exit(f"torch_step.py: MATH = {math_mode}: must be fp32 or tf32")
     torch.set_num_threads(threads)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("high" if math_mode == "tf32" else "highest")  # (high: TF32 allowed)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     ini = configparser.ConfigParser()
     ini.read(path)

@@ -2,7 +2,7 @@
 # Builds the GPU kit: one folder that proves the CUDA backend on a bare GPU machine in one command. Such a
 # machine has the CUDA toolkit, its driver, compute-sanitizer and a Python with torch, but no MPI, HDF5,
 # OpenBLAS or Autotools, and no package registry. The kit carries everything else pcmoe needs:
-#   pcmoe, pcmoe_cuda.so (sm_80 and sm_90), tests/test_cuda_kernels_gpu, benchmarks/sgemm_peak;
+#   pcmoe, pcmoe_cuda.so (sm_80 and sm_90), tests/test_cuda_kernels_gpu, benchmarks/gpu_gemm;
 #   lib/: every shared library they and Open MPI load, but the C library's own and CUDA's (the machine's);
 #   ompi/: Open MPI's launcher (mpirun, orted), its plugins (lib/openmpi3), help texts and parameters,
 #          made relocatable (OPAL_PREFIX and friends; every ELF file's RUNPATH is $ORIGIN-relative);
@@ -18,9 +18,9 @@ if [ "${GPU_KIT_BUILD:-1}" = 1 ]; then
     command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || { echo "gpu-kit: needs nvcc (the CUDA toolkit)" >&2; exit 2; }
     scripts/build.sh
     grep -q '^#define HAVE_CUDA 1' autoconfig.h || { echo "gpu-kit: configure found no CUDA: see docs/cuda.md" >&2; exit 2; }
-    make -s tests/test_cuda_kernels_gpu benchmarks/sgemm_peak
+    make -s tests/test_cuda_kernels_gpu benchmarks/gpu_gemm
 fi
-for f in pcmoe pcmoe_cuda.so tests/test_cuda_kernels_gpu benchmarks/sgemm_peak; do
+for f in pcmoe pcmoe_cuda.so tests/test_cuda_kernels_gpu benchmarks/gpu_gemm; do
     [ -f "$f" ] || { echo "gpu-kit: $f is not built (a build with CUDA: scripts/build.sh)" >&2; exit 2; }
 done
 
@@ -29,7 +29,7 @@ mkdir -p "$kit/lib/openmpi3" "$kit/ompi/bin" "$kit/ompi/share" "$kit/ompi/etc" "
     "$kit/benchmarks" "$kit/input/data"
 cp pcmoe pcmoe_cuda.so "$kit/"
 cp tests/test_cuda_kernels_gpu "$kit/tests/"
-cp benchmarks/sgemm_peak "$kit/benchmarks/"
+cp benchmarks/gpu_gemm "$kit/benchmarks/"
 cp tests/lib.sh tests/test_cuda_train.sh tests/test_cuda_train_gpu.sh tests/test_cuda_sanitizer.sh "$kit/tests/"
 cp tests/reference/model.py "$kit/tests/reference/"
 cp benchmarks/common.sh benchmarks/gpu.sh benchmarks/torch_step.py "$kit/benchmarks/"

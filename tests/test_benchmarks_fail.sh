@@ -37,6 +37,6 @@ expect_loud sealing "pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/sea
 expect_loud checkpoint "benchmark: failed: " env CKPT_COST="$top_builddir/benchmarks/ckpt_cost" sh "$top_srcdir/benchmarks/checkpoint.sh" 0
 # plot.sh runs no pcmoe: without runs to plot (or without gnuplot) it says what is missing
 expect_loud plot "run benchmarks/demo_table.sh first\|needs gnuplot" sh "$top_srcdir/benchmarks/plot.sh"
-# gpu.sh: without a device (or a CUDA build) it says why it skips (exit 77); with one, steps = 0 fails loudly
-expect_loud gpu "gpu.sh: skipped: \|pcmoe: error: .*train.steps" sh "$top_srcdir/benchmarks/gpu.sh" 0
+# gpu.sh: 0 timed steps is refused, device or not
+expect_loud gpu "gpu.sh: STEPS = 0: must be" sh "$top_srcdir/benchmarks/gpu.sh" 0
 finish

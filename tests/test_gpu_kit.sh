@@ -4,9 +4,9 @@
 # plugins, runtime), HDF5, OpenBLAS, Jansson, utf8proc and libsodium are hidden (/dev/null or an empty tmpfs over
 # each), the system's own pcmoe cannot start, while the kit's gpu-check.sh --cpu-only runs 3 pcmoe
 # parties over the kit's own mpirun with a checkpoint (their losses equal --simulate's within 1e-6), reads the
-# checkpoint back with pcmoe info, and starts the kernel test (which skips without a device). Every library
-# pcmoe and mpirun load comes from the kit, the C library's and CUDA's aside. Skips (77) without a CUDA
-# build, patchelf or mount namespaces.
+# checkpoint back with pcmoe info, and starts the kernel test and gpu_gemm (which skip without a device). Every
+# library pcmoe, mpirun, the kernel test and gpu_gemm load comes from the kit, the C library's and CUDA's
+# aside. Skips (77) without a CUDA build, patchelf or mount namespaces.
 . "$(dirname "$0")/lib.sh"
 [ -f "$top_builddir/pcmoe_cuda.so" ] && [ -f "$top_builddir/tests/test_cuda_kernels_gpu" ] \
     || { echo "SKIP: not built with CUDA (the kit carries the CUDA backend)"; exit 77; }
@@ -61,6 +61,6 @@ nf=$(sed -n '/^--- ldd/,$p' "$TMP/out/env.txt" | grep -c 'not found')
 for l in libmpi.so.40 libhdf5_serial.so.103 libopenblas.so.0 libjansson.so.4 libsodium.so.23; do # (and ldd did list them)
     grep -q "$l => $kit/lib/$l" "$TMP/out/env.txt" 2>/dev/null || nf=$((nf + 1))
 done
-[ -z "$outside" ] && [ "$nf" = 0 ] && ok "every library of pcmoe, pcmoe_cuda.so and mpirun comes from the kit (C and CUDA aside)" \
+[ -z "$outside" ] && [ "$nf" = 0 ] && ok "every library of pcmoe, pcmoe_cuda.so, mpirun, the kernel test and gpu_gemm comes from the kit (C and CUDA aside)" \
     || fail "libraries from outside the kit: $outside; not found or not from the kit: $nf ($(grep 'not found' "$TMP/out/env.txt" | head -n 3))"
 finish
