@@ -5,12 +5,14 @@
 # GPU must print every part and judge every goal. The numbers mean nothing here; what is checked is that the
 # tables come from the runs (the goals' ratio and ms a step equal the table rows they are made of) and that the
 # expert memory splits (N = 2 parties hold less than one party alone). Then PyTorch steps that fail: the script
-# says which parts failed and exits 1, and the parts that did not fail are still printed.
+# says which parts failed and exits 1, and what did not fail (the pcmoe rows, the memory table) still prints.
 . "$(dirname "$0")/lib.sh"
 emu="$top_builddir/tests/pcmoe_emu" gemm="$top_builddir/benchmarks/gpu_gemm_emu"
-[ -x "$emu" ] && [ -x "$gemm" ] || { echo "SKIP: not built with the CUDA emulation (configure --enable-cuda-emulation)"; exit 77; }
+[ -x "$emu" ] && [ -x "$gemm" ] ||
+    { echo "SKIP: not built with the CUDA emulation (configure --enable-cuda-emulation)"; exit 77; }
 mkdir -p "$TMP/bin"
-printf '#!/bin/sh\ncase "$*" in -L) echo "GPU 0: emulated (UUID: none)" ;; *) echo "emulated" ;; esac\n' >"$TMP/bin/nvidia-smi"
+printf '#!/bin/sh\ncase "$*" in -L) echo "GPU 0: emulated (UUID: none)" ;; *) echo "emulated" ;; esac\n' \
+    >"$TMP/bin/nvidia-smi"
 # the benchmark's Python: torch's CUDA steps run on the CPU (its device argument cuda becomes cpu); without torch
 # here, one that has no CUDA (no PyTorch rows)
 py=$(torch_python) || py=""
@@ -65,7 +67,9 @@ awk -v x="$half" 'BEGIN { exit !(x > 0 && x < 0.8) }' && ok "2 pcmoe parties eac
 bench bad "$TMP/bin/python-bad"
 rc=$?
 if [ "$rc" -eq 1 ] && grep -q 'gpu.sh: failed: large medium' "$TMP/bad.err" && grep -q '^2 ' "$TMP/bad.out" &&
+    [ "$(grep -c '^pcmoe cuda, run.tf32 = ' "$TMP/bad.out")" -eq 4 ] &&
     grep -q 'medium shape: ms per step .* \(met\|MISSED\)$' "$TMP/bad.out"; then
-    ok "failing PyTorch steps: exit 1, '$(grep 'failed:' "$TMP/bad.err")', the memory table and the ms goal still printed"
+    ok "failing PyTorch steps: exit 1, '$(grep 'failed:' "$TMP/bad.err")'; the pcmoe rows, the memory table" \
+        "and the ms goal still printed"
 else fail "failing PyTorch steps: exit $rc: $(cat "$TMP/bad.err") $(tail -n 8 "$TMP/bad.out")"; fi
 finish
