@@ -22,6 +22,8 @@ for tool in memcheck racecheck synccheck initcheck; do
         ok "compute-sanitizer --tool $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$TMP/$tool.out" | head -n 1)"
     else
         fail "compute-sanitizer --tool $tool: $(grep -E 'ERROR|Invalid|Race|Uninitialized|Barrier|FAIL' "$TMP/$tool.out" | head -n 10)"
+        echo "--- the first 80 lines of its report (the kernel, the access, the thread and the call stack):"
+        head -n 80 "$TMP/$tool.out"
     fi
 done
 finish
