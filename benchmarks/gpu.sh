@@ -147,11 +147,11 @@ goal() { # goal TEXT VALUE UNIT OP LIMIT   (VALUE empty: not measured)
         printf "  %-50s %8.2f%-2s  goal %s %s%s  %s\n", t, v, u, op, l, u, met ? "met" : "MISSED" }'
 }
 ratio="" share="" ms=""
-large=$(get large pcmoe_true) torch=$(get large torch_tf32) medium=$(get medium pcmoe_true)
-[ -n "$large" ] && [ -n "$torch" ] && ratio=$(awk -v a="$large" -v b="$torch" 'BEGIN { print a / b }')
-[ -n "$large" ] && [ -n "$peak_tf32" ] && share=$(awk -v f="$(get large flops)" -v v="$large" \
+large_tps=$(get large pcmoe_true) torch_tps=$(get large torch_tf32) medium_tps=$(get medium pcmoe_true)
+[ -n "$large_tps" ] && [ -n "$torch_tps" ] && ratio=$(awk -v a="$large_tps" -v b="$torch_tps" 'BEGIN { print a / b }')
+[ -n "$large_tps" ] && [ -n "$peak_tf32" ] && share=$(awk -v f="$(get large flops)" -v v="$large_tps" \
     -v n="$(get large tokens)" -v p="$peak_tf32" 'BEGIN { print 100 * f * v / n / p }')
-[ -n "$medium" ] && ms=$(awk -v v="$medium" -v n="$(get medium tokens)" 'BEGIN { print 1000 * n / v }')
+[ -n "$medium_tps" ] && ms=$(awk -v v="$medium_tps" -v n="$(get medium tokens)" 'BEGIN { print 1000 * n / v }')
 printf '\ngoals, on %s:\n' "$gpu"
 goal "large shape: pcmoe / PyTorch eager (both TF32)" "$ratio" "x" ">=" 2
 goal "large shape: share of the dense TF32 peak" "$share" "%" ">=" 25

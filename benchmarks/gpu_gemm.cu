@@ -21,8 +21,8 @@
 
 namespace {
 
-// 2 p products of one size, the problem's buffers in device memory: problem i reads A_i (k x m, column-major
-// with ld k: op T) and B_i (k x n, ld k) and writes C_i (m x n, ld m), each at a fixed stride.
+// count products of one size, their buffers in device memory: problem i reads A_i (k x m, column-major with
+// ld k: op T) and B_i (k x n, ld k) and writes C_i (m x n, ld m), each at a fixed stride.
 struct Problems {
     int count, m, n, k;
     float *a, *b, *c;             // device: count * (k m), count * (k n), count * (m n) floats
@@ -83,17 +83,16 @@ cublasStatus_t run_way(cublasHandle_t h, Way w, const Problems &p) {
     std::vector<float> alpha((size_t)c, 1.0f), beta((size_t)c, 0.0f);
     switch (w) {
     case GROUPED: // as cuda/swiglu.cu: a group per problem
+    case GROUPED_ONE_GROUP: // (only the arrays' first elements are read)
         return cublasSgemmGroupedBatched(h, ta.data(), tb.data(), ms.data(), ns.data(), ks.data(), alpha.data(), A,
-                                         lda.data(), B, ldb.data(), beta.data(), C, ldc.data(), c, ones.data());
+                                         lda.data(), B, ldb.data(), beta.data(), C, ldc.data(),
+                                         w == GROUPED ? c : 1, w == GROUPED ? ones.data() : &c);
     case GROUPED_EX_TF32:
         return cublasGemmGroupedBatchedEx(h, ta.data(), tb.data(), ms.data(), ns.data(), ks.data(), alpha.data(),
                                           reinterpret_cast<const void *const *>(A), CUDA_R_32F, lda.data(),
                                           reinterpret_cast<const void *const *>(B), CUDA_R_32F, ldb.data(),
                                           beta.data(), reinterpret_cast<void *const *>(C), CUDA_R_32F, ldc.data(), c,
                                           ones.data(), CUBLAS_COMPUTE_32F_FAST_TF32);
-    case GROUPED_ONE_GROUP:
-        return cublasSgemmGroupedBatched(h, ta.data(), tb.data(), ms.data(), ns.data(), ks.data(), alpha.data(), A,
-                                         lda.data(), B, ldb.data(), beta.data(), C, ldc.data(), 1, &c);
     case STRIDED:
         return cublasSgemmStridedBatched(h, CUBLAS_OP_T, CUBLAS_OP_N, p.m, p.n, p.k, &one, p.a, p.k, p.sa(), p.b,
                                          p.k, p.sb(), &zero, p.c, p.m, p.sc(), c);
@@ -162,14 +161,14 @@ void measure(const Run &r, const char *key, Way w, cublasMath_t math, const Prob
         return;
     }
     double err = worst_error(download(p), *r.ref);
-    int reps = 0;
+    int reps = 0; // in rounds of 1, 2, 4, ... launches, a wait after each round, not after each launch
     double t0 = seconds(), t = 0.0;
-    do {
-        cublasCheck(run_way(r.h, w, p));
-        reps++;
+    for (int round = 1; reps == 0 || t < r.min_seconds; round *= 2) {
+        for (int i = 0; i < round; i++) cublasCheck(run_way(r.h, w, p));
+        reps += round;
         cudaCheck(cudaDeviceSynchronize());
         t = seconds() - t0;
-    } while (t < r.min_seconds);
+    }
     bool ok = err <= tol;
     std::printf("%-22s %9.2f TFLOP/s  error %.1e of %.0e%s  %s\n", key, p.flops() * reps / t / 1e12, err, tol,
                 ok ? "" : " FAIL", what);
