@@ -1,9 +1,10 @@
 // gpu_gemm: this GPU's cuBLAS GEMM rates, for benchmarks/gpu.sh. The dense fp32 and TF32 peaks (one square
 // SGEMM) that the benchmark's shares are of, then the expert GEMMs of one MoE layer at a shape of its own: the
 // gate-and-up product, 2 E problems of f x rows x d, the way pcmoe's grouped FFN calls it (cuda/swiglu.cu:
-// cublasSgemmGroupedBatched, one group per problem, TF32 from the handle's math mode) and the ways it could (the
-// compute type asking for TF32, one uniform group, strided-batched as with capacity padding, one SGEMM per
-// problem). Every variant's product is compared with the exact-fp32 grouped one before its rate is printed.
+// cublasGemmGroupedBatchedEx, one group per problem, the compute type from the handle's math mode) and the ways
+// it could (cublasSgemmGroupedBatched with the math mode, its fallback; one uniform group; strided-batched as
+// with capacity padding; one SGEMM per problem). Every variant's product is compared with the exact-fp32 grouped
+// one before its rate is printed.
 //   usage: gpu_gemm [N E ROWS D F]   (defaults 8192 32 512 512 512: the large shape of benchmarks/gpu.sh)
 //          gpu_gemm --check [bad]    small sizes, the exact-fp32 products against a host loop too, one
 //                                    repetition each (the emulated build runs it: tests/test_cuda_emu.sh);
@@ -69,9 +70,10 @@ void problems_free(Problems *p) {
         cudaCheck(cudaFree(q));
 }
 
-enum Way { GROUPED, GROUPED_EX_TF32, GROUPED_ONE_GROUP, STRIDED, ONE_BY_ONE };
+enum Way { GROUPED, GROUPED_SGEMM, GROUPED_ONE_GROUP, STRIDED, ONE_BY_ONE };
 
-// one launch of every product by way w, on the handle's math mode; the cuBLAS status of the (first) call
+// one launch of every product by way w, on the handle's math mode (the grouped Ex calls: the compute type that
+// mode stands for, as cuda/swiglu.cu); the cuBLAS status of the (first) call
 cublasStatus_t run_way(cublasHandle_t h, Way w, const Problems &p) {
     const float one = 1.0f, zero = 0.0f;
     int c = p.count;
@@ -81,18 +83,20 @@ cublasStatus_t run_way(cublasHandle_t h, Way w, const Problems &p) {
     std::vector<int> ms((size_t)c, p.m), ns((size_t)c, p.n), ks((size_t)c, p.k), ones((size_t)c, 1);
     std::vector<int> lda((size_t)c, p.k), ldb((size_t)c, p.k), ldc((size_t)c, p.m);
     std::vector<float> alpha((size_t)c, 1.0f), beta((size_t)c, 0.0f);
+    cublasMath_t math;
+    cublasCheck(cublasGetMathMode(h, &math));
+    cublasComputeType_t type = math == CUBLAS_TF32_TENSOR_OP_MATH ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     switch (w) {
     case GROUPED: // as cuda/swiglu.cu: a group per problem
     case GROUPED_ONE_GROUP: // (only the arrays' first elements are read)
-        return cublasSgemmGroupedBatched(h, ta.data(), tb.data(), ms.data(), ns.data(), ks.data(), alpha.data(), A,
-                                         lda.data(), B, ldb.data(), beta.data(), C, ldc.data(),
-                                         w == GROUPED ? c : 1, w == GROUPED ? ones.data() : &c);
-    case GROUPED_EX_TF32:
         return cublasGemmGroupedBatchedEx(h, ta.data(), tb.data(), ms.data(), ns.data(), ks.data(), alpha.data(),
                                           reinterpret_cast<const void *const *>(A), CUDA_R_32F, lda.data(),
                                           reinterpret_cast<const void *const *>(B), CUDA_R_32F, ldb.data(),
-                                          beta.data(), reinterpret_cast<void *const *>(C), CUDA_R_32F, ldc.data(), c,
-                                          ones.data(), CUBLAS_COMPUTE_32F_FAST_TF32);
+                                          beta.data(), reinterpret_cast<void *const *>(C), CUDA_R_32F, ldc.data(),
+                                          w == GROUPED ? c : 1, w == GROUPED ? ones.data() : &c, type);
+    case GROUPED_SGEMM: // cuda/swiglu.cu's fallback
+        return cublasSgemmGroupedBatched(h, ta.data(), tb.data(), ms.data(), ns.data(), ks.data(), alpha.data(), A,
+                                         lda.data(), B, ldb.data(), beta.data(), C, ldc.data(), c, ones.data());
     case STRIDED:
         return cublasSgemmStridedBatched(h, CUBLAS_OP_T, CUBLAS_OP_N, p.m, p.n, p.k, &one, p.a, p.k, p.sa(), p.b,
                                          p.k, p.sb(), &zero, p.c, p.m, p.sc(), c);
@@ -188,30 +192,31 @@ void dense_rates(Run r, int n, bool check, double tol32, double tol_tf32) {
     problems_free(&sq);
 }
 
-// the gate-and-up products of E experts on `rows` rows each, every way; the reference is the exact grouped one
+// the gate-and-up products of E experts on `rows` rows each, every way; the reference is the exact-fp32
+// cublasSgemmGroupedBatched one
 // (check: itself against the host's product first; bad: one element of it spoiled)
 void expert_rates(Run r, int E, int rows, int d, int f, bool check, bool bad, double tol32, double tol_tf32) {
     std::vector<float> ha, hb;
     Problems ex = problems_make(2 * E, f, rows, d, check ? &ha : nullptr, check ? &hb : nullptr);
     cublasCheck(cublasSetMathMode(r.h, CUBLAS_DEFAULT_MATH));
-    cublasCheck(run_way(r.h, GROUPED, ex));
+    cublasCheck(run_way(r.h, GROUPED_SGEMM, ex)); // (the call every cuBLAS 12.5 and later takes)
     std::vector<float> ref = download(ex);
     if (check) {
         std::vector<float> host = host_products(ex, ha, hb);
         if (bad) ref[ref.size() / 2] += 1e-3f * (1.0f + std::fabs(ref[ref.size() / 2]));
         double e = worst_error(ref, host);
-        std::printf("grouped_fp32 vs host:  error %.1e of %.0e%s\n", e, tol32, e <= tol32 ? "" : " FAIL");
+        std::printf("reference vs host:     error %.1e of %.0e%s\n", e, tol32, e <= tol32 ? "" : " FAIL");
         if (e > tol32) (*r.failures)++;
     }
     r.ref = &ref;
     const cublasMath_t fp32 = CUBLAS_DEFAULT_MATH, tf32 = CUBLAS_TF32_TENSOR_OP_MATH;
-    measure(r, "grouped_fp32", GROUPED, fp32, ex, tol32, "grouped, a group a problem (pcmoe, run.tf32 = false)");
+    measure(r, "grouped_fp32", GROUPED, fp32, ex, tol32, "grouped Ex, a group a problem (pcmoe, run.tf32 = false)");
     measure(r, "grouped_tf32", GROUPED, tf32, ex, tol_tf32,
-            "grouped, a group a problem, TF32 math mode (pcmoe, run.tf32 = true)");
-    measure(r, "grouped_ex_fast_tf32", GROUPED_EX_TF32, fp32, ex, tol_tf32,
-            "cublasGemmGroupedBatchedEx, CUBLAS_COMPUTE_32F_FAST_TF32");
+            "grouped Ex, a group a problem, CUBLAS_COMPUTE_32F_FAST_TF32 (pcmoe, run.tf32 = true)");
+    measure(r, "grouped_sgemm_tf32", GROUPED_SGEMM, tf32, ex, tol_tf32,
+            "cublasSgemmGroupedBatched, TF32 math mode (pcmoe's fallback)");
     measure(r, "grouped_1group_tf32", GROUPED_ONE_GROUP, tf32, ex, tol_tf32,
-            "grouped, every problem in one uniform group, TF32 math mode");
+            "grouped Ex, every problem in one uniform group, FAST_TF32");
     measure(r, "strided_fp32", STRIDED, fp32, ex, tol32, "strided-batched (as with capacity padding)");
     measure(r, "strided_tf32", STRIDED, tf32, ex, tol_tf32, "strided-batched, TF32 math mode");
     measure(r, "one_by_one_tf32", ONE_BY_ONE, tf32, ex, tol_tf32, "one SGEMM a problem, TF32");

@@ -3,8 +3,8 @@
 # kernels of src/ (tests/test_cuda_kernels.cpp: every op forward and backward, threads of each block in
 # forward then reverse order, broken kernel copies that must fail, device limits, cuBLAS argument
 # checks), and the emulator's barrier rule: a kernel whose threads do not all reach __syncthreads()
-# must abort, not finish. Then the misuses a GPU punishes and a plain CPU run hides (test_cuda_kernels.cpp's
-# misuse()): each must show as NaN, stop the program with the emulator's message, or be refused. Last, the
+# must abort, not finish; the grouped GEMMs' fallback where cuBLAS refuses their TF32 compute type. Then
+# the misuses a GPU punishes and a plain CPU run hides (test_cuda_kernels.cpp's misuse()): each must show as NaN, stop the program with the emulator's message, or be refused. Last, the
 # GPU benchmark's GEMM program (benchmarks/gpu_gemm.cu) at small sizes: every way it calls cuBLAS against a
 # host product in double, and its check must fail on one spoiled element.
 . "$(dirname "$0")/lib.sh"
@@ -14,6 +14,14 @@ emu="$top_builddir/tests/test_cuda_kernels_emu"
 rc=$?
 grep -E '^(ok|FAIL|note)' "$TMP/out"
 [ "$rc" -eq 0 ] && grep -q '^PASS' "$TMP/out" && ok "kernel parity (emulated)" || fail "kernel parity: exit $rc: $(tail -n 5 "$TMP/out")"
+# a cuBLAS that refuses CUBLAS_COMPUTE_32F_FAST_TF32 for grouped GEMMs: the grouped FFNs fall back to
+# cublasSgemmGroupedBatched with the math mode, and every check (TF32 included) still passes
+PCMOE_EMU_REFUSE_FAST_TF32=1 "$emu" >"$TMP/refuse" 2>&1
+rc=$?
+if [ "$rc" -eq 0 ] && grep -q '^PASS' "$TMP/refuse" && grep -q 'refuses CUBLAS_COMPUTE_32F_FAST_TF32' "$TMP/refuse" &&
+    grep -q '^ok: grouped FFN forward in TF32' "$TMP/refuse"; then
+    ok "FAST_TF32 refused by cuBLAS: the grouped GEMMs fall back to the math mode, still TF32, every check passes"
+else fail "FAST_TF32 refused by cuBLAS: exit $rc: $(grep -E 'FAIL|error' "$TMP/refuse" | head -n 3)"; fi
 "$emu" divergent >"$TMP/div" 2>&1
 rc=$?
 if [ "$rc" -ne 0 ] && grep -q "__syncthreads() reached by only some threads" "$TMP/div"; then ok "a divergent __syncthreads() aborts the emulation (exit $rc)"
@@ -45,7 +53,7 @@ gemm="$top_builddir/benchmarks/gpu_gemm_emu"
 rc=$?
 n=$(grep -c ' TFLOP/s  error ' "$TMP/gemm")
 if [ "$rc" -eq 0 ] && [ "$n" -eq 9 ] && grep -q '^gpu_gemm: every product checked' "$TMP/gemm"; then
-    ok "gpu_gemm --check: $n ways of cuBLAS within tolerance ($(grep '^grouped_fp32 vs host' "$TMP/gemm"))"
+    ok "gpu_gemm --check: $n ways of cuBLAS within tolerance ($(grep '^reference vs host' "$TMP/gemm"))"
 else fail "gpu_gemm --check: exit $rc, $n ways measured: $(cat "$TMP/gemm")"; fi
 # the emulation rounds to TF32 where cuBLAS may: each *_tf32 way differs from the exact product by more than
 # fp32's rounding (the compute type of cublasGemmGroupedBatchedEx reached the emulator), each *_fp32 way not
@@ -54,7 +62,7 @@ wrong=$(awk '$3 == "TFLOP/s" && (($1 ~ /_tf32$/ && $5 < 1e-5) || ($1 ~ /_fp32$/ 
     || fail "gpu_gemm --check: precision not as asked for: $wrong"
 "$gemm" --check bad >"$TMP/gemm-bad" 2>&1
 rc=$?
-if [ "$rc" -eq 1 ] && grep -q '^grouped_fp32 vs host: .* FAIL' "$TMP/gemm-bad"; then
+if [ "$rc" -eq 1 ] && grep -q '^reference vs host: .* FAIL' "$TMP/gemm-bad"; then
     ok "gpu_gemm --check bad: a spoiled element fails the check (exit 1)"
 else fail "gpu_gemm --check bad: exit $rc: $(cat "$TMP/gemm-bad")"; fi
 finish

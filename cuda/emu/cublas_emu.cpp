@@ -3,7 +3,8 @@
 
 #include <cblas.h>
 #include <cstdint> // uint32_t
-#include <cstdlib> // malloc, free
+#include <cstdio>  // fprintf
+#include <cstdlib> // malloc, free, getenv
 #include <cstring> // memcpy
 #include <vector>
 
@@ -178,6 +179,14 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t handle, const cublasOpe
     if (Atype != CUDA_R_32F || Btype != CUDA_R_32F || Ctype != CUDA_R_32F ||
         (computeType != CUBLAS_COMPUTE_32F && computeType != CUBLAS_COMPUTE_32F_FAST_TF32))
         return CUBLAS_STATUS_NOT_SUPPORTED;
+    static const char *refuse = std::getenv("PCMOE_EMU_REFUSE_FAST_TF32");
+    static bool said = false;
+    if (computeType == CUBLAS_COMPUTE_32F_FAST_TF32 && refuse && *refuse == '1') {
+        if (!said) std::fprintf(stderr, "cuBLAS emulation: cublasGemmGroupedBatchedEx refuses "
+                                        "CUBLAS_COMPUTE_32F_FAST_TF32 (PCMOE_EMU_REFUSE_FAST_TF32=1)\n");
+        said = true;
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
     cublasMath_t math = computeType == CUBLAS_COMPUTE_32F_FAST_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : handle->math;
     return grouped_run(handle, math, transa_array, transb_array, m_array, n_array, k_array,
                        static_cast<const float *>(alpha_array), reinterpret_cast<const float *const *>(Aarray),

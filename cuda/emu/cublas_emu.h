@@ -45,6 +45,8 @@ cublasStatus_t cublasSgemmGroupedBatched(cublasHandle_t handle, const cublasOper
                                          int group_count, const int group_size[]);
 // The same with the types named: fp32 only (A, B and C CUDA_R_32F, else NOT_SUPPORTED); CUBLAS_COMPUTE_32F follows
 // the handle's math mode as cublasSgemmGroupedBatched does, CUBLAS_COMPUTE_32F_FAST_TF32 rounds to TF32 whatever it.
+// PCMOE_EMU_REFUSE_FAST_TF32=1 makes it refuse CUBLAS_COMPUTE_32F_FAST_TF32 (NOT_SUPPORTED, and a note on stderr
+// the first time), as a cuBLAS without that kernel would: tests reach the callers' fallback that way.
 cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t handle, const cublasOperation_t transa_array[],
                                           const cublasOperation_t transb_array[], const int m_array[],
                                           const int n_array[], const int k_array[], const void *alpha_array,
