@@ -465,9 +465,10 @@ void adamw_dev(const OptimConfig *o, const ParamTensor *tensors, int n_tensors, 
 
 // Every entry by name (C++20 designated initialisers, in the declaration order of backend.h, which the
 // compiler enforces): an op moved or added in the table cannot land in another op's slot.
-const Backend TABLE = {
+Backend TABLE = {
     .name = "cuda",
     .device = 1,
+    .mpi_reads_device = 0, // (a GPU's memory: only a CUDA-aware MPI; the emulation's: see cuda_backend_open)
     .release = dev_release,
     .alloc_device = dev_alloc_device,
     .resize = dev_resize,
@@ -544,6 +545,9 @@ const Backend *cuda_backend_open(int gpu, int local_rank, int tf32, char *err, s
         cudaCheck(cudaMallocHost(&S.pin_route, 2 * MAX_EXPERTS * sizeof(int) + (2 + MAX_EXPERTS) * sizeof(double)));
         S.open = 1;
     }
+#ifndef __CUDACC__
+    TABLE.mpi_reads_device = emu_mpi_reads_device(); // (host memory: any MPI, unless emulating a GPU's)
+#endif
     return &TABLE;
 }
 

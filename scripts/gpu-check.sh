@@ -6,7 +6,8 @@
 #   env.txt        the machine (nvidia-smi, kernel, where each library of pcmoe was found)
 #   kernels.txt    tests/test_cuda_kernels_gpu: every kernel against the CPU's
 #   parity.txt     tests/test_cuda_train_gpu.sh: training on cuda against cpu, 1 party, fedavg, --simulate,
-#                  3 pcmoe parties under the kit's own mpirun on one GPU (staged and direct)
+#                  3 pcmoe parties under the kit's own mpirun on one GPU (staged; the kit's Open MPI has no
+#                  CUDA support, so run.cuda_aware_mpi = on must be refused, and direct is not run)
 #   sanitizer.txt  compute-sanitizer memcheck, racecheck, synccheck and initcheck on the kernel tests
 #   bench.txt      benchmarks/gpu.sh: the GEMM peaks, the large and medium shapes against PyTorch eager, device
 #                  memory per party, and the backend's goals, each met or missed

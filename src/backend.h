@@ -23,6 +23,9 @@
 typedef struct Backend {
     const char *name;                         // "cpu" or "cuda"
     int device;                               // 1: alloc_device gives device memory (MPI: staged, or CUDA-aware)
+    // 1: any MPI reads and writes alloc_device memory (cpu; the CUDA emulation, whose device memory is the
+    // host's), so handing it to MPI needs no CUDA-aware MPI
+    int mpi_reads_device;
     void (*release)(void *p);                 // (alloc_device's and resize's)
     // a model buffer, zero-filled (queued): cuda: cudaMalloc memory; cpu: host memory
     void *(*alloc_device)(size_t bytes);

@@ -43,6 +43,7 @@ static size_t cpu_att_work(int T) {
 const Backend backend_cpu = {
     .name = "cpu",
     .device = 0,
+    .mpi_reads_device = 1,
     .release = free,
     .alloc_device = cpu_alloc,
     .resize = cpu_resize,

@@ -383,11 +383,11 @@ int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad) {
     return all[0] == INT_MAX;
 }
 
-int comm_cuda_aware(void) {
-#if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
+int comm_cuda_support(void) {
+#if defined(MPIX_CUDA_AWARE_SUPPORT) // (0 or 1: how the library was built; the query: what it does now)
     return MPIX_Query_cuda_support() == 1;
 #else
-    return 0;
+    return -1;
 #endif
 }
 

@@ -95,9 +95,9 @@ void comm_wait(Comm *c, MPI_Request *req, int n, const char *what);
 int comm_agree(Comm *c, int ok, int *first_bad, int *n_bad);
 // This rank's index among the ranks on its node (MPI_COMM_TYPE_SHARED), for choosing its GPU.
 int comm_local_rank(Comm *c);
-// 1 when the MPI library says, at build time and now, that it accepts CUDA device buffers (Open MPI's
-// MPIX_Query_cuda_support); 0 when it says no or cannot say (other MPIs).
-int comm_cuda_aware(void);
+// Whether the MPI library accepts CUDA device buffers, as it says now (Open MPI's MPIX_Query_cuda_support):
+// 1 yes, 0 no, -1 it cannot say (an MPI without Open MPI's CUDA extension).
+int comm_cuda_support(void);
 // Agreement on world: the largest of every rank's `v` (for example a status: 0 go on, 1 stop, 2 failed).
 int comm_max_int(Comm *c, int v);
 // Ends the job when any rank failed (rc != 0 there: 2 bad input, 1 a file that could not be written),

@@ -216,7 +216,8 @@ static const ConfigKey KEYS[] = {
      "run.device = cuda: the GPU of this rank (-1 = its node-local rank modulo the number of GPUs)", NULL},
     {"run", "cuda_aware_mpi", KEY_ENUM, F(cuda_aware_mpi), 0, 0, "auto",
      "run.device = cuda, pcmoe: hand MPI device buffers (on), or stage rows through page-locked host buffers "
-     "(off); auto = on when Open MPI reports CUDA support (MPIX_Query_cuda_support)", CUDA_AWARE_NAMES},
+     "(off); auto = on when Open MPI reports CUDA support (MPIX_Query_cuda_support); on is refused where it reports "
+     "none", CUDA_AWARE_NAMES},
     {"run", "tf32", KEY_BOOL, F(tf32), 0, 1, "true",
      "run.device = cuda: let cuBLAS run fp32 GEMMs on TF32 tensor cores (faster on sm_80+, ~1e-3 relative error "
      "per product); the router's GEMMs stay fp32, so routing matches the CPU's; false = exact fp32 everywhere", NULL},

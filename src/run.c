@@ -172,10 +172,13 @@ static void build_exchange(Run *r, Party *p) {
     const Config *c = r->c;
     int E = c->n_experts, keys = r->comm->seal != NULL; // (with keys, rows go through host buffers to be sealed)
     int direct = c->cuda_aware_mpi == CUDA_AWARE_ON ||
-                 (c->cuda_aware_mpi == CUDA_AWARE_AUTO && comm_cuda_aware() && !keys);
+                 (c->cuda_aware_mpi == CUDA_AWARE_AUTO && comm_cuda_support() == 1 && !keys);
     if (keys && direct && r->be->device)
         fail_usage(2, 0, "run.cuda_aware_mpi = on hands device buffers to MPI, unsealed; with parties.keys = %s set "
                    "the rows must be sealed on the host: set run.cuda_aware_mpi = auto or off", c->keys);
+    if (direct && r->be->device && !r->be->mpi_reads_device && comm_cuda_support() == 0) // (it would crash in MPI)
+        fail_usage(2, 0, "run.cuda_aware_mpi = on hands device buffers to MPI, but this MPI reports no CUDA support "
+                   "(MPIX_Query_cuda_support() = 0): set run.cuda_aware_mpi = auto or off, or use a CUDA-aware MPI");
     if (r->be->device && r->comm->rank == 0)
         fprintf(stderr, "pcmoe: run.device = cuda: rows cross parties %s (run.cuda_aware_mpi = %s)\n",
                 direct ? "as device buffers handed to MPI" : "through page-locked host buffers",

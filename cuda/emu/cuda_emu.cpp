@@ -420,6 +420,14 @@ void run_launch(dim3 grid, dim3 block, size_t smem, int reverse, const std::func
 void emu_set_reverse(int reverse) { D.reverse = reverse; }
 EmuCounters emu_counters(void) { return D.count; }
 
+int emu_live_allocations(size_t *bytes) {
+    int n = 0;
+    *bytes = 0;
+    for (const auto &kv : D.allocs)
+        if (kv.second.kind != PINNED) { n++; *bytes += kv.second.size; }
+    return n;
+}
+
 void emu_enqueue(cudaStream_t stream, std::function<void()> fn, int gemm) {
     D.count.gemms += gemm != 0;
     enqueue(stream, std::move(fn));
@@ -483,7 +491,15 @@ static int is_kind(const void *p, Kind k) {
     return a && a->kind == k;
 }
 static int is_host(const void *p) { return !find_alloc(reinterpret_cast<uintptr_t>(p), nullptr) || is_kind(p, PINNED); }
+int emu_mpi_reads_device(void) {
+    const char *e = getenv("PCMOE_EMU_MPI_HOST_ONLY");
+    return !(e && *e == '1');
+}
+
 void emu_mpi_access(int open) {
+    if (open && !emu_mpi_reads_device())
+        emu_abort("device memory handed to an MPI without CUDA support (PCMOE_EMU_MPI_HOST_ONLY=1): on a GPU that "
+                  "MPI would crash");
     if (open && !D.queue.empty())
         emu_abort("device memory handed to MPI with device work still queued: a synchronisation is missing");
     D.mpi_open = open;

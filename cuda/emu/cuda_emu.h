@@ -119,12 +119,19 @@ int emu_is_device(const void *p, size_t bytes);
 // The host's MPI stands in for a CUDA-aware one: between emu_mpi_access(1) and (0) device memory is open to
 // the host. Opening with work queued stops the program (MPI would read what the device has not written yet).
 void emu_mpi_access(int open);
+// 1: the host's MPI may read device memory (through emu_mpi_access), as a CUDA-aware MPI would; 0 with
+// PCMOE_EMU_MPI_HOST_ONLY=1: the emulated device is a GPU beside an MPI without CUDA support, and
+// emu_mpi_access(1) stops the program
+int emu_mpi_reads_device(void);
 void emu_set_reverse(int reverse);       // 1: a block's threads start in reverse order (from the next launch)
 void emu_set_max_dynamic_smem(size_t n); // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
 typedef struct {
     long long launches, gemms, syncs; // kernel launches and GEMMs queued; host waits for queued work
 } EmuCounters;
 EmuCounters emu_counters(void);
+// The cudaMalloc and managed allocations not freed yet: their count, and their bytes in *bytes (what
+// compute-sanitizer's memcheck --leak-check full reports as errors at the end of a GPU run)
+int emu_live_allocations(size_t *bytes);
 
 // -------------------------------------------------------------------------------- device functions
 void __syncthreads(void);
