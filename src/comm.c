@@ -211,22 +211,25 @@ static int first_silent(Comm *c, int *n_silent) {
     return first;
 }
 
-// The job's end when rank `silent` (and n - 1 more) did not answer within the deadline while `what` waited.
-static void stop_silent(Comm *c, int silent, int n, const char *what) {
+// The job's end when rank `silent` (and n - 1 more) did not answer the last pings while `what` waited `waited` s.
+static void stop_silent(Comm *c, int silent, int n, const char *what, double waited) {
     int R = c->ranks_per_party;
     char more[48] = "";
     if (n > 1) snprintf(more, sizeof more, " and %d more rank%s", n - 1, n > 2 ? "s" : "");
     if (silent < 0)
-        fail("%s has not completed in %g s (parties.peer_timeout), though every rank answers: the ranks wait in "
-             "different calls; stopping", what, c->peer_timeout);
+        fail("%s has not completed in %.0f s (parties.peer_timeout = %g), though every rank answers: the ranks wait "
+             "in different calls; stopping", what, waited, c->peer_timeout);
     fail("party %d (rank %d)%s: silent for %g s (parties.peer_timeout) while %s waited: stopped, cut off or gone; "
          "stopping (its last complete checkpoint is intact: --resume once it is back)",
          silent / R, silent, more, c->peer_timeout, what);
 }
 
+// At half the timeout it pings; at the timeout a rank that has not answered is silent. When every rank has
+// answered, one may have stopped since (its answer is half a timeout old): it pings again, and half a timeout
+// later a rank that has not answered that round is silent, or else the ranks wait in different calls.
 void comm_wait(Comm *c, MPI_Request *req, int n, const char *what) {
-    double t0 = 0.0;
-    int pinged = 0;
+    double t0 = 0.0, T = c->peer_timeout;
+    int rounds = 0; // ping rounds of this wait
     for (long i = 0;; i++) {
         int done = 0;
         mpiCheck(MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE));
@@ -235,10 +238,12 @@ void comm_wait(Comm *c, MPI_Request *req, int n, const char *what) {
         if (i == SPIN_TESTS) t0 = now_seconds();
         serve_pings(c);
         double waited = now_seconds() - t0;
-        if (c->peer_timeout > 0 && !pinged && waited > c->peer_timeout / 2) { ping_all(c); pinged = 1; }
-        if (c->peer_timeout > 0 && waited > c->peer_timeout) {
+        if (T > 0 && rounds == 0 && waited > T / 2) { ping_all(c); rounds = 1; }
+        if (T > 0 && rounds > 0 && waited > T * (1 + 0.5 * (rounds - 1))) {
             int n_silent, silent = first_silent(c, &n_silent);
-            stop_silent(c, silent, n_silent, what);
+            if (silent >= 0 || rounds == 2) stop_silent(c, silent, n_silent, what, waited);
+            ping_all(c);
+            rounds = 2;
         }
         struct timespec ts = {0, 50000}; // 50 us: a silent wait does not spin a core
         nanosleep(&ts, NULL);
