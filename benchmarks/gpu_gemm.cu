@@ -83,9 +83,6 @@ cublasStatus_t run_way(cublasHandle_t h, Way w, const Problems &p) {
     std::vector<int> ms((size_t)c, p.m), ns((size_t)c, p.n), ks((size_t)c, p.k), ones((size_t)c, 1);
     std::vector<int> lda((size_t)c, p.k), ldb((size_t)c, p.k), ldc((size_t)c, p.m);
     std::vector<float> alpha((size_t)c, 1.0f), beta((size_t)c, 0.0f);
-    cublasMath_t math;
-    cublasCheck(cublasGetMathMode(h, &math));
-    cublasComputeType_t type = math == CUBLAS_TF32_TENSOR_OP_MATH ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     switch (w) {
     case GROUPED: // as cuda/swiglu.cu: a group per problem
     case GROUPED_ONE_GROUP: // (only the arrays' first elements are read)
@@ -93,7 +90,8 @@ cublasStatus_t run_way(cublasHandle_t h, Way w, const Problems &p) {
                                           reinterpret_cast<const void *const *>(A), CUDA_R_32F, lda.data(),
                                           reinterpret_cast<const void *const *>(B), CUDA_R_32F, ldb.data(),
                                           beta.data(), reinterpret_cast<void *const *>(C), CUDA_R_32F, ldc.data(),
-                                          w == GROUPED ? c : 1, w == GROUPED ? ones.data() : &c, type);
+                                          w == GROUPED ? c : 1, w == GROUPED ? ones.data() : &c,
+                                          cublas_compute_type(h));
     case GROUPED_SGEMM: // cuda/swiglu.cu's fallback
         return cublasSgemmGroupedBatched(h, ta.data(), tb.data(), ms.data(), ns.data(), ks.data(), alpha.data(), A,
                                          lda.data(), B, ldb.data(), beta.data(), C, ldc.data(), c, ones.data());

@@ -40,6 +40,15 @@ inline void cublas_check(cublasStatus_t rc, const char *call, const char *file, 
 #define cudaCheck(call) cuda_check((call), #call, __FILE__, __LINE__)
 #define cublasCheck(call) cublas_check((call), #call, __FILE__, __LINE__)
 
+// The compute type the handle's math mode stands for: TF32 where run.tf32 set CUBLAS_TF32_TENSOR_OP_MATH, else
+// exact fp32 (the grouped GEMMs name it: whether cublasSgemmGroupedBatched follows the math mode is not
+// documented where we looked, docs/cuda.md).
+inline cublasComputeType_t cublas_compute_type(cublasHandle_t h) {
+    cublasMath_t mode;
+    cublasCheck(cublasGetMathMode(h, &mode));
+    return mode == CUBLAS_TF32_TENSOR_OP_MATH ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+}
+
 inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
 
 // Reductions over a warp and over a block, with Op one of the two below.

@@ -94,15 +94,6 @@ static void ffn_table_send(CuTable t, const FfnGroup *g, int n, cudaStream_t str
 // the device table's section s (n pointers; a pair of sections from s on is one array of 2 n)
 static float *const *section(CuTable t, int s, int n) { return static_cast<float *const *>(t.dev) + (long)s * n; }
 
-// The compute type the handle's math mode stands for: TF32 where run.tf32 set CUBLAS_TF32_TENSOR_OP_MATH, else
-// exact fp32. The grouped calls name it, as whether cublasSgemmGroupedBatched follows the math mode is not
-// documented where we looked (docs/cuda.md).
-static cublasComputeType_t compute_type(cublasHandle_t blas) {
-    cublasMath_t mode;
-    cublasCheck(cublasGetMathMode(blas, &mode));
-    return mode == CUBLAS_TF32_TENSOR_OP_MATH ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-}
-
 // One grouped call over copies * n problems (copies 1 or 2: gate and up side by side), problem c n + i with
 // group i's rows as the n dimension (rows_in_k = 0) or as the k dimension (1), the other two fixed (m, other).
 // The row counts go in host arrays, the matrices in the device table's sections A, B, C. Through
@@ -126,7 +117,7 @@ static void grouped(cublasHandle_t blas, cublasOperation_t ta, cublasOperation_t
         blas, tas.data(), tbs.data(), ms.data(), ns.data(), ks.data(), alphas.data(),
         reinterpret_cast<const void *const *>(a), CUDA_R_32F, ldas.data(), reinterpret_cast<const void *const *>(b),
         CUDA_R_32F, ldbs.data(), betas.data(), reinterpret_cast<void *const *>(c), CUDA_R_32F, ldcs.data(), count,
-        sizes.data(), compute_type(blas));
+        sizes.data(), cublas_compute_type(blas));
     if (rc == CUBLAS_STATUS_NOT_SUPPORTED)
         rc = cublasSgemmGroupedBatched(blas, tas.data(), tbs.data(), ms.data(), ns.data(), ks.data(), alphas.data(), a,
                                        ldas.data(), b, ldbs.data(), betas.data(), c, ldcs.data(), count, sizes.data());

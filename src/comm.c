@@ -228,8 +228,8 @@ static void stop_silent(Comm *c, int silent, int n, const char *what, double wai
 // answered, one may have stopped since (its answer is half a timeout old): it pings again, and half a timeout
 // later a rank that has not answered that round is silent, or else the ranks wait in different calls.
 void comm_wait(Comm *c, MPI_Request *req, int n, const char *what) {
-    double t0 = 0.0, T = c->peer_timeout;
-    int rounds = 0; // ping rounds of this wait
+    double t0 = 0.0, T = c->peer_timeout, judge = T; // judge: when the last round's answers are judged
+    int rounds = 0;                                  // ping rounds of this wait
     for (long i = 0;; i++) {
         int done = 0;
         mpiCheck(MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE));
@@ -239,11 +239,12 @@ void comm_wait(Comm *c, MPI_Request *req, int n, const char *what) {
         serve_pings(c);
         double waited = now_seconds() - t0;
         if (T > 0 && rounds == 0 && waited > T / 2) { ping_all(c); rounds = 1; }
-        if (T > 0 && rounds > 0 && waited > T * (1 + 0.5 * (rounds - 1))) {
+        if (rounds > 0 && waited > judge) {
             int n_silent, silent = first_silent(c, &n_silent);
             if (silent >= 0 || rounds == 2) stop_silent(c, silent, n_silent, what, waited);
             ping_all(c);
             rounds = 2;
+            judge = waited + T / 2;
         }
         struct timespec ts = {0, 50000}; // 50 us: a silent wait does not spin a core
         nanosleep(&ts, NULL);

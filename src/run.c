@@ -171,12 +171,12 @@ static void build_simulated(Run *r, const ModelConfig *mc) {
 static void build_exchange(Run *r, Party *p) {
     const Config *c = r->c;
     int E = c->n_experts, keys = r->comm->seal != NULL; // (with keys, rows go through host buffers to be sealed)
-    int direct = c->cuda_aware_mpi == CUDA_AWARE_ON ||
-                 (c->cuda_aware_mpi == CUDA_AWARE_AUTO && comm_cuda_support() == 1 && !keys);
+    int mpi_cuda = comm_cuda_support();
+    int direct = c->cuda_aware_mpi == CUDA_AWARE_ON || (c->cuda_aware_mpi == CUDA_AWARE_AUTO && mpi_cuda == 1 && !keys);
     if (keys && direct && r->be->device)
         fail_usage(2, 0, "run.cuda_aware_mpi = on hands device buffers to MPI, unsealed; with parties.keys = %s set "
                    "the rows must be sealed on the host: set run.cuda_aware_mpi = auto or off", c->keys);
-    if (direct && r->be->device && !r->be->mpi_reads_device && comm_cuda_support() == 0) // (it would crash in MPI)
+    if (direct && r->be->device && !r->be->mpi_reads_device && mpi_cuda == 0) // (it would crash in MPI)
         fail_usage(2, 0, "run.cuda_aware_mpi = on hands device buffers to MPI, but this MPI reports no CUDA support "
                    "(MPIX_Query_cuda_support() = 0): set run.cuda_aware_mpi = auto or off, or use a CUDA-aware MPI");
     if (r->be->device && r->comm->rank == 0)

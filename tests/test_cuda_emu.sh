@@ -4,7 +4,8 @@
 # forward then reverse order, broken kernel copies that must fail, device limits, cuBLAS argument
 # checks), and the emulator's barrier rule: a kernel whose threads do not all reach __syncthreads()
 # must abort, not finish; the grouped GEMMs' fallback where cuBLAS refuses their TF32 compute type. Then
-# the misuses a GPU punishes and a plain CPU run hides (test_cuda_kernels.cpp's misuse()): each must show as NaN, stop the program with the emulator's message, or be refused. Last, the
+# the misuses a GPU punishes and a plain CPU run hides (test_cuda_kernels.cpp's misuse()): each must show
+# as NaN, stop the program with the emulator's message, or be refused. Last, the
 # GPU benchmark's GEMM program (benchmarks/gpu_gemm.cu) at small sizes: every way it calls cuBLAS against a
 # host product in double, and its check must fail on one spoiled element.
 . "$(dirname "$0")/lib.sh"

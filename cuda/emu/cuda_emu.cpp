@@ -492,8 +492,8 @@ static int is_kind(const void *p, Kind k) {
 }
 static int is_host(const void *p) { return !find_alloc(reinterpret_cast<uintptr_t>(p), nullptr) || is_kind(p, PINNED); }
 int emu_mpi_reads_device(void) {
-    const char *e = getenv("PCMOE_EMU_MPI_HOST_ONLY");
-    return !(e && *e == '1');
+    static const char *host_only = getenv("PCMOE_EMU_MPI_HOST_ONLY");
+    return !(host_only && *host_only == '1');
 }
 
 void emu_mpi_access(int open) {
